@@ -1,0 +1,5 @@
+import sys
+
+from jaxviz.cli import main
+
+sys.exit(main())

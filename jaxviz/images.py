@@ -1,0 +1,159 @@
+"""Loading images (files or named samples) as float RGB arrays in [0, 1], NHWC, and writing them.
+
+Any Pillow-readable file works: grey, palette, RGBA (composited on white), 16-bit (scaled, not
+clipped), EXIF-rotated. Model-specific normalisation lives with the model
+(``ModelSpec.preprocessing``); this module only decodes, fits to size and encodes.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Literal, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from jaxviz.errors import JaxvizError
+
+# Refuse images above this many pixels (a decompression bomb, or a mistake): 10k x 10k.
+MAX_PIXELS = 100_000_000
+Fit = Literal["stretch", "crop"]
+
+
+def _skimage(name: str) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        import skimage.data  # imported lazily: only the samples need scikit-image
+        return getattr(skimage.data, name)()
+    return load
+
+
+# Named sample images shipped with scikit-image (no download): usable wherever a path is.
+SAMPLES: dict[str, Callable[[], np.ndarray]] = {
+    name: _skimage(name) for name in
+    ["chelsea", "coffee", "astronaut", "rocket", "cat", "camera", "brick", "gravel", "grass",
+     "hubble_deep_field", "text", "moon", "page", "horse", "coins", "immunohistochemistry"]
+}
+SAMPLES["ihc"] = SAMPLES["immunohistochemistry"]
+
+
+def _to_float_rgb(pixels: np.ndarray) -> np.ndarray:
+    """uint8/uint16/float array, grey or RGB(A) -> float32 (H, W, 3) in [0, 1]."""
+    if pixels.dtype == np.uint8:
+        x = pixels.astype(np.float32) / 255.0
+    elif pixels.dtype in (np.uint16, np.int32, np.int16):
+        # 16-bit PNG/TIFF: Pillow gives mode I;16 / I; scale by the 16-bit range, never clip to 8.
+        x = pixels.astype(np.float32) / 65535.0
+    elif pixels.dtype == bool:
+        x = pixels.astype(np.float32)
+    else:
+        x = pixels.astype(np.float32)
+        if x.max(initial=0) > 1.0:
+            x = x / 255.0
+    if x.ndim == 2:
+        x = np.repeat(x[..., None], 3, axis=-1)
+    if x.shape[-1] == 4:  # composite on white, as a viewer shows a transparent image
+        rgb, alpha = x[..., :3], x[..., 3:]
+        x = rgb * alpha + (1.0 - alpha)
+    elif x.shape[-1] == 2:  # grey + alpha
+        g, alpha = x[..., :1], x[..., 1:]
+        x = np.repeat(g * alpha + (1.0 - alpha), 3, axis=-1)
+    return np.clip(x, 0.0, 1.0)
+
+
+def _read_file(path: Path) -> np.ndarray:
+    if not path.exists():
+        raise JaxvizError(f"no such image file: {path}")
+    if path.is_dir():
+        raise JaxvizError(f"expected an image file, got a directory: {path}")
+    try:
+        with Image.open(path) as img:
+            if img.width * img.height > MAX_PIXELS:
+                raise JaxvizError(f"image too large: {path} is {img.width}x{img.height} "
+                                  f"(limit {MAX_PIXELS // 1_000_000} megapixels)")
+            img = ImageOps.exif_transpose(img)
+            if img.mode == "P":
+                img = img.convert("RGBA")
+            elif img.mode == "CMYK" or img.mode == "YCbCr" or img.mode == "LAB":
+                img = img.convert("RGB")
+            elif img.mode == "1":
+                img = img.convert("L")
+            pixels = np.asarray(img)
+    except JaxvizError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise JaxvizError(f"cannot read image {path}: {e.__class__.__name__}: {e}") from None
+    if pixels.ndim not in (2, 3) or pixels.size == 0:
+        raise JaxvizError(f"cannot read image {path}: unsupported layout {pixels.shape}")
+    return pixels
+
+
+def load_image(source: str | os.PathLike, size: int | tuple[int, int] | None = None,
+               fit: Fit = "stretch") -> np.ndarray:
+    """An image file or sample name as float32 RGB (H, W, 3) in [0, 1].
+
+    Args:
+      source: a path, or a sample name from ``SAMPLES`` (a file of that name wins).
+      size: output size (square int or (height, width)); None keeps the original size.
+      fit: "stretch" resizes straight to ``size`` (bicubic); "crop" resizes the shorter side to
+        size/0.875 and centre-crops (torchvision's eval transform).
+    Raises:
+      JaxvizError: missing, unreadable, empty or too large image; unknown sample name.
+    """
+    path = Path(source)
+    if path.exists() or str(source) not in SAMPLES:
+        pixels = _read_file(path)
+    else:
+        pixels = SAMPLES[str(source)]()
+    image = _to_float_rgb(pixels)
+    return image if size is None else fit_image(image, size, fit)
+
+
+def fit_image(image: np.ndarray, size: int | tuple[int, int], fit: Fit = "stretch") -> np.ndarray:
+    """Resize (H, W, 3) float [0, 1] to ``size`` with PIL bicubic, stretched or centre-cropped."""
+    height, width = (size, size) if isinstance(size, int) else size
+    if fit not in ("stretch", "crop"):
+        raise JaxvizError(f"unknown fit {fit!r}; use 'stretch' or 'crop'")
+    if fit == "crop":
+        short = round(min(height, width) / 0.875)
+        h, w = image.shape[:2]
+        scale = short / min(h, w)
+        image = _resize(image, (max(height, round(h * scale)), max(width, round(w * scale))))
+        top = (image.shape[0] - height) // 2
+        left = (image.shape[1] - width) // 2
+        return image[top:top + height, left:left + width]
+    return _resize(image, (height, width))
+
+
+def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if image.shape[:2] == tuple(size):
+        return image.astype(np.float32)
+    # Resize 8-bit so results match the common torchvision/PIL pipeline bit for bit.
+    img = Image.fromarray(to_uint8(image))
+    return np.asarray(img.resize((size[1], size[0]), Image.BICUBIC), dtype=np.float32) / 255.0
+
+
+def load_images(sources: Sequence[str | os.PathLike], size: int | tuple[int, int],
+                fit: Fit = "stretch") -> np.ndarray:
+    """Several images as one (N, H, W, 3) float32 batch in [0, 1]."""
+    return np.stack([load_image(s, size, fit) for s in sources])
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Float [0, 1] -> uint8 with rounding (clipped)."""
+    return np.clip(np.round(np.asarray(image, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
+def save_image(image: np.ndarray, path: str | os.PathLike) -> None:
+    """Write a float [0, 1] (H, W, 3) or (H, W) image as 8-bit PNG/JPEG (by extension)."""
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        raise JaxvizError(f"output directory does not exist: {path.parent}")
+    try:
+        Image.fromarray(to_uint8(image)).save(path)
+    except (ValueError, OSError) as e:
+        raise JaxvizError(f"cannot write image {path}: {e}") from None
+
+
+def source_name(source: str | os.PathLike) -> str:
+    """A short display name: the sample name or the file name."""
+    return Path(source).name

@@ -1,0 +1,119 @@
+"""What to explain or maximise: a class score or a neuron, turned into one scalar per image.
+
+A target is a class (index or name; default the predicted class) scored as the logit (default),
+softmax probability or log-probability, or a neuron ``LAYER:CHANNEL[:Y:X]`` of a named layer (no
+position: the channel's spatial mean). Like pytorch-grad-cam's ``ClassifierOutputTarget``, every
+kind of target is one idea: a function of the network's output, so techniques need not care.
+The class/channel index may be traced (one per image), so a batch of targets vmaps and jits.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import jax
+import jax.numpy as jnp
+
+from jaxviz.errors import JaxvizError
+from jaxviz.labels import resolve_class
+
+Array = jax.Array
+ScoreKind = Literal["logit", "prob", "logprob"]
+SCORE_KINDS = ("logit", "prob", "logprob")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A class target (``layer`` None) or a neuron target; ``index`` None = predicted class."""
+
+    index: int | None = None
+    layer: str | None = None
+    y: int | None = None
+    x: int | None = None
+    score: ScoreKind = "logit"
+
+    @property
+    def is_class(self) -> bool:
+        return self.layer is None
+
+    def describe(self, labels: tuple[str, ...] | None = None) -> str:
+        if self.is_class:
+            if self.index is None:
+                return f"predicted class ({self.score})"
+            name = f" {labels[self.index]}" if labels else ""
+            return f"class {self.index}{name} ({self.score})"
+        where = f" at ({self.y}, {self.x})" if self.y is not None else " (spatial mean)"
+        return f"{self.layer} channel {self.index}{where}"
+
+
+def parse_target(text: str | int | None, spec, score: ScoreKind = "logit") -> Target:
+    """Parse ``None`` | ``"285"`` | ``"Egyptian cat"`` | ``"features.12:17"`` | ``"fire9:17:3:4"``.
+
+    Layer names are resolved (aliases allowed) and channels/positions checked against the layer's
+    shape at the model's input size, so mistakes fail here with a clear message.
+    """
+    if score not in SCORE_KINDS:
+        raise JaxvizError(f"unknown score {score!r}; use one of {', '.join(SCORE_KINDS)}")
+    if text is None or str(text).strip() in ("", "predicted"):
+        return Target(score=score)
+    parts = str(text).split(":")
+    if len(parts) == 1:
+        if spec.num_classes is None:
+            raise JaxvizError(f"model {spec.name} has no classifier: give a target as LAYER:CHANNEL")
+        return Target(index=resolve_class(parts[0], spec.num_classes), score=score)
+    if len(parts) not in (2, 4):
+        raise JaxvizError(f"target {text!r} must be CLASS, LAYER:CHANNEL or LAYER:CHANNEL:Y:X")
+    from jaxviz.models.registry import layer_shapes
+    layer = spec.resolve_layer(parts[0])
+    try:
+        numbers = [int(p) for p in parts[1:]]
+    except ValueError:
+        raise JaxvizError(f"target {text!r}: channel and position must be integers") from None
+    shape = layer_shapes(spec)[layer]
+    channel = numbers[0]
+    if not 0 <= channel < shape[-1]:
+        raise JaxvizError(f"channel {channel} out of range for {layer} (0..{shape[-1] - 1})")
+    y = x = None
+    if len(numbers) == 3:
+        if len(shape) != 3:
+            raise JaxvizError(f"layer {layer} has no spatial positions (shape {shape})")
+        y, x = numbers[1:]
+        if not (0 <= y < shape[0] and 0 <= x < shape[1]):
+            raise JaxvizError(f"position ({y}, {x}) outside {layer}'s {shape[0]}x{shape[1]} map")
+    return Target(index=channel, layer=layer, y=y, x=x)
+
+
+def class_scores(logits: Array, index: Array, score: ScoreKind = "logit") -> Array:
+    """(N, classes) logits, (N,) class indices -> (N,) scores of the chosen kind."""
+    if score == "prob":
+        logits = jax.nn.softmax(logits, axis=-1)
+    elif score == "logprob":
+        logits = jax.nn.log_softmax(logits, axis=-1)
+    return jnp.take_along_axis(logits, index[:, None], axis=-1)[:, 0]
+
+
+def neuron_scores(acts: Array, index: Array, y: int | None = None, x: int | None = None) -> Array:
+    """(N, H, W, C) or (N, C) activations, (N,) channels -> (N,) unit value or channel mean."""
+    if acts.ndim == 4:
+        acts = acts[:, y, x, :] if y is not None else acts.mean(axis=(1, 2))
+    return jnp.take_along_axis(acts, index[:, None], axis=-1)[:, 0]
+
+
+def score_fn(apply_fn: Callable, target: Target) -> Callable[[dict, Array, Array | None], Array]:
+    """``f(params, x, index=None) -> (N,)`` scores of preprocessed images ``x`` (N, H, W, 3).
+
+    ``index`` (N,) overrides the target's class/channel per image (vmappable batch of targets);
+    with neither, a class target uses each image's predicted class (held fixed, no gradient).
+    """
+    def f(params: dict, x: Array, index: Array | None = None) -> Array:
+        n = x.shape[0]
+        if index is None and target.index is not None:
+            index = jnp.full((n,), target.index, jnp.int32)
+        if target.is_class:
+            logits = apply_fn(params, x)
+            if index is None:
+                index = jax.lax.stop_gradient(jnp.argmax(logits, axis=-1))
+            return class_scores(logits, jnp.asarray(index), target.score)
+        acts = apply_fn(params, x, stop=target.layer)
+        return neuron_scores(acts, jnp.asarray(index), target.y, target.x)
+    return f

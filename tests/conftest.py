@@ -1,0 +1,69 @@
+"""Shared fixtures: real models (skipped with a reason when their weights are absent, but a hard
+failure under CI=true, where ../shared and the setup downloads must be present) and a tiny
+hand-sized CNN for exact, fast checks."""
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from jaxviz.models.network import Stage, conv, maxpool
+from jaxviz.models.registry import TORCHVISION, Model, ModelSpec
+
+
+def _real_model(name: str):
+    from jaxviz.weights.store import load_model, status
+    if status(name) == "not ported":
+        message = f"weights for {name} are not available here (see `jaxviz models`)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but {message}: ../shared/weights or the setup downloads are missing")
+        pytest.skip(message)
+    return load_model(name)
+
+
+@pytest.fixture(scope="session")
+def squeezenet() -> Model:
+    return _real_model("squeezenet1_1")
+
+
+@pytest.fixture(scope="session")
+def lite0() -> Model:
+    return _real_model("efficientnet_lite0")
+
+
+@pytest.fixture(scope="session")
+def vgg19() -> Model:
+    """VGG19 convolutional part with the original (Caffe) weights."""
+    return _real_model("vgg19_caffe")
+
+
+TINY_STAGES = (
+    conv("features.0", 6, 3, 1, 1), Stage("features.1", "relu"), maxpool("features.2", 2, 2),
+    conv("features.3", 8, 3, 1, 1), Stage("features.4", "relu"),
+    conv("classifier.0", 5, 1), Stage("classifier.1", "relu"), Stage("classifier.2", "global_avgpool"),
+)
+TINY_SPEC = ModelSpec(name="tiny", description="tiny test CNN", stages=TINY_STAGES,
+                      preprocessing=TORCHVISION, input_size=16, num_classes=5,
+                      feature_layer="features.4", cam_layer="classifier.1")
+
+
+def make_tiny_model(seed: int = 0) -> Model:
+    """A 2-conv CNN with a global-average-pooled 5-class head (SqueezeNet-like), random weights."""
+    module = TINY_SPEC.module()
+    params = module.init(jax.random.key(seed), np.zeros((1, 16, 16, 3), np.float32))["params"]
+    # Positive biases keep most ReLUs active, so gradients are informative in tests.
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, p: p + 0.1 if path[-1].key == "bias" else p, params)
+    return Model(TINY_SPEC, params, module)
+
+
+@pytest.fixture()
+def tiny_model() -> Model:
+    return make_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
