@@ -1,0 +1,620 @@
+"""Adversarial examples: the seed's normalised-gradient "fooling" method, FGSM, I-FGSM/BIM and PGD.
+
+Methods (``METHODS`` is the registry the CLI and the gallery are built from):
+
+- ``seed``: x <- x + eta * g / ||g||_2 with g the gradient of the *target* class logit, repeated
+  until the prediction becomes the target (the CS231n "fooling images" homework; Szegedy et al.
+  2014, "Intriguing properties of neural networks"). Untargeted: step *down* the true class logit.
+- ``fgsm``: one step x + eps * sign(grad CE) (Goodfellow et al. 2015, "Explaining and harnessing
+  adversarial examples").
+- ``ifgsm``: iterated FGSM / BIM, clipped to the eps-ball after every step (Kurakin et al. 2017,
+  "Adversarial examples in the physical world").
+- ``pgd-linf`` / ``pgd-l2``: projected gradient descent on the cross-entropy with a random start
+  in the ball (Madry et al. 2018, "Towards deep learning models resistant to adversarial attacks").
+
+Conventions:
+- Images are RGB in [0, 1], NHWC, *not* preprocessed: the model's preprocessing runs inside the
+  loss, so the valid-range constraint is an exact clip and eps, step sizes and the reported L2 /
+  L-inf norms are in pixel units of the [0, 1] range (eps = 8/255 is "8 grey levels").
+- Targeted attacks minimise the cross-entropy of the target (the seed method: maximise its logit);
+  untargeted attacks maximise the cross-entropy of the reference label (default: the model's
+  prediction on the original image).
+- Success is never a flag carried through the loop (Foolbox #674): ``assess`` re-predicts the final
+  range-clipped image, and with ``quantize=True`` (default) the returned images are on the 8-bit
+  grid (so a saved PNG is exactly what was assessed), inside the budget; if rounding undid the
+  attack, a few more steps are run and the image is rounded and re-checked again.
+- Iterative attacks are one call of the image-optimisation engine: a loss, an optax transform
+  (sign step for L-inf, per-image normalised step for L2 and the seed method), ``project``
+  (eps-ball intersected with [0, 1]) and ``active`` (per-image stop).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import Callable, Literal, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxviz.errors import JaxvizError
+
+Array = jax.Array
+Norm = Literal["linf", "l2"]
+ProbaFn = Callable[[Array], Array]  # (N, H, W, 3) images in [0, 1] -> (N, classes) probabilities
+
+
+# --------------------------------------------------------------------------------------------
+# The registry of methods (drives the CLI help, defaults and the gallery)
+
+@dataclass(frozen=True)
+class Method:
+    """One attack: its geometry, step rule, loss and defaults (eps and step in [0, 1] pixel units)."""
+
+    name: str
+    help: str
+    norm: Norm
+    step_rule: Literal["sign", "normalized"]
+    loss: Literal["ce", "logit"]
+    iterative: bool = True
+    random_start: bool = False
+    eps: float | None = None        # ball radius / norm budget; None = unbounded (seed method)
+    step: float | None = None       # None: eps / step_fraction
+    step_fraction: float = 4.0
+    steps: int = 20
+    early_stop: bool = True         # stop each image once it succeeds
+
+    def default_step(self, eps: float | None) -> float:
+        if self.step is not None:
+            return self.step
+        if eps is None:
+            raise JaxvizError(f"method {self.name} needs --step when no --eps is given")
+        return eps / self.step_fraction
+
+
+METHODS: dict[str, Method] = {m.name: m for m in [
+    Method("seed", "x <- x + eta*g/||g||_2 on the target logit until the prediction is the target "
+           "(CS231n fooling images); --eps is an optional L2 budget", norm="l2",
+           step_rule="normalized", loss="logit", step=0.1, steps=200),
+    Method("fgsm", "fast gradient sign method, one step of eps (Goodfellow et al. 2015)", norm="linf",
+           step_rule="sign", loss="ce", iterative=False, eps=4 / 255, steps=1, early_stop=False),
+    Method("ifgsm", "iterative FGSM / BIM, step eps/4, clipped to the eps-ball (Kurakin et al. 2017)",
+           norm="linf", step_rule="sign", loss="ce", eps=4 / 255, steps=20),
+    Method("pgd-linf", "PGD in the L-inf ball with random start, step eps/4 (Madry et al. 2018)",
+           norm="linf", step_rule="sign", loss="ce", random_start=True, eps=4 / 255, steps=20),
+    Method("pgd-l2", "PGD in the L2 ball with random start, step eps/5 (Madry et al. 2018)",
+           norm="l2", step_rule="normalized", loss="ce", random_start=True, eps=1.0,
+           step_fraction=5.0, steps=20),
+]}
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise JaxvizError(f"unknown attack method {name!r}; use one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+_FRACTION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?:/\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?))?\s*$")
+
+
+def parse_amount(text: str | float, what: str = "eps") -> float:
+    """A positive pixel-unit amount from ``"0.03"``, ``"8/255"`` or a number.
+
+    Raises:
+      JaxvizError: not a number or fraction, division by zero, not positive or not finite.
+    """
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        match = _FRACTION.match(str(text))
+        if not match:
+            raise JaxvizError(f"bad {what} {text!r}: expected a number or a fraction such as 8/255")
+        num, den = float(match.group(1)), float(match.group(2) or 1.0)
+        if den == 0:
+            raise JaxvizError(f"bad {what} {text!r}: division by zero")
+        value = num / den
+    if not np.isfinite(value) or value <= 0:
+        raise JaxvizError(f"bad {what} {text!r}: must be a positive finite number")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Reports (re-predicted, reusable by any attack including black-box ones)
+
+@dataclass(frozen=True)
+class AttackReport:
+    """Per-image outcome of an attack, measured on the final images (arrays of shape (N,)).
+
+    ``target`` is -1 for untargeted attacks; ``label`` is the reference class (the true class or
+    the model's prediction on the original). Norms are of (adversarial - original) in [0, 1]
+    pixel units. ``queries`` is for query-based attacks (None for white-box ones).
+    """
+
+    method: str
+    model: str
+    success: np.ndarray
+    steps: np.ndarray
+    label: np.ndarray
+    label_confidence: np.ndarray     # p(label | original)
+    target: np.ndarray
+    final_class: np.ndarray
+    final_confidence: np.ndarray     # p(final_class | adversarial)
+    target_confidence: np.ndarray    # p(target | adversarial) (targeted) / p(label | adversarial)
+    l2: np.ndarray
+    linf: np.ndarray
+    eps: float | None = None
+    norm: str | None = None
+    confidence: float | None = None
+    queries: np.ndarray | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def targeted(self) -> bool:
+        return bool((self.target >= 0).any())
+
+    @property
+    def success_rate(self) -> float:
+        return float(np.mean(self.success)) if len(self.success) else 0.0
+
+    def __len__(self) -> int:
+        return len(self.success)
+
+    def records(self, labels: Sequence[str] | None = None) -> list[dict]:
+        """One JSON-ready dict per image (class names from ``labels`` when given)."""
+        def cls(i: int) -> dict:
+            return {"index": int(i), "label": labels[int(i)] if labels is not None and i >= 0 else None}
+        rows = []
+        for i in range(len(self)):
+            row = {"model": self.model, "method": self.method, "success": bool(self.success[i]),
+                   "steps": int(self.steps[i]),
+                   "original": {**cls(self.label[i]), "confidence": float(self.label_confidence[i])},
+                   "target": cls(self.target[i]) if self.target[i] >= 0 else None,
+                   "final": {**cls(self.final_class[i]), "confidence": float(self.final_confidence[i])},
+                   "l2": float(self.l2[i]), "linf": float(self.linf[i]),
+                   "linf_255": float(self.linf[i] * 255)}
+            if self.target[i] >= 0:
+                row["target"]["confidence"] = float(self.target_confidence[i])
+            if self.queries is not None:
+                row["queries"] = int(self.queries[i])
+            rows.append(row)
+        return rows
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """Adversarial images (N, H, W, 3) in [0, 1] (on the 8-bit grid unless quantize=False)."""
+
+    images: np.ndarray
+    report: AttackReport
+
+
+def perturbation_norms(originals: Array, adversarial: Array) -> tuple[np.ndarray, np.ndarray]:
+    """(L2, L-inf) per image of adversarial - originals, (N, H, W, 3) -> two (N,) arrays.
+
+    Computed in float64 from the arrays given, so norms of 8-bit images are exact multiples.
+    """
+    d = np.asarray(adversarial, np.float64) - np.asarray(originals, np.float64)
+    d = d.reshape(d.shape[0], -1)
+    return np.sqrt((d ** 2).sum(1)), np.abs(d).max(1, initial=0.0)
+
+
+def succeeded(probs: Array, label: Array, target: Array, confidence: float | None = None) -> Array:
+    """(N,) bool: targeted (target >= 0): argmax == target; untargeted: argmax != label; and,
+    with ``confidence``, the winning class's probability >= confidence."""
+    top = jnp.argmax(probs, axis=-1)
+    ok = jnp.where(target >= 0, top == target, top != label)
+    if confidence is not None:
+        ok = ok & (jnp.max(probs, axis=-1) >= confidence)
+    return ok
+
+
+def assess(predict_proba: ProbaFn, originals: Array, adversarial: Array, *, label: Array,
+           target: Array | None = None, confidence: float | None = None, steps: Array | None = None,
+           method: str = "", model: str = "", eps: float | None = None, norm: str | None = None,
+           queries: Array | None = None) -> AttackReport:
+    """Re-predict originals and adversarial images and measure the attack (the only success test).
+
+    Args:
+      predict_proba: ``f(images01 (N, H, W, 3)) -> (N, classes)`` probabilities (any model).
+      originals, adversarial: (N, H, W, 3) in [0, 1].
+      label: (N,) reference classes; target: (N,) targets or None / -1 (untargeted).
+    """
+    n = len(originals)
+    label = np.asarray(label, np.int32).reshape(n)
+    target = np.full(n, -1, np.int32) if target is None else np.broadcast_to(np.asarray(target, np.int32), (n,))
+    p0 = np.asarray(predict_proba(jnp.asarray(originals, jnp.float32)))
+    p1 = np.asarray(predict_proba(jnp.asarray(adversarial, jnp.float32)))
+    ok = np.asarray(succeeded(jnp.asarray(p1), jnp.asarray(label), jnp.asarray(target), confidence))
+    final = p1.argmax(-1)
+    rows = np.arange(n)
+    l2, linf = perturbation_norms(originals, adversarial)
+    return AttackReport(
+        method=method, model=model, success=ok, label=label, target=target,
+        steps=np.zeros(n, np.int32) if steps is None else np.asarray(steps, np.int32).reshape(n),
+        label_confidence=p0[rows, label], final_class=final.astype(np.int32),
+        final_confidence=p1[rows, final], target_confidence=p1[rows, np.where(target >= 0, target, label)],
+        l2=l2, linf=linf, eps=eps, norm=norm, confidence=confidence,
+        queries=None if queries is None else np.asarray(queries))
+
+
+@partial(jax.jit, static_argnames=("model",))
+def _proba(model, params: dict, images: Array) -> Array:
+    return jax.nn.softmax(model.apply(params, model.preprocess(images)), axis=-1)
+
+
+def proba_fn(model, params: dict | None = None) -> ProbaFn:
+    """``predict_proba(images01) -> probs`` of a jaxviz model (jitted once per model)."""
+    params = model.params if params is None else params
+    return lambda images: _proba(model, params, jnp.asarray(images, jnp.float32))
+
+
+# --------------------------------------------------------------------------------------------
+# Losses, steps and projections (small parts, freely recombined)
+
+def attack_loss(logits: Array, cls: Array, *, targeted: bool, kind: str = "ce") -> Array:
+    """(N, classes) logits -> (N,) losses to MINIMISE.
+
+    ``ce``: targeted CE(target), untargeted -CE(label); ``logit`` (seed): targeted -logit[target],
+    untargeted +logit[label].
+    """
+    if kind == "ce":
+        value = -jnp.take_along_axis(jax.nn.log_softmax(logits, -1), cls[:, None], -1)[:, 0]
+        return value if targeted else -value
+    value = jnp.take_along_axis(logits, cls[:, None], -1)[:, 0]
+    return -value if targeted else value
+
+
+def _per_image_norm(x: Array) -> Array:
+    """(N, ...) -> (N, 1, ..., 1) L2 norms, broadcastable against x."""
+    return jnp.sqrt(jnp.sum(x * x, axis=tuple(range(1, x.ndim)), keepdims=True))
+
+
+def normalize_per_image(eps: float = 1e-12) -> optax.GradientTransformation:
+    """optax transform: g -> g / ||g||_2 per image (leading axis), so a step has L2 length lr."""
+    return optax.stateless(lambda g, params=None: jax.tree.map(
+        lambda u: u / jnp.maximum(_per_image_norm(u), eps), g))
+
+
+def step_transform(rule: str, step: float) -> optax.GradientTransformation:
+    """The attack's optax optimiser: a descent step of ``step`` pixels (L-inf for "sign",
+    L2 per image for "normalized")."""
+    first = optax.scale_by_sign() if rule == "sign" else normalize_per_image()
+    return optax.chain(first, optax.scale(-step))
+
+
+def project(x: Array, x0: Array, *, norm: Norm, eps: float | None) -> Array:
+    """Into the eps-ball around x0 (L-inf clip or L2 radial shrink), then into [0, 1].
+
+    Clipping to [0, 1] after the ball keeps the point in the ball (x0 lies in the box, and the
+    clip moves every coordinate towards it), so the result is in ball ∩ box.
+    """
+    if eps is not None:
+        d = x - x0
+        if norm == "linf":
+            d = jnp.clip(d, -eps, eps)
+        else:
+            d = d * jnp.minimum(1.0, eps / jnp.maximum(_per_image_norm(d), 1e-12))
+        x = x0 + d
+    return jnp.clip(x, 0.0, 1.0)
+
+
+def random_init(key: Array, x0: Array, *, norm: Norm, eps: float) -> Array:
+    """A uniform point of the L-inf ball, or of the L2 ball (uniform direction, radius eps*u^(1/d)
+    would concentrate at the surface in high d, so radius eps*u as torchattacks does), clipped.
+
+    ``key`` is one key (split per image) or (N,) keys, one per image (for batch == single runs).
+    """
+    keys = _image_keys(key, x0.shape[0])
+
+    def one(k, x):
+        if norm == "linf":
+            return jax.random.uniform(k, x.shape, x.dtype, -eps, eps)
+        kd, kr = jax.random.split(k)
+        d = jax.random.normal(kd, x.shape, x.dtype)
+        return d / jnp.maximum(jnp.linalg.norm(d), 1e-12) * eps * jax.random.uniform(kr, (), x.dtype)
+    return jnp.clip(x0 + jax.vmap(one)(keys, x0), 0.0, 1.0)
+
+
+def _image_keys(key: Array, n: int) -> Array:
+    if key.ndim == 0:
+        return jax.random.split(key, n)
+    if key.shape[0] != n:
+        raise JaxvizError(f"got {key.shape[0]} keys for {n} images")
+    return key
+
+
+def quantize_8bit(x: Array, x0: Array, *, norm: Norm, eps: float | None) -> Array:
+    """The 8-bit image nearest to x that stays in the budget (exact for 8-bit originals x0).
+
+    L-inf: round, then clip to the grid levels inside [x0 - eps, x0 + eps]. L2: round, and for
+    images whose rounded perturbation leaves the ball, round every pixel towards x0 instead
+    (|q - x0| <= |x - x0| per pixel, so the norm cannot grow).
+    """
+    x, x0 = jnp.asarray(x, jnp.float32), jnp.asarray(x0, jnp.float32)
+    q = jnp.round(x * 255.0)
+    if eps is not None and norm == "linf":
+        lo = jnp.ceil((x0 - eps) * 255.0 - 1e-3)
+        hi = jnp.floor((x0 + eps) * 255.0 + 1e-3)
+        q = jnp.clip(q, lo, hi)
+    q = jnp.clip(q, 0.0, 255.0) / 255.0
+    if eps is not None and norm == "l2":
+        # Rounding a perturbation of many sub-level pixels can grow its norm: shrink it by the
+        # largest factor s whose rounding fits; last resort, round every pixel towards x0.
+        def rounded(s):
+            return jnp.clip(jnp.round((x0 + s * (x - x0)) * 255.0), 0.0, 255.0) / 255.0
+        fits = lambda z: _per_image_norm(z - x0) <= eps * (1 + 1e-6)
+        towards = jnp.where(x >= x0, jnp.floor(x * 255.0 + 1e-3), jnp.ceil(x * 255.0 - 1e-3))
+        best = jnp.clip(towards, 0.0, 255.0) / 255.0
+        for s in np.linspace(0.5, 1.0, 11):  # ascending: the last fitting (largest) s wins
+            candidate = rounded(float(s))
+            best = jnp.where(fits(candidate), candidate, best)
+        q = jnp.where(fits(q), q, best)
+    return q
+
+
+# --------------------------------------------------------------------------------------------
+# The attacks
+
+def _loss_fn(model, params: dict, cls: Array, targeted: bool, kind: str) -> Callable:
+    def loss(x: Array, key: Array | None = None) -> Array:
+        # preprocess inside the loss: the variable is the [0, 1] image, so clipping is exact
+        return attack_loss(model.apply(params, model.preprocess(x)), cls, targeted=targeted, kind=kind)
+    return loss
+
+
+@partial(jax.jit, static_argnames=("model", "targeted", "kind"))
+def _loss_grad(model, params: dict, x: Array, cls: Array, targeted: bool, kind: str) -> Array:
+    # grad of the summed batch loss = per-image gradients (images are independent, eval mode)
+    return jax.grad(lambda z: _loss_fn(model, params, cls, targeted, kind)(z).sum())(x)
+
+
+def fgsm(model, params: dict, images: Array, cls: Array, *, eps: float, targeted: bool = False) -> Array:
+    """Fast gradient sign method: clip(x + eps * sign(grad CE(label))) (untargeted) or
+    clip(x - eps * sign(grad CE(target))) (targeted).
+
+    Args:
+      model: a jaxviz ``Model`` (``apply`` + ``preprocess``); params its parameters.
+      images: (N, H, W, 3) in [0, 1]. cls: (N,) labels (untargeted) or targets (targeted).
+    Returns:
+      (N, H, W, 3) adversarial images in [0, 1] (float; not quantised).
+    """
+    images = jnp.asarray(images, jnp.float32)
+    g = _loss_grad(model, params, images, jnp.asarray(cls, jnp.int32), targeted, "ce")
+    return jnp.clip(images - eps * jnp.sign(g), 0.0, 1.0)
+
+
+def _engine():
+    """The shared engine's ``optimize`` (jaxviz.optimize), or None while it is not there."""
+    try:
+        from jaxviz.optimize import optimize
+    except ImportError:
+        return None
+    return optimize
+
+
+def _fallback_optimize(loss_fn, init, *, optimizer, steps, project=None, active=None, x0=None):
+    """A minimal stand-in with the engine's contract (used only if jaxviz.optimize is absent)."""
+    x0 = init if x0 is None else x0
+
+    @jax.jit
+    def step(x, state, mask):
+        grad = jax.grad(lambda z: loss_fn(z, None).sum())(x)
+        updates, state = optimizer.update(grad, state, x)
+        new = optax.apply_updates(x, updates)
+        new = project(new, x0) if project is not None else new
+        keep = mask.reshape((-1,) + (1,) * (x.ndim - 1))
+        return jnp.where(keep, new, x), state
+
+    x, state = init, optimizer.init(init)
+    steps_run = np.zeros(init.shape[0], np.int32)
+    for _ in range(steps):
+        mask = np.ones(init.shape[0], bool) if active is None else np.asarray(active(x))
+        if not mask.any():
+            break
+        x, state = step(x, state, jnp.asarray(mask))
+        steps_run += mask
+    return x, steps_run
+
+
+def _run_iterations(loss_fn, init, x0, *, optimizer, steps, project_fn, active_fn):
+    optimize = _engine()
+    if optimize is None:
+        return _fallback_optimize(loss_fn, init, optimizer=optimizer, steps=steps,
+                                  project=project_fn, active=active_fn, x0=x0)
+    result = optimize(loss_fn, init, optimizer=optimizer, steps=steps, project=project_fn,
+                      active=active_fn)
+    return result.images, np.asarray(result.steps_run)
+
+
+def attack(model, params: dict | None, images: Array, *, method: str = "pgd-linf",
+           target: int | Array | None = None, label: Array | None = None, eps: float | None = None,
+           step: float | None = None, steps: int | None = None, confidence: float | None = None,
+           early_stop: bool | None = None, random_start: bool | None = None,
+           key: Array | None = None, quantize: bool = True, refine_steps: int = 5,
+           refine_rounds: int = 3) -> AttackResult:
+    """Run one of ``METHODS`` on a batch and report it from a re-prediction of the final images.
+
+    Args:
+      model: a jaxviz ``Model``; params: its parameters (None: ``model.params``).
+      images: (N, H, W, 3) RGB in [0, 1] (8-bit images for exact 8-bit results).
+      method: a key of ``METHODS``.
+      target: class index (all images) or (N,) indices: targeted; None: untargeted.
+      label: (N,) reference classes (default: the model's predictions on ``images``).
+      eps: ball radius (L-inf or L2, pixel units; seed: optional L2 budget); None: the default.
+      step: step size in pixel units (sign step for L-inf, L2 length otherwise); steps: max steps.
+      confidence: success also needs the winning class probability >= confidence.
+      early_stop: stop each image once it succeeds (default: the method's; PGD/BIM stop too).
+      random_start: start at a random point of the ball (default: the method's).
+      key: PRNG key (or (N,) keys) for the random start.
+      quantize: return 8-bit images (round inside the budget, re-check, refine if undone).
+      refine_steps, refine_rounds: extra steps per round for images whose rounding undid success.
+    Returns:
+      ``AttackResult(images, report)``.
+    Raises:
+      JaxvizError: unknown method, bad eps/step/steps/confidence, wrong shapes.
+    """
+    spec = get_method(method)
+    params = model.params if params is None else params
+    x0 = jnp.asarray(images, jnp.float32)
+    if x0.ndim != 4 or x0.shape[-1] != 3:
+        raise JaxvizError(f"images must be (N, H, W, 3) in [0, 1], got shape {tuple(x0.shape)}")
+    n = x0.shape[0]
+    eps = spec.eps if eps is None else float(eps)
+    if eps is not None and (not np.isfinite(eps) or eps <= 0):
+        raise JaxvizError(f"eps must be positive, got {eps}")
+    step = spec.default_step(eps) if step is None else float(step)
+    steps = spec.steps if steps is None else int(steps)
+    if step <= 0 or steps < 1:
+        raise JaxvizError(f"step must be positive and steps >= 1 (got {step}, {steps})")
+    if confidence is not None and not 0.0 < confidence < 1.0:
+        raise JaxvizError(f"confidence must be in (0, 1), got {confidence}")
+    early_stop = spec.early_stop if early_stop is None else early_stop
+    predict = proba_fn(model, params)
+    if label is None:
+        label = jnp.argmax(predict(x0), -1)
+    label = jnp.asarray(label, jnp.int32).reshape(n)
+    targeted = target is not None
+    tgt = (jnp.broadcast_to(jnp.asarray(target, jnp.int32), (n,)) if targeted
+           else jnp.full((n,), -1, jnp.int32))
+    num_classes = model.spec.num_classes
+    if targeted and (int(tgt.min()) < 0 or int(tgt.max()) >= num_classes):
+        raise JaxvizError(f"target classes must be in 0..{num_classes - 1}")
+    cls = tgt if targeted else label
+
+    if not spec.iterative:
+        adv = fgsm(model, params, x0, cls, eps=eps, targeted=targeted)
+        steps_run = np.ones(n, np.int32)
+    else:
+        use_random = spec.random_start if random_start is None else random_start
+        init = x0
+        if use_random and eps is not None:
+            key = jax.random.key(0) if key is None else key
+            init = random_init(key, x0, norm=spec.norm, eps=eps)
+        loss_fn = _loss_fn(model, params, cls, targeted, spec.loss)
+        project_fn = partial(_project_to, x0=x0, norm=spec.norm, eps=eps)
+        active_fn = _active_fn(predict, x0, label, tgt, confidence, early_stop,
+                               budget=eps if spec.name == "seed" else None, step=step)
+        adv, steps_run = _run_iterations(loss_fn, init, x0, optimizer=step_transform(spec.step_rule, step),
+                                         steps=steps, project_fn=project_fn, active_fn=active_fn)
+
+    if quantize:
+        adv, steps_run = _quantize_and_refine(
+            model, params, predict, adv, x0, label, tgt, confidence, spec, eps, step, steps_run,
+            refine_steps, refine_rounds, targeted)
+    else:
+        adv = jnp.clip(adv, 0.0, 1.0)
+    adv = np.asarray(adv, np.float32)
+    report = assess(predict, x0, adv, label=label, target=tgt, confidence=confidence, steps=steps_run,
+                    method=spec.name, model=model.spec.name, eps=eps, norm=spec.norm)
+    return AttackResult(adv, report)
+
+
+def _project_to(x: Array, _engine_x0: Array | None = None, *, x0: Array, norm: Norm,
+                eps: float | None) -> Array:
+    # The ball is centred on the ORIGINAL images, not on the (random) start the engine saw.
+    return project(x, x0, norm=norm, eps=eps)
+
+
+def _active_fn(predict: ProbaFn, x0: Array, label: Array, target: Array, confidence: float | None,
+               early_stop: bool, budget: float | None, step: float) -> Callable | None:
+    """Per-image "keep going": not yet successful (if early_stop) and, with an L2 budget (seed
+    method), the next step (L2 length ``step``) cannot take the perturbation past it."""
+    if not early_stop and budget is None:
+        return None
+
+    def active(x: Array) -> Array:
+        go = jnp.ones(x.shape[0], bool)
+        if early_stop:
+            go = go & ~succeeded(predict(x), label, target, confidence)
+        if budget is not None:
+            go = go & (_per_image_norm(x - x0).reshape(-1) + step <= budget * (1 + 1e-6))
+        return go
+    return active
+
+
+def _quantize_and_refine(model, params, predict, adv, x0, label, tgt, confidence, spec, eps, step,
+                         steps_run, refine_steps, refine_rounds, targeted):
+    """Round to 8 bits inside the budget; where rounding undid a success, step on and re-round."""
+    steps_run = np.asarray(steps_run, np.int32).copy()
+    float_ok = np.asarray(succeeded(predict(adv), label, tgt, confidence))
+    q = quantize_8bit(adv, x0, norm=spec.norm, eps=eps)
+    cls = tgt if targeted else label
+    for _ in range(refine_rounds if spec.iterative else 0):
+        undone = float_ok & ~np.asarray(succeeded(predict(q), label, tgt, confidence))
+        if not undone.any():
+            break
+        mask = jnp.asarray(undone)
+        # fixed extra steps (no early stop) push past the decision boundary, away from rounding
+        loss_fn = _loss_fn(model, params, cls, targeted, spec.loss)
+        more, _ = _run_iterations(loss_fn, adv, x0, optimizer=step_transform(spec.step_rule, step),
+                                  steps=refine_steps,
+                                  project_fn=partial(_project_to, x0=x0, norm=spec.norm, eps=eps),
+                                  active_fn=lambda x: mask)
+        steps_run += refine_steps * undone
+        adv = jnp.where(mask[:, None, None, None], more, adv)
+        q = jnp.where(mask[:, None, None, None], quantize_8bit(more, x0, norm=spec.norm, eps=eps), q)
+    return q, steps_run
+
+
+def fooling_images(model, params: dict | None, images: Array, target: int | Array, **kwargs) -> AttackResult:
+    """The seed homework's method (``method="seed"``): normalised target-logit ascent until the
+    prediction is the target. Keyword arguments as for ``attack``."""
+    return attack(model, params, images, method="seed", target=target, **kwargs)
+
+
+def ifgsm(model, params: dict | None, images: Array, **kwargs) -> AttackResult:
+    """Iterative FGSM / BIM (``attack(method="ifgsm")``)."""
+    return attack(model, params, images, method="ifgsm", **kwargs)
+
+
+def pgd(model, params: dict | None, images: Array, *, norm: Norm = "linf", **kwargs) -> AttackResult:
+    """PGD with random start in the L-inf or L2 ball (``attack(method="pgd-linf"|"pgd-l2")``)."""
+    if norm not in ("linf", "l2"):
+        raise JaxvizError(f"norm must be 'linf' or 'l2', got {norm!r}")
+    return attack(model, params, images, method=f"pgd-{norm}", **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Transferability and rendering
+
+def transfer_report(adversarial: Array, originals: Array, model_b, params_b: dict | None = None, *,
+                    target: Array | None = None, label: Array | None = None,
+                    confidence: float | None = None, source: AttackReport | None = None) -> AttackReport:
+    """Evaluate adversarial images crafted on another model on ``model_b`` (black-box transfer).
+
+    Untargeted success on B means B's prediction moved away from ``label`` (default: B's own
+    prediction on the original); targeted, that B predicts the target. Images are resized
+    (bicubic, 8-bit) when B's input size differs. ``source`` copies method/steps/eps from the
+    white-box report.
+    """
+    params_b = model_b.params if params_b is None else params_b
+    size = model_b.spec.input_size
+    adversarial, originals = np.asarray(adversarial, np.float32), np.asarray(originals, np.float32)
+    if adversarial.shape[1:3] != (size, size):
+        from jaxviz.images import fit_image
+        adversarial = np.stack([fit_image(a, size) for a in adversarial])
+        originals = np.stack([fit_image(a, size) for a in originals])
+    predict = proba_fn(model_b, params_b)
+    if label is None:
+        label = np.asarray(predict(originals)).argmax(-1)
+    if target is None and source is not None and source.targeted:
+        target = source.target
+    return assess(predict, originals, adversarial, label=label, target=target, confidence=confidence,
+                  steps=None if source is None else source.steps,
+                  method=f"{source.method} from {source.model}" if source else "transfer",
+                  model=model_b.spec.name, eps=None if source is None else source.eps,
+                  norm=None if source is None else source.norm)
+
+
+def difference_image(original: np.ndarray, adversarial: np.ndarray, magnify: float = 10.0) -> np.ndarray:
+    """(…, H, W, 3) -> 0.5 + magnify * (adversarial - original), clipped to [0, 1] (grey = no change)."""
+    d = np.asarray(adversarial, np.float32) - np.asarray(original, np.float32)
+    return np.clip(0.5 + magnify * d, 0.0, 1.0)
+
+
+def triplet(original: np.ndarray, adversarial: np.ndarray, magnify: float = 10.0, pad: int = 2) -> np.ndarray:
+    """(H, W, 3) original | adversarial | magnified difference, side by side, in [0, 1]."""
+    from jaxviz.render import grid
+    return grid([original, adversarial, difference_image(original, adversarial, magnify)], columns=3, pad=pad)

@@ -1,0 +1,130 @@
+"""``jaxviz adversarial IMAGE...``: white-box adversarial examples (seed, FGSM, I-FGSM, PGD).
+
+Output files: with one image, ``--out ADV.png`` writes exactly ADV.png; with several images it
+writes ADV_0.png, ADV_1.png, ... (the index is the image's position on the command line).
+``--npy`` writes the float array next to each PNG (ADV.npy / ADV_0.npy, ...). Nothing else is
+written. Success is reported from a re-prediction of the image read back from the saved PNG.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from jaxviz.cli import command
+from jaxviz.cli._common import add_images, add_model, add_output, load_inputs, load_model_arg, output_path
+
+_METHOD_NAMES = ("seed", "fgsm", "ifgsm", "pgd-linf", "pgd-l2")  # = adversarial.METHODS (no jax import here)
+
+
+def output_paths(out: Path | None, count: int, suffix: str = ".png") -> list[Path | None]:
+    """ADV.png -> [ADV.png] for one image, [ADV_0.png, ADV_1.png, ...] for several."""
+    if out is None:
+        return [None] * count
+    if count == 1:
+        return [out.with_suffix(suffix)]
+    return [out.with_name(f"{out.stem}_{i}{suffix}") for i in range(count)]
+
+
+@command("adversarial", "craft adversarial images (seed normalised-gradient method, FGSM, I-FGSM, PGD) "
+                        "and report success from a re-prediction of the saved 8-bit files")
+def adversarial(parser: argparse.ArgumentParser):
+    add_images(parser)
+    add_model(parser)
+    parser.add_argument("--target", default=None, metavar="CLASS",
+                        help="target class (index or name) for a targeted attack; default: untargeted")
+    parser.add_argument("--method", default="pgd-linf", metavar="METHOD",
+                        help="seed | fgsm | ifgsm | pgd-linf | pgd-l2 (default pgd-linf)")
+    parser.add_argument("--eps", default=None, help="budget in [0,1] pixel units, e.g. 0.01 or 8/255 "
+                        "(L-inf for fgsm/ifgsm/pgd-linf, L2 for pgd-l2 and seed; default per method)")
+    parser.add_argument("--step", default=None, help="step size in pixel units (default per method)")
+    parser.add_argument("--steps", type=int, default=None, help="maximum number of steps")
+    parser.add_argument("--confidence", type=float, default=None,
+                        help="success also needs the winning class probability >= this (e.g. 0.99)")
+    parser.add_argument("--no-early-stop", action="store_true",
+                        help="run every step even after an image succeeds")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (random start)")
+    parser.add_argument("--transfer", default=None, metavar="MODEL",
+                        help="also evaluate the adversarial images on this model")
+    add_output(parser, help="adversarial PNG at the model's input size (several images: OUT_0.png, OUT_1.png, ...)")
+    parser.add_argument("--npy", action="store_true", help="also write the float array(s) beside --out (.npy)")
+    parser.add_argument("--json", action="store_true", help="print a JSON list, one record per image")
+
+    def run(args: argparse.Namespace) -> int:
+        from jaxviz.errors import JaxvizError
+        if args.method not in _METHOD_NAMES:
+            raise JaxvizError(f"unknown method {args.method!r}; use one of {', '.join(_METHOD_NAMES)}")
+        out = output_path(args.out, suffixes=(".png",))  # PNG only: JPEG would undo the attack
+        if args.npy and out is None:
+            raise JaxvizError("--npy needs --out (the arrays are written beside the PNGs)")
+        pngs = output_paths(out, len(args.images))
+        npys = output_paths(out, len(args.images), ".npy") if args.npy else [None] * len(args.images)
+
+        import jax
+        import numpy as np
+
+        from jaxviz import adversarial as adv
+        from jaxviz.images import load_image, save_image
+        from jaxviz.labels import imagenet_labels, resolve_class
+
+        method = adv.get_method(args.method)
+        eps = adv.parse_amount(args.eps, "--eps") if args.eps is not None else None
+        step = adv.parse_amount(args.step, "--step") if args.step is not None else None
+        if eps is not None and method.norm == "linf" and eps > 1:
+            raise JaxvizError(f"--eps {args.eps} is an L-inf radius in [0,1] pixel units: must be <= 1")
+        if args.steps is not None and not 1 <= args.steps <= 100_000:
+            raise JaxvizError(f"--steps must be between 1 and 100000, got {args.steps}")
+        if args.confidence is not None and not 0 < args.confidence < 1:
+            raise JaxvizError(f"--confidence must be in (0, 1), got {args.confidence}")
+        model = load_model_arg(args.model)
+        target = resolve_class(args.target, model.spec.num_classes) if args.target is not None else None
+        other = load_model_arg(args.transfer) if args.transfer else None
+        images = load_inputs(model, args.images, args.fit)
+
+        result = adv.attack(model, None, images, method=method.name, target=target, eps=eps, step=step,
+                            steps=args.steps, confidence=args.confidence,
+                            early_stop=False if args.no_early_stop else None,
+                            key=jax.random.key(args.seed))
+        final = result.images
+        if out is not None:
+            for image, png, npy in zip(result.images, pngs, npys):
+                save_image(image, png)
+                if npy is not None:
+                    np.save(npy, image)
+            # the claim is about the files: read them back and re-predict
+            final = np.stack([load_image(p) for p in pngs])
+        report = adv.assess(adv.proba_fn(model), images, final, label=result.report.label,
+                            target=result.report.target, confidence=args.confidence,
+                            steps=result.report.steps, method=method.name, model=model.name,
+                            eps=result.report.eps, norm=method.norm)
+        transfer = (adv.transfer_report(final, images, other, confidence=args.confidence, source=report)
+                    if other is not None else None)
+        labels = imagenet_labels()
+        rows = report.records(labels)
+        for i, row in enumerate(rows):
+            row = {"image": args.images[i], **row, "eps": report.eps, "norm": method.norm}
+            if pngs[i] is not None:
+                row["saved"] = str(pngs[i])
+            if npys[i] is not None:
+                row["npy"] = str(npys[i])
+            if transfer is not None:
+                t = transfer.records(labels)[i]
+                row["transfer"] = {"model": other.name, "success": t["success"], "original": t["original"],
+                                   "final": t["final"], "target": t["target"]}
+            rows[i] = row
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            for row in rows:
+                goal = f"-> {row['target']['label']}" if row["target"] else "(untargeted)"
+                print(f"{row['image']}: {'success' if row['success'] else 'FAILED'} {method.name} {goal} "
+                      f"in {row['steps']} steps; {row['original']['label']} {row['original']['confidence']:.3f} "
+                      f"=> {row['final']['label']} {row['final']['confidence']:.3f}; "
+                      f"L2 {row['l2']:.3f}, Linf {row['linf_255']:.1f}/255"
+                      + (f"; saved {row['saved']}" if "saved" in row else ""))
+                if "transfer" in row:
+                    t = row["transfer"]
+                    print(f"  transfer to {t['model']}: {'success' if t['success'] else 'no'}; "
+                          f"{t['original']['label']} => {t['final']['label']} {t['final']['confidence']:.3f}")
+        return 0
+    return run
