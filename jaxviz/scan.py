@@ -1,0 +1,540 @@
+"""Dataset scan: the top-k activations of every channel over a folder of images, streamed.
+
+Zeiler & Fergus (2014, "Visualizing and understanding convolutional networks", fig. 2) show, for a
+unit, the dataset patches that excite it most. This module finds them: the model runs once per
+image, in batches, and for every channel of every requested layer we keep the k images with the
+largest activation (each image counted once per channel, at its strongest position, as in the
+paper) together with that position. Memory does not grow with the dataset: each batch's
+per-channel candidates are merged into the running top-k inside the same jitted step as the
+forward pass, so the bookkeeping is nearly free. Each image's pooled penultimate features (global
+average of ``spec.feature_layer``) are kept too, for nearest neighbours and embeddings.
+
+Conventions
+  * Order is canonical: per channel, descending value, ties broken by the smaller image index and
+    then by the first position in row-major order. ``lax.top_k`` is stable, and candidates always
+    arrive in image order, so the streamed, sharded, resumed and merged scans give the same index
+    as a brute-force sort.
+  * Positions ``(y, x)`` index the layer's activation map; ``jaxviz.patches`` maps them to input
+    pixels through the layer's receptive field.
+
+INDEX directory (readable without jaxviz; ``read_index`` is the reader)
+  ``meta.json``   {"model", "layers", "topk", "input_size", "fit", "count", "feature_layer",
+                   "complete", "version": 1, "shard": [i, n], "total"}; ``count`` = images in
+                   this index, ``total`` = images in the whole (unsharded) dataset;
+  ``images.csv``  columns ``index,path`` (global image index; a file path or a sample name);
+  ``features.npy`` float32 (count, D), row r = the r-th row of images.csv;
+  ``topk/<layer>.npz`` ``values`` (C, k) float32 descending, ``image`` (C, k) int32 (global index),
+                   ``y``, ``x`` (C, k) int32; k = min(topk, count).
+  While a scan runs, ``meta.json`` says ``"complete": false`` and the running state lives in
+  ``.scan/`` (``state.npz``: images done + running top-k; ``features.f32``: rows appended so
+  far). Every file is written to a temporary name and ``os.replace``-d, so a kill at any moment
+  leaves either the previous checkpoint or the next one; running the same scan again resumes.
+
+Devices, shards and hosts
+  The step runs data-parallel over the local devices: a 1-D ``Mesh`` named ``data`` over
+  ``jax.local_devices()``, the batch split with ``NamedSharding(mesh, P('data'))``; inside
+  ``shard_map`` each device runs the network on its slice, reduces it to its own per-channel top-k
+  candidates, and an ``all_gather`` over ``data`` merges them into the replicated running state.
+  Test it on one CPU with ``XLA_FLAGS=--xla_force_host_platform_device_count=4``.
+
+  Several hosts scan disjoint contiguous shards of the same source list (``shard=(i, n)``; CLI
+  ``--shard i/n``), each with its own devices and its own INDEX, then ``merge_indices`` (CLI
+  ``jaxviz scan --merge A B ... --out INDEX``) combines them; the result equals a one-host scan
+  because every shard's top-k is canonical and the merge re-sorts the union canonically. On a
+  cluster run one process per host, e.g. after ``jax.distributed.initialize(coordinator, n, i)``
+  use ``shard=(jax.process_index(), jax.process_count())`` — the scan itself only uses the
+  host's ``jax.local_devices()``, so no cross-host collectives are needed until the (tiny) merge,
+  which any one host does from the shared file system.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxviz.errors import JaxvizError
+
+VERSION = 1
+_STATE_DIR = ".scan"
+
+
+# ----------------------------------------------------------------------------------- reading
+
+@dataclass(frozen=True)
+class TopK:
+    """Per-channel top-k of one layer: every array (C, k)."""
+
+    values: np.ndarray
+    image: np.ndarray
+    y: np.ndarray
+    x: np.ndarray
+
+
+@dataclass(frozen=True)
+class Index:
+    """A scan's results: ``paths[r]`` is image ``indices[r]``, ``features[r]`` its features."""
+
+    path: Path
+    meta: dict
+    indices: np.ndarray  # (count,) int global image indices
+    paths: list[str]
+    features: np.ndarray  # (count, D) float32
+    topk: dict[str, TopK]
+
+    def source(self, image: int) -> str:
+        """The path (or sample name) of global image index ``image``."""
+        pos = int(np.searchsorted(self.indices, image))
+        if pos >= len(self.indices) or self.indices[pos] != image:
+            raise JaxvizError(f"image {image} is not in index {self.path}")
+        return self.paths[pos]
+
+
+def read_index(path: str | os.PathLike) -> Index:
+    """Read a complete INDEX directory (see the module docstring for the format).
+
+    Raises:
+      JaxvizError: not an index, or an interrupted scan (rerun the scan to resume it).
+    """
+    path = Path(path)
+    meta_path = path / "meta.json"
+    if not meta_path.is_file():
+        raise JaxvizError(f"not a scan index (no meta.json): {path}")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except ValueError as e:
+        raise JaxvizError(f"corrupt {meta_path}: {e}") from None
+    if not meta.get("complete"):
+        raise JaxvizError(f"scan index {path} is incomplete (interrupted?); run the same scan again to resume it")
+    indices, paths = _read_csv(path / "images.csv")
+    features = np.load(path / "features.npy")
+    topk = {}
+    for layer in meta["layers"]:
+        with np.load(path / "topk" / f"{layer}.npz") as z:
+            topk[layer] = TopK(z["values"], z["image"], z["y"], z["x"])
+    return Index(path, meta, indices, paths, features, topk)
+
+
+def _read_csv(path: Path) -> tuple[np.ndarray, list[str]]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return np.asarray([int(r["index"]) for r in rows], np.int64), [r["path"] for r in rows]
+
+
+# ----------------------------------------------------------------------------------- sources
+
+def image_extensions() -> set[str]:
+    """File suffixes Pillow can open (lower case, with the dot)."""
+    from PIL import Image
+    return {ext.lower() for ext in Image.registered_extensions()}
+
+
+def collect_sources(inputs: Sequence[str | os.PathLike]) -> list[str]:
+    """Expand folders (recursively, sorted, any Pillow format), files and sample names.
+
+    Raises:
+      JaxvizError: an input that is neither a file, a folder nor a sample name; no images found.
+    """
+    from jaxviz.images import SAMPLES
+    exts = image_extensions()
+    sources: list[str] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(str(f.resolve()) for f in p.rglob("*")
+                           if f.is_file() and f.suffix.lower() in exts and _STATE_DIR not in f.parts)
+            if not found:
+                raise JaxvizError(f"no images found in folder {p}")
+            sources += found
+        elif p.is_file():
+            sources.append(str(p.resolve()))
+        elif str(item) in SAMPLES:
+            sources.append(str(item))
+        else:
+            raise JaxvizError(f"no such file, folder or sample image: {item}")
+    if not sources:
+        raise JaxvizError("no images to scan")
+    return sources
+
+
+def shard_range(total: int, shard: tuple[int, int]) -> tuple[int, int]:
+    """[start, stop) of contiguous shard i of n over ``total`` images."""
+    i, n = shard
+    return (i * total) // n, ((i + 1) * total) // n
+
+
+# ------------------------------------------------------------------------------- jitted step
+
+def data_mesh(devices: Sequence | None = None) -> Mesh:
+    """1-D mesh ``('data',)`` over this host's devices."""
+    devices = list(devices or jax.local_devices())
+    return Mesh(np.asarray(devices), ("data",))
+
+
+def init_state(channels: dict[str, int], k: int) -> dict[str, dict[str, np.ndarray]]:
+    """Empty running top-k: values -inf, indices -1, each (C, k)."""
+    return {layer: {"values": np.full((c, k), -np.inf, np.float32),
+                    "image": np.full((c, k), -1, np.int32),
+                    "y": np.full((c, k), -1, np.int32),
+                    "x": np.full((c, k), -1, np.int32)} for layer, c in channels.items()}
+
+
+def _take(a: jax.Array, idx: jax.Array) -> jax.Array:
+    return jnp.take_along_axis(a, idx, axis=1)
+
+
+def _candidates(act: jax.Array, ids: jax.Array, k: int) -> dict[str, jax.Array]:
+    """(b, h, w, C) activations -> each image's strongest position per channel, then the top-k
+    images per channel: arrays (C, min(k, b)), in canonical order."""
+    b, h, w, c = act.shape
+    flat = act.reshape(b, h * w, c)
+    pos = jnp.argmax(flat, axis=1)  # first maximum in row-major order
+    val = jnp.max(flat, axis=1)
+    val = jnp.where(ids[:, None] >= 0, val, -jnp.inf).T  # padding images never win
+    kk = min(k, b)
+    values, idx = jax.lax.top_k(val, kk)
+    pos = _take(pos.T, idx)
+    return {"values": values, "image": _take(jnp.broadcast_to(ids[None], val.shape), idx),
+            "y": (pos // w).astype(jnp.int32), "x": (pos % w).astype(jnp.int32)}
+
+
+def merge_topk(running: dict[str, jax.Array], new: dict[str, jax.Array], k: int) -> dict[str, jax.Array]:
+    """Merge candidates (C, m) that come after ``running`` (C, k') in canonical order into the
+    top-k; ``lax.top_k`` keeps the earlier entry on ties, so the order stays canonical."""
+    cat = {name: jnp.concatenate([running[name], new[name]], axis=1) for name in running}
+    values, idx = jax.lax.top_k(cat["values"], k)
+    return {"values": values, **{name: _take(cat[name], idx) for name in ("image", "y", "x")}}
+
+
+@partial(jax.jit, static_argnames=("k",))
+def merge_topk_jit(running: dict, new: dict, k: int) -> dict:
+    """Jitted ``merge_topk`` (host-side merges of shard results)."""
+    return merge_topk(running, new, k)
+
+
+def make_step(apply_fn: Callable, preprocess: Callable, layers: tuple[str, ...], feature_layer: str,
+              k: int, mesh: Mesh, stop: str | None = None) -> Callable:
+    """The jitted scan step ``step(params, images01, ids, state) -> (state, features)``.
+
+    ``images01`` (B, H, W, 3) in [0, 1] sharded over ``data``; ``ids`` (B,) int32 global image
+    indices, -1 for padding; ``state`` the replicated running top-k; ``features`` (B, D) pooled
+    ``feature_layer`` activations (sharded like the batch). B must be a multiple of the mesh size.
+    ``stop`` is the deepest layer needed (the network is run only that far).
+    """
+    capture = tuple(dict.fromkeys(layers + (feature_layer,)))
+
+    def local(params, images, ids, state):
+        acts = apply_fn(params, preprocess(images), stop=stop, capture=capture)[1]
+        new_state = {}
+        for layer in layers:
+            cand = _candidates(acts[layer], ids, k)
+            # Device d's candidates land after device d-1's: image order, so ties stay canonical.
+            cand = {n: jax.lax.all_gather(a, "data", axis=1, tiled=True) for n, a in cand.items()}
+            new_state[layer] = merge_topk(state[layer], cand, k)
+        features = acts[feature_layer].mean(axis=(1, 2))
+        return new_state, features
+
+    sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P("data"), P("data"), P()),
+                            out_specs=(P(), P("data")), check_vma=False)
+    replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    return jax.jit(sharded, in_shardings=(replicated, batch, batch, replicated),
+                   out_shardings=(replicated, batch), donate_argnums=(3,))
+
+
+def deepest(spec, names: Sequence[str]) -> str:
+    """The deepest of ``names`` in stage order (the scan runs the network only that far)."""
+    order = {n: i for i, n in enumerate(spec.layer_names)}
+    return max(names, key=lambda n: order[n])
+
+
+# -------------------------------------------------------------------------------- scanning
+
+class _Checkpoint:
+    """Running state on disk: atomic ``state.npz`` + an append-only ``features.f32``."""
+
+    def __init__(self, out: Path):
+        self.dir = out / _STATE_DIR
+        self.state_path = self.dir / "state.npz"
+        self.features_path = self.dir / "features.f32"
+
+    def load(self, dim: int) -> tuple[int, dict] | None:
+        if not self.state_path.is_file():
+            return None
+        with np.load(self.state_path) as z:
+            done = int(z["done"])
+            state: dict = {}
+            for key in z.files:
+                if "/" in key:
+                    layer, name = key.rsplit("/", 1)
+                    state.setdefault(layer, {})[name] = z[key]
+        # Rows beyond the checkpoint were appended by the batch that was interrupted: drop them.
+        with open(self.features_path, "r+b") as f:
+            f.truncate(done * dim * 4)
+        return done, state
+
+    def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.features_path.write_bytes(b"")
+        if self.state_path.exists():
+            self.state_path.unlink()
+
+    def save(self, done: int, features: np.ndarray, state: dict) -> None:
+        with open(self.features_path, "ab") as f:  # features first: the state may never run ahead
+            f.write(np.ascontiguousarray(features, np.float32).tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        arrays = {f"{layer}/{n}": np.asarray(a) for layer, s in state.items() for n, a in s.items()}
+        _atomic(self.state_path, lambda f: np.savez(f, done=np.int64(done), **arrays))
+
+    def features(self, dim: int) -> np.ndarray:
+        return np.fromfile(self.features_path, np.float32).reshape(-1, dim)
+
+
+def _atomic(path: Path, write: Callable) -> None:
+    """Write via a temporary file in the same folder and ``os.replace`` (atomic on POSIX)."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    _atomic(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
+
+
+def _write_csv(path: Path, indices: Sequence[int], paths: Sequence[str]) -> None:
+    def write(f):
+        import io
+        text = io.StringIO()
+        w = csv.writer(text, lineterminator="\n")
+        w.writerow(["index", "path"])
+        w.writerows(zip(indices, paths))
+        f.write(text.getvalue().encode())
+    _atomic(path, write)
+
+
+def _sources_digest(sources: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(sources).encode()).hexdigest()
+
+
+def _finish(out: Path, meta: dict, state: dict, features: np.ndarray, count: int) -> None:
+    """Write the final arrays, then flip ``complete`` last."""
+    k = min(meta["topk"], count)
+    (out / "topk").mkdir(exist_ok=True)
+    for layer, s in state.items():
+        _atomic(out / "topk" / f"{layer}.npz", lambda f, s=s: np.savez(
+            f, values=np.asarray(s["values"][:, :k], np.float32),
+            **{n: np.asarray(s[n][:, :k], np.int32) for n in ("image", "y", "x")}))
+    _atomic(out / "features.npy", lambda f: np.save(f, features.astype(np.float32)))
+    _write_json(out / "meta.json", {**meta, "complete": True})
+    shutil.rmtree(out / _STATE_DIR, ignore_errors=True)
+
+
+def _prefetch(sources: Sequence[str], batch: int, size: int, fit: str, start: int, workers: int = 2):
+    """Yield (offset, images (b, S, S, 3)) batches, decoding the next ones in threads."""
+    from jaxviz.images import load_image
+
+    def load(lo: int) -> np.ndarray:
+        return np.stack([load_image(s, size, fit) for s in sources[lo:lo + batch]])
+
+    with ThreadPoolExecutor(workers) as pool:
+        offsets = list(range(start, len(sources), batch))
+        futures = [pool.submit(load, lo) for lo in offsets[:workers + 1]]
+        for i, lo in enumerate(offsets):
+            images = futures[i].result()
+            if i + workers + 1 < len(offsets):
+                futures.append(pool.submit(load, offsets[i + workers + 1]))
+            yield lo, images
+
+
+def scan(model, sources: Sequence[str], out: str | os.PathLike, *, layers: Sequence[str], topk: int = 9,
+         batch: int = 32, input_size: int | None = None, fit: str = "stretch",
+         shard: tuple[int, int] = (0, 1), devices: Sequence | None = None,
+         progress: bool = False, on_batch: Callable[[int], None] | None = None) -> Index:
+    """Scan images and write (or resume) an INDEX directory at ``out``.
+
+    Args:
+      model: a ``jaxviz`` Model.
+      sources: image paths or sample names (``collect_sources`` expands folders); the whole
+        dataset even when scanning one shard.
+      out: the INDEX directory; created, or resumed if it holds an interrupted scan of the same
+        configuration (a complete one is returned as is).
+      layers: layer names or aliases with spatial outputs.
+      topk: images kept per channel.
+      batch: images per step (rounded up to a multiple of the number of devices).
+      input_size: square input size (default: the model's).
+      fit: "stretch" or "crop" (see ``jaxviz.images.fit_image``).
+      shard: (i, n): scan only the i-th of n contiguous parts of ``sources``.
+      devices: devices of the data mesh (default ``jax.local_devices()``).
+      on_batch: called with the number of images done after each checkpoint (progress, tests).
+    Returns:
+      the complete ``Index``.
+    Raises:
+      JaxvizError: bad arguments, an unreadable image, or ``out`` holding something else.
+    """
+    from jaxviz.models.registry import layer_shapes
+    spec = model.spec
+    size = int(input_size or spec.input_size)
+    sources = [str(s) for s in sources]
+    if not sources:
+        raise JaxvizError("no images to scan")
+    if topk < 1:
+        raise JaxvizError(f"topk must be at least 1, got {topk}")
+    if batch < 1:
+        raise JaxvizError(f"batch must be at least 1, got {batch}")
+    if not 16 <= size <= 4096:
+        raise JaxvizError(f"input size must be between 16 and 4096, got {size}")
+    i_shard, n_shard = shard
+    if not (n_shard >= 1 and 0 <= i_shard < n_shard):
+        raise JaxvizError(f"shard must be i/n with 0 <= i < n, got {i_shard}/{n_shard}")
+    if fit not in ("stretch", "crop"):
+        raise JaxvizError(f"unknown fit {fit!r}; use 'stretch' or 'crop'")
+    if not layers:
+        raise JaxvizError("give at least one layer to scan")
+    layers = tuple(dict.fromkeys(spec.resolve_layer(name) for name in layers))
+    shapes = layer_shapes(spec, size)
+    for layer in layers + (spec.feature_layer,):
+        if len(shapes[layer]) != 3:
+            raise JaxvizError(f"layer {layer} of {spec.name} has no spatial output (shape {shapes[layer]}); "
+                              f"scan a convolutional layer")
+    lo, hi = shard_range(len(sources), shard)
+    mine = sources[lo:hi]
+    meta = {"model": spec.name, "layers": list(layers), "topk": int(topk), "input_size": size, "fit": fit,
+            "count": len(mine), "feature_layer": spec.feature_layer, "complete": False, "version": VERSION,
+            "shard": [i_shard, n_shard], "total": len(sources), "sources_sha256": _sources_digest(sources)}
+
+    out = Path(out)
+    checkpoint = _Checkpoint(out)
+    dim = shapes[spec.feature_layer][-1]
+    resumed = _existing(out, meta)
+    if resumed == "complete":
+        return read_index(out)
+    if resumed == "partial":
+        loaded = checkpoint.load(dim)
+    else:
+        loaded = None
+        out.mkdir(parents=True, exist_ok=True)
+        checkpoint.start()
+        _write_csv(out / "images.csv", range(lo, hi), mine)
+        _write_json(out / "meta.json", meta)
+    done, state = loaded if loaded else (0, init_state({l: shapes[l][-1] for l in layers}, topk))
+
+    mesh = data_mesh(devices)
+    ndev = mesh.devices.size
+    batch = -(-batch // ndev) * ndev
+    step = make_step(model.apply, model.preprocess, layers, spec.feature_layer, topk, mesh,
+                     stop=deepest(spec, layers + (spec.feature_layer,)))
+    params = jax.device_put(model.params, NamedSharding(mesh, P()))
+    state = jax.device_put(state, NamedSharding(mesh, P()))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(mine), initial=done, unit="img", desc=f"scan {spec.name}")
+    try:
+        for offset, images in _prefetch(mine, batch, size, fit, done):
+            n = len(images)
+            ids = np.full((batch,), -1, np.int32)
+            ids[:n] = np.arange(lo + offset, lo + offset + n)
+            if n < batch:  # pad the last batch: one compiled shape
+                images = np.concatenate([images, np.zeros((batch - n,) + images.shape[1:], images.dtype)])
+            state, features = step(params, images, ids, state)
+            done = offset + n
+            host_state = jax.device_get(state)
+            checkpoint.save(done, np.asarray(features)[:n], host_state)
+            if bar is not None:
+                bar.update(n)
+            if on_batch is not None:
+                on_batch(done)
+    finally:
+        if bar is not None:
+            bar.close()
+    _finish(out, meta, jax.device_get(state), checkpoint.features(dim), len(mine))
+    return read_index(out)
+
+
+def _existing(out: Path, meta: dict) -> str | None:
+    """None (fresh), 'partial' (resume) or 'complete'; an error if ``out`` holds anything else."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise JaxvizError(f"output {out} exists and is not a folder")
+    meta_path = out / "meta.json"
+    if not meta_path.is_file():
+        if any(out.iterdir()):
+            raise JaxvizError(f"output folder {out} is not empty and is not a scan index")
+        return None
+    try:
+        old = json.loads(meta_path.read_text())
+    except ValueError:
+        raise JaxvizError(f"corrupt {meta_path}; remove {out} to start again") from None
+    keys = ("model", "layers", "topk", "input_size", "fit", "shard", "total", "sources_sha256")
+    diff = [k for k in keys if old.get(k) != meta.get(k)]
+    if diff:
+        raise JaxvizError(f"{out} holds a scan with different {', '.join(diff)}; "
+                          f"choose another --out or remove it")
+    if old.get("complete"):
+        return "complete"
+    return "partial" if (out / _STATE_DIR / "state.npz").is_file() else _restart(out)
+
+
+def _restart(out: Path) -> None:
+    """Interrupted before the first checkpoint: nothing worth keeping."""
+    return None
+
+
+# ---------------------------------------------------------------------------------- merging
+
+def merge_indices(parts: Sequence[str | os.PathLike], out: str | os.PathLike) -> Index:
+    """Merge the indices of disjoint shards of one dataset into one INDEX at ``out``.
+
+    The union of the shards' per-channel top-k, re-sorted canonically (value descending, then image
+    index), is exactly the top-k of a one-host scan.
+
+    Raises:
+      JaxvizError: incomplete or incompatible parts, overlapping images, or ``out`` not free.
+    """
+    if not parts:
+        raise JaxvizError("nothing to merge")
+    indices = [read_index(p) for p in parts]
+    first = indices[0].meta
+    keys = ("model", "layers", "topk", "input_size", "fit", "feature_layer", "total", "sources_sha256")
+    for ix in indices[1:]:
+        diff = [k for k in keys if ix.meta.get(k) != first.get(k)]
+        if diff:
+            raise JaxvizError(f"cannot merge {ix.path} with {indices[0].path}: different {', '.join(diff)}")
+    all_ids = np.concatenate([ix.indices for ix in indices])
+    if len(np.unique(all_ids)) != len(all_ids):
+        raise JaxvizError("the indices to merge overlap (the same image in two shards)")
+    order = np.argsort(all_ids, kind="stable")
+    paths = [p for ix in indices for p in ix.paths]
+    features = np.concatenate([ix.features for ix in indices])[order]
+    k = min(first["topk"], len(all_ids))
+    topk = {}
+    for layer in first["layers"]:
+        cat = {n: np.concatenate([getattr(ix.topk[layer], n) for ix in indices], axis=1)
+               for n in ("values", "image", "y", "x")}
+        # Canonical order: value descending, then image index (positions are one per image).
+        rank = np.lexsort((cat["image"], -cat["values"].astype(np.float64)), axis=1)[:, :k]
+        topk[layer] = {n: np.take_along_axis(a, rank, axis=1) for n, a in cat.items()}
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise JaxvizError(f"output {out} already exists and is not empty")
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {**first, "count": len(all_ids), "shard": [0, 1], "complete": False}
+    _write_csv(out / "images.csv", all_ids[order].tolist(), [paths[i] for i in order])
+    _write_json(out / "meta.json", meta)
+    _finish(out, meta, topk, features, len(all_ids))
+    return read_index(out)
