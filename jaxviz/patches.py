@@ -130,9 +130,22 @@ def top_patches(index, layer: str, channels: Sequence[int], *, k: int | None = N
     image_ids = t.image[channels, :k]
     cache = {int(i): load_image(index.source(int(i)), size, fit) for i in np.unique(image_ids)}
     images = np.stack([cache[int(i)] for i in image_ids.ravel()])
-    boxes = unit_boxes(spec, name, t.y[channels, :k].ravel(), t.x[channels, :k].ravel(), size)
-    tiles = crop_patches(jnp.asarray(images), jnp.asarray(boxes[:, 0]), jnp.asarray(boxes[:, 1]), rf.size)
-    tiles = np.asarray(tiles).reshape(len(channels), k, rf.size, rf.size, 3)
+    ys, xs = t.y[channels, :k].ravel(), t.x[channels, :k].ravel()
+    boxes = unit_boxes(spec, name, ys, xs, size)
+    tiles = np.array(crop_patches(jnp.asarray(images), jnp.asarray(boxes[:, 0]), jnp.asarray(boxes[:, 1]), rf.size))
+    # Grey out what this unit did not see: the part of the layer's field outside the channel's
+    # own field (fire 1x1 channels), and pixels beyond the layer's visible extent.
+    extent = visible_extent(spec, name, size)
+    offs = np.arange(rf.size)
+    for n, channel in enumerate(np.repeat(channels, k)):
+        f = unit_field(spec, name, int(channel), size)
+        top, left, bottom, right = f.box(int(ys[n]), int(xs[n]))
+        rows = boxes[n, 0] + offs
+        cols = boxes[n, 1] + offs
+        inside_r = (rows >= top) & (rows < min(bottom, extent))
+        inside_c = (cols >= left) & (cols < min(right, extent))
+        tiles[n][~(inside_r[:, None] & inside_c[None, :])] = GREY
+    tiles = tiles.reshape(len(channels), k, rf.size, rf.size, 3)
     return tiles, t.values[channels, :k]
 
 

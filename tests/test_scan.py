@@ -1,0 +1,311 @@
+"""Dataset scan: top-k == brute force, sharded (4 simulated devices) == one device, shards merged
+== one scan, interrupted (exception and SIGKILL) + resumed == uninterrupted, CLI end to end."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from conftest import make_tiny_model
+
+from jaxviz.errors import JaxvizError
+from jaxviz.images import load_images, save_image
+from jaxviz.scan import collect_sources, merge_indices, read_index, scan
+
+TESTS = Path(__file__).resolve().parent
+LAYERS = ["features.1", "features.4"]  # ReLU output (many exact ties at 0) and the last ReLU
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """19 random non-square images, nested folders, mixed formats, plus a non-image file."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    (root / "sub" / "deeper").mkdir(parents=True)
+    for i in range(19):
+        h, w = rng.integers(12, 40, size=2)
+        img = rng.random((h, w, 3)) ** rng.uniform(0.3, 3)  # varied statistics
+        where = [root, root / "sub", root / "sub" / "deeper"][i % 3]
+        save_image(img, where / f"img{i:02d}.{'png' if i % 4 else 'jpg'}")
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def _brute_force(model, sources, layers, k, size):
+    images = load_images(sources, size)
+    _, acts = model.apply(model.params, model.preprocess(images), capture=tuple(layers))
+    out = {}
+    for layer in layers:
+        a = np.asarray(acts[layer])
+        n, h, w, c = a.shape
+        flat = a.reshape(n, h * w, c)
+        val, pos = flat.max(1), flat.argmax(1)  # (n, C): each image once, first max position
+        vals, imgs, ys, xs = [], [], [], []
+        for ch in range(c):
+            order = np.lexsort((np.arange(n), -val[:, ch]))[:k]  # value desc, then image index
+            vals.append(val[order, ch]), imgs.append(order)
+            ys.append(pos[order, ch] // w), xs.append(pos[order, ch] % w)
+        out[layer] = [np.array(v) for v in (vals, imgs, ys, xs)]
+    feats = np.asarray(model.apply(model.params, model.preprocess(images), stop=model.spec.feature_layer)).mean((1, 2))
+    return out, feats
+
+
+def _assert_same_index(a, b, exact=True):
+    assert a.meta["layers"] == b.meta["layers"] and a.paths == b.paths
+    np.testing.assert_array_equal(a.indices, b.indices)
+    for layer in a.meta["layers"]:
+        ta, tb = a.topk[layer], b.topk[layer]
+        for name in ("image", "y", "x"):
+            np.testing.assert_array_equal(getattr(ta, name), getattr(tb, name), err_msg=f"{layer} {name}")
+        if exact:
+            np.testing.assert_array_equal(ta.values, tb.values)
+        else:
+            np.testing.assert_allclose(ta.values, tb.values, rtol=1e-6, atol=1e-6)
+    if exact:
+        np.testing.assert_array_equal(a.features, b.features)
+    else:
+        np.testing.assert_allclose(a.features, b.features, rtol=1e-6, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def reference(folder, tmp_path_factory):
+    model = make_tiny_model()
+    sources = collect_sources([folder])
+    out = tmp_path_factory.mktemp("ref") / "index"
+    return model, sources, scan(model, sources, out, layers=LAYERS, topk=4, batch=8)
+
+
+def test_collect_sources_recursive_and_samples(folder):
+    sources = collect_sources([folder, "chelsea"])
+    assert len(sources) == 20 and sources[-1] == "chelsea"
+    assert all(Path(s).suffix in (".png", ".jpg") for s in sources[:-1])
+    assert sources[:-1] == sorted(sources[:-1])
+    with pytest.raises(JaxvizError, match="no such file"):
+        collect_sources([folder / "missing"])
+
+
+def test_topk_equals_brute_force(reference):
+    model, sources, index = reference
+    want, feats = _brute_force(model, sources, LAYERS, 4, 16)
+    assert index.meta["complete"] and index.meta["count"] == 19
+    for layer in LAYERS:
+        t = index.topk[layer]
+        values, image, y, x = want[layer]
+        assert t.values.shape == (model.layer_shapes()[layer][-1], 4)
+        np.testing.assert_allclose(t.values, values, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(t.image, image)
+        np.testing.assert_array_equal(t.y, y)
+        np.testing.assert_array_equal(t.x, x)
+        assert np.all(np.diff(t.values, axis=1) <= 0)
+    np.testing.assert_allclose(index.features, feats, rtol=1e-5, atol=1e-6)
+    # the index files are readable without jaxviz
+    meta = json.loads((index.path / "meta.json").read_text())
+    assert meta["count"] == 19 and meta["feature_layer"] == "features.4" and meta["version"] == 1
+    with np.load(index.path / "topk" / "features.4.npz") as z:
+        assert z["image"].dtype == np.int32 and z["values"].dtype == np.float32
+
+
+def test_topk_larger_than_dataset_and_batch_one(folder, tmp_path):
+    model = make_tiny_model(1)
+    sources = collect_sources([folder])[:5]
+    index = scan(model, sources, tmp_path / "ix", layers=["features.4"], topk=9, batch=1)
+    want, _ = _brute_force(model, sources, ["features.4"], 9, 16)
+    assert index.topk["features.4"].values.shape[1] == 5  # k = min(topk, count)
+    np.testing.assert_array_equal(index.topk["features.4"].image, want["features.4"][1])
+
+
+def test_batch_size_does_not_change_the_index(reference, tmp_path):
+    model, sources, index = reference
+    other = scan(model, sources, tmp_path / "ix", layers=LAYERS, topk=4, batch=5)
+    _assert_same_index(index, other, exact=False)
+
+
+def test_shards_merged_equal_one_scan(reference, tmp_path):
+    model, sources, index = reference
+    parts = [scan(model, sources, tmp_path / f"part{i}", layers=LAYERS, topk=4, batch=4, shard=(i, 3))
+             for i in range(3)]
+    assert sum(p.meta["count"] for p in parts) == 19
+    merged = merge_indices([p.path for p in parts[::-1]], tmp_path / "merged")
+    _assert_same_index(index, merged, exact=False)
+    with pytest.raises(JaxvizError, match="overlap"):
+        merge_indices([parts[0].path, parts[0].path], tmp_path / "bad")
+
+
+def test_interrupted_scan_resumes_to_the_same_index(reference, tmp_path):
+    model, sources, index = reference
+    out = tmp_path / "ix"
+
+    def stop_after_two_batches(done):
+        if done >= 8:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        scan(model, sources, out, layers=LAYERS, topk=4, batch=4, on_batch=stop_after_two_batches)
+    assert json.loads((out / "meta.json").read_text())["complete"] is False
+    assert not (out / "features.npy").exists()
+    with pytest.raises(JaxvizError, match="incomplete"):
+        read_index(out)
+    with np.load(out / ".scan" / "state.npz") as z:
+        assert int(z["done"]) == 8
+    seen = []
+    resumed = scan(model, sources, out, layers=LAYERS, topk=4, batch=4, on_batch=seen.append)
+    assert seen[0] == 12  # it did not start again
+    _assert_same_index(index, resumed, exact=False)
+    assert not (out / ".scan").exists()
+    with pytest.raises(JaxvizError, match="different"):
+        scan(model, sources, out, layers=LAYERS, topk=5, batch=4)
+
+
+KILLED = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from conftest import make_tiny_model
+from jaxviz.scan import scan, collect_sources
+scan(make_tiny_model(), collect_sources([{folder!r}]), {out!r}, layers={layers!r}, topk=4, batch=2,
+     on_batch=lambda done: time.sleep(0.4))
+"""
+
+
+def test_killed_process_resumes_to_the_same_index(reference, folder, tmp_path):
+    model, sources, index = reference
+    out = tmp_path / "ix"
+    code = KILLED.format(tests=str(TESTS), folder=str(folder), out=str(out), layers=LAYERS)
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    state = out / ".scan" / "state.npz"
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if state.is_file():
+                with np.load(state) as z:
+                    if int(z["done"]) >= 4:
+                        break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the scan finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert json.loads((out / "meta.json").read_text())["complete"] is False
+    resumed = scan(model, sources, out, layers=LAYERS, topk=4, batch=2)
+    _assert_same_index(index, resumed, exact=False)
+
+
+SHARDED = """
+import sys
+sys.path.insert(0, {tests!r})
+import jax
+assert len(jax.devices()) == 4, jax.devices()
+from conftest import make_tiny_model
+from jaxviz.scan import scan, collect_sources
+scan(make_tiny_model(), collect_sources([{folder!r}]), {out!r}, layers={layers!r}, topk=4, batch=8)
+"""
+
+
+def test_four_device_scan_equals_one_device_scan(reference, folder, tmp_path):
+    model, sources, index = reference
+    assert len(jax.devices()) == 1
+    out = tmp_path / "ix4"
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    code = SHARDED.format(tests=str(TESTS), folder=str(folder), out=str(out), layers=LAYERS)
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    # Same images, positions and order; values agree to float32 rounding (XLA's CPU convolution
+    # on a 2-image slice may round differently from the 8-image batch, by 1 ulp).
+    _assert_same_index(index, read_index(out), exact=False)
+
+
+# ---------------------------------------------------------------------------------------- CLI
+
+def _cli(argv, capsys):
+    from jaxviz.cli import main
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_scan_and_patches_end_to_end(squeezenet, folder, tmp_path, capsys):
+    out = tmp_path / "ix"
+    code, stdout, err = _cli(["scan", str(folder / "sub"), "coffee", "--model", "squeezenet1_1", "--layers",
+                              "fire3", "fire6", "--topk", "3", "--out", str(out), "--batch", "4",
+                              "--size", "64", "--no-progress"], capsys)
+    assert code == 0, err
+    index = read_index(out)
+    assert index.meta["layers"] == ["features.4", "features.9"] and index.meta["count"] == 13
+    assert index.features.shape == (13, 512)
+    fig = tmp_path / "fig.png"
+    code, stdout, err = _cli(["patches", str(out), "--layer", "fire6", "--channels", "0", "5", "200",
+                              "--out", str(fig)], capsys)
+    assert code == 0, err
+    assert fig.is_file()
+    # two shards + merge == one scan, through the CLI
+    for i in range(2):
+        assert _cli(["scan", str(folder / "sub"), "coffee", "--model", "squeezenet1_1", "--layers", "fire3",
+                     "fire6", "--topk", "3", "--out", str(tmp_path / f"s{i}"), "--batch", "4", "--size", "64",
+                     "--shard", f"{i}/2", "--no-progress"], capsys)[0] == 0
+    code, _, err = _cli(["scan", "--merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out",
+                         str(tmp_path / "m")], capsys)
+    assert code == 0, err
+    _assert_same_index(index, read_index(tmp_path / "m"), exact=False)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["scan", "/no/such/dir", "--layers", "fire3", "--out", "{tmp}/a"], "no such file"),
+    (["scan", "chelsea", "--layers", "fire33", "--out", "{tmp}/a", "--model", "squeezenet1_1"], "unknown layer"),
+    (["scan", "chelsea", "--layers", "classifier.3", "--out", "{tmp}/a", "--model", "squeezenet1_1"], "spatial"),
+    (["scan", "chelsea", "--layers", "fire3", "--out", "{tmp}/a", "--shard", "3/2"], "--shard"),
+    (["scan", "chelsea", "--layers", "fire3", "--out", "{tmp}/a", "--shard", "x"], "--shard"),
+    (["scan", "chelsea", "--layers", "fire3", "--out", "{tmp}/a", "--topk", "0"], "--topk"),
+    (["scan", "chelsea", "--out", "{tmp}/a"], "--layers"),
+    (["scan", "chelsea", "--layers", "fire3", "--out", "{tmp}/notempty"], "not empty"),
+    (["scan", "chelsea", "--merge", "{tmp}/x", "--out", "{tmp}/a"], "not both"),
+    (["scan", "--merge", "{tmp}/notempty", "--out", "{tmp}/a"], "not a scan index"),
+    (["patches", "{tmp}/notempty", "--layer", "fire3", "--channels", "0", "--out", "{tmp}/p.png"], "not a scan index"),
+    (["patches", "{tmp}/x", "--layer", "fire3", "--channels", "0", "--out", "{tmp}/no/p.png"], "does not exist"),
+])
+def test_cli_bad_inputs_one_line_exit_2(argv, message, squeezenet, tmp_path, capsys):
+    (tmp_path / "notempty").mkdir()
+    (tmp_path / "notempty" / "file.txt").write_text("x")
+    code, _, err = _cli([a.format(tmp=tmp_path) for a in argv], capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_patches_bad_layer_and_channel(reference, capsys, tmp_path):
+    _, _, index = reference
+    # The tiny model is not registered, so rewrite its index as a squeezenet-free check of the
+    # channel range through the library call instead.
+    from jaxviz.patches import top_patches
+    from conftest import TINY_SPEC
+    with pytest.raises(JaxvizError, match="out of range"):
+        top_patches(index, "features.4", [0, 8], spec=TINY_SPEC)
+    with pytest.raises(JaxvizError, match="not scanned"):
+        top_patches(index, "features.3", [0], spec=TINY_SPEC)
+
+
+def test_ties_are_canonical_with_dead_channels(folder, tmp_path):
+    """Channels that are 0 everywhere tie on every image: lowest image index, position (0, 0) —
+    the same order as the brute-force sort, through batches, shards and merges."""
+    from jaxviz.models.registry import Model
+    base = make_tiny_model(2)
+    params = jax.tree_util.tree_map(lambda p: p, base.params)
+    params["features.0"]["bias"] = params["features.0"]["bias"].at[:3].set(-100.0)  # dead ReLUs
+    model = Model(base.spec, params, base.module)
+    sources = collect_sources([folder])
+    index = scan(model, sources, tmp_path / "ix", layers=["features.1"], topk=4, batch=3)
+    t = index.topk["features.1"]
+    assert np.all(t.values[:3] == 0)
+    np.testing.assert_array_equal(t.image[:3], np.tile(np.arange(4), (3, 1)))
+    np.testing.assert_array_equal(t.y[:3], 0)
+    want, _ = _brute_force(model, sources, ["features.1"], 4, 16)
+    np.testing.assert_array_equal(t.image, want["features.1"][1])
+    parts = [scan(model, sources, tmp_path / f"p{i}", layers=["features.1"], topk=4, batch=2, shard=(i, 2))
+             for i in range(2)]
+    merged = merge_indices([parts[1].path, parts[0].path], tmp_path / "m")
+    _assert_same_index(index, merged, exact=False)
