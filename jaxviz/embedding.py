@@ -1,0 +1,288 @@
+"""Feature space: exact nearest neighbours, PCA/t-SNE maps and grid embeddings of images.
+
+Krizhevsky et al. (2012, fig. 4) show that images close in the last hidden layer of a CNN are
+semantically alike although their pixels differ (pose, lighting, position), unlike neighbours in
+raw pixel space. Karpathy's "t-SNE visualization of CNN codes" (cnnembed) embeds those codes in
+2-D with t-SNE (van der Maaten & Hinton 2008) and draws each image at its point, or snaps the
+points to a dense grid with a linear assignment.
+
+Conventions
+  * Features are global-average-pooled activations of a layer (``spec.feature_layer`` by default,
+    the same features a scan INDEX stores): ``pooled_features`` -> (N, C).
+  * Pixel-space features: images resized (antialiased) to ``size`` x ``size`` and flattened.
+  * Distances: cosine distance ``1 - cos(q, d)`` (a zero vector has cosine 0 to everything) or
+    Euclidean L2. Neighbours are exact: a jitted matmul + ``lax.top_k`` over database chunks, the
+    running best merged chunk by chunk (memory O(queries x chunk)), queries in chunks too. Ties
+    go to the smaller database index, as a stable sort would.
+  * Reductions (PCA, t-SNE) are scikit-learn's; the grid assignment is
+    ``scipy.optimize.linear_sum_assignment`` on squared distances between the (min-max
+    normalised) 2-D points and the grid-cell centres.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxviz.errors import JaxvizError
+
+Array = jax.Array
+METRICS = ("cosine", "l2")
+
+
+# ----------------------------------------------------------------------------------- features
+
+@partial(jax.jit, static_argnames=("apply_fn", "layer"))
+def pooled_features(apply_fn: Callable, params: dict, x: Array, layer: str) -> Array:
+    """(N, H, W, 3) preprocessed images -> (N, C) global-average pooled activations of ``layer``
+    (a layer that is already (N, C) is returned as is)."""
+    acts = apply_fn(params, x, stop=layer)
+    return acts.mean(axis=(1, 2)) if acts.ndim == 4 else acts
+
+
+@partial(jax.jit, static_argnames=("size",))
+def pixel_features(images01: Array, size: int = 32) -> Array:
+    """(N, H, W, 3) images in [0, 1] -> (N, size*size*3) raw pixels of the antialiased resize."""
+    n, _, _, c = images01.shape
+    small = jax.image.resize(images01, (n, size, size, c), "linear", antialias=True)
+    return small.reshape(n, -1)
+
+
+def model_features(model, images01: np.ndarray, *, layer: str | None = None, batch: int = 32,
+                   progress: bool = False) -> np.ndarray:
+    """Pooled features (N, C) of many [0, 1] images, in fixed-size batches (one compile)."""
+    layer = model.spec.resolve_layer(layer or model.spec.feature_layer)
+    images01 = np.asarray(images01, np.float32)
+    n = len(images01)
+    batch = max(1, min(batch, n))
+    starts = range(0, n, batch)
+    if progress:
+        from tqdm import tqdm
+        starts = tqdm(starts, desc="features", unit="batch")
+    out = []
+    for s in starts:
+        chunk = images01[s:s + batch]
+        m = len(chunk)
+        if m < batch:  # pad: one compiled shape
+            chunk = np.concatenate([chunk, np.zeros((batch - m,) + chunk.shape[1:], chunk.dtype)])
+        feats = pooled_features(model.apply, model.params, model.preprocess(jnp.asarray(chunk)), layer)
+        out.append(np.asarray(feats)[:m])
+    return np.concatenate(out)
+
+
+# ----------------------------------------------------------------------------------- neighbours
+
+def _distances(q: Array, d: Array, d_sq: Array, metric: str) -> Array:
+    s = jnp.matmul(q, d.T, precision=jax.lax.Precision.HIGHEST)
+    if metric == "cosine":
+        return 1.0 - s  # rows were normalised beforehand
+    q_sq = jnp.sum(q * q, axis=1, keepdims=True)
+    return jnp.maximum(q_sq - 2.0 * s + d_sq[None, :], 0.0)  # squared; sqrt at the end
+
+
+@partial(jax.jit, static_argnames=("k", "metric"))
+def _search(q: Array, chunks: Array, chunk_sq: Array, chunk_ids: Array, k: int, metric: str):
+    """q (Q, D); chunks (n, C, D); chunk_sq (n, C); chunk_ids (n, C) with -1 for padding."""
+    nq = q.shape[0]
+    kk = min(k, chunks.shape[1])
+
+    def body(best, chunk):
+        data, sq, ids = chunk
+        dist = _distances(q, data, sq, metric)
+        dist = jnp.where(ids[None, :] >= 0, dist, jnp.inf)
+        neg, pos = jax.lax.top_k(-dist, kk)
+        cand_i = jnp.broadcast_to(ids[None, :], dist.shape)
+        cand_i = jnp.take_along_axis(cand_i, pos, axis=1)
+        # Running best first: top_k keeps the earlier entry on ties (smaller index wins).
+        all_d = jnp.concatenate([best[0], -neg], axis=1)
+        all_i = jnp.concatenate([best[1], cand_i], axis=1)
+        neg, pos = jax.lax.top_k(-all_d, k)
+        return (-neg, jnp.take_along_axis(all_i, pos, axis=1)), None
+
+    init = (jnp.full((nq, k), jnp.inf, q.dtype), jnp.full((nq, k), -1, jnp.int32))
+    (dist, idx), _ = jax.lax.scan(body, init, (chunks, chunk_sq, chunk_ids))
+    if metric == "l2":
+        dist = jnp.sqrt(dist)
+    return dist, idx
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.where(norm > 0, x / np.where(norm > 0, norm, 1.0), 0.0).astype(np.float32)
+
+
+def nearest_neighbors(queries: np.ndarray, database: np.ndarray, k: int, *, metric: str = "cosine",
+                      chunk: int = 4096, query_chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest database rows of each query row.
+
+    Args:
+      queries: (Q, D) features; database: (N, D).
+      k: neighbours per query, 1 <= k <= N.
+      metric: "cosine" (distance 1 - cosine similarity) or "l2" (Euclidean).
+      chunk: database rows per step; query_chunk: queries per jitted call (padded, one compile).
+    Returns:
+      distances (Q, k) float32 ascending, indices (Q, k) int32 database rows.
+    Raises:
+      JaxvizError: bad shapes, k or metric.
+    """
+    queries = np.asarray(queries, np.float32)
+    database = np.asarray(database, np.float32)
+    if queries.ndim != 2 or database.ndim != 2 or queries.shape[1] != database.shape[1]:
+        raise JaxvizError(f"expected queries (Q, D) and database (N, D) with the same D, got "
+                          f"{queries.shape} and {database.shape}")
+    if metric not in METRICS:
+        raise JaxvizError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    n = len(database)
+    if not 1 <= k <= n:
+        raise JaxvizError(f"k must be between 1 and the database size {n}, got {k}")
+    if chunk < 1 or query_chunk < 1:
+        raise JaxvizError("chunk sizes must be positive")
+    if metric == "cosine":
+        queries, database = _unit_rows(queries), _unit_rows(database)
+    chunk = min(chunk, n)
+    n_chunks = -(-n // chunk)
+    pad = n_chunks * chunk - n
+    ids = np.concatenate([np.arange(n, dtype=np.int32), np.full(pad, -1, np.int32)])
+    data = np.concatenate([database, np.zeros((pad, database.shape[1]), np.float32)])
+    sq = np.sum(data.astype(np.float64) ** 2, axis=1).astype(np.float32)
+    chunks = jnp.asarray(data.reshape(n_chunks, chunk, -1))
+    chunk_sq, chunk_ids = jnp.asarray(sq.reshape(n_chunks, chunk)), jnp.asarray(ids.reshape(n_chunks, chunk))
+    nq = len(queries)
+    query_chunk = max(1, min(query_chunk, nq))
+    dists, idxs = [], []
+    for s in range(0, nq, query_chunk):
+        q = queries[s:s + query_chunk]
+        m = len(q)
+        if m < query_chunk:
+            q = np.concatenate([q, np.zeros((query_chunk - m, q.shape[1]), np.float32)])
+        d, i = _search(jnp.asarray(q), chunks, chunk_sq, chunk_ids, k, metric)
+        dists.append(np.asarray(d)[:m])
+        idxs.append(np.asarray(i)[:m])
+    if not dists:
+        return np.zeros((0, k), np.float32), np.zeros((0, k), np.int32)
+    return np.concatenate(dists), np.concatenate(idxs)
+
+
+# ----------------------------------------------------------------------------------- 2-D maps
+
+def pca(features: np.ndarray, dims: int = 2, *, seed: int = 0) -> np.ndarray:
+    """(N, D) -> (N, dims) principal-component coordinates (scikit-learn PCA)."""
+    from sklearn.decomposition import PCA
+    features = _check_points(features, dims + 1)
+    return PCA(n_components=dims, random_state=seed).fit_transform(features).astype(np.float32)
+
+
+def tsne(features: np.ndarray, dims: int = 2, *, perplexity: float = 30.0, seed: int = 0,
+         pca_dims: int | None = 50, exact_below: int = 500) -> np.ndarray:
+    """(N, D) -> (N, dims) t-SNE coordinates (scikit-learn, PCA init, ``learning_rate='auto'``).
+
+    Features are first reduced to ``pca_dims`` with PCA (the usual speed-up; None keeps all);
+    the perplexity is capped at (N - 1) / 3 so small sets work. Sets of up to ``exact_below``
+    points use the exact gradient (faster than Barnes-Hut there), larger ones Barnes-Hut.
+    """
+    from sklearn.manifold import TSNE
+    features = _check_points(features, 4)
+    n, d = features.shape
+    if pca_dims and d > pca_dims and n > pca_dims:
+        features = pca(features, pca_dims, seed=seed)
+    perplexity = float(min(perplexity, (n - 1) / 3))
+    model = TSNE(n_components=dims, perplexity=perplexity, init="pca", learning_rate="auto",
+                 random_state=seed, method="exact" if n <= exact_below else "barnes_hut")
+    return model.fit_transform(features).astype(np.float32)
+
+
+def _check_points(features: np.ndarray, minimum: int) -> np.ndarray:
+    features = np.asarray(features, np.float32)
+    if features.ndim != 2:
+        raise JaxvizError(f"expected features (N, D), got shape {features.shape}")
+    if len(features) < minimum:
+        raise JaxvizError(f"need at least {minimum} points, got {len(features)}")
+    if not np.all(np.isfinite(features)):
+        raise JaxvizError("features contain NaN or infinite values")
+    return features
+
+
+def unit_square(points: np.ndarray) -> np.ndarray:
+    """(N, 2) -> (N, 2) min-max normalised per axis to [0, 1] (a constant axis -> 0.5)."""
+    points = np.asarray(points, np.float64)
+    lo, hi = points.min(axis=0), points.max(axis=0)
+    span = hi - lo
+    return np.where(span > 0, (points - lo) / np.where(span > 0, span, 1.0), 0.5)
+
+
+def grid_shape(n: int, aspect: float = 1.0) -> tuple[int, int]:
+    """(rows, cols) of the smallest near-square grid (cols/rows ~ aspect) with >= n cells."""
+    cols = max(1, int(np.ceil(np.sqrt(n * aspect))))
+    return int(np.ceil(n / cols)), cols
+
+
+def grid_costs(points: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """(N, rows*cols) squared distances from the normalised points to the cell centres; cell
+    r * cols + c has centre ((c + 0.5) / cols, (r + 0.5) / rows) as (x, y)."""
+    p = unit_square(points)
+    r, c = np.divmod(np.arange(rows * cols), cols)
+    centres = np.stack([(c + 0.5) / cols, (r + 0.5) / rows], axis=1)
+    return ((p[:, None, :] - centres[None]) ** 2).sum(-1)
+
+
+def grid_assignment(points: np.ndarray, rows: int | None = None, cols: int | None = None) -> np.ndarray:
+    """Snap 2-D points to grid cells one-to-one with the least total squared distance.
+
+    Points (x, y) are normalised to the unit square and matched to the cell centres by
+    ``scipy.optimize.linear_sum_assignment`` (Hungarian; O(n^3): fine for thousands of points).
+    Returns (N,) int cell indices ``r * cols + c``, all distinct.
+    """
+    from scipy.optimize import linear_sum_assignment
+    points = np.asarray(points, np.float64)
+    if points.ndim != 2 or points.shape[1] != 2:
+        raise JaxvizError(f"expected (N, 2) points, got shape {points.shape}")
+    if rows is None or cols is None:
+        rows, cols = grid_shape(len(points))
+    if rows * cols < len(points):
+        raise JaxvizError(f"a {rows}x{cols} grid has fewer cells than the {len(points)} points")
+    point_idx, cells = linear_sum_assignment(grid_costs(points, rows, cols))
+    out = np.empty(len(points), np.int64)
+    out[point_idx] = cells
+    return out
+
+
+def thumbnail_map(points: np.ndarray, thumbs: np.ndarray, *, size: int = 1200,
+                  background: float = 1.0) -> np.ndarray:
+    """Draw each (t, t, 3) thumbnail at its normalised 2-D point on a (size, size, 3) canvas
+    (x right, y down; later images on top)."""
+    thumbs = np.asarray(thumbs, np.float32)
+    t = thumbs.shape[1]
+    if size <= t:
+        raise JaxvizError(f"canvas size {size} must exceed the thumbnail size {t}")
+    p = unit_square(points)
+    xy = np.round(p * (size - t)).astype(int)
+    canvas = np.full((size, size, 3), background, np.float32)
+    for (x, y), thumb in zip(xy, thumbs):
+        canvas[y:y + t, x:x + t] = thumb[:, :, :3]
+    return canvas
+
+
+def grid_image(cells: np.ndarray, thumbs: np.ndarray, rows: int, cols: int,
+               background: float = 1.0) -> np.ndarray:
+    """Place thumbnail i (t, t, 3) in cell ``cells[i]`` of a rows x cols grid -> (rows*t, cols*t, 3)."""
+    thumbs = np.asarray(thumbs, np.float32)
+    t = thumbs.shape[1]
+    canvas = np.full((rows * t, cols * t, 3), background, np.float32)
+    for cell, thumb in zip(np.asarray(cells), thumbs):
+        r, c = divmod(int(cell), cols)
+        canvas[r * t:(r + 1) * t, c * t:(c + 1) * t] = thumb[:, :, :3]
+    return canvas
+
+
+def load_thumbnails(sources: Sequence[str], size: int, *, fit: str = "stretch",
+                    progress: bool = False) -> np.ndarray:
+    """(N, size, size, 3) images in [0, 1] from paths or sample names (progress bar optional)."""
+    from jaxviz.images import load_image
+    it = sources
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(sources, desc="images", unit="img")
+    return np.stack([load_image(s, size, fit) for s in it]).astype(np.float32)
