@@ -1,0 +1,235 @@
+"""``jaxviz filters``, ``jaxviz activations``, ``jaxviz neighbors INDEX IMAGE...``, ``jaxviz embed INDEX``."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from jaxviz.cli import command
+from jaxviz.cli._common import add_images, add_model, add_output, output_path
+from jaxviz.errors import JaxvizError
+
+
+def _load_model(name: str | None):
+    from jaxviz.weights.store import default_model, load_model
+    return load_model(name or default_model())
+
+
+def _read_index(path: str):
+    from jaxviz.scan import read_index
+    index = read_index(path)
+    if index.features.ndim != 2 or len(index.features) != len(index.paths):
+        raise JaxvizError(f"index {path}: features.npy has shape {index.features.shape} but images.csv "
+                          f"lists {len(index.paths)} images")
+    if len(index.paths) == 0:
+        raise JaxvizError(f"index {path} holds no images")
+    return index
+
+
+@command("filters", "first-layer filters as RGB tiles, or a deeper layer's filters as grey groups")
+def filters(parser: argparse.ArgumentParser):
+    add_model(parser, classifier=False)
+    parser.add_argument("--layer", default=None,
+                        help="a deeper layer (name, alias or kernel path such as features.3/expand1x1); "
+                             "default: the first convolution, in colour")
+    parser.add_argument("--shared-scale", action="store_true",
+                        help="one display scale for the whole layer (default: each filter its own)")
+    parser.add_argument("--groups", type=int, default=None, help="deeper layer: show the first N output filters")
+    parser.add_argument("--per-group", type=int, default=None,
+                        help="deeper layer: show the first N input channels of each filter")
+    add_output(parser, required=True)
+
+    def run(args: argparse.Namespace) -> int:
+        from jaxviz import filters as F
+        from jaxviz.images import save_image
+        out = output_path(args.out)
+        for label in ("groups", "per_group"):
+            value = getattr(args, label)
+            if value is not None and value < 1:
+                raise JaxvizError(f"--{label.replace('_', '-')} must be at least 1, got {value}")
+        model = _load_model(args.model)
+        first = F.first_conv_path(model)
+        path, kernel = F.get_kernel(model, args.layer) if args.layer else (first, None)
+        if path == first and args.groups is None and args.per_group is None:
+            tiles = F.first_layer_filters(model, shared_scale=args.shared_scale)
+            image = F.filter_grid_image(tiles)
+            what = f"{len(tiles)} RGB filters {tiles.shape[1]}x{tiles.shape[2]}"
+        else:
+            if kernel is None:
+                kernel = F.get_kernel(model, first)[1]
+            tiles = F.grey_filters(kernel, groups=args.groups, per_group=args.per_group,
+                                   scale="shared" if args.shared_scale else "group")
+            image = F.group_grid_image(tiles)
+            what = f"{tiles.shape[0]} groups of {tiles.shape[1]} {tiles.shape[2]}x{tiles.shape[3]} maps"
+        save_image(image, out)
+        print(f"{model.name} {path}: {what} -> {out}")
+        return 0
+    return run
+
+
+@command("activations", "all channels of a layer for one image, each normalised; the strongest is framed")
+def activations(parser: argparse.ArgumentParser):
+    add_images(parser, nargs=1)
+    add_model(parser, classifier=False)
+    parser.add_argument("--layer", required=True, help="layer name or alias (`jaxviz layers MODEL`)")
+    parser.add_argument("--columns", type=int, default=None, help="tiles per row (default: square)")
+    add_output(parser, required=True)
+
+    def run(args: argparse.Namespace) -> int:
+        import jax.numpy as jnp
+
+        from jaxviz import activations as A
+        from jaxviz.images import load_images, save_image
+        out = output_path(args.out)
+        if args.columns is not None and args.columns < 1:
+            raise JaxvizError(f"--columns must be at least 1, got {args.columns}")
+        model = _load_model(args.model)
+        layer = A.check_spatial(model.spec, args.layer)
+        images = load_images(args.images, model.spec.input_size, args.fit)
+        acts = A.feature_maps(model.apply, model.params, model.preprocess(jnp.asarray(images)), layer)
+        panel, best = A.activation_panel(images[0], acts[0], columns=args.columns)
+        save_image(panel, out)
+        peak = float(jnp.max(acts[0, ..., best]))
+        print(f"{model.name} {layer}: {acts.shape[-1]} channels {acts.shape[1]}x{acts.shape[2]}; "
+              f"strongest channel {best} (max {peak:.3g}) -> {out}")
+        return 0
+    return run
+
+
+@command("neighbors", "nearest images of a scan INDEX to query images, in feature or pixel space")
+def neighbors(parser: argparse.ArgumentParser):
+    parser.add_argument("index", metavar="INDEX", help="folder written by `jaxviz scan`")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="query image files or sample names")
+    parser.add_argument("--k", type=int, default=8, help="neighbours per query (default 8)")
+    parser.add_argument("--space", choices=["feature", "pixel"], default="feature",
+                        help="pooled features of the index's model, or raw pixels (default feature)")
+    parser.add_argument("--metric", choices=["cosine", "l2"], default="cosine", help="distance (default cosine)")
+    parser.add_argument("--pixel-size", type=int, default=32, help="pixel space: resize to N x N (default 32)")
+    parser.add_argument("--json", action="store_true",
+                        help="print JSON: [{query, neighbors: [{rank, index, path, distance}]}]")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_output(parser, help="also write a PNG: each query, then its neighbours")
+
+    def run(args: argparse.Namespace) -> int:
+        import jax.numpy as jnp
+        import numpy as np
+
+        from jaxviz import embedding as E
+        from jaxviz.images import load_images, save_image
+        out = output_path(args.out)
+        if not 4 <= args.pixel_size <= 256:
+            raise JaxvizError(f"--pixel-size must be between 4 and 256, got {args.pixel_size}")
+        index = _read_index(args.index)
+        n = len(index.paths)
+        if not 1 <= args.k <= n:
+            raise JaxvizError(f"--k must be between 1 and the index size {n}, got {args.k}")
+        size, fit = int(index.meta.get("input_size", 224)), index.meta.get("fit", "stretch")
+        queries = load_images(args.images, size, fit)
+        if args.space == "feature":
+            model = _load_model(index.meta["model"])
+            layer = index.meta.get("feature_layer") or model.spec.feature_layer
+            q = E.model_features(model, queries, layer=layer)
+            database = index.features
+            if q.shape[1] != database.shape[1]:
+                raise JaxvizError(f"index features have {database.shape[1]} dimensions but {model.name} "
+                                  f"{layer} gives {q.shape[1]}")
+        else:
+            q = np.asarray(E.pixel_features(jnp.asarray(queries), args.pixel_size))
+            database = _pixel_database(index.paths, size, fit, args.pixel_size, not args.no_progress)
+        dist, idx = E.nearest_neighbors(q, database, args.k, metric=args.metric)
+        results = [{"query": src, "space": args.space, "metric": args.metric,
+                    "neighbors": [{"rank": r + 1, "index": int(index.indices[i]), "path": index.paths[i],
+                                   "distance": float(d)} for r, (d, i) in enumerate(zip(ds, ids))]}
+                   for src, ds, ids in zip(args.images, dist, idx)]
+        if args.json:
+            print(json.dumps(results, indent=2))
+        else:
+            for r in results:
+                print(f"{r['query']}  ({args.space} space, {args.metric})")
+                for nb in r["neighbors"]:
+                    print(f"  {nb['rank']:>3}  {nb['distance']:.4f}  {nb['path']}")
+        if out is not None:
+            save_image(_neighbour_rows(queries, idx, index.paths, size, fit), out)
+        return 0
+    return run
+
+
+def _pixel_database(paths, size: int, fit: str, pixel_size: int, progress: bool):
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jaxviz.embedding import load_thumbnails, pixel_features
+    # Load at the model's input size (as the scan did), then the same antialiased resize as queries.
+    starts = range(0, len(paths), 64)
+    if progress:
+        from tqdm import tqdm
+        starts = tqdm(starts, desc="pixels", unit="batch")
+    feats = []
+    for s in starts:
+        images = load_thumbnails(paths[s:s + 64], size, fit=fit)
+        feats.append(np.asarray(pixel_features(jnp.asarray(images), pixel_size)))
+    return np.concatenate(feats)
+
+
+def _neighbour_rows(queries, idx, paths, size: int, fit: str, thumb: int = 96):
+    import numpy as np
+
+    from jaxviz.embedding import load_thumbnails
+    from jaxviz.images import fit_image
+    from jaxviz.render import grid
+    rows = []
+    for query, ids in zip(queries, idx):
+        q = fit_image(query, thumb)
+        nbs = load_thumbnails([paths[i] for i in ids], thumb, fit=fit)
+        gap = np.ones((thumb, 12, 3), np.float32)
+        rows.append(np.concatenate([q, gap, grid(nbs, columns=len(nbs), pad=2)], axis=1))
+    return grid(np.stack(rows), columns=1, pad=6)
+
+
+@command("embed", "2-D map (PCA or t-SNE) of a scan INDEX's pooled features: thumbnails or a dense grid")
+def embed(parser: argparse.ArgumentParser):
+    parser.add_argument("index", metavar="INDEX", help="folder written by `jaxviz scan`")
+    parser.add_argument("--method", choices=["pca", "tsne"], default="tsne", help="reduction (default tsne)")
+    parser.add_argument("--grid", action="store_true", help="snap the points to a dense grid (linear assignment)")
+    parser.add_argument("--thumb", type=int, default=48, help="thumbnail size in pixels (default 48)")
+    parser.add_argument("--size", type=int, default=1600, help="canvas size of the thumbnail map (default 1600)")
+    parser.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity (default 30)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--max-images", type=int, default=2500,
+                        help="refuse larger indices for --grid (the assignment is cubic; default 2500)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_output(parser, required=True)
+
+    def run(args: argparse.Namespace) -> int:
+        from jaxviz import embedding as E
+        from jaxviz.images import save_image
+        out = output_path(args.out)
+        if not 8 <= args.thumb <= 256:
+            raise JaxvizError(f"--thumb must be between 8 and 256, got {args.thumb}")
+        if args.size <= args.thumb:
+            raise JaxvizError(f"--size must exceed --thumb ({args.thumb}), got {args.size}")
+        if args.perplexity <= 0:
+            raise JaxvizError(f"--perplexity must be positive, got {args.perplexity}")
+        index = _read_index(args.index)
+        n = len(index.paths)
+        minimum = 4 if args.method == "tsne" else 3
+        if n < minimum:
+            raise JaxvizError(f"{args.method} needs at least {minimum} images; index has {n}")
+        if args.grid and n > args.max_images:
+            raise JaxvizError(f"--grid with {n} images exceeds --max-images {args.max_images}")
+        if args.method == "pca":
+            points = E.pca(index.features, seed=args.seed)
+        else:
+            points = E.tsne(index.features, perplexity=args.perplexity, seed=args.seed)
+        thumbs = E.load_thumbnails(index.paths, args.thumb, fit=index.meta.get("fit", "stretch"),
+                                   progress=not args.no_progress)
+        if args.grid:
+            rows, cols = E.grid_shape(n)
+            image = E.grid_image(E.grid_assignment(points, rows, cols), thumbs, rows, cols)
+            what = f"{rows}x{cols} grid"
+        else:
+            image = E.thumbnail_map(points, thumbs, size=args.size)
+            what = f"{args.size}px thumbnail map"
+        save_image(image, out)
+        print(f"{args.method} of {n} images ({index.features.shape[1]}-d features) as a {what} -> {out}")
+        return 0
+    return run
