@@ -1,0 +1,131 @@
+"""Adversarial figures: original / adversarial / x10 difference triplets, and transferability
+between SqueezeNet and EfficientNet-Lite0 (attacks from ``jaxviz.adversarial``)."""
+from __future__ import annotations
+
+import numpy as np
+
+from jaxviz.gallery import Context, figure
+
+TRIPLET_IMAGES = ["chelsea", "coffee"]
+TRIPLET_TARGETS = {"chelsea": "goldfish", "coffee": "tarantula"}
+TRIPLET_ATTACKS = [("pgd-linf", False, {"eps": 2 / 255}), ("pgd-linf", True, {"eps": 2 / 255}),
+                   ("seed", True, {})]
+TRANSFER_IMAGES = ["chelsea", "coffee", "astronaut", "rocket"]
+TRANSFER_EPS = (2 / 255, 8 / 255)
+TRANSFER_STEPS = 10
+
+
+def _title(labels, row: dict, method: str) -> str:
+    goal = f"-> {labels[row['target']['index']][:18]}" if row["target"] else "untargeted"
+    status = "fooled" if row["success"] else "NOT fooled"
+    return (f"{method} {goal}: {status} in {row['steps']} steps\n"
+            f"{labels[row['final']['index']][:22]} {row['final']['confidence']:.2f}; "
+            f"L2 {row['l2']:.2f}, Linf {row['linf_255']:.0f}/255")
+
+
+@figure("adversarial_examples", "Adversarial examples: original, adversarial, x10 difference",
+        "Untargeted and targeted PGD-Linf (eps = 2/255, random start, stop at success; Madry et al. "
+        "2018) and the seed homework's normalised-gradient method (x <- x + eta g/||g||, g = grad of "
+        "the target logit, until the prediction is the target; Szegedy et al. 2014) on SqueezeNet 1.1. "
+        "Every adversarial image is on the 8-bit grid and its class, confidence and norms (pixel units "
+        "of [0,1]) are re-predicted from that image. The difference is magnified 10x around grey.",
+        order=50, images=TRIPLET_IMAGES, targets=TRIPLET_TARGETS,
+        attacks=[f"{m}{' targeted' if t else ''} {kw}" for m, t, kw in TRIPLET_ATTACKS])
+def adversarial_examples(ctx: Context):
+    import jax
+    import matplotlib.pyplot as plt
+
+    from jaxviz import adversarial as adv
+    from jaxviz.images import load_images
+    from jaxviz.labels import imagenet_labels, resolve_class
+
+    model = ctx.model(ctx.classifiers()[0])
+    labels = imagenet_labels()
+    images = load_images(TRIPLET_IMAGES, model.spec.input_size)
+    targets = np.array([resolve_class(TRIPLET_TARGETS[s]) for s in TRIPLET_IMAGES])
+    rows = []
+    for method, targeted, kw in TRIPLET_ATTACKS:
+        result = adv.attack(model, None, images, method=method, target=targets if targeted else None,
+                            key=jax.random.key(0), **kw)
+        records = result.report.records(labels)
+        for image, adversarial, record in zip(images, result.images, records):
+            rows.append((method, image, adversarial, record))
+        ctx.note(**{f"{method}{' targeted' if targeted else ''} success":
+                    f"{result.report.success.sum()}/{len(images)}",
+                    f"{method}{' targeted' if targeted else ''} L2 / Linf*255":
+                    ", ".join(f"{r['l2']:.2f}/{r['linf_255']:.0f}" for r in records)})
+    per_row = len(images)  # one row per attack, the images' triplets side by side
+    fig, axes = plt.subplots(len(rows) // per_row, 3 * per_row, figsize=(5.2 * per_row, 3.3 * len(rows) // per_row),
+                             squeeze=False)
+    for k, (method, image, adversarial, record) in enumerate(rows):
+        r, offset = divmod(k, per_row)
+        original = record["original"]
+        panels = [(image, f"original: {labels[original['index']][:22]} {original['confidence']:.2f}"),
+                  (adversarial, _title(labels, record, method)),
+                  (adv.difference_image(image, adversarial, 10.0), "difference x10")]
+        for c, (picture, title) in enumerate(panels):
+            ax = axes[r, 3 * offset + c]
+            ax.imshow(np.clip(picture, 0, 1))
+            ax.set_title(title, fontsize=8)
+            ax.set_xticks([]), ax.set_yticks([])
+    ctx.note(model=model.name)
+    fig.tight_layout()
+    return fig
+
+
+@figure("adversarial_transfer", "Transferability of adversarial examples: SqueezeNet <-> Lite0",
+        "Untargeted PGD-Linf (random start, fixed steps, no early stop) crafted white-box on one model "
+        "and evaluated on the other (black-box transfer). Success = the evaluating model's prediction on "
+        "the 8-bit adversarial image differs from its prediction on the original; the baseline is random "
+        "+-eps sign noise of the same L-inf size on the evaluating model.",
+        order=51, images=TRANSFER_IMAGES + [f"{s} (flipped)" for s in TRANSFER_IMAGES],
+        eps=[f"{round(e * 255)}/255" for e in TRANSFER_EPS], steps=TRANSFER_STEPS)
+def adversarial_transfer(ctx: Context):
+    import jax
+    import matplotlib.pyplot as plt
+
+    from jaxviz import adversarial as adv
+    from jaxviz.errors import JaxvizError
+    from jaxviz.images import load_images
+
+    names = ctx.classifiers()[:2]
+    if len(names) < 2:
+        raise JaxvizError("the transfer figure needs two classifiers (squeezenet1_1, efficientnet_lite0)")
+    models = {n: ctx.model(n) for n in names}
+    rows = []  # (source, evaluated on, eps, success rate)
+    for source in names:
+        model = models[source]
+        images = load_images(TRANSFER_IMAGES, model.spec.input_size)
+        images = np.concatenate([images, images[:, :, ::-1]])
+        for eps in TRANSFER_EPS:
+            result = adv.attack(model, None, images, method="pgd-linf", eps=eps, steps=TRANSFER_STEPS,
+                                step=eps / 4, early_stop=False, key=jax.random.key(1))
+            rows.append((source, source, eps, result.report.success_rate))
+            for other in names:
+                if other != source:
+                    t = adv.transfer_report(result.images, images, models[other], source=result.report)
+                    rows.append((source, other, eps, t.success_rate))
+                    # baseline: random +-eps sign noise of the same L-inf size, 8-bit, on the other model
+                    noise = np.sign(np.random.default_rng(2).standard_normal(images.shape)).astype(np.float32)
+                    noisy = adv.quantize_8bit(np.clip(images + eps * noise, 0, 1), images, norm="linf", eps=eps)
+                    base = adv.transfer_report(np.asarray(noisy), images, models[other])
+                    rows.append((source, "noise", eps, base.success_rate))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    groups = [(s, e) for s in names for e in TRANSFER_EPS]
+    width = 0.27
+    kinds = [("white-box (same model)", lambda s, o: s == o),
+             ("transfer (other model)", lambda s, o: s != o and o != "noise"),
+             ("random +-eps noise (other model)", lambda s, o: o == "noise")]
+    for k, (label, pick) in enumerate(kinds):
+        values = [next(v for s, o, e, v in rows if s == gs and e == ge and pick(s, o)) for gs, ge in groups]
+        bars = ax.bar(np.arange(len(groups)) + (k - 1) * width, values, width, label=label)
+        ax.bar_label(bars, [f"{v:.0%}" for v in values], fontsize=8)
+    ax.set_xticks(np.arange(len(groups)),
+                  [f"crafted on {s}\neps {round(e * 255)}/255" for s, e in groups], fontsize=8)
+    ax.set(ylabel="success rate", ylim=(0, 1.12), title="Untargeted PGD-Linf: white-box vs transfer")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(axis="y", alpha=0.3)
+    ctx.note(**{f"{s} -> {o if o != 'noise' else 'other model, random noise'}, eps {round(e * 255)}/255":
+                f"{v:.0%}" for s, o, e, v in rows})
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,302 @@
+"""Adversarial examples: exact FGSM, projections and 8-bit rounding inside the budget, reports that
+agree with re-predictions (also of saved PNGs), batch == single runs, and real SqueezeNet attacks."""
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxviz import adversarial as adv
+from jaxviz.errors import JaxvizError
+from jaxviz.images import load_image, load_images, save_image
+from jaxviz.testing import assert_grads_close, finite_difference_grad, random_indices, x64
+
+
+def _grid_images(rng, n=3, h=16, w=16):
+    """8-bit images (on the 1/255 grid) with saturated pixels, so clipping at 0 and 1 matters."""
+    x = rng.integers(0, 256, size=(n, h, w, 3)).astype(np.float32) / 255.0
+    x[:, :3] = 0.0
+    x[:, -3:] = 1.0
+    return x
+
+
+# ---------------------------------------------------------------- parsing and small parts
+
+@pytest.mark.parametrize("text, value", [("8/255", 8 / 255), ("0.03", 0.03), (".5", 0.5), ("1e-2", 0.01),
+                                         (" 2 / 255 ", 2 / 255), (0.25, 0.25)])
+def test_parse_amount(text, value):
+    assert adv.parse_amount(text) == pytest.approx(value, rel=1e-12)
+
+
+@pytest.mark.parametrize("text", ["8/0", "abc", "-1", "0", "1/", "nan", "8/255/2", "inf"])
+def test_parse_amount_rejects(text):
+    with pytest.raises(JaxvizError):
+        adv.parse_amount(text)
+
+
+def test_unknown_method_and_bad_arguments(tiny_model, rng):
+    x = _grid_images(rng, 1)
+    with pytest.raises(JaxvizError, match="unknown attack method"):
+        adv.attack(tiny_model, None, x, method="cw")
+    with pytest.raises(JaxvizError, match="target classes"):
+        adv.attack(tiny_model, None, x, method="ifgsm", target=7)
+    with pytest.raises(JaxvizError, match="eps must be positive"):
+        adv.attack(tiny_model, None, x, method="ifgsm", eps=-0.1)
+    with pytest.raises(JaxvizError, match="shape"):
+        adv.attack(tiny_model, None, x[0], method="ifgsm")
+
+
+def test_loss_gradient_matches_finite_differences(tiny_model, rng):
+    """The attack loss (preprocessing inside) has the true gradient w.r.t. the [0, 1] image."""
+    x = rng.uniform(0.2, 0.8, size=(2, 16, 16, 3))
+    cls = jnp.asarray([1, 3])
+    with x64():
+        params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), tiny_model.params)
+        for targeted, kind in [(True, "ce"), (False, "ce"), (True, "logit")]:
+            f = lambda z: adv._loss_fn(tiny_model, params, cls, targeted, kind)(jnp.asarray(z)).sum()
+            numeric = finite_difference_grad(f, x, indices=random_indices(x.shape, 25, seed=1))
+            assert_grads_close(jax.grad(f)(jnp.asarray(x)), numeric, rtol=1e-4, atol=1e-8)
+
+
+def test_fgsm_is_eps_sign_gradient_clipped(tiny_model, rng):
+    x = _grid_images(rng, 3)
+    labels, targets = np.array([0, 2, 4]), np.array([1, 1, 3])
+    eps = 3 / 255
+
+    def ce_grad(cls):
+        def ce(z):
+            logits = tiny_model.apply(tiny_model.params, tiny_model.preprocess(z))
+            return -jax.nn.log_softmax(logits)[jnp.arange(3), cls].sum()
+        return np.asarray(jax.grad(ce)(jnp.asarray(x)))
+
+    expected_untargeted = np.clip(x + eps * np.sign(ce_grad(labels)), 0, 1)
+    expected_targeted = np.clip(x - eps * np.sign(ce_grad(targets)), 0, 1)
+    np.testing.assert_array_equal(adv.fgsm(tiny_model, tiny_model.params, x, labels, eps=eps), expected_untargeted)
+    np.testing.assert_array_equal(adv.fgsm(tiny_model, tiny_model.params, x, targets, eps=eps, targeted=True),
+                                  expected_targeted)
+    # clipping happened somewhere, and the change is exactly eps elsewhere
+    change = np.abs(expected_untargeted - x)
+    assert (change < eps - 1e-7).any() and np.isclose(change, eps, atol=1e-7).mean() > 0.5
+
+
+def test_seed_method_first_step_is_normalised_target_logit_ascent(tiny_model, rng):
+    x = rng.uniform(0.2, 0.8, size=(2, 16, 16, 3)).astype(np.float32)
+    target, eta = np.array([3, 0]), 0.05
+    logit = lambda z: tiny_model.apply(tiny_model.params, tiny_model.preprocess(z))[jnp.arange(2), target].sum()
+    g = np.asarray(jax.grad(logit)(jnp.asarray(x)))
+    expected = x + eta * g / np.linalg.norm(g.reshape(2, -1), axis=1)[:, None, None, None]
+    result = adv.attack(tiny_model, None, x, method="seed", target=target, step=eta, steps=1,
+                        early_stop=False, quantize=False)
+    np.testing.assert_allclose(result.images, expected, atol=1e-6)
+    np.testing.assert_allclose(result.report.l2, eta, rtol=1e-4)  # the step has L2 length eta
+
+
+@pytest.mark.parametrize("norm, eps", [("linf", 2.6 / 255), ("l2", 0.3)])
+def test_project_and_quantize_stay_in_ball_and_range(norm, eps, rng):
+    x0 = _grid_images(rng, 4)
+    x = x0 + rng.normal(0, 0.05, size=x0.shape).astype(np.float32)
+    p = np.asarray(adv.project(jnp.asarray(x), jnp.asarray(x0), norm=norm, eps=eps))
+    q = np.asarray(adv.quantize_8bit(p, x0, norm=norm, eps=eps))
+    for z in (p, q):
+        assert z.min() >= 0 and z.max() <= 1
+        l2, linf = adv.perturbation_norms(x0, z)
+        assert ((linf if norm == "linf" else l2) <= eps * (1 + 1e-5)).all()
+    np.testing.assert_allclose(q * 255, np.round(q * 255), atol=1e-4)  # on the 8-bit grid
+    # a point already inside the ball and box is left alone; an 8-bit one is not re-rounded
+    inside = np.clip(x0 + 0.2 * (p - x0), 0, 1)
+    np.testing.assert_allclose(adv.project(jnp.asarray(inside), jnp.asarray(x0), norm=norm, eps=eps), inside,
+                               atol=1e-7)
+    np.testing.assert_array_equal(adv.quantize_8bit(q, x0, norm=norm, eps=eps), q)
+    if norm == "linf":  # the L-inf projection is the exact Euclidean projection onto ball ∩ box
+        np.testing.assert_allclose(p, np.clip(np.clip(x, x0 - eps, x0 + eps), 0, 1), atol=1e-7)
+
+
+def test_normalised_step_has_length_lr_per_image(rng):
+    g = jnp.asarray(rng.normal(size=(3, 5, 4, 3)) * np.array([1e-3, 1.0, 50.0])[:, None, None, None])
+    opt = adv.step_transform("normalized", 0.7)
+    updates, _ = opt.update(g, opt.init(g), g)
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(updates).reshape(3, -1), axis=1), 0.7, rtol=1e-5)
+    opt = adv.step_transform("sign", 0.1)
+    updates, _ = opt.update(g, opt.init(g), g)
+    np.testing.assert_allclose(updates, -0.1 * np.sign(g))
+
+
+def test_assess_counts_from_predictions():
+    """Success, classes, confidences and norms from a hand-made probability function."""
+    probs = {0.0: [0.7, 0.2, 0.1], 1.0: [0.1, 0.3, 0.6], 2.0: [0.5, 0.45, 0.05]}
+    predict = lambda images: jnp.asarray([probs[float(im[0, 0, 0])] for im in np.asarray(images)])
+    originals = np.zeros((3, 2, 2, 3), np.float32)
+    adversarial = np.zeros_like(originals)
+    adversarial[0, 0, 0, 0] = 1.0          # -> probs[1]: class 2 with 0.6
+    adversarial[1, 0, 0, 0] = 2.0          # -> probs[2]: class 0 with 0.5
+    adversarial[1, 1, 1, 1] = 0.5
+    adversarial[2, 0, 0, 0] = 1.0
+    report = adv.assess(predict, originals, adversarial, label=[0, 0, 0], target=[2, -1, 2])
+    np.testing.assert_array_equal(report.success, [True, False, True])
+    np.testing.assert_array_equal(report.final_class, [2, 0, 2])
+    np.testing.assert_allclose(report.final_confidence, [0.6, 0.5, 0.6])
+    np.testing.assert_allclose(report.label_confidence, [0.7, 0.7, 0.7])
+    np.testing.assert_allclose(report.l2, [1.0, np.sqrt(4.25), 1.0])
+    np.testing.assert_allclose(report.linf, [1.0, 2.0, 1.0])
+    strict = adv.assess(predict, originals, adversarial, label=[0, 0, 0], target=[2, -1, 2], confidence=0.65)
+    np.testing.assert_array_equal(strict.success, [False, False, False])
+    rows = report.records(["a", "b", "c"])
+    assert rows[0]["target"] == {"index": 2, "label": "c", "confidence": pytest.approx(0.6)}
+    assert rows[1]["target"] is None and rows[1]["final"]["label"] == "a"
+    json.dumps(rows)
+
+
+@pytest.mark.parametrize("method", ["pgd-linf", "pgd-l2", "seed"])
+def test_batch_equals_single_runs(tiny_model, rng, method):
+    """Independent per-image optimisation: a batch run == N single runs with the same per-image keys,
+    including per-image early stopping (images stop at different steps)."""
+    x = _grid_images(rng, 3)
+    targets = np.array([1, 2, 4])
+    keys = jax.random.split(jax.random.key(3), 3)
+    kw = dict(method=method, eps=0.5 if method == "pgd-l2" else (None if method == "seed" else 8 / 255),
+              steps=12, quantize=False)
+    batch = adv.attack(tiny_model, None, x, target=targets, key=keys, **kw)
+    for i in range(3):
+        single = adv.attack(tiny_model, None, x[i:i + 1], target=targets[i:i + 1], key=keys[i:i + 1], **kw)
+        np.testing.assert_allclose(single.images[0], batch.images[i], atol=2e-6)
+        assert single.report.steps[0] == batch.report.steps[i]
+        assert single.report.success[0] == batch.report.success[i]
+
+
+def test_transfer_to_the_same_model_repeats_the_white_box_result(tiny_model, rng):
+    x = _grid_images(rng, 3)
+    result = adv.attack(tiny_model, None, x, method="ifgsm", eps=8 / 255)
+    again = adv.transfer_report(result.images, x, tiny_model, source=result.report)
+    np.testing.assert_array_equal(again.success, result.report.success)
+    np.testing.assert_allclose(again.l2, result.report.l2)
+    assert again.method == "ifgsm from tiny"
+
+
+def test_difference_image_and_triplet():
+    a = np.full((4, 5, 3), 0.5, np.float32)
+    b = a.copy()
+    b[0, 0, 0] += 0.01
+    d = adv.difference_image(a, b)
+    assert d[0, 0, 0] == pytest.approx(0.6) and (d[1:] == 0.5).all()
+    assert adv.triplet(a, b, pad=2).shape == (4, 3 * 5 + 4, 3)
+
+
+# ---------------------------------------------------------------- the real SqueezeNet (224 px)
+
+SAMPLES = ["chelsea", "coffee", "astronaut", "rocket"]
+
+
+@pytest.fixture(scope="module")
+def sample_images():
+    x = load_images(SAMPLES, 224)
+    return np.concatenate([x, x[:, :, ::-1]])  # + horizontal flips: 8 images
+
+
+def test_targeted_pgd_linf_2_over_255_on_squeezenet(squeezenet, sample_images, tmp_path):
+    targets = np.random.default_rng(5).integers(0, 1000, len(sample_images))
+    eps = 2 / 255
+    result = adv.attack(squeezenet, None, sample_images, method="pgd-linf", target=targets, eps=eps,
+                        key=jax.random.key(0))
+    report = result.report
+    assert report.success_rate >= 0.9, report.records()
+    assert result.images.min() >= 0 and result.images.max() <= 1
+    assert (report.linf <= eps + 1e-6).all()
+    # save as 8-bit PNGs, read back: same pixels, same norms, same success on re-prediction
+    paths = [tmp_path / f"adv_{i}.png" for i in range(len(result.images))]
+    for image, path in zip(result.images, paths):
+        save_image(image, path)
+    reread = np.stack([load_image(p) for p in paths])
+    np.testing.assert_array_equal(reread, result.images)
+    l2, linf = adv.perturbation_norms(sample_images, reread)
+    np.testing.assert_allclose(report.l2, l2, rtol=1e-9)
+    np.testing.assert_allclose(report.linf, linf, rtol=1e-9)
+    again = adv.assess(adv.proba_fn(squeezenet), sample_images, reread, label=report.label, target=targets)
+    np.testing.assert_array_equal(again.success, report.success)
+    np.testing.assert_array_equal(again.final_class[report.success], targets[report.success])
+
+
+def test_seed_method_fools_squeezenet_on_every_image(squeezenet, sample_images):
+    images = sample_images[::2]
+    targets = np.random.default_rng(7).integers(0, 1000, len(images))
+    result = adv.fooling_images(squeezenet, None, images, targets)
+    assert result.report.success.all(), result.report.records()
+    np.testing.assert_array_equal(result.report.final_class, targets)
+    assert result.images.min() >= 0 and result.images.max() <= 1
+
+
+def test_pgd_l2_stays_in_the_ball_on_squeezenet(squeezenet, sample_images):
+    images = sample_images[1::2]
+    result = adv.pgd(squeezenet, None, images, norm="l2", eps=0.5, steps=8)
+    assert (result.report.l2 <= 0.5 * (1 + 1e-6)).all()
+    assert result.images.min() >= 0 and result.images.max() <= 1
+    assert result.report.success_rate >= 0.75, result.report.records()  # untargeted, 0.5 L2
+
+
+# ---------------------------------------------------------------- command line
+
+def test_cli_end_to_end_saved_files_still_fool(squeezenet, tmp_path, capsys):
+    from jaxviz.cli import main
+    out = tmp_path / "adv.png"
+    code = main(["adversarial", "chelsea", "rocket", "--model", "squeezenet1_1", "--target", "goldfish",
+                 "--eps", "2/255", "--out", str(out), "--npy", "--json"])
+    assert code == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adv_0.npy", "adv_0.png", "adv_1.npy", "adv_1.png"]
+    originals = load_images(["chelsea", "rocket"], 224)
+    reread = np.stack([load_image(tmp_path / f"adv_{i}.png") for i in range(2)])
+    np.testing.assert_array_equal(np.stack([np.load(tmp_path / f"adv_{i}.npy") for i in range(2)]), reread)
+    probs = np.asarray(adv.proba_fn(squeezenet)(reread))
+    l2, linf = adv.perturbation_norms(originals, reread)
+    for i, row in enumerate(rows):
+        assert row["saved"] == str(tmp_path / f"adv_{i}.png")
+        assert row["success"] == (probs[i].argmax() == 1)  # goldfish is class 1
+        assert row["success"]
+        assert row["final"]["index"] == probs[i].argmax()
+        assert row["l2"] == pytest.approx(l2[i]) and row["linf"] == pytest.approx(linf[i])
+        assert row["linf_255"] <= 2 + 1e-4 and row["target"]["index"] == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--eps", "8/0"], "division by zero"),
+    (["--method", "deepfool"], "unknown method"),
+    (["--target", "not a class at all"], "unknown class"),
+    (["--eps", "2"], "<= 1"),
+    (["--out", "nowhere/adv.png"], "does not exist"),
+    (["--out", "adv.jpg"], ".png"),
+    (["--npy"], "--npy needs --out"),
+])
+def test_cli_bad_input_is_one_line_exit_2(squeezenet, argv, message, capsys, tmp_path, monkeypatch):
+    from jaxviz.cli import main
+    monkeypatch.chdir(tmp_path)
+    code = main(["adversarial", "chelsea", "--model", "squeezenet1_1", *argv])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and message in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("shape, kernel, stride, ceil", [
+    ((2, 23, 23, 5), 3, 2, True), ((2, 15, 17, 3), 3, 2, False), ((2, 15, 17, 3), 3, 2, True),
+    ((1, 17, 16, 4), 2, 2, False), ((1, 14, 13, 2), 3, 3, True), ((1, 9, 9, 2), 1, 2, False)])
+def test_fast_max_pool_gradient_equals_autodiff(shape, kernel, stride, ceil, rng):
+    """The custom max-pool backward equals XLA's select_and_scatter, ties included (ReLU zeros)."""
+    from jaxviz.models import layers
+    x = jnp.asarray(np.maximum(rng.normal(size=shape), 0).astype(np.float32))  # many tied zeros
+    y = layers.max_pool(x, kernel, stride, ceil)
+    w = jnp.asarray(rng.normal(size=y.shape).astype(np.float32))
+    np.testing.assert_array_equal(adv._max_pool(x, kernel, stride, ceil), y)
+    expected = jax.grad(lambda z: (layers.max_pool(z, kernel, stride, ceil) * w).sum())(x)
+    actual = jax.grad(lambda z: (adv._max_pool(z, kernel, stride, ceil) * w).sum())(x)
+    np.testing.assert_allclose(actual, expected, atol=1e-6)
+
+
+def test_gradient_model_is_the_same_function(tiny_model, rng):
+    x = jnp.asarray(rng.uniform(size=(2, 16, 20, 3)).astype(np.float32))  # non-square
+    fast = adv.gradient_model(tiny_model)
+    assert adv.gradient_model(tiny_model) is fast
+    np.testing.assert_array_equal(fast.apply(fast.params, x), tiny_model.apply(tiny_model.params, x))
+    f = lambda m: jax.grad(lambda z: m.apply(m.params, z)[:, 2].sum())(x)
+    np.testing.assert_allclose(f(fast), f(tiny_model), atol=1e-6)
