@@ -18,7 +18,7 @@ from jaxviz.errors import JaxvizError
 
 # scikit-image samples that ship with the package (no download), photos first.
 SKIMAGE_SAMPLES = ("chelsea", "coffee", "astronaut", "rocket", "cat", "camera", "hubble_deep_field",
-                   "immunohistochemistry", "coins", "moon", "page", "text", "horse", "retina",
+                   "immunohistochemistry", "coins", "moon", "page", "text", "retina",
                    "colorwheel", "brick", "grass", "gravel")
 FACES = 40  # LFW faces used (each also flipped); the rest of the set are crops of the photos
 
@@ -121,3 +121,17 @@ def figure_dataset(root: str | os.PathLike, count: int = 300, *, size: int = 224
         files.append(fname)
     manifest.write_text(json.dumps({"key": key, "files": files}))
     return [str(root / f) for f in files]
+
+
+def figure_index(model, out: str | os.PathLike, *, layers: tuple[str, ...], count: int = 300,
+                 topk: int = 9, input_size: int | None = None, batch: int = 32, progress: bool = False):
+    """The figure dataset written next to ``out`` (``OUT_images/``) and scanned into INDEX ``out``.
+
+    Both steps are deterministic and reuse what is already there (a complete index is returned as
+    is), so several figures can share one scan. Returns a ``jaxviz.scan.Index``.
+    """
+    from jaxviz.scan import scan
+    out = Path(out)
+    paths = figure_dataset(out.parent / f"{out.name}_images", count, size=input_size or model.spec.input_size)
+    return scan(model, paths, out, layers=layers, topk=topk, batch=batch, input_size=input_size,
+                progress=progress)

@@ -53,6 +53,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -199,13 +200,15 @@ def _candidates(act: jax.Array, ids: jax.Array, k: int) -> dict[str, jax.Array]:
     images per channel: arrays (C, min(k, b)), in canonical order."""
     b, h, w, c = act.shape
     flat = act.reshape(b, h * w, c)
-    pos = jnp.argmax(flat, axis=1)  # first maximum in row-major order
     val = jnp.max(flat, axis=1)
-    val = jnp.where(ids[:, None] >= 0, val, -jnp.inf).T  # padding images never win
+    val = jnp.where(ids[:, None] >= 0, val, -jnp.inf).T  # (C, b); padding images never win
     kk = min(k, b)
     values, idx = jax.lax.top_k(val, kk)
-    pos = _take(pos.T, idx)
-    return {"values": values, "image": _take(jnp.broadcast_to(ids[None], val.shape), idx),
+    # Positions only for the kk winners per channel: an arg-max over every (image, channel) map
+    # would cost a second full pass over the activations.
+    maps = flat[idx, :, jnp.arange(c)[:, None]]  # (C, kk, h*w)
+    pos = jnp.argmax(maps, axis=-1)  # first maximum in row-major order
+    return {"values": values, "image": ids[idx],
             "y": (pos // w).astype(jnp.int32), "x": (pos % w).astype(jnp.int32)}
 
 
@@ -352,11 +355,12 @@ def _prefetch(sources: Sequence[str], batch: int, size: int, fit: str, start: in
 
     with ThreadPoolExecutor(workers) as pool:
         offsets = list(range(start, len(sources), batch))
-        futures = [pool.submit(load, lo) for lo in offsets[:workers + 1]]
+        # Only a few batches in flight: memory must not grow with the dataset.
+        pending = deque(pool.submit(load, lo) for lo in offsets[:workers + 1])
         for i, lo in enumerate(offsets):
-            images = futures[i].result()
+            images = pending.popleft().result()
             if i + workers + 1 < len(offsets):
-                futures.append(pool.submit(load, offsets[i + workers + 1]))
+                pending.append(pool.submit(load, offsets[i + workers + 1]))
             yield lo, images
 
 

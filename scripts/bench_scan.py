@@ -1,0 +1,205 @@
+#!/usr/bin/env python
+"""Benchmark the dataset scan (jaxviz.scan).
+
+    python scripts/bench_scan.py [--model squeezenet1_1] [--batch 32] [--size 224] [--quick]
+
+Prints
+  1. scan-step throughput vs the plain forward pass at the same batch size, on the same in-memory
+     images (the top-k bookkeeping should be nearly free: goal >= 0.9x), and the end-to-end
+     ``scan()`` throughput from PNG files (decoding included);
+  2. peak resident memory of a scan of 64 vs 640 synthetic 112 px images (each in a fresh process):
+     it should stay flat when the dataset grows 10x;
+  3. kNN and t-SNE timings for 1k / 10k random points with ``jaxviz.embedding`` (when present).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _interleaved(fns: dict, repeats: int) -> dict:
+    """Best-of-``repeats`` seconds per call for each function, calls interleaved so that load from
+    other processes on a shared machine hits all of them alike."""
+    for fn in fns.values():
+        fn()  # compile / warm up
+    best = {name: float("inf") for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def bench_throughput(model_name: str, batch: int, size: int, layers: list[str], repeats: int) -> None:
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from jaxviz.scan import data_mesh, deepest, init_state, make_step, scan
+    from jaxviz.weights.store import load_model
+    model = load_model(model_name)
+    spec = model.spec
+    names = tuple(spec.resolve_layer(layer) for layer in layers)
+    stop = deepest(spec, names + (spec.feature_layer,))
+    images = np.random.default_rng(0).random((batch, size, size, 3)).astype(np.float32)
+
+    forward_stop = jax.jit(lambda p, x: model.apply(p, model.preprocess(x), stop=stop))
+    forward_full = jax.jit(lambda p, x: model.apply(p, model.preprocess(x)))
+
+    mesh = data_mesh()
+    step = make_step(model.apply, model.preprocess, names, spec.feature_layer, 9, mesh, stop=stop)
+    shapes = model.layer_shapes(size)
+    params = jax.device_put(model.params, NamedSharding(mesh, P()))
+    ids = np.arange(batch, dtype=np.int32)
+    holder = {"state": jax.device_put(init_state({n: shapes[n][-1] for n in names}, 9), NamedSharding(mesh, P()))}
+
+    def run_step():
+        holder["state"], feats = step(params, images, ids, holder["state"])
+        jax.device_get(holder["state"]), np.asarray(feats)  # what scan() pulls back every batch
+
+    best = _interleaved({"stop": lambda: np.asarray(forward_stop(model.params, images)),
+                         "full": lambda: np.asarray(forward_full(model.params, images)),
+                         "scan": run_step}, repeats)
+    t_stop, t_full, t_scan = best["stop"], best["full"], best["scan"]
+    print(f"## throughput: {model_name}, batch {batch}, {size} px, layers {', '.join(layers)}, "
+          f"{len(jax.devices())} device(s)")
+    print(f"forward to {stop:<14} {batch / t_stop:8.1f} images/s")
+    print(f"forward to logits        {batch / t_full:8.1f} images/s")
+    print(f"scan step (top-k + feat) {batch / t_scan:8.1f} images/s   "
+          f"ratio scan/forward(same depth) = {t_stop / t_scan:.3f}   (goal >= 0.9)")
+
+    from jaxviz.images import save_image
+    with tempfile.TemporaryDirectory() as tmp:
+        n = batch * 4
+        rng = np.random.default_rng(1)
+        paths = []
+        for i in range(n):
+            paths.append(f"{tmp}/{i:04d}.png")
+            save_image(rng.random((size, size, 3)), paths[-1])
+        start = time.perf_counter()
+        scan(model, paths, f"{tmp}/index", layers=layers, batch=batch, input_size=size)
+        total = time.perf_counter() - start
+    print(f"scan() end to end        {n / total:8.1f} images/s   ({n} PNG files, decode + resize + "
+          f"checkpoint included, compile included)")
+
+
+MEMORY_CHILD = """
+import json, tracemalloc
+from jaxviz.scan import scan, collect_sources
+from jaxviz.weights.store import load_model
+
+def rss_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+
+model = load_model({model!r})
+sources = collect_sources([{folder!r}])
+samples = [rss_mb()]
+tracemalloc.start()
+scan(model, sources, {out!r}, layers={layers!r}, batch={batch}, input_size=112,
+     on_batch=lambda done: samples.append(rss_mb()))
+_, traced_peak = tracemalloc.get_traced_memory()
+print(json.dumps({{"images": len(sources), "rss_start_mb": samples[0], "peak_rss_mb": max(samples),
+                  "traced_peak_mb": traced_peak / 2**20}}))
+"""
+
+
+def bench_memory(model_name: str, layers: list[str], counts=(64, 640), batch: int = 8) -> None:
+    """Batch 8, so that even the small run has 8 steps: the allocator's first steps (XLA buffers,
+    thread arenas) reach their plateau in both runs and only growth with the dataset shows."""
+    from jaxviz.images import save_image
+    print(f"## peak memory: {model_name}, 112 px, batch {batch}, each count in a fresh process")
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        rng = np.random.default_rng(2)
+        for count in counts:
+            folder = Path(tmp) / f"d{count}"
+            folder.mkdir()
+            for i in range(count):
+                save_image(rng.random((112, 112, 3)), folder / f"{i:04d}.png")
+            code = MEMORY_CHILD.format(model=model_name, folder=str(folder), out=f"{tmp}/ix{count}", layers=layers,
+                                       batch=batch)
+            env = {**os.environ, "PYTHONPATH": str(ROOT)}
+            proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+            if proc.returncode:
+                print(proc.stderr[-2000:])
+                return
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            results.append(r)
+            print(f"{r['images']:>5} images: peak RSS during the scan {r['peak_rss_mb']:7.1f} MB "
+                  f"(before: {r['rss_start_mb']:.1f} MB); peak Python/numpy allocations "
+                  f"(tracemalloc) {r['traced_peak_mb']:.1f} MB")
+    if len(results) == 2:
+        a, b = results
+        print(f"10x the images -> peak RSS x{b['peak_rss_mb'] / a['peak_rss_mb']:.3f} "
+              f"({b['peak_rss_mb'] - a['peak_rss_mb']:+.1f} MB), traced peak x{b['traced_peak_mb'] / a['traced_peak_mb']:.2f} "
+              f"(the features of 576 more images are {576 * 512 * 4 / 2**20:.1f} MB, streamed to disk "
+              f"and read back once at the end)")
+
+
+def bench_embedding(sizes=(1000, 10000)) -> None:
+    try:
+        import jaxviz.embedding as emb
+    except ImportError:
+        print("## embedding: jaxviz.embedding not present; skipped")
+        return
+    knn = next((getattr(emb, n) for n in ("nearest_neighbors", "nearest_neighbours", "knn", "neighbors",
+                                          "neighbours") if hasattr(emb, n)), None)
+    tsne = next((getattr(emb, n) for n in ("tsne", "embed_tsne", "t_sne") if hasattr(emb, n)), None)
+    print(f"## embedding ({emb.__name__}: knn={getattr(knn, '__name__', None)}, tsne={getattr(tsne, '__name__', None)})")
+    rng = np.random.default_rng(3)
+    for n in sizes:
+        x = rng.standard_normal((n, 512)).astype(np.float32)
+        if knn is not None:
+            try:
+                start = time.perf_counter()
+                knn(x[:100], x, k=8)
+                print(f"kNN  100 queries x {n:>6} points (D=512, k=8): {time.perf_counter() - start:7.2f} s")
+                start = time.perf_counter()
+                knn(x, x, k=8)
+                print(f"kNN  all {n:>6} x {n:>6} points:               {time.perf_counter() - start:7.2f} s")
+            except TypeError as e:
+                print(f"kNN: could not call {knn.__name__}: {e}")
+        if tsne is not None:
+            try:
+                start = time.perf_counter()
+                tsne(x)
+                print(f"t-SNE {n:>6} points (D=512):                    {time.perf_counter() - start:7.2f} s")
+            except TypeError as e:
+                print(f"t-SNE: could not call {tsne.__name__}: {e}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="squeezenet1_1")
+    parser.add_argument("--layers", nargs="+", default=["fire3", "fire6", "fire9"])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="skip the 10k-point embedding timings")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["throughput", "memory", "embedding"])
+    args = parser.parse_args(argv)
+    from jaxviz.runtime import enable_compilation_cache
+    enable_compilation_cache()
+    if "throughput" not in args.skip:
+        bench_throughput(args.model, args.batch, args.size, args.layers, args.repeats)
+    if "memory" not in args.skip:
+        bench_memory(args.model, args.layers)
+    if "embedding" not in args.skip:
+        bench_embedding((1000,) if args.quick else (1000, 10000))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
