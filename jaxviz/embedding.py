@@ -105,7 +105,12 @@ def _search(q: Array, chunks: Array, chunk_sq: Array, chunk_ids: Array, k: int, 
     init = (jnp.full((nq, k), jnp.inf, q.dtype), jnp.full((nq, k), -1, jnp.int32))
     (dist, idx), _ = jax.lax.scan(body, init, (chunks, chunk_sq, chunk_ids))
     if metric == "l2":
-        dist = jnp.sqrt(dist)
+        # |q|^2 - 2 q.d + |d|^2 cancels catastrophically for near neighbours (a point's distance
+        # to itself came out ~0.1): recompute the k winners' distances directly, re-sort stably.
+        rows = chunks.reshape(-1, chunks.shape[-1])[idx]  # (Q, k, D)
+        dist = jnp.sqrt(jnp.sum((q[:, None, :] - rows) ** 2, axis=-1))
+        order = jnp.argsort(dist, axis=1, stable=True)
+        dist, idx = jnp.take_along_axis(dist, order, 1), jnp.take_along_axis(idx, order, 1)
     return dist, idx
 
 
@@ -142,6 +147,9 @@ def nearest_neighbors(queries: np.ndarray, database: np.ndarray, k: int, *, metr
         raise JaxvizError("chunk sizes must be positive")
     if metric == "cosine":
         queries, database = _unit_rows(queries), _unit_rows(database)
+    else:  # L2 is translation invariant; centring shrinks the norms that cancel in the matmul form
+        centre = database.mean(axis=0, dtype=np.float64).astype(np.float32)
+        queries, database = queries - centre, database - centre
     chunk = min(chunk, n)
     n_chunks = -(-n // chunk)
     pad = n_chunks * chunk - n
