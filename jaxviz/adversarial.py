@@ -274,17 +274,11 @@ def _per_image_norm(x: Array) -> Array:
     return jnp.sqrt(jnp.sum(x * x, axis=tuple(range(1, x.ndim)), keepdims=True))
 
 
-def normalize_per_image(eps: float = 1e-12) -> optax.GradientTransformation:
-    """optax transform: g -> g / ||g||_2 per image (leading axis), so a step has L2 length lr."""
-    return optax.stateless(lambda g, params=None: jax.tree.map(
-        lambda u: u / jnp.maximum(_per_image_norm(u), eps), g))
-
-
 def step_transform(rule: str, step: float) -> optax.GradientTransformation:
-    """The attack's optax optimiser: a descent step of ``step`` pixels (L-inf for "sign",
-    L2 per image for "normalized")."""
-    first = optax.scale_by_sign() if rule == "sign" else normalize_per_image()
-    return optax.chain(first, optax.scale(-step))
+    """The attack's optax optimiser (the engine's): a descent step of ``step`` pixels, L-inf for
+    "sign" (x - step * sign(g)), L2 per image for "normalized" (x - step * g / ||g||_2)."""
+    from jaxviz.optimize import normalized_gradient, sign_gradient
+    return sign_gradient(step) if rule == "sign" else normalized_gradient(step)
 
 
 def project(x: Array, x0: Array, *, norm: Norm, eps: float | None) -> Array:
@@ -482,46 +476,10 @@ def fgsm(model, params: dict, images: Array, cls: Array, *, eps: float, targeted
     return jnp.clip(images - eps * jnp.sign(g), 0.0, 1.0)
 
 
-def _engine():
-    """The shared engine's ``optimize`` (jaxviz.optimize), or None while it is not there."""
-    try:
-        from jaxviz.optimize import optimize
-    except ImportError:
-        return None
-    return optimize
-
-
-def _fallback_optimize(loss_fn, init, *, optimizer, steps, project=None, active=None, x0=None):
-    """A minimal stand-in with the engine's contract (used only if jaxviz.optimize is absent)."""
-    x0 = init if x0 is None else x0
-
-    @jax.jit
-    def step(x, state, mask):
-        grad = jax.grad(lambda z: loss_fn(z, None).sum())(x)
-        updates, state = optimizer.update(grad, state, x)
-        new = optax.apply_updates(x, updates)
-        new = project(new, x0) if project is not None else new
-        keep = mask.reshape((-1,) + (1,) * (x.ndim - 1))
-        return jnp.where(keep, new, x), state
-
-    x, state = init, optimizer.init(init)
-    steps_run = np.zeros(init.shape[0], np.int32)
-    for _ in range(steps):
-        mask = np.ones(init.shape[0], bool) if active is None else np.asarray(active(x))
-        if not mask.any():
-            break
-        x, state = step(x, state, jnp.asarray(mask))
-        steps_run += mask
-    return x, steps_run
-
-
-def _run_iterations(loss_fn, init, x0, *, optimizer, steps, project_fn, active_fn):
-    optimize = _engine()
-    if optimize is None:
-        return _fallback_optimize(loss_fn, init, optimizer=optimizer, steps=steps,
-                                  project=project_fn, active=active_fn, x0=x0)
-    result = optimize(loss_fn, init, optimizer=optimizer, steps=steps, project=project_fn,
-                      active=active_fn)
+def _run_iterations(loss_fn, init, *, optimizer, steps, project_fn, active_fn):
+    """One call of the shared engine: returns (images, steps_run per image)."""
+    from jaxviz.optimize import optimize
+    result = optimize(loss_fn, init, optimizer=optimizer, steps=steps, project=project_fn, active=active_fn)
     return result.images, np.asarray(result.steps_run)
 
 
@@ -593,7 +551,7 @@ def attack(model, params: dict | None, images: Array, *, method: str = "pgd-linf
         project_fn = partial(_project_to, x0=x0, norm=spec.norm, eps=eps)
         active_fn = _active_fn(predict, x0, label, tgt, confidence, early_stop,
                                budget=eps if spec.name == "seed" else None, step=step)
-        adv, steps_run = _run_iterations(loss_fn, init, x0, optimizer=step_transform(spec.step_rule, step),
+        adv, steps_run = _run_iterations(loss_fn, init, optimizer=step_transform(spec.step_rule, step),
                                          steps=steps, project_fn=project_fn, active_fn=active_fn)
 
     if quantize:
@@ -645,7 +603,7 @@ def _quantize_and_refine(model, params, predict, adv, x0, label, tgt, confidence
         mask = jnp.asarray(undone)
         # fixed extra steps (no early stop) push past the decision boundary, away from rounding
         loss_fn = _loss_fn(model, params, cls, targeted, spec.loss)
-        more, _ = _run_iterations(loss_fn, adv, x0, optimizer=step_transform(spec.step_rule, step),
+        more, _ = _run_iterations(loss_fn, adv, optimizer=step_transform(spec.step_rule, step),
                                   steps=refine_steps,
                                   project_fn=partial(_project_to, x0=x0, norm=spec.norm, eps=eps),
                                   active_fn=lambda x: mask)

@@ -228,11 +228,11 @@ def test_seed_method_fools_squeezenet_on_every_image(squeezenet, sample_images):
 
 
 def test_pgd_l2_stays_in_the_ball_on_squeezenet(squeezenet, sample_images):
-    images = sample_images[1::2]
-    result = adv.pgd(squeezenet, None, images, norm="l2", eps=0.5, steps=8)
+    images = sample_images[1:3]
+    result = adv.pgd(squeezenet, None, images, norm="l2", eps=0.5, steps=6)
     assert (result.report.l2 <= 0.5 * (1 + 1e-6)).all()
     assert result.images.min() >= 0 and result.images.max() <= 1
-    assert result.report.success_rate >= 0.75, result.report.records()  # untargeted, 0.5 L2
+    assert result.report.success.all(), result.report.records()  # untargeted, 0.5 L2
 
 
 # ---------------------------------------------------------------- command line
