@@ -1,0 +1,198 @@
+"""The engine: batch == separate runs (same seeds), L-BFGS on a convex quadratic, projection,
+per-image stop, parameterisations, transforms and callbacks."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxviz import objectives as obj
+from jaxviz.errors import JaxvizError
+from jaxviz.models.registry import CAFFE, LITE, TORCHVISION
+from jaxviz.optimize import (ProgressBar, Snapshots, adam, blur, clip_range, clip_small_contribution,
+                             clip_small_norm, gaussian_blur, gaussian_kernel1d, image_keys, jitter, lbfgs,
+                             normalized_gradient, optimize, sgd, sign_gradient, valid_range,
+                             valid_range_projection)
+from jaxviz.param import fourier, fourier_noise
+
+
+def _classviz_loss(model, classes):
+    return -obj.class_score(model.apply, model.params, jnp.asarray(classes)) + 1e-2 * obj.l2()
+
+
+@pytest.mark.parametrize("optimizer", [sgd(0.05), adam(0.05)], ids=["sgd", "adam"])
+def test_batch_equals_separate_runs(tiny_model, optimizer):
+    """Several classes with random jitter, periodic blur and clipping: the batch run equals N
+    separate runs with the per-image keys (non-square images)."""
+    n, classes = 3, [0, 2, 4]
+    init = 0.1 * jax.random.normal(jax.random.key(1), (n, 14, 18, 3))
+    keys = jax.random.split(jax.random.key(7), n)
+    lo, hi = valid_range(TORCHVISION)
+    transforms = (jitter(3), blur(0.6, every=3), clip_range(lo, hi), clip_small_norm(0.05, every=4))
+    kw = dict(optimizer=optimizer, steps=9, transforms=transforms)
+    batch = optimize(_classviz_loss(tiny_model, classes), init, key=keys, **kw)
+    assert batch.losses.shape == (9, n)
+    for i in range(n):
+        one = optimize(_classviz_loss(tiny_model, classes[i:i + 1]), init[i:i + 1], key=keys[i:i + 1], **kw)
+        np.testing.assert_allclose(one.images[0], batch.images[i], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(one.losses[:, 0], batch.losses[:, i], rtol=1e-4, atol=1e-5)
+    # the run did something and the images differ (different classes and jitter)
+    assert not np.allclose(batch.images, init)
+    assert not np.allclose(batch.images[0], batch.images[1])
+
+
+def test_same_key_same_result_different_key_different(tiny_model):
+    init = jnp.zeros((2, 16, 16, 3))
+    kw = dict(optimizer=adam(0.05), steps=5, transforms=(jitter(4),))
+    a = optimize(_classviz_loss(tiny_model, [1, 1]), init, key=jax.random.key(3), **kw)
+    b = optimize(_classviz_loss(tiny_model, [1, 1]), init, key=jax.random.key(3), **kw)
+    c = optimize(_classviz_loss(tiny_model, [1, 1]), init, key=jax.random.key(4), **kw)
+    np.testing.assert_array_equal(a.images, b.images)
+    assert not np.allclose(a.images, c.images)
+    # two images with the same class but different per-image keys differ (jitter is per image)
+    assert not np.allclose(a.images[0], a.images[1])
+
+
+def _quadratic(n=1, d=6, seed=0):
+    r = np.random.default_rng(seed)
+    m = r.normal(size=(d, d))
+    a = jnp.asarray(m @ m.T + d * np.eye(d), jnp.float32)
+    b = jnp.asarray(r.normal(size=(n, d)), jnp.float32)
+
+    def loss(x, keys):
+        v = x.reshape(x.shape[0], d)
+        return 0.5 * jnp.einsum("ni,ij,nj->n", v, a, v) - jnp.sum(v * b, 1)
+    xstar = np.linalg.solve(np.asarray(a), np.asarray(b).T).T
+    fstar = -0.5 * np.sum(np.asarray(b) * xstar, 1)
+    return loss, xstar, fstar
+
+
+def test_lbfgs_reaches_minimum_of_convex_quadratic():
+    loss, xstar, fstar = _quadratic()
+    res = optimize(loss, jnp.zeros((1, 2, 3, 1)), optimizer=lbfgs(), steps=30)
+    np.testing.assert_allclose(np.asarray(res.images).reshape(1, -1), xstar, rtol=1e-3, atol=1e-4)
+    final = float(loss(res.images, None)[0])
+    assert abs(final - fstar[0]) < 1e-5 * max(1.0, abs(fstar[0]))
+    # the line search makes L-BFGS monotone
+    assert np.all(np.diff(res.losses[:, 0]) <= 1e-6)
+
+
+def test_lbfgs_batch_minimises_the_sum():
+    loss, xstar, fstar = _quadratic(n=3, seed=1)
+    res = optimize(loss, jnp.zeros((3, 6, 1, 1)), optimizer=lbfgs(), steps=40)
+    np.testing.assert_allclose(np.asarray(res.images).reshape(3, -1), xstar, rtol=1e-3, atol=1e-4)
+    assert res.losses.shape[1] == 3
+
+
+@pytest.mark.parametrize("pre", [TORCHVISION, LITE, CAFFE], ids=["torchvision", "lite", "caffe"])
+def test_valid_range_is_preprocessing_of_unit_interval(pre):
+    lo, hi = valid_range(pre)
+    np.testing.assert_allclose(pre.invert(lo.reshape(1, 1, 1, 3)).reshape(3), 0.0, atol=1e-6)
+    np.testing.assert_allclose(pre.invert(hi.reshape(1, 1, 1, 3)).reshape(3), 1.0, atol=1e-5)
+
+
+def test_projection_keeps_images_in_range(tiny_model):
+    lo, hi = valid_range(TORCHVISION)
+    push = jnp.asarray(np.random.default_rng(0).choice([-1.0, 1.0], size=(2, 16, 16, 3)), jnp.float32)
+    loss = _classviz_loss(tiny_model, [0, 3]) - obj.Objective(lambda x, k: jnp.sum((x * push).reshape(2, -1), 1))
+    res = optimize(loss, jnp.zeros((2, 16, 16, 3)), optimizer=sgd(0.5), steps=6,
+                   project=valid_range_projection(TORCHVISION))
+    x = np.asarray(res.images)
+    assert np.all(x >= np.asarray(lo) - 1e-6) and np.all(x <= np.asarray(hi) + 1e-6)
+    # large steps really push against the bounds
+    assert np.isclose(x, np.asarray(lo), atol=1e-5).any() or np.isclose(x, np.asarray(hi), atol=1e-5).any()
+    back = np.asarray(TORCHVISION.invert(res.images))
+    assert back.min() >= -1e-5 and back.max() <= 1 + 1e-5
+
+
+def test_projection_receives_init_as_x0():
+    eps = 0.05
+    init = jnp.full((2, 4, 4, 3), 0.5)
+    res = optimize(lambda x, k: -jnp.sum(x.reshape(2, -1), 1), init, optimizer=sign_gradient(0.02), steps=10,
+                   project=lambda x, x0: jnp.clip(x, x0 - eps, x0 + eps))
+    np.testing.assert_allclose(res.images, 0.55, atol=1e-6)
+
+
+def test_active_freezes_images_individually():
+    """Image i stops once its loss < 0.1: it is frozen from then on; others go on."""
+    loss = lambda x, k: jnp.sum(jnp.square(x).reshape(x.shape[0], -1), 1)
+    init = jnp.stack([jnp.full((2, 2, 1), v) for v in (0.2, 1.0, 3.0)])
+    res = optimize(loss, init, optimizer=sgd(0.1), steps=50, active=lambda x: loss(x, None) >= 0.1)
+    # x <- 0.8 x per step; ||x||^2 = 4 v^2 0.64^t < 0.1
+    expected = [int(np.ceil(np.log(0.1 / (4 * v * v)) / np.log(0.64))) for v in (0.2, 1.0, 3.0)]
+    expected = [max(e, 0) for e in expected]
+    np.testing.assert_array_equal(res.steps_run, expected)
+    for i, v in enumerate((0.2, 1.0, 3.0)):
+        np.testing.assert_allclose(res.images[i], v * 0.8 ** expected[i], rtol=1e-5)
+    assert res.losses.shape[0] == max(expected)  # the loop ends when none is active
+
+
+def test_sign_and_normalized_steps():
+    g_loss = lambda x, k: jnp.sum((x * jnp.arange(1.0, 1.0 + x[0].size).reshape(x.shape[1:])).reshape(x.shape[0], -1), 1)
+    x0 = jnp.zeros((2, 2, 2, 1))
+    res = optimize(g_loss, x0, optimizer=sign_gradient(0.1), steps=1)
+    np.testing.assert_allclose(res.images, -0.1)
+    res = optimize(g_loss, x0, optimizer=normalized_gradient(0.5), steps=1)
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(res.images).reshape(2, -1), axis=1), 0.5, rtol=1e-6)
+
+
+def test_fourier_parameterisation_roundtrip_range_and_descent(tiny_model):
+    p = fourier(12, 16, to_input=TORCHVISION, from_input=TORCHVISION.invert)
+    x = p.image(fourier_noise(jax.random.key(0), 2, 12, 16, sd=0.3))
+    np.testing.assert_allclose(p.image(p.encode(x)), x, atol=1e-4)
+    lo, hi = valid_range(TORCHVISION)
+    assert np.all(np.asarray(x) >= np.asarray(lo) - 1e-6) and np.all(np.asarray(x) <= np.asarray(hi) + 1e-6)
+    loss = -obj.channel(tiny_model.apply, tiny_model.params, "features.4", jnp.array([1, 5]))
+    res = optimize(loss, x, optimizer=adam(0.05), steps=15, parameterization=p)
+    assert np.all(res.losses[-1] < res.losses[0])
+    assert np.all(np.asarray(res.images) >= np.asarray(lo) - 1e-6)
+    assert res.params.shape == (2, 12, 9, 3, 2)
+
+
+def test_gaussian_blur_kernel_and_constant():
+    x = jnp.zeros((1, 15, 15, 3)).at[0, 7, 7, :].set(1.0)
+    y = np.asarray(gaussian_blur(x, 1.0))
+    k = gaussian_kernel1d(1.0)
+    r = len(k) // 2
+    np.testing.assert_allclose(y[0, 7 - r:8 + r, 7 - r:8 + r, 0], np.outer(k, k), rtol=1e-5, atol=1e-7)
+    c = jnp.full((2, 5, 7, 3), 0.3)  # reflect padding: a constant image stays constant
+    np.testing.assert_allclose(gaussian_blur(c, 2.0), 0.3, rtol=1e-5)
+
+
+def test_clip_small_contribution_zeros_least_contributing(tiny_model):
+    loss = -obj.class_score(tiny_model.apply, tiny_model.params, 1)
+    x = jax.random.normal(jax.random.key(0), (1, 16, 16, 3))
+    res = optimize(loss, x, optimizer=sgd(0.0), steps=1, transforms=(clip_small_contribution(0.25),))
+    zero = np.all(np.asarray(res.images[0]) == 0.0, axis=-1)
+    assert abs(zero.mean() - 0.25) < 0.02
+
+
+def test_callbacks_progress_and_snapshots(tiny_model):
+    snaps = Snapshots(every=3)
+    res = optimize(_classviz_loss(tiny_model, [2]), jnp.zeros((1, 16, 16, 3)), optimizer=adam(0.1), steps=7,
+                   callbacks=(ProgressBar(disable=True), snaps))
+    assert [s for s, _ in snaps.frames] == [3, 6, 7]
+    np.testing.assert_allclose(snaps.frames[-1][1], res.images)
+    assert res.compile_seconds > 0 and res.seconds >= res.compile_seconds
+
+
+def test_bad_inputs():
+    with pytest.raises(JaxvizError):
+        optimize(lambda x, k: x.sum((1, 2, 3)), jnp.zeros((2, 4, 4, 3)), optimizer=sgd(0.1), steps=-1)
+    with pytest.raises(JaxvizError):
+        image_keys(jax.random.split(jax.random.key(0), 3), 2)
+    with pytest.raises(JaxvizError):
+        jitter(-1)
+    with pytest.raises(JaxvizError):
+        blur(1.0, every=0)
+    assert image_keys(None, 4).shape == (4,)
+    np.testing.assert_array_equal(jax.random.key_data(image_keys(jax.random.PRNGKey(1), 2)),
+                                  jax.random.key_data(jax.random.split(jax.random.key(1), 2)))
+
+
+def test_optax_chain_with_extra_args_works():
+    loss = lambda x, k: jnp.sum(jnp.square(x - 1.0).reshape(x.shape[0], -1), 1)
+    res = optimize(loss, jnp.zeros((2, 3, 3, 1)), optimizer=optax.chain(optax.clip(0.5), optax.sgd(0.2)), steps=40)
+    np.testing.assert_allclose(res.images, 1.0, atol=1e-3)
