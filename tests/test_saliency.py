@@ -1,0 +1,217 @@
+"""Truth tests for gradient saliency, SmoothGrad, Integrated Gradients, guided backprop, deconvnet
+and the fast max-pool backward."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxviz import nonlinearities as nl
+from jaxviz import saliency as sal
+from jaxviz.models import layers
+from jaxviz.targets import Target, score_fn
+from jaxviz.testing import assert_grads_close, finite_difference_grad, random_indices, x64
+from tests.conftest import make_tiny_model
+
+
+def _images(rng, n=2, h=16, w=16):
+    return rng.normal(size=(n, h, w, 3)).astype(np.float32)
+
+
+def test_vanilla_gradients_equal_finite_differences_nonsquare_batch():
+    model = make_tiny_model(1)
+    with x64():
+        params = jax.tree_util.tree_map(lambda p: jnp.asarray(p, jnp.float64), model.params)
+        x = np.random.default_rng(3).normal(size=(2, 12, 20, 3))  # non-square, batch 2
+        index = jnp.array([1, 3])
+        grads = sal.gradients(model.apply, params, jnp.asarray(x), Target(), index=index)
+        assert grads.dtype == jnp.float64 and grads.shape == (2, 12, 20, 3)
+        f = jax.jit(lambda z: score_fn(model.apply, Target())(params, z, index).sum())
+        numeric = finite_difference_grad(lambda z: f(jnp.asarray(z)), x,
+                                         indices=random_indices(x.shape, 40, seed=1))
+        assert_grads_close(grads, numeric, rtol=1e-5, atol=1e-8)
+        # the map is max over RGB of |gradient|
+        np.testing.assert_allclose(sal.vanilla_saliency(model.apply, params, jnp.asarray(x), index=index),
+                                   np.abs(np.asarray(grads)).max(-1))
+
+
+def test_neuron_target_gradient_equals_finite_differences():
+    model = make_tiny_model(2)
+    with x64():
+        params = jax.tree_util.tree_map(lambda p: jnp.asarray(p, jnp.float64), model.params)
+        x = np.random.default_rng(4).normal(size=(1, 16, 16, 3))
+        target = Target(index=5, layer="features.3", y=3, x=6)  # pre-ReLU: never dead
+        grads = sal.gradients(model.apply, params, jnp.asarray(x), target)
+        f = jax.jit(lambda z: score_fn(model.apply, target)(params, z).sum())
+        numeric = finite_difference_grad(lambda z: f(jnp.asarray(z)), x,
+                                         indices=random_indices(x.shape, 40, seed=2))
+        assert_grads_close(grads, numeric, rtol=1e-5, atol=1e-8)
+        assert np.abs(np.asarray(grads)).sum() > 0
+
+
+@pytest.mark.parametrize("fn,name", [(nl.guided_relu, "guided"), (nl.deconv_relu, "deconv"),
+                                     (nl.guided_relu6, "guided6"), (nl.deconv_relu6, "deconv6")])
+def test_custom_vjp_rules_pass_exactly_their_definition(fn, name):
+    x = jnp.array([-2.0, -0.5, 0.0, 0.5, 3.0, 5.9, 6.0, 7.5, 1.0, -1.0, 2.0, 8.0])
+    g = jnp.array([1.0, -1.0, 2.0, -3.0, 4.0, -5.0, 6.0, 7.0, -0.5, 0.25, 1.5, -2.0])
+    out, vjp = jax.vjp(fn, x)
+    (back,) = vjp(g)
+    xn, gn = np.asarray(x), np.asarray(g)
+    expected = {
+        "guided": gn * (xn > 0) * (gn > 0),
+        "deconv": gn * (gn > 0),
+        "guided6": gn * (xn > 0) * (xn < 6) * (gn > 0),
+        "deconv6": gn * (gn > 0),
+    }[name]
+    np.testing.assert_array_equal(np.asarray(back), expected)
+    forward = np.minimum(np.maximum(xn, 0), 6) if name.endswith("6") else np.maximum(xn, 0)
+    np.testing.assert_array_equal(np.asarray(out), forward)
+    # hand check of a few entries, so the formula above cannot silently match a wrong rule
+    if name == "guided":
+        assert list(np.asarray(back)[[0, 3, 4, 8, 10]]) == [0.0, 0.0, 4.0, 0.0, 1.5]
+    if name == "deconv":
+        assert list(np.asarray(back)[[0, 3, 9]]) == [1.0, 0.0, 0.25]
+
+
+def test_guided_and_deconv_models_keep_the_forward_pass(rng):
+    model = make_tiny_model(0)
+    x = jnp.asarray(_images(rng, 2, 16, 24))
+    ref = model.apply(model.params, x)
+    for rule in ("guided", "deconv", "gradient"):
+        variant = nl.backward_model(model, rule)
+        np.testing.assert_allclose(variant.apply(model.params, x), ref, rtol=1e-6, atol=1e-6)
+    assert nl.backward_model(model, "guided") is nl.backward_model(model, "guided")  # cached
+
+
+def test_guided_backprop_matches_manual_rule_on_tiny_model(rng):
+    """Guided backprop through the tiny net equals a hand-written backward pass."""
+    model = make_tiny_model(0)
+    x = jnp.asarray(_images(rng, 1))
+    c = 2
+    guided = sal.guided_gradients(model, model.params, x, Target(index=c))
+    p = model.params
+    # forward by hand
+    def conv(v, name):
+        return jax.lax.conv_general_dilated(v, p[name]["kernel"], (1, 1), "SAME" if p[name]["kernel"].shape[0] == 3
+                                            else "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")) + p[name]["bias"]
+    z0 = conv(x, "features.0")
+    a0 = jax.nn.relu(z0)
+    pooled, pool_vjp = jax.vjp(lambda v: layers.max_pool(v, 2, 2), a0)
+    z1 = conv(pooled, "features.3")
+    a1 = jax.nn.relu(z1)
+    z2 = conv(a1, "classifier.0")
+    # backward with the guided rule at every ReLU
+    g = jnp.zeros_like(z2).at[..., c].set(1.0 / (z2.shape[1] * z2.shape[2]))
+    g = g * (z2 > 0) * (g > 0)
+    _, vjp2 = jax.vjp(lambda v: conv(v, "classifier.0"), a1)
+    g = vjp2(g)[0]
+    g = g * (z1 > 0) * (g > 0)
+    _, vjp1 = jax.vjp(lambda v: conv(v, "features.3"), pooled)
+    g = pool_vjp(vjp1(g)[0])[0]
+    g = g * (z0 > 0) * (g > 0)
+    _, vjp0 = jax.vjp(lambda v: conv(v, "features.0"), x)
+    expected = vjp0(g)[0]
+    np.testing.assert_allclose(guided, expected, rtol=1e-5, atol=1e-7)
+    # and it differs from the true gradient (otherwise the rule was not used)
+    plain = sal.gradients(model.apply, model.params, x, Target(index=c))
+    assert not np.allclose(guided, plain, atol=1e-6)
+
+
+@pytest.mark.parametrize("ceil_mode,kernel,stride,shape", [(True, 3, 2, (2, 13, 18, 4)),
+                                                           (False, 2, 2, (1, 9, 8, 3)),
+                                                           (True, 3, 2, (1, 14, 14, 2))])
+def test_fast_max_pool_equals_xla_pool_values_and_gradients(ceil_mode, kernel, stride, shape, rng):
+    x = jnp.asarray(rng.normal(size=shape).astype(np.float32))
+    ref, ref_vjp = jax.vjp(lambda v: layers.max_pool(v, kernel, stride, ceil_mode), x)
+    out, vjp = jax.vjp(lambda v: nl.max_pool(v, kernel, stride, ceil_mode), x)
+    np.testing.assert_array_equal(out, ref)
+    g = jnp.asarray(rng.normal(size=out.shape).astype(np.float32))
+    np.testing.assert_allclose(vjp(g)[0], ref_vjp(g)[0], rtol=1e-6, atol=1e-6)
+
+
+def test_fast_pool_model_gradients_equal_plain_gradients(rng):
+    model = make_tiny_model(3)
+    x = jnp.asarray(_images(rng, 2, 16, 20))
+    a = sal.gradients(model.apply, model.params, x, Target(index=1))
+    b = sal.gradients(nl.fast_pool_model(model).apply, model.params, x, Target(index=1))
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_batch_of_images_and_targets_equals_loop(rng):
+    model = make_tiny_model(0)
+    x = jnp.asarray(_images(rng, 3, 16, 20))
+    index = jnp.array([0, 4, 2])
+    fns = {
+        "vanilla": lambda x, i: sal.vanilla_saliency(model.apply, model.params, x, index=i),
+        "integrated": lambda x, i: sal.integrated_gradients(model.apply, model.params, x, steps=8, index=i),
+        "guided": lambda x, i: sal.guided_backprop(model, model.params, x, index=i),
+        "deconv": lambda x, i: sal.deconvnet(model, model.params, x, index=i),
+        "neuron": lambda x, i: sal.vanilla_saliency(model.apply, model.params, x,
+                                                    Target(index=0, layer="features.4"), index=i),
+    }
+    for name, fn in fns.items():
+        fn = jax.jit(fn)
+        batch = fn(x, index)
+        loop = np.stack([fn(x[i:i + 1], index[i:i + 1])[0] for i in range(3)])
+        np.testing.assert_allclose(batch, loop, rtol=1e-5, atol=1e-6, err_msg=name)
+    # jax.vmap over single images (the caller's batching) == the built-in batch
+    batch = sal.gradients(model.apply, model.params, x, index=index)
+    one = jax.vmap(lambda xi, ii: sal.gradients(model.apply, model.params, xi[None], index=ii[None])[0])(x, index)
+    np.testing.assert_allclose(batch, one, rtol=1e-5, atol=1e-7)
+
+
+def test_smoothgrad_is_the_mean_of_noisy_gradients(rng):
+    model = make_tiny_model(0)
+    x = jnp.asarray(_images(rng, 2))
+    key = jax.random.key(0)
+    samples, noise = 5, 0.2
+    got = sal.smoothgrad_gradients(model.apply, model.params, x, key=key, samples=samples, noise=noise,
+                                   index=jnp.array([1, 2]), chunk=2)
+    span = (x.max(axis=(1, 2, 3)) - x.min(axis=(1, 2, 3)))[:, None, None, None]
+    eps = jax.random.normal(key, (samples,) + x.shape) * noise * span
+    grad = jax.jit(lambda z: sal.gradients(model.apply, model.params, z, index=jnp.array([1, 2])))
+    want = np.mean([grad(x + e) for e in eps], axis=0)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    # same key, same result; another key, another result
+    again = sal.smoothgrad_gradients(model.apply, model.params, x, key=key, samples=samples, noise=noise,
+                                     index=jnp.array([1, 2]))
+    np.testing.assert_allclose(got, again, rtol=1e-5, atol=1e-7)
+    other = sal.smoothgrad_gradients(model.apply, model.params, x, key=jax.random.key(1), samples=samples,
+                                     noise=noise, index=jnp.array([1, 2]))
+    assert not np.allclose(got, other)
+
+
+def test_integrated_gradients_completeness(rng):
+    model = make_tiny_model(0)
+    with x64():
+        params = jax.tree_util.tree_map(lambda p: jnp.asarray(p, jnp.float64), model.params)
+        x = jnp.asarray(rng.normal(size=(2, 16, 12, 3)))
+        baseline = jnp.asarray(rng.normal(size=(2, 16, 12, 3))) * 0.1
+        index = jnp.array([3, 0])
+        attr = sal.integrated_gradients_attributions(model.apply, params, x, baseline=baseline, steps=256,
+                                                     index=index, chunk=64)
+        f = score_fn(model.apply, Target())
+        delta = f(params, x, index) - f(params, baseline, index)
+        np.testing.assert_allclose(attr.sum(axis=(1, 2, 3)), delta, rtol=2e-3, atol=1e-4)
+        assert np.all(np.abs(delta) > 1e-3)  # a non-trivial check
+
+
+def test_predicted_class_is_the_default_target(rng):
+    model = make_tiny_model(0)
+    x = jnp.asarray(_images(rng, 2))
+    pred = jnp.argmax(model.apply(model.params, x), axis=-1)
+    np.testing.assert_allclose(sal.vanilla_saliency(model.apply, model.params, x),
+                               sal.vanilla_saliency(model.apply, model.params, x, index=pred))
+    np.testing.assert_allclose(
+        sal.integrated_gradients(model.apply, model.params, x, steps=4),
+        sal.integrated_gradients(model.apply, model.params, x, steps=4, index=pred))
+
+
+@pytest.mark.slow
+def test_lite0_guided_relu6_model_keeps_forward(lite0):
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 64, 80, 3)).astype(np.float32))
+    guided = nl.backward_model(lite0, "guided")
+    np.testing.assert_allclose(guided.apply(lite0.params, x), lite0.apply(lite0.params, x), rtol=1e-5, atol=1e-4)
+    g = sal.guided_gradients(lite0, lite0.params, x, Target(index=3))
+    assert g.shape == x.shape and np.isfinite(np.asarray(g)).all() and np.abs(np.asarray(g)).sum() > 0
