@@ -1,0 +1,195 @@
+"""Texture synthesis: non-parametric sampling (Efros & Leung 1999) and Gram matrices (Gatys et al. 2015).
+
+Efros–Leung ("Texture Synthesis by Non-parametric Sampling", ICCV 1999) grows the output in
+scan-line order. Each new pixel's *causal* neighbourhood (the ``r`` rows above it, ``2r + 1`` wide,
+and the ``r`` pixels to its left) is compared, by a Gaussian-weighted SSD over the pixels already
+known, with the same neighbourhood around every pixel of the sample; one of the matches within
+``(1 + tolerance)`` of the best is copied, chosen at random. Pixels outside the output are unknown
+(masked out), so the first pixel is a random sample pixel and the first row is matched from the
+left only. All matching is one pair of mat-vecs over every sample neighbourhood (jnp); the scan is
+a ``lax.fori_loop`` over pixels inside one jitted function.
+
+Gram-matrix synthesis (Gatys, Ecker & Bethge, "Texture Synthesis Using Convolutional Neural
+Networks", NIPS 2015) starts from white noise and minimises ``Σ_l w_l E_l`` with
+``E_l = 1/(4 N_l² M_l²) Σ (G^l − Ĝ^l)²``, ``G^l = F^l F^lᵀ`` over the ``N_l × M_l`` (channels ×
+positions) features of VGG19 (``vgg19_caffe``: original weights, Caffe preprocessing), through the
+shared image-optimisation engine (``jaxviz.optimize``). The losses live in ``jaxviz.style``.
+
+Conventions: images are NHWC / HWC float32 RGB in [0, 1]; explicit ``jax.random`` keys; same key,
+same texture.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxviz.errors import JaxvizError
+
+Array = jax.Array
+
+# Gatys et al. 2015, Fig. 2: texture from conv1_1 only, up to conv1_1 ... conv5_1 (pool1..4 in the
+# paper's normalised net; conv*_1 is the usual choice with the original weights).
+GRAM_LAYER_SETS: tuple[tuple[str, ...], ...] = (
+    ("conv1_1",),
+    ("conv1_1", "conv2_1"),
+    ("conv1_1", "conv2_1", "conv3_1"),
+    ("conv1_1", "conv2_1", "conv3_1", "conv4_1"),
+    ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"),
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# Efros–Leung
+# ----------------------------------------------------------------------------------------------
+
+def _causal_count(radius: int) -> int:
+    """Pixels in a causal neighbourhood: ``r`` full rows of ``2r + 1`` and ``r`` to the left."""
+    return radius * (2 * radius + 1) + radius
+
+
+def _gaussian_weights(radius: int) -> np.ndarray:
+    """(n_causal,) Gaussian weights, sigma = window / 6.4 as in Efros & Leung."""
+    k = 2 * radius + 1
+    sigma = k / 6.4
+    yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+    w = np.exp(-(yy ** 2 + xx ** 2) / (2 * sigma ** 2))
+    return w.reshape(-1)[:_causal_count(radius)].astype(np.float32)
+
+
+def sample_neighbourhoods(sample: Array, radius: int) -> tuple[Array, Array]:
+    """Causal neighbourhoods of every sample pixel that has ``r`` rows above and ``r`` columns each side.
+
+    Args:
+      sample: (h, w, 3) texture in [0, 1].
+      radius: neighbourhood radius ``r`` (window ``2r + 1``).
+    Returns:
+      ``neigh`` (P, n_causal * 3) neighbourhood vectors and ``centre`` (P, 3) centre colours, with
+      P = (h - r) * (w - 2r), rows in scan order of the centres.
+    """
+    h, w, _ = sample.shape
+    k = 2 * radius + 1
+    # Windows of (r + 1) x (2r + 1) whose last row's middle pixel is the centre.
+    rows = jnp.arange(h - radius)[:, None, None, None] + jnp.arange(radius + 1)[None, None, :, None]
+    cols = jnp.arange(w - 2 * radius)[None, :, None, None] + jnp.arange(k)[None, None, None, :]
+    windows = sample[rows, cols]  # (h-r, w-2r, r+1, k, 3)
+    n = _causal_count(radius)
+    flat = windows.reshape(-1, (radius + 1) * k, 3)
+    neigh = flat[:, :n].reshape(flat.shape[0], n * 3)
+    centre = flat[:, n]
+    return neigh, centre
+
+
+@partial(jax.jit, static_argnames=("size", "radius"))
+def _efros_leung(sample: Array, key: Array, size: tuple[int, int], radius: int, tolerance: float) -> Array:
+    height, width = size
+    k = 2 * radius + 1
+    n = _causal_count(radius)
+    neigh, centre = sample_neighbourhoods(sample, radius)          # (P, 3n), (P, 3)
+    neigh_sq = neigh * neigh
+    weights = jnp.repeat(jnp.asarray(_gaussian_weights(radius)), 3)  # (3n,) pixel-major, RGB minor
+    # Canvas padded by r on the top, left and right; ``known`` marks generated pixels.
+    canvas = jnp.zeros((height + radius, width + 2 * radius, 3), sample.dtype)
+    known = jnp.zeros((height + radius, width + 2 * radius), sample.dtype)
+
+    def window(a: Array, i: Array, j: Array) -> Array:
+        # The (r + 1) x (2r + 1) window whose last row's middle is output pixel (i, j).
+        start = (i, j) + (0,) * (a.ndim - 2)
+        shape = (radius + 1, k) + a.shape[2:]
+        return jax.lax.dynamic_slice(a, start, shape).reshape((radius + 1) * k, -1)[:n]
+
+    def step(t, state):
+        canvas, known = state
+        i, j = t // width, t % width
+        values = window(canvas, i, j).reshape(-1)                   # (3n,)
+        mask = jnp.repeat(window(known[..., None], i, j)[:, 0], 3) * weights
+        # Masked SSD to every sample neighbourhood, expanded into two mat-vecs:
+        # Σ m (a − b)² = Σ m a² − 2 b·(m a) + b²·m.
+        dist = jnp.sum(mask * values * values) - 2.0 * neigh @ (mask * values) + neigh_sq @ mask
+        dist = dist / jnp.maximum(jnp.sum(mask), 1e-12)
+        best = jnp.min(dist)
+        ok = dist <= best * (1.0 + tolerance) + 1e-6
+        choice = jax.random.categorical(jax.random.fold_in(key, t), jnp.where(ok, 0.0, -jnp.inf))
+        canvas = canvas.at[i + radius, j + radius].set(centre[choice])
+        known = known.at[i + radius, j + radius].set(1.0)
+        return canvas, known
+
+    canvas, _ = jax.lax.fori_loop(0, height * width, step, (canvas, known))
+    return canvas[radius:, radius:radius + width]
+
+
+def efros_leung(sample: Array, size: int | tuple[int, int], *, key: Array, radius: int = 5,
+                tolerance: float = 0.1) -> Array:
+    """Synthesise a texture by Efros–Leung non-parametric sampling in scan-line order.
+
+    Args:
+      sample: (h, w, 3) texture sample in [0, 1].
+      size: output size ``S`` or ``(H, W)``.
+      key: ``jax.random`` key; the same key gives the same texture.
+      radius: neighbourhood radius ``r`` (window ``2r + 1``; Efros & Leung use 5–15 px windows).
+      tolerance: copy one of the sample pixels whose distance is within ``(1 + tolerance)`` of
+        the best match (the paper's ε = 0.1).
+    Returns:
+      (H, W, 3) synthesised texture, float32 in [0, 1].
+    Raises:
+      JaxvizError: if the sample is not (h, w, 3) or is too small for the window.
+    """
+    sample = jnp.asarray(sample, jnp.float32)
+    if sample.ndim != 3 or sample.shape[-1] != 3:
+        raise JaxvizError(f"efros_leung: sample must be (h, w, 3), got shape {tuple(sample.shape)}")
+    if radius < 1:
+        raise JaxvizError(f"efros_leung: radius must be >= 1, got {radius}")
+    if sample.shape[0] <= radius or sample.shape[1] <= 2 * radius:
+        raise JaxvizError(f"efros_leung: sample {sample.shape[:2]} too small for radius {radius}")
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if min(size) < 1:
+        raise JaxvizError(f"efros_leung: size must be positive, got {size}")
+    return _efros_leung(sample, key, tuple(int(s) for s in size), int(radius), float(tolerance))
+
+
+# ----------------------------------------------------------------------------------------------
+# Gram-matrix synthesis (Gatys et al. 2015), through the shared engine
+# ----------------------------------------------------------------------------------------------
+
+def gram_texture(model, params: dict, sample: Array, size: int | tuple[int, int], *, layers: Sequence[str],
+                 key: Array, layer_weights: Sequence[float] | None = None, steps: int = 100,
+                 optimizer: str = "lbfgs", learning_rate: float | None = None,
+                 callbacks: Sequence = ()):
+    """Gram-matrix texture synthesis from white noise (Gatys et al. 2015), through ``jaxviz.optimize``.
+
+    Args:
+      model, params: the VGG feature network (``vgg19_caffe``) and its parameters.
+      sample: (h, w, 3) texture sample in [0, 1].
+      size: output size ``S`` or ``(H, W)`` (may differ from the sample's: Grams are per position).
+      layers: layers whose Gram matrices are matched, e.g. ``GRAM_LAYER_SETS[-1]``.
+      key: PRNG key of the white-noise start (uniform RGB in [0, 1]).
+      layer_weights: w_l (default 1 / len(layers)).
+      steps, optimizer, learning_rate: ``"lbfgs"`` or ``"adam"`` and its step (model units).
+    Returns:
+      (texture (H, W, 3) in [0, 1] as numpy, the engine's ``OptimizeResult``).
+    """
+    from jaxviz import optimize as engine
+    from jaxviz.style import feature_fn, gram_targets, make_optimizer, style_loss_fn
+
+    sample = jnp.asarray(sample, jnp.float32)
+    if sample.ndim != 3 or sample.shape[-1] != 3 or min(sample.shape[:2]) < 16:
+        raise JaxvizError(f"gram_texture: sample must be (h, w, 3) with h, w >= 16, got {tuple(sample.shape)}")
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if min(size) < 16:
+        raise JaxvizError(f"gram_texture: size must be >= 16, got {size}")
+    layers = tuple(layers)
+    w = [1.0 / len(layers)] * len(layers) if layer_weights is None else [float(v) for v in layer_weights]
+    if len(w) != len(layers):
+        raise JaxvizError(f"need {len(layers)} layer weights, got {len(w)}")
+    features = feature_fn(model, layers)
+    targets = gram_targets(features, params, [model.preprocess(sample[None])])
+    loss = style_loss_fn(features, params, targets, w)
+    x0 = model.preprocess(jax.random.uniform(key, (1,) + size + (3,)))
+    result = engine.optimize(lambda x, keys: loss(x), x0, optimizer=make_optimizer(optimizer, learning_rate),
+                             steps=int(steps), project=engine.valid_range_projection(model.spec),
+                             callbacks=callbacks)
+    image = np.asarray(jnp.clip(model.deprocess(result.images)[0], 0.0, 1.0))
+    return image, result
