@@ -1,0 +1,168 @@
+"""Gatys losses and style transfer: Gram == einsum reference; losses and their gradients against
+finite differences (float64); monotone L-BFGS descent; style weight 0 keeps the content; colour
+transforms are exact where they should be."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxviz import style
+from jaxviz.errors import JaxvizError
+from jaxviz.testing import assert_grads_close, finite_difference_grad, random_indices, x64
+
+
+def test_gram_matches_einsum_reference_non_square_batch():
+    rng = np.random.default_rng(0)
+    f = rng.standard_normal((3, 5, 7, 4)).astype(np.float32)
+    g = np.asarray(style.gram_matrix(jnp.asarray(f)))
+    for n in range(3):
+        flat = f[n].reshape(-1, 4).T  # C x M
+        np.testing.assert_allclose(g[n], flat @ flat.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(style.gram_matrix(jnp.asarray(f), normalize=True)), g / 35, rtol=1e-6)
+
+
+def test_style_layer_loss_is_gatys_formula():
+    rng = np.random.default_rng(1)
+    f = rng.standard_normal((2, 3, 4, 5))
+    t = rng.standard_normal((4, 6, 5))  # target image of another size
+    with x64():
+        e = np.asarray(style.style_layer_loss(jnp.asarray(f), style.gram_matrix(jnp.asarray(t[None]), True)[0]))
+    m, c = 12, 5
+    for n in range(2):
+        fl = f[n].reshape(-1, c).T
+        tl = t.reshape(-1, c).T
+        ref = np.sum((fl @ fl.T - tl @ tl.T * m / 24) ** 2) / (4 * c * c * m * m)
+        np.testing.assert_allclose(e[n], ref, rtol=1e-10)
+
+
+@pytest.mark.parametrize("which", ["style", "content", "tv"])
+def test_loss_gradients_match_finite_differences(which):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 4, 5, 3))
+    other = rng.standard_normal((2, 4, 5, 3))
+    with x64():
+        if which == "style":
+            target = style.gram_matrix(jnp.asarray(other), True)
+            f = lambda z: jnp.sum(style.style_layer_loss(z, target) * jnp.array([1.0, 2.0]))
+        elif which == "content":
+            f = lambda z: jnp.sum(style.content_loss(z, jnp.asarray(other)) * jnp.array([1.0, 2.0]))
+        else:
+            f = lambda z: jnp.sum(style.tv_loss(z) * jnp.array([1.0, 2.0]))
+        numeric = finite_difference_grad(lambda z: f(jnp.asarray(z)), x, indices=random_indices(x.shape, 25))
+        assert_grads_close(jax.grad(f)(jnp.asarray(x)), numeric, rtol=1e-6, atol=1e-8)
+    if which == "tv":  # exact value on a hand-made image
+        img = np.zeros((1, 2, 2, 1)); img[0, 0, 0, 0] = 1.0
+        assert float(style.tv_loss(jnp.asarray(img))[0]) == 2.0
+
+
+def test_total_loss_gradient_through_network_matches_finite_differences(tiny_model):
+    rng = np.random.default_rng(3)
+    with x64():
+        params = jax.tree_util.tree_map(lambda p: jnp.asarray(p, jnp.float64), tiny_model.params)
+        feats = style.feature_fn(tiny_model, ("features.4", "features.1"))
+        s = jnp.asarray(rng.standard_normal((1, 16, 16, 3)))
+        x = rng.standard_normal((1, 16, 16, 3))
+        content = feats(params, jnp.asarray(rng.standard_normal((1, 16, 16, 3))))[0]
+        targets = style.gram_targets(lambda p, z: feats(p, z)[1:], params, [s])
+
+        def total(z):
+            f = feats(params, z)
+            return jnp.sum(style.content_loss(f[0], content) + 10 * style.style_layer_loss(f[1], targets[0])
+                           + 0.1 * style.tv_loss(z))
+        numeric = finite_difference_grad(lambda z: total(jnp.asarray(z)), x, indices=random_indices(x.shape, 20))
+        assert_grads_close(jax.grad(total)(jnp.asarray(x)), numeric, rtol=1e-5, atol=1e-7)
+
+
+def test_feature_fn_runs_only_to_deepest_and_keeps_order(tiny_model):
+    x = jnp.asarray(np.random.default_rng(4).standard_normal((2, 16, 16, 3)), jnp.float32)
+    f = style.feature_fn(tiny_model, ("features.4", "features.1"))(tiny_model.params, x)
+    _, acts = tiny_model.apply(tiny_model.params, x, capture=("features.1", "features.4"))
+    np.testing.assert_array_equal(np.asarray(f[0]), np.asarray(acts["features.4"]))
+    np.testing.assert_array_equal(np.asarray(f[1]), np.asarray(acts["features.1"]))
+    assert style.resolve_layers(tiny_model.spec, ("features.4", "features.1"))[1] == "features.4"
+
+
+def test_blended_targets_are_weighted_mean(tiny_model):
+    rng = np.random.default_rng(5)
+    feats = style.feature_fn(tiny_model, ("features.1",))
+    a, b = (jnp.asarray(rng.standard_normal((1, 16, 16, 3)), jnp.float32) for _ in range(2))
+    ga = style.gram_targets(feats, tiny_model.params, [a])[0]
+    gb = style.gram_targets(feats, tiny_model.params, [b])[0]
+    gm = style.gram_targets(feats, tiny_model.params, [a, b], [3.0, 1.0])[0]
+    np.testing.assert_allclose(np.asarray(gm), np.asarray(0.75 * ga + 0.25 * gb), rtol=1e-5, atol=1e-6)
+    with pytest.raises(JaxvizError):
+        style.gram_targets(feats, tiny_model.params, [a, b], [1.0])
+
+
+def _images(seed=0, shape=(16, 20)):
+    rng = np.random.default_rng(seed)
+    return rng.random(shape + (3,)).astype(np.float32), rng.random((24, 24, 3)).astype(np.float32)
+
+
+def test_style_transfer_lbfgs_decreases_loss_monotonically(tiny_model):
+    content, s = _images()
+    r = style.style_transfer(tiny_model, tiny_model.params, content, [s], content_layer="features.4",
+                             style_layers=("features.1", "features.4"), style_weight=1e3, tv_weight=1e-2,
+                             steps=8, optimizer="lbfgs")
+    assert r.image.shape == (16, 20, 3)
+    assert len(r.losses) == 8
+    assert np.all(np.diff(r.losses) <= 1e-6 * abs(r.losses[0])), r.losses
+    assert r.losses[-1] < r.losses[0]
+
+
+def test_style_weight_zero_keeps_content(tiny_model):
+    content, s = _images(1)
+    for opt in ("lbfgs", "adam"):
+        r = style.style_transfer(tiny_model, tiny_model.params, content, [s], content_layer="features.4",
+                                 style_layers=("features.1",), style_weight=0.0, steps=3, optimizer=opt)
+        np.testing.assert_allclose(r.image, content, atol=1e-5)
+        assert r.parts["style"] == 0.0 and r.parts["content"] < 1e-6
+
+
+def test_colour_transforms():
+    rng = np.random.default_rng(6)
+    rgb = rng.random((5, 6, 3)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(style.yiq_to_rgb(style.rgb_to_yiq(rgb))), rgb, atol=1e-5)
+    # histogram (mean/covariance) matching: result has the content's colour statistics
+    content = np.clip(rng.random((30, 30, 3)) * 0.3 + np.array([0.5, 0.2, 0.1]), 0, 1).astype(np.float32)
+    src = np.clip(rng.random((20, 20, 3)) * 0.4 + 0.3, 0, 1).astype(np.float32)
+    out = np.asarray(style.match_color(src, content)).reshape(-1, 3)
+    np.testing.assert_allclose(out.mean(0), content.reshape(-1, 3).mean(0), atol=1e-3)
+    np.testing.assert_allclose(np.cov(out.T), np.cov(content.reshape(-1, 3).T), atol=1e-3)
+    grey = np.asarray(style.match_luminance(src, content))
+    assert np.allclose(grey[..., 0], grey[..., 1])
+    yc = np.asarray(style.rgb_to_yiq(content))[..., 0]
+    assert abs(grey[..., 0].mean() - yc.mean()) < 1e-3
+
+
+def test_preserve_colour_luminance_keeps_content_chroma(tiny_model):
+    content, s = _images(2)
+    r = style.style_transfer(tiny_model, tiny_model.params, content, [s], content_layer="features.4",
+                             style_layers=("features.1",), steps=3, preserve_color="luminance")
+    iq_out = np.asarray(style.rgb_to_yiq(r.image))[..., 1:]
+    iq_in = np.asarray(style.rgb_to_yiq(content))[..., 1:]
+    inside = (r.image > 0.01).all(-1) & (r.image < 0.99).all(-1)  # clipping may change chroma
+    np.testing.assert_allclose(iq_out[inside], iq_in[inside], atol=1e-4)
+
+
+def test_bad_arguments(tiny_model):
+    content, s = _images()
+    kw = dict(content_layer="features.4", style_layers=("features.1",), steps=1)
+    with pytest.raises(JaxvizError):
+        style.style_transfer(tiny_model, tiny_model.params, content, [], **kw)
+    with pytest.raises(JaxvizError):
+        style.style_transfer(tiny_model, tiny_model.params, content, [s], optimizer="sgdx", **kw)
+    with pytest.raises(JaxvizError):
+        style.style_transfer(tiny_model, tiny_model.params, content[..., :2], [s], **kw)
+    with pytest.raises(JaxvizError):
+        style.style_transfer(tiny_model, tiny_model.params, content, [s], style_layers=("nope",),
+                             content_layer="features.4", steps=1)
+
+
+@pytest.mark.slow
+def test_vgg19_style_transfer_small(vgg19):
+    content, s = _images(3, (32, 40))
+    r = style.style_transfer(vgg19, vgg19.params, content, [s], steps=5)
+    assert np.all(np.diff(r.losses) <= 0) and r.losses[-1] < r.losses[0]
