@@ -57,9 +57,9 @@ def _faces() -> np.ndarray | None:
 def figure_dataset(root: str | os.PathLike, count: int = 300, *, size: int = 224, seed: int = 0) -> list[str]:
     """Write ``count`` deterministic images (PNG, ``size`` x ``size``) into ``root``; return paths.
 
-    The set: every base image whole; ``FACES`` LFW faces and their mirror images; the rest random
-    crops (10–100 % of the shorter side, aspect 3:4–4:3) of the base images in turn, half of them
-    mirrored. Same arguments, same files; an existing complete set is reused, not rewritten.
+    The set: every base image whole; then, alternating, ``FACES`` LFW faces and their mirror
+    images, and random crops (10–100 % of the shorter side squared, aspect 3:4–4:3) of the base
+    images in turn, half of them mirrored. Same arguments, same files; an existing complete set is reused, not rewritten.
 
     Raises:
       JaxvizError: count < 1, or ``root`` is not a writable folder.
@@ -73,7 +73,7 @@ def figure_dataset(root: str | os.PathLike, count: int = 300, *, size: int = 224
     except OSError as e:
         raise JaxvizError(f"cannot create dataset folder {root}: {e}") from None
     manifest = root / "dataset.json"
-    key = {"count": count, "size": size, "seed": seed, "version": 1}
+    key = {"count": count, "size": size, "seed": seed, "version": 2}
     if manifest.is_file():
         try:
             saved = json.loads(manifest.read_text())
@@ -91,17 +91,19 @@ def figure_dataset(root: str | os.PathLike, count: int = 300, *, size: int = 224
             cache[name] = bases[name]()
         return cache[name]
 
-    items: list[tuple[str, np.ndarray]] = []
-    for name in names:
-        items.append((f"{name}", base(name)))
-    faces = _faces()
-    if faces is not None:
-        for i in range(min(FACES, len(faces))):
-            face = np.repeat(faces[i][..., None], 3, axis=-1)
-            items.append((f"face{i:03d}", face))
-            items.append((f"face{i:03d}_flip", face[:, ::-1]))
+    items: list[tuple[str, np.ndarray]] = [(name, base(name)) for name in names]
+    faces: list[tuple[str, np.ndarray]] = []
+    lfw = _faces()
+    if lfw is not None:
+        for i in range(min(FACES, len(lfw))):
+            face = np.repeat(lfw[i][..., None], 3, axis=-1)
+            faces += [(f"face{i:03d}", face), (f"face{i:03d}_flip", face[:, ::-1])]
     i = 0
     while len(items) < count:
+        if faces:  # faces and crops alternate, so a small set has both
+            items.append(faces.pop(0))
+            if len(items) == count:
+                break
         name = names[i % len(names)]
         img = base(name)
         h, w = img.shape[:2]
@@ -125,13 +127,13 @@ def figure_dataset(root: str | os.PathLike, count: int = 300, *, size: int = 224
 
 def figure_index(model, out: str | os.PathLike, *, layers: tuple[str, ...], count: int = 300,
                  topk: int = 9, input_size: int | None = None, batch: int = 32, progress: bool = False):
-    """The figure dataset written next to ``out`` (``OUT_images/``) and scanned into INDEX ``out``.
+    """The figure dataset written to ``out/images/`` and scanned into the INDEX ``out``.
 
     Both steps are deterministic and reuse what is already there (a complete index is returned as
     is), so several figures can share one scan. Returns a ``jaxviz.scan.Index``.
     """
     from jaxviz.scan import scan
     out = Path(out)
-    paths = figure_dataset(out.parent / f"{out.name}_images", count, size=input_size or model.spec.input_size)
+    paths = figure_dataset(out / "images", count, size=input_size or model.spec.input_size)
     return scan(model, paths, out, layers=layers, topk=topk, batch=batch, input_size=input_size,
                 progress=progress)

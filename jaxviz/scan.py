@@ -478,7 +478,8 @@ def _existing(out: Path, meta: dict) -> str | None:
         raise JaxvizError(f"output {out} exists and is not a folder")
     meta_path = out / "meta.json"
     if not meta_path.is_file():
-        if any(out.iterdir()):
+        # An ``images/`` folder is allowed: datasets built for the index live inside it.
+        if any(p.name != "images" for p in out.iterdir()):
             raise JaxvizError(f"output folder {out} is not empty and is not a scan index")
         return None
     try:

@@ -309,3 +309,15 @@ def test_ties_are_canonical_with_dead_channels(folder, tmp_path):
              for i in range(2)]
     merged = merge_indices([parts[1].path, parts[0].path], tmp_path / "m")
     _assert_same_index(index, merged, exact=False)
+
+
+def test_figure_dataset_is_deterministic_and_scannable(tmp_path):
+    from jaxviz.datasets import figure_dataset, figure_index
+    a = figure_dataset(tmp_path / "a", 40, size=24)
+    b = figure_dataset(tmp_path / "b", 40, size=24)
+    assert len(a) == 40 and [Path(p).name for p in a] == [Path(p).name for p in b]
+    assert all(Path(p).read_bytes() == Path(q).read_bytes() for p, q in zip(a, b))
+    assert any("face" in Path(p).name for p in a) and any("crop" in Path(p).name for p in a)
+    assert figure_dataset(tmp_path / "a", 40, size=24) == a  # reused, not rewritten
+    index = figure_index(make_tiny_model(), tmp_path / "ix", layers=("features.4",), count=40, topk=3)
+    assert index.meta["count"] == 40 and all("/ix/images/" in p for p in index.paths)
