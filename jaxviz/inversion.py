@@ -1,0 +1,80 @@
+"""Feature inversion (Mahendran & Vedaldi 2015, "Understanding deep image representations by
+inverting them"), through the one engine.
+
+x* = argmin_x ‖Φ_l(x) − Φ_l(x0)‖² / ‖Φ_l(x0)‖² + λ · R_TV^β(x) / (H W B^β)
+
+normalised as in the paper: the feature term is relative to ‖Φ0‖² (so 1 = "all information lost"
+whatever the layer), and the TV^β term is divided by H W B^β with B the typical pixel norm, so that
+λ means the same at any size and for any preprocessing. Here B is the RMS per-pixel norm of the
+(mean-subtracted, model-input space) reference image, the data-driven version of the paper's
+B = 80 for 0–255 images. The image is kept in the valid pixel range by projection (the paper's
+bounded-range constraint). Images are in model-input space; start from small noise.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from jaxviz import objectives as obj
+from jaxviz.errors import JaxvizError
+from jaxviz.optimize import Callback, OptimizeResult, adam, lbfgs, optimize, valid_range_projection
+
+Array = jax.Array
+
+
+def pixel_scale(x0: Array) -> Array:
+    """B per image: sqrt(mean over pixels of ‖x0_ij‖²) in model-input space, (N,)."""
+    return jnp.sqrt(jnp.mean(jnp.sum(jnp.square(x0), axis=-1).reshape(x0.shape[0], -1), axis=1))
+
+
+def inversion_loss(apply_fn, params: dict, x0: Array, layer: str, *, tv_weight: float = 1.0,
+                   beta: float = 2.0) -> obj.Objective:
+    """The normalised objective: feature term + tv_weight · TV^β / (H W B^β), per image (N,)."""
+    _, h, w, _ = x0.shape
+    b = jax.lax.stop_gradient(pixel_scale(x0))
+    feat = obj.feature_match(apply_fn, params, layer, x0, normalize=True)
+    norm = 1.0 / (h * w * b ** beta)
+    tv = obj.Objective(lambda x, k: norm.astype(x.dtype) * obj.total_variation(x, beta), f"tv({beta})/HWB^b")
+    return feat + tv_weight * tv
+
+
+def invert(model, params: dict | None, x0: Array, layer: str, *, steps: int = 200, lr: float = 0.05,
+           tv_weight: float = 1.0, beta: float = 2.0, optimizer: str = "adam", init: Array | None = None,
+           key: Array | None = None, callbacks: Sequence[Callback] = ()) -> OptimizeResult:
+    """Reconstruct images from their ``layer`` representation.
+
+    Args:
+      model: a jaxviz ``Model``; params: its parameters (None: ``model.params``).
+      x0: (N, H, W, 3) reference images in model-input space.
+      layer: layer name or alias whose activation is inverted.
+      steps, lr: iterations and Adam learning rate (model-input units); ``optimizer="lbfgs"`` uses
+        L-BFGS (one line search for the whole batch: pass one image for the paper's setting).
+      tv_weight, beta: λ and β of the normalised TV^β regulariser.
+      init: optional start (default: small noise from ``key``).
+    Returns:
+      ``OptimizeResult``; ``extras["feature_loss"]`` = (initial (N,), final (N,)) normalised
+      feature distances.
+    """
+    params = model.params if params is None else params
+    layer = model.spec.resolve_layer(layer)
+    x0 = jnp.asarray(x0, jnp.float32)
+    if x0.ndim != 4 or x0.shape[-1] != 3:
+        raise JaxvizError(f"x0 must be (N, H, W, 3), got {tuple(x0.shape)}")
+    if steps < 1 or lr <= 0 or tv_weight < 0 or beta <= 0:
+        raise JaxvizError("need steps >= 1, lr > 0, tv_weight >= 0, beta > 0")
+    if optimizer not in ("adam", "lbfgs"):
+        raise JaxvizError(f"unknown optimizer {optimizer!r}; use adam or lbfgs")
+    key = jax.random.key(0) if key is None else key
+    if init is None:
+        k = jax.random.fold_in(key, 99) if key.ndim == 0 else key[0]
+        init = 0.1 * jax.random.normal(k, x0.shape) * pixel_scale(x0)[:, None, None, None] / jnp.sqrt(3.0)
+    loss = inversion_loss(model.apply, params, x0, layer, tv_weight=tv_weight, beta=beta)
+    feat = obj.feature_match(model.apply, params, layer, x0)
+    before = feat(init)
+    opt = adam(lr) if optimizer == "adam" else lbfgs()
+    result = optimize(loss, init, optimizer=opt, steps=steps, project=valid_range_projection(model.spec),
+                      key=key, callbacks=callbacks)
+    result.extras["feature_loss"] = (before, feat(result.images))
+    return result
