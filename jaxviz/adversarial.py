@@ -477,10 +477,11 @@ def fgsm(model, params: dict, images: Array, cls: Array, *, eps: float, targeted
 
 
 def _run_iterations(loss_fn, init, *, optimizer, steps, project_fn, active_fn):
-    """One call of the shared engine: returns (images, steps_run per image)."""
+    """One call of the shared engine: (images, steps_run per image, timing of the loop)."""
     from jaxviz.optimize import optimize
     result = optimize(loss_fn, init, optimizer=optimizer, steps=steps, project=project_fn, active=active_fn)
-    return result.images, np.asarray(result.steps_run)
+    timing = dict(seconds=result.seconds, compile_seconds=result.compile_seconds, updates=len(result.losses))
+    return result.images, np.asarray(result.steps_run), timing
 
 
 def attack(model, params: dict | None, images: Array, *, method: str = "pgd-linf",
@@ -538,6 +539,7 @@ def attack(model, params: dict | None, images: Array, *, method: str = "pgd-linf
         raise JaxvizError(f"target classes must be in 0..{num_classes - 1}")
     cls = tgt if targeted else label
 
+    engine_times: dict = {}
     if not spec.iterative:
         adv = fgsm(model, params, x0, cls, eps=eps, targeted=targeted)
         steps_run = np.ones(n, np.int32)
@@ -551,8 +553,9 @@ def attack(model, params: dict | None, images: Array, *, method: str = "pgd-linf
         project_fn = partial(_project_to, x0=x0, norm=spec.norm, eps=eps)
         active_fn = _active_fn(predict, x0, label, tgt, confidence, early_stop,
                                budget=eps if spec.name == "seed" else None, step=step)
-        adv, steps_run = _run_iterations(loss_fn, init, optimizer=step_transform(spec.step_rule, step),
-                                         steps=steps, project_fn=project_fn, active_fn=active_fn)
+        adv, steps_run, engine_times = _run_iterations(
+            loss_fn, init, optimizer=step_transform(spec.step_rule, step), steps=steps,
+            project_fn=project_fn, active_fn=active_fn)
 
     if quantize:
         adv, steps_run = _quantize_and_refine(
@@ -563,6 +566,7 @@ def attack(model, params: dict | None, images: Array, *, method: str = "pgd-linf
     adv = np.asarray(adv, np.float32)
     report = assess(predict, x0, adv, label=label, target=tgt, confidence=confidence, steps=steps_run,
                     method=spec.name, model=model.spec.name, eps=eps, norm=spec.norm)
+    report.extra.update(engine=engine_times)
     return AttackResult(adv, report)
 
 
@@ -603,7 +607,7 @@ def _quantize_and_refine(model, params, predict, adv, x0, label, tgt, confidence
         mask = jnp.asarray(undone)
         # fixed extra steps (no early stop) push past the decision boundary, away from rounding
         loss_fn = _loss_fn(model, params, cls, targeted, spec.loss)
-        more, _ = _run_iterations(loss_fn, adv, optimizer=step_transform(spec.step_rule, step),
+        more, _, _ = _run_iterations(loss_fn, adv, optimizer=step_transform(spec.step_rule, step),
                                   steps=refine_steps,
                                   project_fn=partial(_project_to, x0=x0, norm=spec.norm, eps=eps),
                                   active_fn=lambda x: mask)

@@ -14,7 +14,8 @@ from pathlib import Path
 from jaxviz.cli import command
 from jaxviz.cli._common import add_images, add_model, add_output, load_inputs, load_model_arg, output_path
 
-_METHOD_NAMES = ("seed", "fgsm", "ifgsm", "pgd-linf", "pgd-l2")  # = adversarial.METHODS (no jax import here)
+# Shown in --help without importing jax; the registry jaxviz.adversarial.METHODS validates.
+_METHOD_NAMES = ("seed", "fgsm", "ifgsm", "pgd-linf", "pgd-l2")
 
 
 def output_paths(out: Path | None, count: int, suffix: str = ".png") -> list[Path | None]:
@@ -34,7 +35,7 @@ def adversarial(parser: argparse.ArgumentParser):
     parser.add_argument("--target", default=None, metavar="CLASS",
                         help="target class (index or name) for a targeted attack; default: untargeted")
     parser.add_argument("--method", default="pgd-linf", metavar="METHOD",
-                        help="seed | fgsm | ifgsm | pgd-linf | pgd-l2 (default pgd-linf)")
+                        help=" | ".join(_METHOD_NAMES) + " (default pgd-linf)")
     parser.add_argument("--eps", default=None, help="budget in [0,1] pixel units, e.g. 0.01 or 8/255 "
                         "(L-inf for fgsm/ifgsm/pgd-linf, L2 for pgd-l2 and seed; default per method)")
     parser.add_argument("--step", default=None, help="step size in pixel units (default per method)")
@@ -51,9 +52,9 @@ def adversarial(parser: argparse.ArgumentParser):
     parser.add_argument("--json", action="store_true", help="print a JSON list, one record per image")
 
     def run(args: argparse.Namespace) -> int:
+        from jaxviz import adversarial as adv
         from jaxviz.errors import JaxvizError
-        if args.method not in _METHOD_NAMES:
-            raise JaxvizError(f"unknown method {args.method!r}; use one of {', '.join(_METHOD_NAMES)}")
+        method = adv.get_method(args.method)  # the registry decides which methods exist
         out = output_path(args.out, suffixes=(".png",))  # PNG only: JPEG would undo the attack
         if args.npy and out is None:
             raise JaxvizError("--npy needs --out (the arrays are written beside the PNGs)")
@@ -63,11 +64,9 @@ def adversarial(parser: argparse.ArgumentParser):
         import jax
         import numpy as np
 
-        from jaxviz import adversarial as adv
         from jaxviz.images import load_image, save_image
         from jaxviz.labels import imagenet_labels, resolve_class
 
-        method = adv.get_method(args.method)
         eps = adv.parse_amount(args.eps, "--eps") if args.eps is not None else None
         step = adv.parse_amount(args.step, "--step") if args.step is not None else None
         if eps is not None and method.norm == "linf" and eps > 1:
