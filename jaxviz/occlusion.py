@@ -25,8 +25,10 @@ Two exact implementations give the same maps:
   box written in, and the op is applied "valid", so border padding is exact. Once the box covers
   the whole map (or at the first global pooling / dense stage, or the target layer) the patched
   activation is materialised and the rest of the network runs in full through ``apply(start=)``.
-  ``threshold`` gives Krypton's approximate mode: changes with |delta| <= threshold are dropped
-  (reset to the clean activation) after every op, so they stop propagating.
+  Approximate mode (Krypton's projective-field thresholding): ``threshold`` drops changes with
+  |delta| <= threshold (reset to the clean activation) after every stage, so they stop
+  propagating; ``max_box`` (a fraction tau of each stage's map) caps the static box size, the box
+  re-centred on the remaining |delta| mass, which is what saves FLOPs under static shapes.
 """
 from __future__ import annotations
 
@@ -335,6 +337,26 @@ def _threshold(change, clean: Array, threshold: float | None):
     return a, b, jnp.where(jnp.abs(patch - ref) > threshold, patch, ref)
 
 
+def _shrink(change, clean: Array, size: tuple[int, int], threshold: float | None):
+    """Approximate mode: crop the box to static ``size``, centred on the |delta| mass."""
+    a, b, patch = change
+    h, w = patch.shape[:2]
+    if h <= size[0] and w <= size[1]:
+        return change
+    hc, wc = min(h, size[0]), min(w, size[1])
+    ref = jax.lax.dynamic_slice(clean, (a, b, 0), patch.shape)
+    mag = jnp.abs(patch - ref).max(axis=-1)
+    mag = jnp.where(mag > (threshold or 0.0), mag, 0.0)
+    total = jnp.maximum(mag.sum(), 1e-30)
+
+    def start(weights, n, c):
+        centre = (weights * jnp.arange(n)).sum() / total
+        return jnp.clip(jnp.floor(centre - (c - 1) / 2 + 0.5).astype(jnp.int32), 0, n - c)
+
+    sr, sc = start(mag.sum(1), h, hc), start(mag.sum(0), w, wc)
+    return a + sr, b + sc, jax.lax.dynamic_slice(patch, (sr, sc, 0), (hc, wc, patch.shape[-1]))
+
+
 class _Stage:
     """Clean pass (records what the incremental pass needs) and incremental pass of one stage."""
 
@@ -461,8 +483,12 @@ def _incremental_prefix(spec, stop: str | None) -> list:
     return prefix
 
 
-def _box_sizes(spec, size: tuple[int, int], window: int, stop: str | None = None):
-    """Static trace of the box: [(stage, in_hw, out_hw, [(op, box_in, box_out, op_out_hw)])]."""
+def _box_sizes(spec, size: tuple[int, int], window: int, stop: str | None = None,
+               max_box: float | None = None):
+    """Static trace: [(stage, in_hw, out_hw, [(op, box_in, box_out, op_out_hw)], cap)].
+
+    ``cap`` is the stage's output box after the approximate-mode cap (``max_box`` fraction).
+    """
     hw, box, plan = size, (window, window), []
     for stage in _incremental_prefix(spec, stop):
         helper = _Stage(stage, {}, None, None)
@@ -475,20 +501,22 @@ def _box_sizes(spec, size: tuple[int, int], window: int, stop: str | None = None
             new = (_out_box(box[0], op.kernel, op.stride, out[0]), _out_box(box[1], op.kernel, op.stride, out[1]))
             steps.append((op, box, new, out))
             box, cur = new, out
-        plan.append((stage, hw, cur, steps))
+        if max_box is not None:
+            box = tuple(min(bx, max(1, math.ceil(max_box * n))) for bx, n in zip(box, cur))
+        plan.append((stage, hw, cur, steps, box))
         hw = cur
         if box == hw:
             break
     return plan
 
 
-@partial(jax.jit, static_argnames=("model", "target", "window", "stride", "chunk", "threshold"))
-def _incremental(model, params, x, base, index, *, target, window, stride, chunk, threshold):
+@partial(jax.jit, static_argnames=("model", "target", "window", "stride", "chunk", "threshold", "max_box"))
+def _incremental(model, params, x, base, index, *, target, window, stride, chunk, threshold, max_box):
     spec = model.spec
     hp, wp = window_positions(x.shape[1], x.shape[2], window, stride)
     corners = _grid(hp, wp, stride)
     stop = None if target.is_class else target.layer
-    plan = _box_sizes(spec, x.shape[1:3], window, stop)
+    plan = _box_sizes(spec, x.shape[1:3], window, stop, max_box)
     relu, relu6 = model.module.relu, model.module.relu6
     stages = [_Stage(st, params, relu, relu6) for st, *_ in plan]
     last = plan[-1][0].name
@@ -508,8 +536,10 @@ def _incremental(model, params, x, base, index, *, target, window, stride, chunk
 
         def window_act(c):
             change = (c[0], c[1], jax.lax.dynamic_slice(base1, (c[0], c[1], 0), (window, window, 3)))
-            for st, ctx in zip(stages, ctxs):
+            for st, ctx, entry in zip(stages, ctxs, plan):
                 change = st.incremental(ctx, change, threshold)
+                if max_box is not None:
+                    change = _shrink(change, ctx["out"], entry[4], threshold)
             a, b, patch = change
             return jax.lax.dynamic_update_slice(act, patch, (a, b, 0))
 
@@ -525,13 +555,17 @@ def _incremental(model, params, x, base, index, *, target, window, stride, chunk
 def incremental_occlusion(model, params: dict, x: Array, target: Target | int | None = None, *,
                           window: int = 16, stride: int = 8, fill: Fill | float = "mean",
                           score: str | None = None, chunk: int = 32, index: Array | None = None,
-                          threshold: float | None = None) -> Array:
+                          threshold: float | None = None, max_box: float | None = None) -> Array:
     """Score drop per window position (N, H', W'), recomputing only the boxes a window changes.
 
     ``model`` is a ``Model`` (its ``spec.stages`` give the architecture, ``params`` the weights);
     other arguments as ``occlusion``. ``threshold=None`` is exact (equal to ``occlusion`` up to
-    float rounding); a float drops changes with |delta| <= threshold after every op.
+    float rounding); a float drops changes with |delta| <= threshold after every stage.
+    ``max_box`` (0 < tau <= 1) caps each stage's changed box at tau of its map (approximate; fewer
+    FLOPs, see ``flop_saving(max_box=)``); None = no cap.
     """
+    if max_box is not None and not 0 < max_box <= 1:
+        raise JaxvizError(f"max_box must be in (0, 1], got {max_box}")
     _check(x, window, stride, chunk, fill, score)
     target = _as_target(target, score)
     base = fill_images(x, fill, window=window, preprocessing=model.spec.preprocessing)
@@ -540,19 +574,20 @@ def incremental_occlusion(model, params: dict, x: Array, target: Target | int | 
         target = Target(index=target.index, layer=model.spec.resolve_layer(target.layer),
                         y=target.y, x=target.x, score=target.score)
     return _incremental(model, params, x, base, index, target=target, window=window, stride=stride,
-                        chunk=chunk, threshold=None if threshold is None else float(threshold))
+                        chunk=chunk, threshold=None if threshold is None else float(threshold),
+                        max_box=None if max_box is None else float(max_box))
 
 
 # --------------------------------------------------------------------------- FLOP saving
 
-def _flops(spec, size: tuple[int, int], window: int | None) -> float:
+def _flops(spec, size: tuple[int, int], window: int | None, max_box: float | None = None) -> float:
     """Multiply-adds x 2 of convs/denses per forward pass (window None: full; else incremental)."""
     from jaxviz.models.registry import layer_shapes, param_shapes
     if size[0] != size[1]:
         raise JaxvizError("flop_saving takes a square input size")
     shapes = layer_shapes(spec, size[0])
     pshapes = param_shapes(spec)
-    plan = {st.name: steps for st, _, _, steps in _box_sizes(spec, size, window or size[0])}
+    plan = {st.name: steps for st, _, _, steps, _ in _box_sizes(spec, size, window or size[0], None, max_box)}
     total, prev = 0.0, (size[0], size[1], 3)
     for stage in spec.stages:
         out = shapes[stage.name]
@@ -591,16 +626,17 @@ def _stage_flops(stage, in_shape, out_shape, p, steps) -> float:
     return 0.0
 
 
-def flop_saving(spec, *, input_size: int | tuple[int, int], window: int, stride: int) -> float:
+def flop_saving(spec, *, input_size: int | tuple[int, int], window: int, stride: int,
+                max_box: float | None = None) -> float:
     """Theoretical FLOP ratio full / incremental over all window positions (conv + dense MACs).
 
     Full: every occluded copy runs the whole network. Incremental: the clean image once, then per
     window only the static boxes (``_box_sizes``) up to the point where they cover the map (or the
-    first pooling/dense stage), the rest in full.
+    first pooling/dense stage), the rest in full; ``max_box`` as in ``incremental_occlusion``.
     """
     size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     hp, wp = window_positions(size[0], size[1], window, stride)
     positions = hp * wp
     full = _flops(spec, size, None)
-    incr = _flops(spec, size, window)
+    incr = _flops(spec, size, window, max_box)
     return float((positions + 1) * full / (positions * incr + full))

@@ -133,6 +133,20 @@ def test_threshold_zero_is_exact_and_threshold_approximates(tiny_model):
     np.testing.assert_allclose(big, 0.0, atol=1e-6)  # every change dropped
 
 
+def test_max_box_caps_the_box(tiny_model):
+    x = _images((2, 16, 20, 3), seed=10)
+    exact = incremental_occlusion(tiny_model, tiny_model.params, x, window=4, stride=3)
+    full = incremental_occlusion(tiny_model, tiny_model.params, x, window=4, stride=3, max_box=1.0)
+    np.testing.assert_allclose(full, exact, rtol=1e-6, atol=1e-7)
+    errors = [float(np.abs(np.asarray(incremental_occlusion(tiny_model, tiny_model.params, x, window=4, stride=3,
+                                                            max_box=tau)) - exact).max()) for tau in (0.6, 0.3)]
+    span = float(np.ptp(np.asarray(exact)))
+    assert 0 < errors[0] < 0.25 * span and errors[0] <= errors[1]
+    spec = get_spec("squeezenet1_1")
+    savings = [flop_saving(spec, input_size=224, window=16, stride=8, max_box=t) for t in (None, 0.5, 0.25)]
+    assert savings[0] < savings[1] < savings[2]
+
+
 def test_bad_input_is_rejected(tiny_model):
     x = _images((1, 16, 16, 3))
     with pytest.raises(JaxvizError, match="fill"):
@@ -161,6 +175,7 @@ def test_incremental_equals_batched_squeezenet(squeezenet):
     assert pix.shape == (2, 64, 80)
 
 
+@pytest.mark.slow
 def test_incremental_equals_batched_lite0(lite0):
     x = _images((1, 64, 64, 3), seed=8)
     a = occlusion(lite0.apply, lite0.params, x, window=16, stride=16, chunk=16)
@@ -168,13 +183,27 @@ def test_incremental_equals_batched_lite0(lite0):
     _assert_close_relative(b, a)
 
 
-@pytest.mark.parametrize("name,size,stride", [("squeezenet1_0", (64, 72), 16), ("vgg16", (32, 40), 8)])
-def test_incremental_equals_batched_random_params(name, size, stride):
+def _random_model(name: str, size: int) -> Model:
     spec = get_spec(name)
-    params = init_params(spec, seed=1, input_size=size[0])
-    model = Model(spec, params, spec.module())
+    if name == "vgg16":  # torchvision's conv part; a small GAP head instead of the 100M-weight classifier
+        import dataclasses
+
+        from jaxviz.models import vgg
+        from jaxviz.models.network import Stage
+        stages = vgg.vgg(16, include_classifier=False) + (Stage("pool", "global_avgpool"),
+                                                           Stage("fc", "dense", (10,)))
+        spec = dataclasses.replace(spec, stages=stages, num_classes=10)
+    params = init_params(spec, seed=1, input_size=size)
+    return Model(spec, params, spec.module())
+
+
+@pytest.mark.parametrize("name,size,stride", [
+    ("squeezenet1_0", (64, 72), 16),
+    pytest.param("vgg16", (32, 40), 8, marks=pytest.mark.slow)])
+def test_incremental_equals_batched_random_params(name, size, stride):
+    model = _random_model(name, size[0])
     x = _images((1,) + size + (3,), seed=9)
-    a = occlusion(model.apply, params, x, window=16, stride=stride, chunk=32)
-    b = incremental_occlusion(model, params, x, window=16, stride=stride, chunk=32)
+    a = occlusion(model.apply, model.params, x, window=16, stride=stride, chunk=32)
+    b = incremental_occlusion(model, model.params, x, window=16, stride=stride, chunk=32)
     assert float(np.ptp(np.asarray(a))) > 0
     _assert_close_relative(b, a)
