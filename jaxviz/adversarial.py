@@ -25,7 +25,8 @@ Conventions:
   attack, a few more steps are run and the image is rounded and re-checked again.
 - Iterative attacks are one call of the image-optimisation engine: a loss, an optax transform
   (sign step for L-inf, per-image normalised step for L2 and the seed method), ``project``
-  (eps-ball intersected with [0, 1]) and ``active`` (per-image stop).
+  (eps-ball intersected with [0, 1]) and ``active`` (per-image stop). Gradients are taken through
+  ``gradient_model(model)``: the same network and weights with a faster max-pool backward on CPU.
 """
 from __future__ import annotations
 
@@ -608,9 +609,9 @@ def _quantize_and_refine(model, params, predict, adv, x0, label, tgt, confidence
         # fixed extra steps (no early stop) push past the decision boundary, away from rounding
         loss_fn = _loss_fn(model, params, cls, targeted, spec.loss)
         more, _, _ = _run_iterations(loss_fn, adv, optimizer=step_transform(spec.step_rule, step),
-                                  steps=refine_steps,
-                                  project_fn=partial(_project_to, x0=x0, norm=spec.norm, eps=eps),
-                                  active_fn=lambda x: mask)
+                                     steps=refine_steps,
+                                     project_fn=partial(_project_to, x0=x0, norm=spec.norm, eps=eps),
+                                     active_fn=lambda x: mask)
         steps_run += refine_steps * undone
         adv = jnp.where(mask[:, None, None, None], more, adv)
         q = jnp.where(mask[:, None, None, None], quantize_8bit(more, x0, norm=spec.norm, eps=eps), q)

@@ -166,6 +166,25 @@ def test_batch_equals_single_runs(tiny_model, rng, method):
         assert single.report.success[0] == batch.report.success[i]
 
 
+@pytest.mark.parametrize("method", list(adv.METHODS))
+@pytest.mark.parametrize("targeted", [False, True])
+def test_every_method_returns_8bit_images_in_budget_and_honest_reports(tiny_model, rng, method, targeted):
+    x = _grid_images(rng, 2, 16, 20)  # non-square
+    spec = adv.METHODS[method]
+    eps = {"linf": 5.5 / 255, "l2": 0.4}[spec.norm]  # not multiples of 1/255: rounding must respect them
+    result = adv.attack(tiny_model, None, x, method=method, target=[3, 1] if targeted else None, eps=eps,
+                        steps=6, key=jax.random.key(1))
+    z = result.images
+    assert z.dtype == np.float32 and z.min() >= 0 and z.max() <= 1
+    np.testing.assert_array_equal(z, np.round(z * 255).astype(np.uint8) / np.float32(255))  # PNG-exact
+    l2, linf = adv.perturbation_norms(x, z)
+    assert ((linf if spec.norm == "linf" else l2) <= eps * (1 + 1e-5)).all()
+    again = adv.assess(adv.proba_fn(tiny_model), x, z, label=result.report.label, target=result.report.target)
+    np.testing.assert_array_equal(again.success, result.report.success)
+    np.testing.assert_array_equal(again.final_class, result.report.final_class)
+    assert (result.report.steps <= 6 + 5 * 3).all() and (result.report.steps >= 0).all()  # 0: already there
+
+
 def test_transfer_to_the_same_model_repeats_the_white_box_result(tiny_model, rng):
     x = _grid_images(rng, 3)
     result = adv.attack(tiny_model, None, x, method="ifgsm", eps=8 / 255)
