@@ -1,0 +1,116 @@
+"""Fast style / CIN truth: blend (1, 0) == style 1 exactly; one jitted forward pass on any size
+divisible by 4 (others rejected); instance norm normalises; checkpoint save -> resume continues
+identically."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxviz import fast_style as fs
+from jaxviz.errors import JaxvizError
+
+SMALL = fs.FastStyleConfig(num_styles=2, width=4, res_blocks=1, size=16, batch=2,
+                           content_layer="features.4", style_layers=("features.1", "features.4"))
+
+
+def _perturbed(params, seed=0):
+    """Distinct per-style gamma/beta (init is ones/zeros, identical across styles)."""
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    return jax.tree_util.tree_unflatten(tree, [l + 0.3 * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)])
+
+
+def test_cin_blend_one_zero_equals_single_style_network():
+    params = _perturbed(fs.init_state(SMALL, jax.random.key(0)).params)
+    x = jnp.asarray(np.random.default_rng(0).random((2, 12, 16, 3)), jnp.float32)
+    net2 = SMALL.network()
+    out = fs.stylize(net2, params, x, jnp.array([1.0, 0.0]))
+    # a one-style network holding only style 1's gamma/beta
+    one = jax.tree_util.tree_map_with_path(
+        lambda p, v: v[:1] if p[-1].key in ("gamma", "beta") else v, params)
+    net1 = fs.TransformNet(1, SMALL.width, SMALL.res_blocks)
+    # same values up to XLA fusing the two (differently shaped) programs differently
+    np.testing.assert_allclose(np.asarray(out), np.asarray(fs.stylize(net1, one, x)), rtol=0, atol=2e-6)
+    # and bit for bit the network's own style 1 (one-hot row)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(fs.stylize(net2, params, x, jnp.eye(2)[jnp.array([0, 0])])))
+    # the mixed affine parameters are exactly style 1's
+    g = params["down0"]["norm"]["gamma"]
+    np.testing.assert_array_equal(np.asarray(jnp.array([[1.0, 0.0]]) @ g)[0], np.asarray(g[0]))
+    out2 = fs.stylize(net2, params, x, jnp.array([0.0, 1.0]))
+    assert not np.allclose(np.asarray(out), np.asarray(out2))
+    # mixing is linear in gamma/beta: (0.5, 0.5) == network with averaged gamma/beta
+    avg = jax.tree_util.tree_map_with_path(
+        lambda p, v: v.mean(0, keepdims=True) if p[-1].key in ("gamma", "beta") else v, params)
+    np.testing.assert_allclose(np.asarray(fs.stylize(net2, params, x, jnp.array([0.5, 0.5]))),
+                               np.asarray(fs.stylize(net1, avg, x)), atol=1e-5)
+
+
+def test_instance_norm_normalises_each_image_and_channel():
+    cin = fs.ConditionalInstanceNorm(1)
+    x = jnp.asarray(np.random.default_rng(1).normal(3.0, 2.0, (2, 5, 6, 4)), jnp.float32)
+    v = cin.init(jax.random.key(0), x, jnp.ones((2, 1)))
+    y = np.asarray(cin.apply(v, x, jnp.ones((2, 1))))
+    np.testing.assert_allclose(y.mean(axis=(1, 2)), 0, atol=1e-5)
+    np.testing.assert_allclose(y.std(axis=(1, 2)), 1, atol=1e-3)
+
+
+def test_forward_any_size_divisible_by_four_and_rejects_others():
+    params = fs.init_state(SMALL, jax.random.key(1)).params
+    net = SMALL.network()
+    for h, w in ((8, 8), (12, 20)):
+        x = jnp.full((3, h, w, 3), 0.5)
+        out = fs.stylize(net, params, x, jnp.array([0.2, 0.8]))
+        assert out.shape == (3, h, w, 3)
+        assert float(out.min()) >= 0 and float(out.max()) <= 1
+    # batch == per-image (instance norm: no batch statistics)
+    x = jnp.asarray(np.random.default_rng(2).random((2, 8, 12, 3)), jnp.float32)
+    both = fs.stylize(net, params, x)
+    np.testing.assert_allclose(np.asarray(both[1:]), np.asarray(fs.stylize(net, params, x[1:])), atol=1e-6)
+    # the stylisation is one jitted call: its jaxpr is a single pjit of the whole network
+    jaxpr = jax.make_jaxpr(lambda p, z: fs._forward(net, p, z, jnp.ones((2, 2)) / 2))(params, x)
+    assert [e.primitive.name for e in jaxpr.eqns] == ["pjit"] or len(jaxpr.eqns) <= 3
+    for bad in ((1, 10, 8, 3), (1, 8, 6, 3), (8, 8, 3)):
+        with pytest.raises(JaxvizError, match="divisible by 4|images"):
+            fs.stylize(net, params, jnp.zeros(bad))
+    with pytest.raises(JaxvizError):
+        fs.stylize(net, params, jnp.zeros((1, 8, 8, 3)), jnp.ones((3,)))
+
+
+def test_checkpoint_resume_continues_identically(tiny_model, tmp_path):
+    rng = np.random.default_rng(3)
+    content = rng.random((3, 20, 20, 3)).astype(np.float32)
+    styles = [rng.random((16, 16, 3)).astype(np.float32) for _ in range(2)]
+    step = fs.make_train_step(SMALL, tiny_model, tiny_model.params, styles)
+    start = fs.init_state(SMALL, jax.random.key(7))
+    straight = fs.train(SMALL, start, step, content, 4)
+    half = fs.train(SMALL, start, step, content, 2)
+    path = tmp_path / "ckpt.msgpack"
+    fs.save_checkpoint(path, SMALL, half)
+    config, loaded = fs.load_checkpoint(path)
+    assert config == SMALL and loaded.step == 2 and loaded.losses == half.losses
+    resumed = fs.train(config, loaded, step, content, 2)
+    assert resumed.step == 4
+    np.testing.assert_array_equal(np.asarray(resumed.losses), np.asarray(straight.losses))
+    for a, b in zip(jax.tree_util.tree_leaves(resumed.params), jax.tree_util.tree_leaves(straight.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(jax.tree_util.tree_leaves(resumed.opt_state), jax.tree_util.tree_leaves(straight.opt_state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert straight.losses[-1] < straight.losses[0] * 1.5  # finite, training runs
+    (tmp_path / "junk").write_bytes(b"not msgpack")
+    with pytest.raises(JaxvizError):
+        fs.load_checkpoint(tmp_path / "junk")
+    with pytest.raises(JaxvizError):
+        fs.load_checkpoint(tmp_path / "missing")
+
+
+def test_random_crops_are_crops():
+    images = jnp.arange(2 * 6 * 6 * 3, dtype=jnp.float32).reshape(2, 6, 6, 3)
+    crops = np.asarray(fs.random_crops(images, jax.random.key(0), 5, 4))
+    assert crops.shape == (5, 4, 4, 3)
+    flat = np.asarray(images)
+    for c in crops:
+        found = any(np.array_equal(c, flat[i, y:y + 4, x:x + 4]) or np.array_equal(c, flat[i, y:y + 4, x:x + 4][:, ::-1])
+                    for i in range(2) for y in range(3) for x in range(3))
+        assert found
