@@ -213,6 +213,10 @@ def test_cli_embed(index_dir, tmp_path, capsys):
                      "--no-progress", "--out", str(out)] + extra) == 0
         size = Image.open(out).size
         assert size == ((3 * 16, 3 * 16) if extra else (200, 200))
+    out = tmp_path / "scatter.png"
+    assert main(["embed", str(index_dir), "--method", "pca", "--scatter", "--no-progress", "--out", str(out)]) == 0
+    assert out.is_file()
+    capsys.readouterr()
     assert main(["embed", str(tmp_path / "none"), "--out", str(tmp_path / "e.png")]) == 2
     assert main(["embed", str(index_dir), "--thumb", "2", "--out", str(tmp_path / "e.png")]) == 2
     assert capsys.readouterr().err.count("\n") == 2

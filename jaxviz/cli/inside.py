@@ -189,7 +189,10 @@ def _neighbour_rows(queries, idx, paths, size: int, fit: str, thumb: int = 96):
 def embed(parser: argparse.ArgumentParser):
     parser.add_argument("index", metavar="INDEX", help="folder written by `jaxviz scan`")
     parser.add_argument("--method", choices=["pca", "tsne"], default="tsne", help="reduction (default tsne)")
-    parser.add_argument("--grid", action="store_true", help="snap the points to a dense grid (linear assignment)")
+    view = parser.add_mutually_exclusive_group()
+    view.add_argument("--grid", action="store_true", help="snap the points to a dense grid (linear assignment)")
+    view.add_argument("--scatter", action="store_true",
+                      help="a scatter plot coloured by the predicted class (runs the index's classifier on the images)")
     parser.add_argument("--thumb", type=int, default=48, help="thumbnail size in pixels (default 48)")
     parser.add_argument("--size", type=int, default=1600, help="canvas size of the thumbnail map (default 1600)")
     parser.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity (default 30)")
@@ -220,6 +223,14 @@ def embed(parser: argparse.ArgumentParser):
             points = E.pca(index.features, seed=args.seed)
         else:
             points = E.tsne(index.features, perplexity=args.perplexity, seed=args.seed)
+        if args.scatter:
+            model = _load_model(index.meta["model"])
+            if model.spec.num_classes is None:
+                raise JaxvizError(f"--scatter colours by predicted class, but {model.name} has no classifier")
+            _scatter(points, _predict(model, index, not args.no_progress), out,
+                     f"{args.method} of {n} images, {model.name} {index.meta.get('feature_layer')}")
+            print(f"{args.method} of {n} images as a scatter by predicted class -> {out}")
+            return 0
         thumbs = E.load_thumbnails(index.paths, args.thumb, fit=index.meta.get("fit", "stretch"),
                                    progress=not args.no_progress)
         if args.grid:
@@ -233,3 +244,45 @@ def embed(parser: argparse.ArgumentParser):
         print(f"{args.method} of {n} images ({index.features.shape[1]}-d features) as a {what} -> {out}")
         return 0
     return run
+
+
+def _predict(model, index, progress: bool):
+    """Top-1 class of every index image (loaded as the scan did), in batches."""
+    import jax
+    import numpy as np
+
+    from jaxviz.embedding import load_thumbnails
+    apply = jax.jit(model.apply)
+    size, fit = int(index.meta.get("input_size", model.spec.input_size)), index.meta.get("fit", "stretch")
+    starts = range(0, len(index.paths), 32)
+    if progress:
+        from tqdm import tqdm
+        starts = tqdm(starts, desc="classify", unit="batch")
+    preds = []
+    for s in starts:
+        images = load_thumbnails(index.paths[s:s + 32], size, fit=fit)
+        preds.append(np.asarray(apply(model.params, model.preprocess(images)).argmax(-1)))
+    return np.concatenate(preds)
+
+
+def _scatter(points, pred, out, title: str, top: int = 10) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from jaxviz.labels import imagenet_labels
+    labels = imagenet_labels()
+    classes, counts = np.unique(pred, return_counts=True)
+    fig, ax = plt.subplots(figsize=(8, 7))
+    ax.scatter(points[:, 0], points[:, 1], s=10, c="lightgrey", label="other classes")
+    for j, c in enumerate(classes[np.argsort(-counts)][:top]):
+        sel = pred == c
+        ax.scatter(points[sel, 0], points[sel, 1], s=14, color=plt.cm.tab10(j % 10),
+                   label=f"{labels[int(c)][:24]} ({int(sel.sum())})")
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=10)
+    ax.set_xticks([]), ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
