@@ -13,7 +13,8 @@ Conventions
   * Distances: cosine distance ``1 - cos(q, d)`` (a zero vector has cosine 0 to everything) or
     Euclidean L2. Neighbours are exact: a jitted matmul + ``lax.top_k`` over database chunks, the
     running best merged chunk by chunk (memory O(queries x chunk)), queries in chunks too. Ties
-    go to the smaller database index, as a stable sort would.
+    go to the smaller database index, as a stable sort would. For L2 the data are centred first
+    and the k winners' distances recomputed as |q - d| (the matmul form cancels for near pairs).
   * Reductions (PCA, t-SNE) are scikit-learn's; the grid assignment is
     ``scipy.optimize.linear_sum_assignment`` on squared distances between the (min-max
     normalised) 2-D points and the grid-cell centres.
