@@ -114,3 +114,44 @@ def test_random_crops_are_crops():
         found = any(np.array_equal(c, flat[i, y:y + 4, x:x + 4]) or np.array_equal(c, flat[i, y:y + 4, x:x + 4][:, ::-1])
                     for i in range(2) for y in range(3) for x in range(3))
         assert found
+
+
+def test_cli_fast_style_apply_and_bad_inputs(tmp_path, capsys):
+    from jaxviz.cli import main
+    from jaxviz.images import load_image
+    state = fs.init_state(SMALL, jax.random.key(2))
+    state = fs.TrainState(0, _perturbed(state.params), state.opt_state, state.key)
+    ckpt = tmp_path / "m.msgpack"
+    fs.save_checkpoint(ckpt, SMALL, state)
+    out = tmp_path / "o.png"
+    assert main(["fast-style", "apply", "chelsea", "--model", str(ckpt), "--size", "30",
+                 "--style-mix", "0.3,0.7", "--out", str(out)]) == 0
+    got = load_image(out)
+    assert got.shape[1] in (28, 32) and got.shape[0] % 4 == 0 and got.shape[1] > got.shape[0]
+    image = load_image("chelsea", got.shape[:2])
+    ref = np.asarray(fs.stylize(SMALL.network(), state.params, image[None], jnp.array([0.3, 0.7])))[0]
+    assert np.abs(got - ref).max() <= 1 / 255 + 1e-6
+    capsys.readouterr()
+    for argv in (["fast-style", "apply", "chelsea", "--model", str(ckpt), "--style-mix", "1,2,3", "--out", str(out)],
+                 ["fast-style", "apply", "chelsea", "--model", str(tmp_path / "none"), "--out", str(out)],
+                 ["fast-style", "train", "--styles", "brick", "--content-dir", str(tmp_path / "nodir"),
+                  "--out", str(tmp_path / "c.msgpack")],
+                 ["fast-style"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "error" in err
+
+
+@pytest.mark.slow
+def test_cli_fast_style_train_resume_vgg(tmp_path):
+    from jaxviz.cli import main
+    from jaxviz.images import load_image, save_image
+    (tmp_path / "c").mkdir()
+    for name in ("chelsea", "coffee"):
+        save_image(load_image(name, 40), tmp_path / "c" / f"{name}.png")
+    ckpt = tmp_path / "m.msgpack"
+    argv = ["fast-style", "train", "--styles", "brick", "gravel", "--content-dir", str(tmp_path / "c"),
+            "--out", str(ckpt), "--steps", "2", "--size", "32", "--batch", "1", "--width", "4", "--res-blocks", "1"]
+    assert main(argv) == 0
+    assert main(argv) == 0  # resumes
+    assert fs.load_checkpoint(ckpt)[1].step == 4

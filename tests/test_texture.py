@@ -65,3 +65,23 @@ def test_gram_texture_lowers_gram_loss(tiny_model):
                                  key=jax.random.key(0), steps=15)
     assert image.shape == (16, 20, 3) and image.min() >= 0 and image.max() <= 1
     assert result.losses[-1, 0] < 0.2 * result.losses[0, 0]
+
+
+def test_cli_texture_efros_end_to_end_and_bad_inputs(tmp_path, capsys):
+    from PIL import Image
+
+    from jaxviz.cli import main
+    out = tmp_path / "t.png"
+    assert main(["texture", "brick", "--method", "efros", "--size", "12", "--sample-size", "20",
+                 "--radius", "2", "--out", str(out)]) == 0
+    assert Image.open(out).size == (12, 12)
+    capsys.readouterr()
+    for argv in (["texture", "no_such_sample", "--out", str(tmp_path / "a.png")],
+                 ["texture", "brick", "--size", "4", "--out", str(tmp_path / "b.png")],
+                 ["texture", "brick", "--out", str(tmp_path / "missing" / "c.png")],
+                 ["style", "chelsea", "--style", "brick", "--style-weights", "1,2", "--out", str(tmp_path / "d.png")],
+                 ["style", "chelsea", "--style", "brick", "--steps", "-1", "--out", str(tmp_path / "e.png")]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "error" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.png"]
