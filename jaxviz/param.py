@@ -50,6 +50,7 @@ def fourier(h: int, w: int, *, to_input: Callable[[Array], Array] = lambda x: x,
       a ``Parameterization``; params are (N, h, w//2+1, 3, 2) real (re, im) arrays.
     """
     scale = 1.0 / np.maximum(rfft2d_freqs(h, w), 1.0 / max(h, w)) ** decay_power
+    scale = scale * np.sqrt(h * w)  # as Lucid: undo irfft2's 1/(h w) so unit coefficients give unit pixels
     scale = jnp.asarray(scale[None, :, :, None], jnp.float32)
     color = jnp.asarray(_COLOR if decorrelate else np.eye(3, dtype=np.float32))
     color_inv = jnp.asarray(np.linalg.inv(_COLOR) if decorrelate else np.eye(3, dtype=np.float32))

@@ -1,0 +1,126 @@
+"""Benchmark the image-optimisation engine: class-visualisation iterations per second at 224 px on
+every available model, the compile time of the step, and a Python-driven jitted step vs the same
+step inside ``lax.fori_loop`` (jax#12868). Then, if present, engineer 5b's PGD-vs-torchattacks
+benchmark (``scripts/bench_adversarial.py``).
+
+    PYTHONPATH=. .venv/bin/python scripts/bench_optimise.py [--steps 10] [--size 224] [--models ...]
+    # with the PGD-vs-torchattacks part (needs torch): PYTHONPATH=. /work/benchenv/bin/python ...
+
+Models without a classifier (vgg19_caffe) are timed on a channel objective of their last layer.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import time
+from pathlib import Path
+
+
+def bench_model(name: str, size: int, steps: int, batch: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from jaxviz import objectives as obj
+    from jaxviz.classviz import noise_init
+    from jaxviz.optimize import blur, clip_range, jitter, normalized_gradient, optimize, valid_range
+    from jaxviz.weights.store import load_model
+
+    model = load_model(name)
+    lo, hi = valid_range(model.spec)
+    if model.spec.num_classes:
+        loss = -obj.class_score(model.apply, model.params, jnp.arange(batch) * 97 % 1000) + 1e-3 * obj.l2()
+        what = "class score"
+    else:
+        layer = model.spec.layer_names[-1]
+        loss = -obj.channel(model.apply, model.params, layer, jnp.arange(batch))
+        what = f"channel of {layer}"
+    init = noise_init(model, jax.random.key(0), batch, size)
+    transforms = (jitter(16), blur(0.5, every=10), clip_range(lo, hi))
+    res = optimize(loss, init, optimizer=normalized_gradient(25.0), steps=steps + 1, transforms=transforms,
+                   key=jax.random.key(0))
+    per_step = (res.seconds - res.compile_seconds) / steps
+    return dict(model=name, objective=what, compile_s=res.compile_seconds, it_per_s=1.0 / per_step,
+                loss=res.losses, model_obj=model, loss_fn=loss, transforms=transforms, init=init)
+
+
+def python_vs_fori(r: dict, steps: int) -> tuple[float, float]:
+    """Seconds per step: the engine's jitted step from a Python loop vs inside lax.fori_loop."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxviz.optimize import _compiled, image_keys, normalized_gradient, pixels
+
+    opt = normalized_gradient(25.0)
+    step_jit, _, _, tx = _compiled(r["loss_fn"], opt, pixels(), r["transforms"], None, None)
+    x0 = r["init"]
+    n = x0.shape[0]
+    keys, mask, done = image_keys(jax.random.key(0), n), jnp.ones(n, bool), jnp.zeros(n, jnp.int32)
+
+    @jax.jit
+    def fori(p, s):
+        def body(i, c):
+            p, s, m, d = c
+            p, s, m, d, _ = step_jit(p, s, m, d, i, keys, x0)
+            return p, s, m, d
+        return jax.lax.fori_loop(0, steps, body, (p, s, mask, done))[0]
+
+    state = tx.init(x0)
+    jax.block_until_ready(fori(x0, state))  # compile
+    t = time.perf_counter()
+    jax.block_until_ready(fori(x0, state))
+    t_fori = (time.perf_counter() - t) / steps
+    p, s, m, d = x0, state, mask, done
+    p, s, m, d, _ = step_jit(p, s, m, d, jnp.int32(0), keys, x0)
+    jax.block_until_ready(p)
+    t = time.perf_counter()
+    for i in range(steps):
+        p, s, m, d, _ = step_jit(p, s, m, d, jnp.int32(i), keys, x0)
+    jax.block_until_ready(p)
+    return (time.perf_counter() - t) / steps, t_fori
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--models", nargs="*", default=None)
+    parser.add_argument("--no-adversarial", action="store_true")
+    args = parser.parse_args(argv)
+
+    from jaxviz.runtime import device_description, enable_compilation_cache
+    from jaxviz.weights.store import available_models
+    enable_compilation_cache()
+    print(f"device: {device_description()}; {args.size} px, batch {args.batch}, {args.steps} timed steps")
+    print(f"{'model':<20} {'objective':<28} {'compile+1st step s':>18} {'it/s':>8}")
+    results = []
+    for name in args.models or available_models():
+        r = bench_model(name, args.size, args.steps, args.batch)
+        results.append(r)
+        print(f"{name:<20} {r['objective']:<28} {r['compile_s']:>18.2f} {r['it_per_s']:>8.2f}", flush=True)
+    if results:
+        first = results[0]
+        t_py, t_fori = python_vs_fori(first, args.steps)
+        print(f"{first['model']}: Python loop {1 / t_py:.2f} it/s, lax.fori_loop {1 / t_fori:.2f} it/s "
+              f"(python/fori speed ratio {t_fori / t_py:.2f}x)")
+    script = Path(__file__).with_name("bench_adversarial.py")
+    if script.exists() and not args.no_adversarial:
+        print("\n== bench_adversarial.py (engineer 5b): PGD vs torchattacks ==", flush=True)
+        spec = importlib.util.spec_from_file_location("bench_adversarial", script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        module.main([]) if _takes_argv(module.main) else module.main()
+    return 0
+
+
+def _takes_argv(fn) -> bool:
+    import inspect
+    try:
+        return len(inspect.signature(fn).parameters) > 0
+    except (TypeError, ValueError):
+        return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())
