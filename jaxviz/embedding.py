@@ -185,12 +185,13 @@ def pca(features: np.ndarray, dims: int = 2, *, seed: int = 0) -> np.ndarray:
 
 
 def tsne(features: np.ndarray, dims: int = 2, *, perplexity: float = 30.0, seed: int = 0,
-         pca_dims: int | None = 50, exact_below: int = 500) -> np.ndarray:
+         pca_dims: int | None = 50, exact_below: int = 1000) -> np.ndarray:
     """(N, D) -> (N, dims) t-SNE coordinates (scikit-learn, PCA init, ``learning_rate='auto'``).
 
     Features are first reduced to ``pca_dims`` with PCA (the usual speed-up; None keeps all);
     the perplexity is capped at (N - 1) / 3 so small sets work. Sets of up to ``exact_below``
-    points use the exact gradient (faster than Barnes-Hut there), larger ones Barnes-Hut.
+    points use the exact gradient (measured faster than Barnes-Hut there: 1k points 54 s vs 126 s on
+    a loaded 2-core CPU), larger ones Barnes-Hut.
     """
     from sklearn.manifold import TSNE
     features = _check_points(features, 4)
