@@ -58,7 +58,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -66,6 +66,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxviz.errors import JaxvizError
+
+if TYPE_CHECKING:
+    from jaxviz.models.registry import Model, ModelSpec
 
 VERSION = 1
 _STATE_DIR = ".scan"
@@ -256,7 +259,7 @@ def make_step(apply_fn: Callable, preprocess: Callable, layers: tuple[str, ...],
                    out_shardings=(replicated, batch), donate_argnums=(3,))
 
 
-def deepest(spec, names: Sequence[str]) -> str:
+def deepest(spec: ModelSpec, names: Sequence[str]) -> str:
     """The deepest of ``names`` in stage order (the scan runs the network only that far)."""
     order = {n: i for i, n in enumerate(spec.layer_names)}
     return max(names, key=lambda n: order[n])
@@ -365,7 +368,7 @@ def _prefetch(sources: Sequence[str], batch: int, size: int, fit: str, start: in
             yield lo, images
 
 
-def scan(model, sources: Sequence[str], out: str | os.PathLike, *, layers: Sequence[str], topk: int = 9,
+def scan(model: Model, sources: Sequence[str], out: str | os.PathLike, *, layers: Sequence[str], topk: int = 9,
          batch: int = 32, input_size: int | None = None, fit: str = "stretch",
          shard: tuple[int, int] = (0, 1), devices: Sequence | None = None,
          progress: bool = False, on_batch: Callable[[int], None] | None = None) -> Index:
@@ -470,6 +473,9 @@ def scan(model, sources: Sequence[str], out: str | os.PathLike, *, layers: Seque
     return read_index(out)
 
 
+_FRIENDLY = {"sources_sha256": "image list", "total": "image count", "input_size": "input size"}
+
+
 def _existing(out: Path, meta: dict) -> str | None:
     """None (fresh), 'partial' (resume) or 'complete'; an error if ``out`` holds anything else."""
     if not out.exists():
@@ -487,18 +493,14 @@ def _existing(out: Path, meta: dict) -> str | None:
     except ValueError:
         raise JaxvizError(f"corrupt {meta_path}; remove {out} to start again") from None
     keys = ("model", "layers", "topk", "input_size", "fit", "shard", "total", "sources_sha256")
-    diff = [k for k in keys if old.get(k) != meta.get(k)]
+    diff = [_FRIENDLY.get(k, k) for k in keys if old.get(k) != meta.get(k)]
     if diff:
-        raise JaxvizError(f"{out} holds a scan with different {', '.join(diff)}; "
+        raise JaxvizError(f"{out} holds a scan with a different {', '.join(diff)}; "
                           f"choose another --out or remove it")
     if old.get("complete"):
         return "complete"
-    return "partial" if (out / _STATE_DIR / "state.npz").is_file() else _restart(out)
-
-
-def _restart(out: Path) -> None:
-    """Interrupted before the first checkpoint: nothing worth keeping."""
-    return None
+    # Interrupted before the first checkpoint: nothing worth keeping, start afresh.
+    return "partial" if (out / _STATE_DIR / "state.npz").is_file() else None
 
 
 # ---------------------------------------------------------------------------------- merging
@@ -518,9 +520,10 @@ def merge_indices(parts: Sequence[str | os.PathLike], out: str | os.PathLike) ->
     first = indices[0].meta
     keys = ("model", "layers", "topk", "input_size", "fit", "feature_layer", "total", "sources_sha256")
     for ix in indices[1:]:
-        diff = [k for k in keys if ix.meta.get(k) != first.get(k)]
+        diff = [_FRIENDLY.get(k, k) for k in keys if ix.meta.get(k) != first.get(k)]
         if diff:
-            raise JaxvizError(f"cannot merge {ix.path} with {indices[0].path}: different {', '.join(diff)}")
+            raise JaxvizError(f"cannot merge {ix.path} with {indices[0].path}: different {', '.join(diff)} "
+                              f"(shards must scan the same image list with the same settings)")
     all_ids = np.concatenate([ix.indices for ix in indices])
     if len(np.unique(all_ids)) != len(all_ids):
         raise JaxvizError("the indices to merge overlap (the same image in two shards)")
