@@ -1,6 +1,8 @@
 """Truth tests for CAM, Grad-CAM, Grad-CAM++ and guided Grad-CAM."""
 from __future__ import annotations
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +13,14 @@ from jaxviz import saliency as sal
 from jaxviz.images import load_images
 from jaxviz.targets import Target
 from tests.conftest import make_tiny_model
+
+
+def J(fn):
+    """jit a technique (compiling once beats op-by-op dispatch of a Flax model by far)."""
+    names = inspect.signature(fn).parameters
+    static = [n for n in ("layer", "samples", "steps", "chunk", "noise") if n in names]
+    positional = [n for n, v in names.items() if v.kind == v.POSITIONAL_OR_KEYWORD]
+    return jax.jit(fn, static_argnums=(0, 3) if len(positional) > 3 else (0,), static_argnames=static)
 
 
 def _assert_positive_multiple(a, b, rtol=1e-3):
@@ -28,7 +38,7 @@ def test_grad_cam_exact_values_on_tiny_model(rng):
     model = make_tiny_model(0)
     x = jnp.asarray(rng.normal(size=(2, 16, 12, 3)).astype(np.float32))
     index = jnp.array([1, 4])
-    got = camlib.grad_cam(model.apply, model.params, x, layer="features.4", index=index)
+    got = J(camlib.grad_cam)(model.apply, model.params, x, layer="features.4", index=index)
     acts = model.apply(model.params, x, stop="features.4")
     grads = jax.grad(lambda a: jnp.take_along_axis(model.apply(model.params, a, start="features.4"),
                                                    index[:, None], -1).sum())(acts)
@@ -43,16 +53,16 @@ def test_cam_equals_grad_cam_on_tiny_model(rng):
     model = make_tiny_model(0)
     x = jnp.asarray(rng.normal(size=(2, 16, 20, 3)).astype(np.float32))
     index = jnp.array([0, 3])
-    c = camlib.cam(model.apply, model.params, x, layer="classifier.1", index=index)
-    g = camlib.grad_cam(model.apply, model.params, x, layer="classifier.1", index=index)
+    c = J(camlib.cam)(model.apply, model.params, x, layer="classifier.1", index=index)
+    g = J(camlib.grad_cam)(model.apply, model.params, x, layer="classifier.1", index=index)
     np.testing.assert_allclose(c, g * (8 * 10), rtol=1e-4, atol=1e-6)  # scale = h * w of the map
 
 
 def test_grad_cam_plus_plus_matches_reference_formula(rng):
     model = make_tiny_model(1)
     x = jnp.asarray(rng.normal(size=(1, 16, 16, 3)).astype(np.float32))
-    got = camlib.grad_cam_plus_plus(model.apply, model.params, x, Target(index=2), layer="features.4")
-    acts, g = camlib.layer_gradients(model.apply, model.params, x, Target(index=2), layer="features.4")
+    got = J(camlib.grad_cam_plus_plus)(model.apply, model.params, x, Target(index=2), layer="features.4")
+    acts, g = J(camlib.layer_gradients)(model.apply, model.params, x, Target(index=2), layer="features.4")
     a, g = np.asarray(acts, np.float64), np.asarray(g, np.float64)
     # pytorch-grad-cam's GradCAMPlusPlus.get_cam_weights, in numpy (NHWC), without its 1e-7
     s = a.sum(axis=(1, 2))[:, None, None, :]
@@ -71,11 +81,11 @@ def test_batch_and_targets_equal_loop_and_neuron_target(rng):
     x = jnp.asarray(rng.normal(size=(3, 16, 20, 3)).astype(np.float32))
     index = jnp.array([2, 0, 4])
     fns = {
-        "gradcam": lambda x, i: camlib.grad_cam(model.apply, model.params, x, layer="features.1", index=i),
-        "gradcam++": lambda x, i: camlib.grad_cam_plus_plus(model.apply, model.params, x, layer="features.4", index=i),
-        "cam": lambda x, i: camlib.cam(model.apply, model.params, x, layer="classifier.1", index=i),
-        "guided-gradcam": lambda x, i: camlib.guided_grad_cam(model, model.params, x, layer="features.4", index=i),
-        "neuron": lambda x, i: camlib.grad_cam(model.apply, model.params, x, Target(index=1, layer="features.4"),
+        "gradcam": lambda x, i: J(camlib.grad_cam)(model.apply, model.params, x, layer="features.1", index=i),
+        "gradcam++": lambda x, i: J(camlib.grad_cam_plus_plus)(model.apply, model.params, x, layer="features.4", index=i),
+        "cam": lambda x, i: J(camlib.cam)(model.apply, model.params, x, layer="classifier.1", index=i),
+        "guided-gradcam": lambda x, i: J(camlib.guided_grad_cam)(model, model.params, x, layer="features.4", index=i),
+        "neuron": lambda x, i: J(camlib.grad_cam)(model.apply, model.params, x, Target(index=1, layer="features.4"),
                                                layer="features.1", index=i),
     }
     for name, fn in fns.items():
@@ -90,9 +100,9 @@ def test_guided_grad_cam_is_guided_backprop_times_grad_cam(rng):
     model = make_tiny_model(0)
     x = jnp.asarray(rng.normal(size=(2, 16, 16, 3)).astype(np.float32))
     index = jnp.array([1, 2])
-    got = camlib.guided_grad_cam(model, model.params, x, layer="features.4", index=index)
-    gb = sal.guided_gradients(model, model.params, x, index=index)
-    gc = camlib.grad_cam(model.apply, model.params, x, layer="features.4", index=index)
+    got = J(camlib.guided_grad_cam)(model, model.params, x, layer="features.4", index=index)
+    gb = J(sal.guided_gradients)(model, model.params, x, index=index)
+    gc = J(camlib.grad_cam)(model.apply, model.params, x, layer="features.4", index=index)
     np.testing.assert_allclose(got, np.abs(np.asarray(gb) * np.asarray(gc)[..., None]).max(-1), rtol=1e-5, atol=1e-8)
 
 
@@ -100,8 +110,8 @@ def test_cam_equals_grad_cam_on_squeezenet_final_conv(squeezenet):
     images = load_images(["chelsea", "coffee"], 160)
     x = squeezenet.preprocess(jnp.asarray(images))
     for index in (None, jnp.array([281, 967])):  # predicted, then tabby and espresso
-        c = camlib.cam(squeezenet.apply, squeezenet.params, x, layer="classifier.2", index=index)
-        g = camlib.grad_cam(squeezenet.apply, squeezenet.params, x, layer="classifier.2", index=index)
+        c = J(camlib.cam)(squeezenet.apply, squeezenet.params, x, layer="classifier.2", index=index)
+        g = J(camlib.grad_cam)(squeezenet.apply, squeezenet.params, x, layer="classifier.2", index=index)
         _assert_positive_multiple(c, g)
     assert camlib.cam_weights(squeezenet) is None
 
@@ -111,6 +121,6 @@ def test_cam_equals_grad_cam_on_lite0_head(lite0):
     x = lite0.preprocess(jnp.asarray(images))
     weights = camlib.cam_weights(lite0)
     assert weights.shape == (1280, 1000)
-    c = camlib.cam(lite0.apply, lite0.params, x, layer="head", weights=weights, index=jnp.array([281]))
-    g = camlib.grad_cam(lite0.apply, lite0.params, x, Target(index=281), layer="head")
+    c = J(camlib.cam)(lite0.apply, lite0.params, x, layer="head", weights=weights, index=jnp.array([281]))
+    g = J(camlib.grad_cam)(lite0.apply, lite0.params, x, Target(index=281), layer="head")
     _assert_positive_multiple(c, g)

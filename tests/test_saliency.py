@@ -2,6 +2,8 @@
 and the fast max-pool backward."""
 from __future__ import annotations
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +17,14 @@ from jaxviz.testing import assert_grads_close, finite_difference_grad, random_in
 from tests.conftest import make_tiny_model
 
 
+def J(fn):
+    """jit a technique (compiling once beats op-by-op dispatch of a Flax model by far)."""
+    names = inspect.signature(fn).parameters
+    static = [n for n in ("layer", "samples", "steps", "chunk", "noise") if n in names]
+    positional = [n for n, v in names.items() if v.kind == v.POSITIONAL_OR_KEYWORD]
+    return jax.jit(fn, static_argnums=(0, 3) if len(positional) > 3 else (0,), static_argnames=static)
+
+
 def _images(rng, n=2, h=16, w=16):
     return rng.normal(size=(n, h, w, 3)).astype(np.float32)
 
@@ -25,14 +35,14 @@ def test_vanilla_gradients_equal_finite_differences_nonsquare_batch():
         params = jax.tree_util.tree_map(lambda p: jnp.asarray(p, jnp.float64), model.params)
         x = np.random.default_rng(3).normal(size=(2, 12, 20, 3))  # non-square, batch 2
         index = jnp.array([1, 3])
-        grads = sal.gradients(model.apply, params, jnp.asarray(x), Target(), index=index)
+        grads = J(sal.gradients)(model.apply, params, jnp.asarray(x), Target(), index=index)
         assert grads.dtype == jnp.float64 and grads.shape == (2, 12, 20, 3)
         f = jax.jit(lambda z: score_fn(model.apply, Target())(params, z, index).sum())
         numeric = finite_difference_grad(lambda z: f(jnp.asarray(z)), x,
                                          indices=random_indices(x.shape, 40, seed=1))
         assert_grads_close(grads, numeric, rtol=1e-5, atol=1e-8)
         # the map is max over RGB of |gradient|
-        np.testing.assert_allclose(sal.vanilla_saliency(model.apply, params, jnp.asarray(x), index=index),
+        np.testing.assert_allclose(J(sal.vanilla_saliency)(model.apply, params, jnp.asarray(x), index=index),
                                    np.abs(np.asarray(grads)).max(-1))
 
 
@@ -42,7 +52,7 @@ def test_neuron_target_gradient_equals_finite_differences():
         params = jax.tree_util.tree_map(lambda p: jnp.asarray(p, jnp.float64), model.params)
         x = np.random.default_rng(4).normal(size=(1, 16, 16, 3))
         target = Target(index=5, layer="features.3", y=3, x=6)  # pre-ReLU: never dead
-        grads = sal.gradients(model.apply, params, jnp.asarray(x), target)
+        grads = J(sal.gradients)(model.apply, params, jnp.asarray(x), target)
         f = jax.jit(lambda z: score_fn(model.apply, target)(params, z).sum())
         numeric = finite_difference_grad(lambda z: f(jnp.asarray(z)), x,
                                          indices=random_indices(x.shape, 40, seed=2))
@@ -89,7 +99,7 @@ def test_guided_backprop_matches_manual_rule_on_tiny_model(rng):
     model = make_tiny_model(0)
     x = jnp.asarray(_images(rng, 1))
     c = 2
-    guided = sal.guided_gradients(model, model.params, x, Target(index=c))
+    guided = J(sal.guided_gradients)(model, model.params, x, Target(index=c))
     p = model.params
     # forward by hand
     def conv(v, name):
@@ -114,7 +124,7 @@ def test_guided_backprop_matches_manual_rule_on_tiny_model(rng):
     expected = vjp0(g)[0]
     np.testing.assert_allclose(guided, expected, rtol=1e-5, atol=1e-7)
     # and it differs from the true gradient (otherwise the rule was not used)
-    plain = sal.gradients(model.apply, model.params, x, Target(index=c))
+    plain = J(sal.gradients)(model.apply, model.params, x, Target(index=c))
     assert not np.allclose(guided, plain, atol=1e-6)
 
 
@@ -133,8 +143,8 @@ def test_fast_max_pool_equals_xla_pool_values_and_gradients(ceil_mode, kernel, s
 def test_fast_pool_model_gradients_equal_plain_gradients(rng):
     model = make_tiny_model(3)
     x = jnp.asarray(_images(rng, 2, 16, 20))
-    a = sal.gradients(model.apply, model.params, x, Target(index=1))
-    b = sal.gradients(nl.fast_pool_model(model).apply, model.params, x, Target(index=1))
+    a = J(sal.gradients)(model.apply, model.params, x, Target(index=1))
+    b = J(sal.gradients)(nl.fast_pool_model(model).apply, model.params, x, Target(index=1))
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
@@ -143,11 +153,11 @@ def test_batch_of_images_and_targets_equals_loop(rng):
     x = jnp.asarray(_images(rng, 3, 16, 20))
     index = jnp.array([0, 4, 2])
     fns = {
-        "vanilla": lambda x, i: sal.vanilla_saliency(model.apply, model.params, x, index=i),
-        "integrated": lambda x, i: sal.integrated_gradients(model.apply, model.params, x, steps=8, index=i),
+        "vanilla": lambda x, i: J(sal.vanilla_saliency)(model.apply, model.params, x, index=i),
+        "integrated": lambda x, i: J(sal.integrated_gradients)(model.apply, model.params, x, steps=8, index=i),
         "guided": lambda x, i: sal.guided_backprop(model, model.params, x, index=i),
         "deconv": lambda x, i: sal.deconvnet(model, model.params, x, index=i),
-        "neuron": lambda x, i: sal.vanilla_saliency(model.apply, model.params, x,
+        "neuron": lambda x, i: J(sal.vanilla_saliency)(model.apply, model.params, x,
                                                     Target(index=0, layer="features.4"), index=i),
     }
     for name, fn in fns.items():
@@ -156,8 +166,8 @@ def test_batch_of_images_and_targets_equals_loop(rng):
         loop = np.stack([fn(x[i:i + 1], index[i:i + 1])[0] for i in range(3)])
         np.testing.assert_allclose(batch, loop, rtol=1e-5, atol=1e-6, err_msg=name)
     # jax.vmap over single images (the caller's batching) == the built-in batch
-    batch = sal.gradients(model.apply, model.params, x, index=index)
-    one = jax.vmap(lambda xi, ii: sal.gradients(model.apply, model.params, xi[None], index=ii[None])[0])(x, index)
+    batch = J(sal.gradients)(model.apply, model.params, x, index=index)
+    one = jax.vmap(lambda xi, ii: J(sal.gradients)(model.apply, model.params, xi[None], index=ii[None])[0])(x, index)
     np.testing.assert_allclose(batch, one, rtol=1e-5, atol=1e-7)
 
 
@@ -166,18 +176,18 @@ def test_smoothgrad_is_the_mean_of_noisy_gradients(rng):
     x = jnp.asarray(_images(rng, 2))
     key = jax.random.key(0)
     samples, noise = 5, 0.2
-    got = sal.smoothgrad_gradients(model.apply, model.params, x, key=key, samples=samples, noise=noise,
+    got = J(sal.smoothgrad_gradients)(model.apply, model.params, x, key=key, samples=samples, noise=noise,
                                    index=jnp.array([1, 2]), chunk=2)
     span = (x.max(axis=(1, 2, 3)) - x.min(axis=(1, 2, 3)))[:, None, None, None]
     eps = jax.random.normal(key, (samples,) + x.shape) * noise * span
-    grad = jax.jit(lambda z: sal.gradients(model.apply, model.params, z, index=jnp.array([1, 2])))
+    grad = jax.jit(lambda z: J(sal.gradients)(model.apply, model.params, z, index=jnp.array([1, 2])))
     want = np.mean([grad(x + e) for e in eps], axis=0)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
     # same key, same result; another key, another result
-    again = sal.smoothgrad_gradients(model.apply, model.params, x, key=key, samples=samples, noise=noise,
+    again = J(sal.smoothgrad_gradients)(model.apply, model.params, x, key=key, samples=samples, noise=noise,
                                      index=jnp.array([1, 2]))
     np.testing.assert_allclose(got, again, rtol=1e-5, atol=1e-7)
-    other = sal.smoothgrad_gradients(model.apply, model.params, x, key=jax.random.key(1), samples=samples,
+    other = J(sal.smoothgrad_gradients)(model.apply, model.params, x, key=jax.random.key(1), samples=samples,
                                      noise=noise, index=jnp.array([1, 2]))
     assert not np.allclose(got, other)
 
@@ -189,7 +199,7 @@ def test_integrated_gradients_completeness(rng):
         x = jnp.asarray(rng.normal(size=(2, 16, 12, 3)))
         baseline = jnp.asarray(rng.normal(size=(2, 16, 12, 3))) * 0.1
         index = jnp.array([3, 0])
-        attr = sal.integrated_gradients_attributions(model.apply, params, x, baseline=baseline, steps=256,
+        attr = J(sal.integrated_gradients_attributions)(model.apply, params, x, baseline=baseline, steps=256,
                                                      index=index, chunk=64)
         f = score_fn(model.apply, Target())
         delta = f(params, x, index) - f(params, baseline, index)
@@ -201,11 +211,11 @@ def test_predicted_class_is_the_default_target(rng):
     model = make_tiny_model(0)
     x = jnp.asarray(_images(rng, 2))
     pred = jnp.argmax(model.apply(model.params, x), axis=-1)
-    np.testing.assert_allclose(sal.vanilla_saliency(model.apply, model.params, x),
-                               sal.vanilla_saliency(model.apply, model.params, x, index=pred))
+    np.testing.assert_allclose(J(sal.vanilla_saliency)(model.apply, model.params, x),
+                               J(sal.vanilla_saliency)(model.apply, model.params, x, index=pred))
     np.testing.assert_allclose(
-        sal.integrated_gradients(model.apply, model.params, x, steps=4),
-        sal.integrated_gradients(model.apply, model.params, x, steps=4, index=pred))
+        J(sal.integrated_gradients)(model.apply, model.params, x, steps=4),
+        J(sal.integrated_gradients)(model.apply, model.params, x, steps=4, index=pred))
 
 
 @pytest.mark.slow
@@ -213,5 +223,5 @@ def test_lite0_guided_relu6_model_keeps_forward(lite0):
     x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 64, 80, 3)).astype(np.float32))
     guided = nl.backward_model(lite0, "guided")
     np.testing.assert_allclose(guided.apply(lite0.params, x), lite0.apply(lite0.params, x), rtol=1e-5, atol=1e-4)
-    g = sal.guided_gradients(lite0, lite0.params, x, Target(index=3))
+    g = J(sal.guided_gradients)(lite0, lite0.params, x, Target(index=3))
     assert g.shape == x.shape and np.isfinite(np.asarray(g)).all() and np.abs(np.asarray(g)).sum() > 0
