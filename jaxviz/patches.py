@@ -13,13 +13,18 @@ field size; crops are one vmapped ``dynamic_slice`` (sizes static, positions tra
 from __future__ import annotations
 
 from functools import partial
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxviz.errors import JaxvizError
+
+if TYPE_CHECKING:
+    from jaxviz.models.network import ReceptiveField
+    from jaxviz.models.registry import ModelSpec
+    from jaxviz.scan import Index
 
 GREY = 0.5
 
@@ -48,14 +53,14 @@ def crop_patches(images: jax.Array, tops: jax.Array, lefts: jax.Array, size: int
     return jax.vmap(one)(padded, tops, lefts)
 
 
-def unit_field(spec, layer: str, channel: int, input_size: int):
+def unit_field(spec: ModelSpec, layer: str, channel: int, input_size: int) -> ReceptiveField:
     """The exact ``ReceptiveField`` of channel ``channel`` of ``layer``.
 
     ``spec.receptive_fields`` gives each layer the field of its largest path. A SqueezeNet fire
     module concatenates a 1x1 expand (channels [0, e1)) and a 3x3 expand: the 1x1 channels see
     only what the squeeze saw, i.e. the previous stage's field.
     """
-    from jaxviz.models.network import ReceptiveField
+    from jaxviz.models.network import ReceptiveField  # noqa: F811 (runtime import)
     name = spec.resolve_layer(layer)
     fields = spec.receptive_fields(input_size)
     stages = {s.name: (i, s) for i, s in enumerate(spec.stages)}
@@ -65,7 +70,7 @@ def unit_field(spec, layer: str, channel: int, input_size: int):
     return fields[name]
 
 
-def visible_extent(spec, layer: str, input_size: int) -> int:
+def visible_extent(spec: ModelSpec, layer: str, input_size: int) -> int:
     """Input rows/columns [0, extent) that ``layer`` can see at all.
 
     When a stride does not divide the input (SqueezeNet 1.0's 7x7/2 conv1 at 224 px skips the last
@@ -85,7 +90,7 @@ def visible_extent(spec, layer: str, input_size: int) -> int:
     return extent
 
 
-def unit_boxes(spec, layer: str, ys: np.ndarray, xs: np.ndarray, input_size: int) -> np.ndarray:
+def unit_boxes(spec: ModelSpec, layer: str, ys: np.ndarray, xs: np.ndarray, input_size: int) -> np.ndarray:
     """Unclipped receptive-field boxes (top, left, bottom, right) of units (y, x) of ``layer``."""
     rf = spec.receptive_fields(input_size)[spec.resolve_layer(layer)]
     ys, xs = np.asarray(ys), np.asarray(xs)
@@ -93,8 +98,8 @@ def unit_boxes(spec, layer: str, ys: np.ndarray, xs: np.ndarray, input_size: int
     return np.stack([tops, lefts, tops + rf.size, lefts + rf.size], axis=-1)
 
 
-def top_patches(index, layer: str, channels: Sequence[int], *, k: int | None = None,
-                spec=None) -> tuple[np.ndarray, np.ndarray]:
+def top_patches(index: Index, layer: str, channels: Sequence[int], *, k: int | None = None,
+                spec: ModelSpec | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The patches under the top-k activations of ``channels`` of ``layer``.
 
     Args:
@@ -149,7 +154,8 @@ def top_patches(index, layer: str, channels: Sequence[int], *, k: int | None = N
     return tiles, t.values[channels, :k]
 
 
-def patch_grid(index, layer: str, channels: Sequence[int], *, k: int | None = None, spec=None,
+def patch_grid(index: Index, layer: str, channels: Sequence[int], *, k: int | None = None,
+               spec: ModelSpec | None = None,
                pad: int = 2) -> np.ndarray:
     """One image: for each channel a square grid of its top-k patches, channels side by side.
 

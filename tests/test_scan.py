@@ -321,3 +321,14 @@ def test_figure_dataset_is_deterministic_and_scannable(tmp_path):
     assert figure_dataset(tmp_path / "a", 40, size=24) == a  # reused, not rewritten
     index = figure_index(make_tiny_model(), tmp_path / "ix", layers=("features.4",), count=40, topk=3)
     assert index.meta["count"] == 40 and all("/ix/images/" in p for p in index.paths)
+
+
+def test_unreadable_image_is_a_clear_error_and_leaves_no_complete_index(folder, tmp_path):
+    import shutil
+    bad = tmp_path / "imgs"
+    shutil.copytree(folder, bad)
+    (bad / "zz_broken.png").write_bytes(b"not a png")
+    with pytest.raises(JaxvizError, match="cannot read image .*zz_broken.png"):
+        scan(make_tiny_model(), collect_sources([bad]), tmp_path / "ix", layers=["features.4"], topk=2, batch=4)
+    with pytest.raises(JaxvizError, match="incomplete"):
+        read_index(tmp_path / "ix")
