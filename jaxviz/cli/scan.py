@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from jaxviz.cli import command
-from jaxviz.cli._common import add_model, add_output, output_path
+from jaxviz.cli._common import add_output, output_path
 from jaxviz.errors import JaxvizError
 
 
@@ -32,7 +32,8 @@ def _index_out(path: str) -> Path:
 def scan(parser: argparse.ArgumentParser):
     parser.add_argument("inputs", nargs="*", metavar="DIR_OR_IMAGE",
                         help="folders (recursive, any Pillow format), image files or sample names")
-    add_model(parser, classifier=False)
+    parser.add_argument("--model", "-m", default=None,
+                        help="model name (`jaxviz models`; default: first available of squeezenet1_1, efficientnet_lite0)")
     parser.add_argument("--layers", nargs="+", metavar="LAYER", help="layers to scan (names or aliases)")
     parser.add_argument("--topk", type=int, default=9, help="images kept per channel (default 9)")
     parser.add_argument("--out", "-o", required=True, help="INDEX folder to write (or resume)")
