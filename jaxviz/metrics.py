@@ -104,6 +104,7 @@ def deletion_insertion(apply_fn: Callable, params: dict, x: Array, maps: Array, 
     Raises:
       JaxvizError: mismatched shapes, unknown baseline, non-positive steps/chunk.
     """
+    x, maps = jnp.asarray(x), jnp.asarray(maps)
     check_deletion_inputs(x, maps, index, steps, baseline, chunk)
     if not isinstance(patch, int) or not 1 <= patch <= min(x.shape[1:3]):
         raise JaxvizError(f"patch must be an integer between 1 and the image side, got {patch!r}")
