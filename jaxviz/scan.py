@@ -56,7 +56,6 @@ import shutil
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -222,12 +221,6 @@ def merge_topk(running: dict[str, jax.Array], new: dict[str, jax.Array], k: int)
     cat = {name: jnp.concatenate([running[name], new[name]], axis=1) for name in running}
     values, idx = jax.lax.top_k(cat["values"], k)
     return {"values": values, **{name: _take(cat[name], idx) for name in ("image", "y", "x")}}
-
-
-@partial(jax.jit, static_argnames=("k",))
-def merge_topk_jit(running: dict, new: dict, k: int) -> dict:
-    """Jitted ``merge_topk`` (host-side merges of shard results)."""
-    return merge_topk(running, new, k)
 
 
 def make_step(apply_fn: Callable, preprocess: Callable, layers: tuple[str, ...], feature_layer: str,

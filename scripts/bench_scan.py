@@ -188,6 +188,7 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="skip the 10k-point embedding timings")
+    parser.add_argument("--points", type=int, nargs="+", default=[1000, 10000], help="embedding sizes")
     parser.add_argument("--skip", nargs="*", default=[], choices=["throughput", "memory", "embedding"])
     args = parser.parse_args(argv)
     from jaxviz.runtime import enable_compilation_cache
@@ -197,7 +198,7 @@ def main(argv=None) -> int:
     if "memory" not in args.skip:
         bench_memory(args.model, args.layers)
     if "embedding" not in args.skip:
-        bench_embedding((1000,) if args.quick else (1000, 10000))
+        bench_embedding((1000,) if args.quick else tuple(args.points))
     return 0
 
 
