@@ -198,10 +198,13 @@ def test_squeezenet_vanilla_deletion_beats_random_and_passes_sanity(squeezenet):
     index = jnp.argmax(squeezenet.apply(squeezenet.params, x), axis=-1)
     maps = jax.jit(local_vanilla, static_argnums=0)(squeezenet.apply, squeezenet.params, x, index=index)
     ours = deletion_insertion(squeezenet.apply, squeezenet.params, x, maps, index, steps=16, chunk=34)
-    random_auc = np.mean([deletion_insertion(squeezenet.apply, squeezenet.params, x,
-                                             random_order_maps(jax.random.key(k), maps.shape), index,
-                                             steps=16, chunk=34)["deletion_auc"] for k in range(3)], axis=0)
+    randoms = [deletion_insertion(squeezenet.apply, squeezenet.params, x,
+                                  random_order_maps(jax.random.key(k), maps.shape), index, steps=16, chunk=34)
+               for k in range(3)]
+    random_auc = np.mean([r["deletion_auc"] for r in randoms], axis=0)
     assert np.all(np.asarray(ours["deletion_auc"]) < random_auc), (ours["deletion_auc"], random_auc)
+    random_insertion = np.mean([r["insertion_auc"] for r in randoms], axis=0)
+    assert np.all(np.asarray(ours["insertion_auc"]) > random_insertion), (ours["insertion_auc"], random_insertion)
     # Least-salient-first deletion must keep the score far longer than most-salient-first.
     reverse = deletion_insertion(squeezenet.apply, squeezenet.params, x, -maps, index, steps=16, chunk=34)
     assert np.all(np.asarray(reverse["deletion_auc"]) > np.asarray(ours["deletion_auc"]))

@@ -50,9 +50,10 @@ def _disc_scene(h=90, w=130, seed=0):
     return np.clip(image, 0, 1).astype(np.float32), saliency.astype(np.float32), disc
 
 
-def test_disc_is_segmented_from_a_noisy_saliency_map():
+@pytest.mark.parametrize("neighbours", [4, 8])
+def test_disc_is_segmented_from_a_noisy_saliency_map(neighbours):
     image, saliency, disc = _disc_scene()
-    mask = segment_from_saliency(image, saliency, iterations=3)
+    mask = segment_from_saliency(image, saliency, iterations=3, neighbours=neighbours)
     assert mask.shape == disc.shape and mask.dtype == bool
     iou = (mask & disc).sum() / (mask | disc).sum()
     assert iou >= 0.9, iou
