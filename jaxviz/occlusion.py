@@ -14,7 +14,9 @@ channel) is fixed from the clean image (predicted class unless ``target``/``inde
 Two exact implementations give the same maps:
 
 - ``occlusion``: every occluded copy goes through the network, ``chunk`` copies per vmapped call
-  (memory is bounded by ``chunk``; chunks run under ``lax.map``).
+  (memory is bounded by ``chunk``). Chunks run as a Python loop over one jitted chunk function
+  (default; about 2x faster than ``lax.map`` on XLA-CPU here) or, with ``loop="map"``, as one
+  jitted ``lax.map`` (jittable end to end).
 - ``incremental_occlusion`` (after Krypton, Nakandala, Kumar & Papakonstantinou, SIGMOD 2019): the
   clean image runs once and its activations are kept; for each window every layer recomputes only
   the box of its output that the window can change. For an op with kernel k, stride s and
@@ -123,7 +125,8 @@ def _scores(apply_fn: Callable, params: dict, x: Array, target: Target, index: A
     return neuron_scores(apply_fn(params, x, stop=target.layer), index, target.y, target.x)
 
 
-def _resolve_index(apply_fn, params, x, target: Target, index) -> Array:
+def _resolve_index(x, target: Target, index) -> Array:
+    """(N,) class/channel per image; -1 = the class predicted for the clean image (found in the jit)."""
     n = x.shape[0]
     if index is not None:
         return jnp.broadcast_to(jnp.asarray(index, jnp.int32), (n,))
@@ -131,7 +134,16 @@ def _resolve_index(apply_fn, params, x, target: Target, index) -> Array:
         return jnp.full((n,), target.index, jnp.int32)
     if not target.is_class:
         raise JaxvizError("a neuron target needs a channel")
-    return jnp.argmax(apply_fn(params, x), axis=-1).astype(jnp.int32)
+    return jnp.full((n,), -1, jnp.int32)
+
+
+def _clean(logits_or_scores: Callable, target: Target, idx1: Array) -> tuple[Array, Array]:
+    """Clean score of one image and its class (the predicted one where idx1 is -1)."""
+    if not target.is_class:
+        return logits_or_scores(idx1[None])[0], idx1
+    logits = logits_or_scores(None)
+    idx = jnp.where(idx1 < 0, jnp.argmax(logits[0]).astype(jnp.int32), idx1)
+    return class_scores(logits, idx[None], target.score)[0], idx
 
 
 def _grid(hp: int, wp: int, stride: int) -> Array:
@@ -140,14 +152,51 @@ def _grid(hp: int, wp: int, stride: int) -> Array:
     return jnp.asarray(np.stack([ii.ravel(), jj.ravel()], axis=1), jnp.int32)
 
 
-def _chunked(fn: Callable[[Array], Array], corners: Array, chunk: int) -> Array:
-    """fn over (P, 2) corners, ``chunk`` at a time (vmapped inside fn), padded to whole chunks."""
+def _padded_chunks(corners: Array, chunk: int) -> Array:
+    """(P, 2) corners -> (P // chunk rounded up, chunk, 2), the last chunk padded by repetition."""
     p = corners.shape[0]
     chunk = min(chunk, p)
     pad = -p % chunk
     padded = jnp.concatenate([corners, jnp.repeat(corners[-1:], pad, axis=0)]) if pad else corners
-    out = jax.lax.map(fn, padded.reshape(-1, chunk, 2))
-    return out.reshape(-1)[:p]
+    return padded.reshape(-1, chunk, 2)
+
+
+# An engine (batched or incremental) is hashable and has two pure methods:
+#   clean(params, x, base, idx) -> (clean scores (N,), classes (N,), state)   (once per image)
+#   chunk(params, x, base, idx, state, corners (c, 2)) -> (N, c) occluded scores
+# Two drivers run it: one jitted lax.map over chunks (jittable end to end), or a Python loop over
+# one jitted chunk, which measured ~2x faster on XLA-CPU for these conv-heavy bodies (jax#12868).
+
+@partial(jax.jit, static_argnums=0)
+def _clean_jit(engine, params, x, base, idx):
+    return engine.clean(params, x, base, idx)
+
+
+@partial(jax.jit, static_argnums=0)
+def _chunk_jit(engine, params, x, base, idx, state, corners):
+    return engine.chunk(params, x, base, idx, state, corners)
+
+
+@partial(jax.jit, static_argnums=(0, 5))
+def _map_jit(engine, params, x, base, idx, chunk):
+    clean, idx, state = engine.clean(params, x, base, idx)
+    hp, wp = window_positions(x.shape[1], x.shape[2], engine.window, engine.stride)
+    chunks = _padded_chunks(_grid(hp, wp, engine.stride), chunk)
+    scores = jax.lax.map(lambda cs: engine.chunk(params, x, base, idx, state, cs), chunks)
+    scores = jnp.moveaxis(scores, 0, 1).reshape(x.shape[0], -1)[:, :hp * wp]
+    return (clean[:, None] - scores).reshape(-1, hp, wp)
+
+
+def _drive(engine, params, x, base, idx, chunk: int, loop: str) -> Array:
+    if loop == "map":
+        return _map_jit(engine, params, x, base, idx, chunk)
+    if loop != "python":
+        raise JaxvizError(f"unknown loop {loop!r}; use 'python' or 'map'")
+    clean, idx, state = _clean_jit(engine, params, x, base, idx)
+    hp, wp = window_positions(x.shape[1], x.shape[2], engine.window, engine.stride)
+    chunks = _padded_chunks(_grid(hp, wp, engine.stride), chunk)
+    scores = jnp.concatenate([_chunk_jit(engine, params, x, base, idx, state, cs) for cs in chunks], axis=1)
+    return (clean[:, None] - scores[:, :hp * wp]).reshape(-1, hp, wp)
 
 
 def windows_to_pixels(drops: Array, size: tuple[int, int], window: int, stride: int) -> Array:
@@ -163,30 +212,39 @@ def windows_to_pixels(drops: Array, size: tuple[int, int], window: int, stride: 
 
 # --------------------------------------------------------------------------- batched
 
-@partial(jax.jit, static_argnames=("apply_fn", "target", "window", "stride", "chunk"))
-def _occlusion(apply_fn, params, x, base, index, *, target, window, stride, chunk):
-    hp, wp = window_positions(x.shape[1], x.shape[2], window, stride)
-    corners = _grid(hp, wp, stride)
+@dataclass(frozen=True)
+class _Batched:
+    """Every occluded copy through the whole network."""
 
-    def one(x1, base1, idx1):  # one image: (H, W, 3) -> (H', W') drops
-        clean = _scores(apply_fn, params, x1[None], target, idx1[None])[0]
+    apply_fn: Callable
+    target: Target
+    window: int
+    stride: int
 
-        def occluded(c):
-            patch = jax.lax.dynamic_slice(base1, (c[0], c[1], 0), (window, window, 3))
-            return jax.lax.dynamic_update_slice(x1, patch, (c[0], c[1], 0))
+    def clean(self, params, x, base, idx):
+        f, target = self.apply_fn, self.target
 
-        def evaluate(cs):  # (chunk, 2) corners -> (chunk,) scores
-            xs = jax.vmap(occluded)(cs)
-            return _scores(apply_fn, params, xs, target, jnp.broadcast_to(idx1, (cs.shape[0],)))
+        def one(x1, idx1):
+            return _clean(lambda i: f(params, x1[None]) if i is None else _scores(f, params, x1[None], target, i),
+                          target, idx1)
+        clean, idx = jax.vmap(one)(x, idx)
+        return clean, idx, ()
 
-        return (clean - _chunked(evaluate, corners, chunk)).reshape(hp, wp)
+    def chunk(self, params, x, base, idx, state, corners):
+        w = self.window
 
-    return jax.vmap(one)(x, base, index)
+        def one(x1, base1, idx1):
+            def occluded(c):
+                patch = jax.lax.dynamic_slice(base1, (c[0], c[1], 0), (w, w, 3))
+                return jax.lax.dynamic_update_slice(x1, patch, (c[0], c[1], 0))
+            xs = jax.vmap(occluded)(corners)
+            return _scores(self.apply_fn, params, xs, self.target, jnp.broadcast_to(idx1, (corners.shape[0],)))
+        return jax.vmap(one)(x, base, idx)
 
 
 def occlusion(apply_fn: Callable, params: dict, x: Array, target: Target | int | None = None, *,
               window: int = 16, stride: int = 8, fill: Fill | float = "mean", score: str | None = None,
-              chunk: int = 32, index: Array | None = None, preprocessing=None) -> Array:
+              chunk: int = 32, index: Array | None = None, preprocessing=None, loop: str = "python") -> Array:
     """Score drop per window position, every occluded copy evaluated (vmapped chunks).
 
     Args:
@@ -199,21 +257,22 @@ def occlusion(apply_fn: Callable, params: dict, x: Array, target: Target | int |
       chunk: occluded copies per vmapped evaluation (bounds memory).
       index: (N,) class/channel per image, overriding the target's.
       preprocessing: for fill="grey" when ``apply_fn`` is not a model's bound ``apply``.
+      loop: "python" (a Python loop over one jitted chunk; fastest on CPU) or "map" (one jitted
+        ``lax.map`` over chunks, for use inside a caller's jit).
     Returns:
       (N, H', W') drops, H' = (H - window) // stride + 1.
     """
     _check(x, window, stride, chunk, fill, score)
     target = _as_target(target, score)
     base = fill_images(x, fill, window=window, preprocessing=preprocessing or _preprocessing_of(apply_fn))
-    index = _resolve_index(apply_fn, params, x, target, index)
-    return _occlusion(apply_fn, params, x, base, index, target=target, window=window, stride=stride,
-                      chunk=chunk)
+    index = _resolve_index(x, target, index)
+    return _drive(_Batched(apply_fn, target, window, stride), params, x, base, index, chunk, loop)
 
 
 def occlusion_map(apply_fn: Callable, params: dict, x: Array, target: Target | int | None = None, *,
                   window: int = 16, stride: int = 8, fill: Fill | float = "mean", score: str | None = None,
                   chunk: int = 32, index: Array | None = None, incremental: bool = False,
-                  preprocessing=None) -> Array:
+                  preprocessing=None, loop: str = "python") -> Array:
     """(N, H, W) score drop per pixel, averaged over the windows that cover it.
 
     ``incremental=True`` uses ``incremental_occlusion`` (``apply_fn`` must be ``model.apply``);
@@ -224,10 +283,10 @@ def occlusion_map(apply_fn: Callable, params: dict, x: Array, target: Target | i
         if model is None or not hasattr(model, "spec"):
             raise JaxvizError("incremental occlusion needs a model's bound apply (model.apply)")
         drops = incremental_occlusion(model, params, x, target, window=window, stride=stride, fill=fill,
-                                      score=score, chunk=chunk, index=index)
+                                      score=score, chunk=chunk, index=index, loop=loop)
     else:
         drops = occlusion(apply_fn, params, x, target, window=window, stride=stride, fill=fill, score=score,
-                          chunk=chunk, index=index, preprocessing=preprocessing)
+                          chunk=chunk, index=index, preprocessing=preprocessing, loop=loop)
     return windows_to_pixels(drops, x.shape[1:3], window, stride)
 
 
@@ -510,52 +569,69 @@ def _box_sizes(spec, size: tuple[int, int], window: int, stop: str | None = None
     return plan
 
 
-@partial(jax.jit, static_argnames=("model", "target", "window", "stride", "chunk", "threshold", "max_box"))
-def _incremental(model, params, x, base, index, *, target, window, stride, chunk, threshold, max_box):
-    spec = model.spec
-    hp, wp = window_positions(x.shape[1], x.shape[2], window, stride)
-    corners = _grid(hp, wp, stride)
-    stop = None if target.is_class else target.layer
-    plan = _box_sizes(spec, x.shape[1:3], window, stop, max_box)
-    relu, relu6 = model.module.relu, model.module.relu6
-    stages = [_Stage(st, params, relu, relu6) for st, *_ in plan]
-    last = plan[-1][0].name
+@dataclass(frozen=True)
+class _Incremental:
+    """Clean activations once per image; per window only the boxes it can change."""
 
-    def tail(acts, idx):  # materialised activations of ``last`` (B, h, w, c) -> (B,) scores
+    model: object
+    target: Target
+    window: int
+    stride: int
+    threshold: float | None = None
+    max_box: float | None = None
+
+    def _parts(self, params, hw):
+        stop = None if self.target.is_class else self.target.layer
+        plan = _box_sizes(self.model.spec, hw, self.window, stop, self.max_box)
+        relu, relu6 = self.model.module.relu, self.model.module.relu6
+        return plan, [_Stage(st, params, relu, relu6) for st, *_ in plan], plan[-1][0].name
+
+    def _tail(self, params, last, acts, idx):  # activations of ``last`` (B, h, w, c) -> (B,) scores
+        target, model = self.target, self.model
         if target.is_class:
             return class_scores(model.apply(params, acts, start=last), idx, target.score)
         out = acts if last == target.layer else model.apply(params, acts, start=last, stop=target.layer)
         return neuron_scores(out, idx, target.y, target.x)
 
-    def one(x1, base1, idx1):
-        ctxs, act = [], x1
-        for st in stages:
-            act, ctx = st.clean(act)
-            ctxs.append(ctx)
-        clean = tail(act[None], idx1[None])[0]
+    def clean(self, params, x, base, idx):
+        plan, stages, last = self._parts(params, x.shape[1:3])
 
-        def window_act(c):
-            change = (c[0], c[1], jax.lax.dynamic_slice(base1, (c[0], c[1], 0), (window, window, 3)))
-            for st, ctx, entry in zip(stages, ctxs, plan):
-                change = st.incremental(ctx, change, threshold)
-                if max_box is not None:
-                    change = _shrink(change, ctx["out"], entry[4], threshold)
-            a, b, patch = change
-            return jax.lax.dynamic_update_slice(act, patch, (a, b, 0))
+        def one(x1, idx1):
+            ctxs, act = [], x1
+            for st in stages:
+                act, ctx = st.clean(act)
+                ctxs.append(ctx)
+            clean, idx1 = _clean(lambda i: self.model.apply(params, act[None], start=last) if i is None
+                                 else self._tail(params, last, act[None], i), self.target, idx1)
+            return clean, idx1, (ctxs, act)
+        return jax.vmap(one)(x, idx)
 
-        def evaluate(cs):
-            acts = jax.vmap(window_act)(cs)
-            return tail(acts, jnp.broadcast_to(idx1, (cs.shape[0],)))
+    def chunk(self, params, x, base, idx, state, corners):
+        plan, stages, last = self._parts(params, x.shape[1:3])
+        w = self.window
 
-        return (clean - _chunked(evaluate, corners, chunk)).reshape(hp, wp)
+        def one(base1, idx1, st1):
+            ctxs, act = st1
 
-    return jax.vmap(one)(x, base, index)
+            def window_act(c):
+                change = (c[0], c[1], jax.lax.dynamic_slice(base1, (c[0], c[1], 0), (w, w, 3)))
+                for st, ctx, entry in zip(stages, ctxs, plan):
+                    change = st.incremental(ctx, change, self.threshold)
+                    if self.max_box is not None:
+                        change = _shrink(change, ctx["out"], entry[4], self.threshold)
+                a, b, patch = change
+                return jax.lax.dynamic_update_slice(act, patch, (a, b, 0))
+
+            acts = jax.vmap(window_act)(corners)
+            return self._tail(params, last, acts, jnp.broadcast_to(idx1, (corners.shape[0],)))
+        return jax.vmap(one)(base, idx, state)
 
 
 def incremental_occlusion(model, params: dict, x: Array, target: Target | int | None = None, *,
                           window: int = 16, stride: int = 8, fill: Fill | float = "mean",
                           score: str | None = None, chunk: int = 32, index: Array | None = None,
-                          threshold: float | None = None, max_box: float | None = None) -> Array:
+                          threshold: float | None = None, max_box: float | None = None,
+                          loop: str = "python") -> Array:
     """Score drop per window position (N, H', W'), recomputing only the boxes a window changes.
 
     ``model`` is a ``Model`` (its ``spec.stages`` give the architecture, ``params`` the weights);
@@ -569,13 +645,13 @@ def incremental_occlusion(model, params: dict, x: Array, target: Target | int | 
     _check(x, window, stride, chunk, fill, score)
     target = _as_target(target, score)
     base = fill_images(x, fill, window=window, preprocessing=model.spec.preprocessing)
-    index = _resolve_index(model.apply, params, x, target, index)
+    index = _resolve_index(x, target, index)
     if not target.is_class:
         target = Target(index=target.index, layer=model.spec.resolve_layer(target.layer),
                         y=target.y, x=target.x, score=target.score)
-    return _incremental(model, params, x, base, index, target=target, window=window, stride=stride,
-                        chunk=chunk, threshold=None if threshold is None else float(threshold),
-                        max_box=None if max_box is None else float(max_box))
+    engine = _Incremental(model, target, window, stride, None if threshold is None else float(threshold),
+                          None if max_box is None else float(max_box))
+    return _drive(engine, params, x, base, index, chunk, loop)
 
 
 # --------------------------------------------------------------------------- FLOP saving

@@ -108,6 +108,11 @@ def test_incremental_equals_batched_tiny_and_vmap_equals_loop(tiny_model):
     for n in range(3):  # the batch over images equals one image at a time
         one = incremental_occlusion(tiny_model, tiny_model.params, x[n:n + 1], window=5, stride=3, chunk=7)
         np.testing.assert_allclose(inc[n:n + 1], one, rtol=1e-5, atol=1e-6)
+    # the lax.map driver (jittable end to end) gives the same maps
+    mapped = incremental_occlusion(tiny_model, tiny_model.params, x, window=5, stride=3, chunk=7, loop="map")
+    np.testing.assert_allclose(mapped, inc, rtol=1e-5, atol=1e-6)
+    mapped = occlusion(tiny_model.apply, tiny_model.params, x, window=5, stride=3, chunk=7, loop="map")
+    np.testing.assert_allclose(mapped, batched, rtol=1e-5, atol=1e-6)
     # per-image targets (a batch of targets)
     idx = jnp.asarray([0, 3, 1])
     a = incremental_occlusion(tiny_model, tiny_model.params, x, index=idx, window=5, stride=3, fill="zeros")
