@@ -37,8 +37,6 @@ def _one_error_line(capsys, argv) -> str:
 
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_writes_a_map_of_the_right_shape(method, tiny_cli, tmp_path, capsys):
-    if method == "occlusion":
-        pytest.importorskip("jaxviz.occlusion")
     npy = tmp_path / "map.npy"
     extra = ["--window", "4", "--stride", "2"] if method == "occlusion" else []
     extra += ["--samples", "3"] if method == "smoothgrad" else []
@@ -75,7 +73,6 @@ def test_gradcam_layer_and_neuron_target(tiny_cli, tmp_path, capsys):
 
 
 def test_metrics_prints_aucs(tiny_cli, capsys):
-    pytest.importorskip("jaxviz.metrics")
     assert main(["saliency", "chelsea", "--method", "vanilla", "--metrics"]) == 0
     out = capsys.readouterr().out
     assert "deletion AUC" in out and "insertion AUC" in out
