@@ -203,7 +203,7 @@ def _random_model(name: str, size: int) -> Model:
 
 
 @pytest.mark.parametrize("name,size,stride", [
-    ("squeezenet1_0", (64, 72), 16),
+    pytest.param("squeezenet1_0", (64, 72), 16, marks=pytest.mark.slow),
     pytest.param("vgg16", (32, 40), 8, marks=pytest.mark.slow)])
 def test_incremental_equals_batched_random_params(name, size, stride):
     model = _random_model(name, size[0])
