@@ -129,7 +129,7 @@ class FastStyleConfig:
     content_layer: str = "relu2_2"
     style_layers: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
     content_weight: float = 1.0
-    style_weight: float = 1e2
+    style_weight: float = 1e-6  # E_l of relu features is ~1e10 at init; content is a per-element mean
     tv_weight: float = 1e-5
     loss_model: str = "vgg19_caffe"
     style_names: tuple[str, ...] = ()

@@ -143,7 +143,7 @@ def fast_style(parser: argparse.ArgumentParser):
     train.add_argument("--width", type=int, default=32, help="channels of the first conv (default 32)")
     train.add_argument("--res-blocks", type=int, default=5)
     train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--style-weight", type=float, default=1e2)
+    train.add_argument("--style-weight", type=float, default=1e-6)
     train.add_argument("--content-weight", type=float, default=1.0)
     train.add_argument("--tv-weight", type=float, default=1e-5)
     train.add_argument("--save-every", type=int, default=100)
