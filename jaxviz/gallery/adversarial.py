@@ -93,7 +93,8 @@ def _transfer_images(size: int) -> np.ndarray:
         "Untargeted PGD-Linf (random start, fixed steps, no early stop) crafted white-box on one model "
         "and evaluated on the other (black-box transfer). Success = the evaluating model's prediction on "
         "the 8-bit adversarial image differs from its prediction on the original; the baseline is random "
-        "+-eps sign noise of the same L-inf size on the evaluating model.",
+        "+-eps sign noise of the same L-inf size on the evaluating model. The grey text gives the evaluating "
+        "model's mean probability of the original class before -> after (transfer, and noise).",
         order=51, images=[f"{s} {c} crop (+ flip)" for s in TRANSFER_IMAGES for c in TRANSFER_CROPS],
         eps=[f"{round(e * 255)}/255" for e in TRANSFER_EPS], steps=TRANSFER_STEPS)
 def adversarial_transfer(ctx: Context):
@@ -108,6 +109,7 @@ def adversarial_transfer(ctx: Context):
         raise JaxvizError("the transfer figure needs two classifiers (squeezenet1_1, efficientnet_lite0)")
     models = {n: ctx.model(n) for n in names}
     rows = []  # (source, evaluated on, eps, success rate)
+    drops = {}  # mean p(original class) on the evaluating model: before -> after
     for source in names:
         model = models[source]
         images = _transfer_images(model.spec.input_size)
@@ -119,11 +121,14 @@ def adversarial_transfer(ctx: Context):
                 if other != source:
                     t = adv.transfer_report(result.images, images, models[other], source=result.report)
                     rows.append((source, other, eps, t.success_rate))
+                    drops[source, other, eps] = (float(t.label_confidence.mean()), float(t.target_confidence.mean()))
                     # baseline: random +-eps sign noise of the same L-inf size, 8-bit, on the other model
                     noise = np.sign(np.random.default_rng(2).standard_normal(images.shape)).astype(np.float32)
                     noisy = adv.quantize_8bit(np.clip(images + eps * noise, 0, 1), images, norm="linf", eps=eps)
                     base = adv.transfer_report(np.asarray(noisy), images, models[other])
                     rows.append((source, "noise", eps, base.success_rate))
+                    drops[source, "noise", eps] = (float(base.label_confidence.mean()),
+                                                   float(base.target_confidence.mean()))
     fig, ax = plt.subplots(figsize=(8, 4))
     groups = [(s, e) for s in names for e in TRANSFER_EPS]
     width = 0.27
@@ -137,9 +142,15 @@ def adversarial_transfer(ctx: Context):
     ax.set_xticks(np.arange(len(groups)),
                   [f"crafted on {s}\neps {round(e * 255)}/255" for s, e in groups], fontsize=8)
     ax.set(ylabel="success rate", ylim=(0, 1.12), title="Untargeted PGD-Linf: white-box vs transfer")
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
     ax.grid(axis="y", alpha=0.3)
     ctx.note(**{f"{s} -> {o if o != 'noise' else 'other model, random noise'}, eps {round(e * 255)}/255":
-                f"{v:.0%}" for s, o, e, v in rows})
+                f"{v:.0%}" + (f"; mean p(original class) {drops[s, o, e][0]:.2f} -> {drops[s, o, e][1]:.2f}"
+                              if (s, o, e) in drops else "") for s, o, e, v in rows})
+    for g, (gs, ge) in enumerate(groups):  # how far transfer moved the other model, vs noise
+        t = next(d for (s, o, e), d in drops.items() if s == gs and e == ge and o != "noise")
+        b = drops[gs, "noise", ge]
+        ax.text(g + 0.14, 0.7, f"p(orig) on other:\n{t[0]:.2f} -> {t[1]:.2f}\nnoise: -> {b[1]:.2f}",
+                ha="center", fontsize=7, color="0.25")
     fig.tight_layout()
     return fig
