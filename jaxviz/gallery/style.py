@@ -117,10 +117,10 @@ def style_ratios(ctx: Context):
 
 
 @figure("style_scale", "Style transfer: style scale",
-        "The style image is resized (×0.5, ×1, ×2 of the content size) before its Gram matrices are taken: "
-        "larger scale, larger strokes.", order=611, scales=(0.5, 1.0, 2.0), steps=STYLE_STEPS)
+        "The style image is resized (×0.5 and ×2 of the content size) before its Gram matrices are taken: "
+        "larger scale, larger strokes.", order=611, scales=(0.5, 2.0), steps=STYLE_STEPS)
 def style_scale(ctx: Context):
-    scales = (0.5, 1.0, 2.0)
+    scales = (0.5, 2.0)
     fig, axes = _axes(1, len(scales) + 1)
     for i, s in enumerate(scales):
         content, styles, r = _style(ctx, styles=STYLES[1:], style_scale=s)
