@@ -95,7 +95,13 @@ def load_params(name: str) -> dict:
     digest = porting.sha256_file(path)
     record_path = path.with_suffix(".json")
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
-    pinned = manifest().get(name, {}).get("ported_sha256") or record.get("ported_sha256")
+    pinned_source = manifest().get(name, {})
+    # The manifest pins the port of the pinned source; a port of another file (e.g. torchvision's
+    # float32 .pth instead of the float16 export) is pinned by its own record.
+    if not record or record.get("source_sha256") == pinned_source.get("source_sha256"):
+        pinned = pinned_source.get("ported_sha256") or record.get("ported_sha256")
+    else:
+        pinned = record.get("ported_sha256")
     if pinned and digest != pinned:
         raise WeightsError(f"weights file {path} has sha256 {digest[:16]}…, expected {pinned[:16]}…; "
                            f"delete it and re-port with `python scripts/port_weights.py {name}`")

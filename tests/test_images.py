@@ -1,0 +1,83 @@
+"""Image loading: every Pillow mode we promise, and clear errors for bad files."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxviz.errors import JaxvizError
+from jaxviz.images import MAX_PIXELS, fit_image, load_image, save_image, to_uint8
+
+
+def test_rgb_png_roundtrip(tmp_path, rng):
+    pixels = rng.integers(0, 256, (9, 13, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    np.testing.assert_array_equal(to_uint8(load_image(tmp_path / "a.png")), pixels)
+
+
+def test_grey_palette_rgba_and_16bit(tmp_path):
+    grey = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4
+    Image.fromarray(grey).save(tmp_path / "grey.png")
+    img = load_image(tmp_path / "grey.png")
+    assert img.shape == (8, 8, 3) and np.allclose(img[..., 0], grey / 255) and np.allclose(img[..., 0], img[..., 2])
+
+    Image.fromarray(np.full((4, 4, 3), 200, np.uint8)).convert("P", palette=Image.ADAPTIVE).save(tmp_path / "pal.png")
+    assert np.allclose(load_image(tmp_path / "pal.png"), 200 / 255, atol=2 / 255)
+
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., 0] = 255  # red, half transparent -> composited on white
+    rgba[..., 3] = 128
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    px = load_image(tmp_path / "rgba.png")[0, 0]
+    np.testing.assert_allclose(px, [1.0, 127 / 255, 127 / 255], atol=1e-2)
+
+    deep = (np.arange(16, dtype=np.uint16).reshape(4, 4) * 4000 + 1000)
+    Image.fromarray(deep).save(tmp_path / "deep.png")  # 16-bit grey (mode I;16)
+    img16 = load_image(tmp_path / "deep.png")
+    np.testing.assert_allclose(img16[..., 1], deep / 65535, atol=1e-6)  # not clipped to 8 bits
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    pixels = np.zeros((4, 8, 3), np.uint8)
+    img = Image.fromarray(pixels)
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    img.save(tmp_path / "r.jpg", exif=exif)
+    assert load_image(tmp_path / "r.jpg").shape == (8, 4, 3)
+
+
+def test_samples_and_fit():
+    cat = load_image("chelsea")
+    assert cat.shape == (300, 451, 3) and cat.dtype == np.float32 and 0 <= cat.min() and cat.max() <= 1
+    assert load_image("brick", 32).shape == (32, 32, 3)  # grey sample -> RGB
+    crop = fit_image(cat, (40, 30), "crop")
+    assert crop.shape == (40, 30, 3)
+    with pytest.raises(JaxvizError, match="unknown fit"):
+        fit_image(cat, 10, "squash")
+
+
+@pytest.mark.parametrize("content,match", [(None, "no such image"), (b"not an image", "cannot read image"),
+                                           (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "cannot read image")])
+def test_bad_files(tmp_path, content, match):
+    path = tmp_path / "bad.png"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(JaxvizError, match=match):
+        load_image(path)
+    with pytest.raises(JaxvizError, match="directory"):
+        load_image(tmp_path)
+
+
+def test_huge_image_is_refused(tmp_path, monkeypatch):
+    Image.new("L", (20, 20)).save(tmp_path / "big.png")
+    monkeypatch.setattr("jaxviz.images.MAX_PIXELS", 399)
+    with pytest.raises(JaxvizError, match="too large"):
+        load_image(tmp_path / "big.png")
+    assert MAX_PIXELS == 100_000_000
+
+
+def test_save_image_checks_directory(tmp_path):
+    save_image(np.ones((2, 2, 3)), tmp_path / "ok.png")
+    assert (tmp_path / "ok.png").is_file()
+    with pytest.raises(JaxvizError, match="does not exist"):
+        save_image(np.ones((2, 2, 3)), tmp_path / "missing" / "x.png")
