@@ -1,0 +1,77 @@
+"""Foundation CLI: predict / models / layers, and one-line errors (exit 2) for bad input."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxviz.cli import main
+
+
+def test_predict_json(squeezenet, capsys):
+    assert main(["predict", "chelsea", "coffee", "--model", "squeezenet1_1", "--topk", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [r["image"] for r in result] == ["chelsea", "coffee"]
+    assert result[0]["topk"][0]["index"] == 285 and result[0]["topk"][0]["label"] == "Egyptian cat"
+    assert abs(result[1]["topk"][0]["prob"] - 0.963) < 0.005 and len(result[1]["topk"]) == 2
+
+
+def test_models_and_layers(capsys):
+    assert main(["models", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(rows) >= {"squeezenet1_1", "squeezenet1_0", "vgg16", "vgg19", "vgg19_caffe", "efficientnet_lite0"}
+    assert rows["vgg16"]["status"] in ("not ported", "available", "portable")
+    assert main(["layers", "squeezenet1_1"]) == 0
+    out = capsys.readouterr().out
+    line = next(l for l in out.splitlines() if l.startswith("features.12 "))
+    assert "fire9" in line and "13x13x512" in line and line.split()[-2:] == ["16", "207"]
+
+
+def _bad_images(tmp_path):
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    return tmp_path
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["predict", "{tmp}/missing.png"], "no such image file"),
+    (["predict", "{tmp}/corrupt.png"], "cannot read image"),
+    (["predict", "chelsea", "--model", "alexnet"], "unknown model"),
+    (["predict", "chelsea", "--model", "vgg19_caffe"], "no classifier"),
+    (["predict", "chelsea", "--topk", "0"], "--topk"),
+    (["layers", "squeezenet9"], "unknown model"),
+    (["nonsense"], "invalid choice"),
+])
+def test_bad_input_is_one_line_exit_2(argv, message, tmp_path, capsys, squeezenet):
+    _bad_images(tmp_path)
+    with pytest.raises(SystemExit) if argv[0] == "nonsense" else _no_raise() as ctx:
+        code = main([a.format(tmp=tmp_path) for a in argv])
+    code = ctx.value.code if argv[0] == "nonsense" else code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+class _no_raise:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_subprocess_grey_rgba_16bit_and_errors(tmp_path, squeezenet):
+    """Grey, RGBA and 16-bit files are accepted end to end; a bad one is one line, exit 2."""
+    Image.fromarray((np.arange(64 * 64).reshape(64, 64) % 256).astype(np.uint8)).save(tmp_path / "g.png")
+    Image.fromarray(np.full((40, 50, 4), 120, np.uint8), "RGBA").save(tmp_path / "a.png")
+    Image.fromarray((np.arange(32 * 32).reshape(32, 32) * 60).astype(np.uint16)).save(tmp_path / "d.png")
+    ok = subprocess.run([sys.executable, "-m", "jaxviz", "predict", "g.png", "a.png", "d.png", "--json"],
+                        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert len(json.loads(ok.stdout)) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "d.png", "g.png"]  # nothing written
+    bad = subprocess.run([sys.executable, "-m", "jaxviz", "predict", "nope.jpg"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
