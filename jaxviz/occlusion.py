@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxviz.errors import JaxvizError
+from jaxviz.metrics import gaussian_blur  # the same edge-padded blur as the deletion baseline
 from jaxviz.models import layers
 from jaxviz.targets import SCORE_KINDS, Target, class_scores, neuron_scores
 
@@ -87,18 +88,6 @@ def _preprocessing_of(apply_fn: Callable):
     owner = getattr(apply_fn, "__self__", None)
     spec = getattr(owner, "spec", None)
     return getattr(spec, "preprocessing", None)
-
-
-def gaussian_blur(x: Array, sigma: float) -> Array:
-    """(N, H, W, C) -> separable Gaussian blur per channel, edge padding, weights sum to one."""
-    radius = max(1, int(math.ceil(3.0 * sigma)))
-    t = np.arange(-radius, radius + 1, dtype=np.float32)
-    k = np.exp(-0.5 * (t / sigma) ** 2)
-    k = jnp.asarray(k / k.sum(), x.dtype)
-    xp = jnp.pad(x, ((0, 0), (radius, radius), (radius, radius), (0, 0)), mode="edge")
-    h, w = x.shape[1:3]
-    rows = sum(k[i] * xp[:, i:i + h] for i in range(2 * radius + 1))
-    return sum(k[i] * rows[:, :, i:i + w] for i in range(2 * radius + 1))
 
 
 def fill_images(x: Array, fill: Fill | float = "mean", *, window: int = 16, preprocessing=None) -> Array:
