@@ -22,15 +22,8 @@ SIZE = 64
 
 
 def _sum_pool(x, kernel, stride, ceil_mode=False, padding=0):
-    """``layers.max_pool``'s windows (same padding logic), summed instead of maxed."""
-    pads = []
-    for size in x.shape[1:3]:
-        span = size + 2 * padding - kernel
-        out = (-(-span // stride) if ceil_mode else span // stride) + 1
-        if ceil_mode and (out - 1) * stride >= size + padding:
-            out -= 1
-        extra = (out - 1) * stride + kernel - (size + 2 * padding)
-        pads.append((padding, padding + max(extra, 0)))
+    """``layers.max_pool``'s windows (same padding), summed instead of maxed."""
+    pads = [layers.pool_padding(size, kernel, stride, ceil_mode, padding) for size in x.shape[1:3]]
     return jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, kernel, kernel, 1), (1, stride, stride, 1),
                                  ((0, 0), pads[0], pads[1], (0, 0)))
 

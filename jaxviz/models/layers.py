@@ -50,20 +50,25 @@ class FrozenBatchNorm(nn.Module):
         return x * inv + (bias - mean * inv)
 
 
-def max_pool(x: Array, kernel: int, stride: int, ceil_mode: bool = False, padding: int = 0) -> Array:
-    """``torch.nn.MaxPool2d`` semantics, including ``ceil_mode`` (SqueezeNet uses it).
+def pool_padding(size: int, kernel: int, stride: int, ceil_mode: bool = False,
+                 padding: int = 0) -> tuple[int, int]:
+    """(before, after) padding of one axis that gives ``torch.nn.MaxPool2d``'s output size.
 
-    With ceil_mode the last window may hang over the edge; padding with -inf reproduces torch,
-    which drops windows that would start entirely in the padding.
+    With ceil_mode the last window may hang over the edge; torch drops windows that would start
+    entirely in the padding.
     """
-    pads = []
-    for size in x.shape[1:3]:
-        span = size + 2 * padding - kernel
-        out = (-(-span // stride) if ceil_mode else span // stride) + 1
-        if ceil_mode and (out - 1) * stride >= size + padding:
-            out -= 1
-        extra = (out - 1) * stride + kernel - (size + 2 * padding)
-        pads.append((padding, padding + max(extra, 0)))
+    span = size + 2 * padding - kernel
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    extra = (out - 1) * stride + kernel - (size + 2 * padding)
+    return padding, padding + max(extra, 0)
+
+
+def max_pool(x: Array, kernel: int, stride: int, ceil_mode: bool = False, padding: int = 0) -> Array:
+    """``torch.nn.MaxPool2d`` semantics, including ``ceil_mode`` (SqueezeNet uses it); the
+    overhanging window is padded with -inf, which reproduces torch."""
+    pads = [pool_padding(size, kernel, stride, ceil_mode, padding) for size in x.shape[1:3]]
     return jax.lax.reduce_window(
         x, -jnp.inf, jax.lax.max, (1, kernel, kernel, 1), (1, stride, stride, 1),
         ((0, 0), pads[0], pads[1], (0, 0)))
