@@ -19,12 +19,12 @@ does; for post-ReLU inputs ties only occur between zeros, whose ReLU gradient is
 from __future__ import annotations
 
 import functools
-import math
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
 
+from jaxviz.models import layers
 from jaxviz.models.network import SequentialNet, Stage
 
 Array = jax.Array
@@ -103,16 +103,6 @@ ACTIVATIONS = {
 
 # ---------------------------------------------------------------- max-pool with a cheap backward
 
-def _pool_pads(size: int, kernel: int, stride: int, ceil_mode: bool) -> tuple[int, int, int]:
-    """(pad_after, output size) along one axis, torch ``MaxPool2d`` semantics (as layers.max_pool)."""
-    span = size - kernel
-    out = (-(-span // stride) if ceil_mode else span // stride) + 1
-    if ceil_mode and (out - 1) * stride >= size:
-        out -= 1
-    extra = (out - 1) * stride + kernel - size
-    return max(extra, 0), out
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def max_pool(x: Array, kernel: int, stride: int, ceil_mode: bool = False) -> Array:
     """``torch.nn.MaxPool2d(kernel, stride, ceil_mode=...)`` on NHWC; same values as layers.max_pool."""
@@ -120,35 +110,47 @@ def max_pool(x: Array, kernel: int, stride: int, ceil_mode: bool = False) -> Arr
 
 
 def _max_pool_fwd(x, kernel, stride, ceil_mode):
-    ph, _ = _pool_pads(x.shape[1], kernel, stride, ceil_mode)
-    pw, _ = _pool_pads(x.shape[2], kernel, stride, ceil_mode)
-    out = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, kernel, kernel, 1), (1, stride, stride, 1),
-                                ((0, 0), (0, ph), (0, pw), (0, 0)))
+    out = layers.max_pool(x, kernel, stride, ceil_mode)
     return out, (x, out)
 
 
 def _max_pool_bwd(kernel, stride, ceil_mode, res, g):
-    x, out = res
+    """Route g to the first maximum of each window (row-major, as XLA and torch), one strided
+    slice per window offset at output resolution, then interleave the stride x stride phase
+    planes once: no select_and_scatter, which is slow on XLA-CPU."""
+    x, y = res
     n, h, w, c = x.shape
-    ph, oh = _pool_pads(h, kernel, stride, ceil_mode)
-    pw, ow = _pool_pads(w, kernel, stride, ceil_mode)
-    xp = jnp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)), constant_values=-jnp.inf)
-    hp, wp = h + ph, w + pw
-    grad = jnp.zeros(xp.shape, g.dtype)
-    taken = jnp.zeros(out.shape, bool)
-    zero = jnp.zeros((), g.dtype)
-    # One strided slice per window offset: route g to the first position equal to the max,
-    # then scatter back with an interior-padded pad (cheap, vectorised; no select_and_scatter).
+    oh, ow = y.shape[1:3]
+    s, t_max = stride, -(-kernel // stride) - 1
+    need_h, need_w = s * (oh - 1) + kernel, s * (ow - 1) + kernel
+    xp = jnp.pad(x, ((0, 0), (0, max(need_h - h, 0)), (0, max(need_w - w, 0)), (0, 0)),
+                 constant_values=-jnp.inf)
+    taken = jnp.zeros(y.shape, bool)
+    contrib = {}
     for di in range(kernel):
         for dj in range(kernel):
-            window = jax.lax.slice(xp, (0, di, dj, 0), (n, di + (oh - 1) * stride + 1,
-                                                        dj + (ow - 1) * stride + 1, c), (1, stride, stride, 1))
-            hit = (window == out) & ~taken
+            v = xp[:, di:di + s * (oh - 1) + 1:s, dj:dj + s * (ow - 1) + 1:s]
+            hit = (v == y) & ~taken
             taken = taken | hit
-            part = jnp.where(hit, g, zero)
-            grad = grad + jax.lax.pad(part, zero, ((0, 0, 0), (di, hp - di - (oh - 1) * stride - 1, stride - 1),
-                                                   (dj, wp - dj - (ow - 1) * stride - 1, stride - 1), (0, 0, 0)))
-    return (grad[:, :h, :w, :],)
+            contrib[di, dj] = jnp.where(hit, g, 0.0)
+    # input row s*q + p receives from window offset o = p + s*t of output row q - t
+    rows = []
+    for p in range(s):
+        cols = []
+        for r in range(s):
+            plane = jnp.zeros((n, oh + t_max, ow + t_max, c), g.dtype)
+            for ti in range(t_max + 1):
+                for tj in range(t_max + 1):
+                    o_i, o_j = p + s * ti, r + s * tj
+                    if o_i < kernel and o_j < kernel:
+                        plane = plane + jnp.pad(contrib[o_i, o_j],
+                                                ((0, 0), (ti, t_max - ti), (tj, t_max - tj), (0, 0)))
+            cols.append(plane)
+        rows.append(jnp.stack(cols, axis=3).reshape(n, oh + t_max, s * (ow + t_max), c))
+    full = jnp.stack(rows, axis=2).reshape(n, s * (oh + t_max), s * (ow + t_max), c)
+    # rows/columns no window reaches (floor mode) get zero gradient
+    full = jnp.pad(full, ((0, 0), (0, max(h - full.shape[1], 0)), (0, max(w - full.shape[2], 0)), (0, 0)))
+    return (full[:, :h, :w],)
 
 
 max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
