@@ -10,7 +10,7 @@ adversarial attacks (``jaxviz.adversarial``) and Gram texture / Gatys style synt
 Contract
 --------
 ``optimize(loss_fn, init, *, optimizer, steps, parameterization=None, transforms=(), project=None,
-active=None, callbacks=(), key=None, data=None) -> OptimizeResult``
+active=None, callbacks=(), key=None, data=None, compiler_options=()) -> OptimizeResult``
 
 - ``init``: (N, H, W, C) images in *model-input space* (``model.preprocess(images01)``), or
   whatever space the caller's ``loss_fn``/``project`` use (``jaxviz.adversarial`` uses [0, 1]).
@@ -96,6 +96,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxviz import runtime
 from jaxviz.errors import JaxvizError
 
 Array = jax.Array
@@ -443,7 +444,7 @@ def _check(init: Array, steps: int) -> None:
 
 
 @functools.lru_cache(maxsize=16)  # entries hold the callables' closures: keep few
-def _compiled(loss_fn, optimizer, param, transforms, project, active, with_data):
+def _compiled(loss_fn, optimizer, param, transforms, project, active, with_data, compiler_options=()):
     """The jitted step for these parts, cached: a second call with the same objects (DeepDream's
     octaves, benchmarks, tests) reuses the traced step (jit still specialises on shapes)."""
     image_f = param.image
@@ -489,14 +490,14 @@ def _compiled(loss_fn, optimizer, param, transforms, project, active, with_data)
         return new, state, mask, done, losses
 
     active_jit = None if active is None else jax.jit(lambda x, data: active(x, *extra(data)))
-    return jax.jit(step), jax.jit(image_f), active_jit, opt
+    return runtime.jit(step, compiler_options), jax.jit(image_f), active_jit, opt
 
 
 def optimize(loss_fn: LossFn, init: Array, *, optimizer: optax.GradientTransformation, steps: int,
              parameterization: Parameterization | None = None, transforms: Sequence[Transform] = (),
              project: ProjectFn | None = None, active: ActiveFn | None = None,
              callbacks: Sequence[Callback] = (), key: Array | None = None,
-             data: PyTree | None = None) -> OptimizeResult:
+             data: PyTree | None = None, compiler_options: tuple[tuple[str, str], ...] = ()) -> OptimizeResult:
     """Minimise ``loss_fn`` over a batch of images; see the module docstring for the contract.
 
     Args:
@@ -512,6 +513,8 @@ def optimize(loss_fn: LossFn, init: Array, *, optimizer: optax.GradientTransform
       key: PRNG key or (N,) keys (default: key 0).
       data: optional pytree passed to ``loss_fn`` / ``project`` / ``active`` as a traced last
         argument (weights and targets: compiled once, not baked in as constants).
+      compiler_options: XLA options for the step, ``jaxviz.runtime.compiler_options(model)``
+        (faster convolutions on CPU for some networks; same results).
     Returns:
       ``OptimizeResult``.
     """
@@ -521,7 +524,8 @@ def optimize(loss_fn: LossFn, init: Array, *, optimizer: optax.GradientTransform
     keys = image_keys(key, n)
     param = parameterization or pixels()
     params = jax.tree_util.tree_map(jnp.array, param.encode(init))  # a copy: never alias the caller's
-    parts = (loss_fn, optimizer, param, tuple(transforms), project, active, data is not None)
+    parts = (loss_fn, optimizer, param, tuple(transforms), project, active, data is not None,
+             tuple(compiler_options))
     try:
         step_jit, images_jit, active_jit, opt = _compiled(*parts)
     except TypeError:  # something unhashable: build without the cache

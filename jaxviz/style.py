@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxviz import runtime
 from jaxviz.errors import JaxvizError
 
 Array = jax.Array
@@ -192,9 +193,14 @@ def gatys_loss(model, content_layer: str | None, style_layers: tuple[str, ...]) 
 def gatys_data(params: dict, grams: Sequence[Array], layer_weights: Sequence[float], *,
                content: Array | None = None, content_weight: float = 1.0, style_weight: float = 1.0,
                tv_weight: float = 0.0) -> dict:
-    """The ``data`` pytree of ``GatysLoss``; grams (C, C) are given a batch axis of 1."""
+    """The ``data`` pytree of ``GatysLoss``; grams (C, C) are given a batch axis of 1.
+
+    The params get each kernel's transposed copy (``with_transposed_kernels``) so that the
+    backward pass of every step does not rebuild them.
+    """
+    from jaxviz.nonlinearities import with_transposed_kernels
     grams = [g if g.ndim == 3 else g[None] for g in grams]
-    return {"params": params, "content": content, "grams": list(grams),
+    return {"params": with_transposed_kernels(params), "content": content, "grams": list(grams),
             "layer_weights": jnp.asarray(layer_weights, jnp.float32),
             "weights": jnp.asarray([content_weight, style_weight, tv_weight], jnp.float32)}
 
@@ -408,7 +414,8 @@ def style_transfer(model, params: dict, content: Array, styles: Sequence[Array],
                       style_weight=style_weight, tv_weight=tv_weight)
     x0 = _start(model, init, target_content, prepared[0][:1], key)
     result = engine.optimize(loss, x0, optimizer=make_optimizer(optimizer, learning_rate), steps=int(steps),
-                             project=engine.valid_range_projection(model.spec), callbacks=callbacks, data=data)
+                             project=engine.valid_range_projection(model.spec), callbacks=callbacks, data=data,
+                             compiler_options=runtime.compiler_options(model))
     image = jnp.clip(model.deprocess(result.images), 0.0, 1.0)
     image = _restore_colour(image, content[None], preserve_color)[0]
     final = {k: float(v[0]) for k, v in _parts(loss, result.images, data).items()}
@@ -486,7 +493,8 @@ def style_transfer_batch(model, params: dict, contents: Array, styles: Array, *,
                       style_weight=style_weight, tv_weight=tv_weight)
     x0 = _start(model, init, target_contents, [group[0] for group in prepared], key)
     result = engine.optimize(loss, x0, optimizer=make_optimizer(optimizer, learning_rate), steps=int(steps),
-                             project=engine.valid_range_projection(model.spec), callbacks=callbacks, data=data)
+                             project=engine.valid_range_projection(model.spec), callbacks=callbacks, data=data,
+                             compiler_options=runtime.compiler_options(model))
     images = _restore_colour(jnp.clip(model.deprocess(result.images), 0.0, 1.0), contents, preserve_color)
     final = {k: np.asarray(v) for k, v in _parts(loss, result.images, data).items()}
     return StyleBatchResult(np.asarray(images), result.losses, final, result.seconds, result.compile_seconds)

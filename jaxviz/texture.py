@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxviz import runtime
 from jaxviz.errors import JaxvizError
 
 Array = jax.Array
@@ -190,6 +191,7 @@ def gram_texture(model, params: dict, sample: Array, size: int | tuple[int, int]
     x0 = model.preprocess(jax.random.uniform(key, (1,) + size + (3,)))
     result = engine.optimize(loss, x0, optimizer=make_optimizer(optimizer, learning_rate), steps=int(steps),
                              project=engine.valid_range_projection(model.spec), callbacks=callbacks,
-                             data=gatys_data(params, targets, w))
+                             data=gatys_data(params, targets, w),
+                             compiler_options=runtime.compiler_options(model))
     image = np.asarray(jnp.clip(model.deprocess(result.images)[0], 0.0, 1.0))
     return image, result

@@ -1,0 +1,98 @@
+"""The backward-pass speed-ups: stored transposed kernels and per-network XLA-CPU options.
+
+Both must leave every value and gradient unchanged (to float rounding): checked against finite
+differences in float64 and against the plain network.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxviz import nonlinearities as nl
+from jaxviz import runtime
+from jaxviz.optimize import optimize, sgd
+from jaxviz.testing import assert_grads_close, finite_difference_grad, random_indices, x64
+from tests.conftest import make_tiny_model
+
+
+@pytest.mark.parametrize("cin, kernel, padding", [
+    (3, (3, 3), (1, 1)),   # few input channels: the matmul + col2im input gradient
+    (5, (3, 3), (1, 1)),   # the transposed-kernel convolution
+    (6, (3, 5), (0, 2)),   # rectangular kernel, unequal padding
+    (2, (1, 1), (0, 0)),
+])
+def test_conv_with_transposed_kernel_matches_finite_differences(cin, kernel, padding):
+    rng = np.random.default_rng(cin)
+    with x64():
+        x = rng.standard_normal((2, 7, 9, cin))
+        w = jnp.asarray(rng.standard_normal(kernel + (cin, 4)))
+        probe = jnp.asarray(rng.standard_normal((2, 7 + 2 * padding[0] - kernel[0] + 1,
+                                                 9 + 2 * padding[1] - kernel[1] + 1, 4)))
+        f = lambda v, k=w: jnp.sum(probe * nl.conv_with_transposed_kernel(
+            jnp.asarray(v), k, nl.transposed_kernel(k), padding))
+        analytic = jax.grad(f)(jnp.asarray(x))
+        numeric = finite_difference_grad(f, x, eps=1e-6, indices=random_indices(x.shape, 40))
+        assert_grads_close(analytic, numeric, rtol=1e-6, atol=1e-9)
+        # the kernel gradient is the ordinary one
+        dk = jax.grad(lambda k: f(x, k))(w)
+        ref = jax.grad(lambda k: jnp.sum(probe * jax.lax.conv_general_dilated(
+            jnp.asarray(x), k, (1, 1), [(p, p) for p in padding],
+            dimension_numbers=("NHWC", "HWIO", "NHWC"))))(w)
+        np.testing.assert_allclose(dk, ref, rtol=1e-10)
+
+
+def test_stored_transposed_kernel_is_what_the_backward_uses():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((1, 6, 6, 8)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((3, 3, 8, 4)), jnp.float32)
+    grad = lambda kt: jax.grad(lambda v: jnp.sum(nl.conv_with_transposed_kernel(v, w, kt, (1, 1)) ** 2))(x)
+    kt = nl.transposed_kernel(w)
+    np.testing.assert_allclose(grad(2 * kt), 2 * grad(kt), rtol=1e-5)
+    # the value does not depend on kernel_t, so neither does its derivative
+    d_kt = jax.grad(lambda k: jnp.sum(nl.conv_with_transposed_kernel(x, w, k, (1, 1))))(kt)
+    assert float(jnp.abs(d_kt).max()) == 0.0
+
+
+def test_fast_model_with_transposed_kernels_equals_plain_model(rng):
+    model = make_tiny_model(2)
+    fast = nl.fast_pool_model(model)
+    params_t = nl.with_transposed_kernels(model.params)
+    assert set(params_t["features.3"]) == {"kernel", "bias", "kernel_transposed"}
+    x = jnp.asarray(rng.standard_normal((2, 16, 16, 3)), jnp.float32)
+    loss = lambda apply, p, v: jnp.sum(apply(p, v) ** 2)
+    ref_params, ref_x = jax.grad(loss, argnums=(1, 2))(model.apply, model.params, x)
+    for params in (params_t, model.params):  # with and without the stored kernels
+        np.testing.assert_allclose(fast.apply(params, x), model.apply(model.params, x), rtol=1e-6)
+        grad_params, grad_x = jax.grad(loss, argnums=(1, 2))(fast.apply, params, x)
+        np.testing.assert_allclose(grad_x, ref_x, rtol=1e-5, atol=1e-7)
+        for name in model.params:
+            np.testing.assert_allclose(grad_params[name]["kernel"], ref_params[name]["kernel"],
+                                       rtol=1e-5, atol=1e-6)
+
+
+def test_compiler_options_per_network(squeezenet, lite0):
+    assert runtime.compiler_options(lite0) == ()          # depthwise: keep XLA's default library
+    assert runtime.compiler_options(None) == ()
+    dense = runtime.compiler_options(squeezenet)
+    if jax.default_backend() == "cpu" and runtime._accepts(runtime._EIGEN_CONVOLUTIONS):
+        assert dense == runtime._EIGEN_CONVOLUTIONS
+    else:
+        assert dense == ()
+    assert runtime.compiler_options(dense_convolutions=True) == dense
+    # same values with and without the options
+    x = jnp.asarray(np.random.default_rng(0).random((1, 64, 64, 3)), jnp.float32)
+    a = runtime.jit(squeezenet.apply, dense)(squeezenet.params, x)
+    b = jax.jit(squeezenet.apply)(squeezenet.params, x)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_engine_with_compiler_options_optimises_the_same(tiny_model):
+    x0 = jnp.asarray(np.random.default_rng(1).random((2, 16, 16, 3)), jnp.float32)
+    loss = lambda x, keys: -tiny_model.apply(tiny_model.params, x)[:, 2]
+    plain = optimize(loss, x0, optimizer=sgd(0.1), steps=5)
+    tuned = optimize(loss, x0, optimizer=sgd(0.1), steps=5,
+                     compiler_options=runtime.compiler_options(dense_convolutions=True))
+    np.testing.assert_allclose(tuned.images, plain.images, rtol=1e-5, atol=1e-6)
+    assert float(tuned.losses[-1].sum()) < float(tuned.losses[0].sum())
