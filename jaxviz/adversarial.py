@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxviz import runtime
 from jaxviz.errors import JaxvizError
 from jaxviz.models.network import SequentialNet
 from jaxviz.nonlinearities import backward_model
@@ -433,12 +434,12 @@ def fgsm(model, params: dict, images: Array, cls: Array, *, eps: float, targeted
     return jnp.clip(images - eps * jnp.sign(g), 0.0, 1.0)
 
 
-def _run_iterations(parts, init, *, optimizer, steps, data):
+def _run_iterations(model, parts, init, *, optimizer, steps, data):
     """One call of the shared engine: (images, steps_run per image, timing of the loop)."""
     from jaxviz.optimize import optimize
     loss_fn, project_fn, active_fn = parts
     result = optimize(loss_fn, init, optimizer=optimizer, steps=steps, project=project_fn, active=active_fn,
-                      data=data)
+                      data=data, compiler_options=runtime.compiler_options(model))
     timing = dict(seconds=result.seconds, compile_seconds=result.compile_seconds, updates=len(result.losses))
     return result.images, np.asarray(result.steps_run), timing
 
@@ -519,7 +520,7 @@ def attack(model, params: dict | None, images: Array, *, method: str = "pgd-linf
                               budget is not None, confidence is not None, False)
         data = _attack_data(params, cls, x0, eps, label, tgt, confidence, step, budget)
         adv, steps_run, engine_times = _run_iterations(
-            parts, init, optimizer=step_transform(spec.step_rule, step), steps=steps, data=data)
+            model, parts, init, optimizer=step_transform(spec.step_rule, step), steps=steps, data=data)
 
     if quantize:
         adv, steps_run = _quantize_and_refine(
@@ -549,7 +550,7 @@ def _quantize_and_refine(model, params, predict, adv, x0, label, tgt, confidence
         # fixed extra steps (no early stop) push past the decision boundary, away from rounding
         parts = _engine_parts(model, targeted, spec.loss, spec.norm, eps is not None, False, False, False, True)
         data = {**_attack_data(params, cls, x0, eps, label, tgt, confidence, step, None), "mask": mask}
-        more, _, _ = _run_iterations(parts, adv, optimizer=step_transform(spec.step_rule, step),
+        more, _, _ = _run_iterations(model, parts, adv, optimizer=step_transform(spec.step_rule, step),
                                      steps=refine_steps, data=data)
         steps_run += refine_steps * undone
         adv = jnp.where(mask[:, None, None, None], more, adv)

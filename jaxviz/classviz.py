@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxviz import objectives as obj
+from jaxviz import runtime
 from jaxviz.errors import JaxvizError
 from jaxviz.optimize import (Callback, OptimizeResult, adam, blur, clip_range, clip_small_norm, jitter,
                              normalized_gradient, optimize, valid_range)
@@ -93,7 +94,7 @@ def class_visualization(model, params: dict | None, classes: int | Sequence[int]
             transforms.append(clip_small_norm(clip_fraction, every=blur_every))
     transforms.append(clip_range(lo, hi))
     return optimize(loss, init, optimizer=normalized_gradient(lr), steps=steps, transforms=tuple(transforms),
-                    key=key, callbacks=callbacks)
+                    key=key, callbacks=callbacks, compiler_options=runtime.compiler_options(model))
 
 
 def channel_visualization(model, params: dict | None, layer: str, channels: int | Sequence[int] | Array, *,
@@ -134,12 +135,13 @@ def channel_visualization(model, params: dict | None, layer: str, channels: int 
         if init is None:
             init = param.image(fourier_noise(k0, n, h, w))
         return optimize(loss, init, optimizer=adam(lr), steps=steps, parameterization=param,
-                        transforms=tuple(transforms), key=key, callbacks=callbacks)
+                        transforms=tuple(transforms), key=key, callbacks=callbacks,
+                        compiler_options=runtime.compiler_options(model))
     lo, hi = valid_range(model.spec)
     init = noise_init(model, k0, n, (h, w)) if init is None else init
     transforms.append(clip_range(lo, hi))
     return optimize(loss, init, optimizer=adam(lr), steps=steps, transforms=tuple(transforms), key=key,
-                    callbacks=callbacks)
+                    callbacks=callbacks, compiler_options=runtime.compiler_options(model))
 
 
 def to_rgb(model, x: Array) -> np.ndarray:

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxviz import objectives as obj
+from jaxviz import runtime
 from jaxviz.errors import JaxvizError
 from jaxviz.optimize import Callback, clip_range, jitter, normalized_gradient, optimize, valid_range
 
@@ -73,6 +74,6 @@ def deepdream(model, params: dict | None, x: Array, layer: str, *, octaves: int 
         start = jnp.clip(base + detail, lo, hi)
         k = jax.random.fold_in(key, o) if key.ndim == 0 else jax.vmap(lambda kk: jax.random.fold_in(kk, o))(key)
         result = optimize(loss, start, optimizer=optimizer, steps=steps, transforms=transforms, key=k,
-                          callbacks=callbacks)
+                          callbacks=callbacks, compiler_options=runtime.compiler_options(model))
         detail = result.images - base
     return result.images

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxviz import objectives as obj
+from jaxviz import runtime
 from jaxviz.errors import JaxvizError
 from jaxviz.optimize import Callback, OptimizeResult, adam, lbfgs, optimize, valid_range_projection
 
@@ -75,6 +76,6 @@ def invert(model, params: dict | None, x0: Array, layer: str, *, steps: int = 20
     before = feat(init)
     opt = adam(lr) if optimizer == "adam" else lbfgs()
     result = optimize(loss, init, optimizer=opt, steps=steps, project=valid_range_projection(model.spec),
-                      key=key, callbacks=callbacks)
+                      key=key, callbacks=callbacks, compiler_options=runtime.compiler_options(model))
     result.extras["feature_loss"] = (before, feat(result.images))
     return result

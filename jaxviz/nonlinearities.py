@@ -194,7 +194,8 @@ def _conv_fwd(x, kernel, kernel_t, padding):
     return _conv(x, kernel, padding), (x, kernel, kernel_t)
 
 
-def _input_gradient_few_channels(g: Array, kernel: Array, padding: tuple[int, int], size: tuple[int, int]) -> Array:
+def _input_gradient_few_channels(g: Array, kernel: Array, padding: tuple[int, int],
+                                 size: tuple[int, int]) -> Array:
     """Input gradient as one matmul and kh*kw shifted adds (col2im): for a few input channels
     (an RGB image) the transposed convolution has a few output channels, a shape XLA-CPU's
     convolutions run slowly (VGG19 conv1_1 at 256 px: 8.4 ms vs 1.8 ms this way)."""

@@ -81,3 +81,23 @@ def jit(fn: Callable, options: tuple[tuple[str, str], ...] = (), **kwargs) -> Ca
     if options:
         kwargs["compiler_options"] = dict(options)
     return jax.jit(fn, **kwargs)
+
+
+def dense_conv_jit(fn: Callable, **kwargs) -> Callable:
+    """``jax.jit`` for a function of a dense-convolution network, as a decorator.
+
+    The compiler options are chosen at the first call (not at import, which must not start a
+    backend). XLA takes them only from a top-level jit, so inside a caller's transformation
+    (``jit``, ``vmap``, ``grad``) this is a plain ``jax.jit``: composable as before.
+    """
+    plain = jax.jit(fn, **kwargs)
+    tuned = []
+
+    @functools.wraps(fn)
+    def call(*args, **kw):
+        if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves((args, kw))):
+            return plain(*args, **kw)
+        if not tuned:
+            tuned.append(jit(fn, compiler_options(dense_convolutions=True), **kwargs))
+        return tuned[0](*args, **kw)
+    return call

@@ -96,3 +96,21 @@ def test_engine_with_compiler_options_optimises_the_same(tiny_model):
                      compiler_options=runtime.compiler_options(dense_convolutions=True))
     np.testing.assert_allclose(tuned.images, plain.images, rtol=1e-5, atol=1e-6)
     assert float(tuned.losses[-1].sum()) < float(tuned.losses[0].sum())
+
+
+def test_dense_conv_jit_composes_with_outer_transformations():
+    calls = []
+
+    @runtime.dense_conv_jit
+    def f(x):
+        calls.append(1)  # traced once per (top-level or nested) jit cache entry
+        return jnp.sin(x) * 2.0
+
+    x = jnp.linspace(0.0, 1.0, 6).reshape(2, 3)
+    np.testing.assert_allclose(f(x), jnp.sin(x) * 2.0, rtol=1e-6)
+    np.testing.assert_allclose(jax.jit(f)(x), f(x), rtol=1e-6)        # XLA options only at top level
+    np.testing.assert_allclose(jax.vmap(f)(x), f(x), rtol=1e-6)
+    np.testing.assert_allclose(jax.grad(lambda v: f(v).sum())(x), 2.0 * jnp.cos(x), rtol=1e-6)
+    before = len(calls)
+    f(x)  # the top-level compiled function is reused
+    assert len(calls) == before
