@@ -195,12 +195,12 @@ def gatys_data(params: dict, grams: Sequence[Array], layer_weights: Sequence[flo
                tv_weight: float = 0.0) -> dict:
     """The ``data`` pytree of ``GatysLoss``; grams (C, C) are given a batch axis of 1.
 
-    The params get each kernel's transposed copy (``with_transposed_kernels``) so that the
-    backward pass of every step does not rebuild them.
+    The params carry kernels precomputed for the steps (``with_stored_kernels``: the transposed
+    kernels of the backward pass, Winograd forms on CPU), computed here once per run.
     """
-    from jaxviz.nonlinearities import with_transposed_kernels
+    from jaxviz.nonlinearities import with_stored_kernels
     grams = [g if g.ndim == 3 else g[None] for g in grams]
-    return {"params": with_transposed_kernels(params), "content": content, "grams": list(grams),
+    return {"params": with_stored_kernels(params), "content": content, "grams": list(grams),
             "layer_weights": jnp.asarray(layer_weights, jnp.float32),
             "weights": jnp.asarray([content_weight, style_weight, tv_weight], jnp.float32)}
 

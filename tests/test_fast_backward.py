@@ -1,4 +1,5 @@
-"""The backward-pass speed-ups: stored transposed kernels and per-network XLA-CPU options.
+"""The image-optimisation speed-ups: precomputed (transposed, Winograd) kernels and per-network
+XLA-CPU options.
 
 Both must leave every value and gradient unchanged (to float rounding): checked against finite
 differences in float64 and against the plain network.
@@ -23,15 +24,15 @@ from tests.conftest import make_tiny_model
     (6, (3, 5), (0, 2)),   # rectangular kernel, unequal padding
     (2, (1, 1), (0, 0)),
 ])
-def test_conv_with_transposed_kernel_matches_finite_differences(cin, kernel, padding):
+def test_conv_with_stored_kernels_matches_finite_differences(cin, kernel, padding):
     rng = np.random.default_rng(cin)
     with x64():
         x = rng.standard_normal((2, 7, 9, cin))
         w = jnp.asarray(rng.standard_normal(kernel + (cin, 4)))
         probe = jnp.asarray(rng.standard_normal((2, 7 + 2 * padding[0] - kernel[0] + 1,
                                                  9 + 2 * padding[1] - kernel[1] + 1, 4)))
-        f = lambda v, k=w: jnp.sum(probe * nl.conv_with_transposed_kernel(
-            jnp.asarray(v), k, nl.transposed_kernel(k), padding))
+        f = lambda v, k=w: jnp.sum(probe * nl.conv_with_stored_kernels(
+            jnp.asarray(v), k, nl.stored_kernels(k), padding))
         analytic = jax.grad(f)(jnp.asarray(x))
         numeric = finite_difference_grad(f, x, eps=1e-6, indices=random_indices(x.shape, 40))
         assert_grads_close(analytic, numeric, rtol=1e-6, atol=1e-9)
@@ -43,23 +44,52 @@ def test_conv_with_transposed_kernel_matches_finite_differences(cin, kernel, pad
         np.testing.assert_allclose(dk, ref, rtol=1e-10)
 
 
-def test_stored_transposed_kernel_is_what_the_backward_uses():
+def test_winograd_layer_matches_finite_differences():
+    rng = np.random.default_rng(7)
+    with x64():
+        x = rng.standard_normal((1, 5, 6, 128))
+        w = jnp.asarray(rng.standard_normal((3, 3, 128, 128)) * 0.05)
+        stored = nl.stored_kernels(w, winograd=True)
+        assert set(stored) == {"transposed", "winograd", "transposed_winograd"}
+        probe = jnp.asarray(rng.standard_normal((1, 5, 6, 128)))
+        f = lambda v: jnp.sum(probe * nl.conv_with_stored_kernels(jnp.asarray(v), w, stored, (1, 1)))
+        analytic = jax.grad(f)(jnp.asarray(x))
+        numeric = finite_difference_grad(f, x, eps=1e-6, indices=random_indices(x.shape, 30))
+        assert_grads_close(analytic, numeric, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("cin, cout, winograd, key", [
+    (8, 4, False, "transposed"), (128, 128, True, "transposed_winograd")])
+def test_stored_kernels_are_what_the_passes_use(cin, cout, winograd, key):
     rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal((1, 6, 6, 8)), jnp.float32)
-    w = jnp.asarray(rng.standard_normal((3, 3, 8, 4)), jnp.float32)
-    grad = lambda kt: jax.grad(lambda v: jnp.sum(nl.conv_with_transposed_kernel(v, w, kt, (1, 1)) ** 2))(x)
-    kt = nl.transposed_kernel(w)
-    np.testing.assert_allclose(grad(2 * kt), 2 * grad(kt), rtol=1e-5)
-    # the value does not depend on kernel_t, so neither does its derivative
-    d_kt = jax.grad(lambda k: jnp.sum(nl.conv_with_transposed_kernel(x, w, k, (1, 1))))(kt)
-    assert float(jnp.abs(d_kt).max()) == 0.0
+    x = jnp.asarray(rng.standard_normal((1, 6, 6, cin)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((3, 3, cin, cout)), jnp.float32)
+    stored = nl.stored_kernels(w, winograd)
+    scaled = lambda name: {**stored, name: 2 * stored[name]}
+    grad = lambda s: jax.grad(lambda v: jnp.sum(nl.conv_with_stored_kernels(v, w, s, (1, 1)) ** 2))(x)
+    np.testing.assert_allclose(grad(scaled(key)), 2 * grad(stored), rtol=1e-4)
+    if winograd:  # the forward pass uses the stored Winograd kernel
+        value = lambda s: nl.conv_with_stored_kernels(x, w, s, (1, 1))
+        np.testing.assert_allclose(value(scaled("winograd")), 2 * value(stored), rtol=1e-4, atol=1e-3)
+    # the value does not depend on the stored kernels, so neither does its derivative
+    d_stored = jax.grad(lambda s: jnp.sum(nl.conv_with_stored_kernels(x, w, s, (1, 1))))(stored)
+    assert all(float(jnp.abs(v).max()) == 0.0 for v in jax.tree_util.tree_leaves(d_stored))
 
 
-def test_fast_model_with_transposed_kernels_equals_plain_model(rng):
+def test_winograd_only_where_it_pays():
+    small = nl.stored_kernels(jnp.zeros((3, 3, 64, 128)), winograd=True)
+    assert set(small) == {"transposed"}                      # too few channels
+    assert set(nl.stored_kernels(jnp.zeros((3, 3, 128, 128)), winograd=False)) == {"transposed"}
+    stored = nl.stored_kernels(jnp.zeros((3, 3, 128, 128)), winograd=True)
+    assert nl._winograd_applies(jnp.zeros((1, 64, 64, 128)), (1, 1), stored, "winograd")
+    assert not nl._winograd_applies(jnp.zeros((1, 128, 128, 128)), (1, 1), stored, "winograd")
+
+
+def test_fast_model_with_stored_kernels_equals_plain_model(rng):
     model = make_tiny_model(2)
     fast = nl.fast_pool_model(model)
-    params_t = nl.with_transposed_kernels(model.params)
-    assert set(params_t["features.3"]) == {"kernel", "bias", "kernel_transposed"}
+    params_t = nl.with_stored_kernels(model.params)
+    assert set(params_t["features.3"]) == {"kernel", "bias", "stored"}
     x = jnp.asarray(rng.standard_normal((2, 16, 16, 3)), jnp.float32)
     loss = lambda apply, p, v: jnp.sum(apply(p, v) ** 2)
     ref_params, ref_x = jax.grad(loss, argnums=(1, 2))(model.apply, model.params, x)
@@ -70,6 +100,23 @@ def test_fast_model_with_transposed_kernels_equals_plain_model(rng):
         for name in model.params:
             np.testing.assert_allclose(grad_params[name]["kernel"], ref_params[name]["kernel"],
                                        rtol=1e-5, atol=1e-6)
+
+
+def test_vgg19_with_winograd_kernels_equals_plain_network(vgg19):
+    fast = nl.fast_pool_model(vgg19)
+    params = nl.with_stored_kernels(vgg19.params, winograd=True)
+    assert "winograd" in params["features.28"]["stored"]     # conv5_1
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((1, 40, 48, 3)) * 50, jnp.float32)
+
+    def loss(apply, p, v):
+        features = apply(p, v, stop="relu5_1")
+        return jnp.sum(features ** 2), features
+
+    value_and_grad = jax.jit(jax.value_and_grad(loss, argnums=2, has_aux=True), static_argnums=0)
+    (_, ref), g_ref = value_and_grad(vgg19.apply, vgg19.params, x)
+    (_, out), g = value_and_grad(fast.apply, params, x)
+    assert float(jnp.abs(out - ref).max() / jnp.abs(ref).max()) < 1e-5
+    assert float(jnp.abs(g - g_ref).max() / jnp.abs(g_ref).max()) < 1e-5
 
 
 def test_compiler_options_per_network(squeezenet, lite0):
