@@ -29,7 +29,6 @@ colour preservation works in RGB.
 from __future__ import annotations
 
 import functools
-from functools import partial
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Sequence
 
@@ -108,19 +107,22 @@ def feature_fn(model, layers: Sequence[str]) -> Callable[[dict, Array], list[Arr
 
 
 @functools.lru_cache(maxsize=32)
-def _jitted(fn: Callable) -> Callable:
-    """``jax.jit(fn)``, one per function object (a fresh ``jax.jit`` would retrace every call)."""
-    return jax.jit(fn)
+def _jitted(fn: Callable, options: tuple = ()) -> Callable:
+    """``jit(fn)`` with XLA ``options``, one per function object (a fresh ``jax.jit`` would retrace
+    every call)."""
+    return runtime.jit(fn, options)
 
 
 def gram_targets(features: Callable, params: dict, style_xs: Sequence[Array],
-                 weights: Sequence[float] | None = None) -> list[Array]:
+                 weights: Sequence[float] | None = None, options: tuple = ()) -> list[Array]:
     """Blended normalised Gram targets ``Σ_s a_s Ĝ_s / M̂_s`` per layer: list of (C, C).
 
     Args:
       features: ``feature_fn(model, layers)``.
       style_xs: preprocessed style images, each (1, h, w, 3) (sizes may differ).
       weights: blend weights a_s (default equal); normalised to sum to 1.
+      options: XLA options of the steps (``runtime.compiler_options``), so that targets and
+        steps use the same convolutions.
     """
     a = np.ones(len(style_xs)) if weights is None else np.asarray(weights, np.float64)
     if a.shape != (len(style_xs),) or np.any(a < 0) or a.sum() <= 0:
@@ -128,7 +130,7 @@ def gram_targets(features: Callable, params: dict, style_xs: Sequence[Array],
     a = a / a.sum()
     targets = None
     for w, sx in zip(a, style_xs):
-        grams = [gram_matrix(f, normalize=True)[0] * float(w) for f in _jitted(features)(params, sx)]
+        grams = [gram_matrix(f, normalize=True)[0] * float(w) for f in _jitted(features, options)(params, sx)]
         targets = grams if targets is None else [t + g for t, g in zip(targets, grams)]
     return targets
 
@@ -166,6 +168,18 @@ class GatysLoss:
         skip = 1 if self.content_layer else 0
         return lambda params, x: self.features(params, x)[skip:]
 
+    def prepare(self, params: dict) -> tuple[dict, tuple]:
+        """(params with kernels precomputed for the steps, XLA options of the steps), computed
+        once per run; targets computed with them use the same convolutions as the steps."""
+        from jaxviz.nonlinearities import with_stored_kernels
+        return with_stored_kernels(params), runtime.compiler_options(self.model)
+
+    def targets(self, params: dict, content_x: Array, style_x: Array) -> tuple[Array, list[Array]]:
+        """Content features (N, h, w, c) of ``content_x`` and normalised Grams [(N, C, C)] of
+        ``style_x`` (N images each), for ``gatys_data``."""
+        content = self.features(params, content_x)[0]
+        return content, [gram_matrix(f, normalize=True) for f in self.features(params, style_x)[1:]]
+
     def parts(self, x: Array, data: dict) -> dict:
         """Weighted terms, each (N,): ``content`` (α L_content), ``style`` (β Σ w_l E_l), ``tv``."""
         feats = self.features(data["params"], x)
@@ -196,7 +210,8 @@ def gatys_data(params: dict, grams: Sequence[Array], layer_weights: Sequence[flo
     """The ``data`` pytree of ``GatysLoss``; grams (C, C) are given a batch axis of 1.
 
     The params carry kernels precomputed for the steps (``with_stored_kernels``: the transposed
-    kernels of the backward pass, Winograd forms on CPU), computed here once per run.
+    kernels of the backward pass, Winograd forms on CPU), computed here once per run unless
+    ``params`` already carry them (``GatysLoss.prepare``).
     """
     from jaxviz.nonlinearities import with_stored_kernels
     grams = [g if g.ndim == 3 else g[None] for g in grams]
@@ -407,31 +422,20 @@ def style_transfer(model, params: dict, content: Array, styles: Sequence[Array],
 
     prepared, target_content = _prepare_styles(content[None], [styles], style_scale, preserve_color)
     loss = gatys_loss(model, content_layer, style_layers)
+    params, options = loss.prepare(params)
     grams = gram_targets(loss.style_features, params, [model.preprocess(s[None]) for s in prepared[0]],
-                         style_blend)
-    content_target = _jitted(loss.features)(params, model.preprocess(target_content))[0]
+                         style_blend, options)
+    content_target = _jitted(loss.features, options)(params, model.preprocess(target_content))[0]
     data = gatys_data(params, grams, wl, content=content_target, content_weight=content_weight,
                       style_weight=style_weight, tv_weight=tv_weight)
     x0 = _start(model, init, target_content, prepared[0][:1], key)
     result = engine.optimize(loss, x0, optimizer=make_optimizer(optimizer, learning_rate), steps=int(steps),
                              project=engine.valid_range_projection(model.spec), callbacks=callbacks, data=data,
-                             compiler_options=runtime.compiler_options(model))
+                             compiler_options=options)
     image = jnp.clip(model.deprocess(result.images), 0.0, 1.0)
     image = _restore_colour(image, content[None], preserve_color)[0]
-    final = {k: float(v[0]) for k, v in _parts(loss, result.images, data).items()}
+    final = {k: float(v[0]) for k, v in _jitted(loss.parts, options)(result.images, data).items()}
     return StyleResult(np.asarray(image), result.losses[:, 0], final, result.seconds, result.compile_seconds)
-
-
-@partial(jax.jit, static_argnums=0)
-def _parts(loss: GatysLoss, x: Array, data: dict) -> dict:
-    return loss.parts(x, data)
-
-
-@partial(jax.jit, static_argnums=0)
-def _batch_targets(loss: GatysLoss, params: dict, content_x: Array, style_x: Array):
-    content = loss.features(params, content_x)[0]
-    grams = [gram_matrix(f, normalize=True) for f in loss.features(params, style_x)[1:]]
-    return content, grams
 
 
 @dataclass
@@ -488,13 +492,14 @@ def style_transfer_batch(model, params: dict, contents: Array, styles: Array, *,
     prepared, target_contents = _prepare_styles(contents, [[s] for s in styles], style_scale, preserve_color)
     style_x = model.preprocess(jnp.stack([group[0] for group in prepared]))
     loss = gatys_loss(model, content_layer, style_layers)
-    content_target, grams = _batch_targets(loss, params, model.preprocess(target_contents), style_x)
+    params, options = loss.prepare(params)
+    content_target, grams = _jitted(loss.targets, options)(params, model.preprocess(target_contents), style_x)
     data = gatys_data(params, grams, wl, content=content_target, content_weight=content_weight,
                       style_weight=style_weight, tv_weight=tv_weight)
     x0 = _start(model, init, target_contents, [group[0] for group in prepared], key)
     result = engine.optimize(loss, x0, optimizer=make_optimizer(optimizer, learning_rate), steps=int(steps),
                              project=engine.valid_range_projection(model.spec), callbacks=callbacks, data=data,
-                             compiler_options=runtime.compiler_options(model))
+                             compiler_options=options)
     images = _restore_colour(jnp.clip(model.deprocess(result.images), 0.0, 1.0), contents, preserve_color)
-    final = {k: np.asarray(v) for k, v in _parts(loss, result.images, data).items()}
+    final = {k: np.asarray(v) for k, v in _jitted(loss.parts, options)(result.images, data).items()}
     return StyleBatchResult(np.asarray(images), result.losses, final, result.seconds, result.compile_seconds)

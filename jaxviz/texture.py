@@ -27,7 +27,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz import runtime
 from jaxviz.errors import JaxvizError
 
 Array = jax.Array
@@ -187,11 +186,11 @@ def gram_texture(model, params: dict, sample: Array, size: int | tuple[int, int]
     if len(w) != len(layers):
         raise JaxvizError(f"need {len(layers)} layer weights, got {len(w)}")
     loss = gatys_loss(model, None, layers)  # style terms only; weights and targets go in as data
-    targets = gram_targets(loss.style_features, params, [model.preprocess(sample[None])])
+    params, options = loss.prepare(params)
+    targets = gram_targets(loss.style_features, params, [model.preprocess(sample[None])], options=options)
     x0 = model.preprocess(jax.random.uniform(key, (1,) + size + (3,)))
     result = engine.optimize(loss, x0, optimizer=make_optimizer(optimizer, learning_rate), steps=int(steps),
                              project=engine.valid_range_projection(model.spec), callbacks=callbacks,
-                             data=gatys_data(params, targets, w),
-                             compiler_options=runtime.compiler_options(model))
+                             data=gatys_data(params, targets, w), compiler_options=options)
     image = np.asarray(jnp.clip(model.deprocess(result.images)[0], 0.0, 1.0))
     return image, result
