@@ -16,7 +16,7 @@ TEXTURES = ("brick", "gravel")
 CONTENT = "chelsea"
 STYLES = ("hubble_deep_field", "ihc")
 STYLE_SIZE, STYLE_STEPS = 128, 40
-TEX_SIZE, TEX_STEPS = 64, 60
+TEX_SIZE, TEX_STEPS = 128, 150  # at 64 px the deep layer sets have 4x4-8x8 maps: no structure to recover
 
 
 def _vgg(ctx: Context):
