@@ -259,19 +259,44 @@ def with_stored_kernels(params: dict, winograd: bool | None = None) -> dict:
     """``params`` plus ``stored_kernels`` beside every 4-D ``kernel`` (key ``"stored"``), for
     iterative image optimisation: computed once per run instead of in every step. ``winograd``
     defaults to True on CPU. Kernels already stored are kept. Models that do not use them ignore
-    them."""
+    them. The last result is kept, so repeated runs on the same params object reuse it."""
     if winograd is None:
         winograd = jax.default_backend() == "cpu"
+    cached = _LAST_STORED.get("key")
+    if cached is not None and cached[0] is params and cached[1] == bool(winograd):
+        return _LAST_STORED["value"]
+    kernels = {}
 
-    def add(tree):
+    def find(tree, path):
+        if isinstance(tree, dict):
+            kernel = tree.get("kernel")
+            if kernel is not None and getattr(kernel, "ndim", 0) == 4 and "stored" not in tree:
+                kernels[path] = kernel
+            for k, v in tree.items():
+                find(v, path + (k,))
+    find(params, ())
+    if not kernels:
+        return params
+    stored = _stored_kernels_of(kernels, bool(winograd))
+
+    def add(tree, path):
         if not isinstance(tree, dict):
             return tree
-        out = {k: add(v) for k, v in tree.items()}
-        kernel = tree.get("kernel")
-        if kernel is not None and getattr(kernel, "ndim", 0) == 4 and "stored" not in tree:
-            out["stored"] = stored_kernels(kernel, winograd)
+        out = {k: add(v, path + (k,)) for k, v in tree.items()}  # leaves shared, not copied
+        if path in stored:
+            out["stored"] = stored[path]
         return out
-    return add(params)
+    result = add(params, ())
+    _LAST_STORED.update(key=(params, bool(winograd)), value=result)
+    return result
+
+
+_LAST_STORED: dict = {}
+
+
+@functools.partial(jax.jit, static_argnums=1)  # one compiled call (eagerly: one compile per op and shape)
+def _stored_kernels_of(kernels: dict, winograd: bool) -> dict:
+    return {path: stored_kernels(kernel, winograd) for path, kernel in kernels.items()}
 
 
 class _Conv(nn.Module):

@@ -90,6 +90,9 @@ def test_fast_model_with_stored_kernels_equals_plain_model(rng):
     fast = nl.fast_pool_model(model)
     params_t = nl.with_stored_kernels(model.params)
     assert set(params_t["features.3"]) == {"kernel", "bias", "stored"}
+    assert params_t["features.3"]["kernel"] is model.params["features.3"]["kernel"]  # shared, not copied
+    assert nl.with_stored_kernels(model.params) is params_t     # the last result is reused
+    assert nl.with_stored_kernels(params_t) is params_t         # stored kernels are kept
     x = jnp.asarray(rng.standard_normal((2, 16, 16, 3)), jnp.float32)
     loss = lambda apply, p, v: jnp.sum(apply(p, v) ** 2)
     ref_params, ref_x = jax.grad(loss, argnums=(1, 2))(model.apply, model.params, x)
