@@ -98,6 +98,7 @@ import optax
 
 from jaxviz import runtime
 from jaxviz.errors import JaxvizError
+from jaxviz.keys import image_keys  # noqa: F401 (re-exported)
 
 Array = jax.Array
 PyTree = Any
@@ -411,20 +412,6 @@ class OptimizeResult:
     seconds: float = 0.0
     compile_seconds: float = 0.0
     extras: dict = field(default_factory=dict)
-
-
-def image_keys(key: Array | None, n: int) -> Array:
-    """(N,) typed per-image keys from None (seed 0), one key, or N keys (typed or raw uint32)."""
-    if key is None:
-        key = jax.random.key(0)
-    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
-    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-        key = jax.random.wrap_key_data(jnp.asarray(key, jnp.uint32))
-    if key.ndim == 0:
-        return jax.random.split(key, n)
-    if key.shape != (n,):
-        raise JaxvizError(f"key must be one PRNG key or {n} keys, got shape {key.shape}")
-    return key
 
 
 def uses_line_search(opt_state: PyTree) -> bool:

@@ -3,19 +3,23 @@
 - Vanilla saliency (Simonyan, Vedaldi & Zisserman 2014, "Deep inside convolutional networks"):
   map = max over RGB of |d s / d x|, x the PREPROCESSED image (model input space).
 - SmoothGrad (Smilkov et al. 2017): the gradient averaged over ``samples`` copies of x with
-  Gaussian noise of std ``noise * (max(x) - min(x))`` per image; map = max over RGB of |mean|.
+  Gaussian noise of std ``noise * (max(x) - min(x))`` per image (``noise_std`` instead gives an
+  absolute std, as Captum's ``stdevs``); map = max over RGB of |mean|. The noise of image i
+  comes from its own key (one key is shared by all images), so it does not depend on the batch.
 - Integrated Gradients (Sundararajan et al. 2017): (x - x') * mean over the midpoints
   alpha = (k + 1/2)/steps of d s / d x at x' + alpha (x - x'); baseline x' defaults to zeros in
   model-input space (the dataset-mean image for mean/std preprocessing). map = max over RGB of |.|.
 - Guided backprop (Springenberg et al. 2015) and deconvnet (Zeiler & Fergus 2014): the gradient
-  through ``custom_vjp`` ReLU/ReLU6 (``jaxviz.nonlinearities``), injected into the model.
+  through ``custom_vjp`` ReLU/ReLU6 (``jaxviz.interface.backward``): ``model.with_backward(rule)``.
 
-Conventions: ``x`` (N, H, W, 3) preprocessed NHWC; ``target`` a ``jaxviz.targets.Target`` (class
+Conventions: ``model`` a ``jaxviz.interface.Model`` (any adapter; a bare ``apply_fn(params, x)``
+works for everything but guided backprop and the deconvnet, which need the model's ReLUs);
+``x`` (N, H, W, 3) preprocessed NHWC; ``target`` a ``jaxviz.targets.Target`` (class
 or neuron; None = the predicted class); ``index`` (N,) overrides the class/channel per image (a
 batch of targets). With a class target and no index, the class predicted for the clean image is
 used for every noisy / interpolated copy. Images are independent, so the gradient of the summed
 score is each image's own gradient: one backward pass for the batch. Everything is jittable
-(``apply_fn`` / ``model`` static) and returns jnp arrays.
+(``model`` static) and returns jnp arrays.
 """
 from __future__ import annotations
 
@@ -24,22 +28,14 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxviz.nonlinearities import backward_model
-from jaxviz.targets import Target, score_fn
+from jaxviz.interface import as_model
+from jaxviz.keys import image_keys
+from jaxviz.targets import Target, as_target, score_fn
 
 Array = jax.Array
 
 
-def as_target(target: Target | int | None) -> Target:
-    """None -> predicted class; int -> that class; a Target as is."""
-    if target is None:
-        return Target()
-    if isinstance(target, Target):
-        return target
-    return Target(index=int(target))
-
-
-def resolve_index(apply_fn: Callable, params: dict, x: Array, target: Target,
+def resolve_index(model, params: dict, x: Array, target: Target,
                   index: Array | None = None) -> Array:
     """(N,) class/channel per image: ``index``, else the target's, else the predicted class."""
     n = x.shape[0]
@@ -49,18 +45,24 @@ def resolve_index(apply_fn: Callable, params: dict, x: Array, target: Target,
         return jnp.full((n,), target.index, jnp.int32)
     if not target.is_class:
         raise ValueError("a neuron target needs a channel")
-    return jnp.argmax(jax.lax.stop_gradient(apply_fn(params, x)), axis=-1).astype(jnp.int32)
+    return jnp.argmax(jax.lax.stop_gradient(as_model(model).apply(params, x)), axis=-1).astype(jnp.int32)
 
 
-def _grad(apply_fn: Callable, params: dict, x: Array, target: Target, index: Array | None) -> Array:
-    f = score_fn(apply_fn, target)
+def _grad(model, params: dict, x: Array, target: Target, index: Array | None) -> Array:
+    f = score_fn(model, target)
     return jax.grad(lambda x: f(params, x, index).sum())(x)
 
 
-def gradients(apply_fn: Callable, params: dict, x: Array, target: Target | int | None = None, *,
+def gradients(model, params: dict, x: Array, target: Target | int | None = None, *,
               index: Array | None = None) -> Array:
     """Signed d score / d x: (N, H, W, 3) for x (N, H, W, 3)."""
-    return _grad(apply_fn, params, x, as_target(target), index)
+    return _grad(model, params, x, as_target(target), index)
+
+
+def input_x_gradient(model, params: dict, x: Array, target: Target | int | None = None, *,
+                     index: Array | None = None) -> Array:
+    """Input x gradient (Shrikumar et al. 2016; Captum's ``InputXGradient``): signed (N, H, W, 3)."""
+    return x * gradients(model, params, x, target, index=index)
 
 
 def saliency_map(grads: Array) -> Array:
@@ -68,10 +70,10 @@ def saliency_map(grads: Array) -> Array:
     return jnp.abs(grads).max(axis=-1)
 
 
-def vanilla_saliency(apply_fn: Callable, params: dict, x: Array, target: Target | int | None = None, *,
+def vanilla_saliency(model, params: dict, x: Array, target: Target | int | None = None, *,
                      index: Array | None = None) -> Array:
     """Simonyan et al.'s map: (N, H, W) = max over RGB of |d score / d x|."""
-    return saliency_map(gradients(apply_fn, params, x, target, index=index))
+    return saliency_map(gradients(model, params, x, target, index=index))
 
 
 def _over_copies(fn: Callable[[Array], Array], copies: Array, chunk: int | None) -> Array:
@@ -81,63 +83,74 @@ def _over_copies(fn: Callable[[Array], Array], copies: Array, chunk: int | None)
     return jax.lax.map(fn, copies, batch_size=chunk).mean(axis=0)
 
 
-def smoothgrad_gradients(apply_fn: Callable, params: dict, x: Array, target: Target | int | None = None, *,
-                         key: Array, samples: int = 25, noise: float = 0.15, index: Array | None = None,
-                         chunk: int | None = 8) -> Array:
-    """(N, H, W, 3) gradient averaged over ``samples`` noisy copies (std = noise * value range)."""
+def smoothgrad_gradients(model, params: dict, x: Array, target: Target | int | None = None, *,
+                         key: Array, samples: int = 25, noise: float = 0.15, noise_std: float | None = None,
+                         index: Array | None = None, chunk: int | None = 8) -> Array:
+    """(N, H, W, 3) gradient averaged over ``samples`` noisy copies.
+
+    Noise std: ``noise`` x the image's value range (max - min, model-input units; Smilkov et al.'s
+    convention, default 0.15), or ``noise_std`` in model-input units when given (Captum's
+    ``stdevs``). ``key``: one key (used for every image) or (N,) keys.
+    """
     target = as_target(target)
-    index = resolve_index(apply_fn, params, x, target, index)
-    span = (x.max(axis=(1, 2, 3)) - x.min(axis=(1, 2, 3)))[:, None, None, None]
-    eps = jax.random.normal(key, (samples,) + x.shape, x.dtype) * (noise * span)
-    return _over_copies(lambda e: _grad(apply_fn, params, x + e, target, index), eps, chunk)
+    index = resolve_index(model, params, x, target, index)
+    if noise_std is None:
+        std = noise * (x.max(axis=(1, 2, 3)) - x.min(axis=(1, 2, 3)))
+    else:
+        std = jnp.full(x.shape[:1], noise_std, x.dtype)
+    keys = image_keys(key, x.shape[0])
+    # (S, N, H, W, C): image i's noise from its own key, whatever the batch
+    eps = jax.vmap(lambda k, s: jax.random.normal(k, (samples,) + x.shape[1:], x.dtype) * s,
+                   out_axes=1)(keys, std)
+    return _over_copies(lambda e: _grad(model, params, x + e, target, index), eps, chunk)
 
 
-def smoothgrad(apply_fn: Callable, params: dict, x: Array, target: Target | int | None = None, *,
-               key: Array, samples: int = 25, noise: float = 0.15, index: Array | None = None,
-               chunk: int | None = 8) -> Array:
+def smoothgrad(model, params: dict, x: Array, target: Target | int | None = None, *,
+               key: Array, samples: int = 25, noise: float = 0.15, noise_std: float | None = None,
+               index: Array | None = None, chunk: int | None = 8) -> Array:
     """SmoothGrad map (N, H, W): max over RGB of |mean noisy gradient|."""
-    return saliency_map(smoothgrad_gradients(apply_fn, params, x, target, key=key, samples=samples,
-                                             noise=noise, index=index, chunk=chunk))
+    return saliency_map(smoothgrad_gradients(model, params, x, target, key=key, samples=samples,
+                                             noise=noise, noise_std=noise_std, index=index, chunk=chunk))
 
 
-def integrated_gradients_attributions(apply_fn: Callable, params: dict, x: Array,
+def integrated_gradients_attributions(model, params: dict, x: Array,
                                       target: Target | int | None = None, *, baseline: Array | None = None,
                                       steps: int = 32, index: Array | None = None,
                                       chunk: int | None = 8) -> Array:
     """Signed IG attributions (N, H, W, 3); they sum to about score(x) - score(baseline)."""
     target = as_target(target)
-    index = resolve_index(apply_fn, params, x, target, index)
+    index = resolve_index(model, params, x, target, index)
     baseline = jnp.zeros_like(x) if baseline is None else jnp.broadcast_to(baseline, x.shape).astype(x.dtype)
     alphas = (jnp.arange(steps, dtype=x.dtype) + 0.5) / steps  # midpoint rule
-    mean_grad = _over_copies(lambda a: _grad(apply_fn, params, baseline + a * (x - baseline), target, index),
+    mean_grad = _over_copies(lambda a: _grad(model, params, baseline + a * (x - baseline), target, index),
                              alphas, chunk)
     return (x - baseline) * mean_grad
 
 
-def integrated_gradients(apply_fn: Callable, params: dict, x: Array, target: Target | int | None = None, *,
+def integrated_gradients(model, params: dict, x: Array, target: Target | int | None = None, *,
                          baseline: Array | None = None, steps: int = 32, index: Array | None = None,
                          chunk: int | None = 8) -> Array:
     """Integrated Gradients map (N, H, W): max over RGB of |attribution|."""
-    return saliency_map(integrated_gradients_attributions(apply_fn, params, x, target, baseline=baseline,
+    return saliency_map(integrated_gradients_attributions(model, params, x, target, baseline=baseline,
                                                           steps=steps, index=index, chunk=chunk))
 
 
 def guided_gradients(model, params: dict, x: Array, target: Target | int | None = None, *,
                      index: Array | None = None) -> Array:
     """Guided-backprop signal (N, H, W, 3): the gradient through guided ReLU/ReLU6."""
-    return gradients(backward_model(model, "guided").apply, params, x, target, index=index)
+    return gradients(as_model(model).with_backward("guided"), params, x, target, index=index)
 
 
 def guided_backprop(model, params: dict, x: Array, target: Target | int | None = None, *,
                     index: Array | None = None) -> Array:
-    """Guided backprop map (N, H, W): max over RGB of |guided signal|. ``model`` is a Model."""
+    """Guided backprop map (N, H, W): max over RGB of |guided signal|."""
     return saliency_map(guided_gradients(model, params, x, target, index=index))
 
 
 def deconvnet_gradients(model, params: dict, x: Array, target: Target | int | None = None, *,
                         index: Array | None = None) -> Array:
     """Deconvnet signal (N, H, W, 3): the backward pass through deconvnet ReLU/ReLU6."""
-    return gradients(backward_model(model, "deconv").apply, params, x, target, index=index)
+    return gradients(as_model(model).with_backward("deconv"), params, x, target, index=index)
 
 
 def deconvnet(model, params: dict, x: Array, target: Target | int | None = None, *,

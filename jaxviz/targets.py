@@ -46,11 +46,15 @@ class Target:
         return f"{self.layer} channel {self.index}{where}"
 
 
-def parse_target(text: str | int | None, spec, score: ScoreKind = "logit") -> Target:
+def parse_target(text: str | int | None, model, score: ScoreKind = "logit") -> Target:
     """Parse ``None`` | ``"285"`` | ``"Egyptian cat"`` | ``"features.12:17"`` | ``"fire9:17:3:4"``.
 
-    Layer names are resolved (aliases allowed) and channels/positions checked against the layer's
+    ``model`` is a ``jaxviz.interface.Model``. Class names are looked up in ``model.labels``;
+    layer names are resolved (aliases allowed) and channels/positions checked against the layer's
     shape at the model's input size, so mistakes fail here with a clear message.
+
+    Raises:
+      JaxvizError: an unknown class, layer, channel or position, or a malformed target.
     """
     if score not in SCORE_KINDS:
         raise JaxvizError(f"unknown score {score!r}; use one of {', '.join(SCORE_KINDS)}")
@@ -58,18 +62,17 @@ def parse_target(text: str | int | None, spec, score: ScoreKind = "logit") -> Ta
         return Target(score=score)
     parts = str(text).split(":")
     if len(parts) == 1:
-        if spec.num_classes is None:
-            raise JaxvizError(f"model {spec.name} has no classifier: give a target as LAYER:CHANNEL")
-        return Target(index=resolve_class(parts[0], spec.num_classes), score=score)
+        if model.num_classes is None:
+            raise JaxvizError(f"model {model.name} has no classifier: give a target as LAYER:CHANNEL")
+        return Target(index=resolve_class(parts[0], model.num_classes, model.labels), score=score)
     if len(parts) not in (2, 4):
         raise JaxvizError(f"target {text!r} must be CLASS, LAYER:CHANNEL or LAYER:CHANNEL:Y:X")
-    from jaxviz.models.registry import layer_shapes
-    layer = spec.resolve_layer(parts[0])
+    layer = model.resolve_layer(parts[0])
     try:
         numbers = [int(p) for p in parts[1:]]
     except ValueError:
         raise JaxvizError(f"target {text!r}: channel and position must be integers") from None
-    shape = layer_shapes(spec)[layer]
+    shape = model.layer_shapes()[layer]
     channel = numbers[0]
     if not 0 <= channel < shape[-1]:
         raise JaxvizError(f"channel {channel} out of range for {layer} (0..{shape[-1] - 1})")
@@ -81,6 +84,15 @@ def parse_target(text: str | int | None, spec, score: ScoreKind = "logit") -> Ta
         if not (0 <= y < shape[0] and 0 <= x < shape[1]):
             raise JaxvizError(f"position ({y}, {x}) outside {layer}'s {shape[0]}x{shape[1]} map")
     return Target(index=channel, layer=layer, y=y, x=x)
+
+
+def as_target(target: "Target | int | None") -> "Target":
+    """None -> predicted class; int -> that class; a Target as is."""
+    if target is None:
+        return Target()
+    if isinstance(target, Target):
+        return target
+    return Target(index=int(target))
 
 
 def class_scores(logits: Array, index: Array, score: ScoreKind = "logit") -> Array:
@@ -99,21 +111,30 @@ def neuron_scores(acts: Array, index: Array, y: int | None = None, x: int | None
     return jnp.take_along_axis(acts, index[:, None], axis=-1)[:, 0]
 
 
-def score_fn(apply_fn: Callable, target: Target) -> Callable[[dict, Array, Array | None], Array]:
+def scores_of(model, params, x: Array, target: Target, index: Array | None = None) -> Array:
+    """(N,) scores of preprocessed ``x`` for ``target`` (see ``score_fn``)."""
+    return score_fn(model, target)(params, x, index)
+
+
+def score_fn(model, target: Target) -> Callable[[dict, Array, Array | None], Array]:
     """``f(params, x, index=None) -> (N,)`` scores of preprocessed images ``x`` (N, H, W, 3).
 
+    ``model`` is a ``jaxviz.interface.Model`` (or an ``apply_fn`` for class targets).
     ``index`` (N,) overrides the target's class/channel per image (vmappable batch of targets);
     with neither, a class target uses each image's predicted class (held fixed, no gradient).
     """
+    from jaxviz.interface import as_model
+    model = as_model(model)
+
     def f(params: dict, x: Array, index: Array | None = None) -> Array:
         n = x.shape[0]
         if index is None and target.index is not None:
             index = jnp.full((n,), target.index, jnp.int32)
         if target.is_class:
-            logits = apply_fn(params, x)
+            logits = model.apply(params, x)
             if index is None:
                 index = jax.lax.stop_gradient(jnp.argmax(logits, axis=-1))
             return class_scores(logits, jnp.asarray(index), target.score)
-        acts = apply_fn(params, x, stop=target.layer)
+        acts = model.activation(params, x, target.layer)
         return neuron_scores(acts, jnp.asarray(index), target.y, target.x)
     return f

@@ -9,8 +9,10 @@ import jax
 import numpy as np
 import pytest
 
+from jaxviz.interface import TORCHVISION, Model
+from jaxviz.models import bundled_model
 from jaxviz.models.network import Stage, conv, maxpool
-from jaxviz.models.registry import TORCHVISION, Model, ModelSpec
+from jaxviz.models.registry import ModelSpec
 
 
 def _real_model(name: str):
@@ -56,12 +58,20 @@ def make_tiny_model(seed: int = 0) -> Model:
     # Positive biases keep most ReLUs active, so gradients are informative in tests.
     params = jax.tree_util.tree_map_with_path(
         lambda path, p: p + 0.1 if path[-1].key == "bias" else p, params)
-    return Model(TINY_SPEC, params, module)
+    return bundled_model(TINY_SPEC, params)
 
 
 @pytest.fixture()
 def tiny_model() -> Model:
     return make_tiny_model()
+
+
+@pytest.fixture(params=["bundled", "linen", "nnx"])
+def any_model(request) -> Model:
+    """The same kind of small CNN as the bundled tiny model, a user's linen CNN (residual add,
+    BatchNorm) and a user's nnx CNN: techniques must work on all of them."""
+    from tests.user_models import linen_model, nnx_model
+    return {"bundled": make_tiny_model, "linen": linen_model, "nnx": nnx_model}[request.param]()
 
 
 @pytest.fixture(scope="session")

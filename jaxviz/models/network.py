@@ -1,25 +1,23 @@
 """A network as an ordered list of named stages, run by one Flax module.
 
 Stage names are the torchvision module paths (``features.0``, ``classifier.1``) for torchvision
-architectures, so the same names work here, in Captum and in pytorch-grad-cam. One call gives the
-logits and, on request, any named activations; ``start``/``stop`` split the network at a stage,
-which is how techniques take gradients with respect to an intermediate activation (Grad-CAM,
-DeepDream, inversion, style) purely and cheaply:
-
-    acts = module.apply(v, x, stop="features.12")            # x -> activation
-    logits = module.apply(v, acts, start="features.12")      # activation -> logits
+architectures, so the same names work here, in Captum and in pytorch-grad-cam. Every stage is a
+submodule of that name, so the model interface (``jaxviz.interface.linen``) reads and replaces
+any stage's output like any user module's.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxviz.interface.geometry import ReceptiveField
 from jaxviz.models import layers
-from jaxviz.models.layers import Activation, Array
+from jaxviz.models.layers import Array
 
 # One step along a stage's path of largest receptive field: (kernel, stride, padding), padding an
 # int (symmetric, torch) or "same" (TensorFlow, resolved from the input size).
@@ -44,38 +42,35 @@ def maxpool(name: str, kernel: int, stride: int, ceil_mode: bool = False) -> Sta
     return Stage(name, "maxpool", (kernel, stride, ceil_mode), ((kernel, stride, 0),))
 
 
+class Lambda(nn.Module):
+    """A parameter-free stage (ReLU, pooling, dropout) as a named module, so that it is a layer
+    the model interface can read and replace like any other."""
+
+    fn: Callable[[Array], Array]
+
+    def __call__(self, x: Array) -> Array:
+        return self.fn(x)
+
+
+def _identity(x: Array) -> Array:  # dropout at inference
+    return x
+
+
+def _global_avgpool(x: Array) -> Array:  # (N, H, W, C) -> (N, C)
+    return x.mean(axis=(1, 2))
+
+
 class SequentialNet(nn.Module):
-    """Runs ``stages`` in order. ``relu``/``relu6`` are injectable (guided backprop, deconvnet)."""
+    """Runs ``stages`` in order; every stage is a submodule named after it."""
 
     stages: tuple[Stage, ...]
-    relu: Activation = jax.nn.relu
-    relu6: Activation = jax.nn.relu6
 
     @nn.compact
-    def __call__(self, x: Array, start: str | None = None, stop: str | None = None,
-                 capture: tuple[str, ...] = ()) -> Array | tuple[Array, dict[str, Array]]:
-        """Run from just after stage ``start`` (x is its activation) through stage ``stop``.
-
-        Args:
-          x: (N, H, W, 3) preprocessed images, or the activation of ``start``.
-          start: name of the stage whose output ``x`` is; None runs from the input.
-          stop: last stage to run; None runs to the logits (N, classes).
-          capture: names of stages whose outputs to return as well.
-        Returns:
-          the output of ``stop`` (or logits), and with ``capture`` a dict name -> activation.
-        """
-        captured = {}
-        running = start is None
+    def __call__(self, x: Array) -> Array:
+        """(N, H, W, 3) preprocessed images -> the last stage's output (logits for a classifier)."""
         for stage in self.stages:
-            if not running:
-                running = stage.name == start
-                continue
             x = self._run(stage, x)
-            if stage.name in capture:
-                captured[stage.name] = x
-            if stage.name == stop:
-                break
-        return (x, captured) if capture else x
+        return x
 
     def _run(self, stage: Stage, x: Array) -> Array:
         kind, a, name = stage.kind, stage.args, stage.name
@@ -84,47 +79,31 @@ class SequentialNet(nn.Module):
             return nn.Conv(features, (kernel, kernel), (stride, stride),
                            padding=layers.torch_padding(padding), name=name)(x)
         if kind == "relu":
-            return self.relu(x)
+            return Lambda(jax.nn.relu, name=name)(x)
         if kind == "maxpool":
-            return layers.max_pool(x, *a)
-        if kind == "dropout":  # inference only
-            return x
+            return Lambda(functools.partial(layers.max_pool, kernel=a[0], stride=a[1], ceil_mode=a[2]),
+                          name=name)(x)
+        if kind == "dropout":
+            return Lambda(_identity, name=name)(x)
         if kind == "fire":
-            return layers.Fire(*a, relu=self.relu, name=name)(x)
-        if kind == "global_avgpool":  # (N, H, W, C) -> (N, C)
-            return x.mean(axis=(1, 2))
+            return layers.Fire(*a, name=name)(x)
+        if kind == "global_avgpool":
+            return Lambda(_global_avgpool, name=name)(x)
         if kind == "adaptive_avgpool":
-            return layers.adaptive_avg_pool(x, a)
+            return Lambda(functools.partial(layers.adaptive_avg_pool, output_size=a), name=name)(x)
         if kind == "flatten_dense":  # torch flattens NCHW; the port permutes the weight to NHWC
             return nn.Dense(a[0], name=name)(x.reshape(x.shape[0], -1))
         if kind == "dense":
             return nn.Dense(a[0], name=name)(x)
         if kind == "conv_bn_relu6":
-            return layers.ConvBNAct(*a, relu6=self.relu6, name=name)(x)
+            return layers.ConvBNAct(*a, name=name)(x)
         if kind == "mbconv":
-            return layers.MBConv(*a, relu6=self.relu6, name=name)(x)
+            return layers.MBConv(*a, name=name)(x)
         raise ValueError(f"unknown stage kind {kind!r}")
 
 
 def stage_names(stages: tuple[Stage, ...]) -> tuple[str, ...]:
     return tuple(s.name for s in stages)
-
-
-@dataclass(frozen=True)
-class ReceptiveField:
-    """Unit (i, j) of a layer sees input rows [offset + i*stride, offset + i*stride + size).
-
-    ``offset`` may be negative (the box starts in the padding); clip to the image to crop.
-    """
-
-    size: int
-    stride: int
-    offset: int
-
-    def box(self, i: int, j: int) -> tuple[int, int, int, int]:
-        """(top, left, bottom, right), bottom/right exclusive, in input pixels, unclipped."""
-        top, left = self.offset + i * self.stride, self.offset + j * self.stride
-        return top, left, top + self.size, left + self.size
 
 
 def receptive_fields(stages: tuple[Stage, ...], input_size: int) -> dict[str, ReceptiveField]:

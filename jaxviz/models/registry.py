@@ -1,5 +1,7 @@
 """The model registry: a name maps to its architecture *and* its facts (input size, preprocessing,
 labels, weight source, layer aliases) — one place to look, one way to list (as timm does).
+``jaxviz.models.bundled.bundled_model(spec, params)`` turns a spec and its weights into a
+``jaxviz.interface.Model``.
 """
 from __future__ import annotations
 
@@ -12,40 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxviz.errors import JaxvizError
+from jaxviz.interface.geometry import ReceptiveField
+from jaxviz.interface.preprocessing import CAFFE, LITE, TORCHVISION, Preprocessing
 from jaxviz.models import efficientnet, squeezenet, vgg
-from jaxviz.models.network import ReceptiveField, SequentialNet, Stage, receptive_fields
+from jaxviz.models.network import SequentialNet, Stage, receptive_fields
 
 Array = jax.Array
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """x_model = (x[..., order] * scale - mean) / std for RGB images x in [0, 1], NHWC."""
-
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    scale: float = 1.0
-    bgr: bool = False
-
-    def __call__(self, images: Array) -> Array:
-        """(N, H, W, 3) RGB in [0, 1] -> model input."""
-        x = images[..., ::-1] if self.bgr else images
-        return (x * self.scale - jnp.asarray(self.mean, x.dtype)) / jnp.asarray(self.std, x.dtype)
-
-    def invert(self, x: Array) -> Array:
-        """Exact inverse: model input -> RGB in [0, 1] (not clipped)."""
-        x = (x * jnp.asarray(self.std, x.dtype) + jnp.asarray(self.mean, x.dtype)) / self.scale
-        return x[..., ::-1] if self.bgr else x
-
-    def describe(self) -> str:
-        order = "BGR" if self.bgr else "RGB"
-        rng = "0-255" if self.scale == 255 else "[0,1]"
-        return f"{order} {rng}, mean {self.mean}, std {self.std}"
-
-
-TORCHVISION = Preprocessing(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-CAFFE = Preprocessing(mean=(103.939, 116.779, 123.68), std=(1.0, 1.0, 1.0), scale=255.0, bgr=True)
-LITE = Preprocessing(mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0), scale=255.0)
 
 
 @dataclass(frozen=True)
@@ -83,9 +57,9 @@ class ModelSpec:
     def receptive_fields(self, input_size: int | None = None) -> dict[str, ReceptiveField]:
         return receptive_fields(self.stages, input_size or self.input_size)
 
-    def module(self, **activations: Callable) -> SequentialNet:
-        """The Flax module; pass ``relu=``/``relu6=`` to inject other non-linearities."""
-        return SequentialNet(self.stages, **activations)
+    def module(self) -> SequentialNet:
+        """The Flax module."""
+        return SequentialNet(self.stages)
 
 
 def _squeezenet(name: str, stages_fn: Callable, paper_note: str) -> ModelSpec:
@@ -135,53 +109,14 @@ def list_models() -> list[str]:
     return list(MODELS)
 
 
-@dataclass(frozen=True, eq=False)
-class Model:
-    """A spec, its Flax module and its (ported) parameters.
-
-    ``model.apply(params, x, start=, stop=, capture=)`` is the pure ``apply_fn`` every technique
-    takes; ``eq=False`` makes the model hashable by identity so bound methods can be static
-    arguments of ``jax.jit``.
-    """
-
-    spec: ModelSpec
-    params: dict
-    module: SequentialNet
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    def apply(self, params: dict, x: Array, start: str | None = None, stop: str | None = None,
-              capture: tuple[str, ...] = ()) -> Array | tuple[Array, dict[str, Array]]:
-        """Run the network: see ``SequentialNet.__call__``; layer names may be aliases."""
-        resolve = self.spec.resolve_layer
-        return self.module.apply(
-            {"params": params}, x, start=resolve(start) if start else None,
-            stop=resolve(stop) if stop else None, capture=tuple(resolve(c) for c in capture))
-
-    def with_activations(self, **activations: Callable) -> "Model":
-        """The same model and parameters with other non-linearities (guided backprop, deconvnet)."""
-        return Model(self.spec, self.params, self.spec.module(**activations))
-
-    def preprocess(self, images: Array) -> Array:
-        return self.spec.preprocessing(images)
-
-    def deprocess(self, x: Array) -> Array:
-        return self.spec.preprocessing.invert(x)
-
-    def layer_shapes(self, input_size: int | None = None) -> dict[str, tuple[int, ...]]:
-        return layer_shapes(self.spec, input_size)
-
-
 def layer_shapes(spec: ModelSpec, input_size: int | None = None) -> dict[str, tuple[int, ...]]:
     """Output shape (without batch) of every stage in order, by abstract evaluation (no FLOPs)."""
     size = input_size or spec.input_size
     x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
 
     def run(x):
-        (_, acts), _ = spec.module().init_with_output(jax.random.key(0), x, capture=spec.layer_names)
-        return acts
+        _, state = spec.module().init_with_output(jax.random.key(0), x, capture_intermediates=True)
+        return {name: state["intermediates"][name]["__call__"][0] for name in spec.layer_names}
 
     acts = jax.eval_shape(run, x)
     return {name: tuple(acts[name].shape[1:]) for name in spec.layer_names}

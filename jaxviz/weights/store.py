@@ -14,7 +14,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from jaxviz.errors import WeightsError
-from jaxviz.models.registry import Model, get_spec, list_models
+from jaxviz.models.bundled import BundledModel, bundled_model
+from jaxviz.models.registry import get_spec, list_models
 from jaxviz.weights import porting
 from jaxviz.weights.sources import SOURCES, Source, expected_prefix, weights_dir
 
@@ -108,7 +109,7 @@ def load_params(name: str) -> dict:
     return porting.load_params(path, spec)
 
 
-def load_model(name: str) -> Model:
+def load_model(name: str) -> BundledModel:
     """A ready model: spec, Flax module and verified ported parameters.
 
     Example:
@@ -116,7 +117,7 @@ def load_model(name: str) -> Model:
       >>> logits = jax.jit(model.apply)(model.params, model.preprocess(images))  # (N, 1000)
     """
     spec = get_spec(name)
-    return Model(spec, load_params(name), spec.module())
+    return bundled_model(spec, load_params(name))
 
 
 def default_model() -> str:

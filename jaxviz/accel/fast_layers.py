@@ -1,115 +1,34 @@
-"""Non-linearities with modified backward passes, and a max-pool with a cheap backward pass.
+"""Faster backward passes for the bundled networks on CPU (same values, same gradients).
 
-Guided backprop (Springenberg et al. 2015, "Striving for simplicity") and the deconvnet
-(Zeiler & Fergus 2014, "Visualizing and understanding convolutional networks") differ from the
-gradient only in how the backward signal crosses each ReLU. Both are ``jax.custom_vjp`` functions
-with the ordinary forward pass, injected into a model with ``model.with_activations(relu=...,
-relu6=...)`` — no hooks, no mutation of the user's model:
+- ``max_pool``: a ``custom_vjp`` max-pool whose backward is built from strided slices and pads
+  instead of XLA's ``select_and_scatter``, which is slow on XLA-CPU (measured in
+  ``scripts/bench_attribution.py``). The gradient goes to the first maximum of each window in
+  row-major order, as select-and-scatter does; for post-ReLU inputs ties only occur between
+  zeros, whose ReLU gradient is zero anyway.
+- stride-1 convolutions use kernels precomputed once per run when the params carry them
+  (``with_stored_kernels(params)``, for iterative image optimisation: style, texture):
 
-- gradient:    g_in = g * (x > 0)                        (ReLU6: also * (x < 6))
-- guided:      g_in = g * (x > 0) * (g > 0)              (ReLU6: also * (x < 6))
-- deconvnet:   g_in = g * (g > 0)                        (the same for ReLU6)
+  - the input gradient of a convolution is a convolution with the spatially flipped, in/out-swapped
+    kernel, which XLA otherwise rebuilds from every kernel on every backward pass (4% of a VGG19
+    Gatys step at 256 px);
+  - on CPU, deep 3x3 layers run as Winograd F(2x2, 3x3) convolutions (``jaxviz.accel.winograd``)
+    forward and backward, with their transformed kernels stored too (VGG19 Gatys step 0.43 -> 0.34 s).
 
-``fast_pool_model(model)`` returns the same model (same params, same forward values) whose
-max-pools have a ``custom_vjp`` built from strided slices and pads instead of XLA's
-``select_and_scatter``, which is slow on XLA-CPU (measured in ``scripts/bench_attribution.py``).
-The gradient goes to the first maximum of each window in row-major order, as select-and-scatter
-does; for post-ReLU inputs ties only occur between zeros, whose ReLU gradient is zero anyway.
-
-Its stride-1 convolutions also use kernels precomputed once per run when the params carry them
-(``with_stored_kernels(params)``, for iterative image optimisation: style, texture):
-
-- the input gradient of a convolution is a convolution with the spatially flipped, in/out-swapped
-  kernel, which XLA otherwise rebuilds from every kernel on every backward pass (4% of a VGG19
-  Gatys step at 256 px);
-- on CPU, deep 3x3 layers run as Winograd F(2x2, 3x3) convolutions (``jaxviz.winograd``) forward
-  and backward, with their transformed kernels stored too (VGG19 Gatys step 0.43 -> 0.34 s).
+``FastPoolNet`` is ``SequentialNet`` with both; ``jaxviz.accel.accelerate`` swaps it in.
 """
 from __future__ import annotations
 
 import functools
-from typing import Literal
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxviz.accel.winograd import winograd_conv, winograd_kernel
 from jaxviz.models import layers
-from jaxviz.models.network import SequentialNet, Stage
-from jaxviz.winograd import winograd_conv, winograd_kernel
+from jaxviz.models.network import Lambda, SequentialNet, Stage
 
 Array = jax.Array
-Rule = Literal["gradient", "guided", "deconv"]
-
-
-@jax.custom_vjp
-def guided_relu(x: Array) -> Array:
-    """ReLU whose backward pass is guided backprop's: g * (x > 0) * (g > 0)."""
-    return jax.nn.relu(x)
-
-
-def _guided_relu_fwd(x):
-    return jax.nn.relu(x), x
-
-
-def _guided_relu_bwd(x, g):
-    return (jnp.where((x > 0) & (g > 0), g, jnp.zeros_like(g)),)
-
-
-guided_relu.defvjp(_guided_relu_fwd, _guided_relu_bwd)
-
-
-@jax.custom_vjp
-def guided_relu6(x: Array) -> Array:
-    """ReLU6 whose backward pass is guided: g * (0 < x < 6) * (g > 0)."""
-    return jax.nn.relu6(x)
-
-
-def _guided_relu6_fwd(x):
-    return jax.nn.relu6(x), x
-
-
-def _guided_relu6_bwd(x, g):
-    return (jnp.where((x > 0) & (x < 6) & (g > 0), g, jnp.zeros_like(g)),)
-
-
-guided_relu6.defvjp(_guided_relu6_fwd, _guided_relu6_bwd)
-
-
-@jax.custom_vjp
-def deconv_relu(x: Array) -> Array:
-    """ReLU whose backward pass is the deconvnet's: the ReLU of the incoming signal, g * (g > 0)."""
-    return jax.nn.relu(x)
-
-
-def _deconv_fwd(x):
-    return jax.nn.relu(x), None
-
-
-def _deconv_bwd(_, g):
-    return (jnp.where(g > 0, g, jnp.zeros_like(g)),)
-
-
-deconv_relu.defvjp(_deconv_fwd, _deconv_bwd)
-
-
-@jax.custom_vjp
-def deconv_relu6(x: Array) -> Array:
-    """ReLU6 whose backward pass is the deconvnet's: g * (g > 0) (the forward input is ignored)."""
-    return jax.nn.relu6(x)
-
-
-def _deconv6_fwd(x):
-    return jax.nn.relu6(x), None
-
-
-deconv_relu6.defvjp(_deconv6_fwd, _deconv_bwd)
-
-ACTIVATIONS = {
-    "gradient": {"relu": jax.nn.relu, "relu6": jax.nn.relu6},
-    "guided": {"relu": guided_relu, "relu6": guided_relu6},
-    "deconv": {"relu": deconv_relu, "relu6": deconv_relu6},
-}
 
 
 # ---------------------------------------------------------------- max-pool with a cheap backward
@@ -320,6 +239,10 @@ class _Conv(nn.Module):
         return y + bias
 
 
+def _pool(x: Array, kernel: int, stride: int, ceil_mode: bool) -> Array:
+    return max_pool(x, kernel, stride, ceil_mode)  # custom_vjp: non-differentiable args positional
+
+
 class FastPoolNet(SequentialNet):
     """``SequentialNet`` whose max-pools use :func:`max_pool` and whose stride-1 convolutions use
     precomputed kernels when given them (same parameters, same values to float rounding)."""
@@ -327,34 +250,10 @@ class FastPoolNet(SequentialNet):
     def _run(self, stage: Stage, x: Array) -> Array:
         if stage.kind == "maxpool":
             kernel, stride, ceil_mode = stage.args
-            return max_pool(x, kernel, stride, ceil_mode)
+            return Lambda(functools.partial(_pool, kernel=kernel, stride=stride, ceil_mode=ceil_mode),
+                          name=stage.name)(x)
         if stage.kind == "conv":
             features, kernel, stride, padding = stage.args
             if stride == 1 and padding <= kernel - 1:
                 return _Conv(features, kernel, padding, name=stage.name)(x)
         return super()._run(stage, x)
-
-
-@functools.lru_cache(maxsize=32)
-def _variant(model, rule: str, fast_pool: bool):
-    from jaxviz.models.registry import Model
-    acts = ACTIVATIONS[rule]
-    if fast_pool:
-        return Model(model.spec, model.params, FastPoolNet(model.spec.stages, **acts))
-    return model.with_activations(**acts)
-
-
-def backward_model(model, rule: Rule = "gradient", fast_pool: bool = True):
-    """``model`` with the ReLU/ReLU6 backward ``rule`` and (optionally) the fast max-pool backward.
-
-    The forward pass is unchanged; cached, so the returned model (and its ``apply``) is the same
-    object on every call and jitted functions taking it as a static argument compile once.
-    """
-    if rule not in ACTIVATIONS:
-        raise ValueError(f"unknown backward rule {rule!r}; use one of {', '.join(ACTIVATIONS)}")
-    return _variant(model, rule, bool(fast_pool))
-
-
-def fast_pool_model(model):
-    """``model`` with max-pools whose backward avoids ``select_and_scatter`` (faster on XLA-CPU)."""
-    return backward_model(model, "gradient", True)

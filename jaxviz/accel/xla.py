@@ -1,0 +1,80 @@
+"""Which library XLA-CPU runs convolutions with, chosen per network.
+
+Recent XLA-CPU hands convolutions and matmuls to YNNPACK; its older Eigen path is faster for
+dense convolutions on the x86 CPUs measured here (VGG19 Gatys step 0.46 vs 0.50 s, SqueezeNet
+forward 1.4x, the fast-style network 3x) and slower for depthwise ones (EfficientNet-Lite 0.8x),
+so the choice is made per network, from its traced program (grouped convolutions or not). An
+XLA debug option: applied only where this jax accepts it, only on CPU, and only through a
+top-level ``jax.jit`` (XLA takes no options inside a caller's transformation).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.extend import core as jex_core
+
+Options = tuple[tuple[str, str], ...]
+_EIGEN_CONVOLUTIONS: Options = (("xla_cpu_experimental_ynn_fusion_type", ""),)
+
+
+@functools.lru_cache(maxsize=None)
+def _accepts(options: Options) -> bool:
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(jnp.zeros(())).compile()
+        return True
+    except Exception:  # an older jax without the option (or without compiler_options)
+        return False
+
+
+def compiler_options(dense_convolutions: bool) -> Options:
+    """XLA options (hashable ``((name, value), ...)``) for jitting a function of a network whose
+    convolutions are all dense (``dense_convolutions``); empty off CPU or when not accepted."""
+    if not dense_convolutions or jax.default_backend() != "cpu" or not _accepts(_EIGEN_CONVOLUTIONS):
+        return ()
+    return _EIGEN_CONVOLUTIONS
+
+
+def has_grouped_convolutions(fn: Callable, *args) -> bool:
+    """Whether ``fn(*args)`` runs a grouped (e.g. depthwise) convolution, from its jaxpr."""
+    def walk(jaxpr) -> bool:
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "conv_general_dilated" and (
+                    eqn.params.get("feature_group_count", 1) > 1 or eqn.params.get("batch_group_count", 1) > 1):
+                return True
+            for value in eqn.params.values():
+                for v in value if isinstance(value, (tuple, list)) else (value,):
+                    inner = getattr(v, "jaxpr", v)
+                    if isinstance(inner, jex_core.Jaxpr) and walk(inner):
+                        return True
+        return False
+    return walk(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+def jit(fn: Callable, options: Options = (), **kwargs) -> Callable:
+    """``jax.jit(fn, **kwargs)`` with ``compiler_options`` when there are any."""
+    if options:
+        kwargs["compiler_options"] = dict(options)
+    return jax.jit(fn, **kwargs)
+
+
+def dense_conv_jit(fn: Callable, **kwargs) -> Callable:
+    """``jax.jit`` for a function of a dense-convolution network, as a decorator.
+
+    The compiler options are chosen at the first call (not at import, which must not start a
+    backend). Inside a caller's transformation (``jit``, ``vmap``, ``grad``) this is a plain
+    ``jax.jit``: composable as before.
+    """
+    plain = jax.jit(fn, **kwargs)
+    tuned = []
+
+    @functools.wraps(fn)
+    def call(*args, **kw):
+        if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves((args, kw))):
+            return plain(*args, **kw)
+        if not tuned:
+            tuned.append(jit(fn, compiler_options(True), **kwargs))
+        return tuned[0](*args, **kw)
+    return call

@@ -1,0 +1,251 @@
+"""ReLU backward rules for guided backprop and the deconvnet, applied to any JAX model.
+
+Guided backprop (Springenberg et al. 2015, "Striving for simplicity") and the deconvnet
+(Zeiler & Fergus 2014, "Visualizing and understanding convolutional networks") differ from the
+gradient only in how the backward signal crosses each ReLU:
+
+- gradient:    g_in = g * (x > 0)                        (ReLU6: also * (x < 6))
+- guided:      g_in = g * (x > 0) * (g > 0)              (ReLU6: also * (x < 6))
+- deconvnet:   g_in = g * (g > 0)                        (the same for ReLU6)
+
+Each rule is a ``jax.custom_vjp`` ReLU with the ordinary forward pass. ``with_backward_rule(fn,
+rule)`` puts them into a model without editing it and without hooks: it traces ``fn`` to a jaxpr
+and evaluates it again with every ReLU replaced. A ReLU is ``jax.nn.relu`` / ``flax.linen.relu`` /
+``nnx.relu`` (a ``custom_jvp`` call whose body is ``max(x, 0)``), ``jax.nn.relu6`` (``min(max(x,
+0), 6)``) or a plain ``jnp.maximum(x, 0)``; they are found inside jitted calls, ``scan``, ``cond``
+and ``while`` bodies too. The forward values are unchanged.
+"""
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend import core as jex_core
+
+from jaxviz.errors import JaxvizError
+
+Array = jax.Array
+Rule = Literal["gradient", "guided", "deconv"]
+RULES = ("gradient", "guided", "deconv")
+
+
+@jax.custom_vjp
+def guided_relu(x: Array) -> Array:
+    """ReLU whose backward pass is guided backprop's: g * (x > 0) * (g > 0)."""
+    return jax.nn.relu(x)
+
+
+def _guided_relu_fwd(x):
+    return jax.nn.relu(x), x
+
+
+def _guided_relu_bwd(x, g):
+    return (jnp.where((x > 0) & (g > 0), g, jnp.zeros_like(g)),)
+
+
+guided_relu.defvjp(_guided_relu_fwd, _guided_relu_bwd)
+
+
+@jax.custom_vjp
+def guided_relu6(x: Array) -> Array:
+    """ReLU6 whose backward pass is guided: g * (0 < x < 6) * (g > 0)."""
+    return jax.nn.relu6(x)
+
+
+def _guided_relu6_fwd(x):
+    return jax.nn.relu6(x), x
+
+
+def _guided_relu6_bwd(x, g):
+    return (jnp.where((x > 0) & (x < 6) & (g > 0), g, jnp.zeros_like(g)),)
+
+
+guided_relu6.defvjp(_guided_relu6_fwd, _guided_relu6_bwd)
+
+
+@jax.custom_vjp
+def deconv_relu(x: Array) -> Array:
+    """ReLU whose backward pass is the deconvnet's: the ReLU of the incoming signal, g * (g > 0)."""
+    return jax.nn.relu(x)
+
+
+def _deconv_fwd(x):
+    return jax.nn.relu(x), None
+
+
+def _deconv_bwd(_, g):
+    return (jnp.where(g > 0, g, jnp.zeros_like(g)),)
+
+
+deconv_relu.defvjp(_deconv_fwd, _deconv_bwd)
+
+
+@jax.custom_vjp
+def deconv_relu6(x: Array) -> Array:
+    """ReLU6 whose backward pass is the deconvnet's: g * (g > 0) (the forward input is ignored)."""
+    return jax.nn.relu6(x)
+
+
+def _deconv6_fwd(x):
+    return jax.nn.relu6(x), None
+
+
+deconv_relu6.defvjp(_deconv6_fwd, _deconv_bwd)
+
+ACTIVATIONS: dict[str, dict[str, Callable[[Array], Array]]] = {
+    "gradient": {"relu": jax.nn.relu, "relu6": jax.nn.relu6},
+    "guided": {"relu": guided_relu, "relu6": guided_relu6},
+    "deconv": {"relu": deconv_relu, "relu6": deconv_relu6},
+}
+
+
+# ------------------------------------------------------------------ recognising ReLUs in a jaxpr
+
+def _literal_value(atom) -> float | None:
+    if isinstance(atom, jex_core.Literal):
+        value = np.asarray(atom.val)
+        if value.size == 1:
+            return float(value.reshape(()))
+    return None
+
+
+def _is_max_zero(eqn) -> bool:
+    """``max(x, 0)`` with a literal zero (jnp.maximum(x, 0), the body of jax.nn.relu)."""
+    if eqn.primitive.name != "max" or len(eqn.invars) != 2:
+        return False
+    values = [_literal_value(v) for v in eqn.invars]
+    return values.count(0.0) == 1 and values.count(None) == 1
+
+
+def _body_eqns(jaxpr) -> list:
+    """The equations of ``jaxpr``, with trivial jit wrappers (one pjit eqn) opened."""
+    eqns = list(jaxpr.eqns)
+    while len(eqns) == 1 and eqns[0].primitive.name in ("pjit", "jit", "closed_call"):
+        inner = eqns[0].params.get("jaxpr") or eqns[0].params.get("call_jaxpr")
+        eqns = list(getattr(inner, "jaxpr", inner).eqns)
+    return eqns
+
+
+def relu_kind(eqn) -> str | None:
+    """'relu' or 'relu6' if the equation is one of the ReLUs this module replaces, else None."""
+    if _is_max_zero(eqn):
+        return "relu"
+    if eqn.primitive.name != "custom_jvp_call":
+        return None
+    body = eqn.params["call_jaxpr"]
+    eqns = _body_eqns(getattr(body, "jaxpr", body))
+    if len(eqns) == 1 and _is_max_zero(eqns[0]):
+        return "relu"
+    if (len(eqns) == 2 and _is_max_zero(eqns[0]) and eqns[1].primitive.name == "min"
+            and sorted(str(_literal_value(v)) for v in eqns[1].invars) == ["6.0", "None"]):
+        return "relu6"
+    return None
+
+
+_CALLS = ("pjit", "jit", "closed_call", "core_call", "remat", "checkpoint")
+
+
+def _sub_jaxprs(eqn) -> list:
+    subs = []
+    for value in eqn.params.values():
+        for v in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(v, (jex_core.ClosedJaxpr, jex_core.Jaxpr)):
+                subs.append(v)
+    return subs
+
+
+def _contains_relu(jaxpr) -> bool:
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    for eqn in jaxpr.eqns:
+        if relu_kind(eqn):
+            return True
+        if eqn.primitive.name != "custom_jvp_call" and any(_contains_relu(s) for s in _sub_jaxprs(eqn)):
+            return True
+    return False
+
+
+# ------------------------------------------------------------------ the rewriting interpreter
+
+class _Counter:
+    def __init__(self):
+        self.count = 0
+
+
+def _eval(jaxpr, consts, args, activations: dict, counter: _Counter) -> list:
+    """Evaluate ``jaxpr`` with every ReLU replaced by ``activations[kind]``."""
+    env: dict = {}
+
+    def read(v):
+        return v.val if isinstance(v, jex_core.Literal) else env[v]
+
+    for var, value in zip(jaxpr.constvars, consts):
+        env[var] = value
+    for var, value in zip(jaxpr.invars, args):
+        env[var] = value
+    for eqn in jaxpr.eqns:
+        invals = [read(v) for v in eqn.invars]
+        kind = relu_kind(eqn)
+        name = eqn.primitive.name
+        if kind is not None:
+            x = next(v for v, a in zip(invals, eqn.invars) if _literal_value(a) is None) \
+                if name == "max" else invals[0]
+            counter.count += 1
+            env[eqn.outvars[0]] = activations[kind](x)
+            continue
+        elif name in _CALLS and _contains_relu(_sub_jaxprs(eqn)[0]):
+            inner = _sub_jaxprs(eqn)[0]
+            closed = inner if isinstance(inner, jex_core.ClosedJaxpr) else jex_core.ClosedJaxpr(inner, ())
+            for var, value in zip(eqn.outvars, _eval(closed.jaxpr, closed.consts, invals, activations, counter)):
+                env[var] = value
+            continue
+        elif name != "custom_jvp_call" and any(_contains_relu(s) for s in _sub_jaxprs(eqn)):
+            params = {k: _rewrite_param(v, activations, counter) for k, v in eqn.params.items()}
+            outs = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(params))
+        else:
+            outs = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
+        if not eqn.primitive.multiple_results:
+            outs = [outs]
+        for var, value in zip(eqn.outvars, outs):
+            env[var] = value
+    return [read(v) for v in jaxpr.outvars]
+
+
+def _rewrite_param(value, activations: dict, counter: _Counter):
+    """Sub-jaxprs of control flow (scan, cond branches, while) with their ReLUs replaced."""
+    if isinstance(value, (tuple, list)):
+        return type(value)(_rewrite_param(v, activations, counter) for v in value)
+    if isinstance(value, jex_core.ClosedJaxpr) and _contains_relu(value):
+        avals = [v.aval for v in value.jaxpr.invars]
+        fn = lambda *args: _eval(value.jaxpr, value.consts, args, activations, counter)  # noqa: E731
+        return jax.make_jaxpr(fn)(*[jax.ShapeDtypeStruct(a.shape, a.dtype) for a in avals])
+    if isinstance(value, jex_core.Jaxpr) and _contains_relu(value):
+        raise JaxvizError("a ReLU inside this kind of control flow cannot be given another backward rule")
+    return value
+
+
+def with_backward_rule(fn: Callable, rule: Rule) -> Callable:
+    """``fn`` (any pure JAX function) with every ReLU/ReLU6 given the backward ``rule``.
+
+    The forward values are those of ``fn``; only gradients change. Tracing happens at call time
+    (inside a caller's ``jit`` once per compilation).
+
+    Raises:
+      JaxvizError: an unknown rule, or (for guided/deconv) a function without any ReLU to replace.
+    """
+    if rule not in RULES:
+        raise JaxvizError(f"unknown backward rule {rule!r}; use one of {', '.join(RULES)}")
+    if rule == "gradient":
+        return fn
+    activations = ACTIVATIONS[rule]
+
+    def rewritten(*args):
+        closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
+        counter = _Counter()
+        flat = _eval(closed.jaxpr, closed.consts, jax.tree_util.tree_leaves(args), activations, counter)
+        if counter.count == 0:
+            raise JaxvizError(f"{rule} backprop needs ReLU or ReLU6 non-linearities, and this model has none "
+                              "(looked for jax.nn.relu, flax's relu, jax.nn.relu6 and jnp.maximum(x, 0))")
+        return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_shape), flat)
+    return rewritten

@@ -1,0 +1,380 @@
+"""The model interface: everything a technique may ask of a model, whoever wrote it.
+
+A ``Model`` wraps a network and its variables (``model.params``) and answers, as pure, jittable
+functions of ``(params, x)`` on preprocessed NHWC images ``x`` (N, H, W, 3):
+
+- ``apply(params, x)``: the output (logits (N, classes) for a classifier);
+- ``activations(params, x, layers)`` / ``activation(params, x, layer)``: named layers' outputs,
+  running the network only as far as the last of them;
+- ``run(params, x, capture=, inject=)``: both at once, with the outputs of named layers REPLACED
+  by given arrays (``inject={layer: a}``), so the gradient with respect to any layer is one
+  ``jax.grad`` over ``a``; under ``jit``, work that only fed a replaced layer is dead code;
+- ``with_backward("guided" | "deconv")``: the same network whose ReLU/ReLU6 backward rule is
+  replaced (``jaxviz.interface.backward``), for guided backprop and the deconvnet;
+
+and declares its facts: ``preprocessing`` (pixel range, mean/std, channel order: hence the valid
+pixel box), ``input_size``, ``num_classes`` and ``labels``, layer names and shapes, aliases, the
+default feature layer, and where known each layer's receptive field and the per-layer structure
+that incremental occlusion uses.
+
+Adapters build one from a plain ``apply_fn(params, x)`` (no named layers), a ``flax.linen``
+module and its variables (layers = module paths, ``"block1/conv"``), a ``flax.nnx`` module (layers
+= attribute paths, ``"block1.conv"``); the bundled networks are linen models with more facts.
+A model is hashable by identity, so it can be a static argument of ``jax.jit``.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxviz.errors import JaxvizError
+from jaxviz.interface.backward import RULES, Rule, with_backward_rule
+from jaxviz.interface.geometry import ReceptiveField
+from jaxviz.interface.preprocessing import IDENTITY, Preprocessing
+
+Array = jax.Array
+PyTree = Any
+ALL = "*"  # capture every layer (for listing names and shapes)
+_PROBE = 224  # probe size for models that declare no input size
+
+
+class StopForward(Exception):
+    """Raised inside a forward pass once every requested activation is captured."""
+
+
+class Model:
+    """A network, its variables and its facts (see the module docstring).
+
+    Subclasses implement ``_forward``; everything else is shared.
+    """
+
+    def __init__(self, params: PyTree, *, name: str = "model", preprocessing: Preprocessing | None = None,
+                 input_size: int | tuple[int, int] | None = None, num_classes: int | None = None,
+                 labels: Sequence[str] | None = None, aliases: Mapping[str, str] | None = None,
+                 feature_layer: str | None = None, cam_layer: str | None = None,
+                 description: str = "", paper: str = ""):
+        self.params = params
+        self.name = name
+        self.preprocessing = preprocessing or IDENTITY
+        self.input_size = input_size
+        self._num_classes = num_classes
+        self.labels = tuple(labels) if labels is not None else None
+        self.aliases = dict(aliases or {})
+        self._feature_layer = feature_layer
+        self.cam_layer = cam_layer
+        self.description = description
+        self.paper = paper
+        # XLA options for jitting functions of this model (set by jaxviz.accel; empty: none)
+        self.compiler_options: tuple[tuple[str, str], ...] = ()
+        self._derived: dict = {}
+        self._probes: dict = {}
+        self._repeated: set[str] = set()  # modules that run more than once per pass: not layers
+
+    # ------------------------------------------------------------------ what adapters provide
+
+    def _forward(self, params: PyTree, x: Array, capture: tuple[str, ...] | str,
+                 inject: Mapping[str, Array], stop_after: frozenset[str]) -> tuple[Array | None, dict]:
+        """Run the network on ``x``; outputs of layers in ``inject`` are replaced by the given
+        arrays; outputs of layers in ``capture`` (or all, for ``ALL``) are returned by name in
+        the order they complete; once every layer of ``stop_after`` is done, the pass may stop
+        (``StopForward``) and the output is None."""
+        raise NotImplementedError
+
+    @property
+    def has_layers(self) -> bool:
+        """Whether layers can be named (False for a plain ``apply_fn``)."""
+        return True
+
+    # ------------------------------------------------------------------ the pure functions
+
+    def run(self, params: PyTree, x: Array, *, capture: Sequence[str] = (),
+            inject: Mapping[str, Array] | None = None, output: bool = True) -> tuple[Array | None, dict[str, Array]]:
+        """(output or None, {layer: activation}) of preprocessed ``x`` (N, H, W, 3).
+
+        Args:
+          capture: layer names (aliases allowed) whose outputs to return, keyed as given.
+          inject: {layer: array} replacing those layers' outputs (same shapes).
+          output: False stops the pass after the last captured layer (output None).
+        """
+        names = {c: self.resolve_layer(c) for c in capture}
+        inject = {self.resolve_layer(k): v for k, v in (inject or {}).items()}
+        stop = frozenset(names.values()) if not output and names else frozenset()
+        out, captured = self._forward(params, x, tuple(dict.fromkeys(names.values())), inject, stop)
+        missing = [c for c, n in names.items() if n not in captured]
+        if missing:
+            raise JaxvizError(f"layer(s) {', '.join(missing)} did not run in {self.name}'s forward pass")
+        return out, {c: captured[n] for c, n in names.items()}
+
+    def apply(self, params: PyTree, x: Array) -> Array:
+        """The network's output for preprocessed ``x`` (N, H, W, 3): logits (N, classes) for a classifier."""
+        return self.run(params, x)[0]
+
+    def activations(self, params: PyTree, x: Array, layers: Sequence[str]) -> dict[str, Array]:
+        """{layer: output} of the named layers, running only as far as the last of them."""
+        return self.run(params, x, capture=tuple(layers), output=False)[1]
+
+    def activation(self, params: PyTree, x: Array, layer: str) -> Array:
+        """The output of one named layer, e.g. (N, h, w, C)."""
+        return self.activations(params, x, (layer,))[layer]
+
+    def inject(self, params: PyTree, x: Array, layer: str, value: Array) -> Array:
+        """The network's output with ``layer``'s output replaced by ``value``."""
+        return self.run(params, x, inject={layer: value})[0]
+
+    def preprocess(self, images01: Array) -> Array:
+        """(N, H, W, 3) RGB in [0, 1] -> model input."""
+        return self.preprocessing(images01)
+
+    def deprocess(self, x: Array) -> Array:
+        """Model input -> RGB in [0, 1] (not clipped)."""
+        return self.preprocessing.invert(x)
+
+    def valid_range(self) -> tuple[np.ndarray, np.ndarray]:
+        """(lo, hi), each (3,): the box of valid pixels in model-input space."""
+        return self.preprocessing.valid_range()
+
+    def prepare_params(self, params: PyTree) -> PyTree:
+        """Params for many evaluations in a row (an image optimisation): the same values, maybe
+        with precomputed forms (``jaxviz.accel`` stores transformed kernels); identity here."""
+        return params
+
+    # ------------------------------------------------------------------ derived models
+
+    def with_backward(self, rule: Rule) -> "Model":
+        """The same model whose ReLU/ReLU6 backward rule is ``rule`` ("gradient", "guided",
+        "deconv"); forward values unchanged. Cached: the same object on every call."""
+        if rule not in RULES:
+            raise JaxvizError(f"unknown backward rule {rule!r}; use one of {', '.join(RULES)}")
+        if rule == "gradient":
+            return self
+        key = ("backward", rule)
+        if key not in self._derived:
+            base = self._forward
+
+            def forward(params, x, capture, inject, stop_after):
+                names = tuple(inject)
+
+                def fn(p, xx, values):
+                    return base(p, xx, capture, dict(zip(names, values)), stop_after)
+                return with_backward_rule(fn, rule)(params, x, tuple(inject[n] for n in names))
+            self._derived[key] = self.derive(_forward=forward)
+        return self._derived[key]
+
+    def derive(self, **attributes) -> "Model":
+        """A shallow copy with some attributes replaced (for adapters and ``jaxviz.accel``)."""
+        other = copy.copy(self)
+        other._derived = {}
+        other._probes = self._probes
+        other._repeated = self._repeated
+        for k, v in attributes.items():
+            setattr(other, k, v)
+        return other
+
+    # ------------------------------------------------------------------ layers
+
+    def _probe(self, size: tuple[int, int]) -> tuple[Any, dict]:
+        """Shapes of the output and of every layer (abstract evaluation: no FLOPs)."""
+        if size not in self._probes:
+            x = jax.ShapeDtypeStruct((1,) + tuple(size) + (3,), jnp.float32)
+            order: list[str] = []
+
+            def forward(p, x):
+                out, acts = self._forward(p, x, ALL, {}, frozenset())
+                order.extend(acts)  # completion order (eval_shape returns dicts sorted by key)
+                return out, acts
+            try:
+                out, acts = jax.eval_shape(forward, self.params, x)
+                self._probes[size] = out, {name: acts[name] for name in order if name not in self._repeated}
+            except JaxvizError:
+                raise
+            except Exception as e:
+                raise JaxvizError(f"{self.name} does not run on a 1x{size[0]}x{size[1]}x3 input "
+                                  f"({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                                  "declare its input_size") from None
+        return self._probes[size]
+
+    def input_hw(self, size: int | tuple[int, int] | None = None) -> tuple[int, int]:
+        """(H, W) of ``size`` or of the declared input size (224 x 224 if none is declared)."""
+        size = size if size is not None else self.input_size if self.input_size is not None else _PROBE
+        h, w = (size, size) if isinstance(size, (int, np.integer)) else size
+        return int(h), int(w)
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        """Every named layer, in the order the forward pass completes them."""
+        if not self.has_layers:
+            return ()
+        return tuple(self._probe(self.input_hw())[1])
+
+    def layer_shapes(self, size: int | tuple[int, int] | None = None) -> dict[str, tuple[int, ...]]:
+        """{layer: output shape without the batch axis} at input ``size`` (default: the input size)."""
+        if not self.has_layers:
+            return {}
+        acts = self._probe(self.input_hw(size))[1]
+        return {name: tuple(a.shape[1:]) for name, a in acts.items() if hasattr(a, "shape")}
+
+    def output_shape(self, size: int | tuple[int, int] | None = None) -> tuple[int, ...]:
+        """Shape of the output without the batch axis."""
+        if not self.has_layers:
+            x = jax.ShapeDtypeStruct((1,) + self.input_hw(size) + (3,), jnp.float32)
+            return tuple(jax.eval_shape(lambda p, x: self.apply(p, x), self.params, x).shape[1:])
+        return tuple(self._probe(self.input_hw(size))[0].shape[1:])
+
+    @property
+    def num_classes(self) -> int | None:
+        """Classes of a classifier (declared, or the size of a 2-D output); None otherwise."""
+        if self._num_classes is None and not hasattr(self, "_classes_probed"):
+            self._classes_probed = True
+            try:
+                shape = self.output_shape()
+                self._num_classes = shape[0] if len(shape) == 1 else None
+            except JaxvizError:
+                self._num_classes = None
+        return self._num_classes
+
+    def resolve_layer(self, name: str) -> str:
+        """The canonical name of a layer given by name or alias; a clear error listing close names.
+
+        ``/`` and ``.`` are interchangeable as separators of a module path.
+        """
+        if not self.has_layers:
+            raise JaxvizError(f"{self.name} is a plain apply_fn without named layers: wrap a flax.linen or "
+                              "flax.nnx module (jaxviz.from_linen / jaxviz.from_nnx) to use a layer")
+        name = str(name)
+        if name in self.aliases:
+            return self.aliases[name]
+        known = self.layer_names
+        for variant in (name, name.replace(".", "/"), name.replace("/", ".")):
+            if variant in self._repeated:
+                raise JaxvizError(f"layer {variant} of {self.name} runs more than once in one forward pass "
+                                  "(shared weights); name a module that runs once")
+        if name in known:
+            return name
+        for variant in (name.replace(".", "/"), name.replace("/", ".")):
+            if variant in known:
+                return variant
+        candidates = list(known) + list(self.aliases)
+        close = difflib.get_close_matches(name, candidates, n=4, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else \
+            f"; known layers: {', '.join(candidates[:12])}{' ...' if len(candidates) > 12 else ''}"
+        raise JaxvizError(f"unknown layer {name!r} for model {self.name}{hint}")
+
+    def layer_order(self, names: Sequence[str]) -> list[str]:
+        """Resolved ``names`` sorted by when the forward pass completes them."""
+        order = {n: i for i, n in enumerate(self.layer_names)}
+        return sorted((self.resolve_layer(n) for n in names), key=order.__getitem__)
+
+    @property
+    def feature_layer(self) -> str:
+        """The layer Grad-CAM and friends use by default: the declared one, else the last layer
+        with a spatial (h, w, C) output larger than 1 x 1."""
+        if self._feature_layer:
+            return self._feature_layer
+        spatial = [n for n, s in self.layer_shapes().items() if len(s) == 3 and s[0] * s[1] > 1]
+        if not spatial:
+            raise JaxvizError(f"{self.name} has no layer with a spatial output; name one with layer=")
+        return spatial[-1]
+
+    def receptive_fields(self, size: int | tuple[int, int] | None = None) -> dict[str, ReceptiveField] | None:
+        """{layer: ReceptiveField} where the architecture's geometry is known; None otherwise
+        (``jaxviz.patches.measured_field`` measures one from gradient support)."""
+        return None
+
+    def smallest_input(self, layer: str, limit: int = 1024) -> int:
+        """The smallest square input size at which ``layer``'s output is not empty."""
+        layer = self.resolve_layer(layer)
+        lo, hi = 1, limit
+        if not self._nonempty(layer, hi):
+            raise JaxvizError(f"layer {layer} of {self.name} is empty even at {hi} px")
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self._nonempty(layer, mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    def _nonempty(self, layer: str, size: int) -> bool:
+        try:
+            shape = self.layer_shapes(size).get(layer)
+        except JaxvizError:
+            return False
+        return shape is not None and math.prod(shape) > 0
+
+    # ------------------------------------------------------------------ parameters per layer
+
+    def layer_params(self, params: PyTree, layer: str) -> PyTree | None:
+        """The parameters owned by ``layer`` (a subtree of ``params``), or None if it has none."""
+        return None
+
+    def replace_layer_params(self, params: PyTree, layer: str, new: PyTree) -> PyTree:
+        """``params`` with ``layer``'s parameters replaced by ``new`` (same structure)."""
+        raise JaxvizError(f"{self.name} does not expose per-layer parameters")
+
+    # ------------------------------------------------------------------ incremental occlusion
+
+    @property
+    def incremental_stages(self) -> tuple | None:
+        """The per-layer structure incremental occlusion needs (bundled networks), else None."""
+        return None
+
+    def __repr__(self) -> str:
+        return f"<jaxviz {type(self).__name__} {self.name}>"
+
+
+class ApplyFnModel(Model):
+    """A model known only by ``apply_fn(params, x) -> output``: no named layers."""
+
+    def __init__(self, apply_fn: Callable[[PyTree, Array], Array], params: PyTree, **facts):
+        facts.setdefault("name", getattr(apply_fn, "__name__", "apply_fn"))
+        super().__init__(params, **facts)
+        self.apply_fn = apply_fn
+
+    @property
+    def has_layers(self) -> bool:
+        return False
+
+    def _forward(self, params, x, capture, inject, stop_after):
+        if capture or inject:
+            self.resolve_layer(next(iter(inject or capture)) if (inject or capture) != ALL else "")
+        return self.apply_fn(params, x), {}
+
+
+def from_apply_fn(apply_fn: Callable[[PyTree, Array], Array], params: PyTree, **facts) -> Model:
+    """A ``Model`` from ``apply_fn(params, x) -> logits`` (input-gradient techniques, batched
+    occlusion, attacks, class visualisation; techniques that need a layer say so).
+
+    ``facts``: ``name``, ``preprocessing``, ``input_size``, ``num_classes``, ``labels``, ...
+    """
+    return ApplyFnModel(apply_fn, params, **facts)
+
+
+def as_model(model, params: PyTree | None = None) -> Model:
+    """A ``Model`` as is; a bound ``Model.apply`` as its model; any other callable as a plain
+    ``apply_fn`` model with ``params``."""
+    if isinstance(model, Model):
+        return model
+    owner = getattr(model, "__self__", None)
+    if isinstance(owner, Model) and getattr(model, "__name__", "") == "apply":
+        return owner
+    if callable(model):
+        return _apply_fn_model(model)
+    raise JaxvizError(f"expected a jaxviz Model or an apply_fn, got {type(model).__name__}")
+
+
+_APPLY_FN_MODELS: dict = {}
+
+
+def _apply_fn_model(fn: Callable) -> Model:
+    # one Model per function, so that jitted techniques taking it as static compile once
+    if fn not in _APPLY_FN_MODELS:
+        if len(_APPLY_FN_MODELS) > 64:
+            _APPLY_FN_MODELS.clear()
+        _APPLY_FN_MODELS[fn] = ApplyFnModel(fn, None)
+    return _APPLY_FN_MODELS[fn]

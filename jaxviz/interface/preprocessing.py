@@ -1,0 +1,52 @@
+"""What a model expects as input: channel order, pixel range, mean and standard deviation.
+
+Techniques work on *model-input* arrays ``x = preprocess(images01)``; attacks and image
+optimisation need the box of valid pixels in that space (``valid_range``), and figures need the
+way back (``invert``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """x_model = (x[..., order] * scale - mean) / std for RGB images x in [0, 1], NHWC."""
+
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    scale: float = 1.0
+    bgr: bool = False
+
+    def __call__(self, images: Array) -> Array:
+        """(N, H, W, 3) RGB in [0, 1] -> model input."""
+        x = images[..., ::-1] if self.bgr else images
+        return (x * self.scale - jnp.asarray(self.mean, x.dtype)) / jnp.asarray(self.std, x.dtype)
+
+    def invert(self, x: Array) -> Array:
+        """Exact inverse: model input -> RGB in [0, 1] (not clipped)."""
+        x = (x * jnp.asarray(self.std, x.dtype) + jnp.asarray(self.mean, x.dtype)) / self.scale
+        return x[..., ::-1] if self.bgr else x
+
+    def valid_range(self) -> tuple[np.ndarray, np.ndarray]:
+        """(lo, hi), each (3,) float32 in model channel order: the preprocessing of [0, 1]."""
+        lo = np.asarray(self(jnp.zeros((1, 1, 1, 3), jnp.float32))).reshape(3)
+        hi = np.asarray(self(jnp.ones((1, 1, 1, 3), jnp.float32))).reshape(3)
+        return np.minimum(lo, hi), np.maximum(lo, hi)
+
+    def describe(self) -> str:
+        order = "BGR" if self.bgr else "RGB"
+        rng = "0-255" if self.scale == 255 else "[0,1]" if self.scale == 1 else f"[0,{self.scale:g}]"
+        return f"{order} {rng}, mean {self.mean}, std {self.std}"
+
+
+IDENTITY = Preprocessing()  # RGB in [0, 1], as is
+TORCHVISION = Preprocessing(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+CAFFE = Preprocessing(mean=(103.939, 116.779, 123.68), std=(1.0, 1.0, 1.0), scale=255.0, bgr=True)
+LITE = Preprocessing(mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0), scale=255.0)

@@ -1,0 +1,175 @@
+"""The model interface on every adapter: activations, injection, backward rules, facts, errors."""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxviz.errors import JaxvizError
+from jaxviz.interface import TORCHVISION, as_model, from_apply_fn, from_linen, with_backward_rule
+from jaxviz.interface.backward import deconv_relu, guided_relu
+from tests.conftest import make_tiny_model
+from tests.user_models import LinenCNN, apply_fn_model, linen_model, nnx_model
+
+SIGNS = jnp.array([1.0, -1.0, 0.5, -2.0, 1.0, -0.5, 1.5])
+X = np.random.default_rng(0).normal(size=(2, 16, 20, 3)).astype(np.float32)  # non-square, batch 2
+
+
+def test_linen_activations_equal_flax_capture_intermediates():
+    model = linen_model()
+    _, state = model.module.apply(model.params, X, capture_intermediates=True, mutable=["intermediates"])
+    acts = model.activations(model.params, X, ["stem", "block/conv1", "block"])
+    inter = state["intermediates"]
+    np.testing.assert_array_equal(acts["stem"], inter["stem"]["__call__"][0])
+    np.testing.assert_array_equal(acts["block/conv1"], inter["block"]["conv1"]["__call__"][0])
+    np.testing.assert_array_equal(acts["block"], inter["block"]["__call__"][0])
+    assert model.resolve_layer("block.conv1") == "block/conv1"  # either separator
+
+
+def test_nnx_activations_equal_a_hand_run():
+    model = nnx_model()
+    from flax import nnx
+    copy = nnx.merge(model.graphdef, model.params)
+    copy.eval()
+    stem = copy.stem(jnp.asarray(X))
+    first = jax.nn.relu(copy.layers[0](nnx.relu(copy.bn(stem))))
+    acts = model.activations(model.params, X, ["stem", "layers.0"])
+    np.testing.assert_allclose(acts["stem"], stem, rtol=1e-6)
+    np.testing.assert_allclose(jax.nn.relu(acts["layers.0"]), first, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(model.apply(model.params, X), copy(jnp.asarray(X)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("make, layer", [(linen_model, "block"), (nnx_model, "layers.1"),
+                                         (make_tiny_model, "features.4")])
+def test_injecting_the_activation_reproduces_the_output(make, layer):
+    model = make()
+    acts = model.activation(model.params, X, layer)
+    np.testing.assert_allclose(model.inject(model.params, X, layer, acts), model.apply(model.params, X),
+                               rtol=1e-6, atol=1e-6)
+    # and injecting something else changes it: the injected array is really used
+    assert not np.allclose(model.inject(model.params, X, layer, acts * 2), model.apply(model.params, X))
+
+
+def test_gradient_at_a_layer_equals_finite_differences_of_the_injected_array():
+    model = linen_model()
+    acts = model.activation(model.params, X, "block")
+    f = jax.jit(lambda a: model.inject(model.params, X, "block", a)[:, 2].sum())
+    g = jax.grad(f)(acts)
+    rng = np.random.default_rng(1)
+    for flat in rng.choice(acts.size, 6, replace=False):
+        e = np.zeros(acts.size, np.float32)
+        e[flat] = 1e-2
+        e = e.reshape(acts.shape)
+        numeric = (f(acts + e) - f(acts - e)) / 2e-2
+        np.testing.assert_allclose(g.reshape(-1)[flat], numeric, rtol=2e-2, atol=1e-4)
+
+
+def test_activations_stop_early_and_work_under_jit_and_vmap():
+    model = linen_model()
+    jitted = jax.jit(lambda p, x: model.activation(p, x, "stem"))(model.params, X)
+    per_image = jax.vmap(lambda x: model.activation(model.params, x[None], "stem")[0])(jnp.asarray(X))
+    np.testing.assert_allclose(jitted, per_image, rtol=1e-6, atol=1e-6)
+    # stopping after the stem: the head never runs, so nothing after it is in the program
+    jaxpr = jax.make_jaxpr(lambda x: model.activation(model.params, x, "stem"))(X)
+    assert "dot_general" not in str(jaxpr)
+
+
+def test_layer_names_shapes_and_facts():
+    model = linen_model()
+    assert model.layer_names == ("stem", "block/conv1", "block/bn", "block/conv2", "block", "head")
+    assert model.layer_shapes((16, 20))["block"] == (8, 10, 8)
+    assert model.num_classes == 5 and model.feature_layer == "block"
+    lo, hi = model.valid_range()
+    np.testing.assert_allclose(lo, TORCHVISION(jnp.zeros((1, 1, 1, 3))).reshape(3), rtol=1e-6)
+    assert hi[0] > lo[0]
+    assert model.smallest_input("block") == 1
+
+
+def test_guided_rule_replaces_plain_relu_calls_and_equals_the_rule_by_hand():
+    def net(w, x):  # jax.nn.relu, flax's relu and jnp.maximum, one inside a jit and a scan
+        h = jax.jit(jax.nn.relu)(x * w[0])
+        h = nn.relu(h - 0.3) + jnp.maximum(h * w[1], 0.0)
+
+        def body(c, _):
+            return jax.nn.relu(c * w[2] - 0.1), None
+        h, _ = jax.lax.scan(body, h, None, length=2)
+        return h @ SIGNS  # mixed signs: the rules differ from the gradient
+
+    def by_hand(w, x, relu):
+        h = relu(x * w[0])
+        h = relu(h - 0.3) + relu(h * w[1])
+        for _ in range(2):
+            h = relu(h * w[2] - 0.1)
+        return h @ SIGNS
+
+    w = jnp.array([1.3, -0.7, 0.9])
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(7,)), jnp.float32)
+    for rule, relu in (("guided", guided_relu), ("deconv", deconv_relu)):
+        fn = with_backward_rule(net, rule)
+        np.testing.assert_allclose(fn(w, x), net(w, x), rtol=1e-6)
+        np.testing.assert_allclose(jax.grad(fn, 1)(w, x), jax.grad(lambda x: by_hand(w, x, relu))(x), rtol=1e-6)
+        assert not np.allclose(jax.grad(fn, 1)(w, x), jax.grad(net, 1)(w, x))
+
+
+def test_guided_on_user_models_equals_hand_rule_on_a_linen_model():
+    model = linen_model()
+    guided = model.with_backward("guided")
+    assert guided is model.with_backward("guided")  # cached: one compile as a static argument
+    g = jax.grad(lambda x: guided.apply(guided.params, x)[:, 1].sum())(jnp.asarray(X))
+
+    class HandGuided(LinenCNN):  # the same network written with guided ReLUs by hand
+        pass
+    # rewrite flax's relu inside the module by swapping the function itself
+    import tests.user_models as um
+    saved = um.nn.relu
+    try:
+        um.nn.relu = guided_relu
+        hand = jax.grad(lambda x: um.LinenCNN().apply(model.params, x)[:, 1].sum())(jnp.asarray(X))
+    finally:
+        um.nn.relu = saved
+    np.testing.assert_allclose(g, hand, rtol=1e-5, atol=1e-7)
+    for make in (nnx_model, make_tiny_model):
+        m = make().with_backward("deconv")
+        assert np.isfinite(np.asarray(jax.grad(lambda x: m.apply(m.params, x).sum())(jnp.asarray(X)))).all()
+
+
+def test_plain_apply_fn_model_says_what_it_cannot_do():
+    model = apply_fn_model()
+    assert model.apply(model.params, X).shape == (2, 5) and model.num_classes == 5
+    with pytest.raises(JaxvizError, match="without named layers"):
+        model.activation(model.params, X, "conv")
+    relu_free = from_apply_fn(lambda p, x: x.mean((1, 2)) @ p, jnp.ones((3, 4)))
+    with pytest.raises(JaxvizError, match="needs ReLU"):
+        relu_free.with_backward("guided").apply(relu_free.params, X)
+
+
+def test_unknown_layer_lists_close_names_and_bound_apply_maps_back():
+    model = linen_model()
+    with pytest.raises(JaxvizError, match="did you mean block/conv1"):
+        model.resolve_layer("blok/conv1")
+    assert as_model(model.apply) is model
+    with pytest.raises(JaxvizError, match="backward rule"):
+        model.with_backward("hooks")
+
+
+def test_a_module_called_twice_is_refused_as_a_layer():
+    class Shared(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            conv = nn.Conv(3, (3, 3), name="shared")
+            return conv(jax.nn.relu(conv(x))).mean((1, 2))
+    module = Shared()
+    model = from_linen(module, module.init(jax.random.key(0), X))
+    with pytest.raises(JaxvizError, match="runs more than once"):
+        model.activation(model.params, X, "shared")
+
+
+def test_layer_params_and_replacing_them():
+    for model, layer in ((linen_model(), "block/conv1"), (nnx_model(), "layers.0"), (make_tiny_model(), "features.3")):
+        p = model.layer_params(model.params, layer)
+        zeroed = model.replace_layer_params(model.params, layer, jax.tree_util.tree_map(jnp.zeros_like, p))
+        leaves = jax.tree_util.tree_leaves(model.layer_params(zeroed, layer))
+        assert leaves and all(float(jnp.abs(v).max()) == 0 for v in leaves)
+        assert not np.allclose(model.apply(zeroed, X), model.apply(model.params, X))
