@@ -1,7 +1,10 @@
 """Loading images (files or named samples) as float RGB arrays in [0, 1], NHWC, and writing them.
 
 Any Pillow-readable file works: grey, palette, RGBA (composited on white), 16-bit (scaled, not
-clipped), EXIF-rotated. Model-specific normalisation lives with the model
+clipped); EXIF orientation on request (``exif=True``). Images of another shape are fitted with
+the model's standard evaluation transform (``EvalTransform``: torchvision's Resize(256) +
+CenterCrop(224) for torchvision models, equal to torchvision's own pipeline on the ImageNet
+sample), or stretched. Model-specific normalisation lives with the model
 (``ModelSpec.preprocessing``); this module only decodes, fits to size and encodes.
 """
 from __future__ import annotations
@@ -10,14 +13,18 @@ import os
 from pathlib import Path
 from typing import Callable, Literal, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from jaxviz.errors import JaxvizError
+from jaxviz.interface.preprocessing import TORCHVISION_EVAL, EvalTransform
 
 # Refuse images above this many pixels (a decompression bomb, or a mistake): 10k x 10k.
 MAX_PIXELS = 100_000_000
-Fit = Literal["stretch", "crop"]
+Fit = Literal["eval", "stretch", "crop"]
+FITS = ("eval", "stretch", "crop")
 
 
 def _skimage(name: str) -> Callable[[], np.ndarray]:
@@ -60,7 +67,7 @@ def _to_float_rgb(pixels: np.ndarray) -> np.ndarray:
     return np.clip(x, 0.0, 1.0)
 
 
-def _read_file(path: Path) -> np.ndarray:
+def _read_file(path: Path, exif: bool = False) -> np.ndarray:
     if not path.exists():
         raise JaxvizError(f"no such image file: {path}")
     if path.is_dir():
@@ -70,7 +77,8 @@ def _read_file(path: Path) -> np.ndarray:
             if img.width * img.height > MAX_PIXELS:
                 raise JaxvizError(f"image too large: {path} is {img.width}x{img.height} "
                                   f"(limit {MAX_PIXELS // 1_000_000} megapixels)")
-            img = ImageOps.exif_transpose(img)
+            if exif:
+                img = ImageOps.exif_transpose(img)
             if img.mode == "P":
                 img = img.convert("RGBA")
             elif img.mode == "CMYK" or img.mode == "YCbCr" or img.mode == "LAB":
@@ -88,54 +96,93 @@ def _read_file(path: Path) -> np.ndarray:
 
 
 def load_image(source: str | os.PathLike, size: int | tuple[int, int] | None = None,
-               fit: Fit = "stretch") -> np.ndarray:
+               fit: Fit = "eval", transform: EvalTransform | None = None, exif: bool = False) -> np.ndarray:
     """An image file or sample name as float32 RGB (H, W, 3) in [0, 1].
 
     Args:
       source: a path, or a sample name from ``SAMPLES`` (a file of that name wins).
       size: output size (square int or (height, width)); None keeps the original size.
-      fit: "stretch" resizes straight to ``size`` (bicubic); "crop" resizes the shorter side to
-        size/0.875 and centre-crops (torchvision's eval transform).
+      fit: how an image of another shape is fitted (``fit_image``): "eval" (default) the model's
+        standard evaluation ``transform`` (torchvision's Resize(256) + CenterCrop(224) when none
+        is given), "stretch" straight to ``size``, "crop" an alias of "eval".
+      transform: the model's ``EvalTransform`` (``model.eval_transform``).
+      exif: apply the EXIF orientation (as a photo viewer shows the image). Off by default, as in
+        torchvision's and timm's loaders, so that inputs equal the reference frameworks'.
     Raises:
       JaxvizError: missing, unreadable, empty or too large image; unknown sample name.
     """
     path = Path(source)
     if path.exists() or str(source) not in SAMPLES:
-        pixels = _read_file(path)
+        pixels = _read_file(path, exif)
     else:
         pixels = SAMPLES[str(source)]()
     image = _to_float_rgb(pixels)
-    return image if size is None else fit_image(image, size, fit)
+    return image if size is None else fit_image(image, size, fit, transform)
 
 
-def fit_image(image: np.ndarray, size: int | tuple[int, int], fit: Fit = "stretch") -> np.ndarray:
-    """Resize (H, W, 3) float [0, 1] to ``size`` with PIL bicubic, stretched or centre-cropped."""
-    height, width = (size, size) if isinstance(size, int) else size
-    if fit not in ("stretch", "crop"):
-        raise JaxvizError(f"unknown fit {fit!r}; use 'stretch' or 'crop'")
-    if fit == "crop":
-        short = round(min(height, width) / 0.875)
+def fit_image(image: np.ndarray, size: int | tuple[int, int], fit: Fit = "eval",
+              transform: EvalTransform | None = None) -> np.ndarray:
+    """(H, W, 3) float [0, 1] -> ``size``.
+
+    "eval"/"crop": the evaluation transform (``EvalTransform``, scaled to a square ``size``; a
+    non-square ``size`` resizes to cover it and centre-crops); "stretch": Pillow bicubic straight
+    to ``size`` (aspect ratio not kept).
+    """
+    height, width = (size, size) if isinstance(size, (int, np.integer)) else size
+    if fit not in FITS:
+        raise JaxvizError(f"unknown fit {fit!r}; use one of {', '.join(FITS)}")
+    if fit == "stretch":
+        return _resize(image, (height, width), Image.BICUBIC)
+    transform = transform or TORCHVISION_EVAL
+    if height != width:  # cover the box, then centre-crop it, with the transform's interpolation
         h, w = image.shape[:2]
-        scale = short / min(h, w)
-        image = _resize(image, (max(height, round(h * scale)), max(width, round(w * scale))))
-        top = (image.shape[0] - height) // 2
-        left = (image.shape[1] - width) // 2
-        return image[top:top + height, left:left + width]
-    return _resize(image, (height, width))
+        scale = max(height / h, width / w) * transform.resize / transform.crop
+        image = _resize(image, (max(height, round(h * scale)), max(width, round(w * scale))),
+                        _PIL[transform.interpolation])
+        return _center_crop(image, height, width)
+    t = transform.for_size(int(height))
+    if t.kind == "resize_crop":
+        h, w = image.shape[:2]
+        short, long = (w, h) if w <= h else (h, w)
+        new_long = int(t.resize * long / short)  # torchvision's rounding
+        new_h, new_w = (new_long, t.resize) if w <= h else (t.resize, new_long)
+        image = _resize(image, (new_h, new_w), _PIL[t.interpolation])
+        return _center_crop(image, t.crop, t.crop)
+    if t.kind == "padded_crop":
+        h, w = image.shape[:2]
+        side = int(t.crop / (t.crop + t.padding) * min(h, w))
+        top, left = (h - side + 1) // 2, (w - side + 1) // 2
+        crop = image[top:top + side, left:left + side]
+        # tf.image.resize: half-pixel centres, Keys cubic, no antialiasing
+        method = "cubic" if t.interpolation == "bicubic" else "linear"
+        out = jax.image.resize(jnp.asarray(to_uint8(crop), jnp.float32), (t.crop, t.crop, 3), method,
+                               antialias=False)
+        return np.clip(np.asarray(out) / 255.0, 0.0, 1.0).astype(np.float32)
+    raise JaxvizError(f"unknown evaluation transform {t.kind!r}")
 
 
-def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+_PIL = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
+
+
+def _center_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """torchvision's CenterCrop offsets: int(round((H - crop) / 2))."""
+    top = int(round((image.shape[0] - height) / 2.0))
+    left = int(round((image.shape[1] - width) / 2.0))
+    return image[top:top + height, left:left + width]
+
+
+def _resize(image: np.ndarray, size: tuple[int, int], resample=Image.BICUBIC) -> np.ndarray:
     if image.shape[:2] == tuple(size):
         return image.astype(np.float32)
-    # Resize 8-bit so results match the common torchvision/PIL pipeline bit for bit.
+    # Resize 8-bit (exact for 8-bit sources) so results match torchvision's PIL pipeline bit for bit.
     img = Image.fromarray(to_uint8(image))
-    return np.asarray(img.resize((size[1], size[0]), Image.BICUBIC), dtype=np.float32) / 255.0
+    return np.asarray(img.resize((size[1], size[0]), resample), dtype=np.float32) / 255.0
 
 
 def load_images(sources: Sequence[str | os.PathLike], size: int | tuple[int, int],
-                fit: Fit = "stretch") -> np.ndarray:
-    """Several images as one (N, H, W, 3) float32 batch in [0, 1]."""
-    return np.stack([load_image(s, size, fit) for s in sources])
+                fit: Fit = "eval", transform: EvalTransform | None = None, exif: bool = False) -> np.ndarray:
+    """Several images as one (N, H, W, 3) float32 batch in [0, 1] (see ``load_image``)."""
+    return np.stack([load_image(s, size, fit, transform, exif) for s in sources])
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

@@ -18,8 +18,10 @@ def add_model(parser: argparse.ArgumentParser, classifier: bool = True) -> None:
 def add_images(parser: argparse.ArgumentParser, nargs: str = "+") -> None:
     parser.add_argument("images", nargs=nargs, metavar="IMAGE",
                         help="image files or sample names (chelsea, coffee, astronaut, rocket, brick, ...)")
-    parser.add_argument("--fit", choices=["stretch", "crop"], default="stretch",
-                        help="resize straight to the input size, or resize + centre-crop (default: stretch)")
+    parser.add_argument("--fit", choices=["eval", "stretch", "crop"], default="eval",
+                        help="eval (default): the model's standard evaluation transform (torchvision models: "
+                             "resize the shorter side to 256, centre crop 224); stretch: resize straight to the "
+                             "input size; crop: same as eval")
 
 
 def add_output(parser: argparse.ArgumentParser, required: bool = False, help: str = "output PNG") -> None:
@@ -41,15 +43,18 @@ def output_path(path: str | os.PathLike | None, suffixes: tuple[str, ...] = (".p
 
 
 def load_model_arg(name: str | None, classifier: bool = True):
-    """The model named on the command line (or the default), with a clear error if unusable."""
+    """The model named on the command line (or the default), accelerated for this machine
+    (``jaxviz.accel.accelerate``: same results, faster), with a clear error if unusable."""
+    from jaxviz.accel import accelerate
     from jaxviz.weights.store import default_model, load_model
-    model = load_model(name or default_model())
-    if classifier and model.spec.num_classes is None:
+    model = accelerate(load_model(name or default_model()))
+    if classifier and model.num_classes is None:
         raise JaxvizError(f"model {model.name} has no classifier; use a classification model here")
     return model
 
 
-def load_inputs(model, sources: list[str], fit: str = "stretch") -> np.ndarray:
-    """(N, S, S, 3) images in [0, 1] at the model's input size."""
+def load_inputs(model, sources: list[str], fit: str = "eval", size=None, exif: bool = False) -> np.ndarray:
+    """(N, H, W, 3) images in [0, 1] at ``size`` (default: the model's input size), fitted with the
+    model's evaluation transform (or stretched)."""
     from jaxviz.images import load_images
-    return load_images(sources, model.spec.input_size, fit)
+    return load_images(sources, size or model.input_hw(), fit, model.eval_transform, exif)

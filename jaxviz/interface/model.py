@@ -13,7 +13,8 @@ functions of ``(params, x)`` on preprocessed NHWC images ``x`` (N, H, W, 3):
   replaced (``jaxviz.interface.backward``), for guided backprop and the deconvnet;
 
 and declares its facts: ``preprocessing`` (pixel range, mean/std, channel order: hence the valid
-pixel box), ``input_size``, ``num_classes`` and ``labels``, layer names and shapes, aliases, the
+pixel box), ``eval_transform`` (how a photograph becomes an input), ``input_size``,
+``num_classes`` and ``labels``, layer names and shapes, aliases, the
 default feature layer, and where known each layer's receptive field and the per-layer structure
 that incremental occlusion uses.
 
@@ -36,7 +37,7 @@ import numpy as np
 from jaxviz.errors import JaxvizError
 from jaxviz.interface.backward import RULES, Rule, with_backward_rule
 from jaxviz.interface.geometry import ReceptiveField
-from jaxviz.interface.preprocessing import IDENTITY, Preprocessing
+from jaxviz.interface.preprocessing import IDENTITY, TORCHVISION_EVAL, EvalTransform, Preprocessing
 
 Array = jax.Array
 PyTree = Any
@@ -58,10 +59,12 @@ class Model:
                  input_size: int | tuple[int, int] | None = None, num_classes: int | None = None,
                  labels: Sequence[str] | None = None, aliases: Mapping[str, str] | None = None,
                  feature_layer: str | None = None, cam_layer: str | None = None,
-                 description: str = "", paper: str = ""):
+                 eval_transform: EvalTransform | None = None, description: str = "", paper: str = ""):
         self.params = params
         self.name = name
         self.preprocessing = preprocessing or IDENTITY
+        # how photographs of another shape become inputs (default: torchvision's Resize + CenterCrop)
+        self.eval_transform = eval_transform or TORCHVISION_EVAL
         self.input_size = input_size
         self._num_classes = num_classes
         self.labels = tuple(labels) if labels is not None else None

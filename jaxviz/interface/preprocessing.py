@@ -50,3 +50,41 @@ IDENTITY = Preprocessing()  # RGB in [0, 1], as is
 TORCHVISION = Preprocessing(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 CAFFE = Preprocessing(mean=(103.939, 116.779, 123.68), std=(1.0, 1.0, 1.0), scale=255.0, bgr=True)
 LITE = Preprocessing(mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0), scale=255.0)
+
+
+@dataclass(frozen=True)
+class EvalTransform:
+    """A model's standard evaluation transform: how a photograph of any shape becomes its input.
+
+    - ``"resize_crop"`` (torchvision's ``Resize(resize)`` + ``CenterCrop(crop)``): the shorter side
+      is resized to ``resize`` (the longer to ``int(resize * long / short)``), antialiased
+      ``interpolation`` on the 8-bit image (Pillow, as torchvision does for PIL images), then the
+      centre ``crop`` is cut with offsets ``int(round((H - crop) / 2))``.
+    - ``"padded_crop"`` (the TensorFlow EfficientNet reference): a centre crop of
+      ``crop / (crop + padding) * min(H, W)`` pixels (offsets ``(H - s + 1) // 2``), resized to
+      ``crop`` with non-antialiased ``interpolation`` (``tf.image.resize``'s kernel).
+
+    ``for_size(s)`` keeps the ratio for another input size (``resize = round(s * resize / crop)``).
+    """
+
+    kind: str = "resize_crop"
+    crop: int = 224
+    resize: int = 256
+    interpolation: str = "bilinear"
+    padding: int = 32
+
+    def for_size(self, size: int) -> "EvalTransform":
+        if size == self.crop:
+            return self
+        return EvalTransform(self.kind, int(size), int(round(size * self.resize / self.crop)),
+                             self.interpolation, self.padding)
+
+    def describe(self) -> str:
+        if self.kind == "resize_crop":
+            return f"resize shorter side to {self.resize} ({self.interpolation}, antialiased), centre crop {self.crop}"
+        return (f"centre crop {self.crop}/({self.crop}+{self.padding}) of the shorter side, "
+                f"resize to {self.crop} ({self.interpolation})")
+
+
+TORCHVISION_EVAL = EvalTransform("resize_crop", 224, 256, "bilinear")
+LITE_EVAL = EvalTransform("padded_crop", 224, interpolation="bicubic", padding=32)

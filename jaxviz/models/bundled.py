@@ -26,7 +26,8 @@ class BundledModel(LinenModel):
                          input_size=spec.input_size, num_classes=spec.num_classes,
                          labels=imagenet_labels() if spec.num_classes == 1000 else None,
                          aliases=spec.aliases, feature_layer=spec.feature_layer or None,
-                         cam_layer=spec.cam_layer, description=spec.description, paper=spec.paper)
+                         cam_layer=spec.cam_layer, eval_transform=spec.eval_transform,
+                         description=spec.description, paper=spec.paper)
         self.spec = spec
 
     @property

@@ -15,7 +15,8 @@ import numpy as np
 
 from jaxviz.errors import JaxvizError
 from jaxviz.interface.geometry import ReceptiveField
-from jaxviz.interface.preprocessing import CAFFE, LITE, TORCHVISION, Preprocessing
+from jaxviz.interface.preprocessing import (CAFFE, LITE, LITE_EVAL, TORCHVISION, TORCHVISION_EVAL,
+                                            EvalTransform, Preprocessing)
 from jaxviz.models import efficientnet, squeezenet, vgg
 from jaxviz.models.network import SequentialNet, Stage, receptive_fields
 
@@ -38,6 +39,8 @@ class ModelSpec:
     # The layer whose channels are class maps / CAM features (None: no CAM for this model).
     cam_layer: str | None = None
     paper: str = ""
+    # the standard evaluation transform of its reference implementation
+    eval_transform: EvalTransform = TORCHVISION_EVAL
 
     @property
     def layer_names(self) -> tuple[str, ...]:
@@ -87,7 +90,7 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec(name="efficientnet_lite0", description="EfficientNet-Lite0 (ReLU6, no SE, TF SAME padding)",
                   stages=efficientnet.efficientnet_lite0(), preprocessing=LITE,
                   aliases={"features": "head"}, feature_layer="head", cam_layer="head",
-                  paper="Tan & Le 2019, EfficientNet"),
+                  paper="Tan & Le 2019, EfficientNet", eval_transform=LITE_EVAL),
         _vgg("vgg19_caffe", 19, CAFFE, False,
              "VGG19 convolutional part, original Simonyan-Zisserman weights (no classifier)"),
         _vgg("vgg16", 16, TORCHVISION, True, "VGG16 (torchvision)"),
