@@ -2,16 +2,15 @@
 
 The map is derived from the Flax parameter tree itself: every Flax path has exactly one torch key
 (``features.3/squeeze/kernel`` <-> ``features.3.squeeze.weight``), so a port either fills every
-parameter with an array of the right shape or fails with a message naming what is wrong.
+parameter with a finite array of the right shape or fails with a message naming what is wrong.
 Conventions (Flax's "convert_pytorch_to_flax" guide): conv (O, I, kh, kw) -> (kh, kw, I, O),
 dense (out, in) -> (in, out), and torchvision's classifier flattens NCHW, so VGG's first dense
-weight is permuted to read our NHWC flatten.
+weight is permuted to read our NHWC flatten. The expected torch shapes are known before a source
+is read, so the readers refuse a tensor of another shape before reading its bytes.
 """
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import os
 import zipfile
 from pathlib import Path
@@ -19,7 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from jaxviz.errors import WeightsError
-from jaxviz.models.registry import ModelSpec, flatten_params, param_shapes, unflatten_params
+from jaxviz.models.registry import ModelSpec, layer_shapes, param_shapes
+from jaxviz.weights import tensorfile
+from jaxviz.weights.tensorfile import flatten, sha256_file, unflatten, write_record  # noqa: F401 (re-exported)
 
 _LEAF_TO_TORCH = {"kernel": "weight", "bias": "bias", "scale": "weight", "mean": "running_mean",
                   "var": "running_var"}
@@ -42,64 +43,94 @@ def torch_key(spec: ModelSpec, flax_path: str) -> str:
     return module.replace("/", ".") + "." + _LEAF_TO_TORCH[leaf]
 
 
-def _convert(array: np.ndarray, leaf: str, target: tuple[int, ...], flatten_from: tuple | None) -> np.ndarray:
+def flax_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """``{'features.3/squeeze/kernel': (1, 1, 64, 16), ...}``: what a ported file must hold."""
+    return {k: tuple(v) for k, v in flatten(param_shapes(spec)).items()}
+
+
+def _torch_shape(shape: tuple[int, ...], leaf: str) -> tuple[int, ...]:
+    if leaf == "kernel" and len(shape) == 4:
+        kh, kw, i, o = shape
+        return (o, i, kh, kw)
+    if leaf == "kernel" and len(shape) == 2:
+        return (shape[1], shape[0])
+    return tuple(shape)
+
+
+def torch_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """``{torch key: torch shape}`` a source must hold (``features.0.weight: (64, 3, 3, 3)``)."""
+    return {torch_key(spec, path): _torch_shape(shape, path.split("/")[-1])
+            for path, shape in flax_shapes(spec).items()}
+
+
+def _flatten_inputs(spec: ModelSpec) -> dict[str, tuple[int, int, int]]:
+    """(H, W, C) entering each dense layer that flattens a feature map (VGG's classifier.0 sees
+    7x7x512), from the layers' output shapes: a 2-D kernel whose input size is the previous
+    layer's H*W*C with H*W > 1."""
+    dense = {path.split("/")[0]: shape[0] for path, shape in flax_shapes(spec).items()
+             if path.endswith("/kernel") and len(shape) == 2 and path.count("/") == 1}
+    if not dense:
+        return {}
+    outputs = layer_shapes(spec)
+    names = list(outputs)
+    shapes = {}
+    for module, inputs in dense.items():
+        if module in names and names.index(module) > 0:
+            previous = outputs[names[names.index(module) - 1]]
+            if len(previous) == 3 and previous[0] * previous[1] > 1 and int(np.prod(previous)) == inputs:
+                shapes[module] = tuple(previous)
+    return shapes
+
+
+def _convert(array: np.ndarray, leaf: str, flatten_from: tuple | None) -> np.ndarray:
     array = np.asarray(array, dtype=np.float32)
     if leaf == "kernel" and array.ndim == 4:
-        return array.transpose(2, 3, 1, 0)
+        return np.ascontiguousarray(array.transpose(2, 3, 1, 0))
     if leaf == "kernel" and array.ndim == 2:
         if flatten_from is not None:  # torch flattened (C, H, W); we flatten (H, W, C)
             h, w, c = flatten_from
-            return array.reshape(-1, c, h, w).transpose(2, 3, 1, 0).reshape(h * w * c, -1)
-        return array.T
+            return np.ascontiguousarray(array.reshape(-1, c, h, w).transpose(2, 3, 1, 0).reshape(h * w * c, -1))
+        return np.ascontiguousarray(array.T)
     return array
 
 
 def state_dict_to_params(spec: ModelSpec, state: dict[str, np.ndarray], source: str = "state dict") -> dict:
-    """Convert and check a torch-named state dict; every parameter must be present and fit.
+    """Convert and check a torch-named state dict; every parameter must be present, fit and be finite.
 
     Raises:
-      WeightsError: a missing or unexpected key, or a shape that does not fit the architecture.
+      WeightsError: a missing or unexpected key, a shape that does not fit the architecture
+        (the message gives the expected and the found torch shape), or NaN/inf values.
     """
-    expected = flatten_params(param_shapes(spec))
+    expected = flax_shapes(spec)
+    wanted = torch_shapes(spec)
     flatten_shapes = _flatten_inputs(spec)
-    params, used = {}, set()
+    params, seen = {}, set()
     problems = []
     for path, shape in expected.items():
         key = torch_key(spec, path)
         if key not in state:
-            problems.append(f"missing {key}")
+            problems.append(f"{key} is missing (expected shape {wanted[key]})")
             continue
-        module = path.split("/")[0]
-        value = _convert(state[key], path.split("/")[-1], shape, flatten_shapes.get(module))
-        if value.shape != shape:
-            problems.append(f"{key} has shape {tuple(np.shape(state[key]))}, expected one that gives {shape}")
+        seen.add(key)
+        found = tuple(np.shape(state[key]))
+        if found != wanted[key]:
+            problems.append(f"{key}: expected shape {wanted[key]}, found {found}")
             continue
-        params[path] = value
-        used.add(key)
-    extra = [k for k in state if k not in used and not k.endswith(_IGNORED_SUFFIXES)]
-    problems += [f"unexpected {k}" for k in extra]
+        params[path] = _convert(state[key], path.split("/")[-1], flatten_shapes.get(path.split("/")[0]))
+    extra = [k for k in state if k not in seen and not k.endswith(_IGNORED_SUFFIXES)]
+    problems += [f"{k} is not a parameter of {spec.name} (shape {tuple(np.shape(state[k]))})" for k in extra]
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise WeightsError(f"{source} does not fit {spec.name}: {'; '.join(problems[:3])}{more}")
-    return unflatten_params(params)
-
-
-def _flatten_inputs(spec: ModelSpec) -> dict[str, tuple[int, int, int]]:
-    """(H, W, C) entering each ``flatten_dense`` stage (VGG's classifier.0 sees 7x7x512)."""
-    shapes = {}
-    for i, stage in enumerate(spec.stages):
-        if stage.kind == "flatten_dense":
-            pool = spec.stages[i - 1]
-            channels = [s.args[0] for s in spec.stages[:i] if s.kind == "conv"][-1]
-            shapes[stage.name] = (*pool.args, channels)
-    return shapes
+    tensorfile.check_finite({torch_key(spec, p): v for p, v in params.items()}, source)
+    return unflatten(params)
 
 
 def params_to_state_dict(spec: ModelSpec, params: dict) -> dict[str, np.ndarray]:
     """The inverse map (tests port a state dict they made from random Flax parameters)."""
     flatten_shapes = _flatten_inputs(spec)
     state = {}
-    for path, value in flatten_params(params).items():
+    for path, value in flatten(params).items():
         value = np.asarray(value)
         leaf, module = path.split("/")[-1], path.split("/")[0]
         if leaf == "kernel" and value.ndim == 4:
@@ -114,46 +145,81 @@ def params_to_state_dict(spec: ModelSpec, params: dict) -> dict[str, np.ndarray]
     return state
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def save_params(params: dict, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> str:
+    """Write a parameter tree and return the file's sha256 (same params -> same bytes).
+
+    ``NAME.safetensors`` (the store's format, see ``tensorfile``) unless ``path`` ends in ``.npz``:
+    that writes the old deterministic zip, kept only for ``scripts/port_multistyle.py`` until it
+    moves to safetensors (``tensorfile.save_params``). Both are written atomically.
+    """
+    if str(path).endswith(".npz"):
+        return _save_legacy_npz(params, path)
+    return tensorfile.save_params(params, path, metadata=metadata)
 
 
-def save_params(params: dict, path: str | os.PathLike) -> str:
-    """Write a parameter tree as .npz with fixed timestamps (same params -> same bytes -> same
-    sha256, so the manifest can pin ported files) and atomically; returns the sha256."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
-        for name, value in sorted(flatten_params(params).items()):
-            buffer = io.BytesIO()
-            np.lib.format.write_array(buffer, np.ascontiguousarray(value, dtype=np.float32))
-            archive.writestr(zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0)), buffer.getvalue())
-    os.replace(tmp, path)
+def _save_legacy_npz(params: dict, path: str | os.PathLike) -> str:
+    """The pre-safetensors format: .npz with fixed timestamps (byte-reproducible)."""
+    flat = flatten(params)
+
+    def write(f) -> None:
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as archive:
+            for name, value in sorted(flat.items()):
+                buffer = io.BytesIO()
+                np.lib.format.write_array(buffer, np.ascontiguousarray(value, dtype=np.float32))
+                archive.writestr(zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0)),
+                                 buffer.getvalue())
+
+    tensorfile.atomic_write(path, write)
     return sha256_file(path)
 
 
-def load_params(path: str | os.PathLike, spec: ModelSpec) -> dict:
-    """Read a ported .npz and check it fits ``spec`` exactly (keys and shapes)."""
+def read_legacy_npz(path: str | os.PathLike, expected: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """A pre-safetensors port (``NAME.npz``: one float32 ``KEY.npy`` per parameter), each member's
+    declared size and header checked against ``expected`` before its data is read."""
+    return read_npz(path, expected, exact=True)
+
+
+def read_npz(path: str | os.PathLike, expected: dict[str, tuple[int, ...]] | None = None,
+             exact: bool = False, max_bytes: int = 4 << 30) -> dict[str, np.ndarray]:
+    """Arrays of an ``.npz`` without pickles; members of another shape than ``expected`` (or,
+    with ``exact``, names it does not list) are refused from their headers, and no member may
+    declare more than ``max_bytes`` in all, before any data is read."""
+    path = Path(path)
     try:
-        with np.load(path) as data:
-            flat = {k: data[k] for k in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise WeightsError(f"cannot read ported weights {path}: {e}") from None
-    expected = flatten_params(param_shapes(spec))
-    wrong = [k for k, shape in expected.items() if k not in flat or flat[k].shape != shape]
-    extra = sorted(set(flat) - set(expected))
-    if wrong or extra:
-        what = wrong[0] if wrong else extra[0]
-        detail = (f"shape {flat[what].shape}, expected {expected[what]}" if what in flat and what in expected
-                  else "missing" if wrong else "unexpected")
-        raise WeightsError(f"ported weights {path} do not fit {spec.name}: {what} {detail}; "
-                           f"re-port with `python scripts/port_weights.py {spec.name}`")
-    return unflatten_params(flat)
-
-
-def write_record(path: str | os.PathLike, record: dict) -> None:
-    Path(path).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        with zipfile.ZipFile(path) as archive:
+            infos = [i for i in archive.infolist() if i.filename.endswith(".npy")]
+            if sum(i.file_size for i in infos) > max_bytes:
+                raise WeightsError(f"{path} declares {sum(i.file_size for i in infos)} bytes, over {max_bytes}")
+            headers = {}
+            for info in infos:
+                with archive.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    shape, fortran, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                                             else np.lib.format.read_array_header_2_0(f))
+                    headers[info.filename[:-4]] = (info, shape, fortran, dtype, f.tell())
+            if expected is not None:
+                problems = [f"{k}: expected shape {tuple(expected[k])}, found {h[1]}"
+                            for k, h in headers.items() if k in expected and h[1] != tuple(expected[k])]
+                if exact:
+                    problems += [f"{k} is missing (expected shape {tuple(s)})" for k, s in expected.items()
+                                 if k not in headers]
+                    problems += [f"{k} is not a parameter (shape {headers[k][1]})" for k in headers
+                                 if k not in expected]
+                if problems:
+                    raise WeightsError(f"{path}: {'; '.join(problems[:3])}")
+            out = {}
+            for key, (info, shape, fortran, dtype, start) in headers.items():
+                if dtype.hasobject:
+                    raise WeightsError(f"{path}: {key} holds Python objects, not numbers")
+                count = int(np.prod(shape, dtype=object))
+                with archive.open(info) as f:
+                    f.read(start)
+                    data = f.read(count * dtype.itemsize)
+                if len(data) != count * dtype.itemsize:
+                    raise WeightsError(f"{path}: {key} is truncated")
+                out[key] = np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C").copy()
+            return out
+    except WeightsError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as e:
+        raise WeightsError(f"cannot read {path}: {e}") from None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import io
 import os
 import pickle
 import struct
@@ -153,59 +154,157 @@ class _Unpickler(pickle.Unpickler):
         if view is None:
             return _Storage(key, dtype)
         _view_key, view_offset, view_numel = view  # pre-1.0 storage views into a root storage
+        if not all(type(i) is int and i >= 0 for i in (view_offset, view_numel)):
+            raise WeightsError(f"bad storage view {view!r:.80}")
         return _Storage(key, dtype, view_offset * dtype.itemsize, view_numel * dtype.itemsize)
 
 
-def _materialise(t: _Tensor, raw: bytes, little: bool) -> np.ndarray:
-    """Numpy array for ``t`` from its storage's bytes, honouring offset and strides."""
-    end = None if t.storage.nbytes is None else t.storage.start + t.storage.nbytes
-    raw = memoryview(raw)[t.storage.start:end]
-    dtype = t.dtype.newbyteorder("<" if little else ">")
-    flat = np.frombuffer(raw, dtype, count=len(raw) // dtype.itemsize)
-    # as_strided does no bounds check, so check the furthest element is inside the storage.
+# ---- reading: everything declared is checked before any tensor byte is read -----------------
+
+# Without a caller's budget, a file may ask for at most this much memory, or twice its own size
+# (VGG19's 548 MB .pth needs 548 MB): a few hundred bytes must not claim gigabytes.
+MIN_BUDGET = 256 << 20
+_PICKLE_LIMIT = 64 << 20  # a state dict's object tree is kilobytes; its arrays live elsewhere
+
+
+class _Bounded:
+    """A file view that never hands pickle more than the bytes left in the file, so a length
+    field of 2**40 reads a short string (and fails) instead of preallocating a terabyte."""
+
+    def __init__(self, f, end: int) -> None:
+        self._f, self._end = f, end
+
+    def _left(self) -> int:
+        return max(0, self._end - self._f.tell())
+
+    def read(self, n: int = -1) -> bytes:
+        return self._f.read(self._left() if n is None or n < 0 else min(n, self._left()))
+
+    def readline(self, n: int = -1) -> bytes:
+        return self._f.readline(self._left() if n is None or n < 0 else min(n, self._left()))
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer)
+        data = self.read(len(view))
+        view[:len(data)] = data
+        return len(data)
+
+
+def _extent(t: _Tensor) -> int:
+    """Bytes of its storage that ``t`` reads (from the storage's start), 0 for an empty tensor."""
+    if 0 in t.shape:
+        return 0
     last = t.offset + sum((n - 1) * s for n, s in zip(t.shape, t.stride))
-    if 0 not in t.shape and last >= flat.size:
-        raise WeightsError(f"tensor of size {t.shape} reads past its storage of {flat.size} elements")
+    return t.storage.start + (last + 1) * t.dtype.itemsize
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def _check_declared(tensors: Mapping[str, _Tensor], storage_sizes: Mapping[str, int],
+                    expected: Mapping[str, tuple[int, ...]] | None, budget: int) -> dict[str, int]:
+    """Check shapes, sizes and storage bounds from the metadata alone; returns how many bytes of
+    each storage the tensors need (nothing else is read)."""
+    if expected is not None:
+        wrong = [(k, t.shape, tuple(expected[k])) for k, t in tensors.items()
+                 if k in expected and t.shape != tuple(expected[k])]
+        if wrong:
+            more = f" (and {len(wrong) - 3} more)" if len(wrong) > 3 else ""
+            raise WeightsError("; ".join(f"{k}: expected shape {want}, found {got}"
+                                         for k, got, want in wrong[:3]) + more)
+    total = 0
+    for key, t in tensors.items():
+        nbytes = int(np.prod(t.shape, dtype=object)) * t.dtype.itemsize
+        total += nbytes
+        if nbytes > budget:
+            raise WeightsError(f"{key} of shape {t.shape} asks for {_gib(nbytes)}, over the "
+                               f"{_gib(budget)} this file may use")
+    if total > budget:
+        raise WeightsError(f"its tensors ask for {_gib(total)} in all, over the {_gib(budget)} this file may use")
+    declared = sum(storage_sizes.values())
+    if declared > budget:
+        raise WeightsError(f"its storages declare {_gib(declared)}, over the {_gib(budget)} this file may use")
+    needed: dict[str, int] = {}
+    for key, t in tensors.items():
+        if t.storage.key not in storage_sizes:
+            raise WeightsError(f"{key} refers to storage {t.storage.key!r}, which the file does not hold")
+        extent = _extent(t)
+        limit = storage_sizes[t.storage.key]
+        if t.storage.nbytes is not None:  # a pre-1.0 view: confined to its window
+            limit = min(limit, t.storage.start + t.storage.nbytes)
+        if extent > limit:
+            raise WeightsError(f"tensor {key} of size {t.shape} reads past its storage "
+                               f"({extent} of {limit} bytes)")
+        needed[t.storage.key] = max(needed.get(t.storage.key, 0), extent)
+    return needed
+
+
+def _materialise(t: _Tensor, raw: bytes, little: bool) -> np.ndarray:
+    """Numpy array for ``t`` from its storage's bytes (bounds already checked), honouring offset
+    and strides."""
+    dtype = t.dtype.newbyteorder("<" if little else ">")
+    if 0 in t.shape:
+        return np.zeros(t.shape, t.dtype)
+    raw = memoryview(raw)[t.storage.start:]
+    flat = np.frombuffer(raw, dtype, count=len(raw) // dtype.itemsize)
     view = np.lib.stride_tricks.as_strided(
-        flat[t.offset:] if flat.size else flat, t.shape,
-        [s * dtype.itemsize for s in t.stride], writeable=False)
+        flat[t.offset:], t.shape, [s * dtype.itemsize for s in t.stride], writeable=False)
     return np.array(view, dtype=t.dtype, order="C")  # a copy, in native byte order
 
 
-def _resolve(obj: Any, read) -> Any:
-    """Replace every ``_Tensor`` in a tree of dicts/lists/tuples by its array."""
-    if isinstance(obj, _Tensor):
-        return read(obj)
-    if isinstance(obj, dict):
-        return {k: _resolve(v, read) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_resolve(v, read) for v in obj)
-    return obj
+def _state_dict(tree: Any) -> dict[str, Any]:
+    """Unwrap ``{'state_dict': {...}, 'epoch': ...}`` and check every value is a tensor or number."""
+    # A state dict's values are tensors, so a wrapper key holding a dict is the wrapping.
+    while isinstance(tree, dict):
+        inner = [tree[k] for k in _WRAPPER_KEYS if isinstance(tree.get(k), dict)]
+        if not inner:
+            break
+        tree = inner[0]
+    if not isinstance(tree, dict):
+        raise WeightsError(f"expected a dict of tensors, found {type(tree).__name__}")
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, (bool, int, float)):
+            value = np.asarray(value)
+        if not isinstance(value, (_Tensor, np.ndarray)):
+            raise WeightsError(f"entry {key!r} is a {type(value).__name__}, not a tensor")
+        out[str(key)] = value
+    return out
 
 
-def _load_zip(path: str) -> Any:
+def _load_zip(path: str, expected, budget: int) -> dict[str, np.ndarray]:
     with zipfile.ZipFile(path) as zf:
-        names = zf.namelist()
-        pkl = next((n for n in names if n.endswith("data.pkl") and n.count("/") == 1), None)
+        infos = {i.filename: i for i in zf.infolist()}
+        pkl = next((n for n in infos if n.endswith("data.pkl") and n.count("/") == 1), None)
         if pkl is None:
             raise WeightsError("zip archive has no data.pkl; not a torch.save file")
+        if infos[pkl].file_size > _PICKLE_LIMIT:
+            raise WeightsError(f"data.pkl declares {_gib(infos[pkl].file_size)}; not a state dict")
         prefix = pkl[: -len("data.pkl")]
         little = (zf.read(prefix + "byteorder").strip() != b"big"
-                  if prefix + "byteorder" in names else True)
-        with zf.open(pkl) as f:
-            tree = _Unpickler(f, lambda key, dtype: None).load()
-        cache: dict[str, bytes] = {}
+                  if prefix + "byteorder" in infos and infos[prefix + "byteorder"].file_size < 16 else True)
+        # zipfile never inflates past a member's declared size, so the declared sizes are the bound.
+        state = _state_dict(_Unpickler(io.BytesIO(zf.read(pkl)), lambda key, dtype: None).load())
+        tensors = {k: v for k, v in state.items() if isinstance(v, _Tensor)}
+        member = {t.storage.key: f"{prefix}data/{t.storage.key}" for t in tensors.values()}
+        sizes = {key: infos[name].file_size for key, name in member.items() if name in infos}
+        needed = _check_declared(tensors, sizes, expected, budget)
+        raw: dict[str, bytes] = {}
+        for key, n in needed.items():
+            with zf.open(member[key]) as f:
+                raw[key] = f.read(n)
+            if len(raw[key]) < n:
+                raise WeightsError(f"storage {key} is truncated")
+        return {k: _materialise(v, raw[v.storage.key], little) if isinstance(v, _Tensor) else v
+                for k, v in state.items()}
 
-        def read(t: _Tensor) -> np.ndarray:
-            if t.storage.key not in cache:
-                cache[t.storage.key] = zf.read(f"{prefix}data/{t.storage.key}")
-            return _materialise(t, cache[t.storage.key], little)
 
-        return _resolve(tree, read)
+def _load_legacy(path: str, expected, budget: int) -> dict[str, np.ndarray]:
+    with open(path, "rb") as raw_file:
+        size = os.fstat(raw_file.fileno()).st_size
+        f = _Bounded(raw_file, size)
 
-
-def _load_legacy(path: str) -> Any:
-    with open(path, "rb") as f:
         def load(record=lambda key, dtype: None) -> Any:
             return _Unpickler(f, record).load()
 
@@ -216,45 +315,46 @@ def _load_legacy(path: str) -> Any:
         sys_info = load()
         little = bool(sys_info.get("little_endian", True)) if isinstance(sys_info, dict) else True
         dtypes: dict[str, np.dtype] = {}
-        tree = load(dtypes.__setitem__)
-        storages: dict[str, bytes] = {}
-        for key in load():
+        state = _state_dict(load(dtypes.__setitem__))
+        keys = load()
+        if not isinstance(keys, list):
+            raise WeightsError("bad storage list")
+        # First pass: each storage's declared element count, then skip its bytes.
+        where: dict[str, tuple[int, int]] = {}
+        for key in keys:
             key = key.decode() if isinstance(key, bytes) else str(key)
-            (numel,) = struct.unpack("<q" if little else ">q", f.read(8))
-            nbytes = numel * dtypes[key].itemsize
-            # Check against the bytes left so a corrupt count cannot trigger a huge allocation.
-            if not 0 <= nbytes <= os.fstat(f.fileno()).st_size - f.tell():
+            if key not in dtypes:
+                raise WeightsError(f"storage {key} has no declared dtype")
+            count = raw_file.read(8)
+            if len(count) < 8:
                 raise WeightsError(f"storage {key} is truncated")
-            storages[key] = f.read(nbytes)
-    return _resolve(tree, lambda t: _materialise(t, storages[t.storage.key], little))
+            (numel,) = struct.unpack("<q" if little else ">q", count)
+            nbytes = numel * dtypes[key].itemsize
+            if not 0 <= nbytes <= size - raw_file.tell():
+                raise WeightsError(f"storage {key} is truncated")
+            where[key] = (raw_file.tell(), nbytes)
+            raw_file.seek(nbytes, os.SEEK_CUR)
+        tensors = {k: v for k, v in state.items() if isinstance(v, _Tensor)}
+        needed = _check_declared(tensors, {k: n for k, (_, n) in where.items()}, expected, budget)
+        raw: dict[str, bytes] = {}
+        for key, n in needed.items():
+            raw_file.seek(where[key][0])
+            raw[key] = raw_file.read(n)
+    return {k: _materialise(v, raw[v.storage.key], little) if isinstance(v, _Tensor) else v
+            for k, v in state.items()}
 
 
-def _state_dict(tree: Any, path: str) -> dict[str, np.ndarray]:
-    """Unwrap ``{'state_dict': {...}, 'epoch': ...}`` and check every value is numeric."""
-    # A state dict's values are tensors, so a wrapper key holding a dict is the wrapping.
-    while isinstance(tree, dict):
-        inner = [tree[k] for k in _WRAPPER_KEYS if isinstance(tree.get(k), dict)]
-        if not inner:
-            break
-        tree = inner[0]
-    if not isinstance(tree, dict):
-        raise WeightsError(f"{path}: expected a dict of tensors, found {type(tree).__name__}")
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, (bool, int, float)):
-            value = np.asarray(value)
-        if not isinstance(value, np.ndarray):
-            raise WeightsError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor")
-        out[str(key)] = value
-    return out
-
-
-def load_torch_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def load_torch_file(path: str | os.PathLike, *, expected: Mapping[str, tuple[int, ...]] | None = None,
+                    max_bytes: int | None = None) -> dict[str, np.ndarray]:
     """Read a ``torch.save``-d state dict (zip or legacy format) without torch.
 
     Args:
         path: file written by ``torch.save(state_dict, path)``; a dict wrapping the state
             dict under ``state_dict``/``model_state_dict``/``model``/``net``/``params`` works too.
+        expected: ``{key: shape}`` (torch layout) of the entries a caller needs; an entry of
+            another shape is refused before any storage byte is read. Other keys are returned.
+        max_bytes: memory the tensors and storages may declare in all (default: 256 MiB or twice
+            the file's size, whichever is larger), checked before any storage byte is read.
 
     Returns:
         ``{name: array}`` with the shapes (NCHW for convolutions) and dtypes as stored;
@@ -262,19 +362,25 @@ def load_torch_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
     Raises:
         WeightsError: missing, truncated or corrupt file, a global other than tensor
-            rebuilding (e.g. a pickled class or ``os.system``), or a non-tensor entry.
+            rebuilding (e.g. a pickled class or ``os.system``), a non-tensor entry, a shape
+            other than ``expected``, or sizes over the budget (a stride-0 tensor of 16 GiB
+            from 500 bytes, a zip member that would inflate to gigabytes).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise WeightsError(f"{path}: no such file")
+    budget = max_bytes if max_bytes is not None else max(MIN_BUDGET, 2 * os.path.getsize(path))
     try:
-        tree = _load_zip(path) if zipfile.is_zipfile(path) else _load_legacy(path)
+        if zipfile.is_zipfile(path):
+            return _load_zip(path, expected, budget)
+        return _load_legacy(path, expected, budget)
     except WeightsError as e:
         raise WeightsError(f"{path}: {e}") from e
+    except MemoryError:
+        raise WeightsError(f"{path}: out of memory reading it") from None
     except Exception as e:  # noqa: BLE001 - any parse failure of untrusted bytes is a bad file
         raise WeightsError(f"{path}: corrupt or unsupported torch file "
                            f"({type(e).__name__}: {e})") from e
-    return _state_dict(tree, path)
 
 
 # ---- writer -------------------------------------------------------------------------------
