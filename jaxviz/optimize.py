@@ -18,7 +18,10 @@ active=None, callbacks=(), key=None, data=None, compiler_options=()) -> Optimize
   keys of this step (ignore them if the loss is deterministic). Images must be independent (no
   batch statistics): then the gradient of ``sum(losses)`` w.r.t. image i is the gradient of its
   own loss, and a batch of N images optimises exactly like N separate runs (vmap-equivalent).
-  Objectives from ``jaxviz.objectives`` are such functions and compose with ``+ - *``.
+  Objectives from ``jaxviz.objectives`` are such functions and compose with ``+ - *``; the engine
+  passes an ``Objective``'s arrays (weights, classes, term weights) to the jitted step as traced
+  data and caches the step by its pure function, so a second call with other weights or classes
+  reuses the compiled step.
 - ``optimizer``: any optax ``GradientTransformation`` (``sgd``, ``adam``, ``sign_gradient``,
   ``normalized_gradient`` below, ``optax.*``) or L-BFGS (``lbfgs`` below). L-BFGS with a line
   search (``optax.lbfgs()``) is detected from its state and driven with
@@ -37,13 +40,14 @@ active=None, callbacks=(), key=None, data=None, compiler_options=()) -> Optimize
   ones modify the image after an update, every ``every`` steps (``blur``, ``clip_range``,
   ``clip_small_norm``, ``clip_small_contribution``; Yosinski et al. 2015's regularisers).
 - ``project(x, x0) -> x``: applied after every update (and after the update transforms), in image
-  space; ``x0`` is ``init``. E.g. ``valid_range_projection(spec)`` or an eps-ball projection.
+  space; ``x0`` is ``init``. E.g. ``valid_range_projection(model)`` or an eps-ball projection.
 - ``active(x) -> (N,) bool``: per-image "keep going", evaluated on the start and after every step
   inside the jitted step; an image that stops is frozen for good; the loop ends when none is
   active. ``steps_run[i]`` counts the updates image i received.
 - ``callbacks``: ``Callback`` objects (``ProgressBar``, ``Snapshots``), called from the Python loop.
-- ``key``: one PRNG key (split into N per-image keys) or (N,) per-image keys. Running image i alone
-  with key ``keys[i:i+1]`` reproduces its batch result (same seeds -> same images).
+- ``key``: one PRNG key, shared by every image, or (N,) per-image keys (``jaxviz.keys.image_keys``).
+  Image i's randomness depends on its own key only, so running it alone (with the same key, or
+  ``keys[i:i+1]``) reproduces its batch result: batch[i] == single(i).
 - ``data``: an optional pytree (network weights, targets, loss weights) handed to the jitted step
   as an argument. When given, ``loss_fn(x, keys, data)``, ``project(x, x0, data)`` and
   ``active(x, data)`` receive it as their last argument. Pass weights this way rather than
@@ -58,7 +62,9 @@ objects reuses the traced step; jit still specialises on shapes) and driven by a
 measured on this 2-core CPU for a SqueezeNet class-visualisation step at 224 px, the Python-driven
 jitted step ran 1.5x faster than the same step inside ``lax.fori_loop`` (4.6 vs 3.0 it/s;
 ``scripts/bench_optimise.py`` prints both), and it lets callbacks and the per-image stop run between
-steps. No device-specific code: the same call runs on CPU, GPU, TPU.
+steps. No device-specific code: the same call runs on CPU, GPU, TPU; ``compiler_options`` (a
+model's ``model.compiler_options``, set by the front ends' ``jaxviz.accel.accelerate``) only tune
+XLA for it.
 
 Examples
 --------
@@ -74,15 +80,16 @@ Gatys style with L-BFGS (model-input space)::
 
     loss = lambda x, keys: content_loss(x) + 1e3 * style_loss(x)   # (N,), here N = 1
     result = optimize(loss, content_x, optimizer=lbfgs(), steps=100,
-                      project=valid_range_projection(vgg.spec))
+                      project=valid_range_projection(vgg), compiler_options=vgg.compiler_options)
 
 Class visualisation (model-input space)::
 
     from jaxviz import objectives as obj
-    loss = -obj.class_score(model.apply, params, classes) + 1e-3 * obj.l2()
+    loss = -obj.class_score(model, params, classes) + 1e-3 * obj.l2()
     result = optimize(loss, jnp.zeros((n, 224, 224, 3)), optimizer=normalized_gradient(25.0),
                       steps=100, transforms=(jitter(16), blur(0.5, every=10),
-                      clip_range(*valid_range(model.spec))), key=jax.random.key(0))
+                      clip_range(*valid_range(model))), key=jax.random.key(0),
+                      compiler_options=model.compiler_options)
 """
 from __future__ import annotations
 
@@ -96,9 +103,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxviz import runtime
 from jaxviz.errors import JaxvizError
 from jaxviz.keys import image_keys  # noqa: F401 (re-exported)
+from jaxviz.objectives import Objective
 
 Array = jax.Array
 PyTree = Any
@@ -156,11 +163,27 @@ class Transform:
     name: str = ""
 
 
+def _cached(factory: Callable) -> Callable:
+    """The same object for the same (hashable) arguments, so the engine's compiled step, cached by
+    its parts' identities, is reused by a second call; arrays as arguments give a fresh object."""
+    cached = functools.lru_cache(maxsize=64)(factory)
+
+    @functools.wraps(factory)
+    def make(*args, **kwargs):
+        try:
+            hash((args, tuple(kwargs.items())))
+        except TypeError:
+            return factory(*args, **kwargs)
+        return cached(*args, **kwargs)
+    return make
+
+
 def _per_image(fn: Callable) -> Callable:
     """Lift ``fn(image (H, W, C), key) -> image`` to batches with per-image keys."""
     return jax.vmap(fn)
 
 
+@_cached
 def jitter(pixels: int) -> Transform:
     """Random roll of each image by up to ``pixels`` in y and x (the loss sees the rolled image).
 
@@ -203,6 +226,7 @@ def gaussian_blur(x: Array, sigma: float) -> Array:
     return jax.lax.conv_general_dilated(y, kx, (1, 1), "VALID", dimension_numbers=dn, feature_group_count=c)
 
 
+@_cached
 def blur(sigma: float, every: int = 1) -> Transform:
     """Gaussian blur of the image every ``every`` steps (Yosinski et al. 2015's blur regulariser)."""
     if sigma < 0 or every < 1:
@@ -210,6 +234,7 @@ def blur(sigma: float, every: int = 1) -> Transform:
     return Transform(lambda x, keys, grad: gaussian_blur(x, sigma), "update", every, f"blur({sigma}, {every})")
 
 
+@_cached
 def clip_range(lo: Array | float, hi: Array | float, every: int = 1) -> Transform:
     """Clip the image to [lo, hi] (per channel when given as (C,) arrays) after the update."""
     lo, hi = jnp.asarray(lo, jnp.float32), jnp.asarray(hi, jnp.float32)
@@ -226,6 +251,7 @@ def _zero_below_quantile(x: Array, score: Array, q: float) -> Array:
     return jnp.where((rank < k)[..., None], jnp.zeros((), x.dtype), x)
 
 
+@_cached
 def clip_small_norm(fraction: float, every: int = 1) -> Transform:
     """Set the ``fraction`` of pixels with the smallest channel-norm to 0 (Yosinski et al. 2015).
 
@@ -237,6 +263,7 @@ def clip_small_norm(fraction: float, every: int = 1) -> Transform:
                      "update", every, f"clip_small_norm({fraction})")
 
 
+@_cached
 def clip_small_contribution(fraction: float, every: int = 1) -> Transform:
     """Zero the ``fraction`` of pixels with the smallest |sum_c x * grad| (Yosinski et al. 2015's
     contribution clipping: a first-order estimate of how much the pixel moves the loss)."""
@@ -253,44 +280,42 @@ def clip_small_contribution(fraction: float, every: int = 1) -> Transform:
 # --------------------------------------------------------------------------------------------
 # Valid pixel range
 
-def _preprocessing(spec_or_model):
-    pre = getattr(spec_or_model, "preprocessing", None)
-    if pre is None and hasattr(spec_or_model, "spec"):
-        pre = spec_or_model.spec.preprocessing
-    return pre if pre is not None else spec_or_model
+def _preprocessing(model_or_preprocessing):
+    """The ``Preprocessing`` of a model (``model.preprocessing``) or a ``Preprocessing`` itself."""
+    return getattr(model_or_preprocessing, "preprocessing", model_or_preprocessing)
 
 
-def valid_range(spec_or_model) -> tuple[Array, Array]:
+def valid_range(model_or_preprocessing) -> tuple[Array, Array]:
     """(lo, hi), each (3,) in model channel order: the preprocessing of [0, 1] per channel.
 
-    Accepts a ``ModelSpec``, a ``Model`` or a ``Preprocessing``.
+    Accepts a ``jaxviz.interface.Model`` (its ``model.preprocessing``) or a ``Preprocessing``.
     """
-    pre = _preprocessing(spec_or_model)
-    lo = pre(jnp.zeros((1, 1, 1, 3), jnp.float32)).reshape(3)
-    hi = pre(jnp.ones((1, 1, 1, 3), jnp.float32)).reshape(3)
-    return jnp.minimum(lo, hi), jnp.maximum(lo, hi)
+    lo, hi = _preprocessing(model_or_preprocessing).valid_range()
+    return jnp.asarray(lo, jnp.float32), jnp.asarray(hi, jnp.float32)
 
 
-def valid_range_projection(spec_or_model) -> ProjectFn:
+def valid_range_projection(model_or_preprocessing) -> ProjectFn:
     """``project(x, x0[, data]) -> x`` clipping model-input images to the preprocessing of [0, 1].
 
     The same object for the same preprocessing (so the engine's compiled step is reused)."""
-    return _range_projection(_preprocessing(spec_or_model))
+    return _range_projection(_preprocessing(model_or_preprocessing))
 
 
 @functools.lru_cache(maxsize=16)
 def _range_projection(preprocessing) -> ProjectFn:
-    lo, hi = (np.asarray(v) for v in valid_range(preprocessing))  # numpy: no device arrays held in a cache
+    lo, hi = (np.asarray(v, np.float32) for v in preprocessing.valid_range())  # numpy: no device arrays in a cache
     return lambda x, x0=None, data=None: jnp.clip(x, lo.astype(x.dtype), hi.astype(x.dtype))
 
 
 # --------------------------------------------------------------------------------------------
 # Optimisers (updates are added to the variables: they MINIMISE the loss)
 
+@_cached
 def sgd(learning_rate: float, momentum: float | None = None) -> optax.GradientTransformation:
     return optax.sgd(learning_rate, momentum)
 
 
+@_cached
 def adam(learning_rate: float, **kwargs) -> optax.GradientTransformation:
     return optax.adam(learning_rate, **kwargs)
 
@@ -307,6 +332,7 @@ def lbfgs(memory_size: int = 10, line_search: bool = True, learning_rate: float 
     return optax.lbfgs(learning_rate=learning_rate, memory_size=memory_size, linesearch=None, **kwargs)
 
 
+@_cached
 def sign_gradient(step: float) -> optax.GradientTransformation:
     """x <- x - step * sign(g): the L-inf steepest-descent step of FGSM / BIM / PGD."""
     return optax.chain(optax.scale_by_sign(), optax.scale(-step))
@@ -321,6 +347,7 @@ def _image_norms(tree: PyTree, kind: str) -> Array:
     return total / sum(int(np.prod(l.shape[1:])) for l in leaves)
 
 
+@_cached
 def scale_by_image_norm(kind: Literal["l2", "mean_abs"] = "l2", eps: float = 1e-12) -> optax.GradientTransformation:
     """Divide each image's gradient by its own norm (L2, or mean |g| as DeepDream does)."""
     def update(updates, state, params=None):
@@ -330,6 +357,7 @@ def scale_by_image_norm(kind: Literal["l2", "mean_abs"] = "l2", eps: float = 1e-
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
+@_cached
 def normalized_gradient(step: float, kind: Literal["l2", "mean_abs"] = "l2") -> optax.GradientTransformation:
     """x <- x - step * g / ||g|| per image (CS231n class visualisation, the seed "fooling" method;
     ``kind="mean_abs"``: g / mean|g|, DeepDream's normalised step)."""
@@ -431,33 +459,40 @@ def _check(init: Array, steps: int) -> None:
 
 
 @functools.lru_cache(maxsize=16)  # entries hold the callables' closures: keep few
-def _compiled(loss_fn, optimizer, param, transforms, project, active, with_data, compiler_options=()):
+def _compiled(loss_fn, optimizer, param, transforms, project, active, with_data, compiler_options=(),
+              objective=False):
     """The jitted step for these parts, cached: a second call with the same objects (DeepDream's
-    octaves, benchmarks, tests) reuses the traced step (jit still specialises on shapes)."""
+    octaves, benchmarks, tests, attacks) reuses the traced step (jit still specialises on shapes).
+
+    The step's ``data`` argument is ``(objective data, user data)``: with ``objective``,
+    ``loss_fn`` is an ``Objective``'s pure ``fn(x, keys, objective_data)``."""
     image_f = param.image
     is_pixels = param.name == "pixels"
     loss_t = [t for t in transforms if t.stage == "loss"]
     update_t = [t for t in transforms if t.stage == "update"]
     opt = optax.with_extra_args_support(optimizer)
-    extra = (lambda data: (data,)) if with_data else (lambda data: ())
+    extra = (lambda data: (data[1],)) if with_data else (lambda data: ())
 
-    def objective(p: PyTree, ks: Array, data: PyTree) -> tuple[Array, Array]:
+    def loss_of(x, ks, data):
+        return loss_fn(x, ks, data[0]) if objective else loss_fn(x, ks, *extra(data))
+
+    def objective_fn(p: PyTree, ks: Array, data: PyTree) -> tuple[Array, Array]:
         x = image_f(p)
         for j, t in enumerate(loss_t):
             x = t.fn(x, jax.vmap(lambda k: jax.random.fold_in(k, 1 + j))(ks), None)
-        losses = loss_fn(x, ks, *extra(data))
+        losses = loss_of(x, ks, data)
         return losses.sum(), losses
 
     def step(p, state, mask, done, i, keys, x0, data):
         n = mask.shape[0]
         line_search = uses_line_search(state)
         ks = jax.vmap(lambda k: jax.random.fold_in(k, i))(keys)
-        total = lambda q: objective(q, ks, data)[0]  # deterministic within a step: what a line search needs
+        total = lambda q: objective_fn(q, ks, data)[0]  # deterministic within a step: what a line search needs
         if line_search:
             value, grad = optax.value_and_grad_from_state(total)(p, state=state)
-            losses = objective(p, ks, data)[1] if n > 1 else value.reshape(1)
+            losses = objective_fn(p, ks, data)[1] if n > 1 else value.reshape(1)
         else:
-            (value, losses), grad = jax.value_and_grad(objective, has_aux=True)(p, ks, data)
+            (value, losses), grad = jax.value_and_grad(objective_fn, has_aux=True)(p, ks, data)
         updates, state = opt.update(grad, state, p, value=value, grad=grad, value_fn=total)
         new = optax.apply_updates(p, updates)
         if update_t or project is not None:
@@ -477,7 +512,8 @@ def _compiled(loss_fn, optimizer, param, transforms, project, active, with_data,
         return new, state, mask, done, losses
 
     active_jit = None if active is None else jax.jit(lambda x, data: active(x, *extra(data)))
-    return runtime.jit(step, compiler_options), jax.jit(image_f), active_jit, opt
+    options = {"compiler_options": dict(compiler_options)} if compiler_options else {}
+    return jax.jit(step, **options), jax.jit(image_f), active_jit, opt
 
 
 def optimize(loss_fn: LossFn, init: Array, *, optimizer: optax.GradientTransformation, steps: int,
@@ -497,11 +533,11 @@ def optimize(loss_fn: LossFn, init: Array, *, optimizer: optax.GradientTransform
       project: ``(x, x0) -> x`` after every update.
       active: ``x -> (N,) bool`` per-image continue flag (frozen for good once False).
       callbacks: ``Callback``s driven from the loop.
-      key: PRNG key or (N,) keys (default: key 0).
+      key: one PRNG key shared by every image, or (N,) per-image keys (default: key 0).
       data: optional pytree passed to ``loss_fn`` / ``project`` / ``active`` as a traced last
         argument (weights and targets: compiled once, not baked in as constants).
-      compiler_options: XLA options for the step, ``jaxviz.runtime.compiler_options(model)``
-        (faster convolutions on CPU for some networks; same results).
+      compiler_options: XLA options for the step, ``model.compiler_options`` (set by
+        ``jaxviz.accel.accelerate``: faster convolutions on CPU for some networks; same results).
     Returns:
       ``OptimizeResult``.
     """
@@ -511,8 +547,12 @@ def optimize(loss_fn: LossFn, init: Array, *, optimizer: optax.GradientTransform
     keys = image_keys(key, n)
     param = parameterization or pixels()
     params = jax.tree_util.tree_map(jnp.array, param.encode(init))  # a copy: never alias the caller's
-    parts = (loss_fn, optimizer, param, tuple(transforms), project, active, data is not None,
-             tuple(compiler_options))
+    # An Objective travels as its pure function (the cache key) and its arrays (traced data).
+    objective = isinstance(loss_fn, Objective)
+    loss_key, loss_data = (loss_fn.pure_fn, loss_fn.data) if objective else (loss_fn, None)
+    data = (loss_data, data)
+    parts = (loss_key, optimizer, param, tuple(transforms), project, active, data[1] is not None,
+             tuple(compiler_options), objective)
     try:
         step_jit, images_jit, active_jit, opt = _compiled(*parts)
     except TypeError:  # something unhashable: build without the cache

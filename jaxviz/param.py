@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz.optimize import Parameterization
+from jaxviz.keys import image_keys
+from jaxviz.optimize import Parameterization, _cached
 
 Array = jax.Array
 
@@ -35,8 +36,13 @@ def rfft2d_freqs(h: int, w: int) -> np.ndarray:
     return np.sqrt(fx * fx + fy * fy)
 
 
-def fourier(h: int, w: int, *, to_input: Callable[[Array], Array] = lambda x: x,
-            from_input: Callable[[Array], Array] = lambda x: x, decorrelate: bool = True,
+def _identity(x):
+    return x
+
+
+@_cached  # the same object for the same arguments: the engine's compiled step is reused
+def fourier(h: int, w: int, *, to_input: Callable[[Array], Array] = _identity,
+            from_input: Callable[[Array], Array] = _identity, decorrelate: bool = True,
             decay_power: float = 1.0) -> Parameterization:
     """Fourier-space (+ decorrelated colour, sigmoid) parameterisation of (N, h, w, 3) images.
 
@@ -71,6 +77,11 @@ def fourier(h: int, w: int, *, to_input: Callable[[Array], Array] = lambda x: x,
     return Parameterization(encode, image, "fourier")
 
 
-def fourier_noise(key: Array, n: int, h: int, w: int, sd: float = 0.01) -> Array:
-    """Lucid's random start: small Gaussian Fourier coefficients (N, h, w//2+1, 3, 2)."""
-    return sd * jax.random.normal(key, (n, h, w // 2 + 1, 3, 2), jnp.float32)
+def fourier_noise(key: Array | None, n: int, h: int, w: int, sd: float = 0.01) -> Array:
+    """Lucid's random start: small Gaussian Fourier coefficients (N, h, w//2+1, 3, 2).
+
+    ``key``: one key, shared by every image (so image i's start does not depend on the batch),
+    or (N,) per-image keys (``jaxviz.keys.image_keys``).
+    """
+    keys = image_keys(key, n)
+    return sd * jax.vmap(lambda k: jax.random.normal(k, (h, w // 2 + 1, 3, 2), jnp.float32))(keys)

@@ -1,4 +1,6 @@
-"""Objectives: true gradients (finite differences, float64), the DeepDream identity, composition."""
+"""Objectives: true gradients (finite differences, float64), the DeepDream identity, composition,
+the empty-layer refusal; on the bundled tiny CNN (the any-model matrix is in
+tests/test_optimise_any_model.py)."""
 from __future__ import annotations
 
 import jax
@@ -30,8 +32,8 @@ def tiny64():
 def test_class_score_with_l2_gradient(tiny64):
     model, params, x = tiny64
     with x64():
-        _fd_check(-obj.class_score(model.apply, params, jnp.array([1, 3])) + 0.1 * obj.l2(), x)
-        _fd_check(obj.class_score(model.apply, params, 2, score="logprob"), x, seed=1)
+        _fd_check(-obj.class_score(model, params, jnp.array([1, 3])) + 0.1 * obj.l2(), x)
+        _fd_check(obj.class_score(model, params, 2, score="logprob"), x, seed=1)
 
 
 @pytest.mark.parametrize("beta", [2.0, 1.5, 1.0])
@@ -52,54 +54,89 @@ def test_feature_match_gradient(tiny64):
     model, params, x = tiny64
     with x64():
         x0 = x[::-1] * 0.5
-        _fd_check(obj.feature_match(model.apply, params, "features.4", x0), x)
-        _fd_check(obj.feature_match(model.apply, params, "features.1", x0, normalize=False), x, seed=2)
+        _fd_check(obj.feature_match(model, params, "features.4", x0), x)
+        _fd_check(obj.feature_match(model, params, "features.1", x0, normalize=False), x, seed=2)
 
 
 def test_feature_match_zero_at_reference_and_normalised(tiny64):
     model, params, x = tiny64
     with x64():
-        f = obj.feature_match(model.apply, params, "features.4", x)
+        f = obj.feature_match(model, params, "features.4", x)
         np.testing.assert_allclose(f(x), 0.0, atol=1e-20)
         # normalised: matching the zero activation costs exactly 1 (relative error 100%)
-        zero_acts = jnp.zeros_like(model.apply(params, x, stop="features.4"))
-        g = obj.feature_distance(model.apply, params, "features.4", zero_acts, normalize=False)
-        a = model.apply(params, x, stop="features.4")
+        zero_acts = jnp.zeros_like(model.activation(params, x, "features.4"))
+        g = obj.feature_distance(model, params, "features.4", zero_acts, normalize=False)
+        a = model.activation(params, x, "features.4")
         np.testing.assert_allclose(g(x), jnp.sum(a * a, axis=(1, 2, 3)), rtol=1e-12)
 
 
 def test_deepdream_gradient_and_identity(tiny64):
     model, params, x = tiny64
     with x64():
-        _fd_check(obj.deepdream(model.apply, params, "features.4"), x)
+        _fd_check(obj.deepdream(model, params, "features.4"), x)
         # gradient of ½Σf² w.r.t. the layer's activation is the activation itself
-        acts = model.apply(params, x, stop="features.4")
+        acts = model.activation(params, x, "features.4")
         g = jax.grad(lambda a: jnp.sum(0.5 * jnp.sum(jnp.square(a).reshape(a.shape[0], -1), 1)))(acts)
         np.testing.assert_array_equal(g, acts)
         # and through the objective's own code path: d/dx = J^T f  (vjp of the layer map with f)
-        _, vjp = jax.vjp(lambda z: model.apply(params, z, stop="features.4"), x)
+        _, vjp = jax.vjp(lambda z: model.activation(params, z, "features.4"), x)
         via_layer = vjp(acts)[0]
-        direct = jax.grad(lambda z: jnp.sum(obj.deepdream(model.apply, params, "features.4")(z)))(x)
+        direct = jax.grad(lambda z: jnp.sum(obj.deepdream(model, params, "features.4")(z)))(x)
         np.testing.assert_allclose(direct, via_layer, rtol=1e-12, atol=1e-14)
 
 
 def test_channel_and_neuron(tiny64):
     model, params, x = tiny64
     with x64():
-        acts = model.apply(params, x, stop="features.4")
-        np.testing.assert_allclose(obj.channel(model.apply, params, "features.4", jnp.array([2, 7]))(x),
+        acts = model.activation(params, x, "features.4")
+        np.testing.assert_allclose(obj.channel(model, params, "features.4", jnp.array([2, 7]))(x),
                                    [acts[0, :, :, 2].mean(), acts[1, :, :, 7].mean()])
         # non-square map: (y, x) = (1, 6) exists only if x and y are not swapped (6 x 8 map)
-        np.testing.assert_allclose(obj.neuron(model.apply, params, "features.4", 3, 1, 6)(x), acts[:, 1, 6, 3])
-        _fd_check(obj.channel(model.apply, params, "features.4", 5), x)
+        np.testing.assert_allclose(obj.neuron(model, params, "features.4", 3, 1, 6)(x), acts[:, 1, 6, 3])
+        _fd_check(obj.channel(model, params, "features.4", 5), x)
 
 
 def test_composition_arithmetic(tiny64):
     model, params, x = tiny64
     with x64():
-        a = obj.class_score(model.apply, params, 1)
+        a = obj.class_score(model, params, 1)
         b = obj.l2()
         combo = 2.0 * a - b / 4.0 + 1.0 - (-a) * 0.5
         np.testing.assert_allclose(combo(x), 2 * a(x) - b(x) / 4 + 1 + 0.5 * a(x), rtol=1e-12)
         np.testing.assert_allclose((a * b)(x), a(x) * b(x), rtol=1e-12)
         np.testing.assert_allclose((3.0 - a)(x), 3.0 - a(x), rtol=1e-12)
+
+
+def test_user_objective_composes_with_builtin_ones(tiny64):
+    """``Objective(fn)`` of a user's fn(x, keys) mixes with the pure built-ins (data objectives)."""
+    model, params, x = tiny64
+    with x64():
+        mine = obj.Objective(lambda z, k: jnp.sum(z.reshape(z.shape[0], -1), 1), "sum")
+        combo = mine - 0.5 * obj.class_score(model, params, jnp.array([0, 4]))
+        expected = jnp.sum(x.reshape(2, -1), 1) - 0.5 * model.apply(params, x)[jnp.arange(2), jnp.array([0, 4])]
+        np.testing.assert_allclose(combo(x), expected, rtol=1e-12)
+        np.testing.assert_allclose(obj.evaluate(combo, x), expected, rtol=1e-12)
+        # the same structure gives the same pure function (the engine's cache key)
+        again = mine - 0.5 * obj.class_score(model, params, jnp.array([1, 2]))
+        assert again.pure_fn is combo.pure_fn
+
+
+def test_objectives_resolve_layers_with_clear_errors():
+    from jaxviz.errors import JaxvizError
+    model = make_tiny_model()
+    with pytest.raises(JaxvizError, match="unknown layer"):
+        obj.channel(model, model.params, "features.44", 0)
+    with pytest.raises(JaxvizError, match="unknown score"):
+        obj.class_score(model, model.params, 0, score="margin")
+
+
+def test_require_nonempty_names_the_smallest_size():
+    """A layer whose output is empty at the size is refused with the smallest size that works
+    (the tiny CNN's features.4 follows a 2x2 max-pool: empty at 1 px, fine from 2 px)."""
+    from jaxviz.errors import JaxvizError
+    model = make_tiny_model()
+    obj.require_nonempty(model, ("features.4",), (2, 2))
+    with pytest.raises(JaxvizError, match="features.4 .*empty at 1x1 px.*at least 2x2 px"):
+        obj.require_nonempty(model, ("features.4",), (1, 1))
+    with pytest.raises(JaxvizError, match="empty at 1x9 px"):
+        obj.require_nonempty(model, None, (1, 9))

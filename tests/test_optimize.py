@@ -10,7 +10,7 @@ import pytest
 
 from jaxviz import objectives as obj
 from jaxviz.errors import JaxvizError
-from jaxviz.models.registry import CAFFE, LITE, TORCHVISION
+from jaxviz.interface import CAFFE, LITE, TORCHVISION
 from jaxviz.optimize import (ProgressBar, Snapshots, adam, blur, clip_range, clip_small_contribution,
                              clip_small_norm, gaussian_blur, gaussian_kernel1d, image_keys, jitter, lbfgs,
                              normalized_gradient, optimize, sgd, sign_gradient, valid_range,
@@ -19,7 +19,7 @@ from jaxviz.param import fourier, fourier_noise
 
 
 def _classviz_loss(model, classes):
-    return -obj.class_score(model.apply, model.params, jnp.asarray(classes)) + 1e-2 * obj.l2()
+    return -obj.class_score(model, model.params, jnp.asarray(classes)) + 1e-2 * obj.l2()
 
 
 @pytest.mark.parametrize("optimizer", [sgd(0.05), adam(0.05)], ids=["sgd", "adam"])
@@ -51,8 +51,11 @@ def test_same_key_same_result_different_key_different(tiny_model):
     c = optimize(_classviz_loss(tiny_model, [1, 1]), init, key=jax.random.key(4), **kw)
     np.testing.assert_array_equal(a.images, b.images)
     assert not np.allclose(a.images, c.images)
+    # one key is shared by every image: same class, same start -> the same image
+    np.testing.assert_array_equal(a.images[0], a.images[1])
     # two images with the same class but different per-image keys differ (jitter is per image)
-    assert not np.allclose(a.images[0], a.images[1])
+    d = optimize(_classviz_loss(tiny_model, [1, 1]), init, key=jax.random.split(jax.random.key(3), 2), **kw)
+    assert not np.allclose(d.images[0], d.images[1])
 
 
 def _quadratic(n=1, d=6, seed=0):
@@ -144,7 +147,7 @@ def test_fourier_parameterisation_roundtrip_range_and_descent(tiny_model):
     np.testing.assert_allclose(p.image(p.encode(x)), x, atol=1e-4)
     lo, hi = valid_range(TORCHVISION)
     assert np.all(np.asarray(x) >= np.asarray(lo) - 1e-6) and np.all(np.asarray(x) <= np.asarray(hi) + 1e-6)
-    loss = -obj.channel(tiny_model.apply, tiny_model.params, "features.4", jnp.array([1, 5]))
+    loss = -obj.channel(tiny_model, tiny_model.params, "features.4", jnp.array([1, 5]))
     res = optimize(loss, x, optimizer=adam(0.05), steps=15, parameterization=p)
     assert np.all(res.losses[-1] < res.losses[0])
     assert np.all(np.asarray(res.images) >= np.asarray(lo) - 1e-6)
@@ -162,7 +165,7 @@ def test_gaussian_blur_kernel_and_constant():
 
 
 def test_clip_small_contribution_zeros_least_contributing(tiny_model):
-    loss = -obj.class_score(tiny_model.apply, tiny_model.params, 1)
+    loss = -obj.class_score(tiny_model, tiny_model.params, 1)
     x = jax.random.normal(jax.random.key(0), (1, 16, 16, 3))
     res = optimize(loss, x, optimizer=sgd(0.0), steps=1, transforms=(clip_small_contribution(0.25),))
     zero = np.all(np.asarray(res.images[0]) == 0.0, axis=-1)
@@ -188,8 +191,9 @@ def test_bad_inputs():
     with pytest.raises(JaxvizError):
         blur(1.0, every=0)
     assert image_keys(None, 4).shape == (4,)
+    # one key (raw or typed) is shared by every image
     np.testing.assert_array_equal(jax.random.key_data(image_keys(jax.random.PRNGKey(1), 2)),
-                                  jax.random.key_data(jax.random.split(jax.random.key(1), 2)))
+                                  jax.random.key_data(jnp.stack([jax.random.key(1)] * 2)))
 
 
 def test_optax_chain_with_extra_args_works():
@@ -244,3 +248,22 @@ def test_lbfgs_without_line_search_one_evaluation_per_step():
     jax.effects_barrier()
     assert len(calls) == 25
     np.testing.assert_allclose(np.asarray(r.images).ravel(), 1.0, atol=1e-3)
+
+
+def test_objective_weights_travel_as_data_and_reuse_the_compiled_step(tiny_model):
+    """An Objective's arrays (weights, classes, term weights) are the step's data: other weights,
+    classes and lambda reuse the compiled step, and the result equals the closure version."""
+    from jaxviz import optimize as engine
+    init = 0.1 * jax.random.normal(jax.random.key(2), (2, 16, 12, 3))
+    kw = dict(optimizer=normalized_gradient(0.5), steps=4, transforms=(jitter(2), clip_range((-2.0,) * 3, (2.0,) * 3)),
+              key=jax.random.key(1))
+    loss = -obj.class_score(tiny_model, tiny_model.params, jnp.array([0, 3])) + 1e-2 * obj.l2()
+    first = optimize(loss, init, **kw)
+    closure = optimize(lambda x, k: loss(x, k), init, **kw)  # the same objective as a plain function
+    np.testing.assert_allclose(first.images, closure.images, rtol=1e-5, atol=1e-6)
+    before = engine._compiled.cache_info()
+    other = jax.tree_util.tree_map(lambda p: 0.9 * p, tiny_model.params)
+    second = optimize(-obj.class_score(tiny_model, other, jnp.array([4, 1])) + 3e-2 * obj.l2(), init, **kw)
+    after = engine._compiled.cache_info()
+    assert after.misses == before.misses and after.hits > before.hits
+    assert not np.allclose(second.images, first.images)
