@@ -11,21 +11,31 @@ by (conditional) instance norm and ReLU. A CIN layer holds per-style ``gamma``/`
 one-hot row is one style, a mixed row blends styles (exactly style s for the s-th unit vector).
 A single-style network is S = 1.
 
-Training minimises the perceptual loss of the loss network (``vgg19_caffe``): ``content_weight ×
+Training minimises the perceptual loss of the loss network (``vgg19_caffe`` by default; any
+``jaxviz.interface.Model`` with named layers, features through ``model.activations``): ``content_weight ×
 ½ mean (F − P)²`` at ``content_layer`` plus ``style_weight × Σ_l E_l`` (Gram losses of
 ``jaxviz.style``, normalised per position) at ``style_layers`` plus ``tv_weight × TV``. Each
 training image gets a random style (one-hot) per step. Batches are random crops/flips of the
 content images drawn from ``fold_in(key, step)``, so a run resumed from a checkpoint continues
 exactly as an uninterrupted one. Checkpoints are one msgpack file (``flax.serialization``): the
-config, the network parameters, the optax state, the step and the key.
+config, the network parameters, the optax state, the step and the key; written to a temporary
+file in the target folder and renamed (removed on any failure), read back with every array's
+shape checked against the config's network, so a damaged file gives one ``JaxvizError``.
 
 Stylisation is one jitted forward pass on any (N, H, W, 3) batch with H and W divisible by 4.
+``compiler_options`` (XLA options for that jit and for the training step) come from the caller:
+the front ends pass ``jaxviz.accel.xla.compiler_options(dense_convolutions=True)`` (XLA-CPU's
+Eigen convolutions, ~3x the frames per second here); the training step defaults to the loss
+model's ``model.compiler_options``.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import os
+import tempfile
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -35,9 +45,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxviz import runtime
 from jaxviz.errors import JaxvizError
-from jaxviz.style import feature_fn, gram_matrix, style_layer_loss, tv_loss
+from jaxviz.interface import as_model
+from jaxviz.style import check_layers, gram_matrix, layer_features, style_layer_loss, tv_loss
 
 Array = jax.Array
 CHECKPOINT_VERSION = 1
@@ -161,12 +171,23 @@ def style_weights(num_styles: int, mix: Sequence[float] | None = None, n: int = 
     return jnp.broadcast_to(jnp.asarray(w), (n, num_styles))
 
 
-@partial(runtime.dense_conv_jit, static_argnames=("net",))  # Eigen convolutions on CPU: 3x the fps
-def _forward(net: TransformNet, params: dict, images: Array, weights: Array) -> Array:
+def _apply(net: TransformNet, params: dict, images: Array, weights: Array) -> Array:
     return net.apply({"params": params}, images, weights)
 
 
-def stylize(net: TransformNet, params: dict, images: Array, weights: Array | None = None) -> Array:
+@functools.lru_cache(maxsize=8)
+def _forward(options: tuple = ()) -> Callable:
+    """The jitted forward pass with XLA ``options`` (one per options tuple; the net is static)."""
+    kwargs = {"compiler_options": dict(options)} if options else {}
+    return jax.jit(_apply, static_argnames=("net",), **kwargs)
+
+
+def _traced(*trees) -> bool:
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(trees))
+
+
+def stylize(net: TransformNet, params: dict, images: Array, weights: Array | None = None, *,
+            compiler_options: tuple = ()) -> Array:
     """Stylise (N, H, W, 3) images in [0, 1] in one jitted forward pass.
 
     Args:
@@ -174,6 +195,9 @@ def stylize(net: TransformNet, params: dict, images: Array, weights: Array | Non
       params: its parameters.
       images: (N, H, W, 3), H and W divisible by 4.
       weights: (N, S) or (S,) style weights (default: style 0).
+      compiler_options: XLA options of the jitted pass (the front ends pass
+        ``jaxviz.accel.xla.compiler_options(dense_convolutions=True)``); inside a caller's
+        ``jit``/``vmap``/``grad`` the pass is plain (XLA takes options only at the top level).
     Returns:
       (N, H, W, 3) stylised images in [0, 1].
     Raises:
@@ -189,7 +213,9 @@ def stylize(net: TransformNet, params: dict, images: Array, weights: Array | Non
         weights = jnp.broadcast_to(weights, (n, weights.shape[0]))
     if weights.shape != (n, net.num_styles):
         raise JaxvizError(f"style weights must be ({n}, {net.num_styles}), got {tuple(weights.shape)}")
-    return _forward(net, params, images, weights)
+    if _traced(params, images, weights):
+        return _apply(net, params, images, weights)
+    return _forward(tuple(compiler_options))(net, params, images, weights)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -229,24 +255,33 @@ def random_crops(images: Array, key: Array, batch: int, size: int) -> Array:
     return jax.vmap(one)(idx, ys, xs, flips)
 
 
-def make_train_step(config: FastStyleConfig, loss_model, loss_params: dict, style_images: Sequence[Array]
-                    ) -> Callable:
+def make_train_step(config: FastStyleConfig, loss_model, loss_params: dict, style_images: Sequence[Array], *,
+                    compiler_options: tuple | None = None) -> Callable:
     """The jitted step ``(params, opt_state, key, step, content_images) -> (params, opt_state, loss)``.
 
     Args:
-      config: the training config.
-      loss_model: the feature network (``vgg19_caffe`` or any ``Model``).
+      config: the training config (its ``content_layer`` / ``style_layers`` name layers of
+        ``loss_model``).
+      loss_model: the feature network (``vgg19_caffe`` or any ``jaxviz.interface.Model`` with
+        named layers).
       loss_params: its parameters.
       style_images: S style images in [0, 1], each (h, w, 3).
+      compiler_options: XLA options of the step (default ``loss_model.compiler_options``; the
+        transform net is dense, so a dense-convolution choice suits it too).
+    Raises:
+      JaxvizError: wrong number of style images, unknown layers or layers empty at the crop size.
     """
+    loss_model = as_model(loss_model)
     if len(style_images) != config.num_styles:
         raise JaxvizError(f"config has {config.num_styles} styles but {len(style_images)} style images were given")
     net = config.network()
     layers = (config.content_layer,) + tuple(config.style_layers)
-    features = feature_fn(loss_model, layers)
+    check_layers(loss_model, loss_params, layers, (config.size, config.size), spatial=tuple(config.style_layers))
+    features = layer_features(loss_model, layers)
+    feature_jit = jax.jit(features)
     # (S, C, C) normalised Gram targets per style layer
     per_style = [[gram_matrix(f, normalize=True)[0] for f in
-                  jax.jit(features)(loss_params, loss_model.preprocess(jnp.asarray(s, jnp.float32)[None]))[1:]]
+                  feature_jit(loss_params, loss_model.preprocess(jnp.asarray(s, jnp.float32)[None]))[1:]]
                  for s in style_images]
     targets = [jnp.stack([g[l] for g in per_style]) for l in range(len(layers) - 1)]
     opt = optax.adam(config.learning_rate)
@@ -271,7 +306,8 @@ def make_train_step(config: FastStyleConfig, loss_model, loss_params: dict, styl
         loss, grads = jax.value_and_grad(loss_fn)(params, batch, weights)
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
-    return runtime.jit(step, runtime.compiler_options(loss_model))  # the transform net is dense too
+    options = tuple(loss_model.compiler_options if compiler_options is None else compiler_options)
+    return jax.jit(step, compiler_options=dict(options)) if options else jax.jit(step)
 
 
 def train(config: FastStyleConfig, state: TrainState, step_fn: Callable, content_images: Array, steps: int,
@@ -298,9 +334,32 @@ def train(config: FastStyleConfig, state: TrainState, step_fn: Callable, content
 # ----------------------------------------------------------------------------------------------
 # Checkpoints (flax msgpack: config + params + optimiser state + step + key)
 
+def _atomic_write(path: Path, data: bytes, what: str) -> None:
+    """Write ``data`` to a temporary file in ``path``'s folder, then rename it to ``path``; the
+    temporary file is removed on any failure, and an OS error becomes one ``JaxvizError``."""
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as e:
+        raise JaxvizError(f"cannot write {what} {path}: {e.strerror or e}") from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
 def save_checkpoint(path: str | Path, config: FastStyleConfig, state: TrainState) -> None:
-    """Write one msgpack file; written to ``path.tmp`` then renamed, so a crash never leaves half a file."""
+    """Write one msgpack file atomically (``JaxvizError`` if the location is not writable)."""
     from flax import serialization
+    path = Path(path)
+    if path.is_dir():
+        raise JaxvizError(f"checkpoint path is a folder: {path}")
     payload = {
         "version": CHECKPOINT_VERSION,
         "config": json.dumps(asdict(config)),
@@ -310,32 +369,62 @@ def save_checkpoint(path: str | Path, config: FastStyleConfig, state: TrainState
         "params": jax.tree_util.tree_map(np.asarray, serialization.to_state_dict(state.params)),
         "opt_state": jax.tree_util.tree_map(np.asarray, serialization.to_state_dict(state.opt_state)),
     }
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(serialization.msgpack_serialize(payload))
-    tmp.replace(path)
+    _atomic_write(path, serialization.msgpack_serialize(payload), "checkpoint")
+
+
+def _restore(template, stored, what: str):
+    """``stored`` (a state dict) in ``template``'s structure (leaves: ``jax.ShapeDtypeStruct``),
+    every array's shape checked and every value finite."""
+    from flax import serialization
+    restored = serialization.from_state_dict(template, stored)
+    want = jax.tree_util.tree_leaves_with_path(template)
+    got = jax.tree_util.tree_leaves(restored)
+    if len(want) != len(got):
+        raise ValueError(f"{what} has {len(got)} arrays, expected {len(want)}")
+    leaves = []
+    for (path, w), g in zip(want, got):
+        g = np.asarray(g)
+        if g.shape != tuple(w.shape) or g.dtype.kind not in "fiu" or not np.all(np.isfinite(g)):
+            raise ValueError(f"{what} {jax.tree_util.keystr(path)}: {g.dtype} {g.shape}, expected finite "
+                             f"{w.dtype} {tuple(w.shape)}")
+        leaves.append(jnp.asarray(g, w.dtype))
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), leaves)
 
 
 def load_checkpoint(path: str | Path) -> tuple[FastStyleConfig, TrainState]:
-    """Read a checkpoint written by ``save_checkpoint``; ``JaxvizError`` if missing or not one."""
+    """Read a checkpoint written by ``save_checkpoint``.
+
+    Raises:
+      JaxvizError: missing, unreadable, not a checkpoint, another version, or arrays that do not
+        fit the network its config describes (one line, no traceback).
+    """
     from flax import serialization
     path = Path(path)
     if not path.is_file():
         raise JaxvizError(f"checkpoint not found: {path}")
     try:
         payload = serialization.msgpack_restore(path.read_bytes())
+        if not isinstance(payload, dict) or payload.get("version") != CHECKPOINT_VERSION:
+            raise ValueError(f"version {payload.get('version') if isinstance(payload, dict) else None}, "
+                             f"expected {CHECKPOINT_VERSION}")
         raw = json.loads(payload["config"])
         config = FastStyleConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
-    except Exception as e:  # msgpack / json / missing keys: not our checkpoint
-        raise JaxvizError(f"not a fast-style checkpoint: {path} ({e.__class__.__name__})") from None
-    template = init_state(config, jax.random.key(0))
-    params = serialization.from_state_dict(template.params, payload["params"])
-    opt_state = serialization.from_state_dict(template.opt_state, payload["opt_state"])
-    params = jax.tree_util.tree_map(jnp.asarray, params)
-    opt_state = jax.tree_util.tree_map(jnp.asarray, opt_state)
-    key = jax.random.wrap_key_data(jnp.asarray(payload["key"]))
-    losses = [float(v) for v in np.asarray(payload["losses"]).reshape(-1)]
-    return config, TrainState(int(payload["step"]), params, opt_state, key, losses)
+        net, s = config.network(), config.num_styles
+        shapes = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)),
+                                                 jnp.ones((1, s)) / s)["params"])
+        params = _restore(shapes, payload["params"], "params")
+        opt_state = _restore(jax.eval_shape(optax.adam(config.learning_rate).init, shapes), payload["opt_state"],
+                             "optimiser state")
+        key = jax.random.wrap_key_data(jnp.asarray(payload["key"], jnp.uint32))
+        losses = [float(v) for v in np.asarray(payload["losses"], np.float32).reshape(-1)]
+        step = int(payload["step"])
+        if step < 0:
+            raise ValueError(f"step {step}")
+    except Exception as e:  # msgpack / json / missing keys / wrong shapes: not a usable checkpoint
+        detail = str(e).splitlines()[0][:200] if str(e) else ""
+        raise JaxvizError(f"not a usable fast-style checkpoint: {path} ({e.__class__.__name__}"
+                          f"{': ' + detail if detail else ''})") from None
+    return config, TrainState(step, params, opt_state, key, losses)
 
 
 def load_content_folder(folder: str | Path, size: int, limit: int = 256) -> np.ndarray:

@@ -307,13 +307,16 @@ def style_vector(style: StyleSpec, names: Sequence[str] = STYLE_NAMES) -> np.nda
     return w
 
 
-def stylize(net: MultiStyleNet, params: dict, images: Array, weights: Array | None = None) -> Array:
+def stylize(net: MultiStyleNet, params: dict, images: Array, weights: Array | None = None, *,
+            compiler_options: tuple = ()) -> Array:
     """Stylise (N, H, W, 3) images in [0, 1] in one jitted forward pass.
 
     Args:
       net, params: from ``load_multistyle()``.
       images: (N, H, W, 3), H and W multiples of 4, at least 8.
       weights: (N, 26) or (26,) style weights (``style_vector``); default style 0.
+      compiler_options: XLA options of the jitted pass (front ends pass
+        ``jaxviz.accel.xla.compiler_options(dense_convolutions=True)``).
     Returns:
       (N, H, W, 3) stylised images in [0, 1].
     Raises:
@@ -322,4 +325,4 @@ def stylize(net: MultiStyleNet, params: dict, images: Array, weights: Array | No
     shape = np.shape(images)
     if len(shape) == 4 and min(shape[1:3]) < 8:
         raise JaxvizError(f"the {NAME} network needs height and width >= 8, got {shape[1]}x{shape[2]}")
-    return _stylize(net, params, images, weights)
+    return _stylize(net, params, images, weights, compiler_options=compiler_options)

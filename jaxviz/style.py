@@ -20,15 +20,23 @@ Color in Neural Artistic Style Transfer"): ``"luminance"`` transfers the YIQ lum
 style's luminance matched to the content's mean/std) and puts back the content's I/Q;
 ``"histogram"`` first maps the style's colours to the content's mean and covariance.
 
-The VGG runs only up to the deepest layer needed (``apply_fn(params, x, stop=deepest,
-capture=...)``). Optimisation goes through the shared engine ``jaxviz.optimize`` (L-BFGS or
-Adam), in model-input space, with the image clipped to the valid pixel range after every step.
-The loss builders take preprocessed images; ``style_transfer`` takes images in [0, 1] because
-colour preservation works in RGB.
+The feature network is any ``jaxviz.interface.Model`` with named layers: the bundled VGG19
+(``vgg19_caffe``, whose layer names and defaults below are the paper's) or a user's flax.linen /
+flax.nnx CNN (name its layers with ``content_layer=`` / ``style_layers=``). Features come from
+``model.activations``, which runs the network only up to the deepest layer needed. Style layers
+must have spatial (h, w, C) outputs, non-empty at the sizes used. Optimisation goes through the
+shared engine ``jaxviz.optimize`` (L-BFGS or Adam), in model-input space, with the image clipped to
+the model's valid pixel range after every step; ``model.prepare_params`` is called once per run
+and ``model.compiler_options`` jits the steps and the target passes (both neutral unless a front
+end accelerated the model). The loss builders take preprocessed images; ``style_transfer`` takes
+images in [0, 1] because colour preservation works in RGB. Randomness (the noise start) follows
+``jaxviz.keys.image_keys``: one key shared by every image or one key per image, so an image's
+result never depends on the rest of its batch.
 """
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Sequence
 
@@ -36,8 +44,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz import runtime
 from jaxviz.errors import JaxvizError
+from jaxviz.interface import as_model
+from jaxviz.keys import image_keys
 
 Array = jax.Array
 
@@ -86,31 +95,30 @@ def tv_loss(x: Array) -> Array:
 # ----------------------------------------------------------------------------------------------
 # Features
 
-def resolve_layers(spec, layers: Sequence[str]) -> tuple[tuple[str, ...], str]:
-    """Resolved stage names of ``layers`` (aliases allowed) and the deepest of them."""
+def layer_features(model, layers: Sequence[str]) -> Callable[[dict, Array], list[Array]]:
+    """``f(params, x) -> [features of each layer]`` (in the order given), running the network
+    only as far as the deepest of them (``model.activations``).
+
+    Raises:
+      JaxvizError: no layers, a model without named layers, or an unknown layer (close names).
+    """
+    model = as_model(model)
     if not layers:
         raise JaxvizError("at least one layer is needed")
-    resolved = tuple(spec.resolve_layer(name) for name in layers)
-    order = {name: i for i, name in enumerate(spec.layer_names)}
-    return resolved, max(resolved, key=order.__getitem__)
-
-
-def feature_fn(model, layers: Sequence[str]) -> Callable[[dict, Array], list[Array]]:
-    """``f(params, x) -> [features of each layer]``, running the network only to the deepest one."""
-    resolved, deepest = resolve_layers(model.spec, layers)
-    apply = model.module.apply
+    names = tuple(model.resolve_layer(name) for name in layers)
+    unique = tuple(dict.fromkeys(names))
 
     def f(params: dict, x: Array) -> list[Array]:
-        _, acts = apply({"params": params}, x, stop=deepest, capture=resolved)
-        return [acts[name] for name in resolved]
+        acts = model.activations(params, x, unique)
+        return [acts[name] for name in names]
     return f
 
 
 @functools.lru_cache(maxsize=32)
 def _jitted(fn: Callable, options: tuple = ()) -> Callable:
-    """``jit(fn)`` with XLA ``options``, one per function object (a fresh ``jax.jit`` would retrace
-    every call)."""
-    return runtime.jit(fn, options)
+    """``jit(fn)`` with XLA ``options`` (``model.compiler_options``), one per function object (a
+    fresh ``jax.jit`` would retrace every call)."""
+    return jax.jit(fn, compiler_options=dict(options)) if options else jax.jit(fn)
 
 
 def gram_targets(features: Callable, params: dict, style_xs: Sequence[Array],
@@ -118,15 +126,16 @@ def gram_targets(features: Callable, params: dict, style_xs: Sequence[Array],
     """Blended normalised Gram targets ``Σ_s a_s Ĝ_s / M̂_s`` per layer: list of (C, C).
 
     Args:
-      features: ``feature_fn(model, layers)``.
+      features: ``layer_features(model, layers)`` (or any ``f(params, x) -> [features]``).
       style_xs: preprocessed style images, each (1, h, w, 3) (sizes may differ).
       weights: blend weights a_s (default equal); normalised to sum to 1.
-      options: XLA options of the steps (``runtime.compiler_options``), so that targets and
+      options: XLA options of the steps (``model.compiler_options``), so that targets and
         steps use the same convolutions.
     """
     a = np.ones(len(style_xs)) if weights is None else np.asarray(weights, np.float64)
-    if a.shape != (len(style_xs),) or np.any(a < 0) or a.sum() <= 0:
-        raise JaxvizError(f"style weights must be {len(style_xs)} non-negative numbers, not all 0; got {weights}")
+    if a.shape != (len(style_xs),) or not np.all(np.isfinite(a)) or np.any(a < 0) or a.sum() <= 0:
+        raise JaxvizError(f"style weights must be {len(style_xs)} finite non-negative numbers, not all 0; "
+                          f"got {weights}")
     a = a / a.sum()
     targets = None
     for w, sx in zip(a, style_xs):
@@ -154,13 +163,12 @@ class GatysLoss:
 
     @functools.cached_property  # one function object per loss: jitted target passes compile once
     def features(self) -> Callable[[dict, Array], list[Array]]:
-        from jaxviz.nonlinearities import fast_pool_model
-        layers = ((self.content_layer,) if self.content_layer else ()) + self.style_layers
-        # same forward and gradients; the max-pool backward avoids XLA-CPU's slow select_and_scatter
-        # (measured 9% faster per VGG19 step at 256 px)
-        from jaxviz.models.network import SequentialNet
-        model = fast_pool_model(self.model) if type(self.model.module) is SequentialNet else self.model
-        return feature_fn(model, layers)
+        """``f(params, x) -> [content features (if any), style features...]``."""
+        return layer_features(self.model, self.layers)
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return ((self.content_layer,) if self.content_layer else ()) + self.style_layers
 
     @functools.cached_property
     def style_features(self) -> Callable[[dict, Array], list[Array]]:
@@ -169,16 +177,16 @@ class GatysLoss:
         return lambda params, x: self.features(params, x)[skip:]
 
     def prepare(self, params: dict) -> tuple[dict, tuple]:
-        """(params with kernels precomputed for the steps, XLA options of the steps), computed
-        once per run; targets computed with them use the same convolutions as the steps."""
-        from jaxviz.nonlinearities import with_stored_kernels
-        return with_stored_kernels(params), runtime.compiler_options(self.model)
+        """(``model.prepare_params(params)``, ``model.compiler_options``), once per run: an
+        accelerated model stores precomputed kernels in the params; targets computed with these
+        params and options use the same convolutions as the steps."""
+        return self.model.prepare_params(params), tuple(self.model.compiler_options)
 
-    def targets(self, params: dict, content_x: Array, style_x: Array) -> tuple[Array, list[Array]]:
-        """Content features (N, h, w, c) of ``content_x`` and normalised Grams [(N, C, C)] of
-        ``style_x`` (N images each), for ``gatys_data``."""
-        content = self.features(params, content_x)[0]
-        return content, [gram_matrix(f, normalize=True) for f in self.features(params, style_x)[1:]]
+    def targets(self, params: dict, content_x: Array, style_x: Array) -> tuple[Array | None, list[Array]]:
+        """Content features (N, h, w, c) of ``content_x`` (None without a content layer) and
+        normalised Grams [(N, C, C)] of ``style_x`` (N images each), for ``gatys_data``."""
+        content = self.features(params, content_x)[0] if self.content_layer else None
+        return content, [gram_matrix(f, normalize=True) for f in self.style_features(params, style_x)]
 
     def parts(self, x: Array, data: dict) -> dict:
         """Weighted terms, each (N,): ``content`` (α L_content), ``style`` (β Σ w_l E_l), ``tv``."""
@@ -197,11 +205,23 @@ class GatysLoss:
         return p["content"] + p["style"] + p["tv"]
 
 
+def gatys_loss(model, content_layer: str | None, style_layers: Sequence[str]) -> GatysLoss:
+    """The (cached) ``GatysLoss`` of ``model`` for these layers (aliases allowed); the same object
+    for the same model and layers.
+
+    Raises:
+      JaxvizError: no style layer, a model without named layers or an unknown layer.
+    """
+    model = as_model(model)
+    if not style_layers:
+        raise JaxvizError("at least one style layer is needed")
+    content = model.resolve_layer(content_layer) if content_layer else None
+    return _gatys_loss(model, content, tuple(model.resolve_layer(n) for n in style_layers))
+
+
 @functools.lru_cache(maxsize=16)
-def gatys_loss(model, content_layer: str | None, style_layers: tuple[str, ...]) -> GatysLoss:
-    """The (cached) ``GatysLoss`` for these layers; the same object for the same arguments."""
-    resolve_layers(model.spec, ((content_layer,) if content_layer else ()) + tuple(style_layers))
-    return GatysLoss(model, content_layer, tuple(style_layers))
+def _gatys_loss(model, content_layer: str | None, style_layers: tuple[str, ...]) -> GatysLoss:
+    return GatysLoss(model, content_layer, style_layers)
 
 
 def gatys_data(params: dict, grams: Sequence[Array], layer_weights: Sequence[float], *,
@@ -209,13 +229,11 @@ def gatys_data(params: dict, grams: Sequence[Array], layer_weights: Sequence[flo
                tv_weight: float = 0.0) -> dict:
     """The ``data`` pytree of ``GatysLoss``; grams (C, C) are given a batch axis of 1.
 
-    The params carry kernels precomputed for the steps (``with_stored_kernels``: the transposed
-    kernels of the backward pass, Winograd forms on CPU), computed here once per run unless
-    ``params`` already carry them (``GatysLoss.prepare``).
+    ``params``: the network's params as the steps use them, i.e. ``GatysLoss.prepare(params)[0]``
+    (``model.prepare_params``: an accelerated model's precomputed kernels).
     """
-    from jaxviz.nonlinearities import with_stored_kernels
     grams = [g if g.ndim == 3 else g[None] for g in grams]
-    return {"params": with_stored_kernels(params), "content": content, "grams": list(grams),
+    return {"params": params, "content": content, "grams": list(grams),
             "layer_weights": jnp.asarray(layer_weights, jnp.float32),
             "weights": jnp.asarray([content_weight, style_weight, tv_weight], jnp.float32)}
 
@@ -285,7 +303,13 @@ class StyleResult:
     compile_seconds: float = 0.0
 
 
+def _check_pixels(images: Array, name: str) -> None:
+    if not bool(jnp.all(jnp.isfinite(images))) or float(images.min()) < -1e-4 or float(images.max()) > 1.0 + 1e-4:
+        raise JaxvizError(f"{name} must be finite RGB values in [0, 1]")
+
+
 def _images01(image, name: str) -> Array:
+    """An (H, W, 3) image in [0, 1] (a batch of one is accepted), at least 16 x 16."""
     image = jnp.asarray(image, jnp.float32)
     if image.ndim == 4 and image.shape[0] == 1:
         image = image[0]
@@ -293,7 +317,8 @@ def _images01(image, name: str) -> Array:
         raise JaxvizError(f"{name} must be an (H, W, 3) RGB image, got shape {tuple(image.shape)}")
     if image.shape[0] < 16 or image.shape[1] < 16:
         raise JaxvizError(f"{name} must be at least 16x16 pixels, got {image.shape[:2]}")
-    return image
+    _check_pixels(image, name)
+    return jnp.clip(image, 0.0, 1.0)
 
 
 OPTIMIZERS = ("lbfgs", "lbfgs-linesearch", "adam")
@@ -307,6 +332,8 @@ def make_optimizer(optimizer: str, learning_rate: float | None = None):
     search (guaranteed descent, but a step may evaluate the loss several times: measured 3-4x
     slower per step on VGG19). ``"adam"``: step in model-input units (default 10)."""
     from jaxviz import optimize as engine
+    if learning_rate is not None and not (math.isfinite(learning_rate) and learning_rate > 0):
+        raise JaxvizError(f"learning rate must be a finite number > 0, got {learning_rate}")
     if optimizer == "lbfgs":
         return engine.lbfgs(line_search=False, learning_rate=1.0 if learning_rate is None else learning_rate)
     if optimizer == "lbfgs-linesearch":
@@ -316,19 +343,29 @@ def make_optimizer(optimizer: str, learning_rate: float | None = None):
     raise JaxvizError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}")
 
 
-def _check_options(style_scale, preserve_color, init, weights, steps, optimizer) -> None:
-    if not 0.05 <= style_scale <= 8.0:
+def check_options(*, style_scale: float = 1.0, preserve_color=None, init: str = "content",
+                  weights: Sequence[float] = (), steps: int = 0, optimizer: str = "lbfgs",
+                  learning_rate: float | None = None) -> None:
+    """Validate style-transfer options once (shared by the public functions and the CLI).
+
+    Raises:
+      JaxvizError: a non-finite or negative loss weight, a style scale outside [0.05, 8], an
+        unknown colour mode / start / optimiser, negative steps, a learning rate that is not > 0.
+    """
+    if not (math.isfinite(style_scale) and 0.05 <= style_scale <= 8.0):
         raise JaxvizError(f"style_scale must be in [0.05, 8], got {style_scale}")
     if preserve_color not in (None, "luminance", "histogram"):
         raise JaxvizError(f"preserve_color must be None, 'luminance' or 'histogram', got {preserve_color!r}")
     if init not in ("content", "style", "noise"):
         raise JaxvizError(f"init must be 'content', 'style' or 'noise', got {init!r}")
-    if min(weights) < 0:
-        raise JaxvizError("loss weights must be >= 0")
-    if int(steps) < 0:
-        raise JaxvizError(f"steps must be >= 0, got {steps}")
+    if not all(math.isfinite(float(w)) and float(w) >= 0 for w in weights):
+        raise JaxvizError(f"loss weights must be finite and >= 0, got {', '.join(f'{float(w):g}' for w in weights)}")
+    if int(steps) != steps or int(steps) < 0:
+        raise JaxvizError(f"steps must be an integer >= 0, got {steps}")
     if optimizer not in OPTIMIZERS:
         raise JaxvizError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}")
+    if learning_rate is not None and not (math.isfinite(learning_rate) and learning_rate > 0):
+        raise JaxvizError(f"learning rate must be a finite number > 0, got {learning_rate}")
 
 
 def _layer_weights(style_layers: tuple[str, ...], layer_weights) -> list[float]:
@@ -336,7 +373,43 @@ def _layer_weights(style_layers: tuple[str, ...], layer_weights) -> list[float]:
          else np.asarray(layer_weights, np.float64))
     if w.shape != (len(style_layers),):
         raise JaxvizError(f"need {len(style_layers)} layer weights, got {w.size}")
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise JaxvizError(f"layer weights must be finite and >= 0, got {list(w)}")
     return [float(v) for v in w]
+
+
+def _style_size(hw: tuple[int, int], style_scale: float) -> tuple[int, int]:
+    return max(16, round(hw[0] * style_scale)), max(16, round(hw[1] * style_scale))
+
+
+def check_layers(model, params, layers: Sequence[str], hw: tuple[int, int], *, spatial: Sequence[str] = ()) -> None:
+    """Refuse ``layers`` that are empty at input size ``hw`` (naming the smallest size that works)
+    and ``spatial`` layers whose output is not (h, w, C): a Gram matrix needs positions.
+
+    Abstract evaluation up to the deepest layer: no FLOPs.
+
+    Raises:
+      JaxvizError: as above, or an unknown layer.
+    """
+    model = as_model(model)
+    h, w = (int(v) for v in hw)
+    x = jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32)
+    try:
+        shapes = jax.eval_shape(layer_features(model, layers), params, x)
+    except JaxvizError:
+        raise
+    except Exception as e:  # e.g. a VALID convolution on too small an input
+        raise JaxvizError(f"{model.name} does not run at {h}x{w} px up to layer(s) {', '.join(layers)} "
+                          f"({e.__class__.__name__}); use larger images or shallower layers") from None
+    for name, shape in zip(layers, shapes):
+        shape = tuple(shape.shape[1:])
+        if name in spatial and len(shape) != 3:
+            raise JaxvizError(f"style layer {name} of {model.name} has output shape {shape}; a Gram matrix "
+                              "needs a spatial (h, w, C) layer")
+        if math.prod(shape) == 0:
+            smallest = model.smallest_input(name)
+            raise JaxvizError(f"layer {name} of {model.name} is empty at {h}x{w} px (output {shape}); use "
+                              f"images of at least {smallest}x{smallest} px or a shallower layer")
 
 
 def _prepare_styles(contents: Array, styles: Sequence[Array], style_scale: float, preserve_color):
@@ -345,8 +418,7 @@ def _prepare_styles(contents: Array, styles: Sequence[Array], style_scale: float
     contents: (N, H, W, 3); styles: N lists of style images. Returns (styles (N lists), contents
     the content features are taken from (the luminance image for ``"luminance"``))."""
     from jaxviz.images import fit_image
-    h, w = contents.shape[1:3]
-    size = (max(16, round(h * style_scale)), max(16, round(w * style_scale)))
+    size = _style_size(contents.shape[1:3], style_scale)
     out, targets = [], []
     for content, group in zip(contents, styles):
         group = [jnp.asarray(fit_image(np.asarray(s), size)) for s in group]
@@ -362,15 +434,16 @@ def _prepare_styles(contents: Array, styles: Sequence[Array], style_scale: float
 
 def _start(model, init: str, contents: Array, styles: Sequence[Array], key: Array | None) -> Array:
     """Start images in model-input space: the contents (the images the content features are
-    taken from: grey in luminance mode), the (first) styles resized, or noise."""
+    taken from: grey in luminance mode), the (first) styles resized, or uniform noise drawn from
+    each image's own key (``image_keys``: image i's noise does not depend on the batch)."""
     from jaxviz.images import fit_image
     if init == "content":
         return model.preprocess(contents)
     if init == "style":
         hw = tuple(contents.shape[1:3])
         return model.preprocess(jnp.stack([jnp.asarray(fit_image(np.asarray(s), hw)) for s in styles]))
-    k = jax.random.key(0) if key is None else key
-    return model.preprocess(jax.random.uniform(k, contents.shape))
+    keys = image_keys(key, contents.shape[0])
+    return model.preprocess(jax.vmap(lambda k: jax.random.uniform(k, contents.shape[1:]))(keys))
 
 
 def _restore_colour(images: Array, contents: Array, preserve_color) -> Array:
@@ -382,8 +455,30 @@ def _restore_colour(images: Array, contents: Array, preserve_color) -> Array:
     return jnp.clip(yiq_to_rgb(jnp.concatenate([y, yiq[..., 1:]], -1)), 0.0, 1.0)
 
 
+def _setup(model, params, hw: tuple[int, int], content_layer, style_layers, layer_weights, style_scale,
+           weights, steps, optimizer, learning_rate, preserve_color, init):
+    """Checks shared by ``style_transfer`` and ``style_transfer_batch``: (loss, layer weights)."""
+    check_options(style_scale=style_scale, preserve_color=preserve_color, init=init, weights=weights,
+                  steps=steps, optimizer=optimizer, learning_rate=learning_rate)
+    loss = gatys_loss(model, content_layer, style_layers)
+    wl = _layer_weights(loss.style_layers, layer_weights)
+    check_layers(model, params, loss.layers, hw, spatial=loss.style_layers)
+    style_hw = _style_size(hw, style_scale)
+    if style_hw != tuple(hw):
+        check_layers(model, params, loss.style_layers, style_hw, spatial=loss.style_layers)
+    return loss, wl
+
+
+def _optimise(model, loss: GatysLoss, x0: Array, data: dict, options: tuple, optimizer: str,
+              learning_rate, steps: int, callbacks):
+    from jaxviz import optimize as engine
+    return engine.optimize(loss, x0, optimizer=make_optimizer(optimizer, learning_rate), steps=int(steps),
+                           project=engine.valid_range_projection(model), callbacks=callbacks, data=data,
+                           compiler_options=options)
+
+
 def style_transfer(model, params: dict, content: Array, styles: Sequence[Array], *,
-                   style_blend: Sequence[float] | None = None, content_layer: str = CONTENT_LAYER,
+                   style_blend: Sequence[float] | None = None, content_layer: str | None = CONTENT_LAYER,
                    style_layers: Sequence[str] = STYLE_LAYERS, layer_weights: Sequence[float] | None = None,
                    content_weight: float = 1.0, style_weight: float = 1e3, tv_weight: float = 0.0,
                    style_scale: float = 1.0, preserve_color: Literal[None, "luminance", "histogram"] = None,
@@ -393,45 +488,47 @@ def style_transfer(model, params: dict, content: Array, styles: Sequence[Array],
     """Gatys et al. 2016 style transfer of one content image through the shared engine.
 
     Args:
-      model, params: the VGG feature network (``vgg19_caffe``) and its parameters.
+      model, params: the feature network (``jaxviz.interface.Model`` with named layers: the
+        bundled ``vgg19_caffe`` or a user's linen/nnx CNN) and its parameters (``model.params``).
       content: (H, W, 3) or (1, H, W, 3) content image in [0, 1].
       styles: style images in [0, 1], each (h, w, 3) (any size; resized by ``style_scale``).
       style_blend: blend weights of the styles (default equal).
-      content_layer, style_layers, layer_weights: where the losses are taken; layer weights w_l
-        default to 1 / len(style_layers).
-      content_weight, style_weight, tv_weight: α, β, γ of the total loss.
+      content_layer, style_layers, layer_weights: where the losses are taken (layer names of
+        ``model``; the defaults are VGG19's); layer weights w_l default to 1 / len(style_layers);
+        ``content_layer=None``: style terms only.
+      content_weight, style_weight, tv_weight: α, β, γ of the total loss (finite, >= 0).
       style_scale: each style image is resized to ``style_scale × (H, W)`` of the content before
         its Grams are taken (larger = bigger brush strokes).
       preserve_color: None, ``"luminance"`` or ``"histogram"`` (see the module docstring).
-      init: start from the content, the (first) style resized to the content, or white noise.
+      init: start from the content, the (first) style resized to the content, or uniform noise.
       optimizer, steps, learning_rate: ``"lbfgs"``, ``"lbfgs-linesearch"`` or ``"adam"`` (see
         ``make_optimizer``; Adam's step in model units).
-      key: PRNG key for the noise init.
+      key: PRNG key of the noise start (default key 0); the same key as ``style_transfer_batch``
+        gives the same start.
     Returns:
       ``StyleResult`` with the stylised image in [0, 1] and the loss history.
+    Raises:
+      JaxvizError: bad images, options or layers (unknown, not spatial, empty at this size).
     """
-    from jaxviz import optimize as engine
-
+    model = as_model(model)
     content = _images01(content, "content")
     if not styles:
         raise JaxvizError("at least one style image is needed")
     styles = [_images01(s, f"style {i + 1}") for i, s in enumerate(styles)]
-    _check_options(style_scale, preserve_color, init, (content_weight, style_weight, tv_weight), steps, optimizer)
-    style_layers = tuple(style_layers)
-    wl = _layer_weights(style_layers, layer_weights)
+    loss, wl = _setup(model, params, content.shape[:2], content_layer, style_layers, layer_weights, style_scale,
+                      (content_weight, style_weight, tv_weight), steps, optimizer, learning_rate,
+                      preserve_color, init)
 
     prepared, target_content = _prepare_styles(content[None], [styles], style_scale, preserve_color)
-    loss = gatys_loss(model, content_layer, style_layers)
     params, options = loss.prepare(params)
     grams = gram_targets(loss.style_features, params, [model.preprocess(s[None]) for s in prepared[0]],
                          style_blend, options)
-    content_target = _jitted(loss.features, options)(params, model.preprocess(target_content))[0]
+    content_target = (_jitted(loss.features, options)(params, model.preprocess(target_content))[0]
+                      if loss.content_layer else None)
     data = gatys_data(params, grams, wl, content=content_target, content_weight=content_weight,
                       style_weight=style_weight, tv_weight=tv_weight)
     x0 = _start(model, init, target_content, prepared[0][:1], key)
-    result = engine.optimize(loss, x0, optimizer=make_optimizer(optimizer, learning_rate), steps=int(steps),
-                             project=engine.valid_range_projection(model.spec), callbacks=callbacks, data=data,
-                             compiler_options=options)
+    result = _optimise(model, loss, x0, data, options, optimizer, learning_rate, steps, callbacks)
     image = jnp.clip(model.deprocess(result.images), 0.0, 1.0)
     image = _restore_colour(image, content[None], preserve_color)[0]
     final = {k: float(v[0]) for k, v in _jitted(loss.parts, options)(result.images, data).items()}
@@ -451,7 +548,7 @@ class StyleBatchResult:
 
 
 def style_transfer_batch(model, params: dict, contents: Array, styles: Array, *,
-                         content_layer: str = CONTENT_LAYER, style_layers: Sequence[str] = STYLE_LAYERS,
+                         content_layer: str | None = CONTENT_LAYER, style_layers: Sequence[str] = STYLE_LAYERS,
                          layer_weights: Sequence[float] | None = None, content_weight: float = 1.0,
                          style_weight: float = 1e3, tv_weight: float = 0.0, style_scale: float = 1.0,
                          preserve_color: Literal[None, "luminance", "histogram"] = None,
@@ -461,18 +558,20 @@ def style_transfer_batch(model, params: dict, contents: Array, styles: Array, *,
     """N independent style transfers (content i in the style of style i) in one batched run.
 
     With Adam (default) every image follows exactly its own single-image optimisation (per-image
-    targets, no batch coupling), so this is ``style_transfer`` vmapped; with L-BFGS the line
-    search / curvature memory would couple the images, so only Adam is accepted here.
+    targets, no batch coupling), so image i equals ``style_transfer`` of pair i (to float
+    rounding); with L-BFGS the curvature memory would couple the images, so only Adam is
+    accepted here.
 
     Args:
       contents: (N, H, W, 3) content images in [0, 1].
       styles: (N, h, w, 3) style images in [0, 1] (resized to ``style_scale × (H, W)``).
-      other arguments: as ``style_transfer``; ``key`` seeds the noise init.
+      key: one PRNG key (shared by every image) or (N,) keys, one per image, for the noise start
+        (``jaxviz.keys.image_keys``): image i starts as ``style_transfer(..., key=keys[i])`` does.
+      other arguments: as ``style_transfer``.
     Returns:
       ``StyleBatchResult`` with (N, H, W, 3) images and (T, N) loss histories.
     """
-    from jaxviz import optimize as engine
-
+    model = as_model(model)
     contents = jnp.asarray(contents, jnp.float32)
     styles = jnp.asarray(styles, jnp.float32)
     if contents.ndim != 4 or styles.ndim != 4 or contents.shape[0] != styles.shape[0] or contents.shape[-1] != 3 \
@@ -483,23 +582,20 @@ def style_transfer_batch(model, params: dict, contents: Array, styles: Array, *,
         raise JaxvizError("style_transfer_batch runs images independently: only optimizer='adam' is supported")
     for name, batch in (("contents", contents), ("styles", styles)):
         _images01(batch[0], name)
-        if not bool(jnp.all(jnp.isfinite(batch))) or float(batch.min()) < 0.0 or float(batch.max()) > 1.0:
-            raise JaxvizError(f"{name} must be finite and in [0, 1]")
-    _check_options(style_scale, preserve_color, init, (content_weight, style_weight, tv_weight), steps, optimizer)
-    style_layers = tuple(style_layers)
-    wl = _layer_weights(style_layers, layer_weights)
+        _check_pixels(batch, name)
+    contents, styles = jnp.clip(contents, 0.0, 1.0), jnp.clip(styles, 0.0, 1.0)
+    loss, wl = _setup(model, params, contents.shape[1:3], content_layer, style_layers, layer_weights, style_scale,
+                      (content_weight, style_weight, tv_weight), steps, optimizer, learning_rate,
+                      preserve_color, init)
 
     prepared, target_contents = _prepare_styles(contents, [[s] for s in styles], style_scale, preserve_color)
     style_x = model.preprocess(jnp.stack([group[0] for group in prepared]))
-    loss = gatys_loss(model, content_layer, style_layers)
     params, options = loss.prepare(params)
     content_target, grams = _jitted(loss.targets, options)(params, model.preprocess(target_contents), style_x)
     data = gatys_data(params, grams, wl, content=content_target, content_weight=content_weight,
                       style_weight=style_weight, tv_weight=tv_weight)
     x0 = _start(model, init, target_contents, [group[0] for group in prepared], key)
-    result = engine.optimize(loss, x0, optimizer=make_optimizer(optimizer, learning_rate), steps=int(steps),
-                             project=engine.valid_range_projection(model.spec), callbacks=callbacks, data=data,
-                             compiler_options=options)
+    result = _optimise(model, loss, x0, data, options, optimizer, learning_rate, steps, callbacks)
     images = _restore_colour(jnp.clip(model.deprocess(result.images), 0.0, 1.0), contents, preserve_color)
     final = {k: np.asarray(v) for k, v in _jitted(loss.parts, options)(result.images, data).items()}
     return StyleBatchResult(np.asarray(images), result.losses, final, result.seconds, result.compile_seconds)

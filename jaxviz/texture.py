@@ -13,7 +13,9 @@ Gram-matrix synthesis (Gatys, Ecker & Bethge, "Texture Synthesis Using Convoluti
 Networks", NIPS 2015) starts from white noise and minimises ``Σ_l w_l E_l`` with
 ``E_l = 1/(4 N_l² M_l²) Σ (G^l − Ĝ^l)²``, ``G^l = F^l F^lᵀ`` over the ``N_l × M_l`` (channels ×
 positions) features of VGG19 (``vgg19_caffe``: original weights, Caffe preprocessing), through the
-shared image-optimisation engine (``jaxviz.optimize``). The losses live in ``jaxviz.style``.
+shared image-optimisation engine (``jaxviz.optimize``). The losses live in ``jaxviz.style``. Any
+``jaxviz.interface.Model`` with named spatial layers can be the feature network (a user's
+flax.linen / flax.nnx CNN too); the layer sets below are VGG19's.
 
 Conventions: images are NHWC / HWC float32 RGB in [0, 1]; explicit ``jax.random`` keys; same key,
 same texture.
@@ -161,36 +163,45 @@ def gram_texture(model, params: dict, sample: Array, size: int | tuple[int, int]
     """Gram-matrix texture synthesis from white noise (Gatys et al. 2015), through ``jaxviz.optimize``.
 
     Args:
-      model, params: the VGG feature network (``vgg19_caffe``) and its parameters.
+      model, params: the feature network (any ``jaxviz.interface.Model`` with named layers: the
+        bundled ``vgg19_caffe`` or a user's linen/nnx CNN) and its parameters.
       sample: (h, w, 3) texture sample in [0, 1].
       size: output size ``S`` or ``(H, W)`` (may differ from the sample's: Grams are per position).
-      layers: layers whose Gram matrices are matched, e.g. ``GRAM_LAYER_SETS[-1]``.
-      key: PRNG key of the white-noise start (uniform RGB in [0, 1]).
+      layers: layers whose Gram matrices are matched, e.g. ``GRAM_LAYER_SETS[-1]`` on VGG19; each
+        must have a spatial (h, w, C) output, non-empty at both sizes.
+      key: PRNG key of the white-noise start (uniform RGB in [0, 1]); same key, same texture.
       layer_weights: w_l (default 1 / len(layers)).
       steps, optimizer, learning_rate: ``"lbfgs"``, ``"lbfgs-linesearch"`` or ``"adam"`` and its
         step (``jaxviz.style.make_optimizer``).
     Returns:
       (texture (H, W, 3) in [0, 1] as numpy, the engine's ``OptimizeResult``).
+    Raises:
+      JaxvizError: a bad sample, size, option or layer.
     """
     from jaxviz import optimize as engine
-    from jaxviz.style import gatys_data, gatys_loss, gram_targets, make_optimizer
+    from jaxviz.interface import as_model
+    from jaxviz.keys import typed_key
+    from jaxviz.style import (_check_pixels, _layer_weights, check_layers, check_options, gatys_data, gatys_loss,
+                              gram_targets, make_optimizer)
 
+    model = as_model(model)
     sample = jnp.asarray(sample, jnp.float32)
     if sample.ndim != 3 or sample.shape[-1] != 3 or min(sample.shape[:2]) < 16:
         raise JaxvizError(f"gram_texture: sample must be (h, w, 3) with h, w >= 16, got {tuple(sample.shape)}")
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    if min(size) < 16:
+    _check_pixels(sample, "gram_texture: sample")
+    size = (size, size) if isinstance(size, (int, np.integer)) else tuple(int(s) for s in size)
+    if len(size) != 2 or min(size) < 16:
         raise JaxvizError(f"gram_texture: size must be >= 16, got {size}")
-    layers = tuple(layers)
-    w = [1.0 / len(layers)] * len(layers) if layer_weights is None else [float(v) for v in layer_weights]
-    if len(w) != len(layers):
-        raise JaxvizError(f"need {len(layers)} layer weights, got {len(w)}")
-    loss = gatys_loss(model, None, layers)  # style terms only; weights and targets go in as data
+    check_options(steps=steps, optimizer=optimizer, learning_rate=learning_rate)
+    loss = gatys_loss(model, None, tuple(layers))  # style terms only; weights and targets go in as data
+    w = _layer_weights(loss.style_layers, layer_weights)
+    for hw in dict.fromkeys((size, tuple(sample.shape[:2]))):
+        check_layers(model, params, loss.style_layers, hw, spatial=loss.style_layers)
     params, options = loss.prepare(params)
     targets = gram_targets(loss.style_features, params, [model.preprocess(sample[None])], options=options)
-    x0 = model.preprocess(jax.random.uniform(key, (1,) + size + (3,)))
+    x0 = model.preprocess(jax.random.uniform(typed_key(key), size + (3,))[None])
     result = engine.optimize(loss, x0, optimizer=make_optimizer(optimizer, learning_rate), steps=int(steps),
-                             project=engine.valid_range_projection(model.spec), callbacks=callbacks,
+                             project=engine.valid_range_projection(model), callbacks=callbacks,
                              data=gatys_data(params, targets, w), compiler_options=options)
     image = np.asarray(jnp.clip(model.deprocess(result.images)[0], 0.0, 1.0))
     return image, result

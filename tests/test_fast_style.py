@@ -69,8 +69,15 @@ def test_forward_any_size_divisible_by_four_and_rejects_others():
     both = fs.stylize(net, params, x)
     np.testing.assert_allclose(np.asarray(both[1:]), np.asarray(fs.stylize(net, params, x[1:])), atol=1e-6)
     # the stylisation is one jitted call: its jaxpr is a single pjit of the whole network
-    jaxpr = jax.make_jaxpr(lambda p, z: fs._forward(net, p, z, jnp.ones((2, 2)) / 2))(params, x)
+    jaxpr = jax.make_jaxpr(lambda p, z: fs._forward()(net, p, z, jnp.ones((2, 2)) / 2))(params, x)
     assert [e.primitive.name for e in jaxpr.eqns] == ["pjit"] or len(jaxpr.eqns) <= 3
+    # caller-given XLA options (the front ends' dense-convolution choice) change no value
+    from jaxviz.accel.xla import compiler_options
+    fast = fs.stylize(net, params, x, compiler_options=compiler_options(dense_convolutions=True))
+    np.testing.assert_allclose(np.asarray(fast), np.asarray(both), atol=1e-5)
+    # inside a caller's jit it is a plain (option-free) part of the caller's program
+    inside = jax.jit(lambda p, z: fs.stylize(net, p, z, compiler_options=compiler_options(True)))(params, x)
+    np.testing.assert_allclose(np.asarray(inside), np.asarray(both), atol=1e-5)
     for bad in ((1, 10, 8, 3), (1, 8, 6, 3), (8, 8, 3)):
         with pytest.raises(JaxvizError, match="divisible by 4|images"):
             fs.stylize(net, params, jnp.zeros(bad))
@@ -103,6 +110,59 @@ def test_checkpoint_resume_continues_identically(tiny_model, tmp_path):
         fs.load_checkpoint(tmp_path / "junk")
     with pytest.raises(JaxvizError):
         fs.load_checkpoint(tmp_path / "missing")
+
+
+def test_damaged_checkpoints_give_one_error_line(tmp_path):
+    from flax import serialization
+    state = fs.init_state(SMALL, jax.random.key(0))
+    good = tmp_path / "good.msgpack"
+    fs.save_checkpoint(good, SMALL, state)
+    raw = good.read_bytes()
+    payload = serialization.msgpack_restore(raw)
+    bad_shape = dict(payload, params={**payload["params"], "out": {
+        "kernel": np.zeros((3, 3, 4, 3), np.float32), "bias": payload["params"]["out"]["bias"]}})
+    bad_config = dict(payload, config='{"num_styles": 2, "width": "x"}')
+    nan_params = dict(payload, params=jax.tree_util.tree_map(lambda a: np.full_like(a, np.nan), payload["params"]))
+    cases = {"truncated": raw[: len(raw) // 2], "empty": b"", "garbage": bytes(range(256)) * 4,
+             "shape": serialization.msgpack_serialize(bad_shape),
+             "config": serialization.msgpack_serialize(bad_config),
+             "version": serialization.msgpack_serialize(dict(payload, version=99)),
+             "no params": serialization.msgpack_serialize({k: v for k, v in payload.items() if k != "params"}),
+             "nan": serialization.msgpack_serialize(nan_params)}
+    for name, data in cases.items():
+        path = tmp_path / f"{name}.msgpack"
+        path.write_bytes(data)
+        with pytest.raises(JaxvizError) as info:
+            fs.load_checkpoint(path)
+        assert "\n" not in str(info.value) and "checkpoint" in str(info.value), name
+    assert fs.load_checkpoint(good)[1].step == 0
+
+
+def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
+    state = fs.init_state(SMALL, jax.random.key(0))
+    path = tmp_path / "ck.msgpack"
+    fs.save_checkpoint(path, SMALL, state)
+    before = path.read_bytes()
+    # a failure while writing (full disk) keeps the old file and leaves no temporary file
+    real_fsync = fs.os.fsync
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(fs.os, "fsync", full)
+    with pytest.raises(JaxvizError, match="No space left"):
+        fs.save_checkpoint(path, SMALL, fs.TrainState(5, state.params, state.opt_state, state.key))
+    monkeypatch.setattr(fs.os, "fsync", real_fsync)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["ck.msgpack"]
+    # an unwritable folder (simulated: the tests may run as root): one error line, nothing written
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(fs.tempfile, "mkstemp", read_only)
+    with pytest.raises(JaxvizError, match="cannot write checkpoint .*Permission denied"):
+        fs.save_checkpoint(tmp_path / "other.msgpack", SMALL, state)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.msgpack"]
+    with pytest.raises(JaxvizError, match="folder"):
+        fs.save_checkpoint(tmp_path, SMALL, state)
 
 
 def test_random_crops_are_crops():
