@@ -1,33 +1,56 @@
-"""Gradient attribution: vanilla saliency, SmoothGrad, Integrated Gradients, guided backprop, deconvnet.
+"""Gradient attribution: vanilla saliency, input x gradient, SmoothGrad, Integrated Gradients,
+guided backprop and the deconvnet.
 
 - Vanilla saliency (Simonyan, Vedaldi & Zisserman 2014, "Deep inside convolutional networks"):
   map = max over RGB of |d s / d x|, x the PREPROCESSED image (model input space).
+- Input x gradient (Shrikumar et al. 2016): x * d s / d x, signed, as Captum's ``InputXGradient``.
 - SmoothGrad (Smilkov et al. 2017): the gradient averaged over ``samples`` copies of x with
-  Gaussian noise of std ``noise * (max(x) - min(x))`` per image (``noise_std`` instead gives an
-  absolute std, as Captum's ``stdevs``); map = max over RGB of |mean|. The noise of image i
-  comes from its own key (one key is shared by all images), so it does not depend on the batch.
+  Gaussian noise of std ``noise * (max(x) - min(x))`` per image (the paper's relative noise
+  level), or of the absolute std ``noise_std`` (Captum's ``NoiseTunnel(stdevs=...)``);
+  map = max over RGB of |mean|. The noise of image i comes from its own key (one key is shared
+  by all images, or (N,) keys give one each), so an image's result never depends on its batch.
 - Integrated Gradients (Sundararajan et al. 2017): (x - x') * mean over the midpoints
   alpha = (k + 1/2)/steps of d s / d x at x' + alpha (x - x'); baseline x' defaults to zeros in
   model-input space (the dataset-mean image for mean/std preprocessing). map = max over RGB of |.|.
 - Guided backprop (Springenberg et al. 2015) and deconvnet (Zeiler & Fergus 2014): the gradient
   through ``custom_vjp`` ReLU/ReLU6 (``jaxviz.interface.backward``): ``model.with_backward(rule)``.
 
+Defaults and where they differ from Captum's (a Captum user reproduces Captum's numbers with the
+options in brackets):
+
+- Maps (``vanilla_saliency``, ``smoothgrad``, ...) are (N, H, W), max over RGB of |.|; Captum's
+  ``Saliency(abs=True)`` keeps the channels, |grad| (N, 3, H, W): use ``gradients`` and take
+  ``abs`` [``jnp.abs(gradients(...))``]. Every ``*_gradients`` / ``*_attributions`` function
+  returns the signed (N, H, W, 3) array.
+- SmoothGrad: 25 samples, relative noise 0.15 (the paper's); Captum's ``NoiseTunnel`` draws 5
+  samples of absolute std 1.0 [``samples=5, noise_std=1.0``] and averages the attributions of the
+  wrapped method; for ``Saliency`` (abs=True) that is the mean of |grad|, ours |mean grad| (the
+  paper's).
+- Integrated Gradients: 32 midpoint-rule steps; Captum uses 50 Gauss-Legendre points
+  (``method="gausslegendre"``), so values agree to the quadrature error, not bit for bit.
+  Baseline zeros in both.
+- Guided backprop and deconvnet as Captum's ``GuidedBackprop`` / ``Deconvolution`` (which also
+  override every ReLU's backward), including ReLU6 here.
+
 Conventions: ``model`` a ``jaxviz.interface.Model`` (any adapter; a bare ``apply_fn(params, x)``
 works for everything but guided backprop and the deconvnet, which need the model's ReLUs);
 ``x`` (N, H, W, 3) preprocessed NHWC; ``target`` a ``jaxviz.targets.Target`` (class
-or neuron; None = the predicted class); ``index`` (N,) overrides the class/channel per image (a
-batch of targets). With a class target and no index, the class predicted for the clean image is
-used for every noisy / interpolated copy. Images are independent, so the gradient of the summed
-score is each image's own gradient: one backward pass for the batch. Everything is jittable
-(``model`` static) and returns jnp arrays.
+or neuron; None = the predicted class; an int = that class); ``index`` (N,) overrides the
+class/channel per image (a batch of targets). With a class target and no index, the class
+predicted for the clean image is used for every noisy / interpolated copy. Images are
+independent, so the gradient of the summed score is each image's own gradient: one backward pass
+for the batch. Everything is jittable (``model``, ``target`` and the sample/step counts static)
+and returns jnp arrays.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
+from jaxviz.errors import JaxvizError
 from jaxviz.interface import as_model
 from jaxviz.keys import image_keys
 from jaxviz.targets import Target, as_target, score_fn
@@ -44,7 +67,7 @@ def resolve_index(model, params: dict, x: Array, target: Target,
     if target.index is not None:
         return jnp.full((n,), target.index, jnp.int32)
     if not target.is_class:
-        raise ValueError("a neuron target needs a channel")
+        raise JaxvizError("a neuron target needs a channel")
     return jnp.argmax(jax.lax.stop_gradient(as_model(model).apply(params, x)), axis=-1).astype(jnp.int32)
 
 
@@ -53,16 +76,48 @@ def _grad(model, params: dict, x: Array, target: Target, index: Array | None) ->
     return jax.grad(lambda x: f(params, x, index).sum())(x)
 
 
+def _check_images(x) -> None:
+    if getattr(x, "ndim", None) != 4 or x.shape[-1] != 3:
+        raise JaxvizError(f"images must be (N, H, W, 3) preprocessed, got shape {getattr(x, 'shape', None)}")
+
+
+def _check_count(name: str, value, upper: int = 100_000) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= upper:
+        raise JaxvizError(f"{name} must be an integer between 1 and {upper}, got {value!r}")
+    return value
+
+
+def _check_nonnegative(name: str, value) -> None:
+    """A concrete number must be finite and >= 0 (a traced one is the caller's business)."""
+    if value is None or isinstance(value, jax.core.Tracer):
+        return
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise JaxvizError(f"{name} must be a number, got {value!r}") from None
+    if not (math.isfinite(v) and v >= 0):
+        raise JaxvizError(f"{name} must be finite and >= 0, got {value!r}")
+
+
 def gradients(model, params: dict, x: Array, target: Target | int | None = None, *,
               index: Array | None = None) -> Array:
     """Signed d score / d x: (N, H, W, 3) for x (N, H, W, 3)."""
+    model = as_model(model)
+    _check_images(x)
     return _grad(model, params, x, as_target(target), index)
 
 
 def input_x_gradient(model, params: dict, x: Array, target: Target | int | None = None, *,
                      index: Array | None = None) -> Array:
     """Input x gradient (Shrikumar et al. 2016; Captum's ``InputXGradient``): signed (N, H, W, 3)."""
+    model = as_model(model)
     return x * gradients(model, params, x, target, index=index)
+
+
+def input_x_gradient_map(model, params: dict, x: Array, target: Target | int | None = None, *,
+                         index: Array | None = None) -> Array:
+    """Input x gradient map (N, H, W): max over RGB of |x * d score / d x|."""
+    return saliency_map(input_x_gradient(model, params, x, target, index=index))
 
 
 def saliency_map(grads: Array) -> Array:
@@ -73,6 +128,7 @@ def saliency_map(grads: Array) -> Array:
 def vanilla_saliency(model, params: dict, x: Array, target: Target | int | None = None, *,
                      index: Array | None = None) -> Array:
     """Simonyan et al.'s map: (N, H, W) = max over RGB of |d score / d x|."""
+    model = as_model(model)
     return saliency_map(gradients(model, params, x, target, index=index))
 
 
@@ -83,25 +139,43 @@ def _over_copies(fn: Callable[[Array], Array], copies: Array, chunk: int | None)
     return jax.lax.map(fn, copies, batch_size=chunk).mean(axis=0)
 
 
-def smoothgrad_gradients(model, params: dict, x: Array, target: Target | int | None = None, *,
-                         key: Array, samples: int = 25, noise: float = 0.15, noise_std: float | None = None,
-                         index: Array | None = None, chunk: int | None = 8) -> Array:
-    """(N, H, W, 3) gradient averaged over ``samples`` noisy copies.
-
-    Noise std: ``noise`` x the image's value range (max - min, model-input units; Smilkov et al.'s
-    convention, default 0.15), or ``noise_std`` in model-input units when given (Captum's
-    ``stdevs``). ``key``: one key (used for every image) or (N,) keys.
-    """
-    target = as_target(target)
-    index = resolve_index(model, params, x, target, index)
+def smoothgrad_noise(x: Array, *, key: Array, samples: int = 25, noise: float = 0.15,
+                     noise_std: float | None = None) -> Array:
+    """The (S, N, H, W, 3) noise SmoothGrad adds: image i's from ``image_keys(key, N)[i]``,
+    ``normal(key_i, (S, H, W, 3)) * std_i`` with std_i = ``noise_std``, else ``noise`` x the
+    image's value range (max - min)."""
     if noise_std is None:
         std = noise * (x.max(axis=(1, 2, 3)) - x.min(axis=(1, 2, 3)))
     else:
         std = jnp.full(x.shape[:1], noise_std, x.dtype)
     keys = image_keys(key, x.shape[0])
-    # (S, N, H, W, C): image i's noise from its own key, whatever the batch
-    eps = jax.vmap(lambda k, s: jax.random.normal(k, (samples,) + x.shape[1:], x.dtype) * s,
-                   out_axes=1)(keys, std)
+    return jax.vmap(lambda k, s: jax.random.normal(k, (samples,) + x.shape[1:], x.dtype) * s,
+                    out_axes=1)(keys, std.astype(x.dtype))
+
+
+def smoothgrad_gradients(model, params: dict, x: Array, target: Target | int | None = None, *,
+                         key: Array, samples: int = 25, noise: float = 0.15, noise_std: float | None = None,
+                         index: Array | None = None, chunk: int | None = 8) -> Array:
+    """(N, H, W, 3) gradient averaged over ``samples`` noisy copies (signed).
+
+    Args:
+      key: one key (the same noise pattern for every image) or (N,) keys, one per image.
+      samples: noisy copies per image (static).
+      noise: std as a fraction of each image's value range (max - min, model-input units;
+        Smilkov et al.'s convention, default 0.15); ignored when ``noise_std`` is given.
+      noise_std: absolute std in model-input units (Captum's ``stdevs``).
+      chunk: noisy copies evaluated at once (bounds memory; static).
+    Raises:
+      JaxvizError: a non-positive sample count, or a negative / non-finite noise level.
+    """
+    model = as_model(model)
+    _check_images(x)
+    _check_count("samples", samples)
+    _check_nonnegative("noise", noise)
+    _check_nonnegative("noise_std", noise_std)
+    target = as_target(target)
+    index = resolve_index(model, params, x, target, index)
+    eps = smoothgrad_noise(x, key=key, samples=samples, noise=noise, noise_std=noise_std)
     return _over_copies(lambda e: _grad(model, params, x + e, target, index), eps, chunk)
 
 
@@ -117,7 +191,14 @@ def integrated_gradients_attributions(model, params: dict, x: Array,
                                       target: Target | int | None = None, *, baseline: Array | None = None,
                                       steps: int = 32, index: Array | None = None,
                                       chunk: int | None = 8) -> Array:
-    """Signed IG attributions (N, H, W, 3); they sum to about score(x) - score(baseline)."""
+    """Signed IG attributions (N, H, W, 3); they sum to about score(x) - score(baseline).
+
+    ``baseline``: (N, H, W, 3), (H, W, 3) or anything broadcastable (default zeros, model-input
+    space); ``steps`` midpoint-rule points (static); ``chunk`` points evaluated at once.
+    """
+    model = as_model(model)
+    _check_images(x)
+    _check_count("steps", steps)
     target = as_target(target)
     index = resolve_index(model, params, x, target, index)
     baseline = jnp.zeros_like(x) if baseline is None else jnp.broadcast_to(baseline, x.shape).astype(x.dtype)
@@ -137,7 +218,10 @@ def integrated_gradients(model, params: dict, x: Array, target: Target | int | N
 
 def guided_gradients(model, params: dict, x: Array, target: Target | int | None = None, *,
                      index: Array | None = None) -> Array:
-    """Guided-backprop signal (N, H, W, 3): the gradient through guided ReLU/ReLU6."""
+    """Guided-backprop signal (N, H, W, 3): the gradient through guided ReLU/ReLU6.
+
+    Raises ``JaxvizError`` for a model without ReLUs (e.g. a plain ``apply_fn`` using tanh).
+    """
     return gradients(as_model(model).with_backward("guided"), params, x, target, index=index)
 
 

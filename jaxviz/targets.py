@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxviz.errors import JaxvizError
+from jaxviz.interface import as_model
 from jaxviz.labels import resolve_class
 
 Array = jax.Array
@@ -56,6 +57,7 @@ def parse_target(text: str | int | None, model, score: ScoreKind = "logit") -> T
     Raises:
       JaxvizError: an unknown class, layer, channel or position, or a malformed target.
     """
+    model = as_model(model)
     if score not in SCORE_KINDS:
         raise JaxvizError(f"unknown score {score!r}; use one of {', '.join(SCORE_KINDS)}")
     if text is None or str(text).strip() in ("", "predicted"):
@@ -105,8 +107,17 @@ def class_scores(logits: Array, index: Array, score: ScoreKind = "logit") -> Arr
 
 
 def neuron_scores(acts: Array, index: Array, y: int | None = None, x: int | None = None) -> Array:
-    """(N, H, W, C) or (N, C) activations, (N,) channels -> (N,) unit value or channel mean."""
+    """(N, H, W, C) or (N, C) activations, (N,) channels -> (N,) unit value or channel mean.
+
+    Raises ``JaxvizError`` for an empty map or a position outside it (shapes are static, so
+    this holds under ``jit`` too; JAX would otherwise clamp the index silently).
+    """
     if acts.ndim == 4:
+        h, w = acts.shape[1:3]
+        if h * w == 0:
+            raise JaxvizError(f"the target layer's map is empty ({h}x{w}) at this input size; use a larger input")
+        if y is not None and not (0 <= y < h and 0 <= x < w):
+            raise JaxvizError(f"position ({y}, {x}) outside the target layer's {h}x{w} map at this input size")
         acts = acts[:, y, x, :] if y is not None else acts.mean(axis=(1, 2))
     return jnp.take_along_axis(acts, index[:, None], axis=-1)[:, 0]
 
@@ -123,7 +134,6 @@ def score_fn(model, target: Target) -> Callable[[dict, Array, Array | None], Arr
     ``index`` (N,) overrides the target's class/channel per image (vmappable batch of targets);
     with neither, a class target uses each image's predicted class (held fixed, no gradient).
     """
-    from jaxviz.interface import as_model
     model = as_model(model)
 
     def f(params: dict, x: Array, index: Array | None = None) -> Array:

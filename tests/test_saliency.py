@@ -1,5 +1,8 @@
-"""Truth tests for gradient saliency, SmoothGrad, Integrated Gradients, guided backprop, deconvnet
-and the fast max-pool backward."""
+"""Truth tests for gradient saliency, input x gradient, SmoothGrad, Integrated Gradients, guided
+backprop, deconvnet and the fast max-pool backward the front ends use (``jaxviz.accel``).
+
+Every technique on the bundled, linen and nnx models and a plain apply_fn:
+``tests/test_attribution_any_model.py``."""
 from __future__ import annotations
 
 import inspect
@@ -9,8 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxviz import nonlinearities as nl
 from jaxviz import saliency as sal
+from jaxviz.accel import accelerate
+from jaxviz.accel.fast_layers import max_pool as fast_max_pool
+from jaxviz.errors import JaxvizError
+from jaxviz.interface.backward import deconv_relu, deconv_relu6, guided_relu, guided_relu6
 from jaxviz.models import layers
 from jaxviz.targets import Target, score_fn
 from jaxviz.testing import assert_grads_close, finite_difference_grad, random_indices, x64
@@ -35,14 +41,14 @@ def test_vanilla_gradients_equal_finite_differences_nonsquare_batch():
         params = jax.tree_util.tree_map(lambda p: jnp.asarray(p, jnp.float64), model.params)
         x = np.random.default_rng(3).normal(size=(2, 12, 20, 3))  # non-square, batch 2
         index = jnp.array([1, 3])
-        grads = J(sal.gradients)(model.apply, params, jnp.asarray(x), Target(), index=index)
+        grads = J(sal.gradients)(model, params, jnp.asarray(x), Target(), index=index)
         assert grads.dtype == jnp.float64 and grads.shape == (2, 12, 20, 3)
-        f = jax.jit(lambda z: score_fn(model.apply, Target())(params, z, index).sum())
+        f = jax.jit(lambda z: score_fn(model, Target())(params, z, index).sum())
         numeric = finite_difference_grad(lambda z: f(jnp.asarray(z)), x,
                                          indices=random_indices(x.shape, 40, seed=1))
         assert_grads_close(grads, numeric, rtol=1e-5, atol=1e-8)
         # the map is max over RGB of |gradient|
-        np.testing.assert_allclose(J(sal.vanilla_saliency)(model.apply, params, jnp.asarray(x), index=index),
+        np.testing.assert_allclose(J(sal.vanilla_saliency)(model, params, jnp.asarray(x), index=index),
                                    np.abs(np.asarray(grads)).max(-1))
 
 
@@ -52,16 +58,16 @@ def test_neuron_target_gradient_equals_finite_differences():
         params = jax.tree_util.tree_map(lambda p: jnp.asarray(p, jnp.float64), model.params)
         x = np.random.default_rng(4).normal(size=(1, 16, 16, 3))
         target = Target(index=5, layer="features.3", y=3, x=6)  # pre-ReLU: never dead
-        grads = J(sal.gradients)(model.apply, params, jnp.asarray(x), target)
-        f = jax.jit(lambda z: score_fn(model.apply, target)(params, z).sum())
+        grads = J(sal.gradients)(model, params, jnp.asarray(x), target)
+        f = jax.jit(lambda z: score_fn(model, target)(params, z).sum())
         numeric = finite_difference_grad(lambda z: f(jnp.asarray(z)), x,
                                          indices=random_indices(x.shape, 40, seed=2))
         assert_grads_close(grads, numeric, rtol=1e-5, atol=1e-8)
         assert np.abs(np.asarray(grads)).sum() > 0
 
 
-@pytest.mark.parametrize("fn,name", [(nl.guided_relu, "guided"), (nl.deconv_relu, "deconv"),
-                                     (nl.guided_relu6, "guided6"), (nl.deconv_relu6, "deconv6")])
+@pytest.mark.parametrize("fn,name", [(guided_relu, "guided"), (deconv_relu, "deconv"),
+                                     (guided_relu6, "guided6"), (deconv_relu6, "deconv6")])
 def test_custom_vjp_rules_pass_exactly_their_definition(fn, name):
     x = jnp.array([-2.0, -0.5, 0.0, 0.5, 3.0, 5.9, 6.0, 7.5, 1.0, -1.0, 2.0, 8.0])
     g = jnp.array([1.0, -1.0, 2.0, -3.0, 4.0, -5.0, 6.0, 7.0, -0.5, 0.25, 1.5, -2.0])
@@ -89,9 +95,9 @@ def test_guided_and_deconv_models_keep_the_forward_pass(rng):
     x = jnp.asarray(_images(rng, 2, 16, 24))
     ref = model.apply(model.params, x)
     for rule in ("guided", "deconv", "gradient"):
-        variant = nl.backward_model(model, rule)
+        variant = model.with_backward(rule)
         np.testing.assert_allclose(variant.apply(model.params, x), ref, rtol=1e-6, atol=1e-6)
-    assert nl.backward_model(model, "guided") is nl.backward_model(model, "guided")  # cached
+    assert model.with_backward("guided") is model.with_backward("guided")  # cached
 
 
 def test_guided_backprop_matches_manual_rule_on_tiny_model(rng):
@@ -124,7 +130,7 @@ def test_guided_backprop_matches_manual_rule_on_tiny_model(rng):
     expected = vjp0(g)[0]
     np.testing.assert_allclose(guided, expected, rtol=1e-5, atol=1e-7)
     # and it differs from the true gradient (otherwise the rule was not used)
-    plain = J(sal.gradients)(model.apply, model.params, x, Target(index=c))
+    plain = J(sal.gradients)(model, model.params, x, Target(index=c))
     assert not np.allclose(guided, plain, atol=1e-6)
 
 
@@ -134,18 +140,22 @@ def test_guided_backprop_matches_manual_rule_on_tiny_model(rng):
 def test_fast_max_pool_equals_xla_pool_values_and_gradients(ceil_mode, kernel, stride, shape, rng):
     x = jnp.asarray(rng.normal(size=shape).astype(np.float32))
     ref, ref_vjp = jax.vjp(lambda v: layers.max_pool(v, kernel, stride, ceil_mode), x)
-    out, vjp = jax.vjp(lambda v: nl.max_pool(v, kernel, stride, ceil_mode), x)
+    out, vjp = jax.vjp(lambda v: fast_max_pool(v, kernel, stride, ceil_mode), x)
     np.testing.assert_array_equal(out, ref)
     g = jnp.asarray(rng.normal(size=out.shape).astype(np.float32))
     np.testing.assert_allclose(vjp(g)[0], ref_vjp(g)[0], rtol=1e-6, atol=1e-6)
 
 
-def test_fast_pool_model_gradients_equal_plain_gradients(rng):
+def test_accelerated_model_gradients_equal_plain_gradients(rng):
+    """The CLI's model (fast max-pool backward, XLA options) gives the same maps."""
     model = make_tiny_model(3)
+    fast = accelerate(model)
+    assert type(fast.module).__name__ == "FastPoolNet"  # the fast max-pool really is in use
     x = jnp.asarray(_images(rng, 2, 16, 20))
-    a = J(sal.gradients)(model.apply, model.params, x, Target(index=1))
-    b = J(sal.gradients)(nl.fast_pool_model(model).apply, model.params, x, Target(index=1))
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    for fn in (sal.gradients, sal.guided_gradients):
+        a = J(fn)(model, model.params, x, Target(index=1))
+        b = J(fn)(fast, model.params, x, Target(index=1))
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
 def test_batch_of_images_and_targets_equals_loop(rng):
@@ -153,11 +163,11 @@ def test_batch_of_images_and_targets_equals_loop(rng):
     x = jnp.asarray(_images(rng, 3, 16, 20))
     index = jnp.array([0, 4, 2])
     fns = {
-        "vanilla": lambda x, i: J(sal.vanilla_saliency)(model.apply, model.params, x, index=i),
-        "integrated": lambda x, i: J(sal.integrated_gradients)(model.apply, model.params, x, steps=8, index=i),
+        "vanilla": lambda x, i: J(sal.vanilla_saliency)(model, model.params, x, index=i),
+        "integrated": lambda x, i: J(sal.integrated_gradients)(model, model.params, x, steps=8, index=i),
         "guided": lambda x, i: sal.guided_backprop(model, model.params, x, index=i),
         "deconv": lambda x, i: sal.deconvnet(model, model.params, x, index=i),
-        "neuron": lambda x, i: J(sal.vanilla_saliency)(model.apply, model.params, x,
+        "neuron": lambda x, i: J(sal.vanilla_saliency)(model, model.params, x,
                                                     Target(index=0, layer="features.4"), index=i),
     }
     for name, fn in fns.items():
@@ -166,8 +176,8 @@ def test_batch_of_images_and_targets_equals_loop(rng):
         loop = np.stack([fn(x[i:i + 1], index[i:i + 1])[0] for i in range(3)])
         np.testing.assert_allclose(batch, loop, rtol=1e-5, atol=1e-6, err_msg=name)
     # jax.vmap over single images (the caller's batching) == the built-in batch
-    batch = J(sal.gradients)(model.apply, model.params, x, index=index)
-    one = jax.vmap(lambda xi, ii: J(sal.gradients)(model.apply, model.params, xi[None], index=ii[None])[0])(x, index)
+    batch = J(sal.gradients)(model, model.params, x, index=index)
+    one = jax.vmap(lambda xi, ii: J(sal.gradients)(model, model.params, xi[None], index=ii[None])[0])(x, index)
     np.testing.assert_allclose(batch, one, rtol=1e-5, atol=1e-7)
 
 
@@ -176,20 +186,79 @@ def test_smoothgrad_is_the_mean_of_noisy_gradients(rng):
     x = jnp.asarray(_images(rng, 2))
     key = jax.random.key(0)
     samples, noise = 5, 0.2
-    got = J(sal.smoothgrad_gradients)(model.apply, model.params, x, key=key, samples=samples, noise=noise,
-                                   index=jnp.array([1, 2]), chunk=2)
-    span = (x.max(axis=(1, 2, 3)) - x.min(axis=(1, 2, 3)))[:, None, None, None]
-    eps = jax.random.normal(key, (samples,) + x.shape) * noise * span
-    grad = jax.jit(lambda z: J(sal.gradients)(model.apply, model.params, z, index=jnp.array([1, 2])))
+    index = jnp.array([1, 2])
+    got = J(sal.smoothgrad_gradients)(model, model.params, x, key=key, samples=samples, noise=noise,
+                                      index=index, chunk=2)
+    # one key for every image: each image gets the same standard-normal pattern, scaled by its range
+    span = (x.max(axis=(1, 2, 3)) - x.min(axis=(1, 2, 3)))[None, :, None, None, None]
+    eps = jax.random.normal(key, (samples, 1) + x.shape[1:]) * noise * span
+    grad = jax.jit(lambda z: J(sal.gradients)(model, model.params, z, index=index))
     want = np.mean([grad(x + e) for e in eps], axis=0)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
     # same key, same result; another key, another result
-    again = J(sal.smoothgrad_gradients)(model.apply, model.params, x, key=key, samples=samples, noise=noise,
-                                     index=jnp.array([1, 2]))
+    again = J(sal.smoothgrad_gradients)(model, model.params, x, key=key, samples=samples, noise=noise,
+                                        index=index)
     np.testing.assert_allclose(got, again, rtol=1e-5, atol=1e-7)
-    other = J(sal.smoothgrad_gradients)(model.apply, model.params, x, key=jax.random.key(1), samples=samples,
-                                     noise=noise, index=jnp.array([1, 2]))
+    other = J(sal.smoothgrad_gradients)(model, model.params, x, key=jax.random.key(1), samples=samples,
+                                        noise=noise, index=index)
     assert not np.allclose(got, other)
+
+
+def test_smoothgrad_absolute_noise_std_is_captums_stdevs(rng):
+    model = make_tiny_model(0)
+    x = jnp.asarray(_images(rng, 2, 12, 16))
+    key, samples, std = jax.random.key(3), 4, 0.3
+    index = jnp.array([0, 3])
+    got = J(sal.smoothgrad_gradients)(model, model.params, x, key=key, samples=samples, noise_std=std,
+                                      index=index)
+    eps = jax.random.normal(key, (samples, 1) + x.shape[1:]) * std  # independent of the image range
+    grad = jax.jit(lambda z: J(sal.gradients)(model, model.params, z, index=index))
+    np.testing.assert_allclose(got, np.mean([grad(x + e) for e in eps], axis=0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(sal.smoothgrad_noise(x, key=key, samples=samples, noise_std=std),
+                               np.broadcast_to(eps, (samples,) + x.shape), rtol=1e-6)
+
+
+def test_smoothgrad_image_does_not_depend_on_its_batch(rng):
+    """Issue 13 item 5: batch[i] == single(i), with one shared key and with per-image keys."""
+    model = make_tiny_model(1)
+    x = jnp.asarray(_images(rng, 3, 16, 20))
+    f = jax.jit(lambda x, k: sal.smoothgrad(model, model.params, x, key=k, samples=4, noise=0.1))
+    key = jax.random.key(7)
+    batch = f(x, key)
+    for i in range(3):
+        np.testing.assert_allclose(batch[i], f(x[i:i + 1], key)[0], rtol=1e-5, atol=1e-7)
+    keys = jax.random.split(key, 3)
+    batch = f(x, keys)
+    for i in range(3):
+        np.testing.assert_allclose(batch[i], f(x[i:i + 1], keys[i:i + 1])[0], rtol=1e-5, atol=1e-7)
+    # a reordered batch reorders the maps
+    np.testing.assert_allclose(f(x[::-1], key), f(x, key)[::-1], rtol=1e-5, atol=1e-7)
+
+
+def test_input_x_gradient_is_x_times_the_gradient(rng):
+    model = make_tiny_model(2)
+    x = jnp.asarray(_images(rng, 2, 16, 12))
+    index = jnp.array([4, 1])
+    g = J(sal.gradients)(model, model.params, x, index=index)
+    got = J(sal.input_x_gradient)(model, model.params, x, index=index)
+    np.testing.assert_allclose(got, np.asarray(x) * np.asarray(g), rtol=1e-6)
+    np.testing.assert_allclose(J(sal.input_x_gradient_map)(model, model.params, x, index=index),
+                               np.abs(np.asarray(x) * np.asarray(g)).max(-1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    (dict(samples=0), "samples"), (dict(noise=float("nan")), "noise"), (dict(noise=-0.1), "noise"),
+    (dict(noise_std=float("inf")), "noise_std"),
+])
+def test_smoothgrad_refuses_bad_options(kwargs, needle, rng):
+    model = make_tiny_model(0)
+    x = jnp.asarray(_images(rng, 1))
+    with pytest.raises(JaxvizError, match=needle):
+        sal.smoothgrad(model, model.params, x, key=jax.random.key(0), **kwargs)
+    with pytest.raises(JaxvizError, match="steps"):
+        sal.integrated_gradients(model, model.params, x, steps=0)
+    with pytest.raises(JaxvizError, match=r"\(N, H, W, 3\)"):
+        sal.vanilla_saliency(model, model.params, x[0])
 
 
 def test_integrated_gradients_completeness(rng):
@@ -199,9 +268,9 @@ def test_integrated_gradients_completeness(rng):
         x = jnp.asarray(rng.normal(size=(2, 16, 12, 3)))
         baseline = jnp.asarray(rng.normal(size=(2, 16, 12, 3))) * 0.1
         index = jnp.array([3, 0])
-        attr = J(sal.integrated_gradients_attributions)(model.apply, params, x, baseline=baseline, steps=256,
+        attr = J(sal.integrated_gradients_attributions)(model, params, x, baseline=baseline, steps=256,
                                                      index=index, chunk=64)
-        f = score_fn(model.apply, Target())
+        f = score_fn(model, Target())
         delta = f(params, x, index) - f(params, baseline, index)
         np.testing.assert_allclose(attr.sum(axis=(1, 2, 3)), delta, rtol=2e-3, atol=1e-4)
         assert np.all(np.abs(delta) > 1e-3)  # a non-trivial check
@@ -211,17 +280,17 @@ def test_predicted_class_is_the_default_target(rng):
     model = make_tiny_model(0)
     x = jnp.asarray(_images(rng, 2))
     pred = jnp.argmax(model.apply(model.params, x), axis=-1)
-    np.testing.assert_allclose(J(sal.vanilla_saliency)(model.apply, model.params, x),
-                               J(sal.vanilla_saliency)(model.apply, model.params, x, index=pred))
+    np.testing.assert_allclose(J(sal.vanilla_saliency)(model, model.params, x),
+                               J(sal.vanilla_saliency)(model, model.params, x, index=pred))
     np.testing.assert_allclose(
-        J(sal.integrated_gradients)(model.apply, model.params, x, steps=4),
-        J(sal.integrated_gradients)(model.apply, model.params, x, steps=4, index=pred))
+        J(sal.integrated_gradients)(model, model.params, x, steps=4),
+        J(sal.integrated_gradients)(model, model.params, x, steps=4, index=pred))
 
 
 @pytest.mark.slow
 def test_lite0_guided_relu6_model_keeps_forward(lite0):
     x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 64, 80, 3)).astype(np.float32))
-    guided = nl.backward_model(lite0, "guided")
+    guided = lite0.with_backward("guided")
     np.testing.assert_allclose(guided.apply(lite0.params, x), lite0.apply(lite0.params, x), rtol=1e-5, atol=1e-4)
     g = J(sal.guided_gradients)(lite0, lite0.params, x, Target(index=3))
     assert g.shape == x.shape and np.isfinite(np.asarray(g)).all() and np.abs(np.asarray(g)).sum() > 0
