@@ -10,9 +10,13 @@
   maximise a channel's mean activation (or one unit) at any named layer; by default in Lucid's
   Fourier-space, decorrelated-colour parameterisation with Adam and jitter.
 
-Images are in model-input space (``model.preprocess``) and stay inside the preprocessing of
-[0, 1] (``jaxviz.optimize.valid_range``); ``model.deprocess`` maps results back to RGB [0, 1].
-A batch of classes / channels / seeds optimises together (one jitted step, vmap-equivalent).
+``model`` is a ``jaxviz.interface.Model`` (any adapter; class visualisation also takes a bare
+``apply_fn(params, x) -> logits``). Images are in model-input space (``model.preprocess``) and stay
+inside the preprocessing of [0, 1] (``model.valid_range()``); ``model.deprocess`` maps results back
+to RGB [0, 1]. A batch of classes / channels / seeds optimises together (one jitted step,
+vmap-equivalent). Randomness (noise start, jitter) comes from one key per image
+(``jaxviz.keys.image_keys``: one key is shared by every image), so image i of a batch equals the
+same image optimised alone. A size at which a layer the objective depends on is empty is refused.
 """
 from __future__ import annotations
 
@@ -23,28 +27,45 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxviz import objectives as obj
-from jaxviz import runtime
 from jaxviz.errors import JaxvizError
+from jaxviz.interface import as_model
+from jaxviz.keys import image_keys
 from jaxviz.optimize import (Callback, OptimizeResult, adam, blur, clip_range, clip_small_norm, jitter,
                              normalized_gradient, optimize, valid_range)
 from jaxviz.param import fourier, fourier_noise
 
 Array = jax.Array
 
+_INIT_STREAM = 12345  # fold_in constants: the start's randomness apart from the steps' (fold_in(k, step))
+
 
 def _check_size(size: int | tuple[int, int]) -> tuple[int, int]:
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    h, w = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
     if h < 8 or w < 8:
         raise JaxvizError(f"image size must be at least 8x8, got {h}x{w}")
     return int(h), int(w)
 
 
-def noise_init(model, key: Array, n: int, size: int | tuple[int, int], scale: float = 0.1) -> Array:
-    """(N, H, W, 3) small Gaussian noise around the dataset mean (0 in model-input space), in range."""
+def noise_init(model, key: Array | None, n: int, size: int | tuple[int, int], scale: float = 0.1) -> Array:
+    """(N, H, W, 3) small Gaussian noise around 0 in model-input space (the dataset mean for
+    mean-subtracted preprocessing), clipped to the valid range. ``key``: one key (shared: every
+    image gets the same noise) or (N,) keys."""
+    model = as_model(model)
     h, w = _check_size(size)
-    lo, hi = valid_range(model.spec)
-    x = scale * jax.random.normal(key, (n, h, w, 3)) * (hi - lo) / 4.0
-    return jnp.clip(x, lo, hi)
+    lo, hi = valid_range(model)
+    keys = image_keys(key, n)
+    x = jax.vmap(lambda k: jax.random.normal(k, (h, w, 3)))(keys)
+    return jnp.clip(scale * x * (hi - lo) / 4.0, lo, hi)
+
+
+def _start_keys(key: Array | None, n: int) -> Array:
+    return jax.vmap(lambda k: jax.random.fold_in(k, _INIT_STREAM))(image_keys(key, n))
+
+
+def _hw(model, size, init: Array | None) -> tuple[int, int]:
+    if init is not None:
+        return _check_size(tuple(init.shape[1:3]))
+    return _check_size(model.input_hw(size))
 
 
 def class_visualization(model, params: dict | None, classes: int | Sequence[int] | Array, *,
@@ -56,7 +77,7 @@ def class_visualization(model, params: dict | None, classes: int | Sequence[int]
     """Maximise s_c(x) − λ‖x‖² for each class (one image per class).
 
     Args:
-      model: a jaxviz ``Model``; params: its parameters (None: ``model.params``).
+      model: a ``Model`` or a bare ``apply_fn``; params: its parameters (None: ``model.params``).
       classes: class index or (N,) indices.
       init: (N, H, W, 3) starting images in model-input space (e.g. a real image of the class);
         None: small noise (seeded by ``key``) at ``size`` (default: the model's input size).
@@ -65,36 +86,46 @@ def class_visualization(model, params: dict | None, classes: int | Sequence[int]
       jitter_px: random roll per step; clip_fraction: zero this fraction of smallest-norm pixels
         every ``blur_every`` steps (Yosinski et al.; 0: off).
       score: ``logit`` (default), ``prob`` or ``logprob``.
-      key: PRNG key (one, or (N,) per image).
+      key: one PRNG key (shared by every image) or (N,) per-image keys.
     Returns:
       ``OptimizeResult`` (images (N, H, W, 3) model input; losses (steps, N) = −s_c + λ‖x‖²).
+    Raises:
+      JaxvizError: a class out of range, bad settings, or a size at which a layer is empty.
     """
+    model = as_model(model)
     params = model.params if params is None else params
-    if model.spec.num_classes is None:
-        raise JaxvizError(f"model {model.name} has no classifier; use neuron visualisation")
     classes = jnp.atleast_1d(jnp.asarray(classes, jnp.int32))
-    if int(classes.min()) < 0 or int(classes.max()) >= model.spec.num_classes:
-        raise JaxvizError(f"classes must be in 0..{model.spec.num_classes - 1}")
-    if steps < 1 or lr <= 0 or l2 < 0 or blur_every < 0 or jitter_px < 0:
-        raise JaxvizError("need steps >= 1, lr > 0, l2 >= 0, blur_every >= 0, jitter >= 0")
+    if classes.ndim != 1:
+        raise JaxvizError(f"classes must be an index or (N,) indices, got shape {classes.shape}")
+    if not (steps >= 1 and lr > 0 and l2 >= 0 and blur_every >= 0 and jitter_px >= 0 and blur_sigma >= 0
+            and 0 <= clip_fraction < 1):
+        raise JaxvizError("need steps >= 1, lr > 0, l2 >= 0, blur_every >= 0, blur_sigma >= 0, jitter >= 0 "
+                          "and clip_fraction in [0, 1)")
+    if not all(np.isfinite(v) for v in (lr, l2, blur_sigma, clip_fraction)):
+        raise JaxvizError("lr, l2, blur_sigma and clip_fraction must be finite")
     n = classes.shape[0]
-    key = jax.random.key(0) if key is None else key
+    hw = _hw(model, size, init)
+    obj.require_nonempty(model, None, hw)
     if init is None:
-        init = noise_init(model, jax.random.fold_in(key, 12345) if key.ndim == 0 else key[0], n,
-                          size or model.spec.input_size)
+        init = noise_init(model, _start_keys(key, n), n, hw)
     init = jnp.asarray(init, jnp.float32)
-    if init.ndim != 4 or init.shape[0] != n:
+    if init.ndim != 4 or init.shape[0] != n or init.shape[-1] != 3:
         raise JaxvizError(f"init must be ({n}, H, W, 3) for {n} classes, got {tuple(init.shape)}")
-    loss = -obj.class_score(model.apply, params, classes, score) + l2 * obj.l2()
-    lo, hi = valid_range(model.spec)
-    transforms = [jitter(jitter_px)] if jitter_px else []
+    num_classes = obj.num_outputs(model, params, init)
+    if int(classes.min()) < 0 or int(classes.max()) >= num_classes:
+        raise JaxvizError(f"classes must be in 0..{num_classes - 1}")
+    params = model.prepare_params(params)
+    loss = -obj.class_score(model, params, classes, score) + l2 * obj.l2()
+    lo, hi = (tuple(float(v) for v in a) for a in model.valid_range())  # hashable: a cached transform
+    transforms = [jitter(int(jitter_px))] if jitter_px else []
     if blur_every:
-        transforms.append(blur(blur_sigma, every=blur_every))
+        transforms.append(blur(float(blur_sigma), every=int(blur_every)))
         if clip_fraction:
-            transforms.append(clip_small_norm(clip_fraction, every=blur_every))
+            transforms.append(clip_small_norm(float(clip_fraction), every=int(blur_every)))
     transforms.append(clip_range(lo, hi))
-    return optimize(loss, init, optimizer=normalized_gradient(lr), steps=steps, transforms=tuple(transforms),
-                    key=key, callbacks=callbacks, compiler_options=runtime.compiler_options(model))
+    return optimize(loss, init, optimizer=normalized_gradient(float(lr)), steps=steps,
+                    transforms=tuple(transforms), key=key, callbacks=callbacks,
+                    compiler_options=model.compiler_options)
 
 
 def channel_visualization(model, params: dict | None, layer: str, channels: int | Sequence[int] | Array, *,
@@ -105,45 +136,61 @@ def channel_visualization(model, params: dict | None, layer: str, channels: int 
     """Maximise the mean activation of each channel (or the unit at ``unit`` = (y, x)) of ``layer``.
 
     Args:
+      model: a ``Model`` with named layers; params: its parameters (None: ``model.params``).
       layer: a layer name or alias; channels: channel index or (N,) indices (one image each).
       size: image size (default: the model's input size); steps, lr: Adam iterations and rate.
       parameterization: ``fourier`` (Lucid: decorrelated colour, 1/f spectrum, sigmoid range) or
         ``pixels`` (Adam on raw pixels, clipped to the valid range, lr in model-input units).
+      unit: (y, x) of one unit of the layer's map instead of the channel mean.
       init: optional (N, H, W, 3) start in model-input space (default: Lucid's small noise).
+      key: one PRNG key (shared by every image) or (N,) per-image keys.
     Returns:
       ``OptimizeResult`` (images (N, H, W, 3) in model-input space; losses = −activation).
+    Raises:
+      JaxvizError: unknown layer, channel or unit out of range, bad settings, or a size at which
+        the layer is empty.
     """
+    model = as_model(model)
     params = model.params if params is None else params
-    layer = model.spec.resolve_layer(layer)
-    shape = model.layer_shapes()[layer]
+    given, layer = layer, model.resolve_layer(layer)
     channels = jnp.atleast_1d(jnp.asarray(channels, jnp.int32))
-    if int(channels.min()) < 0 or int(channels.max()) >= shape[-1]:
-        raise JaxvizError(f"channel out of range for {layer} (0..{shape[-1] - 1})")
-    if steps < 1 or lr <= 0:
-        raise JaxvizError("need steps >= 1 and lr > 0")
+    if channels.ndim != 1:
+        raise JaxvizError(f"channels must be an index or (N,) indices, got shape {channels.shape}")
+    if not (steps >= 1 and lr > 0 and np.isfinite(lr) and jitter_px >= 0):
+        raise JaxvizError("need steps >= 1, a finite lr > 0 and jitter >= 0")
     if parameterization not in ("fourier", "pixels"):
         raise JaxvizError(f"unknown parameterization {parameterization!r}; use fourier or pixels")
     n = channels.shape[0]
-    h, w = _check_size(size or model.spec.input_size)
-    key = jax.random.key(0) if key is None else key
-    k0 = jax.random.fold_in(key, 777) if key.ndim == 0 else key[0]
+    h, w = _hw(model, size, init)
+    obj.require_nonempty(model, (given,), (h, w))
+    shape = model.layer_shapes((h, w))[layer]
+    if int(channels.min()) < 0 or int(channels.max()) >= shape[-1]:
+        raise JaxvizError(f"channel out of range for {layer} (0..{shape[-1] - 1})")
     y, x = unit if unit is not None else (None, None)
-    loss = -obj.channel(model.apply, params, layer, channels, y, x)
-    transforms = [jitter(jitter_px)] if jitter_px else []
+    if unit is not None and (len(shape) != 3 or not (0 <= y < shape[0] and 0 <= x < shape[1])):
+        raise JaxvizError(f"unit {tuple(unit)} outside {layer}'s map of shape {shape}")
+    params = model.prepare_params(params)
+    loss = -obj.channel(model, params, layer, channels, y, x)
+    transforms = [jitter(int(jitter_px))] if jitter_px else []
+    start = _start_keys(key, n)
+    if init is not None:
+        init = jnp.asarray(init, jnp.float32)
+        if init.ndim != 4 or init.shape[0] != n or init.shape[-1] != 3:
+            raise JaxvizError(f"init must be ({n}, H, W, 3) for {n} channels, got {tuple(init.shape)}")
     if parameterization == "fourier":
         param = fourier(h, w, to_input=model.preprocess, from_input=model.deprocess)
         if init is None:
-            init = param.image(fourier_noise(k0, n, h, w))
-        return optimize(loss, init, optimizer=adam(lr), steps=steps, parameterization=param,
+            init = param.image(fourier_noise(start, n, h, w))
+        return optimize(loss, init, optimizer=adam(float(lr)), steps=steps, parameterization=param,
                         transforms=tuple(transforms), key=key, callbacks=callbacks,
-                        compiler_options=runtime.compiler_options(model))
-    lo, hi = valid_range(model.spec)
-    init = noise_init(model, k0, n, (h, w)) if init is None else init
+                        compiler_options=model.compiler_options)
+    lo, hi = (tuple(float(v) for v in a) for a in model.valid_range())
+    init = noise_init(model, start, n, (h, w)) if init is None else init
     transforms.append(clip_range(lo, hi))
-    return optimize(loss, init, optimizer=adam(lr), steps=steps, transforms=tuple(transforms), key=key,
-                    callbacks=callbacks, compiler_options=runtime.compiler_options(model))
+    return optimize(loss, init, optimizer=adam(float(lr)), steps=steps, transforms=tuple(transforms), key=key,
+                    callbacks=callbacks, compiler_options=model.compiler_options)
 
 
 def to_rgb(model, x: Array) -> np.ndarray:
     """Model-input images -> RGB [0, 1] numpy (clipped: optimised images sit on the range's edge)."""
-    return np.clip(np.asarray(model.deprocess(jnp.asarray(x))), 0.0, 1.0)
+    return np.clip(np.asarray(as_model(model).deprocess(jnp.asarray(x))), 0.0, 1.0)

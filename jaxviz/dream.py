@@ -8,27 +8,49 @@ starting from a real image, with
 - random jitter (roll) each step;
 - normalised steps: x <- x + step · g / mean|g| (the original notebook), and clipping to the valid
   pixel range.
-Images are in model-input space; ``step`` defaults to 1.5/255 of the valid range (the notebook's
-1.5 on 0–255 images).
+``model`` is a ``jaxviz.interface.Model`` with named layers (any adapter). Images are in
+model-input space; ``step`` defaults to 1.5/255 of the valid range (the notebook's 1.5 on 0–255
+images). The jitter of image i comes from its own key (one key is shared by every image), so a
+batch dreams exactly like its images one by one. Every octave must leave the layer non-empty.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxviz import objectives as obj
-from jaxviz import runtime
 from jaxviz.errors import JaxvizError
-from jaxviz.optimize import Callback, clip_range, jitter, normalized_gradient, optimize, valid_range
+from jaxviz.interface import as_model
+from jaxviz.keys import image_keys
+from jaxviz.optimize import Callback, clip_range, jitter, normalized_gradient, optimize
 
 Array = jax.Array
+
+MIN_OCTAVE = 16  # px: the coarsest octave's smaller side
 
 
 def octave_sizes(h: int, w: int, octaves: int, scale: float) -> list[tuple[int, int]]:
     """Sizes from coarsest to the original."""
     return [(max(1, round(h / scale ** o)), max(1, round(w / scale ** o))) for o in range(octaves - 1, -1, -1)]
+
+
+def _check_octaves(model, given: str, layer: str, sizes: list[tuple[int, int]], octaves: int,
+                   scale: float) -> None:
+    """Refuse octaves at which the layer is empty, naming the smallest image size that works."""
+    coarsest = sizes[0]
+    shape = model.layer_shapes(coarsest).get(layer) if model.has_layers else None
+    if shape is None or math.prod(shape) > 0:
+        return
+    need = model.smallest_input(layer)
+    image = math.ceil(need * scale ** (octaves - 1))
+    name = given if given == layer else f"{given} ({layer})"
+    raise JaxvizError(f"layer {name} of {model.name} is empty at the coarsest octave ({coarsest[0]}x{coarsest[1]} "
+                      f"px); it needs at least {need}x{need} px: use an image of at least {image}x{image} px "
+                      f"with {octaves} octaves of scale {scale:g}, or fewer octaves")
 
 
 def deepdream(model, params: dict | None, x: Array, layer: str, *, octaves: int = 4,
@@ -43,37 +65,46 @@ def deepdream(model, params: dict | None, x: Array, layer: str, *, octaves: int 
       octaves, octave_scale: number of scales and the ratio between them.
       steps: gradient steps per octave; step: step size in model-input units (default 1.5/255 of
         the mean channel range); jitter_px: random roll per step.
-      key: PRNG key.
+      key: one PRNG key (shared by every image) or (N,) per-image keys.
     Returns:
       (N, H, W, 3) dreamed images in model-input space, inside the valid range.
+    Raises:
+      JaxvizError: bad shapes or settings, or an octave at which the layer is empty.
     """
+    model = as_model(model)
     params = model.params if params is None else params
-    layer = model.spec.resolve_layer(layer)
+    given, layer = layer, model.resolve_layer(layer)
     x = jnp.asarray(x, jnp.float32)
     if x.ndim != 4 or x.shape[-1] != 3:
         raise JaxvizError(f"x must be (N, H, W, 3), got {tuple(x.shape)}")
-    if octaves < 1 or octave_scale < 1.0 or steps < 1 or jitter_px < 0:
-        raise JaxvizError("need octaves >= 1, octave_scale >= 1, steps >= 1, jitter >= 0")
+    if not (octaves >= 1 and np.isfinite(octave_scale) and octave_scale >= 1.0 and steps >= 1 and jitter_px >= 0):
+        raise JaxvizError("need octaves >= 1, a finite octave_scale >= 1, steps >= 1, jitter >= 0")
+    if step is not None and not (np.isfinite(step) and step > 0):
+        raise JaxvizError(f"step must be a positive finite number, got {step}")
     n, h, w, c = x.shape
     sizes = octave_sizes(h, w, octaves, octave_scale)
-    if min(sizes[0]) < 16:
-        raise JaxvizError(f"the coarsest octave would be {sizes[0][0]}x{sizes[0][1]} px; use fewer octaves "
-                          f"or a smaller octave scale")
-    lo, hi = valid_range(model.spec)
-    step = float(1.5 / 255 * jnp.mean(hi - lo)) if step is None else float(step)
-    key = jax.random.key(0) if key is None else key
-    # One loss/optimiser/transform set for all octaves: the engine reuses the traced step.
-    loss = -obj.deepdream(model.apply, params, layer)
+    if min(sizes[0]) < MIN_OCTAVE:
+        raise JaxvizError(f"the coarsest octave would be {sizes[0][0]}x{sizes[0][1]} px (< {MIN_OCTAVE}); use fewer "
+                          f"octaves, a smaller octave scale or a larger image")
+    _check_octaves(model, given, layer, sizes, octaves, octave_scale)
+    lo, hi = model.valid_range()
+    step = float(1.5 / 255 * np.mean(hi - lo)) if step is None else float(step)
+    keys = image_keys(key, n)
+    params = model.prepare_params(params)
+    # One loss/optimiser/transform set for all octaves (its data are the weights): the engine
+    # reuses the traced step, and a second dream on the same model the compiled ones.
+    loss = -obj.deepdream(model, params, layer)
     optimizer = normalized_gradient(step, "mean_abs")
-    transforms = ((jitter(jitter_px),) if jitter_px else ()) + (clip_range(lo, hi),)
+    transforms = ((jitter(int(jitter_px)),) if jitter_px else ()) + (
+        clip_range(tuple(float(v) for v in lo), tuple(float(v) for v in hi)),)
     resize = lambda a, size: jax.image.resize(a, (n, *size, c), "linear")
     detail = jnp.zeros((n, *sizes[0], c), x.dtype)
     for o, size in enumerate(sizes):
         base = resize(x, size) if size != (h, w) else x
         detail = resize(detail, size) if detail.shape[1:3] != size else detail
         start = jnp.clip(base + detail, lo, hi)
-        k = jax.random.fold_in(key, o) if key.ndim == 0 else jax.vmap(lambda kk: jax.random.fold_in(kk, o))(key)
+        k = jax.vmap(lambda kk: jax.random.fold_in(kk, o))(keys)
         result = optimize(loss, start, optimizer=optimizer, steps=steps, transforms=transforms, key=k,
-                          callbacks=callbacks, compiler_options=runtime.compiler_options(model))
+                          callbacks=callbacks, compiler_options=model.compiler_options)
         detail = result.images - base
     return result.images

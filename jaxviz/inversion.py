@@ -8,18 +8,23 @@ whatever the layer), and the TV^β term is divided by H W B^β with B the typica
 λ means the same at any size and for any preprocessing. Here B is the RMS per-pixel norm of the
 (mean-subtracted, model-input space) reference image, the data-driven version of the paper's
 B = 80 for 0–255 images. The image is kept in the valid pixel range by projection (the paper's
-bounded-range constraint). Images are in model-input space; start from small noise.
+bounded-range constraint). ``model`` is a ``jaxviz.interface.Model`` with named layers (any
+adapter). Images are in model-input space; the start is small noise from one key per image (one key
+is shared by every image), so image i of a batch equals the same image inverted alone (Adam).
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxviz import objectives as obj
-from jaxviz import runtime
 from jaxviz.errors import JaxvizError
+from jaxviz.interface import as_model
+from jaxviz.keys import image_keys
 from jaxviz.optimize import Callback, OptimizeResult, adam, lbfgs, optimize, valid_range_projection
 
 Array = jax.Array
@@ -30,14 +35,19 @@ def pixel_scale(x0: Array) -> Array:
     return jnp.sqrt(jnp.mean(jnp.sum(jnp.square(x0), axis=-1).reshape(x0.shape[0], -1), axis=1))
 
 
-def inversion_loss(apply_fn, params: dict, x0: Array, layer: str, *, tv_weight: float = 1.0,
+@functools.lru_cache(maxsize=16)
+def _tv_fn(beta: float):
+    """TV^β times a per-image factor (the objective's data): the same function for the same β."""
+    return lambda x, keys, factor: factor.astype(x.dtype) * obj.total_variation(x, beta)
+
+
+def inversion_loss(model, params: dict, x0: Array, layer: str, *, tv_weight: float = 1.0,
                    beta: float = 2.0) -> obj.Objective:
     """The normalised objective: feature term + tv_weight · TV^β / (H W B^β), per image (N,)."""
     _, h, w, _ = x0.shape
     b = jax.lax.stop_gradient(pixel_scale(x0))
-    feat = obj.feature_match(apply_fn, params, layer, x0, normalize=True)
-    norm = 1.0 / (h * w * b ** beta)
-    tv = obj.Objective(lambda x, k: norm.astype(x.dtype) * obj.total_variation(x, beta), f"tv({beta})/HWB^b")
+    feat = obj.feature_match(model, params, layer, x0, normalize=True)
+    tv = obj.Objective(_tv_fn(float(beta)), f"tv({beta:g})/HWB^b", 1.0 / (h * w * b ** beta), pure=True)
     return feat + tv_weight * tv
 
 
@@ -54,28 +64,40 @@ def invert(model, params: dict | None, x0: Array, layer: str, *, steps: int = 20
         L-BFGS (one line search for the whole batch: pass one image for the paper's setting).
       tv_weight, beta: λ and β of the normalised TV^β regulariser.
       init: optional start (default: small noise from ``key``).
+      key: one PRNG key (shared by every image) or (N,) per-image keys.
     Returns:
       ``OptimizeResult``; ``extras["feature_loss"]`` = (initial (N,), final (N,)) normalised
       feature distances.
+    Raises:
+      JaxvizError: bad shapes or settings, or an image size at which the layer is empty.
     """
+    model = as_model(model)
     params = model.params if params is None else params
-    layer = model.spec.resolve_layer(layer)
+    given, layer = layer, model.resolve_layer(layer)
     x0 = jnp.asarray(x0, jnp.float32)
     if x0.ndim != 4 or x0.shape[-1] != 3:
         raise JaxvizError(f"x0 must be (N, H, W, 3), got {tuple(x0.shape)}")
-    if steps < 1 or lr <= 0 or tv_weight < 0 or beta <= 0:
+    if not (steps >= 1 and lr > 0 and tv_weight >= 0 and beta > 0):
         raise JaxvizError("need steps >= 1, lr > 0, tv_weight >= 0, beta > 0")
+    if not all(np.isfinite(v) for v in (lr, tv_weight, beta)):
+        raise JaxvizError("lr, tv_weight and beta must be finite")
     if optimizer not in ("adam", "lbfgs"):
         raise JaxvizError(f"unknown optimizer {optimizer!r}; use adam or lbfgs")
-    key = jax.random.key(0) if key is None else key
+    obj.require_nonempty(model, (given,), tuple(x0.shape[1:3]))
+    n = x0.shape[0]
     if init is None:
-        k = jax.random.fold_in(key, 99) if key.ndim == 0 else key[0]
-        init = 0.1 * jax.random.normal(k, x0.shape) * pixel_scale(x0)[:, None, None, None] / jnp.sqrt(3.0)
-    loss = inversion_loss(model.apply, params, x0, layer, tv_weight=tv_weight, beta=beta)
-    feat = obj.feature_match(model.apply, params, layer, x0)
-    before = feat(init)
-    opt = adam(lr) if optimizer == "adam" else lbfgs()
-    result = optimize(loss, init, optimizer=opt, steps=steps, project=valid_range_projection(model.spec),
-                      key=key, callbacks=callbacks, compiler_options=runtime.compiler_options(model))
-    result.extras["feature_loss"] = (before, feat(result.images))
+        keys = jax.vmap(lambda k: jax.random.fold_in(k, 99))(image_keys(key, n))
+        noise = jax.vmap(lambda k: jax.random.normal(k, x0.shape[1:]))(keys)
+        init = 0.1 * noise * pixel_scale(x0)[:, None, None, None] / jnp.sqrt(3.0)
+    init = jnp.asarray(init, jnp.float32)
+    if init.shape != x0.shape:
+        raise JaxvizError(f"init must have x0's shape {tuple(x0.shape)}, got {tuple(init.shape)}")
+    params = model.prepare_params(params)
+    loss = inversion_loss(model, params, x0, layer, tv_weight=tv_weight, beta=beta)
+    feat = obj.feature_match(model, params, layer, x0)
+    before = obj.evaluate(feat, init)
+    opt = adam(float(lr)) if optimizer == "adam" else lbfgs()
+    result = optimize(loss, init, optimizer=opt, steps=steps, project=valid_range_projection(model),
+                      key=key, callbacks=callbacks, compiler_options=model.compiler_options)
+    result.extras["feature_loss"] = (before, obj.evaluate(feat, result.images))
     return result

@@ -326,14 +326,19 @@ def require_nonempty(model, layers: Sequence[str] | None, size: tuple[int, int])
         return
     h, w = size
     shapes = model.layer_shapes((h, w))
-    names = list(shapes) if layers is None else [model.resolve_layer(layer) for layer in layers]
-    empty = [n for n in names if n in shapes and math.prod(shapes[n]) == 0]
+    given = {n: n for n in shapes} if layers is None else {model.resolve_layer(n): n for n in layers}
+    empty = [n for n in given if n in shapes and math.prod(shapes[n]) == 0]
     if not empty:
         return
     need = max(model.smallest_input(n) for n in empty)
     first = empty[0]
-    raise JaxvizError(f"layer {first} of {model.name} is empty at {h}x{w} px (output shape "
-                      f"{'x'.join(str(s) for s in shapes[first])}); use an image of at least {need}x{need} px")
+    shape = "x".join(str(s) for s in shapes[first])
+    if layers is None:
+        raise JaxvizError(f"{model.name} has empty layers at {h}x{w} px (from {first} on, output shape {shape}), "
+                          f"so its output is undefined; use an image of at least {need}x{need} px")
+    name = given[first] if given[first] == first else f"{given[first]} ({first})"
+    raise JaxvizError(f"layer {name} of {model.name} is empty at {h}x{w} px (output shape {shape}); "
+                      f"use an image of at least {need}x{need} px")
 
 
 def num_outputs(model, params: PyTree, x: Array) -> int:

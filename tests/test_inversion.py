@@ -1,5 +1,6 @@
 """Feature inversion: the normalised feature loss falls >= 10x and, from a shallow layer, the
-reconstruction correlates strongly with the original; normalisation identities; CLI."""
+reconstruction correlates strongly with the original; normalisation identities; an empty layer is
+refused; CLI. (Any-model truth checks: tests/test_optimise_any_model.py.)"""
 from __future__ import annotations
 
 import jax
@@ -27,13 +28,13 @@ def test_normalisation_identities(tiny_model):
     x0 = jax.random.normal(jax.random.key(0), (2, 12, 16, 3))
     b = pixel_scale(x0)
     np.testing.assert_allclose(b ** 2, np.mean(np.sum(np.asarray(x0) ** 2, -1).reshape(2, -1), 1), rtol=1e-5)
-    loss = inversion_loss(tiny_model.apply, tiny_model.params, x0, "features.4", tv_weight=0.3, beta=1.5)
+    loss = inversion_loss(tiny_model, tiny_model.params, x0, "features.4", tv_weight=0.3, beta=1.5)
     # at x0 the feature term vanishes: only the normalised TV term remains
     expect = 0.3 * obj.total_variation(x0, 1.5) / (12 * 16 * b ** 1.5)
     np.testing.assert_allclose(loss(x0), expect, rtol=1e-5)
     # scaling the image and B together leaves the normalised TV^beta term unchanged
-    l2 = inversion_loss(tiny_model.apply, tiny_model.params, 3 * x0, "features.4", tv_weight=0.3, beta=1.5)
-    tv_only = lambda l, x: l(x) - obj.feature_match(tiny_model.apply, tiny_model.params, "features.4", x)(x)
+    l2 = inversion_loss(tiny_model, tiny_model.params, 3 * x0, "features.4", tv_weight=0.3, beta=1.5)
+    tv_only = lambda l, x: l(x) - obj.feature_match(tiny_model, tiny_model.params, "features.4", x)(x)
     np.testing.assert_allclose(tv_only(l2, 3 * x0), tv_only(loss, x0), rtol=1e-4)
 
 
@@ -49,6 +50,15 @@ def test_inversion_tiny_batch_and_lbfgs(tiny_model):
         invert(tiny_model, None, x0, "features.1", steps=0)
     with pytest.raises(JaxvizError):
         invert(tiny_model, None, x0, "features.1", optimizer="sgd")
+    with pytest.raises(JaxvizError):
+        invert(tiny_model, None, x0, "features.1", beta=float("nan"))
+
+
+def test_empty_layer_is_refused(squeezenet):
+    """Issue 13: ``invert --layer fire9`` at 16 px reported "loss 0 -> 0"; now refused."""
+    x0 = jnp.zeros((1, 16, 16, 3))
+    with pytest.raises(JaxvizError, match=r"layer fire9 \(features.12\).*empty at 16x16 px.*at least 17x17 px"):
+        invert(squeezenet, None, x0, "fire9", steps=1)
 
 
 def test_cli_invert(squeezenet, tmp_path, capsys):

@@ -138,5 +138,5 @@ def test_require_nonempty_names_the_smallest_size():
     obj.require_nonempty(model, ("features.4",), (2, 2))
     with pytest.raises(JaxvizError, match="features.4 .*empty at 1x1 px.*at least 2x2 px"):
         obj.require_nonempty(model, ("features.4",), (1, 1))
-    with pytest.raises(JaxvizError, match="empty at 1x9 px"):
+    with pytest.raises(JaxvizError, match="empty layers at 1x9 px"):
         obj.require_nonempty(model, None, (1, 9))

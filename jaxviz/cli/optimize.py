@@ -4,13 +4,20 @@ Every command writes ``--out FILE.png``: the final image(s) at the model's input
 ``--size``) in valid 8-bit range — with several targets/channels, the images side by side in one
 PNG, in command-line order. ``--npy`` also writes FILE.npy beside it: the float RGB array
 (N, H, W, 3) in [0, 1] before 8-bit rounding. Nothing else is written. Progress bars on stderr.
+Models are loaded accelerated for this machine (``jaxviz.accel.accelerate``, via
+``load_model_arg``: same results, faster). A size at which the layer (or a DeepDream octave) is
+empty is refused with the smallest size that works.
 """
 from __future__ import annotations
 
 import argparse
+import math
 
 from jaxviz.cli import command
 from jaxviz.cli._common import add_model, add_output, output_path
+
+MAX_SIZE = 2048  # px: a 2048 px VGG19 step already needs several GB
+MAX_STEPS = 100_000
 
 
 def _common(parser: argparse.ArgumentParser, steps: int, lr: float, lr_help: str) -> None:
@@ -27,12 +34,16 @@ def _common(parser: argparse.ArgumentParser, steps: int, lr: float, lr_help: str
 def _outputs(args):
     from jaxviz.errors import JaxvizError
     out = output_path(args.out, suffixes=(".png",))
-    if args.size is not None and args.size < 16:
-        raise JaxvizError(f"--size must be at least 16, got {args.size}")
-    if args.steps < 1:
-        raise JaxvizError(f"--steps must be >= 1, got {args.steps}")
-    if args.lr <= 0:
-        raise JaxvizError(f"--lr must be positive, got {args.lr}")
+    if args.size is not None and not 16 <= args.size <= MAX_SIZE:
+        raise JaxvizError(f"--size must be between 16 and {MAX_SIZE}, got {args.size}")
+    if not 1 <= args.steps <= MAX_STEPS:
+        raise JaxvizError(f"--steps must be between 1 and {MAX_STEPS}, got {args.steps}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise JaxvizError(f"--lr must be a positive finite number, got {args.lr}")
+    for name in ("l2", "blur_sigma", "clip_fraction", "tv_weight", "beta", "octave_scale"):
+        value = getattr(args, name, None)
+        if value is not None and not math.isfinite(value):
+            raise JaxvizError(f"--{name.replace('_', '-')} must be finite, got {value}")
     return out
 
 
@@ -56,14 +67,24 @@ def _progress(args, desc: str):
 
 def _load_model(args, classifier: bool):
     from jaxviz.cli._common import load_model_arg
-    return load_model_arg(args.model, classifier=classifier)
+    return load_model_arg(args.model, classifier=classifier)  # accelerated once (jaxviz.accel)
 
 
 def _image(args, model, size):
     import jax.numpy as jnp
 
-    from jaxviz.images import load_image
-    return model.preprocess(jnp.asarray(load_image(args.image, size, args.fit))[None])
+    from jaxviz.cli._common import load_inputs
+    return model.preprocess(jnp.asarray(load_inputs(model, [args.image], args.fit, size)))
+
+
+def _add_fit(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fit", choices=["eval", "stretch", "crop"], default="eval",
+                        help="eval (default): the model's evaluation transform; stretch: resize straight to the "
+                             "size; crop: same as eval")
+
+
+def _class_name(model, c: int) -> str:
+    return model.labels[c] if model.labels else str(c)
 
 
 @command("classviz", "class visualisation: maximise a class score minus an L2 penalty, with jitter, "
@@ -87,29 +108,31 @@ def classviz(parser: argparse.ArgumentParser):
 
         from jaxviz.classviz import class_visualization
         from jaxviz.errors import JaxvizError
-        from jaxviz.labels import imagenet_labels, resolve_class
+        from jaxviz.labels import resolve_class
         out = _outputs(args)
         if args.l2 < 0 or args.blur_every < 0 or args.jitter < 0 or args.blur_sigma < 0:
             raise JaxvizError("--l2, --blur-every, --blur-sigma and --jitter must be >= 0")
         if not 0 <= args.clip_fraction < 1:
             raise JaxvizError("--clip-fraction must be in [0, 1)")
         model = _load_model(args, classifier=True)
-        classes = [resolve_class(t, model.spec.num_classes) for t in args.target]
-        size = args.size or model.spec.input_size
+        classes = [resolve_class(t, model.num_classes, model.labels) for t in args.target]
+        size = model.input_hw(args.size)
         init = None
         if args.init:
-            from jaxviz.images import load_image
-            one = model.preprocess(jnp.asarray(load_image(args.init, size))[None])
+            from jaxviz.cli._common import load_inputs
+            one = model.preprocess(jnp.asarray(load_inputs(model, [args.init], "eval", size)))
             init = jnp.repeat(one, len(classes), axis=0)
         res = class_visualization(model, None, classes, init=init, size=size, steps=args.steps, lr=args.lr,
                                   l2=args.l2, blur_every=args.blur_every, blur_sigma=args.blur_sigma,
                                   jitter_px=args.jitter, clip_fraction=args.clip_fraction, score=args.score,
                                   key=jax.random.key(args.seed), callbacks=_progress(args, "classviz"))
-        logits = model.apply(model.params, res.images)
-        labels = imagenet_labels()
+        logits = jax.jit(model.apply)(model.params, res.images)
+        if not bool(jnp.isfinite(logits).all()):
+            raise JaxvizError("the optimisation diverged (non-finite scores); lower --lr")
         for c, row in zip(classes, logits):
             top = int(jnp.argmax(row))
-            print(f"class {c} {labels[c]}: score {float(row[c]):.2f}, top-1 {top} {labels[top]}")
+            print(f"class {c} {_class_name(model, c)}: score {float(row[c]):.2f}, "
+                  f"top-1 {top} {_class_name(model, top)}")
         _write(model, res.images, out, args.npy)
     return run
 
@@ -129,21 +152,21 @@ def neuron(parser: argparse.ArgumentParser):
     def run(args):
         import jax
 
+        from jaxviz import objectives as obj
         from jaxviz.classviz import channel_visualization
         from jaxviz.errors import JaxvizError
         out = _outputs(args)
         if args.jitter < 0:
             raise JaxvizError("--jitter must be >= 0")
         model = _load_model(args, classifier=False)
-        layer = model.spec.resolve_layer(args.layer)
-        shape = model.layer_shapes(args.size)[layer]
-        if args.unit is not None and (len(shape) != 3 or not (0 <= args.unit[0] < shape[0] and 0 <= args.unit[1] < shape[1])):
-            raise JaxvizError(f"unit {tuple(args.unit)} outside {layer}'s map {shape[:-1]}")
+        layer = model.resolve_layer(args.layer)
+        unit = tuple(args.unit) if args.unit else None
         res = channel_visualization(model, None, layer, args.channel, size=args.size, steps=args.steps, lr=args.lr,
-                                    parameterization=args.param, jitter_px=args.jitter,
-                                    unit=tuple(args.unit) if args.unit else None, key=jax.random.key(args.seed),
-                                    callbacks=_progress(args, "neuron"))
-        for c, value in zip(args.channel, -res.losses[-1]):
+                                    parameterization=args.param, jitter_px=args.jitter, unit=unit,
+                                    key=jax.random.key(args.seed), callbacks=_progress(args, "neuron"))
+        y, x = unit if unit else (None, None)
+        final = obj.evaluate(obj.channel(model, model.params, layer, args.channel, y, x), res.images)
+        for c, value in zip(args.channel, final):
             print(f"{layer} channel {c}: activation {float(value):.3f}")
         _write(model, res.images, out, args.npy)
     return run
@@ -153,7 +176,7 @@ def neuron(parser: argparse.ArgumentParser):
                    "(Mahendran & Vedaldi 2015, normalised feature loss + TV^beta)")
 def invert_cmd(parser: argparse.ArgumentParser):
     parser.add_argument("image", metavar="IMAGE", help="image file or sample name")
-    parser.add_argument("--fit", choices=["stretch", "crop"], default="stretch")
+    _add_fit(parser)
     parser.add_argument("--layer", "-l", required=True, help="layer name or alias")
     _common(parser, 200, 0.05, "Adam learning rate (model-input units)")
     parser.add_argument("--tv-weight", type=float, default=1.0, help="lambda of the normalised TV^beta term")
@@ -169,8 +192,8 @@ def invert_cmd(parser: argparse.ArgumentParser):
         if args.tv_weight < 0 or args.beta <= 0:
             raise JaxvizError("--tv-weight must be >= 0 and --beta > 0")
         model = _load_model(args, classifier=False)
-        layer = model.spec.resolve_layer(args.layer)
-        x0 = _image(args, model, args.size or model.spec.input_size)
+        layer = model.resolve_layer(args.layer)
+        x0 = _image(args, model, model.input_hw(args.size))
         res = invert(model, None, x0, layer, steps=args.steps, lr=args.lr, tv_weight=args.tv_weight,
                      beta=args.beta, optimizer=args.optimizer, key=jax.random.key(args.seed),
                      callbacks=_progress(args, "invert"))
@@ -184,7 +207,7 @@ def invert_cmd(parser: argparse.ArgumentParser):
                   "jitter and normalised steps, from a real image")
 def dream_cmd(parser: argparse.ArgumentParser):
     parser.add_argument("image", metavar="IMAGE", help="image file or sample name")
-    parser.add_argument("--fit", choices=["stretch", "crop"], default="stretch")
+    _add_fit(parser)
     parser.add_argument("--layer", "-l", required=True, help="layer name or alias")
     _common(parser, 10, 1.5 / 255, "step size as a fraction of the valid range (g / mean|g| steps)")
     parser.add_argument("--octaves", type=int, default=4, help="number of scales (default 4)")
@@ -193,20 +216,19 @@ def dream_cmd(parser: argparse.ArgumentParser):
 
     def run(args):
         import jax
-        import jax.numpy as jnp
+        import numpy as np
 
         from jaxviz.dream import deepdream
         from jaxviz.errors import JaxvizError
-        from jaxviz.optimize import valid_range
         out = _outputs(args)
-        if args.octaves < 1 or args.octave_scale < 1 or args.jitter < 0:
-            raise JaxvizError("--octaves must be >= 1, --octave-scale >= 1 and --jitter >= 0")
+        if not (args.octaves >= 1 and args.octave_scale >= 1 and args.jitter >= 0):  # NaN fails too
+            raise JaxvizError("--octaves must be >= 1, --octave-scale a finite number >= 1 and --jitter >= 0")
         model = _load_model(args, classifier=False)
-        layer = model.spec.resolve_layer(args.layer)
-        x0 = _image(args, model, args.size or model.spec.input_size)
-        lo, hi = valid_range(model.spec)
+        layer = model.resolve_layer(args.layer)
+        x0 = _image(args, model, model.input_hw(args.size))
+        lo, hi = model.valid_range()
         x = deepdream(model, None, x0, layer, octaves=args.octaves, octave_scale=args.octave_scale,
-                      steps=args.steps, step=float(args.lr * jnp.mean(hi - lo)), jitter_px=args.jitter,
+                      steps=args.steps, step=float(args.lr * np.mean(hi - lo)), jitter_px=args.jitter,
                       key=jax.random.key(args.seed), callbacks=_progress(args, "dream"))
         _write(model, x, out, args.npy)
     return run
