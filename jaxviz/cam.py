@@ -1,9 +1,9 @@
 """Class activation maps: CAM, Grad-CAM, Grad-CAM++ and guided Grad-CAM.
 
 - CAM (Zhou et al. 2016, "Learning deep features for discriminative localization"): for a
-  global-average-pooled classifier, M_c = sum_k w_kc f_k over the last feature maps f.
-  SqueezeNet's ``classifier.2`` channels already are the class maps (``weights=None``);
-  EfficientNet-Lite0's are sum_k w_kc f_k over ``head`` with the ``classifier`` dense weights.
+  global-average-pooled linear classifier, M_c = sum_k w_kc f_k over the maps f that the pooling
+  averages. SqueezeNet's ``classifier.1`` channels already are the class maps (``weights=None``);
+  otherwise ``cam_weights`` reads w (C, classes) from the last dense layer.
 - Grad-CAM (Selvaraju et al. 2017): alpha_k = spatial mean of d s / d A_k at any named layer;
   map = ReLU(sum_k alpha_k A_k). The gradient with respect to the activation A is one
   ``jax.grad`` over the array injected at that layer (``model.inject``), for any model.
@@ -11,13 +11,24 @@
   a = g^2 / (2 g^2 + sum_ab A_ab g^3), alpha_k = sum_ij a_ij ReLU(g_ij) (pytorch-grad-cam's form).
 - Guided Grad-CAM: guided backprop (jaxviz.saliency) times the upsampled Grad-CAM.
 
-Maps are non-negative (ReLU; ``relu=False`` keeps the signed sum, as Captum's ``LayerGradCam``
-with ``relu_attributions=False``) and bilinearly upsampled to the input size (N, H, W);
-``resize="nearest"`` upsamples by nearest neighbour (Captum's guided Grad-CAM uses nearest),
-``resize=None`` returns the layer's own resolution (N, h, w). Since d logit / d A = w / (h w) for
-a GAP classifier, CAM = Grad-CAM * (h w) at the CAM layer. ``model`` is a
-``jaxviz.interface.Model``; ``x`` is preprocessed (N, H, W, 3); ``target``/``index`` as in
-``jaxviz.saliency``.
+Since d logit / d A = w / (h w) for a GAP classifier, CAM = Grad-CAM * (h w) at the CAM layer.
+
+Defaults and where they differ from the peers (options that reproduce them in brackets):
+
+- ``relu=True`` (the paper's map, and pytorch-grad-cam's). Captum's ``LayerGradCam`` defaults to
+  ``relu_attributions=False``, the signed sum [``relu=False``].
+- ``resize="bilinear"``: maps are upsampled to the input size (N, H, W) with half-pixel centres,
+  as pytorch-grad-cam's ``cv2.resize``; pytorch-grad-cam then min-max normalises each map, we do
+  not (only the display does). Captum's ``LayerGradCam`` returns the layer's own resolution
+  (N, h, w) [``resize=None``], and ``LayerAttribution.interpolate`` defaults to nearest
+  [``resize="nearest"``].
+- Guided Grad-CAM multiplies guided backprop by the ReLU'd Grad-CAM upsampled bilinearly;
+  Captum's ``GuidedGradCam`` upsamples by nearest neighbour [``resize="nearest"``].
+- CAM uses the ReLU'd map as in Zhou et al.'s figures [``relu=False`` for the raw class map].
+
+``model`` is a ``jaxviz.interface.Model`` with named layers (a plain ``apply_fn`` has none: the
+CAM family says so); ``x`` is preprocessed (N, H, W, 3); ``target``/``index`` as in
+``jaxviz.saliency``. Every function is jittable with ``model``, ``target`` and ``layer`` static.
 """
 from __future__ import annotations
 
@@ -46,50 +57,86 @@ def upsample(maps: Array, size: tuple[int, int], method: Resize = "bilinear") ->
     return jax.image.resize(maps, (maps.shape[0],) + tuple(size), method=method)
 
 
+def _kernel(node):
+    """The 2-D ``kernel`` of a dense layer's parameters (linen dict or nnx State), else None."""
+    try:
+        kernel = node["kernel"]
+    except (KeyError, TypeError, IndexError):
+        return None
+    kernel = getattr(kernel, "value", kernel)
+    return kernel if getattr(kernel, "ndim", None) == 2 else None
+
+
 def cam_weights(model, params=None, layer: str | None = None) -> Array | None:
     """Weights (C, classes) to combine ``layer``'s channels (default: the model's CAM layer), or
     None when its channels already are the class maps.
 
-    The weights are the last layer's ``kernel``: CAM is defined for a global-average-pooled
-    linear classifier. Raises ``JaxvizError`` when the model has no such head.
+    The weights are the ``kernel`` of the last dense layer after ``layer`` (a (C, classes)
+    matrix): CAM is defined for a global-average-pooled linear classifier, and whether the
+    network between ``layer`` and that kernel is only a global average pool is the caller's
+    knowledge (``tests/test_attribution_any_model.py`` checks CAM == Grad-CAM * h w on one).
+
+    Raises:
+      JaxvizError: a model without classes or without a (C, classes) dense kernel after ``layer``.
     """
     model = as_model(model)
     params = model.params if params is None else params
-    layer = model.resolve_layer(layer or model.cam_layer or model.feature_layer)
-    channels = model.layer_shapes()[layer][-1]
-    if channels == model.num_classes:
+    layer = model.resolve_layer(_layer(model, layer, model.cam_layer))
+    classes = model.num_classes
+    if classes is None:
+        raise JaxvizError(f"CAM explains a class, and {model.name} has no classifier output")
+    shape = model.layer_shapes()[layer]
+    channels = shape[-1]
+    if len(shape) == 3 and channels == classes:
         return None
-    head = model.layer_params(params, model.layer_names[-1])
-    kernel = head.get("kernel") if hasattr(head, "get") else None
-    if kernel is None or tuple(kernel.shape) != (channels, model.num_classes):
-        raise JaxvizError(f"CAM at {layer} needs a global-average-pooled linear classifier on it; "
-                          "pass weights=(C, classes) or use Grad-CAM")
-    return jnp.asarray(getattr(kernel, "value", kernel))
+    names = list(model.layer_names)
+    for name in reversed(names[names.index(layer) + 1:]):
+        kernel = _kernel(model.layer_params(params, name))
+        if kernel is not None:
+            if tuple(kernel.shape) != (channels, classes):
+                break
+            return jnp.asarray(kernel)
+    raise JaxvizError(f"CAM at {layer} needs a global-average-pooled linear classifier on its {channels} "
+                      f"channels (a dense kernel of shape ({channels}, {classes})); pass weights=(C, classes) "
+                      "or use Grad-CAM")
 
 
-def cam(model, params: dict, x: Array, *, layer: str | None = None, weights: Array | None = None,
-        index: Array | None = None, relu: bool = True, resize: Resize = "bilinear") -> Array:
+def cam(model, params: dict, x: Array, target: Target | int | None = None, *, layer: str | None = None,
+        weights: Array | None = None, index: Array | None = None, relu: bool = True,
+        resize: Resize = "bilinear") -> Array:
     """CAM (N, H, W): ReLU(sum_k w_kc f_k) of ``layer``'s maps f (N, h, w, C), upsampled.
 
     Args:
-      layer: the feature layer (default: the model's CAM layer).
-      weights: (C, classes) classifier weights; None when ``layer``'s channels are the class maps.
-      index: (N,) classes; None = the predicted class.
+      target: a class target (default: the predicted class); CAM explains classes only.
+      layer: the feature layer (default: the model's CAM layer, else its feature layer).
+      weights: (C, classes) classifier weights (``cam_weights``); None when ``layer``'s
+        channels are the class maps.
+      index: (N,) classes, overriding the target's.
+      relu: False keeps the signed class map.
+      resize: "bilinear" | "nearest" | None (the layer's resolution (N, h, w)).
     """
     model = as_model(model)
-    layer = layer or model.cam_layer or model.feature_layer
+    target = as_target(target)
+    if not target.is_class:
+        raise JaxvizError("CAM explains a class; use grad_cam for a neuron target")
+    layer = _layer(model, layer, model.cam_layer)
     n = x.shape[0]
     logits, caps = model.run(params, x, capture=(layer,))
     acts = caps[layer]
+    _check_spatial(acts, layer, model)
     if index is None:
-        index = jnp.argmax(logits, axis=-1)
+        index = target.index if target.index is not None else jnp.argmax(logits, axis=-1)
     index = jnp.broadcast_to(jnp.asarray(index, jnp.int32), (n,))
     if weights is None:
         if acts.shape[-1] != model.num_classes:
-            raise JaxvizError(f"{layer} has {acts.shape[-1]} channels, not one per class: pass weights=")
+            raise JaxvizError(f"{layer} has {acts.shape[-1]} channels, not one per class: pass weights= "
+                              "(cam_weights(model))")
         maps = jnp.take_along_axis(acts, index[:, None, None, None], axis=-1)[..., 0]
     else:
-        w = jnp.asarray(weights)[:, index].T  # (N, C)
+        weights = jnp.asarray(weights)
+        if weights.ndim != 2 or weights.shape[0] != acts.shape[-1]:
+            raise JaxvizError(f"weights must be ({acts.shape[-1]}, classes) for {layer}, got {tuple(weights.shape)}")
+        w = weights[:, index].T  # (N, C)
         maps = jnp.einsum("nhwc,nc->nhw", acts, w)
     return upsample(jax.nn.relu(maps) if relu else maps, x.shape[1:3], resize)
 
@@ -97,9 +144,19 @@ def cam(model, params: dict, x: Array, *, layer: str | None = None, weights: Arr
 def layer_gradients(model, params: dict, x: Array, target: Target | int | None = None, *,
                     layer: str, index: Array | None = None) -> tuple[Array, Array]:
     """(A, d score / d A) at ``layer``, both (N, h, w, C): A read in one pass, the gradient taken
-    over the array injected at ``layer`` (the rest of the network runs from there)."""
+    over the array injected at ``layer`` (the rest of the network runs from there).
+
+    Raises:
+      JaxvizError: a neuron target that does not come after ``layer`` in the forward pass.
+    """
     model = as_model(model)
     target = as_target(target)
+    if not target.is_class:
+        order = model.layer_names
+        explained, at = model.resolve_layer(target.layer), model.resolve_layer(layer)
+        inside = explained.startswith(at + "/") or explained.startswith(at + ".")
+        if inside or (explained in order and at in order and order.index(explained) <= order.index(at)):
+            raise JaxvizError(f"neuron target {target.layer} must come after layer {layer} in the forward pass")
     acts = model.activation(params, x, layer)
     n = x.shape[0]
 
@@ -127,22 +184,23 @@ def _combine(acts: Array, weights: Array, size: tuple[int, int], relu: bool, res
 def grad_cam(model, params: dict, x: Array, target: Target | int | None = None, *,
              layer: str | None = None, index: Array | None = None, relu: bool = True,
              resize: Resize = "bilinear") -> Array:
-    """Grad-CAM (N, H, W) at ``layer`` (any named spatial layer; default the model's feature layer)."""
+    """Grad-CAM (N, H, W) at ``layer`` (any named spatial layer; default the model's feature layer);
+    (N, h, w) with ``resize=None``; signed with ``relu=False``."""
     model = as_model(model)
-    layer = layer or model.feature_layer
+    layer = _layer(model, layer)
     acts, grads = layer_gradients(model, params, x, target, layer=layer, index=index)
-    _check_spatial(acts, layer)
+    _check_spatial(acts, layer, model)
     return _combine(acts, grads.mean(axis=(1, 2)), x.shape[1:3], relu, resize)
 
 
 def grad_cam_plus_plus(model, params: dict, x: Array, target: Target | int | None = None, *,
                        layer: str | None = None, index: Array | None = None, relu: bool = True,
                        resize: Resize = "bilinear") -> Array:
-    """Grad-CAM++ (N, H, W) at ``layer``."""
+    """Grad-CAM++ (N, H, W) at ``layer``; ``relu``/``resize`` as ``grad_cam``."""
     model = as_model(model)
-    layer = layer or model.feature_layer
+    layer = _layer(model, layer)
     acts, g = layer_gradients(model, params, x, target, layer=layer, index=index)
-    _check_spatial(acts, layer)
+    _check_spatial(acts, layer, model)
     g2, g3 = g ** 2, g ** 3
     denom = 2 * g2 + acts.sum(axis=(1, 2), keepdims=True) * g3
     a = jnp.where(g != 0, g2 / jnp.where(denom != 0, denom, 1.0), 0.0)
@@ -150,21 +208,37 @@ def grad_cam_plus_plus(model, params: dict, x: Array, target: Target | int | Non
     return _combine(acts, weights, x.shape[1:3], relu, resize)
 
 
-def _check_spatial(acts: Array, layer: str) -> None:
+def _layer(model, layer: str | None, default: str | None = None) -> str:
+    """The layer to explain at: ``layer``, else ``default``, else the model's feature layer (a
+    plain ``apply_fn`` has none: a clear error)."""
+    if not model.has_layers:
+        model.resolve_layer(layer or "")  # raises: no named layers
+    return layer or default or model.feature_layer
+
+
+def _check_spatial(acts: Array, layer: str, model=None) -> None:
     if acts.ndim != 4:
         raise JaxvizError(f"layer {layer} has no spatial map (shape {tuple(acts.shape[1:])}); "
                           "name a convolutional layer")
+    if acts.shape[1] * acts.shape[2] == 0:
+        smallest = f"; the smallest input that works is {model.smallest_input(layer)} px" if model else ""
+        raise JaxvizError(f"layer {layer} is empty ({acts.shape[1]}x{acts.shape[2]}) at this input size{smallest}")
 
 
 def guided_grad_cam_attributions(model, params: dict, x: Array, target: Target | int | None = None, *,
                                  layer: str | None = None, index: Array | None = None,
                                  resize: Resize = "bilinear") -> Array:
-    """Guided backprop signal (N, H, W, 3) times the Grad-CAM map (N, H, W, 1)."""
+    """Guided backprop signal (N, H, W, 3) times the Grad-CAM map (N, H, W, 1), signed.
+
+    ``resize``: how Grad-CAM is upsampled ("bilinear", or "nearest" as Captum's ``GuidedGradCam``).
+    """
     model = as_model(model)
     target = as_target(target)
     if index is None and target.is_class and target.index is None:
         index = resolve_index(model, params, x, target)
-    gc = grad_cam(model, params, x, target, layer=layer, index=index, resize=resize or "bilinear")
+    if resize is None:
+        raise JaxvizError("guided Grad-CAM multiplies a full-resolution signal: resize must be bilinear or nearest")
+    gc = grad_cam(model, params, x, target, layer=layer, index=index, resize=resize)
     return guided_gradients(model, params, x, target, index=index) * gc[..., None]
 
 
