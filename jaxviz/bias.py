@@ -195,8 +195,8 @@ def candidate_images(size: int | tuple[int, int]) -> list[tuple[str, np.ndarray]
         h, w = full.shape[:2]
         centre = full[h // 8:h - h // 8, w // 8:w - w // 8]
         for crop, img in (("", full), (" centre", centre)):
-            out.append((name + crop, fit_image(img, size)))
-            out.append((name + crop + " mirror", fit_image(np.ascontiguousarray(img[:, ::-1]), size)))
+            out.append((name + crop, fit_image(img, size, "stretch")))
+            out.append((name + crop + " mirror", fit_image(np.ascontiguousarray(img[:, ::-1]), size, "stretch")))
     return out
 
 
@@ -231,7 +231,7 @@ def load_folder(root: str | os.PathLike, size: int | tuple[int, int]
         files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise JaxvizError(f"class folder {folder} has no images ({', '.join(IMAGE_SUFFIXES)})")
-        out += [(f"{folder.name}/{p.name}", load_image(p, size), classes) for p in files]
+        out += [(f"{folder.name}/{p.name}", load_image(p, size, fit="stretch"), classes) for p in files]
     if len(folders) < 2:
         raise JaxvizError(f"need at least 2 class sub-folders in {root} for cue-conflict pairs, got {len(folders)}")
     return out
@@ -429,7 +429,7 @@ def texture_crop(image: np.ndarray, fraction: float) -> np.ndarray:
     h, w = image.shape[:2]
     ch, cw = max(1, round(h * fraction)), max(1, round(w * fraction))
     top, left = (h - ch) // 2, (w - cw) // 2
-    return fit_image(np.ascontiguousarray(image[top:top + ch, left:left + cw]), (h, w))
+    return fit_image(np.ascontiguousarray(image[top:top + ch, left:left + cw]), (h, w), "stretch")
 
 
 def bias_study(classifiers: Sequence, vgg, sources: Sequence[Source], *, steps: int = 60,

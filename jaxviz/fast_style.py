@@ -441,4 +441,4 @@ def load_content_folder(folder: str | Path, size: int, limit: int = 256) -> np.n
     else:
         raise JaxvizError(f"content folder not found: {folder}")
     big = int(np.ceil(1.25 * size))
-    return np.stack([load_image(f, big) for f in files[:limit]])
+    return np.stack([load_image(f, big, fit="stretch") for f in files[:limit]])

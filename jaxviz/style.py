@@ -421,7 +421,7 @@ def _prepare_styles(contents: Array, styles: Sequence[Array], style_scale: float
     size = _style_size(contents.shape[1:3], style_scale)
     out, targets = [], []
     for content, group in zip(contents, styles):
-        group = [jnp.asarray(fit_image(np.asarray(s), size)) for s in group]
+        group = [jnp.asarray(fit_image(np.asarray(s), size, "stretch")) for s in group]
         if preserve_color == "luminance":
             group = [match_luminance(s, content) for s in group]
             content = match_luminance(content, content)
@@ -441,7 +441,7 @@ def _start(model, init: str, contents: Array, styles: Sequence[Array], key: Arra
         return model.preprocess(contents)
     if init == "style":
         hw = tuple(contents.shape[1:3])
-        return model.preprocess(jnp.stack([jnp.asarray(fit_image(np.asarray(s), hw)) for s in styles]))
+        return model.preprocess(jnp.stack([jnp.asarray(fit_image(np.asarray(s), hw, "stretch")) for s in styles]))
     keys = image_keys(key, contents.shape[0])
     return model.preprocess(jax.vmap(lambda k: jax.random.uniform(k, contents.shape[1:]))(keys))
 

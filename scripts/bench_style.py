@@ -50,7 +50,7 @@ def feature_agreement(model) -> None:
 
     from jaxviz.images import load_image
     from jaxviz.weights.porting import params_to_state_dict
-    image = load_image("chelsea", 224)
+    image = load_image("chelsea", 224, fit="stretch")
     x = model.preprocess(image[None])                               # BGR - mean, NHWC
     layers = (CONTENT_LAYER,) + STYLE_LAYERS
     _, ours = model.apply(model.params, x, capture=layers, stop="relu5_1")
@@ -128,8 +128,8 @@ def main() -> None:
     model = load_model("vgg19_caffe")
     feature_agreement(model)
 
-    content = load_image("chelsea", args.size)
-    style = load_image("hubble_deep_field", args.size)
+    content = load_image("chelsea", args.size, fit="stretch")
+    style = load_image("hubble_deep_field", args.size, fit="stretch")
     with tempfile.TemporaryDirectory() as tmp:
         cp, sp = Path(tmp) / "content.png", Path(tmp) / "style.png"
         save_image(content, cp)

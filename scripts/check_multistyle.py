@@ -53,7 +53,7 @@ def reference_inputs() -> tuple[np.ndarray, np.ndarray]:
     """The test's fixed input (uint8, 32x40 crop of 'astronaut') and its two style vectors."""
     from jaxviz.fast_style_pretrained import style_vector
     from jaxviz.images import load_image
-    image = np.round(load_image("astronaut", (32, 40)) * 255).astype(np.uint8)
+    image = np.round(load_image("astronaut", (32, 40), fit="stretch") * 255).astype(np.uint8)
     return image, np.stack([style_vector(0), style_vector("3:0.5,12:0.3,25:0.2")])
 
 
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     net, params, _ = load_multistyle()
     failures = 0
     for name, (h, w) in (("chelsea", (96, 136)), ("astronaut", (256, 256))):
-        image = load_image(name, (h, w))
+        image = load_image(name, (h, w), fit="stretch")
         vectors = mixes()
         refs = [run_ort(sess, image, v) for v in vectors.values()]
         # both conv paths (phase convs, default; the ONNX ops literally); all mixes as one batch:
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {data}/multistyle_input.npy {image.shape} and multistyle_reference.npy {refs.shape}")
     if args.fps:
         for size in (256, 512):
-            image = load_image("astronaut", size)
+            image = load_image("astronaut", size, fit="stretch")
             v = mixes()["style_19"]
             x = image[None]
             reps = 10 if size == 256 else 4

@@ -169,7 +169,7 @@ def test_parse_class_folder():
 
 
 def _folder(root, classes: dict):
-    img = load_image("coffee", 24)
+    img = load_image("coffee", 24, fit="stretch")
     for name, count in classes.items():
         (root / name).mkdir(parents=True)
         for k in range(count):
@@ -262,7 +262,7 @@ def test_cli_json_recount(squeezenet, vgg19, tmp_path, capsys):
     root = tmp_path / "classes"
     for cls, name in (("Egyptian cat", "chelsea"), ("967", "coffee")):
         (root / cls).mkdir(parents=True)
-        save_image(load_image(name, 120), root / cls / f"{name}.png")
+        save_image(load_image(name, 120, fit="stretch"), root / cls / f"{name}.png")
     out = tmp_path / "fig.png"
     assert main(["bias", "--model", "squeezenet1_1", "--images", str(root), "--size", "80", "--steps", "2",
                  "--out", str(out), "--json"]) == 0
@@ -292,7 +292,7 @@ def test_cli_no_confident_sources(squeezenet, tmp_path, capsys):
     root = tmp_path / "classes"
     for cls, name in (("espresso", "chelsea"), ("Egyptian cat", "coffee")):
         (root / cls).mkdir(parents=True)
-        save_image(load_image(name, 96), root / cls / f"{name}.png")
+        save_image(load_image(name, 96, fit="stretch"), root / cls / f"{name}.png")
     out = tmp_path / "fig.png"
     assert main(["bias", "--model", "squeezenet1_1", "--images", str(root), "--size", "80", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()

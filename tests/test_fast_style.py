@@ -188,7 +188,7 @@ def test_cli_fast_style_apply_and_bad_inputs(tmp_path, capsys):
                  "--style-mix", "0.3,0.7", "--out", str(out)]) == 0
     got = load_image(out)
     assert got.shape[1] in (28, 32) and got.shape[0] % 4 == 0 and got.shape[1] > got.shape[0]
-    image = load_image("chelsea", got.shape[:2])
+    image = load_image("chelsea", got.shape[:2], fit="stretch")
     ref = np.asarray(fs.stylize(SMALL.network(), state.params, image[None], jnp.array([0.3, 0.7])))[0]
     assert np.abs(got - ref).max() <= 1 / 255 + 1e-6
     capsys.readouterr()
@@ -208,7 +208,7 @@ def test_cli_fast_style_train_resume_vgg(tmp_path):
     from jaxviz.images import load_image, save_image
     (tmp_path / "c").mkdir()
     for name in ("chelsea", "coffee"):
-        save_image(load_image(name, 40), tmp_path / "c" / f"{name}.png")
+        save_image(load_image(name, 40, fit="stretch"), tmp_path / "c" / f"{name}.png")
     ckpt = tmp_path / "m.msgpack"
     argv = ["fast-style", "train", "--styles", "brick", "gravel", "--content-dir", str(tmp_path / "c"),
             "--out", str(ckpt), "--steps", "2", "--size", "32", "--batch", "1", "--width", "4", "--res-blocks", "1"]

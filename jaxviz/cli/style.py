@@ -55,7 +55,7 @@ def texture(parser: argparse.ArgumentParser):
         import jax
 
         from jaxviz.images import load_image, save_image
-        sample = load_image(args.sample, sample_size)
+        sample = load_image(args.sample, sample_size, fit="stretch")
         key = jax.random.key(args.seed)
         if args.method == "efros":
             from jaxviz.texture import efros_leung
@@ -115,7 +115,7 @@ def style(parser: argparse.ArgumentParser):
         content = load_image(args.content)
         h, w = content.shape[:2]
         scale = size / max(h, w)
-        content = load_image(args.content, (max(16, round(h * scale)), max(16, round(w * scale))))
+        content = load_image(args.content, (max(16, round(h * scale)), max(16, round(w * scale))), fit="stretch")
         styles = [load_image(s) for s in args.style]
         model = load_model_arg(LOSS_MODEL, classifier=False)
         result = style_transfer(
@@ -201,7 +201,7 @@ def run_train(args: argparse.Namespace) -> int:
             style_names=tuple(source_name(s) for s in args.styles))
         state = fs.init_state(config, jax.random.key(args.seed))
     content = fs.load_content_folder(args.content_dir, config.size)
-    styles = [load_image(s, config.size) for s in args.styles]
+    styles = [load_image(s, config.size, fit="stretch") for s in args.styles]
     model = load_model_arg(config.loss_model, classifier=False)
     step = fs.make_train_step(config, model, model.params, styles)
     bar = tqdm(total=args.steps, desc="fast-style", unit="step", leave=False)
@@ -247,7 +247,7 @@ def run_apply(args: argparse.Namespace) -> int:
     if args.size is not None:
         _size(args.size, 4, 4096)
     hh, ww = max(4, round(h * scale / 4) * 4), max(4, round(w * scale / 4) * 4)
-    image = load_image(args.image, (hh, ww))
+    image = load_image(args.image, (hh, ww), fit="stretch")
     result = stylize(net, params, image[None], weights)
     save_image(np.asarray(result[0]), out)
     print(out)

@@ -29,7 +29,7 @@ def fast_style_multistyle26(ctx: Context):
     from jaxviz import fast_style_pretrained as fsp
     from jaxviz.images import load_image
     net, params, names = fsp.load_multistyle()
-    photo = load_image(CONTENT, SIZE)
+    photo = load_image(CONTENT, SIZE, fit="stretch")
     styles = np.stack([fsp.style_vector(s) for s in STYLES])
     a = np.linspace(0, 1, STEPS, dtype=np.float32)[:, None]
     blends = (1 - a) * fsp.style_vector(BLEND[0]) + a * fsp.style_vector(BLEND[1])

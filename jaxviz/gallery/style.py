@@ -40,8 +40,8 @@ def _style(ctx: Context, styles=STYLES[:1], **kw):
     from jaxviz.images import load_image
     from jaxviz.style import style_transfer
     model = _vgg(ctx)
-    content = load_image(CONTENT, (STYLE_SIZE * 2 // 3 // 4 * 4, STYLE_SIZE))
-    imgs = [load_image(s, STYLE_SIZE) for s in styles]
+    content = load_image(CONTENT, (STYLE_SIZE * 2 // 3 // 4 * 4, STYLE_SIZE), fit="stretch")
+    imgs = [load_image(s, STYLE_SIZE, fit="stretch") for s in styles]
     kw.setdefault("steps", STYLE_STEPS)
     return content, imgs, style_transfer(model, model.params, content, imgs, **kw)
 
@@ -62,11 +62,11 @@ def texture_efros_vs_gram(ctx: Context):
     model = _vgg(ctx)
     fig, axes = _axes(len(TEXTURES), 3)
     for row, name in enumerate(TEXTURES):
-        sample = load_image(name, 64)
+        sample = load_image(name, 64, fit="stretch")
         t = time.perf_counter()
         el = np.asarray(efros_leung(sample, 48, key=jax.random.key(row), radius=4))
         ctx.note(**{f"efros {name} s": round(time.perf_counter() - t, 1)})
-        gram, res = gram_texture(model, model.params, load_image(name, TEX_SIZE), TEX_SIZE,
+        gram, res = gram_texture(model, model.params, load_image(name, TEX_SIZE, fit="stretch"), TEX_SIZE,
                                  layers=GRAM_LAYER_SETS[-1], key=jax.random.key(row), steps=TEX_STEPS)
         ctx.note(**{f"gram {name} loss": f"{res.losses[0, 0]:.3g} -> {res.losses[-1, 0]:.3g}"})
         _show(axes[row, 0], sample, f"sample: {name}")
@@ -86,7 +86,7 @@ def texture_gram_layers(ctx: Context):
     from jaxviz.images import load_image
     from jaxviz.texture import GRAM_LAYER_SETS, gram_texture
     model = _vgg(ctx)
-    sample = load_image("brick", TEX_SIZE)
+    sample = load_image("brick", TEX_SIZE, fit="stretch")
     fig, axes = _axes(1, len(GRAM_LAYER_SETS) + 1)
     _show(axes[0, 0], sample, "sample")
     for i, layers in enumerate(GRAM_LAYER_SETS):
@@ -183,22 +183,22 @@ def fast_style_cin(ctx: Context):
     model = _vgg(ctx)
     config = fs.FastStyleConfig(num_styles=2, width=FAST["width"], res_blocks=FAST["res_blocks"],
                                 size=FAST["size"], batch=FAST["batch"], learning_rate=1e-2)
-    content = np.stack([load_image(n, 80) for n in ("chelsea", "coffee", "astronaut", "rocket")])
-    styles = [load_image(s, FAST["size"]) for s in STYLES]
+    content = np.stack([load_image(n, 80, fit="stretch") for n in ("chelsea", "coffee", "astronaut", "rocket")])
+    styles = [load_image(s, FAST["size"], fit="stretch") for s in STYLES]
     step = fs.make_train_step(config, model, model.params, styles)
     t = time.perf_counter()
     state = fs.train(config, fs.init_state(config, jax.random.key(0)), step, content, FAST["steps"])
     ctx.note(train_seconds=round(time.perf_counter() - t, 1),
              train_loss=f"{state.losses[0]:.3g} -> {np.mean(state.losses[-5:]):.3g}")
     net = config.network()
-    test = load_image(CONTENT, (84, 128))
+    test = load_image(CONTENT, (84, 128), fit="stretch")
     mixes = np.linspace(0, 1, 5)
     fig, axes = _axes(2, 5)
     _show(axes[0, 0], test, "input")
     _show(axes[0, 1], styles[0], "style 1")
     _show(axes[0, 2], styles[1], "style 2")
     for j, name in enumerate(("coffee", "astronaut")):
-        img = load_image(name, 128)
+        img = load_image(name, 128, fit="stretch")
         _show(axes[0, 3 + j], fs.stylize(net, state.params, img[None], jnp.array([1.0, 0.0]))[0], f"{name}, style 1")
     t = time.perf_counter()
     for i, a in enumerate(mixes):
