@@ -11,7 +11,10 @@
   correlation with the original maps should fall. A method whose maps barely change (mean |rho|
   above a threshold once every layer is random) does not depend on what the model learned.
 
-Conventions: images ``x`` are PREPROCESSED (model input space), NHWC; maps are (N, H, W) at the
+Conventions: ``model`` is a ``jaxviz.interface.Model`` (deletion/insertion also accept a bare
+``apply_fn``; the randomisation check needs named layers and reaches their weights only through
+``model.layer_params`` / ``model.replace_layer_params``, so it runs on linen, nnx and bundled
+models alike); images ``x`` are PREPROCESSED (model input space), NHWC; maps are (N, H, W) at the
 input resolution; ``index`` (N,) are class indices. Step k removes/inserts the ``(k * H * W) //
 steps`` most salient pixels (ties broken by pixel order), so step 0 is the clean image (deletion)
 or the pure baseline (insertion) and step ``steps`` the reverse. Baselines, in input space:
@@ -28,6 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxviz.errors import JaxvizError
+from jaxviz.interface import as_model
+from jaxviz.keys import typed_key
 
 Array = jax.Array
 Baseline = Literal["blur", "mean", "zero"]
@@ -80,17 +85,18 @@ def trapezoid_auc(curves: Array) -> Array:
     return (curves.sum(-1) - 0.5 * (curves[..., 0] + curves[..., -1])) / steps
 
 
-def deletion_insertion(apply_fn: Callable, params: dict, x: Array, maps: Array, index: Array, *,
+def deletion_insertion(model, params: dict, x: Array, maps: Array, index: Array | None = None, *,
                        steps: int = 32, baseline: Baseline = "blur", chunk: int = 32,
                        blur_sigma: float = 5.0, patch: int = 1) -> dict[str, Array]:
     """Deletion and insertion curves of saliency ``maps`` and their areas.
 
     Args:
-      apply_fn: ``apply_fn(params, x) -> (B, classes)`` logits (e.g. ``model.apply``).
+      model: a ``jaxviz.interface.Model`` (or ``apply_fn(params, x) -> (B, classes)`` logits).
       params: model parameters.
       x: (N, H, W, 3) preprocessed images.
       maps: (N, H, W) saliency (higher = more important); only the pixel order matters.
-      index: (N,) class indices (or a scalar for all images) whose probability is scored.
+      index: (N,) class indices (or a scalar for all images) whose probability is scored;
+        None = each image's predicted class.
       steps: number of equal fractions (static); curves have ``steps + 1`` points.
       baseline: "blur" | "mean" | "zero": what removed pixels become / insertion starts from.
       chunk: perturbed images per network call (bounds memory; static).
@@ -104,13 +110,16 @@ def deletion_insertion(apply_fn: Callable, params: dict, x: Array, maps: Array, 
     Raises:
       JaxvizError: mismatched shapes, unknown baseline, non-positive steps/chunk.
     """
+    model = as_model(model)
     x, maps = jnp.asarray(x), jnp.asarray(maps)
+    if index is None and getattr(x, "ndim", None) == 4:
+        index = jnp.argmax(model.apply(params, x), axis=-1)
     check_deletion_inputs(x, maps, index, steps, baseline, chunk)
     if not isinstance(patch, int) or not 1 <= patch <= min(x.shape[1:3]):
         raise JaxvizError(f"patch must be an integer between 1 and the image side, got {patch!r}")
-    if not blur_sigma > 0:
-        raise JaxvizError(f"blur_sigma must be positive, got {blur_sigma}")
-    return _deletion_insertion(apply_fn, params, x, maps, index, steps=steps, baseline=baseline,
+    if not (isinstance(blur_sigma, (int, float)) and np.isfinite(blur_sigma) and blur_sigma > 0):
+        raise JaxvizError(f"blur_sigma must be positive and finite, got {blur_sigma}")
+    return _deletion_insertion(model, params, x, maps, index, steps=steps, baseline=baseline,
                                chunk=chunk, blur_sigma=float(blur_sigma), patch=patch)
 
 
@@ -124,8 +133,8 @@ def cell_maps(maps: Array, patch: int) -> Array:
     return total / count
 
 
-@partial(jax.jit, static_argnames=("apply_fn", "steps", "baseline", "chunk", "blur_sigma", "patch"))
-def _deletion_insertion(apply_fn, params, x, maps, index, *, steps, baseline, chunk, blur_sigma, patch):
+@partial(jax.jit, static_argnames=("model", "steps", "baseline", "chunk", "blur_sigma", "patch"))
+def _deletion_insertion(model, params, x, maps, index, *, steps, baseline, chunk, blur_sigma, patch):
     n, h, w, _ = x.shape
     index = jnp.broadcast_to(jnp.asarray(index, jnp.int32), (n,))
     base = baseline_images(x, baseline, blur_sigma)
@@ -148,7 +157,7 @@ def _deletion_insertion(apply_fn, params, x, maps, index, *, steps, baseline, ch
         moved = ranks[i] < counts[k][:, None, None]  # (B, H, W): the top-k pixels of the order
         keep_clean = jnp.where(ins[:, None, None] == 1, moved, ~moved)
         images = jnp.where(keep_clean[..., None], x[i], base[i])
-        probs = jax.nn.softmax(apply_fn(params, images).astype(jnp.float32), axis=-1)
+        probs = jax.nn.softmax(model.apply(params, images).astype(jnp.float32), axis=-1)
         return jnp.take_along_axis(probs, index[i][:, None], axis=-1)[:, 0]
 
     jobs = tuple(a.reshape(-1, chunk) for a in (img, insertion, step))
@@ -199,68 +208,116 @@ def spearman(a: Array, b: Array) -> Array:
     return jnp.where(denom > 0, (ra * rb).sum(-1) / jnp.where(denom > 0, denom, 1.0), 0.0)
 
 
-def randomise_params(params: dict, layers: Sequence[str], key: Array) -> dict:
-    """A copy of ``params`` with the named top-level layers re-drawn at random (originals untouched).
+_STATISTICS = ("mean", "var")  # batch-norm running statistics: not learned weights
 
-    Every learned leaf (kernel, bias, batch-norm scale) becomes i.i.d. normal with the leaf's own
-    mean and standard deviation (same shape, same scale); batch-norm running statistics
-    (``mean``, ``var``) are not learned weights and are kept.
+
+def _leaf_name(path) -> str | None:
+    """The last dict key / attribute of a pytree path, skipping nnx's ``.value``."""
+    for entry in reversed(path):
+        name = getattr(entry, "key", None)
+        if name is None:
+            name = getattr(entry, "name", None)
+        if name is not None and name != "value":
+            return str(name)
+    return None
+
+
+def redraw_leaves(tree, key: Array, salt: int = 0):
+    """``tree`` with every learned leaf (kernel, bias, batch-norm scale) re-drawn i.i.d. normal with
+    the leaf's own mean and standard deviation (same shape, scale and dtype); leaves named
+    ``mean`` / ``var`` (running statistics) are kept. The original is not modified.
+
+    The noise is drawn with numpy from the words of ``key`` (and ``salt``): same key, same
+    weights. (JAX's threefry draws compile for seconds per new leaf shape on CPU, and this runs
+    once per layer, outside any jit.)
     """
-    new = dict(params)
+    words = [int(w) for w in np.asarray(jax.random.key_data(typed_key(key))).ravel()]
+    flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    leaves = []
+    for m, (path, leaf) in enumerate(flat):
+        if _leaf_name(path) in _STATISTICS:
+            leaves.append(leaf)
+            continue
+        value = np.asarray(leaf)
+        rng = np.random.default_rng(np.random.SeedSequence(words + [int(salt), m]))
+        drawn = value.mean(dtype=np.float64) + value.std(dtype=np.float64) * rng.standard_normal(value.shape)
+        leaves.append(jnp.asarray(drawn.astype(value.dtype)))
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def _has_weights(tree) -> bool:
+    return tree is not None and any(jnp.size(v) for v in jax.tree_util.tree_leaves(tree))
+
+
+def randomise_params(model, params, layers: Sequence[str], key: Array):
+    """A copy of ``params`` with the named layers' parameters re-drawn at random (``redraw_leaves``),
+    through ``model.layer_params`` / ``model.replace_layer_params`` (originals untouched).
+
+    Raises:
+      JaxvizError: a layer without parameters.
+    """
+    model = as_model(model)
     for n, layer in enumerate(layers):
-        flat, treedef = jax.tree_util.tree_flatten_with_path(params[layer])
-        leaves = []
-        for m, (path, leaf) in enumerate(flat):
-            if getattr(path[-1], "key", None) in ("mean", "var"):
-                leaves.append(leaf)
-                continue
-            noise = jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, n), m), leaf.shape)
-            leaves.append((leaf.mean() + leaf.std() * noise).astype(leaf.dtype))
-        new[layer] = jax.tree_util.tree_unflatten(treedef, leaves)
-    return new
+        owned = model.layer_params(params, layer)
+        if not _has_weights(owned):
+            raise JaxvizError(f"layer {layer} has no parameters; choose from "
+                              f"{', '.join(parametrised_layers(model, params))}")
+        params = model.replace_layer_params(params, layer, redraw_leaves(owned, key, salt=n))
+    return params
 
 
-def parametrised_layers(model) -> list[str]:
-    """Names of the model's stages that hold parameters, top (logits) first."""
-    return [name for name in reversed(model.spec.layer_names) if name in model.params]
+def parametrised_layers(model, params=None) -> list[str]:
+    """The model's layers that hold parameters, top (logits) first.
+
+    Only the innermost: a layer whose parameters all belong to named sub-layers (a linen block
+    containing convolutions) is represented by those sub-layers.
+    """
+    model = as_model(model)
+    params = model.params if params is None else params
+    owning = [n for n in model.layer_names if _has_weights(model.layer_params(params, n))]
+    inner = [n for n in owning
+             if not any(o != n and (o.startswith(n + "/") or o.startswith(n + ".")) for o in owning)]
+    return inner[::-1]
 
 
-def cascading_maps(method: Callable, model, params: dict, x: Array, target, *, key: Array,
+def cascading_maps(method: Callable, model, params, x: Array, target, *, key: Array,
                    layers: Sequence[str] | None = None, jit: bool = True
                    ) -> tuple[list[str], Array, list[Array]]:
     """The maps behind ``model_randomisation``: (layers, trained maps (N, H, W), [maps per depth])."""
-    layers = parametrised_layers(model) if layers is None else [model.spec.resolve_layer(l) for l in layers]
-    missing = [l for l in layers if l not in params]
+    model = as_model(model)
+    layers = parametrised_layers(model, params) if layers is None else [model.resolve_layer(l) for l in layers]
+    missing = [l for l in layers if not _has_weights(model.layer_params(params, l))]
     if missing:
         raise JaxvizError(f"layer(s) {', '.join(missing)} have no parameters; "
-                          f"choose from {', '.join(parametrised_layers(model))}")
+                          f"choose from {', '.join(parametrised_layers(model, params))}")
     index = getattr(target, "index", None)
     if index is None:
         index = jnp.argmax(model.apply(params, x), axis=-1)
     index = jnp.broadcast_to(jnp.asarray(index, jnp.int32), (x.shape[0],))
     if jit:
         method = jax.jit(method, static_argnums=(0, 3))
-    original = method(model.apply, params, x, target, index=index)
-    maps = [method(model.apply, randomise_params(params, layers[:depth], key), x, target, index=index)
+    original = method(model, params, x, target, index=index)
+    maps = [method(model, randomise_params(model, params, layers[:depth], key), x, target, index=index)
             for depth in range(1, len(layers) + 1)]
     return layers, original, maps
 
 
-def model_randomisation(method: Callable, model, params: dict, x: Array, target, *, key: Array,
+def model_randomisation(method: Callable, model, params, x: Array, target, *, key: Array,
                         layers: Sequence[str] | None = None, jit: bool = True) -> list[tuple[str, Array]]:
     """Cascading model-randomisation sanity check (Adebayo et al. 2018).
 
     Args:
-      method: ``method(apply_fn, params, x, target, index=...) -> (N, H, W)`` saliency maps.
-      model: the ``Model`` (its ``apply`` is the apply_fn; its spec orders the layers).
+      method: ``method(model, params, x, target, index=...) -> (N, H, W)`` saliency maps (any
+        function of ``jaxviz.saliency`` / ``jaxviz.cam``).
+      model: a ``jaxviz.interface.Model`` with named layers (its ``layer_names`` order the cascade).
       params: the trained parameters (never modified).
       x: (N, H, W, 3) preprocessed images.
       target: a ``jaxviz.targets.Target``; a class target without index explains each image's
         class predicted by the TRAINED model, held fixed as the layers are randomised.
       key: ``jax.random`` key for the new weights.
-      layers: layers to randomise, in cascade order (default: every layer with parameters, from
-        the logits down); layer ``i``'s entry has layers ``0..i`` randomised.
-      jit: compile ``method`` once (apply_fn and target static; the randomised parameters keep
+      layers: layers to randomise, in cascade order (default: ``parametrised_layers``, from the
+        logits down); layer ``i``'s entry has layers ``0..i`` randomised.
+      jit: compile ``method`` once (model and target static; the randomised parameters keep
         their structure, so every layer reuses the compilation). False for non-jittable methods.
     Returns:
       ``[(layer, rho), ...]``: rho (N,) is the Spearman correlation of each image's map with the

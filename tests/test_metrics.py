@@ -11,7 +11,7 @@ from scipy.stats import spearmanr
 from jaxviz.errors import JaxvizError
 from jaxviz.metrics import (average_ranks, deletion_insertion, gaussian_blur, model_randomisation,
                             parametrised_layers, randomisation_flag, randomise_params, random_order_maps,
-                            saliency_ranks, spearman, trapezoid_auc)
+                            redraw_leaves, saliency_ranks, spearman, trapezoid_auc)
 from jaxviz.targets import Target
 
 
@@ -25,15 +25,15 @@ def sigmoid(z):
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def local_vanilla(apply_fn, params, x, target=None, index=None):
+def local_vanilla(model, params, x, target=None, index=None):
     """Max over RGB of |d logit / d x| (a local copy: metrics tests must not depend on saliency.py)."""
     if index is None:
-        index = jnp.argmax(apply_fn(params, x), axis=-1)
-    g = jax.grad(lambda x: jnp.take_along_axis(apply_fn(params, x), index[:, None], axis=-1).sum())(x)
+        index = jnp.argmax(model.apply(params, x), axis=-1)
+    g = jax.grad(lambda x: jnp.take_along_axis(model.apply(params, x), index[:, None], axis=-1).sum())(x)
     return jnp.abs(g).max(axis=-1)
 
 
-def edge_detector(apply_fn, params, x, target=None, index=None):
+def edge_detector(model, params, x, target=None, index=None):
     """A 'saliency method' that ignores the model: gradient magnitude of the grey image."""
     grey = x.mean(axis=-1)
     gy = jnp.abs(jnp.diff(grey, axis=1, append=grey[:, -1:]))
@@ -72,7 +72,7 @@ def test_curves_start_and_end_at_clean_and_baseline_scores(tiny_model, rng):
     x = tiny_model.preprocess(rng.random((2, 16, 12, 3)).astype(np.float32))  # non-square
     maps = rng.random((2, 16, 12)).astype(np.float32)
     index = jnp.array([1, 3])
-    out = deletion_insertion(tiny_model.apply, tiny_model.params, x, maps, index, steps=6, blur_sigma=2.0)
+    out = deletion_insertion(tiny_model, tiny_model.params, x, maps, index, steps=6, blur_sigma=2.0)
     clean = jax.nn.softmax(tiny_model.apply(tiny_model.params, x))[jnp.arange(2), index]
     blurred = gaussian_blur(x, 2.0)
     base = jax.nn.softmax(tiny_model.apply(tiny_model.params, blurred))[jnp.arange(2), index]
@@ -87,10 +87,10 @@ def test_batch_equals_loop_and_chunk_does_not_matter(tiny_model, rng):
     x = tiny_model.preprocess(rng.random((3, 16, 16, 3)).astype(np.float32))
     maps = random_order_maps(jax.random.key(1), (3, 16, 16))
     index = jnp.array([0, 2, 4])
-    batched = deletion_insertion(tiny_model.apply, tiny_model.params, x, maps, index, steps=5, chunk=4)
-    other = deletion_insertion(tiny_model.apply, tiny_model.params, x, maps, index, steps=5, chunk=64)
+    batched = deletion_insertion(tiny_model, tiny_model.params, x, maps, index, steps=5, chunk=4)
+    other = deletion_insertion(tiny_model, tiny_model.params, x, maps, index, steps=5, chunk=64)
     for i in range(3):
-        single = deletion_insertion(tiny_model.apply, tiny_model.params, x[i:i + 1], maps[i:i + 1],
+        single = deletion_insertion(tiny_model, tiny_model.params, x[i:i + 1], maps[i:i + 1],
                                     index[i:i + 1], steps=5, chunk=3)
         for k in batched:
             np.testing.assert_allclose(batched[k][i], single[k][0], rtol=1e-5, atol=1e-7)
@@ -101,8 +101,8 @@ def test_batch_equals_loop_and_chunk_does_not_matter(tiny_model, rng):
 def test_deletion_insertion_jits_and_vmaps_over_nothing_else(tiny_model, rng):
     x = tiny_model.preprocess(rng.random((2, 16, 16, 3)).astype(np.float32))
     maps = rng.random((2, 16, 16)).astype(np.float32)
-    f = jax.jit(lambda p, x, m: deletion_insertion(tiny_model.apply, p, x, m, jnp.array([0, 1]), steps=4)["deletion_auc"])
-    eager = deletion_insertion(tiny_model.apply, tiny_model.params, x, maps, jnp.array([0, 1]), steps=4)
+    f = jax.jit(lambda p, x, m: deletion_insertion(tiny_model, p, x, m, jnp.array([0, 1]), steps=4)["deletion_auc"])
+    eager = deletion_insertion(tiny_model, tiny_model.params, x, maps, jnp.array([0, 1]), steps=4)
     np.testing.assert_allclose(f(tiny_model.params, x, maps), eager["deletion_auc"], rtol=1e-5)
 
 
@@ -129,13 +129,13 @@ def test_ranks_auc_and_random_maps():
 def test_bad_inputs_raise(tiny_model, rng):
     x = rng.random((2, 16, 16, 3)).astype(np.float32)
     with pytest.raises(JaxvizError, match="maps must be"):
-        deletion_insertion(tiny_model.apply, tiny_model.params, x, np.zeros((2, 8, 8)), 0)
+        deletion_insertion(tiny_model, tiny_model.params, x, np.zeros((2, 8, 8)), 0)
     with pytest.raises(JaxvizError, match="baseline"):
-        deletion_insertion(tiny_model.apply, tiny_model.params, x, np.zeros((2, 16, 16)), 0, baseline="grey")
+        deletion_insertion(tiny_model, tiny_model.params, x, np.zeros((2, 16, 16)), 0, baseline="grey")
     with pytest.raises(JaxvizError, match="steps"):
-        deletion_insertion(tiny_model.apply, tiny_model.params, x, np.zeros((2, 16, 16)), 0, steps=0)
+        deletion_insertion(tiny_model, tiny_model.params, x, np.zeros((2, 16, 16)), 0, steps=0)
     with pytest.raises(JaxvizError, match="index"):
-        deletion_insertion(tiny_model.apply, tiny_model.params, x, np.zeros((2, 16, 16)), np.zeros(3, int))
+        deletion_insertion(tiny_model, tiny_model.params, x, np.zeros((2, 16, 16)), np.zeros(3, int))
 
 
 def test_spearman_matches_scipy_with_ties(rng):
@@ -148,12 +148,12 @@ def test_spearman_matches_scipy_with_ties(rng):
     assert float(spearman(jnp.ones((1, 9)), jnp.arange(9.0)[None])[0]) == 0.0  # constant: defined 0
 
 
-def test_randomise_params_keeps_shapes_scale_and_originals(rng):
+def test_redraw_leaves_keeps_shapes_scale_statistics_and_originals(rng):
     params = {"a": {"kernel": jnp.asarray(rng.normal(0, 0.2, (3, 3, 4, 8)), jnp.float32),
                     "bias": jnp.asarray(rng.normal(1.0, 0.1, (8,)), jnp.float32)},
               "b": {"bn": {"scale": jnp.ones(4) * 2, "mean": jnp.arange(4.0), "var": jnp.ones(4) * 3}}}
     copy = jax.tree_util.tree_map(np.array, params)
-    new = randomise_params(params, ["a", "b"], jax.random.key(0))
+    new = redraw_leaves(params, jax.random.key(0))
     jax.tree_util.tree_map(np.testing.assert_array_equal, params, copy)  # originals untouched
     assert jax.tree_util.tree_map(jnp.shape, new) == jax.tree_util.tree_map(jnp.shape, params)
     assert not np.allclose(new["a"]["kernel"], params["a"]["kernel"])
@@ -161,10 +161,58 @@ def test_randomise_params_keeps_shapes_scale_and_originals(rng):
     assert float(new["a"]["bias"].mean()) == pytest.approx(1.0, abs=0.1)
     np.testing.assert_array_equal(new["b"]["bn"]["mean"], params["b"]["bn"]["mean"])  # statistics kept
     np.testing.assert_array_equal(new["b"]["bn"]["var"], params["b"]["bn"]["var"])
-    again = randomise_params(params, ["a", "b"], jax.random.key(0))
+    again = redraw_leaves(params, jax.random.key(0))
     jax.tree_util.tree_map(np.testing.assert_array_equal, new, again)  # same key, same weights
-    only_a = randomise_params(params, ["a"], jax.random.key(0))
-    np.testing.assert_array_equal(only_a["b"]["bn"]["scale"], params["b"]["bn"]["scale"])
+    other = redraw_leaves(params, jax.random.key(0), salt=1)
+    assert not np.allclose(other["a"]["kernel"], new["a"]["kernel"])
+
+
+def test_randomise_params_goes_through_the_model_interface(any_model):
+    """Only the named layers change, on linen (module paths), nnx (attribute paths) and bundled
+    models; the user's params are never modified; the forward pass sees the new weights."""
+    model = any_model
+    layers = parametrised_layers(model)
+    assert layers[0] in ("classifier.0", "head") and len(layers) >= 3
+    before = jax.tree_util.tree_map(np.array, model.params)
+    new = randomise_params(model, model.params, layers[:2], jax.random.key(0))
+    jax.tree_util.tree_map(np.testing.assert_array_equal, model.params, before)
+    assert jax.tree_util.tree_structure(new) == jax.tree_util.tree_structure(model.params)  # one compile
+    for layer in layers:
+        old = jax.tree_util.tree_leaves(model.layer_params(model.params, layer))
+        now = jax.tree_util.tree_leaves(model.layer_params(new, layer))
+        changed = [not np.allclose(a, b) for a, b in zip(old, now)]
+        assert any(changed) if layer in layers[:2] else not any(changed), layer  # (a constant bias stays)
+    x = jnp.asarray(rng_images(2, 16, 20))
+    assert not np.allclose(model.apply(new, x), model.apply(model.params, x))
+    with pytest.raises(JaxvizError, match="unknown layer"):
+        randomise_params(model, model.params, ["nowhere"], jax.random.key(0))
+
+
+def rng_images(n, h, w, seed=0):
+    return np.random.default_rng(seed).normal(size=(n, h, w, 3)).astype(np.float32)
+
+
+def test_randomisation_check_on_any_model(any_model):
+    x = jnp.asarray(rng_images(2, 16, 20, seed=1))
+    model = any_model
+    edges = model_randomisation(edge_detector, model, model.params, x, Target(), key=jax.random.key(0))
+    assert [name for name, _ in edges] == parametrised_layers(model)
+    assert randomisation_flag(edges)  # the control ignores the model
+    grads = model_randomisation(local_vanilla, model, model.params, x, Target(), key=jax.random.key(0))
+    assert not randomisation_flag(grads), [np.asarray(r) for _, r in grads]
+
+
+def test_deletion_insertion_on_any_model_starts_and_ends_at_the_model_scores(any_model):
+    model = any_model
+    x = jnp.asarray(rng_images(2, 16, 20, seed=2))
+    maps = random_order_maps(jax.random.key(0), (2, 16, 20))
+    out = deletion_insertion(model, model.params, x, maps, steps=4, baseline="zero")  # index: predicted
+    probs = jax.nn.softmax(model.apply(model.params, x))
+    index = jnp.argmax(probs, axis=-1)
+    np.testing.assert_allclose(out["deletion"][:, 0], probs[jnp.arange(2), index], rtol=1e-5)
+    zero = jax.nn.softmax(model.apply(model.params, jnp.zeros_like(x)))[jnp.arange(2), index]
+    np.testing.assert_allclose(out["deletion"][:, -1], zero, rtol=1e-5)
+    np.testing.assert_allclose(out["insertion"][:, 0], zero, rtol=1e-5)
 
 
 def test_randomisation_flags_a_model_independent_method(tiny_model, rng):
@@ -196,9 +244,9 @@ def test_squeezenet_vanilla_deletion_beats_random_and_passes_sanity(squeezenet):
     from jaxviz.images import load_images
     x = squeezenet.preprocess(load_images(["chelsea", "rocket"], 224))
     index = jnp.argmax(squeezenet.apply(squeezenet.params, x), axis=-1)
-    maps = jax.jit(local_vanilla, static_argnums=0)(squeezenet.apply, squeezenet.params, x, index=index)
-    ours = deletion_insertion(squeezenet.apply, squeezenet.params, x, maps, index, steps=16, chunk=34)
-    randoms = [deletion_insertion(squeezenet.apply, squeezenet.params, x,
+    maps = jax.jit(local_vanilla, static_argnums=0)(squeezenet, squeezenet.params, x, index=index)
+    ours = deletion_insertion(squeezenet, squeezenet.params, x, maps, index, steps=16, chunk=34)
+    randoms = [deletion_insertion(squeezenet, squeezenet.params, x,
                                   random_order_maps(jax.random.key(k), maps.shape), index, steps=16, chunk=34)
                for k in range(3)]
     random_auc = np.mean([r["deletion_auc"] for r in randoms], axis=0)
@@ -206,7 +254,7 @@ def test_squeezenet_vanilla_deletion_beats_random_and_passes_sanity(squeezenet):
     random_insertion = np.mean([r["insertion_auc"] for r in randoms], axis=0)
     assert np.all(np.asarray(ours["insertion_auc"]) > random_insertion), (ours["insertion_auc"], random_insertion)
     # Least-salient-first deletion must keep the score far longer than most-salient-first.
-    reverse = deletion_insertion(squeezenet.apply, squeezenet.params, x, -maps, index, steps=16, chunk=34)
+    reverse = deletion_insertion(squeezenet, squeezenet.params, x, -maps, index, steps=16, chunk=34)
     assert np.all(np.asarray(reverse["deletion_auc"]) > np.asarray(ours["deletion_auc"]))
     # Sanity check on one image, three layers from the top (top-down cascade).
     layers = parametrised_layers(squeezenet)[:3]
