@@ -133,7 +133,9 @@ def segment_from_saliency(image01: np.ndarray, saliency: np.ndarray, *, fg_fract
 
     height, width = saliency.shape
     factor = min(1.0, max_side / max(height, width))
-    h, w = max(2, round(height * factor)), max(2, round(width * factor))
+    # at least 4 x 4 cells, so that each colour model has seeds to fit on tiny images (a 1 x 1
+    # image is stretched to a constant grid, and its mask sampled back)
+    h, w = max(4, round(height * factor)), max(4, round(width * factor))
     img, sal = _resize(image01, (h, w)), _resize(saliency, (h, w))
     colours = img.reshape(-1, 3).astype(np.float64)
     if smooth > 0:
@@ -144,8 +146,8 @@ def segment_from_saliency(image01: np.ndarray, saliency: np.ndarray, *, fg_fract
     order = np.argsort(-sal.ravel(), kind="stable")
     p = h * w
     fg_seed, bg_seed = np.zeros(p, bool), np.zeros(p, bool)
-    fg_seed[order[: max(1, int(round(fg_fraction * p)))]] = True
-    bg_seed[order[p - max(1, int(round(bg_fraction * p))):]] = True
+    fg_seed[order[: max(2, int(round(fg_fraction * p)))]] = True  # >= 2: a GMM needs two samples
+    bg_seed[order[p - max(2, int(round(bg_fraction * p))):]] = True
 
     edges, dists = grid_edges(h, w, neighbours)
     diff2 = ((colours[edges[:, 0]] - colours[edges[:, 1]]) ** 2).sum(-1)

@@ -90,6 +90,14 @@ def test_bad_inputs_raise():
         segment_from_saliency(image, saliency, neighbours=6)
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (1, 5), (3, 2)])
+def test_tiny_images_give_a_mask_of_their_size(shape):
+    """Issue 13 item 13: a 1x1 image crashed inside GaussianMixture (one seed pixel)."""
+    rng = np.random.default_rng(0)
+    mask = segment_from_saliency(rng.random(shape + (3,)).astype(np.float32), rng.random(shape).astype(np.float32))
+    assert mask.shape == shape and mask.dtype == bool
+
+
 def test_overlay_keeps_the_object_and_dims_the_rest():
     image, _, disc = _disc_scene(30, 40)
     out = mask_overlay(image, disc)

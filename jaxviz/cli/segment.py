@@ -12,26 +12,28 @@ import argparse
 from jaxviz.cli import command
 from jaxviz.cli._common import add_model, load_model_arg, output_path
 
-METHODS = ("vanilla", "smoothgrad", "integrated", "guided", "gradcam")
+METHODS = ("vanilla", "inputxgrad", "smoothgrad", "integrated", "guided", "gradcam")
 
 
 def saliency_maps(method: str, model, x, target, *, seed: int = 0):
-    """(N, H, W) maps of ``method`` (a name in METHODS) from ``jaxviz.saliency`` / ``jaxviz.cam``."""
+    """(N, H, W) maps of ``method`` (a name in METHODS) from ``jaxviz.saliency`` / ``jaxviz.cam``,
+    one jitted call on an accelerated ``model`` (``jaxviz.accel.accelerate``)."""
     import jax
 
     from jaxviz import saliency
-    if method == "vanilla":
-        return saliency.vanilla_saliency(model.apply, model.params, x, target)
-    if method == "smoothgrad":
-        return saliency.smoothgrad(model.apply, model.params, x, target, key=jax.random.key(seed))
-    if method == "integrated":
-        return saliency.integrated_gradients(model.apply, model.params, x, target)
-    if method == "guided":
-        return saliency.guided_backprop(model, model.params, x, target)
-    if method == "gradcam":
-        from jaxviz.cam import grad_cam
-        return grad_cam(model.apply, model.params, x, target, layer=model.spec.feature_layer)
-    raise ValueError(method)
+    from jaxviz.accel import xla
+    from jaxviz.cam import grad_cam
+
+    fns = {
+        "vanilla": lambda m, p, x, t, k: saliency.vanilla_saliency(m, p, x, t),
+        "inputxgrad": lambda m, p, x, t, k: saliency.input_x_gradient_map(m, p, x, t),
+        "smoothgrad": lambda m, p, x, t, k: saliency.smoothgrad(m, p, x, t, key=k),
+        "integrated": lambda m, p, x, t, k: saliency.integrated_gradients(m, p, x, t),
+        "guided": lambda m, p, x, t, k: saliency.guided_backprop(m, p, x, t),
+        "gradcam": lambda m, p, x, t, k: grad_cam(m, p, x, t),
+    }
+    fn = xla.jit(fns[method], model.compiler_options, static_argnums=(0, 3))
+    return fn(model, model.params, x, target, jax.random.key(seed))
 
 
 @command("segment", "segment the object in an image from its saliency map (GMM colour models + graph cut)")
@@ -66,18 +68,19 @@ def segment(parser: argparse.ArgumentParser):
 
         import numpy as np
 
+        from jaxviz.accel import accelerate
         from jaxviz.images import fit_image, load_image, save_image
-        from jaxviz.labels import imagenet_labels
         from jaxviz.render import resize_map
         from jaxviz.segment import mask_overlay, segment_from_saliency
         from jaxviz.targets import parse_target
 
-        model = load_model_arg(args.model)
-        target = parse_target(args.target, model.spec)
+        model = accelerate(load_model_arg(args.model))
+        target = parse_target(args.target, model)
         if not target.is_class:
             raise JaxvizError("segment explains a class: give --target as a class index or name")
         image = load_image(args.image)
-        x = model.preprocess(fit_image(image, model.spec.input_size)[None])
+        # stretched, so that the map covers the whole image and resizes back onto it
+        x = model.preprocess(fit_image(image, model.input_hw(), "stretch")[None])
         heat = np.asarray(saliency_maps(args.method, model, x, target, seed=args.seed))[0]
         heat = resize_map(heat, image.shape[:2])
         mask = segment_from_saliency(image, heat, fg_fraction=args.fg_fraction,
@@ -87,7 +90,8 @@ def segment(parser: argparse.ArgumentParser):
         if mask_path is not None:
             save_image(np.repeat(mask[..., None].astype(np.float32), 3, axis=-1), mask_path)
         cls = target.index if target.index is not None else int(np.argmax(model.apply(model.params, x)[0]))
-        print(f"{args.image}: {args.method} saliency for class {cls} ({imagenet_labels()[cls]}), "
+        name = f" ({model.labels[cls]})" if model.labels else ""
+        print(f"{args.image}: {args.method} saliency for class {cls}{name}, "
               f"object = {100 * mask.mean():.1f}% of the image -> {out}"
               + (f", mask {mask_path}" if mask_path else ""))
         return 0
