@@ -25,15 +25,20 @@ Conventions:
   attack, a few more steps are run and the image is rounded and re-checked again.
 - Iterative attacks are one call of the image-optimisation engine: a loss, an optax transform
   (sign step for L-inf, per-image normalised step for L2 and the seed method), ``project``
-  (eps-ball intersected with [0, 1]) and ``active`` (per-image stop). Gradients are taken through
-  ``gradient_model(model)``: the same network and weights with a faster max-pool backward on CPU.
+  (eps-ball intersected with [0, 1]) and ``active`` (per-image stop). Weights, classes and budgets
+  travel as the engine's ``data``, so a second attack on the same model reuses the compiled step.
+- ``model`` is a ``jaxviz.interface.Model`` (any adapter) or a bare ``apply_fn(params, x) ->
+  logits``: attacks need no layer. Its declared preprocessing runs inside the loss. Speed devices
+  (a faster max-pool backward, XLA options) come from the front ends applying
+  ``jaxviz.accel.accelerate(model)`` once; here only ``model.compiler_options`` is read.
+- Randomness: the random start of image i comes from its own key (one key is shared by every
+  image, or (N,) keys), so a batch equals its images attacked one by one.
 """
 from __future__ import annotations
 
 import functools
 import re
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Callable, Literal, Sequence
 
 import jax
@@ -41,10 +46,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxviz import runtime
 from jaxviz.errors import JaxvizError
-from jaxviz.models.network import SequentialNet
-from jaxviz.nonlinearities import backward_model
+from jaxviz.interface import as_model
+from jaxviz.keys import image_keys
+from jaxviz.objectives import num_outputs
 
 Array = jax.Array
 Norm = Literal["linf", "l2"]
@@ -244,15 +249,27 @@ def assess(predict_proba: ProbaFn, originals: Array, adversarial: Array, *, labe
         queries=None if queries is None else np.asarray(queries))
 
 
-@partial(jax.jit, static_argnames=("model",))
-def _proba(model, params: dict, images: Array) -> Array:
-    return jax.nn.softmax(model.apply(params, model.preprocess(images)), axis=-1)
+def _jit(fn: Callable, model, **kwargs) -> Callable:
+    """``jax.jit`` with the model's XLA options (``model.compiler_options``; none by default)."""
+    if model.compiler_options:
+        kwargs["compiler_options"] = dict(model.compiler_options)
+    return jax.jit(fn, **kwargs)
+
+
+@functools.lru_cache(maxsize=16)
+def _proba_jit(model) -> Callable:
+    return _jit(lambda params, images: jax.nn.softmax(model.apply(params, model.preprocess(images)), axis=-1),
+                model)
 
 
 def proba_fn(model, params: dict | None = None) -> ProbaFn:
-    """``predict_proba(images01) -> probs`` of a jaxviz model (jitted once per model)."""
+    """``predict_proba(images01) -> probs`` of a model (jitted once per model): its declared
+    preprocessing, then softmax of its logits. ``model``: a ``Model`` or a bare ``apply_fn``
+    (then ``params`` are needed)."""
+    model = as_model(model)
     params = model.params if params is None else params
-    return lambda images: _proba(model, params, jnp.asarray(images, jnp.float32))
+    run = _proba_jit(model)
+    return lambda images: run(params, jnp.asarray(images, jnp.float32))
 
 
 # --------------------------------------------------------------------------------------------
@@ -300,13 +317,14 @@ def project(x: Array, x0: Array, *, norm: Norm, eps: float | None) -> Array:
     return jnp.clip(x, 0.0, 1.0)
 
 
-def random_init(key: Array, x0: Array, *, norm: Norm, eps: float) -> Array:
+def random_init(key: Array | None, x0: Array, *, norm: Norm, eps: float) -> Array:
     """A uniform point of the L-inf ball, or of the L2 ball (uniform direction, radius eps*u^(1/d)
     would concentrate at the surface in high d, so radius eps*u as torchattacks does), clipped.
 
-    ``key`` is one key (split per image) or (N,) keys, one per image (for batch == single runs).
+    ``key`` is one key (shared by every image: image i's start depends on its key only) or (N,)
+    keys, one per image (``jaxviz.keys.image_keys``).
     """
-    keys = _image_keys(key, x0.shape[0])
+    keys = image_keys(key, x0.shape[0])
 
     def one(k, x):
         if norm == "linf":
@@ -315,14 +333,6 @@ def random_init(key: Array, x0: Array, *, norm: Norm, eps: float) -> Array:
         d = jax.random.normal(kd, x.shape, x.dtype)
         return d / jnp.maximum(jnp.linalg.norm(d), 1e-12) * eps * jax.random.uniform(kr, (), x.dtype)
     return jnp.clip(x0 + jax.vmap(one)(keys, x0), 0.0, 1.0)
-
-
-def _image_keys(key: Array, n: int) -> Array:
-    if key.ndim == 0:
-        return jax.random.split(key, n)
-    if key.shape[0] != n:
-        raise JaxvizError(f"got {key.shape[0]} keys for {n} images")
-    return key
 
 
 # k / 255 as float32, exactly as an 8-bit PNG decodes (XLA may turn a division into a product
@@ -364,15 +374,6 @@ def quantize_8bit(x: Array, x0: Array, *, norm: Norm, eps: float | None) -> Arra
     return q
 
 
-def gradient_model(model):
-    """The model to differentiate in attacks: the same stages and parameters with the faster
-    max-pool backward of ``jaxviz.nonlinearities`` (~30% faster SqueezeNet input gradient on
-    XLA-CPU; same gradients). Cached per model so jitted functions taking it compile once."""
-    if type(model.module) is not SequentialNet:
-        return model
-    return backward_model(model, "gradient")
-
-
 # --------------------------------------------------------------------------------------------
 # The attacks
 
@@ -382,11 +383,9 @@ def _engine_parts(model, targeted: bool, kind: str, norm: Norm, bounded: bool, e
     """``(loss, project, active)`` for the engine with every array (weights, classes, originals,
     budgets) in its ``data`` argument: cached per model and configuration, so a second attack
     call reuses the compiled step instead of compiling one with the weights baked in."""
-    net = gradient_model(model)
-
     def loss(x: Array, keys: Array | None, data: dict) -> Array:
         # preprocess inside the loss: the variable is the [0, 1] image, so clipping is exact
-        return attack_loss(net.apply(data["params"], net.preprocess(x)), data["cls"], targeted=targeted, kind=kind)
+        return attack_loss(model.apply(data["params"], model.preprocess(x)), data["cls"], targeted=targeted, kind=kind)
 
     def project_fn(x: Array, engine_x0: Array, data: dict) -> Array:
         # the ball is centred on the ORIGINAL images, not on the (random) start the engine saw
@@ -413,24 +412,30 @@ def _loss_fn(model, params: dict, cls: Array, targeted: bool, kind: str) -> Call
     return lambda x, key=None: loss(x, key, {"params": params, "cls": cls})
 
 
-@partial(jax.jit, static_argnames=("model", "targeted", "kind"))
-def _loss_grad(model, params: dict, x: Array, cls: Array, targeted: bool, kind: str) -> Array:
+@functools.lru_cache(maxsize=32)
+def _loss_grad(model, targeted: bool, kind: str) -> Callable:
+    """``grad(params, x, cls) -> (N, H, W, 3)``, jitted once per model and configuration."""
+    loss = _engine_parts(model, targeted, kind, "linf", False, False, False, False, False)[0]
     # grad of the summed batch loss = per-image gradients (images are independent, eval mode)
-    return jax.grad(lambda z: _loss_fn(model, params, cls, targeted, kind)(z).sum())(x)
+    return _jit(lambda params, x, cls: jax.grad(lambda z: loss(z, None, {"params": params, "cls": cls}).sum())(x),
+                model)
 
 
-def fgsm(model, params: dict, images: Array, cls: Array, *, eps: float, targeted: bool = False) -> Array:
+def fgsm(model, params: dict | None, images: Array, cls: Array, *, eps: float, targeted: bool = False) -> Array:
     """Fast gradient sign method: clip(x + eps * sign(grad CE(label))) (untargeted) or
     clip(x - eps * sign(grad CE(target))) (targeted).
 
     Args:
-      model: a jaxviz ``Model`` (``apply`` + ``preprocess``); params its parameters.
+      model: a ``Model`` or a bare ``apply_fn``; params: its parameters (None: ``model.params``).
       images: (N, H, W, 3) in [0, 1]. cls: (N,) labels (untargeted) or targets (targeted).
     Returns:
       (N, H, W, 3) adversarial images in [0, 1] (float; not quantised).
     """
+    model = as_model(model)
+    params = model.params if params is None else params
     images = jnp.asarray(images, jnp.float32)
-    g = _loss_grad(gradient_model(model), params, images, jnp.asarray(cls, jnp.int32), targeted, "ce")
+    cls = jnp.broadcast_to(jnp.asarray(cls, jnp.int32), images.shape[:1])
+    g = _loss_grad(model, bool(targeted), "ce")(params, images, cls)
     return jnp.clip(images - eps * jnp.sign(g), 0.0, 1.0)
 
 
@@ -439,7 +444,7 @@ def _run_iterations(model, parts, init, *, optimizer, steps, data):
     from jaxviz.optimize import optimize
     loss_fn, project_fn, active_fn = parts
     result = optimize(loss_fn, init, optimizer=optimizer, steps=steps, project=project_fn, active=active_fn,
-                      data=data, compiler_options=runtime.compiler_options(model))
+                      data=data, compiler_options=model.compiler_options)
     timing = dict(seconds=result.seconds, compile_seconds=result.compile_seconds, updates=len(result.losses))
     return result.images, np.asarray(result.steps_run), timing
 
@@ -459,7 +464,7 @@ def attack(model, params: dict | None, images: Array, *, method: str = "pgd-linf
     """Run one of ``METHODS`` on a batch and report it from a re-prediction of the final images.
 
     Args:
-      model: a jaxviz ``Model``; params: its parameters (None: ``model.params``).
+      model: a ``Model`` or a bare ``apply_fn``; params: its parameters (None: ``model.params``).
       images: (N, H, W, 3) RGB in [0, 1] (8-bit images for exact 8-bit results).
       method: a key of ``METHODS``.
       target: class index (all images) or (N,) indices: targeted; None: untargeted.
@@ -469,7 +474,7 @@ def attack(model, params: dict | None, images: Array, *, method: str = "pgd-linf
       confidence: success also needs the winning class probability >= confidence.
       early_stop: stop each image once it succeeds (default: the method's; PGD/BIM stop too).
       random_start: start at a random point of the ball (default: the method's).
-      key: PRNG key (or (N,) keys) for the random start.
+      key: one PRNG key (shared by every image) or (N,) per-image keys, for the random start.
       quantize: return 8-bit images (round inside the budget, re-check, refine if undone).
       refine_steps, refine_rounds: extra steps per round for images whose rounding undid success.
     Returns:
@@ -478,6 +483,7 @@ def attack(model, params: dict | None, images: Array, *, method: str = "pgd-linf
       JaxvizError: unknown method, bad eps/step/steps/confidence, wrong shapes.
     """
     spec = get_method(method)
+    model = as_model(model)
     params = model.params if params is None else params
     x0 = jnp.asarray(images, jnp.float32)
     if x0.ndim != 4 or x0.shape[-1] != 3:
@@ -488,11 +494,13 @@ def attack(model, params: dict | None, images: Array, *, method: str = "pgd-linf
         raise JaxvizError(f"eps must be positive, got {eps}")
     step = spec.default_step(eps) if step is None else float(step)
     steps = spec.steps if steps is None else int(steps)
-    if step <= 0 or steps < 1:
+    if not np.isfinite(step) or step <= 0 or steps < 1:
         raise JaxvizError(f"step must be positive and steps >= 1 (got {step}, {steps})")
     if confidence is not None and not 0.0 < confidence < 1.0:
         raise JaxvizError(f"confidence must be in (0, 1), got {confidence}")
     early_stop = spec.early_stop if early_stop is None else early_stop
+    num_classes = num_outputs(model, params, x0)
+    params = model.prepare_params(params)
     predict = proba_fn(model, params)
     if label is None:
         label = jnp.argmax(predict(x0), -1)
@@ -500,7 +508,8 @@ def attack(model, params: dict | None, images: Array, *, method: str = "pgd-linf
     targeted = target is not None
     tgt = (jnp.broadcast_to(jnp.asarray(target, jnp.int32), (n,)) if targeted
            else jnp.full((n,), -1, jnp.int32))
-    num_classes = model.spec.num_classes
+    if n and (int(jnp.min(label)) < 0 or int(jnp.max(label)) >= num_classes):
+        raise JaxvizError(f"labels must be in 0..{num_classes - 1}")
     if targeted and (int(tgt.min()) < 0 or int(tgt.max()) >= num_classes):
         raise JaxvizError(f"target classes must be in 0..{num_classes - 1}")
     cls = tgt if targeted else label
@@ -530,7 +539,7 @@ def attack(model, params: dict | None, images: Array, *, method: str = "pgd-linf
         adv = jnp.clip(adv, 0.0, 1.0)
     adv = np.asarray(adv, np.float32)
     report = assess(predict, x0, adv, label=label, target=tgt, confidence=confidence, steps=steps_run,
-                    method=spec.name, model=model.spec.name, eps=eps, norm=spec.norm)
+                    method=spec.name, model=model.name, eps=eps, norm=spec.norm)
     report.extra.update(engine=engine_times)
     return AttackResult(adv, report)
 
@@ -586,13 +595,14 @@ def transfer_report(adversarial: Array, originals: Array, model_b, params_b: dic
 
     Untargeted success on B means B's prediction moved away from ``label`` (default: B's own
     prediction on the original); targeted, that B predicts the target. Images are resized
-    (bicubic, 8-bit) when B's input size differs. ``source`` copies method/steps/eps from the
+    to B's declared input size when it differs. ``source`` copies method/steps/eps from the
     white-box report.
     """
+    model_b = as_model(model_b)
     params_b = model_b.params if params_b is None else params_b
-    size = model_b.spec.input_size
+    size = model_b.input_hw()
     adversarial, originals = np.asarray(adversarial, np.float32), np.asarray(originals, np.float32)
-    if adversarial.shape[1:3] != (size, size):
+    if model_b.input_size is not None and adversarial.shape[1:3] != size:
         from jaxviz.images import fit_image
         adversarial = np.stack([fit_image(a, size) for a in adversarial])
         originals = np.stack([fit_image(a, size) for a in originals])
@@ -604,7 +614,7 @@ def transfer_report(adversarial: Array, originals: Array, model_b, params_b: dic
     return assess(predict, originals, adversarial, label=label, target=target, confidence=confidence,
                   steps=None if source is None else source.steps,
                   method=f"{source.method} from {source.model}" if source else "transfer",
-                  model=model_b.spec.name, eps=None if source is None else source.eps,
+                  model=model_b.name, eps=None if source is None else source.eps,
                   norm=None if source is None else source.norm)
 
 

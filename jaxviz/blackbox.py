@@ -1,7 +1,9 @@
 """Query-based black-box attacks: SimBA (Guo et al. 2019, "Simple Black-box Adversarial Attacks", ICML).
 
 SimBA sees nothing but a probability function ``predict_proba(images01 (N, H, W, 3)) -> (N, classes)``
-(no gradients, no parameters: a numpy function of a model outside jaxviz works too). It walks
+(no gradients, no parameters: a numpy function of a model outside jaxviz works too). Given a
+``jaxviz.interface.Model`` instead (any adapter, also ``from_apply_fn``), it queries the model's
+jitted probabilities (``adversarial.proba_fn``: declared preprocessing, softmax of the logits). It walks
 through random orthonormal directions q_1, q_2, ...; for each it queries x + eps*q and, only if
 that did not help, x - eps*q, and keeps the first that improves the objective (untargeted: lower
 p(label); targeted: higher p(target)). Accepted steps only ever improve the objective.
@@ -39,8 +41,8 @@ Conventions:
   accepting fewer steps per query (it spends the minus query even where plus helped), so
   plus-then-minus, the paper's order, is the default. Images stop individually on success, on an
   exhausted budget or when the directions run out.
-- Randomness: one key, split into one key per image (or (N,) keys), so an image's run in a batch
-  equals its run alone. The loop runs on the host (numpy): its control flow depends on the
+- Randomness: one key shared by every image, or (N,) keys (``jaxviz.keys.image_keys``), so an
+  image's direction order depends on its own key only and its run in a batch equals its run alone. The loop runs on the host (numpy): its control flow depends on the
   black box's answers, and the black box may not be a JAX function.
 """
 from __future__ import annotations
@@ -53,7 +55,8 @@ import numpy as np
 
 from jaxviz.adversarial import _LEVELS, AttackReport, AttackResult, perturbation_norms, quantize_8bit
 from jaxviz.errors import JaxvizError
-from jaxviz.optimize import image_keys
+from jaxviz.interface import Model
+from jaxviz.keys import image_keys
 
 Basis = Literal["pixel", "dct"]
 BASES = ("pixel", "dct")
@@ -215,14 +218,17 @@ def _quantize(x: np.ndarray, x0: np.ndarray, max_l2: float | None) -> np.ndarray
     return np.array(quantize_8bit(x, x0, norm="l2", eps=max_l2), np.float32)  # writable copy
 
 
-def simba(predict_proba: ProbaFn, images, *, label=None, target=None, basis: Basis = "dct",
+def simba(predict_proba: ProbaFn | Model, images, *, label=None, target=None, basis: Basis = "dct",
           eps: float = 0.2, max_queries: int = 5000, max_l2: float | None = None,
           freq_ratio: float = 1 / 8, key: jax.Array | None = None, both_signs: bool = False,
-          chunk: int | None = None, pad: bool = False, model: str = "") -> AttackResult:
+          chunk: int | None = None, pad: bool | None = None, model: str = "",
+          params=None) -> AttackResult:
     """SimBA on a batch of images through a probability function only (see the module docstring).
 
     Args:
-      predict_proba: ``f(images01 (M, H, W, 3) float32 numpy) -> (M, classes)`` probabilities.
+      predict_proba: ``f(images01 (M, H, W, 3) float32 numpy) -> (M, classes)`` probabilities,
+        or a ``jaxviz.interface.Model`` (queried through ``adversarial.proba_fn(model, params)``;
+        ``params`` None: ``model.params``).
       images: (N, H, W, 3) RGB in [0, 1] (8-bit images for exact 8-bit results).
       label: (N,) reference classes for the untargeted attack (default: the black box's
         prediction on the originals; that initial query is made and counted in any case).
@@ -240,8 +246,10 @@ def simba(predict_proba: ProbaFn, images, *, label=None, target=None, basis: Bas
         only where x + eps q did not help (the paper's order, fewer queries).
       chunk: at most this many images per predict_proba call (memory).
       pad: pad every call to a power of two (<= chunk) with copies, so a jitted predict_proba
-        compiles for a few batch sizes only; the copies are no query of any image.
-      model: a name for the report.
+        compiles for a few batch sizes only; the copies are no query of any image (default: True
+        for a ``Model``, False for a function).
+      model: a name for the report (default: the ``Model``'s name).
+      params: the ``Model``'s parameters (None: its own); only with a ``Model``.
     Returns:
       ``AttackResult(images (N, H, W, 3) float32 on the 8-bit grid, report)``; ``report.queries``
       (N,) queries used, ``report.steps`` (N,) directions tried, ``report.eps`` = max_l2;
@@ -253,6 +261,14 @@ def simba(predict_proba: ProbaFn, images, *, label=None, target=None, basis: Bas
         predict_proba of the wrong output shape.
     """
     start_time = time.perf_counter()
+    if isinstance(predict_proba, Model):
+        from jaxviz.adversarial import proba_fn
+        model = model or predict_proba.name
+        pad = True if pad is None else pad
+        predict_proba = proba_fn(predict_proba, params)
+    elif params is not None:
+        raise JaxvizError("params apply to a jaxviz Model only; a predict_proba function holds its own")
+    pad = bool(pad)
     x0 = np.asarray(images, np.float32)
     if x0.ndim != 4 or x0.shape[-1] != 3:
         raise JaxvizError(f"images must be (N, H, W, 3) in [0, 1], got shape {tuple(x0.shape)}")

@@ -1,5 +1,7 @@
 """Adversarial examples: exact FGSM, projections and 8-bit rounding inside the budget, reports that
-agree with re-predictions (also of saved PNGs), batch == single runs, and real SqueezeNet attacks."""
+agree with re-predictions (also of saved PNGs), batch == single runs (per-image and shared keys),
+the accelerated model attacks alike, the compiled step is reused, and real SqueezeNet attacks.
+(Any-model truth checks: tests/test_optimise_any_model.py.)"""
 from __future__ import annotations
 
 import json
@@ -159,11 +161,15 @@ def test_batch_equals_single_runs(tiny_model, rng, method):
     kw = dict(method=method, eps=0.5 if method == "pgd-l2" else (None if method == "seed" else 8 / 255),
               steps=12, quantize=False)
     batch = adv.attack(tiny_model, None, x, target=targets, key=keys, **kw)
+    shared = adv.attack(tiny_model, None, x, target=targets, key=jax.random.key(5), **kw)  # one key for all
     for i in range(3):
         single = adv.attack(tiny_model, None, x[i:i + 1], target=targets[i:i + 1], key=keys[i:i + 1], **kw)
         np.testing.assert_allclose(single.images[0], batch.images[i], atol=2e-6)
         assert single.report.steps[0] == batch.report.steps[i]
         assert single.report.success[0] == batch.report.success[i]
+        alone = adv.attack(tiny_model, None, x[i:i + 1], target=targets[i:i + 1], key=jax.random.key(5), **kw)
+        np.testing.assert_allclose(alone.images[0], shared.images[i], atol=2e-6)
+        assert alone.report.steps[0] == shared.report.steps[i]
 
 
 @pytest.mark.parametrize("method", list(adv.METHODS))
@@ -297,29 +303,19 @@ def test_cli_bad_input_is_one_line_exit_2(squeezenet, argv, message, capsys, tmp
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("shape, kernel, stride, ceil", [
-    ((2, 23, 23, 5), 3, 2, True), ((2, 15, 17, 3), 3, 2, False), ((2, 15, 17, 3), 3, 2, True),
-    ((1, 17, 16, 4), 2, 2, False), ((1, 14, 13, 2), 3, 3, True), ((1, 9, 9, 2), 1, 2, False)])
-def test_fast_max_pool_gradient_equals_autodiff(shape, kernel, stride, ceil, rng):
-    """The custom max-pool backward equals XLA's select_and_scatter, ties included (ReLU zeros)."""
-    from jaxviz.models import layers
-    from jaxviz.nonlinearities import max_pool as fast_max_pool
-    x = jnp.asarray(np.maximum(rng.normal(size=shape), 0).astype(np.float32))  # many tied zeros
-    y = layers.max_pool(x, kernel, stride, ceil)
-    w = jnp.asarray(rng.normal(size=y.shape).astype(np.float32))
-    np.testing.assert_array_equal(fast_max_pool(x, kernel, stride, ceil), y)
-    expected = jax.grad(lambda z: (layers.max_pool(z, kernel, stride, ceil) * w).sum())(x)
-    actual = jax.grad(lambda z: (fast_max_pool(z, kernel, stride, ceil) * w).sum())(x)
-    np.testing.assert_allclose(actual, expected, atol=1e-6)
-
-
-def test_gradient_model_is_the_same_function(tiny_model, rng):
+def test_accelerated_model_gives_the_same_attack(tiny_model, rng):
+    """The front ends attack ``jaxviz.accel.accelerate(model)`` (faster max-pool backward, XLA
+    options): the same gradients, hence the same attack, as the plain model."""
+    from jaxviz.accel import accelerate
+    fast = accelerate(tiny_model)
+    assert fast is not tiny_model and accelerate(tiny_model) is fast
     x = jnp.asarray(rng.uniform(size=(2, 16, 20, 3)).astype(np.float32))  # non-square
-    fast = adv.gradient_model(tiny_model)
-    assert adv.gradient_model(tiny_model) is fast
-    np.testing.assert_array_equal(fast.apply(fast.params, x), tiny_model.apply(tiny_model.params, x))
-    f = lambda m: jax.grad(lambda z: m.apply(m.params, z)[:, 2].sum())(x)
-    np.testing.assert_allclose(f(fast), f(tiny_model), atol=1e-6)
+    g = lambda m: jax.grad(lambda z: m.apply(m.params, m.preprocess(z))[:, 2].sum())(x)
+    np.testing.assert_allclose(g(fast), g(tiny_model), atol=1e-6)
+    kw = dict(method="pgd-linf", eps=6 / 255, steps=5, key=jax.random.key(0), quantize=False)
+    a, b = adv.attack(fast, None, x, **kw), adv.attack(tiny_model, None, x, **kw)
+    np.testing.assert_allclose(a.images, b.images, atol=1e-6)
+    np.testing.assert_array_equal(a.report.success, b.report.success)
 
 
 def test_second_attack_reuses_the_compiled_engine_step(tiny_model):

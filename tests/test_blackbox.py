@@ -1,7 +1,8 @@
 """SimBA (query-based black-box attack): it only ever calls the probability function (a numpy
 callable that refuses gradients), counts queries exactly and within budget, reports success from
 predictions of the returned 8-bit images, takes exactly the steps the paper's rule prescribes on a
-linear model, keeps an orthonormal DCT basis, and fools the real SqueezeNet."""
+linear model, keeps an orthonormal DCT basis, runs batch == single with one shared key, takes a
+jaxviz Model directly, and fools the real SqueezeNet."""
 from __future__ import annotations
 
 import json
@@ -106,7 +107,7 @@ def test_pixel_simba_takes_exactly_the_papers_steps_on_a_linear_model():
     box = BlackBox(linear_softmax(wts, np.array([10.0, 0.0])))
     key = jax.random.key(7)
     result = bb.simba(box, x0, basis="pixel", eps=0.2, max_queries=budget, key=key)
-    orders = bb.direction_order(jax.random.split(key, 2), (h, w), "pixel")
+    orders = [bb.direction_order(key, (h, w), "pixel")] * 2  # one key is shared by every image
     g = wts[0] - wts[1]
     for i in range(2):
         used, expected = 1, np.round(x0[i].reshape(-1) * 255)
@@ -134,7 +135,7 @@ def test_dct_simba_trace_is_the_analytic_probability_on_a_linear_model():
     b = np.array([-(wts[0] - wts[1]) @ x0.reshape(-1) + 3.0, 0.0])  # margin 3
     result = bb.simba(BlackBox(linear_softmax(wts, b)), x0, basis="dct", eps=0.2, max_queries=60,
                       key=jax.random.key(0))
-    order = bb.direction_order(jax.random.split(jax.random.key(0), 1), (h, w), "dct")[0]
+    order = bb.direction_order(jax.random.key(0), (h, w), "dct")
     gq = bb.basis_images(order, (h, w), "dct").reshape(len(order), -1) @ (wts[0] - wts[1])
     trace = result.report.extra["trace"][:, 0]
     steps = len(trace) - 1
@@ -232,6 +233,33 @@ def test_batch_equals_single_runs(tiny2):
         one = bb.simba(predict, x[i:i + 1], basis="dct", max_queries=200, key=keys[i:i + 1])
         np.testing.assert_array_equal(one.images[0], batch.images[i])
         assert one.report.queries[0] == batch.report.queries[i]
+
+
+def test_one_shared_key_batch_equals_single_runs(tiny2):
+    """One key is shared by every image (not split by the batch size): image i's run in a batch
+    equals its run alone with the same key."""
+    x = _grid(np.random.default_rng(12), 3, 12, 16)  # non-square
+    predict = adv.proba_fn(tiny2)
+    batch = bb.simba(predict, x, basis="pixel", max_queries=60, key=jax.random.key(4))
+    for i in range(3):
+        one = bb.simba(predict, x[i:i + 1], basis="pixel", max_queries=60, key=jax.random.key(4))
+        np.testing.assert_array_equal(one.images[0], batch.images[i])
+        assert one.report.queries[0] == batch.report.queries[i]
+
+
+def test_a_model_is_queried_through_its_probabilities(tiny2):
+    """``simba(model, ...)`` (a Model, or an apply_fn made one) equals ``simba(proba_fn(model), ...)``."""
+    from tests.user_models import apply_fn_model
+    x = _grid(np.random.default_rng(13), 2, 16, 16)
+    for model in (tiny2, apply_fn_model()):
+        via_model = bb.simba(model, x, max_queries=40, key=jax.random.key(1))
+        via_proba = bb.simba(adv.proba_fn(model), x, max_queries=40, key=jax.random.key(1))
+        np.testing.assert_array_equal(via_model.images, via_proba.images)
+        np.testing.assert_array_equal(via_model.report.queries, via_proba.report.queries)
+        assert via_model.report.model == model.name
+        _assert_honest(via_model, x, adv.proba_fn(model))
+    with pytest.raises(JaxvizError, match="params apply to a jaxviz Model"):
+        bb.simba(adv.proba_fn(tiny2), x, params=tiny2.params)
 
 
 def test_chunks_and_padding_change_calls_not_results(tiny2):

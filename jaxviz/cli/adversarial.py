@@ -5,6 +5,8 @@ Output files: with one image, ``--out ADV.png`` writes exactly ADV.png; with sev
 writes ADV_0.png, ADV_1.png, ... (the index is the image's position on the command line).
 ``--npy`` writes the float array next to each PNG (ADV.npy / ADV_0.npy, ...). Nothing else is
 written. Success is reported from a re-prediction of the image read back from the saved PNG.
+Models are loaded accelerated for this machine (``jaxviz.accel.accelerate`` via ``load_model_arg``:
+the faster max-pool backward and XLA options; same results).
 """
 from __future__ import annotations
 
@@ -88,8 +90,8 @@ def adversarial(parser: argparse.ArgumentParser):
             raise JaxvizError(f"--steps must be between 1 and 100000, got {args.steps}")
         if args.confidence is not None and not 0 < args.confidence < 1:
             raise JaxvizError(f"--confidence must be in (0, 1), got {args.confidence}")
-        model = load_model_arg(args.model)
-        target = resolve_class(args.target, model.spec.num_classes) if args.target is not None else None
+        model = load_model_arg(args.model)  # accelerated once
+        target = resolve_class(args.target, model.num_classes, model.labels) if args.target is not None else None
         other = load_model_arg(args.transfer) if args.transfer else None
         images = load_inputs(model, args.images, args.fit)
 
@@ -109,7 +111,7 @@ def adversarial(parser: argparse.ArgumentParser):
                             eps=result.report.eps, norm=method.norm)
         transfer = (adv.transfer_report(final, images, other, confidence=args.confidence, source=report)
                     if other is not None else None)
-        _print_report(args, report, transfer, pngs, npys, {"eps": report.eps, "norm": method.norm},
+        _print_report(args, model, report, transfer, pngs, npys, {"eps": report.eps, "norm": method.norm},
                       lambda row: f"in {row['steps']} steps")
         return 0
     return run
@@ -147,8 +149,8 @@ def _run_simba(args: argparse.Namespace) -> int:
     from jaxviz.images import load_image
     from jaxviz.labels import resolve_class
 
-    model = load_model_arg(args.model)
-    target = resolve_class(args.target, model.spec.num_classes) if args.target is not None else None
+    model = load_model_arg(args.model)  # accelerated once
+    target = resolve_class(args.target, model.num_classes, model.labels) if args.target is not None else None
     other = load_model_arg(args.transfer) if args.transfer else None
     images = load_inputs(model, args.images, args.fit)
     predict = adv.proba_fn(model)
@@ -165,7 +167,7 @@ def _run_simba(args: argparse.Namespace) -> int:
                             steps=report.steps, method=report.method, model=model.name, eps=max_l2,
                             norm="l2", queries=report.queries)
     transfer = adv.transfer_report(result.images, images, other, source=report) if other is not None else None
-    _print_report(args, report, transfer, pngs, npys,
+    _print_report(args, model, report, transfer, pngs, npys,
                   {"eps": max_l2, "norm": "l2", "step": step, "basis": basis, "max_queries": queries},
                   lambda row: f"in {row['queries']} queries")
     return 0
@@ -182,10 +184,9 @@ def _save(images, pngs, npys) -> None:
             np.save(npy, image)
 
 
-def _print_report(args, report, transfer, pngs, npys, extra: dict, effort) -> None:
+def _print_report(args, model, report, transfer, pngs, npys, extra: dict, effort) -> None:
     """One record per image (JSON with --json, else a line each), transfer results nested."""
-    from jaxviz.labels import imagenet_labels
-    labels = imagenet_labels()
+    labels = model.labels
     rows = report.records(labels)
     for i, row in enumerate(rows):
         row = {"image": args.images[i], **row, **extra}
