@@ -17,10 +17,13 @@ Training minimises the perceptual loss of the loss network (``vgg19_caffe`` by d
 ``jaxviz.style``, normalised per position) at ``style_layers`` plus ``tv_weight × TV``. Each
 training image gets a random style (one-hot) per step. Batches are random crops/flips of the
 content images drawn from ``fold_in(key, step)``, so a run resumed from a checkpoint continues
-exactly as an uninterrupted one. Checkpoints are one msgpack file (``flax.serialization``): the
-config, the network parameters, the optax state, the step and the key; written to a temporary
-file in the target folder and renamed (removed on any failure), read back with every array's
-shape checked against the config's network, so a damaged file gives one ``JaxvizError``.
+exactly as an uninterrupted one. Checkpoints are training state, so one msgpack file
+(``flax.serialization``): the config, the network parameters, the optax state, the step and the
+key; written like the weights store's files (``jaxviz.weights.tensorfile.atomic_write``: a
+temporary file in the target folder renamed into place, removed on any failure) and read back
+with every array's shape checked against the config's network and every value finite, so a
+damaged file gives one ``JaxvizError``. (Ported, pretrained parameters such as multistyle26's are
+safetensors files of the weights store instead: ``jaxviz.fast_style_pretrained``.)
 
 Stylisation is one jitted forward pass on any (N, H, W, 3) batch with H and W divisible by 4.
 ``compiler_options`` (XLA options for that jit and for the training step) come from the caller:
@@ -30,11 +33,8 @@ model's ``model.compiler_options``.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -335,23 +335,14 @@ def train(config: FastStyleConfig, state: TrainState, step_fn: Callable, content
 # Checkpoints (flax msgpack: config + params + optimiser state + step + key)
 
 def _atomic_write(path: Path, data: bytes, what: str) -> None:
-    """Write ``data`` to a temporary file in ``path``'s folder, then rename it to ``path``; the
-    temporary file is removed on any failure, and an OS error becomes one ``JaxvizError``."""
-    tmp = None
+    """Write ``data`` as the weights store writes its files (``tensorfile.atomic_write``: a
+    temporary file in ``path``'s folder renamed into place, removed on any failure); an OS error
+    (read-only or full location) becomes one ``JaxvizError`` line."""
+    from jaxviz.weights.tensorfile import atomic_write
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
+        atomic_write(path, lambda f: f.write(data))
     except OSError as e:
         raise JaxvizError(f"cannot write {what} {path}: {e.strerror or e}") from None
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
 
 
 def save_checkpoint(path: str | Path, config: FastStyleConfig, state: TrainState) -> None:

@@ -144,19 +144,20 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
     fs.save_checkpoint(path, SMALL, state)
     before = path.read_bytes()
     # a failure while writing (full disk) keeps the old file and leaves no temporary file
-    real_fsync = fs.os.fsync
+    from jaxviz.weights import tensorfile
+    real_fsync = tensorfile.os.fsync
 
     def full(fd):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(fs.os, "fsync", full)
+    monkeypatch.setattr(tensorfile.os, "fsync", full)
     with pytest.raises(JaxvizError, match="No space left"):
         fs.save_checkpoint(path, SMALL, fs.TrainState(5, state.params, state.opt_state, state.key))
-    monkeypatch.setattr(fs.os, "fsync", real_fsync)
+    monkeypatch.setattr(tensorfile.os, "fsync", real_fsync)
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["ck.msgpack"]
     # an unwritable folder (simulated: the tests may run as root): one error line, nothing written
     def read_only(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
-    monkeypatch.setattr(fs.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(tensorfile.tempfile, "mkstemp", read_only)
     with pytest.raises(JaxvizError, match="cannot write checkpoint .*Permission denied"):
         fs.save_checkpoint(tmp_path / "other.msgpack", SMALL, state)
     monkeypatch.undo()
