@@ -157,7 +157,7 @@ def _prepare(flat: Mapping[str, Any]) -> dict[str, np.ndarray]:
         native = value.dtype.newbyteorder("=")
         if native not in _DTYPES:
             raise WeightsError(f"{key}: dtype {value.dtype} is not stored in ported weights")
-        arrays[key] = np.ascontiguousarray(value, dtype=native.newbyteorder("<"))
+        arrays[key] = np.asarray(value, dtype=native.newbyteorder("<"), order="C")  # (0-d stays 0-d)
     return arrays
 
 
