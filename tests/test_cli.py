@@ -13,11 +13,21 @@ from jaxviz.cli import main
 
 
 def test_predict_json(squeezenet, capsys):
-    assert main(["predict", "chelsea", "coffee", "--model", "squeezenet1_1", "--topk", "2", "--json"]) == 0
+    # issue 2's reference numbers are for PIL bicubic straight to 224 px (--fit stretch)
+    assert main(["predict", "chelsea", "coffee", "--model", "squeezenet1_1", "--topk", "2", "--json",
+                 "--fit", "stretch"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert [r["image"] for r in result] == ["chelsea", "coffee"]
     assert result[0]["topk"][0]["index"] == 285 and result[0]["topk"][0]["label"] == "Egyptian cat"
+    assert abs(result[0]["topk"][0]["prob"] - 0.716) < 0.005
     assert abs(result[1]["topk"][0]["prob"] - 0.963) < 0.005 and len(result[1]["topk"]) == 2
+    probs = [t["prob"] for t in result[1]["topk"]]
+    assert probs == sorted(probs, reverse=True)
+    # the default (the evaluation transform) crops differently, the classes stay
+    assert main(["predict", "chelsea", "coffee", "--model", "squeezenet1_1", "--topk", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [r["topk"][0]["index"] for r in result] == [285, 967]
+    assert [r["topk"][0]["label"] for r in result] == ["Egyptian cat", "espresso"]
 
 
 def test_models_and_layers(capsys):
@@ -29,6 +39,11 @@ def test_models_and_layers(capsys):
     out = capsys.readouterr().out
     line = next(l for l in out.splitlines() if l.startswith("features.12 "))
     assert "fire9" in line and "13x13x512" in line and line.split()[-2:] == ["16", "207"]
+    # fire9's parameters: squeeze 1x1 (512 -> 64), expand 1x1 and 3x3 (64 -> 256 each), with biases
+    assert line.split()[-3] == str((512 * 64 + 64) + (64 * 256 + 256) + (9 * 64 * 256 + 256))
+    assert main(["layers", "squeezenet1_1", "--size", "320"]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("features.12 "))
+    assert "19x19x512" in line
 
 
 def _bad_images(tmp_path):
@@ -43,6 +58,7 @@ def _bad_images(tmp_path):
     (["predict", "chelsea", "--model", "vgg19_caffe"], "no classifier"),
     (["predict", "chelsea", "--topk", "0"], "--topk"),
     (["layers", "squeezenet9"], "unknown model"),
+    (["layers", "squeezenet1_1", "--size", "0"], "--size"),
     (["nonsense"], "invalid choice"),
 ])
 def test_bad_input_is_one_line_exit_2(argv, message, tmp_path, capsys, squeezenet):

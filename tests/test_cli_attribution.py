@@ -6,14 +6,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import jaxviz.cli.attribution as cli_attr
+from jaxviz import cam as camlib
 from jaxviz import saliency as sal
 from jaxviz.cli import main
 from jaxviz.cli.attribution import METHODS
+from jaxviz.targets import Target
 from tests.conftest import make_tiny_model
 
 
@@ -59,10 +62,79 @@ def test_single_image_map_is_2d_and_equals_the_library(tiny_cli, tmp_path, capsy
     assert maps.shape == (16, 16)
     from jaxviz.images import load_images
     x = tiny_cli.preprocess(jnp.asarray(load_images(["chelsea"], 16)))
-    want = sal.vanilla_saliency(tiny_cli.apply, tiny_cli.params, x, 3)[0]
+    want = sal.vanilla_saliency(tiny_cli, tiny_cli.params, x, 3)[0]
     np.testing.assert_allclose(maps, want, rtol=1e-5, atol=1e-7)
     assert fig.stat().st_size > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fig.png", "m.npy"]  # nothing else written
+
+
+def _x(model, names):
+    from jaxviz.images import load_images
+    return model.preprocess(jnp.asarray(load_images(names, 16)))
+
+
+@pytest.mark.parametrize("method, library", [
+    ("vanilla", lambda m, x, i: sal.gradients(m, m.params, x, index=i)),
+    ("inputxgrad", lambda m, x, i: sal.input_x_gradient(m, m.params, x, index=i)),
+    ("integrated", lambda m, x, i: sal.integrated_gradients_attributions(m, m.params, x, steps=4, index=i)),
+    ("smoothgrad", lambda m, x, i: sal.smoothgrad_gradients(m, m.params, x, key=jax.random.key(5), samples=3,
+                                                             noise_std=0.2, index=i)),
+    ("guided-gradcam", lambda m, x, i: camlib.guided_grad_cam_attributions(m, m.params, x, index=i,
+                                                                           resize="nearest")),
+])
+def test_signed_npy_is_the_library_attribution(method, library, tiny_cli, tmp_path, capsys):
+    """--signed writes the signed NHWC attribution (issue 13 item 6), peer options passed through."""
+    npy = tmp_path / "a.npy"
+    extra = {"integrated": ["--steps", "4"], "smoothgrad": ["--samples", "3", "--noise-std", "0.2", "--seed", "5"],
+             "guided-gradcam": ["--resize", "nearest"]}.get(method, [])
+    assert main(["saliency", "chelsea", "coffee", "--method", method, "--signed", "--npy", str(npy), *extra]) == 0
+    got = np.load(npy)
+    x = _x(tiny_cli, ["chelsea", "coffee"])
+    index = jnp.argmax(tiny_cli.apply(tiny_cli.params, x), axis=-1)
+    want = np.asarray(library(tiny_cli, x, index))
+    assert got.shape == (2, 16, 16, 3) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
+    assert got.min() < 0 < got.max()  # signed
+    one = tmp_path / "one.npy"
+    assert main(["saliency", "coffee", "--method", method, "--signed", "--npy", str(one), *extra]) == 0
+    np.testing.assert_allclose(np.load(one), got[1], rtol=1e-4, atol=1e-6 * np.abs(want).max())  # (H, W, 3)
+
+
+def test_gradcam_peer_conventions(tiny_cli, tmp_path, capsys):
+    """--no-relu --resize none is Captum's LayerGradCam (signed, the layer's own resolution)."""
+    npy = tmp_path / "m.npy"
+    assert main(["saliency", "chelsea", "coffee", "--method", "gradcam", "--no-relu", "--resize", "none",
+                 "--target", "2", "--npy", str(npy)]) == 0
+    x = _x(tiny_cli, ["chelsea", "coffee"])
+    want = camlib.grad_cam(tiny_cli, tiny_cli.params, x, 2, relu=False, resize=None)
+    got = np.load(npy)
+    assert got.shape == (2, 8, 8)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    assert main(["saliency", "chelsea", "--method", "cam", "--resize", "nearest", "--npy", str(npy)]) == 0
+    want = camlib.cam(tiny_cli, tiny_cli.params, x[:1], resize="nearest")[0]
+    np.testing.assert_allclose(np.load(npy), want, rtol=1e-4, atol=1e-6)
+
+
+def test_smoothgrad_map_of_an_image_does_not_depend_on_the_others(tiny_cli, tmp_path, capsys):
+    """Issue 13 item 5: `saliency coffee` and `saliency chelsea coffee` give the same coffee map."""
+    alone, both = tmp_path / "alone.npy", tmp_path / "both.npy"
+    for images, npy in ((["coffee"], alone), (["chelsea", "coffee"], both)):
+        assert main(["saliency", *images, "--method", "smoothgrad", "--samples", "4", "--seed", "3",
+                     "--npy", str(npy)]) == 0
+    np.testing.assert_allclose(np.load(alone), np.load(both)[1], rtol=1e-5, atol=1e-7)
+    x = _x(tiny_cli, ["coffee"])
+    want = sal.smoothgrad(tiny_cli, tiny_cli.params, x, key=jax.random.key(3), samples=4)[0]
+    np.testing.assert_allclose(np.load(alone), want, rtol=1e-4, atol=1e-7)
+
+
+def test_failed_write_is_one_line_and_leaves_nothing(tiny_cli, tmp_path, capsys, monkeypatch):
+    def full_disk(file, array):
+        file.write(b"partial")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(np, "save", full_disk)
+    err = _one_error_line(capsys, ["saliency", "chelsea", "--npy", str(tmp_path / "m.npy")])
+    assert "No space left on device" in err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_gradcam_layer_and_neuron_target(tiny_cli, tmp_path, capsys):
@@ -87,6 +159,18 @@ def test_metrics_prints_aucs(tiny_cli, capsys):
     (["--out", "/nonexistent_dir/fig.png"], "output directory does not exist"),
     (["--npy", "map.txt"], ".npy"),
     (["--method", "occlusion", "--window", "4", "--stride", "8"], "--stride"),
+    (["--method", "smoothgrad", "--noise", "inf"], "--noise"),
+    (["--method", "smoothgrad", "--noise", "nan"], "--noise"),
+    (["--method", "smoothgrad", "--noise-std", "-1"], "--noise-std"),
+    (["--method", "smoothgrad", "--noise", "0.1", "--noise-std", "0.1"], "not both"),
+    (["--method", "vanilla", "--noise-std", "0.1"], "--noise-std applies"),
+    (["--method", "gradcam", "--signed", "--npy", "m.npy"], "--no-relu"),
+    (["--method", "vanilla", "--signed"], "give --npy"),
+    (["--method", "vanilla", "--no-relu"], "--no-relu applies"),
+    (["--method", "vanilla", "--resize", "nearest"], "--resize applies"),
+    (["--method", "guided-gradcam", "--resize", "none"], "guided-gradcam"),
+    (["--method", "gradcam", "--resize", "none", "--metrics"], "--metrics"),
+    (["--method", "gradcam", "--target", "features.1:0", "--layer", "features.4"], "must come after"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, needle, tiny_cli, capsys):
     err = _one_error_line(capsys, ["saliency", "chelsea", *argv])

@@ -32,27 +32,36 @@ def models(parser: argparse.ArgumentParser):
     return run
 
 
-@command("layers", "list a model's named layers with output shape, stride and receptive field")
+@command("layers", "list a model's named layers with output shape, parameters, stride and receptive field")
 def layers(parser: argparse.ArgumentParser):
     parser.add_argument("model", help="model name")
     parser.add_argument("--size", type=int, default=None, help="input size (default: the model's)")
 
     def run(args: argparse.Namespace) -> int:
+        import math
+
+        import jax
+
         from jaxviz.errors import JaxvizError
-        from jaxviz.models.registry import get_spec, layer_shapes
+        from jaxviz.models import bundled_model
+        from jaxviz.models.registry import get_spec, init_params
         spec = get_spec(args.model)
-        size = args.size or spec.input_size
-        if size < 32 or size > 4096:
+        # the model with abstract parameters: shapes only, no weights needed
+        model = bundled_model(spec, jax.eval_shape(lambda: init_params(spec)))
+        size = model.input_hw()[0] if args.size is None else args.size
+        if not 32 <= size <= 4096:
             raise JaxvizError(f"--size must be between 32 and 4096, got {size}")
-        shapes, fields = layer_shapes(spec, size), spec.receptive_fields(size)
+        shapes, fields = model.layer_shapes(size), model.receptive_fields(size) or {}
         aliases = {}
-        for alias, name in spec.aliases.items():
+        for alias, name in model.aliases.items():
             aliases.setdefault(name, []).append(alias)
-        print(f"{'layer':<14} {'alias':<12} {'kind':<16} {'output (HWC)':<16} {'stride':>6} {'RF':>5}")
-        for stage in spec.stages:
-            rf = fields[stage.name]
-            print(f"{stage.name:<14} {','.join(aliases.get(stage.name, [])):<12} {stage.kind:<16} "
-                  f"{'x'.join(map(str, shapes[stage.name])):<16} {rf.stride:>6} {rf.size:>5}")
+        print(f"{'layer':<14} {'alias':<12} {'output (HWC)':<16} {'params':>9} {'stride':>6} {'RF':>5}")
+        for name in model.layer_names:
+            owned = model.layer_params(model.params, name)
+            count = sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(owned)) if owned else 0
+            rf = fields.get(name)
+            print(f"{name:<14} {','.join(aliases.get(name, [])):<12} {'x'.join(map(str, shapes[name])):<16} "
+                  f"{count:>9} {rf.stride if rf else '-':>6} {rf.size if rf else '-':>5}")
         return 0
     return run
 
@@ -65,15 +74,17 @@ def predict(parser: argparse.ArgumentParser):
     parser.add_argument("--json", action="store_true", help="print JSON: [{image, topk: [{index, label, prob}]}]")
 
     def run(args: argparse.Namespace) -> int:
+        from jaxviz.accel import accelerate, xla
         from jaxviz.classify import top_k
         from jaxviz.errors import JaxvizError
-        from jaxviz.labels import imagenet_labels
-        model = load_model_arg(args.model)
-        if not 1 <= args.topk <= model.spec.num_classes:
-            raise JaxvizError(f"--topk must be between 1 and {model.spec.num_classes}")
+        model = accelerate(load_model_arg(args.model))
+        if not 1 <= args.topk <= model.num_classes:
+            raise JaxvizError(f"--topk must be between 1 and {model.num_classes}")
         images = load_inputs(model, args.images, args.fit)
-        probs, indices = top_k(model.apply, model.params, model.preprocess(images), args.topk)
-        labels = imagenet_labels()
+        k = args.topk
+        probs, indices = xla.jit(lambda p, x: top_k(model, p, x, k), model.compiler_options)(
+            model.params, model.preprocess(images))
+        labels = model.labels or tuple(str(i) for i in range(model.num_classes))
         results = [{"image": src, "topk": [{"index": int(i), "label": labels[int(i)], "prob": float(p)}
                                            for p, i in zip(ps, ids)]}
                    for src, ps, ids in zip(args.images, probs, indices)]
