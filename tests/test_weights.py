@@ -472,3 +472,17 @@ def test_tampered_old_npz_port_is_refused(weights_dir):
     with pytest.raises(WeightsError, match=r"squeezenet1_0\.npz has sha256 .*re-port"):
         store.load_model("squeezenet1_0")
     assert path.exists() and not store.ported_path("squeezenet1_0").exists()
+
+
+def test_old_npz_port_of_the_pinned_source_converts_to_the_pinned_port(weights_dir):
+    """The manifest's npz_sha256 is the old port of the pinned source, and converting it gives
+    exactly the manifest's ported_sha256 (no record needed: the manifest pins both)."""
+    real = ROOT / "weights" / "squeezenet1_1.safetensors"
+    if not real.is_file():
+        pytest.skip("squeezenet1_1 is not ported here")
+    pins = store.manifest()["squeezenet1_1"]
+    flat = tensorfile.load_flat(real, sha256=pins["ported_sha256"])
+    assert porting.save_params(tensorfile.unflatten(flat), weights_dir / "squeezenet1_1.npz") == pins["npz_sha256"]
+    store.load_model("squeezenet1_1")
+    assert sha256_file(store.ported_path("squeezenet1_1")) == pins["ported_sha256"]
+    assert not (weights_dir / "squeezenet1_1.npz").exists() and _leftovers(weights_dir) == []

@@ -173,6 +173,39 @@ def _save_legacy_npz(params: dict, path: str | os.PathLike) -> str:
     return sha256_file(path)
 
 
+def convert_legacy_npz(old: str | os.PathLike, target: str | os.PathLike, expected: dict[str, tuple[int, ...]],
+                       npz_sha256: str, *, metadata: dict[str, str], pinned: str | None = None,
+                       repair: str = "") -> str:
+    """Read a pre-safetensors port once and rewrite it as ``target`` (safetensors + record).
+
+    ``old`` must hash to ``npz_sha256`` and hold exactly ``expected`` (checked from its headers),
+    finite; the new file must hash to ``pinned`` when one is given (else it is removed). The
+    record beside ``old`` is carried over with ``converted_from``; ``old`` is then removed.
+    Returns the new sha256. Raises ``WeightsError`` (one line, ending with ``repair``).
+    """
+    old, target = Path(old), Path(target)
+    fix = f"; {repair}" if repair else ""
+    digest = sha256_file(old)
+    if digest != npz_sha256:
+        raise WeightsError(f"{old} has sha256 {digest[:16]}…, expected {npz_sha256[:16]}…{fix}")
+    flat = read_legacy_npz(old, expected)
+    tensorfile.check_finite(flat, str(old))
+    try:
+        record = tensorfile.read_record(old.with_suffix(".json"))
+    except WeightsError:
+        record = {}  # the hash above already vouches for the file
+    ported = tensorfile.write_port(target, unflatten(flat), metadata=metadata,
+                                   record={**record, "converted_from": f"{old.name} (sha256 {digest})"})
+    if pinned is not None and ported != pinned:
+        target.unlink(missing_ok=True)
+        raise WeightsError(f"converting {old} gave sha256 {ported[:16]}…, expected {pinned[:16]}…{fix}")
+    try:
+        old.unlink(missing_ok=True)
+    except OSError:
+        pass
+    return ported
+
+
 def read_legacy_npz(path: str | os.PathLike, expected: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
     """A pre-safetensors port (``NAME.npz``: one float32 ``KEY.npy`` per parameter), each member's
     declared size and header checked against ``expected`` before its data is read."""

@@ -136,25 +136,17 @@ def _check_source_hash(name: str, path: Path, digest: str, pins: dict) -> None:
 
 
 def _write_port(name: str, params: dict, record: dict) -> str:
-    """Write ``NAME.safetensors`` then its record, each atomically; returns the port's sha256.
-    If the record cannot be written the new port is removed too, so no port is left unpinned."""
-    target = ported_path(name)
+    """``NAME.safetensors`` and its record (``tensorfile.write_port``); a stale ``NAME.npz`` goes."""
+    digest = tensorfile.write_port(ported_path(name), params, metadata=_metadata(name), record=record)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        digest = tensorfile.save_params(params, target, metadata={"format": "flax", "model": name})
-        try:
-            tensorfile.write_record(record_path(name), {**record, "ported_sha256": digest,
-                                                        "format": "safetensors"})
-        except BaseException:
-            target.unlink(missing_ok=True)
-            raise
-    except OSError as e:
-        raise WeightsError(f"cannot write {target}: {e.strerror or e}") from None
-    try:  # a port made before safetensors is now stale
         legacy_path(name).unlink(missing_ok=True)
     except OSError:
         pass
     return digest
+
+
+def _metadata(name: str) -> dict[str, str]:
+    return {"format": "flax", "model": name}
 
 
 def port_model(name: str, source_path: str | os.PathLike | None = None, verify: bool = True) -> Path:
@@ -198,16 +190,15 @@ def _convert_legacy(name: str, pins: dict) -> None:
     """Read a pre-safetensors ``NAME.npz`` port once (hash and shapes checked) and rewrite it."""
     old = legacy_path(name)
     record = tensorfile.read_record(record_path(name))
-    pinned = _pinned_port(name, record, pins, field="npz_sha256")
-    if pinned is None:
+    npz_pin = _pinned_port(name, record, pins, field="npz_sha256")
+    if npz_pin is None:
         raise WeightsError(f"{old} is pinned by no record or manifest entry; {_repair(name)}")
-    digest = tensorfile.sha256_file(old)
-    if digest != pinned:
-        raise WeightsError(f"{old} has sha256 {digest[:16]}…, expected {pinned[:16]}…; {_repair(name)}")
-    flat = porting.read_legacy_npz(old, porting.flax_shapes(get_spec(name)))
-    tensorfile.check_finite(flat, str(old))
-    _write_port(name, tensorfile.unflatten(flat),
-                {**record, "converted_from": f"{old.name} (sha256 {digest})"})
+    entry = pins.get(name, {})
+    # The conversion of the pinned source's port must give the pinned safetensors port.
+    pinned = entry.get("ported_sha256") if record.get("source_sha256", entry.get("source_sha256")) == \
+        entry.get("source_sha256") else None
+    porting.convert_legacy_npz(old, ported_path(name), porting.flax_shapes(get_spec(name)), npz_pin,
+                               metadata=_metadata(name), pinned=pinned, repair=_repair(name))
 
 
 @lru_cache(maxsize=8)

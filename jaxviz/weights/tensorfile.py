@@ -33,7 +33,7 @@ from jaxviz.errors import WeightsError
 
 __all__ = ["SUFFIX", "atomic_write", "check_finite", "flatten", "load_flat", "load_params",
            "read_record", "save_flat", "save_params", "serialize_header", "sha256_file",
-           "unflatten", "write_record"]
+           "unflatten", "write_port", "write_record"]
 
 SUFFIX = ".safetensors"
 # safetensors dtype codes of the arrays we store (ported parameters are float32).
@@ -202,6 +202,30 @@ def save_params(params: Mapping, path: str | os.PathLike, *,
                 metadata: Mapping[str, str] | None = None) -> str:
     """``save_flat`` of a nested parameter tree (keys joined with ``/``); returns the sha256."""
     return save_flat(flatten(params), path, metadata=metadata)
+
+
+def write_port(path: str | os.PathLike, params: Mapping, *, metadata: Mapping[str, str],
+               record: Mapping | None = None) -> str:
+    """A port and its record: ``path`` (safetensors) then ``path.with_suffix('.json')`` with
+    ``record`` + ``ported_sha256`` + ``format``, each written atomically; returns the sha256.
+
+    If the record cannot be written the new port is removed too, so no port is left that its
+    record does not pin. Raises ``WeightsError`` (one line) for a read-only or full location.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        digest = save_params(params, path, metadata=metadata)
+        if record is not None:
+            try:
+                write_record(path.with_suffix(".json"), {**record, "ported_sha256": digest,
+                                                         "format": "safetensors"})
+            except BaseException:
+                path.unlink(missing_ok=True)
+                raise
+    except OSError as e:
+        raise WeightsError(f"cannot write {path}: {e.strerror or e}") from None
+    return digest
 
 
 # ---- reading --------------------------------------------------------------------------------
