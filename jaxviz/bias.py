@@ -239,11 +239,20 @@ def load_folder(root: str | os.PathLike, size: int | tuple[int, int]
 
 def predict(model, images: np.ndarray, batch: int = 32) -> np.ndarray:
     """(N, classes) softmax probabilities of (N, H, W, 3) images in [0, 1] (chunks of ``batch``;
-    ``jaxviz.adversarial.proba_fn``, jitted once per model there)."""
+    ``jaxviz.adversarial.proba_fn``: the model's declared preprocessing, jitted once per model
+    with its ``compiler_options``).
+
+    Raises:
+      JaxvizError: a model that is not a classifier.
+    """
     from jaxviz.adversarial import proba_fn
+    from jaxviz.interface import as_model
+    model = as_model(model)
+    if not model.num_classes:
+        raise JaxvizError(f"model {model.name} has no classifier output; the bias study needs classifiers")
     fn = proba_fn(model)
     out = [np.asarray(fn(images[i:i + batch])) for i in range(0, len(images), batch)]
-    return np.concatenate(out) if out else np.zeros((0, model.spec.num_classes), np.float32)
+    return np.concatenate(out) if out else np.zeros((0, model.num_classes), np.float32)
 
 
 def select_sources(classifiers: Sequence, candidates: Sequence[tuple], *, min_confidence: float = 0.5,
@@ -299,43 +308,56 @@ def pairs(sources: Sequence[Source]) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # Cue-conflict images
 
-def cue_conflict_images(vgg, params: dict, contents: np.ndarray, styles: np.ndarray, *, steps: int = 60,
+def cue_conflict_images(style_model, params: dict, contents: np.ndarray, styles: np.ndarray, *, steps: int = 60,
                         content_weight: float = STYLE_DEFAULTS["content_weight"],
                         style_weight: float = STYLE_DEFAULTS["style_weight"],
                         tv_weight: float = STYLE_DEFAULTS["tv_weight"],
                         learning_rate: float = STYLE_DEFAULTS["learning_rate"],
+                        content_layer: str | None = None, style_layers: Sequence[str] | None = None,
                         batch: int | None = None, batched: bool = True, callbacks: Sequence = ()
                         ) -> tuple[np.ndarray, float]:
     """Content (shape) of ``contents[i]`` in the style (texture) of ``styles[i]``, every i.
 
     Args:
-      vgg, params: the style network (``vgg19_caffe``).
+      style_model, params: the style network: ``vgg19_caffe`` (the study's), or any
+        ``jaxviz.interface.Model`` with named layers (then name ``content_layer`` and
+        ``style_layers``; the defaults are VGG19's, ``jaxviz.style``).
       contents, styles: (P, H, W, 3) and (P, h, w, 3) images in [0, 1].
-      steps, content_weight, style_weight, tv_weight, learning_rate: Gatys/Adam settings.
+      steps, content_weight, style_weight, tv_weight, learning_rate: Gatys/Adam settings (finite;
+        weights >= 0, learning rate > 0).
       batch: pairs per batched optimisation (default all P at once).
       batched: False runs ``style_transfer`` once per pair (the slow reference path).
     Returns:
       ((P, H, W, 3) images in [0, 1], wall seconds including compilation).
+    Raises:
+      JaxvizError: bad shapes, options or layers.
     """
     import time
 
-    from jaxviz.style import style_transfer, style_transfer_batch
+    from jaxviz import style as gatys
     contents, styles = np.asarray(contents, np.float32), np.asarray(styles, np.float32)
     if contents.ndim != 4 or contents.shape[0] != styles.shape[0]:
         raise JaxvizError(f"contents and styles must be (P, H, W, 3) of equal P, got {contents.shape}, {styles.shape}")
     if int(steps) < 1:
         raise JaxvizError(f"steps must be >= 1, got {steps}")
+    gatys.check_options(weights=(content_weight, style_weight, tv_weight), steps=steps, optimizer="adam",
+                        learning_rate=learning_rate)
+    if batch is not None and int(batch) < 1:
+        raise JaxvizError(f"batch must be >= 1, got {batch}")
     kw = dict(content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight,
+              content_layer=gatys.CONTENT_LAYER if content_layer is None else content_layer,
+              style_layers=gatys.STYLE_LAYERS if style_layers is None else tuple(style_layers),
               steps=int(steps), optimizer="adam", learning_rate=learning_rate, callbacks=callbacks)
     start = time.perf_counter()
     if batched:
         n = len(contents)
-        b = n if batch is None else max(1, int(batch))
-        parts = [style_transfer_batch(vgg, params, contents[i:i + b], styles[i:i + b], **kw).images
+        b = n if batch is None else int(batch)
+        parts = [gatys.style_transfer_batch(style_model, params, contents[i:i + b], styles[i:i + b], **kw).images
                  for i in range(0, n, b)]
         images = np.concatenate(parts) if parts else np.zeros_like(contents)
     else:
-        images = np.stack([style_transfer(vgg, params, c, [s], **kw).image for c, s in zip(contents, styles)])
+        images = np.stack([gatys.style_transfer(style_model, params, c, [s], **kw).image
+                           for c, s in zip(contents, styles)])
     return images, time.perf_counter() - start
 
 
@@ -432,13 +454,15 @@ def texture_crop(image: np.ndarray, fraction: float) -> np.ndarray:
     return fit_image(np.ascontiguousarray(image[top:top + ch, left:left + cw]), (h, w), "stretch")
 
 
-def bias_study(classifiers: Sequence, vgg, sources: Sequence[Source], *, steps: int = 60,
+def bias_study(classifiers: Sequence, style_model, sources: Sequence[Source], *, steps: int = 60,
                batch: int | None = None, callbacks: Sequence = (), texture_fraction: float = 1.0,
                **style) -> BiasStudy:
     """Cue-conflict images for every ordered pair of ``sources`` and each classifier's decisions.
 
     Args:
-      classifiers: classification models; vgg: the style network (``vgg19_caffe``).
+      classifiers: classification models (any ``jaxviz.interface.Model`` with ImageNet outputs);
+        style_model: the style network (``vgg19_caffe``, or a model with named layers given
+        ``content_layer`` / ``style_layers`` in ``**style``).
       sources: from ``select_sources`` (all of one size).
       steps, batch, callbacks, **style: ``cue_conflict_images`` settings.
       texture_fraction: the style image is the central fraction of the texture source
@@ -453,10 +477,13 @@ def bias_study(classifiers: Sequence, vgg, sources: Sequence[Source], *, steps: 
     contents = np.stack([sources[i].image for i in index[:, 0]])
     crops = [texture_crop(s.image, texture_fraction) for s in sources]
     styles = np.stack([crops[j] for j in index[:, 1]])
+    from jaxviz.interface import as_model
+    style_model = as_model(style_model)
     settings = {**STYLE_DEFAULTS, **style, "steps": int(steps), "optimizer": "adam", "init": "content",
-                "style_network": vgg.name, "size": list(contents.shape[1:3]), "texture_fraction": texture_fraction}
-    images, seconds = cue_conflict_images(vgg, vgg.params, contents, styles, steps=steps, batch=batch,
-                                          callbacks=callbacks, **style)
+                "style_network": style_model.name, "size": list(contents.shape[1:3]),
+                "texture_fraction": texture_fraction}
+    images, seconds = cue_conflict_images(style_model, style_model.params, contents, styles, steps=steps,
+                                          batch=batch, callbacks=callbacks, **style)
     records = decision_records(classifiers, images, sources, index)
     return BiasStudy(list(sources), index, images, records, shape_bias(records), seconds, settings,
                      shape_bias(records, "top1"))

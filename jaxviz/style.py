@@ -331,15 +331,15 @@ def make_optimizer(optimizer: str, learning_rate: float | None = None):
     monotone, in practice it descends). ``"lbfgs-linesearch"``: optax L-BFGS with its zoom line
     search (guaranteed descent, but a step may evaluate the loss several times: measured 3-4x
     slower per step on VGG19). ``"adam"``: step in model-input units (default 10)."""
-    from jaxviz import optimize as engine
+    from jaxviz.optimize import adam, lbfgs
     if learning_rate is not None and not (math.isfinite(learning_rate) and learning_rate > 0):
         raise JaxvizError(f"learning rate must be a finite number > 0, got {learning_rate}")
     if optimizer == "lbfgs":
-        return engine.lbfgs(line_search=False, learning_rate=1.0 if learning_rate is None else learning_rate)
+        return lbfgs(line_search=False, learning_rate=1.0 if learning_rate is None else learning_rate)
     if optimizer == "lbfgs-linesearch":
-        return engine.lbfgs()
+        return lbfgs()
     if optimizer == "adam":
-        return engine.adam(10.0 if learning_rate is None else learning_rate)
+        return adam(10.0 if learning_rate is None else learning_rate)
     raise JaxvizError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}")
 
 
@@ -471,10 +471,9 @@ def _setup(model, params, hw: tuple[int, int], content_layer, style_layers, laye
 
 def _optimise(model, loss: GatysLoss, x0: Array, data: dict, options: tuple, optimizer: str,
               learning_rate, steps: int, callbacks):
-    from jaxviz import optimize as engine
-    return engine.optimize(loss, x0, optimizer=make_optimizer(optimizer, learning_rate), steps=int(steps),
-                           project=engine.valid_range_projection(model), callbacks=callbacks, data=data,
-                           compiler_options=options)
+    from jaxviz.optimize import optimize, valid_range_projection  # (``jaxviz.optimize`` is also a function)
+    return optimize(loss, x0, optimizer=make_optimizer(optimizer, learning_rate), steps=int(steps),
+                    project=valid_range_projection(model), callbacks=callbacks, data=data, compiler_options=options)
 
 
 def style_transfer(model, params: dict, content: Array, styles: Sequence[Array], *,

@@ -178,9 +178,9 @@ def gram_texture(model, params: dict, sample: Array, size: int | tuple[int, int]
     Raises:
       JaxvizError: a bad sample, size, option or layer.
     """
-    from jaxviz import optimize as engine
     from jaxviz.interface import as_model
     from jaxviz.keys import typed_key
+    from jaxviz.optimize import optimize, valid_range_projection
     from jaxviz.style import (_check_pixels, _layer_weights, check_layers, check_options, gatys_data, gatys_loss,
                               gram_targets, make_optimizer)
 
@@ -200,8 +200,8 @@ def gram_texture(model, params: dict, sample: Array, size: int | tuple[int, int]
     params, options = loss.prepare(params)
     targets = gram_targets(loss.style_features, params, [model.preprocess(sample[None])], options=options)
     x0 = model.preprocess(jax.random.uniform(typed_key(key), size + (3,))[None])
-    result = engine.optimize(loss, x0, optimizer=make_optimizer(optimizer, learning_rate), steps=int(steps),
-                             project=engine.valid_range_projection(model), callbacks=callbacks,
-                             data=gatys_data(params, targets, w), compiler_options=options)
+    result = optimize(loss, x0, optimizer=make_optimizer(optimizer, learning_rate), steps=int(steps),
+                      project=valid_range_projection(model), callbacks=callbacks,
+                      data=gatys_data(params, targets, w), compiler_options=options)
     image = np.asarray(jnp.clip(model.deprocess(result.images)[0], 0.0, 1.0))
     return image, result

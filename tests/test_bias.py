@@ -3,7 +3,6 @@ decisions, pairs never pair a class with itself, the source rule is what it says
 with its own texture keeps its class, and bad folders fail in one line."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 
@@ -16,7 +15,6 @@ from jaxviz import bias
 from jaxviz.cli import main
 from jaxviz.errors import JaxvizError
 from jaxviz.images import load_image, save_image
-from jaxviz.models.registry import Model
 
 
 def _record(shape, texture, decisions, shape_classes=None, texture_classes=None, cue="other"):
@@ -51,8 +49,9 @@ def test_shape_bias_recount_exact():
         bias.shape_bias(records, "top5")
 
 
-def _named(model, name):
-    return Model(dataclasses.replace(model.spec, name=name), model.params, model.module)
+def _named(model, name, params=None):
+    """The same network under another name (and maybe other params): a second classifier."""
+    return model.derive(name=name, params=model.params if params is None else params)
 
 
 def _source(name, classes):
@@ -92,7 +91,7 @@ def test_select_sources_follows_the_rule(rng):
     leaves, tree = jax.tree_util.tree_flatten(base.params)
     noisy = [p + 0.1 * np.std(p) * rng.standard_normal(p.shape).astype(np.float32) for p in leaves]
     m1 = _named(base, "tiny_a")
-    m2 = Model(dataclasses.replace(base.spec, name="tiny_b"), jax.tree_util.tree_unflatten(tree, noisy), base.module)
+    m2 = _named(base, "tiny_b", jax.tree_util.tree_unflatten(tree, noisy))
     images = (rng.normal(0.5, 0.5, (24, 16, 16, 3)) * rng.uniform(0, 2, (24, 1, 1, 3))).astype(np.float32)
     p1, p2 = bias.predict(m1, images), bias.predict(m2, images)
     np.testing.assert_allclose(p1.sum(1), 1.0, atol=1e-5)
@@ -202,9 +201,12 @@ def test_load_folder(tmp_path):
 
 @pytest.fixture(scope="module")
 def study_sources(squeezenet, lite0):
-    """The sources the study selects (gallery and CLI defaults: 112 px, the 4 most confident classes)."""
+    """The sources the study selects (gallery and CLI defaults: 112 px, the 4 most confident
+    classes), with the models accelerated as the front ends do."""
+    from jaxviz.accel import accelerate
     from jaxviz.gallery.bias import CLASSES, SIZE
-    return bias.select_sources([squeezenet, lite0], bias.candidate_images(SIZE), max_classes=CLASSES)
+    return bias.select_sources([accelerate(squeezenet), accelerate(lite0)], bias.candidate_images(SIZE),
+                               max_classes=CLASSES)
 
 
 def _own_texture(vgg19, models, sources, study):
@@ -217,7 +219,9 @@ def _own_texture(vgg19, models, sources, study):
     with XLA's Eigen convolutions: Lite0 keeps 4 of 4, SqueezeNet 3 of 4 (the cat becomes a puffer,
     p(cat) 0.96 -> 0.06; with YNNPACK's rounding it had kept it).
     """
+    from jaxviz.accel import accelerate
     from jaxviz.gallery.bias import STEPS
+    vgg19, models = accelerate(vgg19), [accelerate(m) for m in models]  # as the front ends run the study
     own = np.stack([s.image for s in sources])
     images, _ = bias.cue_conflict_images(vgg19, vgg19.params, own, own, steps=STEPS)
     change = np.abs(images - own).mean(axis=(1, 2, 3))
@@ -306,6 +310,9 @@ def test_cli_no_confident_sources(squeezenet, tmp_path, capsys):
     (["--images", "{tmp}"], "no class sub-folders"),
     (["--steps", "0"], "--steps must be between 1"),
     (["--size", "8"], "--size must be between"),
+    (["--style-weight", "nan"], "--style-weight must be a finite number"),
+    (["--lr", "-1"], "--lr must be a finite number > 0"),
+    (["--lr", "inf"], "--lr must be a finite number > 0"),
 ])
 def test_cli_errors(tmp_path, capsys, argv, message):
     out = tmp_path / "fig.png"
@@ -329,3 +336,36 @@ def test_cli_default_models_load_no_other_weights(monkeypatch, tmp_path, capsys)
     assert main(["bias", "--size", "32", "--min-confidence", "1", "--out", str(out)]) == 2
     assert "classified confidently" in capsys.readouterr().err and not out.exists()
     assert "vgg19_caffe" not in loaded and "squeezenet1_1" in loaded and len(loaded) == len(set(loaded))
+
+
+def _style_layers(model, hw=(16, 20)):
+    """A content layer and two style layers of any model with named layers (its feature layer and
+    its first spatial layer): what a user would pick for a network of their own."""
+    spatial = [n for n, s in model.layer_shapes(hw).items() if len(s) == 3 and min(s[:2]) > 0]
+    return model.feature_layer, (spatial[0], model.feature_layer)
+
+
+def test_study_on_any_model(any_model, rng):
+    """The study on a user's own networks (the style network and the classifier): the batched
+    cue-conflict images equal one optimisation per pair (non-square, batches of 2 over 3 pairs),
+    and the reported bias is the recount of the records."""
+    content_layer, style_layers = _style_layers(any_model)
+    kw = dict(steps=3, content_layer=content_layer, style_layers=style_layers, style_weight=10.0,
+              learning_rate=0.05)
+    contents = rng.uniform(0, 1, (3, 16, 20, 3)).astype(np.float32)
+    styles = rng.uniform(0, 1, (3, 16, 20, 3)).astype(np.float32)
+    batched, _ = bias.cue_conflict_images(any_model, any_model.params, contents, styles, batch=2, **kw)
+    loop, _ = bias.cue_conflict_images(any_model, any_model.params, contents, styles, batched=False, **kw)
+    # Adam turns round-off in near-zero gradients (batched vs per-image Gram products) into steps
+    # of up to lr: equal to 1e-3, against changes of ~1e-2
+    np.testing.assert_allclose(batched, loop, atol=1e-3)
+    assert np.abs(batched - contents).mean() > 5e-3  # the styles did something
+    sources = [bias.Source(f"s{k}", contents[k], (k,), {}) for k in range(3)]
+    study = bias.bias_study([any_model], any_model, sources, steps=2, **{k: v for k, v in kw.items() if k != "steps"})
+    assert len(study.records) == 6 and study.images.shape == (6, 16, 20, 3)
+    assert study.bias == bias.shape_bias(study.records) and study.settings["style_network"] == any_model.name
+    for bad in (dict(style_weight=float("nan")), dict(learning_rate=-1.0), dict(tv_weight=float("inf"))):
+        with pytest.raises(JaxvizError):
+            bias.cue_conflict_images(any_model, any_model.params, contents, styles, **{**kw, **bad})
+    with pytest.raises(JaxvizError, match="classifier"):
+        bias.predict(any_model.derive(_num_classes=None, _classes_probed=True), contents)

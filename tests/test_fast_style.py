@@ -184,17 +184,30 @@ def test_cli_fast_style_apply_and_bad_inputs(tmp_path, capsys):
     state = fs.TrainState(0, _perturbed(state.params), state.opt_state, state.key)
     ckpt = tmp_path / "m.msgpack"
     fs.save_checkpoint(ckpt, SMALL, state)
+    net, mix = SMALL.network(), jnp.array([0.3, 0.7])
     out = tmp_path / "o.png"
+    # chelsea (300 x 451) at --size 48 is 32 x 48: multiples of 4, one forward pass as it is
+    assert main(["fast-style", "apply", "chelsea", "--model", str(ckpt), "--size", "48",
+                 "--style-mix", "0.3,0.7", "--out", str(out)]) == 0
+    got = load_image(out)
+    assert got.shape == (32, 48, 3)
+    ref = np.asarray(fs.stylize(net, state.params, load_image("chelsea", (32, 48), fit="stretch")[None], mix))[0]
+    assert np.abs(got - ref).max() <= 1 / 255 + 1e-6
+    # --size 30 is 20 x 30: kept exactly (reflect-padded to 20 x 32 for the network, cropped back)
     assert main(["fast-style", "apply", "chelsea", "--model", str(ckpt), "--size", "30",
                  "--style-mix", "0.3,0.7", "--out", str(out)]) == 0
     got = load_image(out)
-    assert got.shape[1] in (28, 32) and got.shape[0] % 4 == 0 and got.shape[1] > got.shape[0]
-    image = load_image("chelsea", got.shape[:2], fit="stretch")
-    ref = np.asarray(fs.stylize(SMALL.network(), state.params, image[None], jnp.array([0.3, 0.7])))[0]
+    assert got.shape == (20, 30, 3)
+    image = load_image("chelsea", (20, 30), fit="stretch")
+    padded = np.pad(image, ((0, 0), (1, 1), (0, 0)), mode="reflect")
+    ref = np.asarray(fs.stylize(net, state.params, padded[None], mix))[0, :, 1:31]
     assert np.abs(got - ref).max() <= 1 / 255 + 1e-6
     capsys.readouterr()
     for argv in (["fast-style", "apply", "chelsea", "--model", str(ckpt), "--style-mix", "1,2,3", "--out", str(out)],
                  ["fast-style", "apply", "chelsea", "--model", str(tmp_path / "none"), "--out", str(out)],
+                 ["fast-style", "apply", "chelsea", "--model", "multistyle2", "--out", str(out)],
+                 ["fast-style", "train", "--styles", "brick", "--content-dir", str(tmp_path), "--lr", "nan",
+                  "--out", str(tmp_path / "c.msgpack")],
                  ["fast-style", "train", "--styles", "brick", "--content-dir", str(tmp_path / "nodir"),
                   "--out", str(tmp_path / "c.msgpack")],
                  ["fast-style"]):

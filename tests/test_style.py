@@ -120,7 +120,8 @@ def test_style_transfer_lbfgs_decreases_loss_monotonically(tiny_model, optimizer
 def test_second_call_reuses_compiled_step_for_new_weights_and_targets(tiny_model):
     """Weights, targets and loss weights travel as data: a new style, new loss weights and even new
     network parameters must not build a new engine step (the old code baked them in as constants)."""
-    from jaxviz import optimize as engine
+    import importlib
+    engine = importlib.import_module("jaxviz.optimize")
     content, s = _images(2)
     kw = dict(content_layer="features.4", style_layers=("features.1",), steps=2, optimizer="lbfgs")
     style.style_transfer(tiny_model, tiny_model.params, content, [s], **kw)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 from jaxviz.cli import command
 from jaxviz.cli._common import add_output, output_path
@@ -44,14 +45,17 @@ def bias(parser: argparse.ArgumentParser):
             raise JaxvizError(f"--per-class must be at least 1, got {args.per_class}")
         if not 0.0 <= args.min_confidence <= 1.0:
             raise JaxvizError(f"--min-confidence must be in [0, 1], got {args.min_confidence}")
-        if args.style_weight < 0 or args.lr <= 0:
-            raise JaxvizError("--style-weight must be >= 0 and --lr > 0")
+        if not (math.isfinite(args.style_weight) and args.style_weight >= 0):
+            raise JaxvizError(f"--style-weight must be a finite number >= 0, got {args.style_weight}")
+        if not (math.isfinite(args.lr) and args.lr > 0):
+            raise JaxvizError(f"--lr must be a finite number > 0, got {args.lr}")
         if not 0.1 <= args.texture_crop <= 1.0:
             raise JaxvizError(f"--texture-crop must be in [0.1, 1], got {args.texture_crop}")
         if args.batch is not None and args.batch < 1:
             raise JaxvizError(f"--batch must be at least 1, got {args.batch}")
 
         from jaxviz import bias as study_lib
+        from jaxviz.accel import accelerate
         from jaxviz.models.registry import MODELS
         from jaxviz.weights.store import available_models, load_model
         # The default list reads the registry's facts: no weights are loaded to find classifiers.
@@ -59,9 +63,9 @@ def bias(parser: argparse.ArgumentParser):
             n for n in available_models() if MODELS[n].num_classes]
         if not names:
             raise JaxvizError("no classifier weights available; see `jaxviz models`")
-        classifiers = [load_model(n) for n in names]
+        classifiers = [accelerate(load_model(n)) for n in names]
         for m in classifiers:
-            if not m.spec.num_classes:
+            if not m.num_classes:
                 raise JaxvizError(f"model {m.name} has no classifier; use a classification model here")
         candidates = (study_lib.candidate_images(args.size) if args.images is None
                       else study_lib.load_folder(args.images, args.size))
@@ -73,7 +77,7 @@ def bias(parser: argparse.ArgumentParser):
             raise JaxvizError(f"only {len(classes)} class(es) of {where} are classified confidently "
                               f"(top-1 with p >= {args.min_confidence}) by {', '.join(names)} at {args.size} px; "
                               "need 2 (try another --size or a lower --min-confidence)")
-        vgg = load_model(study_lib.STYLE_NETWORK)
+        vgg = accelerate(load_model(study_lib.STYLE_NETWORK))
         from jaxviz.optimize import ProgressBar
         study = study_lib.bias_study(classifiers, vgg, sources, steps=args.steps, batch=args.batch,
                                      style_weight=args.style_weight, learning_rate=args.lr,
@@ -85,9 +89,14 @@ def bias(parser: argparse.ArgumentParser):
         import matplotlib.pyplot as plt
 
         from jaxviz.gallery.bias import study_figure
+        from jaxviz.weights.tensorfile import atomic_write
         fig = study_figure(study)
-        fig.savefig(out, dpi=100, bbox_inches="tight")
-        plt.close(fig)
+        try:  # a temporary file in the target folder, renamed into place: never a half-written figure
+            atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"))
+        except OSError as e:
+            raise JaxvizError(f"cannot write {out}: {e.strerror or e}") from None
+        finally:
+            plt.close(fig)
         if args.json:
             print(json.dumps({"settings": study.settings, "sources": [
                 {"name": s.name, "class": s.label, "classes": list(s.classes), "confidence": s.confidence}

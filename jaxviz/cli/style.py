@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from jaxviz.cli import command
 from jaxviz.cli._common import add_output, output_path
@@ -26,9 +27,19 @@ def _floats(text: str | None, name: str) -> list[float] | None:
     if text is None:
         return None
     try:
-        return [float(v) for v in text.replace(",", " ").split()]
+        values = [float(v) for v in text.replace(",", " ").split()]
     except ValueError:
         raise JaxvizError(f"{name} must be comma-separated numbers, got {text!r}") from None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise JaxvizError(f"{name} must be finite numbers, got {text!r}")
+    return values
+
+
+def _finite(value: float, name: str, lo: float = 0.0, open_lo: bool = False) -> float:
+    """A finite option value >= lo (> lo with ``open_lo``), else one clear error."""
+    if not math.isfinite(value) or value < lo or (open_lo and value == lo):
+        raise JaxvizError(f"{name} must be a finite number {'>' if open_lo else '>='} {lo:g}, got {value}")
+    return value
 
 
 @command("texture", "synthesise a texture from a sample: Efros-Leung (non-parametric) or Gram matrices (Gatys 2015)")
@@ -50,8 +61,10 @@ def texture(parser: argparse.ArgumentParser):
     def run(args: argparse.Namespace) -> int:
         out = output_path(args.out)
         size = _size(args.size, 8 if args.method == "efros" else 16)
-        sample_size = _size(args.sample_size or size, 8, name="--sample-size")
+        sample_size = _size(size if args.sample_size is None else args.sample_size, 8, name="--sample-size")
         _steps(args.steps)
+        if args.radius < 1 or args.radius > 64:
+            raise JaxvizError(f"--radius must be between 1 and 64, got {args.radius}")
         import jax
 
         from jaxviz.images import load_image, save_image
@@ -106,6 +119,10 @@ def style(parser: argparse.ArgumentParser):
         if blend is not None and len(blend) != len(args.style):
             raise JaxvizError(f"--style-weights needs {len(args.style)} numbers (one per style), got {len(blend)}")
         layer_weights = _floats(args.layer_weights, "--layer-weights")
+        from jaxviz.style import check_options
+        check_options(style_scale=args.style_scale, preserve_color=args.preserve_color, init=args.init,
+                      weights=(args.content_weight, args.style_weight, args.tv_weight), steps=args.steps,
+                      optimizer=args.optimizer, learning_rate=args.lr)
         import jax
 
         from jaxviz.cli._common import load_model_arg
@@ -160,7 +177,8 @@ def fast_style(parser: argparse.ArgumentParser):
                        help="multistyle26: one style, style_0 ... style_25 or its index (default style_0)")
     apply.add_argument("--style-mix", default=None,
                        help="weights per style, e.g. 0.3,0.7 (default: style 1); multistyle26 also 3:0.5,12:0.5")
-    apply.add_argument("--size", type=int, default=None, help="longer side (rounded to a multiple of 4)")
+    apply.add_argument("--size", type=int, default=None,
+                       help="longer side in pixels (default: the image's own size; any size works)")
     apply.add_argument("--out", "-o", required=True)
 
     def run(args: argparse.Namespace) -> int:
@@ -183,6 +201,11 @@ def run_train(args: argparse.Namespace) -> int:
         raise JaxvizError(f"content folder not found: {args.content_dir}")
     if args.batch < 1 or args.width < 1 or args.res_blocks < 0 or args.save_every < 1:
         raise JaxvizError("--batch, --width and --save-every must be >= 1, --res-blocks >= 0")
+    if args.batch > 256 or args.width > 512 or args.res_blocks > 64:
+        raise JaxvizError("--batch must be <= 256, --width <= 512 and --res-blocks <= 64")
+    _finite(args.lr, "--lr", open_lo=True)
+    for name in ("style_weight", "content_weight", "tv_weight"):
+        _finite(getattr(args, name), "--" + name.replace("_", "-"))
     import jax
     from tqdm.auto import tqdm
 
@@ -220,6 +243,18 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pad_to(image, multiple: int, minimum: int):
+    """(H, W, 3) reflect-padded (edge-padded where too small to reflect) to multiples of
+    ``multiple`` of at least ``minimum``, and the (top, left) offset of the original."""
+    import numpy as np
+    h, w = image.shape[:2]
+    th, tw = (max(minimum, -(-n // multiple) * multiple) for n in (h, w))
+    top, left = (th - h) // 2, (tw - w) // 2
+    pads = ((top, th - h - top), (left, tw - w - left), (0, 0))
+    mode = "reflect" if th - h < h and tw - w < w else "edge"
+    return np.pad(image, pads, mode=mode), (top, left)
+
+
 def run_apply(args: argparse.Namespace) -> int:
     out = output_path(args.out)
     from pathlib import Path
@@ -228,27 +263,36 @@ def run_apply(args: argparse.Namespace) -> int:
 
     from jaxviz import fast_style as fs
     from jaxviz import fast_style_pretrained as fsp
+    from jaxviz.accel.xla import compiler_options
     from jaxviz.images import load_image, save_image
     if args.style is not None and args.style_mix is not None:
         raise JaxvizError("give --style or --style-mix, not both")
+    if args.size is not None:
+        _size(args.size, 4, 4096)
     if args.model == fsp.NAME and not Path(args.model).exists():  # the built-in pretrained network
         net, params, _ = fsp.load_multistyle()
-        weights, stylize = fsp.style_vector(args.style_mix or args.style or 0), fsp.stylize
+        weights, stylize, minimum = fsp.style_vector(args.style_mix or args.style or 0), fsp.stylize, 8
     else:
+        if not Path(args.model).is_file():
+            import difflib
+            hint = f"; did you mean {fsp.NAME}?" if difflib.get_close_matches(args.model, [fsp.NAME], cutoff=0.6) \
+                else f"; give a checkpoint from `jaxviz fast-style train` or {fsp.NAME}"
+            raise JaxvizError(f"no such fast-style model: {args.model}{hint}")
         if args.style is not None:
             raise JaxvizError(f"--style names a style of --model {fsp.NAME}; "
                               "mix a checkpoint's styles with --style-mix")
         config, state = fs.load_checkpoint(args.model)
-        net, params, stylize = config.network(), state.params, fs.stylize
+        net, params, stylize, minimum = config.network(), state.params, fs.stylize, 4
         weights = fs.style_weights(config.num_styles, _floats(args.style_mix, "--style-mix"))
     image = load_image(args.image)
+    if args.size is not None:  # the longer side becomes --size exactly, the aspect ratio kept
+        h, w = image.shape[:2]
+        scale = args.size / max(h, w)
+        image = load_image(args.image, (max(1, round(h * scale)), max(1, round(w * scale))), fit="stretch")
+    # the network needs sides that are multiples of 4: stylise a reflect-padded copy, crop it back
     h, w = image.shape[:2]
-    scale = (args.size / max(h, w)) if args.size else 1.0
-    if args.size is not None:
-        _size(args.size, 4, 4096)
-    hh, ww = max(4, round(h * scale / 4) * 4), max(4, round(w * scale / 4) * 4)
-    image = load_image(args.image, (hh, ww), fit="stretch")
-    result = stylize(net, params, image[None], weights)
-    save_image(np.asarray(result[0]), out)
+    padded, (top, left) = _pad_to(image, 4, minimum)
+    result = stylize(net, params, padded[None], weights, compiler_options=compiler_options(dense_convolutions=True))
+    save_image(np.asarray(result[0])[top:top + h, left:left + w], out)
     print(out)
     return 0
