@@ -26,7 +26,9 @@ import jax.numpy as jnp
 
 from jaxviz.accel.winograd import winograd_conv, winograd_kernel
 from jaxviz.models import layers
-from jaxviz.models.network import Lambda, SequentialNet, Stage
+from jaxviz.models.kinds import Conv, Kind, MaxPool
+from jaxviz.models.layers import Lambda
+from jaxviz.models.network import SequentialNet
 
 Array = jax.Array
 
@@ -243,17 +245,25 @@ def _pool(x: Array, kernel: int, stride: int, ceil_mode: bool) -> Array:
     return max_pool(x, kernel, stride, ceil_mode)  # custom_vjp: non-differentiable args positional
 
 
+def fast_max_pool(stage: MaxPool, x: Array) -> Array:
+    """A ``MaxPool`` stage through :func:`max_pool` (same values, cheap backward)."""
+    fn = functools.partial(_pool, kernel=stage.kernel, stride=stage.stride, ceil_mode=stage.ceil_mode)
+    return Lambda(fn, name=stage.name)(x)
+
+
+def fast_conv(stage: Conv, x: Array) -> Array:
+    """A stride-1 ``Conv`` stage that uses stored kernels when the params carry them."""
+    if stage.stride == 1 and stage.padding <= stage.kernel - 1:
+        return _Conv(stage.features, stage.kernel, stage.padding, name=stage.name)(x)
+    return stage.forward(x)
+
+
+FAST_OVERRIDES: tuple[tuple[type[Kind], object], ...] = ((MaxPool, fast_max_pool), (Conv, fast_conv))
+
+
 class FastPoolNet(SequentialNet):
     """``SequentialNet`` whose max-pools use :func:`max_pool` and whose stride-1 convolutions use
-    precomputed kernels when given them (same parameters, same values to float rounding)."""
+    precomputed kernels when given them (same parameters, same values to float rounding): the
+    faster implementations are swapped in by kind class (``SequentialNet.overrides``)."""
 
-    def _run(self, stage: Stage, x: Array) -> Array:
-        if stage.kind == "maxpool":
-            kernel, stride, ceil_mode = stage.args
-            return Lambda(functools.partial(_pool, kernel=kernel, stride=stride, ceil_mode=ceil_mode),
-                          name=stage.name)(x)
-        if stage.kind == "conv":
-            features, kernel, stride, padding = stage.args
-            if stride == 1 and padding <= kernel - 1:
-                return _Conv(features, kernel, padding, name=stage.name)(x)
-        return super()._run(stage, x)
+    overrides: tuple = FAST_OVERRIDES

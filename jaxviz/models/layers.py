@@ -1,14 +1,12 @@
-"""Flax building blocks shared by the architectures (NHWC, eval mode only).
+"""Flax building blocks and pure functions shared by the layer kinds (NHWC, eval mode only).
 
-Every block carries its geometry (kernel, stride, padding along the path with the largest receptive
-field) so that receptive fields can be computed from the architecture rather than measured.
-Non-linearities are fields of the network module, so guided backprop / deconvnet can swap in
-``custom_vjp`` versions without touching this code.
+The kinds themselves (forward, geometry, incremental rule, cost) live in ``jaxviz.models.kinds``
+and in their family's module (``squeezenet.Fire``, ``efficientnet.MBConv``).
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -16,6 +14,16 @@ import jax.numpy as jnp
 
 Array = jax.Array
 Activation = Callable[[Array], Array]
+
+
+class Lambda(nn.Module):
+    """A parameter-free stage (ReLU, pooling, dropout) as a named module, so that it is a layer
+    the model interface can read and replace like any other."""
+
+    fn: Callable[[Array], Array]
+
+    def __call__(self, x: Array) -> Array:
+        return self.fn(x)
 
 
 def torch_padding(p: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -92,67 +100,3 @@ def adaptive_avg_pool(x: Array, output_size: tuple[int, int]) -> Array:
                 for j in range(ow)]
         rows.append(jnp.stack(cols, axis=1))
     return jnp.stack(rows, axis=1)
-
-
-class Fire(nn.Module):
-    """SqueezeNet's fire module: 1x1 squeeze, then 1x1 and 3x3 expands concatenated."""
-
-    squeeze: int
-    expand1x1: int
-    expand3x3: int
-    relu: Activation = jax.nn.relu
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        s = self.relu(nn.Conv(self.squeeze, (1, 1), name="squeeze")(x))
-        e1 = self.relu(nn.Conv(self.expand1x1, (1, 1), name="expand1x1")(s))
-        e3 = self.relu(nn.Conv(self.expand3x3, (3, 3), padding=torch_padding(1), name="expand3x3")(s))
-        return jnp.concatenate([e1, e3], axis=-1)
-
-
-class ConvBNAct(nn.Module):
-    """Conv (no bias) + frozen BN + ReLU6 with TF "SAME" padding: EfficientNet-Lite's stem/head."""
-
-    features: int
-    kernel: int
-    stride: int
-    relu6: Activation = jax.nn.relu6
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        pads = [same_padding(s, self.kernel, self.stride) for s in x.shape[1:3]]
-        x = nn.Conv(self.features, (self.kernel,) * 2, (self.stride,) * 2, padding=pads,
-                 use_bias=False, name="conv")(x)
-        return self.relu6(FrozenBatchNorm(name="bn")(x))
-
-
-class MBConv(nn.Module):
-    """Mobile inverted bottleneck without squeeze-excitation (EfficientNet-Lite).
-
-    expand 1x1 -> depthwise kxk (TF SAME) -> project 1x1, BN after each, ReLU6 after the first
-    two; identity skip when the shape is kept.
-    """
-
-    in_features: int
-    out_features: int
-    expand_ratio: int
-    kernel: int
-    stride: int
-    relu6: Activation = jax.nn.relu6
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        inputs = x
-        hidden = self.in_features * self.expand_ratio
-        if self.expand_ratio != 1:
-            x = nn.Conv(hidden, (1, 1), use_bias=False, name="_expand_conv")(x)
-            x = self.relu6(FrozenBatchNorm(name="_bn0")(x))
-        pads = [same_padding(s, self.kernel, self.stride) for s in x.shape[1:3]]
-        x = nn.Conv(hidden, (self.kernel,) * 2, (self.stride,) * 2, padding=pads,
-                 feature_group_count=hidden, use_bias=False, name="_depthwise_conv")(x)
-        x = self.relu6(FrozenBatchNorm(name="_bn1")(x))
-        x = nn.Conv(self.out_features, (1, 1), use_bias=False, name="_project_conv")(x)
-        x = FrozenBatchNorm(name="_bn2")(x)
-        if self.stride == 1 and self.in_features == self.out_features:
-            x = x + inputs
-        return x

@@ -18,7 +18,8 @@ from jaxviz.interface.geometry import ReceptiveField
 from jaxviz.interface.preprocessing import (CAFFE, LITE, LITE_EVAL, TORCHVISION, TORCHVISION_EVAL,
                                             EvalTransform, Preprocessing)
 from jaxviz.models import efficientnet, squeezenet, vgg
-from jaxviz.models.network import SequentialNet, Stage, receptive_fields
+from jaxviz.models.kinds import Kind
+from jaxviz.models.network import SequentialNet, receptive_fields
 
 Array = jax.Array
 
@@ -29,7 +30,7 @@ class ModelSpec:
 
     name: str
     description: str
-    stages: tuple[Stage, ...]
+    stages: tuple[Kind, ...]  # the layer kinds in order (jaxviz.models.kinds)
     preprocessing: Preprocessing
     aliases: dict[str, str] = field(default_factory=dict)
     input_size: int = 224

@@ -6,27 +6,25 @@ feature extractor used for style transfer (the original weights ship without cla
 """
 from __future__ import annotations
 
-from jaxviz.models.network import Stage, conv, maxpool
+from jaxviz.models.kinds import AdaptiveAvgPool, Conv, Dense, Dropout, FlattenDense, Kind, MaxPool, ReLU
 
 _CONFIGS = {16: (2, 2, 3, 3, 3), 19: (2, 2, 4, 4, 4)}
 _WIDTHS = (64, 128, 256, 512, 512)
 
 
-def vgg(depth: int, num_classes: int = 1000, include_classifier: bool = True) -> tuple[Stage, ...]:
+def vgg(depth: int, num_classes: int = 1000, include_classifier: bool = True) -> tuple[Kind, ...]:
     stages, index = [], 0
     for block, (count, width) in enumerate(zip(_CONFIGS[depth], _WIDTHS)):
         for _ in range(count):
-            stages += [conv(f"features.{index}", width, 3, 1, 1), Stage(f"features.{index + 1}", "relu")]
+            stages += [Conv(f"features.{index}", width, 3, 1, 1), ReLU(f"features.{index + 1}")]
             index += 2
-        stages.append(maxpool(f"features.{index}", 2, 2))
+        stages.append(MaxPool(f"features.{index}", 2, 2))
         index += 1
     if include_classifier:
-        stages += [Stage("avgpool", "adaptive_avgpool", (7, 7)),
-                   Stage("classifier.0", "flatten_dense", (4096,)), Stage("classifier.1", "relu"),
-                   Stage("classifier.2", "dropout"),
-                   Stage("classifier.3", "dense", (4096,)), Stage("classifier.4", "relu"),
-                   Stage("classifier.5", "dropout"),
-                   Stage("classifier.6", "dense", (num_classes,))]
+        stages += [AdaptiveAvgPool("avgpool", (7, 7)),
+                   FlattenDense("classifier.0", 4096), ReLU("classifier.1"), Dropout("classifier.2"),
+                   Dense("classifier.3", 4096), ReLU("classifier.4"), Dropout("classifier.5"),
+                   Dense("classifier.6", num_classes)]
     return tuple(stages)
 
 
