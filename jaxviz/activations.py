@@ -6,38 +6,84 @@ grey images beside the input. Each map is min-max normalised on its own (so weak
 visible; the colour bar of one tile says nothing about another), and the channel with the
 strongest response (largest maximum activation) is framed.
 
-Conventions: ``x`` is preprocessed NHWC; activations are (N, h, w, C); tiles are (N, C, h, w)
-in [0, 1]; a constant map becomes 0 (it carries no spatial information).
+Conventions: ``x`` is preprocessed NHWC; activations are (N, h, w, C) of any model with named
+layers (``jaxviz.interface``); tiles are (N, C, h, w) in [0, 1]; a constant map becomes 0 (it
+carries no spatial information).
 """
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxviz.errors import JaxvizError
+from jaxviz.interface import Model, as_model
 
 Array = jax.Array
+PyTree = Any
 
 
-@partial(jax.jit, static_argnames=("apply_fn", "layer"))
-def feature_maps(apply_fn: Callable, params: dict, x: Array, layer: str) -> Array:
-    """(N, H, W, 3) preprocessed images -> (N, h, w, C) activations of ``layer``."""
-    return apply_fn(params, x, stop=layer)
+def feature_maps(model, params: PyTree, x: Array, layer: str) -> Array:
+    """(N, H, W, 3) preprocessed images -> (N, h, w, C) activations of ``layer`` (any model with
+    named layers; the network runs only as far as ``layer``)."""
+    model = as_model(model)
+    return _feature_maps(model, params, x, model.resolve_layer(layer))
 
 
-def check_spatial(spec, layer: str, input_size: int | None = None) -> str:
-    """The canonical name of ``layer`` if it has a spatial (h, w, C) output; a clear error otherwise."""
-    from jaxviz.models.registry import layer_shapes
-    name = spec.resolve_layer(layer)
-    shape = layer_shapes(spec, input_size)[name]
-    if len(shape) != 3:
-        raise JaxvizError(f"layer {name} of {spec.name} has no spatial output (shape {shape}); "
-                          f"choose a convolutional layer")
-    return name
+@partial(jax.jit, static_argnames=("model", "layer"))
+def _feature_maps(model: Model, params: PyTree, x: Array, layer: str) -> Array:
+    return model.activation(params, x, layer)
+
+
+def check_layers(model, layers: Sequence[str], size: int | tuple[int, int] | None = None, *,
+                 spatial: bool = True) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
+    """({given name: canonical name}, {canonical name: shape without batch}) of ``layers`` at
+    input ``size`` (default: the model's).
+
+    Raises:
+      JaxvizError: an unknown layer (with close names), a layer without a spatial (h, w, C) output
+        (with ``spatial``), or one that is empty at this size, naming the smallest size where it
+        is not (``model.smallest_input``).
+    """
+    model = as_model(model)
+    names = {layer: model.resolve_layer(layer) for layer in layers}
+    hw = model.input_hw(size)
+    wanted = tuple(dict.fromkeys(names.values()))
+    x = jax.ShapeDtypeStruct((1,) + hw + (3,), jnp.float32)
+    try:  # abstract evaluation, stopped after the layers: a head fixed to another size does not matter
+        acts = jax.eval_shape(lambda p, x: model.activations(p, x, wanted), model.params, x)
+        shapes = {name: tuple(acts[name].shape[1:]) for name in wanted}
+    except JaxvizError:
+        raise
+    except Exception as e:
+        raise JaxvizError(f"{model.name} does not run on a {hw[0]}x{hw[1]} input up to layer(s) "
+                          f"{', '.join(wanted)} ({e.__class__.__name__})") from None
+    for given, name in names.items():
+        shape = shapes.get(name)
+        label = given if given == name else f"{given} ({name})"
+        if shape is None:
+            raise JaxvizError(f"layer {label} of {model.name} does not run on a {hw[0]}x{hw[1]} input")
+        if spatial and len(shape) != 3:
+            raise JaxvizError(f"layer {label} of {model.name} has no spatial output (shape {shape}); "
+                              f"choose a convolutional layer")
+        if 0 in shape:
+            try:
+                hint = f"; the smallest input size where it is not is {model.smallest_input(name)} px"
+            except JaxvizError:
+                hint = ""
+            raise JaxvizError(f"layer {label} of {model.name} is empty (shape {shape}) at a {hw[0]}x{hw[1]} "
+                              f"input{hint}")
+    return names, {name: shapes[name] for name in names.values()}
+
+
+def check_spatial(model, layer: str, input_size: int | tuple[int, int] | None = None) -> str:
+    """The canonical name of ``layer`` if it has a non-empty spatial (h, w, C) output at
+    ``input_size``; a clear error otherwise (see ``check_layers``)."""
+    names, _ = check_layers(model, [layer], input_size)
+    return names[layer]
 
 
 @jax.jit

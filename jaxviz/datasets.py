@@ -127,13 +127,17 @@ def figure_dataset(root: str | os.PathLike, count: int = 300, *, size: int = 224
 
 def figure_index(model, out: str | os.PathLike, *, layers: tuple[str, ...], count: int = 300,
                  topk: int = 9, input_size: int | None = None, batch: int = 32, progress: bool = False):
-    """The figure dataset written to ``out/images/`` and scanned into the INDEX ``out``.
+    """The figure dataset written to ``out/images/`` and scanned into the INDEX ``out`` with
+    ``model`` (any ``jaxviz`` Model with named layers).
 
     Both steps are deterministic and reuse what is already there (a complete index is returned as
     is), so several figures can share one scan. Returns a ``jaxviz.scan.Index``.
     """
+    from jaxviz.interface import as_model
     from jaxviz.scan import scan
+    model = as_model(model)
+    size = int(input_size) if input_size is not None else max(model.input_hw())
     out = Path(out)
-    paths = figure_dataset(out / "images", count, size=input_size or model.spec.input_size)
+    paths = figure_dataset(out / "images", count, size=size)
     return scan(model, paths, out, layers=layers, topk=topk, batch=batch, input_size=input_size,
                 progress=progress)

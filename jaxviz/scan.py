@@ -6,8 +6,10 @@ image, in batches, and for every channel of every requested layer we keep the k 
 largest activation (each image counted once per channel, at its strongest position, as in the
 paper) together with that position. Memory does not grow with the dataset: each batch's
 per-channel candidates are merged into the running top-k inside the same jitted step as the
-forward pass, so the bookkeeping is nearly free. Each image's pooled penultimate features (global
-average of ``spec.feature_layer``) are kept too, for nearest neighbours and embeddings.
+forward pass, so the bookkeeping is nearly free. Each image's pooled features (global average of
+``model.feature_layer``) are kept too, for nearest neighbours and embeddings. Any model with named
+layers works (``jaxviz.interface``: the bundled networks, a user's linen or nnx module); the
+network runs only as far as the deepest layer needed (``model.activations``).
 
 Conventions
   * Order is canonical: per channel, descending value, ties broken by the smaller image index and
@@ -16,11 +18,14 @@ Conventions
     as a brute-force sort.
   * Positions ``(y, x)`` index the layer's activation map; ``jaxviz.patches`` maps them to input
     pixels through the layer's receptive field.
+  * A size at which a requested layer is empty (0 x 0: SqueezeNet's fire9 at 16 px) is refused
+    before anything is written, naming the smallest size that works.
 
 INDEX directory (readable without jaxviz; ``read_index`` is the reader)
   ``meta.json``   {"model", "layers", "topk", "input_size", "fit", "count", "feature_layer",
                    "complete", "version": 1, "shard": [i, n], "total"}; ``count`` = images in
                    this index, ``total`` = images in the whole (unsharded) dataset;
+                   ``input_size`` an int (square) or [h, w];
   ``images.csv``  columns ``index,path`` (global image index; a file path or a sample name);
   ``features.npy`` float32 (count, D), row r = the r-th row of images.csv;
   ``topk/<layer>.npz`` ``values`` (C, k) float32 descending, ``image`` (C, k) int32 (global index),
@@ -57,17 +62,18 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxviz.activations import check_layers
 from jaxviz.errors import JaxvizError
+from jaxviz.interface import Model, as_model
 
-if TYPE_CHECKING:
-    from jaxviz.models.registry import Model, ModelSpec
+PyTree = Any
 
 VERSION = 1
 _STATE_DIR = ".scan"
@@ -105,34 +111,103 @@ class Index:
 
 
 def read_index(path: str | os.PathLike) -> Index:
-    """Read a complete INDEX directory (see the module docstring for the format).
+    """Read a complete INDEX directory (see the module docstring for the format), checking it.
 
     Raises:
-      JaxvizError: not an index, or an interrupted scan (rerun the scan to resume it).
+      JaxvizError: not an index, an interrupted scan (rerun the scan to resume it), or a damaged
+        one (a file missing or unreadable, a CSV without its header, a meta.json without its
+        fields, arrays whose shapes disagree), each named in one line.
     """
     path = Path(path)
     meta_path = path / "meta.json"
-    if not meta_path.is_file():
+    if not path.is_dir() or not meta_path.is_file():
         raise JaxvizError(f"not a scan index (no meta.json): {path}")
     try:
         meta = json.loads(meta_path.read_text())
-    except ValueError as e:
-        raise JaxvizError(f"corrupt {meta_path}: {e}") from None
+    except (ValueError, OSError) as e:
+        raise JaxvizError(f"damaged scan index {path}: cannot read meta.json ({e})") from None
+    if not isinstance(meta, dict):
+        raise JaxvizError(f"damaged scan index {path}: meta.json is not an object")
     if not meta.get("complete"):
         raise JaxvizError(f"scan index {path} is incomplete (interrupted?); run the same scan again to resume it")
-    indices, paths = _read_csv(path / "images.csv")
-    features = np.load(path / "features.npy")
-    topk = {}
-    for layer in meta["layers"]:
-        with np.load(path / "topk" / f"{layer}.npz") as z:
-            topk[layer] = TopK(z["values"], z["image"], z["y"], z["x"])
-    return Index(path, meta, indices, paths, features, topk)
+    _check_meta(path, meta)
+    indices, paths = _read_csv(path, path / "images.csv")
+    features = _load_npy(path, "features.npy")
+    if features.ndim != 2 or features.shape[0] != len(paths) or not np.issubdtype(features.dtype, np.floating):
+        raise JaxvizError(f"damaged scan index {path}: features.npy holds a {features.dtype} array of shape "
+                          f"{features.shape}, expected float (count, D) with count = {len(paths)} rows of images.csv")
+    topk = {layer: _read_topk(path, layer, len(paths)) for layer in meta["layers"]}
+    return Index(path, meta, indices, paths, features.astype(np.float32, copy=False), topk)
 
 
-def _read_csv(path: Path) -> tuple[np.ndarray, list[str]]:
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return np.asarray([int(r["index"]) for r in rows], np.int64), [r["path"] for r in rows]
+_META_FIELDS = {"model": str, "layers": list, "topk": int, "input_size": (int, list), "fit": str,
+                "feature_layer": str}
+
+
+def _check_meta(path: Path, meta: dict) -> None:
+    for key, kind in _META_FIELDS.items():
+        if key not in meta:
+            raise JaxvizError(f"damaged scan index {path}: meta.json has no {key!r}")
+        if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
+            raise JaxvizError(f"damaged scan index {path}: meta.json {key!r} is {meta[key]!r}")
+    if not all(isinstance(layer, str) for layer in meta["layers"]):
+        raise JaxvizError(f"damaged scan index {path}: meta.json 'layers' must be a list of layer names")
+    size = meta["input_size"]
+    sides = [size] if isinstance(size, int) else size
+    if len(sides) not in (1, 2) or not all(isinstance(v, int) and v > 0 for v in sides):
+        raise JaxvizError(f"damaged scan index {path}: meta.json 'input_size' is {size!r}")
+
+
+def _load_npy(path: Path, name: str) -> np.ndarray:
+    file = path / name
+    if not file.is_file():
+        raise JaxvizError(f"damaged scan index {path}: {name} is missing")
+    try:
+        return np.load(file, allow_pickle=False)
+    except Exception as e:  # garbage bytes: numpy raises ValueError, OSError, EOFError, ...
+        raise JaxvizError(f"damaged scan index {path}: cannot read {name} ({e.__class__.__name__})") from None
+
+
+def _read_topk(path: Path, layer: str, count: int) -> TopK:
+    name = f"topk/{layer}.npz"
+    file = path / "topk" / f"{layer}.npz"
+    if not file.is_file():
+        raise JaxvizError(f"damaged scan index {path}: {name} is missing")
+    try:
+        with np.load(file, allow_pickle=False) as z:
+            arrays = {n: np.asarray(z[n]) for n in ("values", "image", "y", "x")}
+    except KeyError as e:
+        raise JaxvizError(f"damaged scan index {path}: {name} has no array {e}") from None
+    except Exception as e:
+        raise JaxvizError(f"damaged scan index {path}: cannot read {name} ({e.__class__.__name__})") from None
+    shape = arrays["values"].shape
+    if len(shape) != 2 or any(a.shape != shape for a in arrays.values()) or shape[1] > count \
+            or not all(np.issubdtype(arrays[n].dtype, np.integer) for n in ("image", "y", "x")):
+        raise JaxvizError(f"damaged scan index {path}: {name} arrays have shapes "
+                          f"{[a.shape for a in arrays.values()]}, expected equal (C, k) with k <= {count}, "
+                          "integer image/y/x")
+    return TopK(arrays["values"].astype(np.float32, copy=False), arrays["image"], arrays["y"], arrays["x"])
+
+
+def _read_csv(root: Path, path: Path) -> tuple[np.ndarray, list[str]]:
+    if not path.is_file():
+        raise JaxvizError(f"damaged scan index {root}: images.csv is missing")
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise JaxvizError(f"damaged scan index {root}: cannot read images.csv ({e.__class__.__name__})") from None
+    if not rows or rows[0] != ["index", "path"]:
+        raise JaxvizError(f"damaged scan index {root}: images.csv does not start with the header 'index,path'")
+    try:
+        indices = np.asarray([int(r[0]) for r in rows[1:]], np.int64)
+        if any(len(r) != 2 for r in rows[1:]):
+            raise ValueError
+    except (ValueError, IndexError):
+        raise JaxvizError(f"damaged scan index {root}: images.csv rows must be 'index,path'") from None
+    if len(indices) and np.any(np.diff(indices) <= 0):
+        raise JaxvizError(f"damaged scan index {root}: images.csv indices are not increasing")
+    return indices, [r[1] for r in rows[1:]]
 
 
 # ----------------------------------------------------------------------------------- sources
@@ -223,39 +298,36 @@ def merge_topk(running: dict[str, jax.Array], new: dict[str, jax.Array], k: int)
     return {"values": values, **{name: _take(cat[name], idx) for name in ("image", "y", "x")}}
 
 
-def make_step(apply_fn: Callable, preprocess: Callable, layers: tuple[str, ...], feature_layer: str,
-              k: int, mesh: Mesh, stop: str | None = None) -> Callable:
+def make_step(model: Model, layers: tuple[str, ...], feature_layer: str, k: int, mesh: Mesh, *,
+              compiler_options: Sequence[tuple[str, str]] = ()) -> Callable:
     """The jitted scan step ``step(params, images01, ids, state) -> (state, features)``.
 
     ``images01`` (B, H, W, 3) in [0, 1] sharded over ``data``; ``ids`` (B,) int32 global image
     indices, -1 for padding; ``state`` the replicated running top-k; ``features`` (B, D) pooled
     ``feature_layer`` activations (sharded like the batch). B must be a multiple of the mesh size.
-    ``stop`` is the deepest layer needed (the network is run only that far).
+    The network runs only as far as the deepest of the layers (``model.activations``).
+    ``compiler_options``: XLA options for the step (``model.compiler_options``).
     """
-    capture = tuple(dict.fromkeys(layers + (feature_layer,)))
+    capture = tuple(dict.fromkeys(tuple(layers) + (feature_layer,)))
 
     def local(params, images, ids, state):
-        acts = apply_fn(params, preprocess(images), stop=stop, capture=capture)[1]
+        acts = model.activations(params, model.preprocess(images), capture)
         new_state = {}
         for layer in layers:
             cand = _candidates(acts[layer], ids, k)
             # Device d's candidates land after device d-1's: image order, so ties stay canonical.
             cand = {n: jax.lax.all_gather(a, "data", axis=1, tiled=True) for n, a in cand.items()}
             new_state[layer] = merge_topk(state[layer], cand, k)
-        features = acts[feature_layer].mean(axis=(1, 2))
+        feats = acts[feature_layer]
+        features = feats.mean(axis=(1, 2)) if feats.ndim == 4 else feats.reshape(feats.shape[0], -1)
         return new_state, features
 
     sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P("data"), P("data"), P()),
                             out_specs=(P(), P("data")), check_vma=False)
     replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    options = {"compiler_options": dict(compiler_options)} if compiler_options else {}
     return jax.jit(sharded, in_shardings=(replicated, batch, batch, replicated),
-                   out_shardings=(replicated, batch), donate_argnums=(3,))
-
-
-def deepest(spec: ModelSpec, names: Sequence[str]) -> str:
-    """The deepest of ``names`` in stage order (the scan runs the network only that far)."""
-    order = {n: i for i, n in enumerate(spec.layer_names)}
-    return max(names, key=lambda n: order[n])
+                   out_shardings=(replicated, batch), donate_argnums=(3,), **options)
 
 
 # -------------------------------------------------------------------------------- scanning
@@ -343,7 +415,8 @@ def _finish(out: Path, meta: dict, state: dict, features: np.ndarray, count: int
     shutil.rmtree(out / _STATE_DIR, ignore_errors=True)
 
 
-def _prefetch(sources: Sequence[str], batch: int, size: int, fit: str, start: int, workers: int = 2):
+def _prefetch(sources: Sequence[str], batch: int, size: int | tuple[int, int], fit: str, start: int,
+              workers: int = 2):
     """Yield (offset, images (b, S, S, 3)) batches, decoding the next ones in threads."""
     from jaxviz.images import load_image
 
@@ -361,65 +434,84 @@ def _prefetch(sources: Sequence[str], batch: int, size: int, fit: str, start: in
             yield lo, images
 
 
-def scan(model: Model, sources: Sequence[str], out: str | os.PathLike, *, layers: Sequence[str], topk: int = 9,
-         batch: int = 32, input_size: int | None = None, fit: str = "stretch",
-         shard: tuple[int, int] = (0, 1), devices: Sequence | None = None,
-         progress: bool = False, on_batch: Callable[[int], None] | None = None) -> Index:
+def _size_meta(hw: tuple[int, int]) -> int | list[int]:
+    return hw[0] if hw[0] == hw[1] else [hw[0], hw[1]]
+
+
+def _fits() -> tuple[str, ...]:
+    from jaxviz import images
+    return tuple(getattr(images, "FITS", ("stretch", "crop")))
+
+
+def scan(model, sources: Sequence[str], out: str | os.PathLike, *, layers: Sequence[str], topk: int = 9,
+         batch: int = 32, input_size: int | tuple[int, int] | None = None, fit: str = "stretch",
+         shard: tuple[int, int] = (0, 1), devices: Sequence | None = None, params: PyTree | None = None,
+         compiler_options: Sequence[tuple[str, str]] | None = None, progress: bool = False,
+         on_batch: Callable[[int], None] | None = None) -> Index:
     """Scan images and write (or resume) an INDEX directory at ``out``.
 
     Args:
-      model: a ``jaxviz`` Model.
+      model: a ``jaxviz`` Model with named layers (bundled, ``from_linen``, ``from_nnx``).
       sources: image paths or sample names (``collect_sources`` expands folders); the whole
         dataset even when scanning one shard.
       out: the INDEX directory; created, or resumed if it holds an interrupted scan of the same
         configuration (a complete one is returned as is).
       layers: layer names or aliases with spatial outputs.
-      topk: images kept per channel.
+      topk: images kept per channel (at most the number of images: more cannot be kept).
       batch: images per step (rounded up to a multiple of the number of devices).
-      input_size: square input size (default: the model's).
-      fit: "stretch" or "crop" (see ``jaxviz.images.fit_image``).
+      input_size: input size, int (square) or (h, w) (default: the model's).
+      fit: how images are fitted to the size (``jaxviz.images.fit_image``).
       shard: (i, n): scan only the i-th of n contiguous parts of ``sources``.
       devices: devices of the data mesh (default ``jax.local_devices()``).
+      params: the model's variables (default ``model.params``).
+      compiler_options: XLA options for the step (default ``model.compiler_options``).
       on_batch: called with the number of images done after each checkpoint (progress, tests).
     Returns:
       the complete ``Index``.
     Raises:
-      JaxvizError: bad arguments, an unreadable image, or ``out`` holding something else.
+      JaxvizError: bad arguments (checked before anything is written: unknown, non-spatial or
+        empty layers, sizes, counts), an unreadable image, or ``out`` holding something else.
     """
-    from jaxviz.models.registry import layer_shapes
-    spec = model.spec
-    size = int(input_size or spec.input_size)
+    model = as_model(model)
+    params = model.params if params is None else params
+    compiler_options = model.compiler_options if compiler_options is None else tuple(compiler_options)
     sources = [str(s) for s in sources]
     if not sources:
         raise JaxvizError("no images to scan")
-    if topk < 1:
-        raise JaxvizError(f"topk must be at least 1, got {topk}")
-    if batch < 1:
-        raise JaxvizError(f"batch must be at least 1, got {batch}")
-    if not 16 <= size <= 4096:
-        raise JaxvizError(f"input size must be between 16 and 4096, got {size}")
+    if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or topk < 1:
+        raise JaxvizError(f"topk must be a positive integer, got {topk!r}")
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+        raise JaxvizError(f"batch must be a positive integer, got {batch!r}")
+    hw = model.input_hw(input_size)
+    if not all(1 <= v <= 4096 for v in hw):
+        raise JaxvizError(f"input size must be between 1 and 4096 pixels, got {hw[0]}x{hw[1]}")
     i_shard, n_shard = shard
     if not (n_shard >= 1 and 0 <= i_shard < n_shard):
         raise JaxvizError(f"shard must be i/n with 0 <= i < n, got {i_shard}/{n_shard}")
-    if fit not in ("stretch", "crop"):
-        raise JaxvizError(f"unknown fit {fit!r}; use 'stretch' or 'crop'")
+    if fit not in _fits():
+        raise JaxvizError(f"unknown fit {fit!r}; use one of {', '.join(_fits())}")
     if not layers:
         raise JaxvizError("give at least one layer to scan")
-    layers = tuple(dict.fromkeys(spec.resolve_layer(name) for name in layers))
-    shapes = layer_shapes(spec, size)
-    for layer in layers + (spec.feature_layer,):
-        if len(shapes[layer]) != 3:
-            raise JaxvizError(f"layer {layer} of {spec.name} has no spatial output (shape {shapes[layer]}); "
-                              f"scan a convolutional layer")
+    names, shapes = check_layers(model, layers, hw)
+    layers = tuple(dict.fromkeys(names.values()))
+    feature_layer = model.feature_layer
+    shapes.update(check_layers(model, [feature_layer], hw, spatial=False)[1])
     lo, hi = shard_range(len(sources), shard)
     mine = sources[lo:hi]
-    meta = {"model": spec.name, "layers": list(layers), "topk": int(topk), "input_size": size, "fit": fit,
-            "count": len(mine), "feature_layer": spec.feature_layer, "complete": False, "version": VERSION,
+    if not mine:
+        raise JaxvizError(f"shard {i_shard}/{n_shard} of {len(sources)} images is empty; use fewer shards")
+    size = _size_meta(hw)
+    load_size = size if isinstance(size, int) else hw
+    meta = {"model": model.name, "layers": list(layers), "topk": int(topk), "input_size": size, "fit": fit,
+            "count": len(mine), "feature_layer": feature_layer, "complete": False, "version": VERSION,
             "shard": [i_shard, n_shard], "total": len(sources), "sources_sha256": _sources_digest(sources)}
+    # At most ``count`` images can be kept per channel: the state never needs more columns.
+    k = min(int(topk), len(mine))
+    batch = min(int(batch), len(mine))
 
     out = Path(out)
     checkpoint = _Checkpoint(out)
-    dim = shapes[spec.feature_layer][-1]
+    dim = int(np.prod(shapes[feature_layer][-1:] if len(shapes[feature_layer]) == 3 else shapes[feature_layer]))
     resumed = _existing(out, meta)
     if resumed == "complete":
         return read_index(out)
@@ -431,21 +523,20 @@ def scan(model: Model, sources: Sequence[str], out: str | os.PathLike, *, layers
         checkpoint.start()
         _write_csv(out / "images.csv", range(lo, hi), mine)
         _write_json(out / "meta.json", meta)
-    done, state = loaded if loaded else (0, init_state({l: shapes[l][-1] for l in layers}, topk))
+    done, state = loaded if loaded else (0, init_state({l: shapes[l][-1] for l in layers}, k))
 
     mesh = data_mesh(devices)
     ndev = mesh.devices.size
     batch = -(-batch // ndev) * ndev
-    step = make_step(model.apply, model.preprocess, layers, spec.feature_layer, topk, mesh,
-                     stop=deepest(spec, layers + (spec.feature_layer,)))
-    params = jax.device_put(model.params, NamedSharding(mesh, P()))
+    step = make_step(model, layers, feature_layer, k, mesh, compiler_options=compiler_options)
+    params = jax.device_put(params, NamedSharding(mesh, P()))
     state = jax.device_put(state, NamedSharding(mesh, P()))
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=len(mine), initial=done, unit="img", desc=f"scan {spec.name}")
+        bar = tqdm(total=len(mine), initial=done, unit="img", desc=f"scan {model.name}")
     try:
-        for offset, images in _prefetch(mine, batch, size, fit, done):
+        for offset, images in _prefetch(mine, batch, load_size, fit, done):
             n = len(images)
             ids = np.full((batch,), -1, np.int32)
             ids[:n] = np.arange(lo + offset, lo + offset + n)

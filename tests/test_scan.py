@@ -39,9 +39,12 @@ def folder(tmp_path_factory) -> Path:
     return root
 
 
-def _brute_force(model, sources, layers, k, size):
-    images = load_images(sources, size)
-    _, acts = model.apply(model.params, model.preprocess(images), capture=tuple(layers))
+def _brute_force(model, sources, layers, k, size, params=None):
+    """Top-k by a full sort of every image's activations (numpy), and the pooled features."""
+    params = model.params if params is None else params
+    images = load_images(sources, size, "stretch")
+    feature_layer = model.feature_layer
+    acts = model.activations(params, model.preprocess(images), tuple(layers) + (feature_layer,))
     out = {}
     for layer in layers:
         a = np.asarray(acts[layer])
@@ -54,7 +57,7 @@ def _brute_force(model, sources, layers, k, size):
             vals.append(val[order, ch]), imgs.append(order)
             ys.append(pos[order, ch] // w), xs.append(pos[order, ch] % w)
         out[layer] = [np.array(v) for v in (vals, imgs, ys, xs)]
-    feats = np.asarray(model.apply(model.params, model.preprocess(images), stop=model.spec.feature_layer)).mean((1, 2))
+    feats = np.asarray(acts[feature_layer]).mean((1, 2))
     return out, feats
 
 
@@ -277,36 +280,31 @@ def test_cli_bad_inputs_one_line_exit_2(argv, message, squeezenet, tmp_path, cap
     assert len(err.strip().splitlines()) == 1 and message in err, err
 
 
-def test_patches_bad_layer_and_channel(reference, capsys, tmp_path):
-    _, _, index = reference
-    # The tiny model is not registered, so rewrite its index as a squeezenet-free check of the
-    # channel range through the library call instead.
+def test_patches_bad_layer_and_channel(reference):
+    model, _, index = reference
     from jaxviz.patches import top_patches
-    from conftest import TINY_SPEC
     with pytest.raises(JaxvizError, match="out of range"):
-        top_patches(index, "features.4", [0, 8], spec=TINY_SPEC)
+        top_patches(model, index, "features.4", [0, 8])
     with pytest.raises(JaxvizError, match="not scanned"):
-        top_patches(index, "features.3", [0], spec=TINY_SPEC)
+        top_patches(model, index, "features.3", [0])
 
 
 def test_ties_are_canonical_with_dead_channels(folder, tmp_path):
     """Channels that are 0 everywhere tie on every image: lowest image index, position (0, 0) —
     the same order as the brute-force sort, through batches, shards and merges."""
-    from jaxviz.models.registry import Model
-    base = make_tiny_model(2)
-    params = jax.tree_util.tree_map(lambda p: p, base.params)
+    model = make_tiny_model(2)
+    params = jax.tree_util.tree_map(lambda p: p, model.params)
     params["features.0"]["bias"] = params["features.0"]["bias"].at[:3].set(-100.0)  # dead ReLUs
-    model = Model(base.spec, params, base.module)
     sources = collect_sources([folder])
-    index = scan(model, sources, tmp_path / "ix", layers=["features.1"], topk=4, batch=3)
+    index = scan(model, sources, tmp_path / "ix", layers=["features.1"], topk=4, batch=3, params=params)
     t = index.topk["features.1"]
     assert np.all(t.values[:3] == 0)
     np.testing.assert_array_equal(t.image[:3], np.tile(np.arange(4), (3, 1)))
     np.testing.assert_array_equal(t.y[:3], 0)
-    want, _ = _brute_force(model, sources, ["features.1"], 4, 16)
+    want, _ = _brute_force(model, sources, ["features.1"], 4, 16, params)
     np.testing.assert_array_equal(t.image, want["features.1"][1])
-    parts = [scan(model, sources, tmp_path / f"p{i}", layers=["features.1"], topk=4, batch=2, shard=(i, 2))
-             for i in range(2)]
+    parts = [scan(model, sources, tmp_path / f"p{i}", layers=["features.1"], topk=4, batch=2, shard=(i, 2),
+                  params=params) for i in range(2)]
     merged = merge_indices([parts[1].path, parts[0].path], tmp_path / "m")
     _assert_same_index(index, merged, exact=False)
 
@@ -332,3 +330,127 @@ def test_unreadable_image_is_a_clear_error_and_leaves_no_complete_index(folder, 
         scan(make_tiny_model(), collect_sources([bad]), tmp_path / "ix", layers=["features.4"], topk=2, batch=4)
     with pytest.raises(JaxvizError, match="incomplete"):
         read_index(tmp_path / "ix")
+
+
+# ------------------------------------------------------------------- bad sizes, damaged indices
+
+def test_empty_layer_is_refused_before_anything_is_written(folder, tmp_path):
+    """Issue 13 item 4: at 1 px the tiny model's features.4 is 0 x 0; the scan names the smallest
+    size that works and writes nothing."""
+    model = make_tiny_model()
+    assert model.smallest_input("features.4") == 2
+    with pytest.raises(JaxvizError, match=r"features.4 of tiny is empty .* smallest input size where it is not is 2 px"):
+        scan(model, collect_sources([folder]), tmp_path / "ix", layers=["features.4"], input_size=1)
+    assert not (tmp_path / "ix").exists()
+    for bad in ({"topk": 0}, {"batch": 0}, {"input_size": 0}, {"input_size": 5000}, {"fit": "squash"},
+                {"layers": ["classifier.2"]}, {"layers": []}):
+        kwargs = {"layers": ["features.4"], **bad}
+        with pytest.raises(JaxvizError):
+            scan(model, collect_sources([folder]), tmp_path / "ix", **kwargs)
+        assert not (tmp_path / "ix").exists()
+
+
+def test_huge_topk_and_batch_are_capped_by_the_dataset(folder, tmp_path):
+    """Issue 13 item 8: --topk 1000000000 allocated terabytes; at most ``count`` images can be kept."""
+    model = make_tiny_model()
+    sources = collect_sources([folder])[:6]
+    index = scan(model, sources, tmp_path / "ix", layers=["features.4"], topk=10 ** 9, batch=10 ** 9)
+    want, _ = _brute_force(model, sources, ["features.4"], 6, 16)
+    assert index.topk["features.4"].values.shape == (8, 6)
+    np.testing.assert_array_equal(index.topk["features.4"].image, want["features.4"][1])
+
+
+def test_cli_scan_refuses_an_empty_layer_naming_the_smallest_size(squeezenet, tmp_path, capsys):
+    """`scan --size 16` crashed with a traceback and left a half-written index (fire9 is 0 x 0)."""
+    out = tmp_path / "ix"
+    code, _, err = _cli(["scan", "chelsea", "--model", "squeezenet1_1", "--layers", "fire3", "fire9",
+                         "--size", "16", "--out", str(out), "--no-progress"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "fire9" in err and "empty" in err and "17 px" in err
+    assert not out.exists()
+    code, _, err = _cli(["scan", "chelsea", "--model", "squeezenet1_1", "--layers", "fire3", "--size", "0",
+                         "--out", str(out), "--no-progress"], capsys)
+    assert code == 2 and "--size" in err and not out.exists()
+
+
+def _damage_missing(name):
+    def damage(ix: Path):
+        (ix / name).unlink()
+    return damage
+
+
+def _damage_write(name, data: bytes):
+    def damage(ix: Path):
+        (ix / name).write_bytes(data)
+    return damage
+
+
+def _damage_csv_header(ix: Path):
+    lines = (ix / "images.csv").read_text().splitlines()
+    (ix / "images.csv").write_text("\n".join(lines[1:]) + "\n")
+
+
+def _damage_meta(edit):
+    def damage(ix: Path):
+        meta = json.loads((ix / "meta.json").read_text())
+        (ix / "meta.json").write_text(json.dumps(edit(meta)))
+    return damage
+
+
+def _damage_features_rows(ix: Path):
+    np.save(ix / "features.npy", np.load(ix / "features.npy")[:-1])
+
+
+DAMAGES = {
+    "missing features.npy": (_damage_missing("features.npy"), "features.npy is missing"),
+    "missing images.csv": (_damage_missing("images.csv"), "images.csv is missing"),
+    "missing topk": (_damage_missing("topk/features.4.npz"), "topk/features.4.npz is missing"),
+    "garbage features.npy": (_damage_write("features.npy", b"\x93NUMPY garbage" * 7), "cannot read features.npy"),
+    "csv without header": (_damage_csv_header, "header"),
+    "meta without layers": (_damage_meta(lambda m: {k: v for k, v in m.items() if k != "layers"}), "'layers'"),
+    "garbage topk": (_damage_write("topk/features.4.npz", b"PK\x03\x04 not a zip"), "cannot read topk/features.4.npz"),
+    "meta not json": (_damage_write("meta.json", b"{not json"), "meta.json"),
+    "meta a list": (_damage_meta(lambda m: [m]), "meta.json"),
+    "features rows": (_damage_features_rows, "features.npy"),
+}
+COMMANDS = {
+    "neighbors": ["neighbors", "{ix}", "{image}", "--k", "2", "--space", "pixel", "--no-progress"],
+    "embed": ["embed", "{ix}", "--method", "pca", "--thumb", "16", "--size", "64", "--no-progress",
+              "--out", "{tmp}/e.png"],
+    "patches": ["patches", "{ix}", "--layer", "features.4", "--channels", "0", "--out", "{tmp}/p.png"],
+}
+
+
+@pytest.fixture(scope="module")
+def small_index(folder, tmp_path_factory):
+    root = tmp_path_factory.mktemp("small")
+    sources = collect_sources([folder])[:5]
+    return scan(make_tiny_model(), sources, root / "ix", layers=["features.1", "features.4"], topk=3, batch=5)
+
+
+def test_cli_reads_an_undamaged_small_index(small_index, tmp_path, capsys):
+    """The control for the damage cases: the same commands succeed (patches needs a registered model)."""
+    import shutil
+    ix = tmp_path / "ix"
+    shutil.copytree(small_index.path, ix)
+    for name in ("neighbors", "embed"):
+        argv = [a.format(ix=ix, image=small_index.paths[0], tmp=tmp_path) for a in COMMANDS[name]]
+        code, _, err = _cli(argv, capsys)
+        assert code == 0, err
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_cli_damaged_index_is_one_line_exit_2(small_index, command, damage, tmp_path, capsys):
+    """Issue 13 item 9: each damaged index gives one JaxvizError line naming what is wrong."""
+    import shutil
+    ix = tmp_path / "ix"
+    shutil.copytree(small_index.path, ix)
+    edit, message = DAMAGES[damage]
+    edit(ix)
+    argv = [a.format(ix=ix, image=small_index.paths[0], tmp=tmp_path) for a in COMMANDS[command]]
+    code, _, err = _cli(argv, capsys)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert message in err and "damaged" in err, err
+    assert not (tmp_path / "e.png").exists() and not (tmp_path / "p.png").exists()

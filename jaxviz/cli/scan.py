@@ -64,12 +64,16 @@ def scan(parser: argparse.ArgumentParser):
             raise JaxvizError(f"--topk must be at least 1, got {args.topk}")
         if args.batch < 1:
             raise JaxvizError(f"--batch must be at least 1, got {args.batch}")
+        from jaxviz.accel import accelerate
         from jaxviz.scan import collect_sources, scan as run_scan
         from jaxviz.weights.store import default_model, load_model
+        if args.size is not None and not 1 <= args.size <= 4096:
+            raise JaxvizError(f"--size must be between 1 and 4096, got {args.size}")
         sources = collect_sources(args.inputs)
-        model = load_model(args.model or default_model())
+        model = accelerate(load_model(args.model or default_model()))
         for layer in args.layers:  # fail on a bad name before loading any image
-            model.spec.resolve_layer(layer)
+            model.resolve_layer(layer)
+        # The scan jits its step with model.compiler_options (set by accelerate).
         index = run_scan(model, sources, out, layers=args.layers, topk=args.topk, batch=args.batch,
                          input_size=args.size, fit=args.fit, shard=shard, progress=not args.no_progress)
         print(f"scanned {index.meta['count']} images with {model.name}, layers "
@@ -88,11 +92,16 @@ def patches(parser: argparse.ArgumentParser):
 
     def run(args: argparse.Namespace) -> int:
         path = output_path(args.out)
+        from jaxviz.accel import accelerate
         from jaxviz.images import save_image
         from jaxviz.patches import patch_grid
         from jaxviz.scan import read_index
+        from jaxviz.weights.store import load_model
+        if args.k is not None and args.k < 1:
+            raise JaxvizError(f"--k must be at least 1, got {args.k}")
         index = read_index(args.index)
-        save_image(patch_grid(index, args.layer, args.channels, k=args.k), path)
+        model = accelerate(load_model(index.meta["model"]))
+        save_image(patch_grid(model, index, args.layer, args.channels, k=args.k), path)
         print(f"wrote {path}")
         return 0
     return run
