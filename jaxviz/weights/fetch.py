@@ -163,7 +163,8 @@ def fetch_model(name: str, *, url: str | None = None, file: str | None = None,
     try:
         path = download(url, dest, sha256=sha256, prefix=expected_prefix(dest), timeout=timeout, log=log)
     except NetworkError as e:
-        raise NetworkError(f"{e}; on a machine with internet download {TORCHVISION_URL + official} and run "
+        what = "it" if url == TORCHVISION_URL + official else TORCHVISION_URL + official
+        raise NetworkError(f"{e}; on a machine with internet download {what} and run "
                            f"`python scripts/port_weights.py {name} --from {official}`") from None
     if not port:
         return path
