@@ -7,8 +7,9 @@ raw pixel space. Karpathy's "t-SNE visualization of CNN codes" (cnnembed) embeds
 points to a dense grid with a linear assignment.
 
 Conventions
-  * Features are global-average-pooled activations of a layer (``spec.feature_layer`` by default,
-    the same features a scan INDEX stores): ``pooled_features`` -> (N, C).
+  * Features are global-average-pooled activations of a layer of any model with named layers
+    (``model.feature_layer`` by default, the same features a scan INDEX stores):
+    ``pooled_features`` -> (N, C).
   * Pixel-space features: images resized (antialiased) to ``size`` x ``size`` and flattened.
   * Distances: cosine distance ``1 - cos(q, d)`` (a zero vector has cosine 0 to everything) or
     Euclidean L2. Neighbours are exact: a jitted matmul + ``lax.top_k`` over database chunks, the
@@ -21,27 +22,45 @@ Conventions
 """
 from __future__ import annotations
 
+import functools
 from functools import partial
-from typing import Callable, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxviz.errors import JaxvizError
+from jaxviz.interface import Model, as_model
 
 Array = jax.Array
+PyTree = Any
 METRICS = ("cosine", "l2")
 
 
 # ----------------------------------------------------------------------------------- features
 
-@partial(jax.jit, static_argnames=("apply_fn", "layer"))
-def pooled_features(apply_fn: Callable, params: dict, x: Array, layer: str) -> Array:
+def pooled_features(model, params: PyTree, x: Array, layer: str) -> Array:
     """(N, H, W, 3) preprocessed images -> (N, C) global-average pooled activations of ``layer``
-    (a layer that is already (N, C) is returned as is)."""
-    acts = apply_fn(params, x, stop=layer)
-    return acts.mean(axis=(1, 2)) if acts.ndim == 4 else acts
+    (a layer that is already (N, C) is returned as is; other shapes are flattened)."""
+    model = as_model(model)
+    return _pooled(model, params, x, model.resolve_layer(layer))
+
+
+def _pooled_fn(model: Model, params: PyTree, x: Array, layer: str) -> Array:
+    acts = model.activation(params, x, layer)
+    return acts.mean(axis=(1, 2)) if acts.ndim == 4 else acts.reshape(acts.shape[0], -1)
+
+
+_pooled = jax.jit(_pooled_fn, static_argnames=("model", "layer"))
+
+
+@functools.lru_cache(maxsize=8)
+def _pooled_jit(options: tuple[tuple[str, str], ...]):
+    """``_pooled`` compiled with the model's XLA options (a top-level call: options apply)."""
+    if not options:
+        return _pooled
+    return jax.jit(_pooled_fn, static_argnames=("model", "layer"), compiler_options=dict(options))
 
 
 @partial(jax.jit, static_argnames=("size",))
@@ -52,13 +71,23 @@ def pixel_features(images01: Array, size: int = 32) -> Array:
     return small.reshape(n, -1)
 
 
-def model_features(model, images01: np.ndarray, *, layer: str | None = None, batch: int = 32,
-                   progress: bool = False) -> np.ndarray:
-    """Pooled features (N, C) of many [0, 1] images, in fixed-size batches (one compile)."""
-    layer = model.spec.resolve_layer(layer or model.spec.feature_layer)
+def model_features(model, images01: np.ndarray, *, layer: str | None = None, params: PyTree | None = None,
+                   batch: int = 32, progress: bool = False) -> np.ndarray:
+    """Pooled features (N, C) of many [0, 1] images (N, H, W, 3), in fixed-size batches (one
+    compile; the last batch padded). ``layer`` defaults to ``model.feature_layer``."""
+    from jaxviz.activations import check_layers
+    model = as_model(model)
+    params = model.params if params is None else params
     images01 = np.asarray(images01, np.float32)
+    if images01.ndim != 4 or images01.shape[-1] != 3:
+        raise JaxvizError(f"expected images (N, H, W, 3), got shape {images01.shape}")
+    layer = model.resolve_layer(layer or model.feature_layer)
+    check_layers(model, [layer], images01.shape[1:3], spatial=False)  # refuses an empty layer
+    if isinstance(batch, bool) or batch < 1:
+        raise JaxvizError(f"batch must be at least 1, got {batch}")
     n = len(images01)
     batch = max(1, min(batch, n))
+    pooled = _pooled_jit(tuple(model.compiler_options))
     starts = range(0, n, batch)
     if progress:
         from tqdm import tqdm
@@ -69,8 +98,10 @@ def model_features(model, images01: np.ndarray, *, layer: str | None = None, bat
         m = len(chunk)
         if m < batch:  # pad: one compiled shape
             chunk = np.concatenate([chunk, np.zeros((batch - m,) + chunk.shape[1:], chunk.dtype)])
-        feats = pooled_features(model.apply, model.params, model.preprocess(jnp.asarray(chunk)), layer)
+        feats = pooled(model, params, model.preprocess(jnp.asarray(chunk)), layer)
         out.append(np.asarray(feats)[:m])
+    if not out:
+        return np.zeros((0, 0), np.float32)
     return np.concatenate(out)
 
 
@@ -194,6 +225,8 @@ def tsne(features: np.ndarray, dims: int = 2, *, perplexity: float = 30.0, seed:
     a loaded 2-core CPU), larger ones Barnes-Hut.
     """
     from sklearn.manifold import TSNE
+    if not np.isfinite(perplexity) or perplexity <= 0:
+        raise JaxvizError(f"perplexity must be a positive number, got {perplexity}")
     features = _check_points(features, 4)
     n, d = features.shape
     if pca_dims and d > pca_dims and n > pca_dims:

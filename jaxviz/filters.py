@@ -6,7 +6,8 @@ as many input channels as the layer below has maps, so they are shown as grey ti
 output filter ("20 groups of 16 7x7 maps" in the cs231n/ConvNetJS figure).
 
 Conventions
-  * Kernels are Flax HWIO: ``(kh, kw, C_in, C_out)``.
+  * Kernels are Flax HWIO: ``(kh, kw, C_in, C_out)``, found through the model interface
+    (``model.layer_params``): any model whose layers own a ``kernel`` (bundled, linen, nnx).
   * First-layer tiles are RGB: for a model whose input is BGR (``vgg19_caffe``, Caffe weights) the
     input-channel axis is flipped so a red-sensitive filter looks red.
   * Display normalisation is affine to [0, 1]: per filter (each tile/group uses its own min and
@@ -17,67 +18,107 @@ Conventions
 """
 from __future__ import annotations
 
+import re
+from typing import Any
+
+import jax
 import numpy as np
 
 from jaxviz.errors import JaxvizError
+from jaxviz.interface import as_model
+
+PyTree = Any
 
 
-def _flat(params: dict, prefix: str = "") -> dict[str, np.ndarray]:
+def _key_name(key) -> str | None:
+    if isinstance(key, jax.tree_util.DictKey):
+        return str(key.key)
+    if isinstance(key, jax.tree_util.SequenceKey):
+        return str(key.idx)
+    if isinstance(key, jax.tree_util.GetAttrKey):
+        return None if key.name == "value" else key.name  # nnx variables hold their array in .value
+    return str(getattr(key, "key", key))
+
+
+def _flat(tree: PyTree) -> dict[str, np.ndarray]:
+    """{"sub/kernel": array} of every array leaf of a parameter (sub)tree (dicts, nnx states)."""
     out = {}
-    for key, value in params.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}/"))
-        else:
-            out[f"{prefix}{key}"] = value
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if hasattr(leaf, "shape"):
+            out["/".join(n for n in map(_key_name, path) if n is not None)] = leaf
     return out
 
 
-def kernel_paths(params: dict) -> list[str]:
-    """Paths (``layer/sub/kernel``) of every 4-D convolution kernel, in the params' order."""
-    return [p for p, v in _flat(params).items() if p.endswith("kernel") and np.ndim(v) == 4]
+def _kernels(model, params: PyTree, layer: str) -> dict[str, np.ndarray]:
+    """{"sub/kernel": (kh, kw, C_in, C_out)} of the 4-D kernels owned by ``layer``."""
+    owned = model.layer_params(params, layer)
+    if owned is None:
+        return {}
+    return {p: v for p, v in _flat(owned).items() if p.split("/")[-1] == "kernel" and np.ndim(v) == 4}
 
 
-def first_conv_path(model) -> str:
+def _join(layer: str, sub: str) -> str:
+    return f"{layer}/{sub}" if sub else layer
+
+
+def first_conv(model, params: PyTree | None = None) -> tuple[str, np.ndarray]:
+    """(path, kernel): the first convolution whose kernel sees the 3 image channels, found through
+    the model interface: the first layer (in forward order) whose parameters hold a 4-D kernel
+    with 3 input channels. Its path is ``layer/sub/kernel`` (``features.0/kernel``,
+    ``stem/conv/kernel``)."""
+    model = as_model(model)
+    params = model.params if params is None else params
+    for layer in model.layer_names:
+        for sub, kernel in _kernels(model, params, layer).items():
+            if np.shape(kernel)[2] == 3:
+                return _join(layer, sub), np.asarray(kernel)
+    raise JaxvizError(f"model {model.name} has no convolution over the 3 image channels "
+                      "(no layer owns a 4-D 'kernel' with 3 input channels)")
+
+
+def first_conv_path(model, params: PyTree | None = None) -> str:
     """Parameter path of the model's first convolution (``features.0/kernel``, ``stem/conv/kernel``)."""
-    flat = _flat(model.params)
-    for stage in model.spec.stages:
-        paths = [p for p in flat if p.split("/")[0] == stage.name and p.endswith("kernel") and flat[p].ndim == 4]
-        if paths:
-            return paths[0]
-    raise JaxvizError(f"model {model.spec.name} has no convolution")
+    return first_conv(model, params)[0]
 
 
-def get_kernel(model, name: str) -> tuple[str, np.ndarray]:
-    """The (kh, kw, C_in, C_out) kernel named by a parameter path or a layer name/alias.
+def get_kernel(model, name: str, params: PyTree | None = None) -> tuple[str, np.ndarray]:
+    """The (kh, kw, C_in, C_out) kernel named by a layer name/alias, optionally followed by a
+    parameter sub-path inside it (``fire2/expand1x1``, ``features.0/kernel``, ``block/conv1``).
 
     A layer with several convolutions (a Fire module: squeeze, expand1x1, expand3x3; an MBConv
-    block) gives the one with the largest spatial kernel (the last of equals); name a sub-path
-    (``features.3/expand1x1``) to pick another.
+    block; a residual block) gives the one with the largest spatial kernel (the last of equals);
+    name a sub-path to pick another.
 
     Raises:
       JaxvizError: unknown name, or a layer without a convolution kernel.
     """
-    flat = _flat(model.params)
-    kernels = kernel_paths(model.params)
-    for candidate in (name, f"{name}/kernel"):
-        if candidate in kernels:
-            return candidate, np.asarray(flat[candidate])
-    head, _, rest = name.partition("/")
-    try:
-        layer = model.spec.resolve_layer(head)
-    except JaxvizError:
-        if rest:
-            raise JaxvizError(f"unknown kernel {name!r}; kernels: {', '.join(kernels[:12])}, ...") from None
-        raise
-    prefix = f"{layer}/{rest}/" if rest else f"{layer}/"
-    mine = [p for p in kernels if p.startswith(prefix)]
+    model = as_model(model)
+    params = model.params if params is None else params
+    name = str(name)
+    # The longest prefix (at a "/" or "." boundary) that names a layer; the rest is a sub-path.
+    cuts = [m.start() for m in re.finditer(r"[/.]", name)][::-1]
+    layer, rest, error = None, "", None
+    for cut in [len(name)] + cuts:
+        try:
+            layer = model.resolve_layer(name[:cut])
+        except JaxvizError as e:
+            error = error or e
+            continue
+        rest = "/".join(p for p in re.split(r"[/.]", name[cut + 1:]) if p)
+        break
+    if layer is None:
+        raise error
+    kernels = _kernels(model, params, layer)
+    if rest:
+        mine = {p: v for p, v in kernels.items() if p == rest or p.startswith(rest + "/")}
+    else:
+        mine = kernels
     if not mine:
         what = "has no convolution kernel" if not rest else f"has no kernel {rest!r}"
-        subs = [p for p in kernels if p.startswith(f"{layer}/")]
-        hint = f"; its kernels: {', '.join(subs)}" if subs else ""
-        raise JaxvizError(f"layer {layer} of {model.spec.name} {what}{hint}")
-    best = max(reversed(mine), key=lambda p: flat[p].shape[0] * flat[p].shape[1])
-    return best, np.asarray(flat[best])
+        hint = f"; its kernels: {', '.join(_join(layer, p) for p in kernels)}" if kernels else ""
+        raise JaxvizError(f"layer {layer} of {model.name} {what}{hint}")
+    best = max(reversed(list(mine)), key=lambda p: np.shape(mine[p])[0] * np.shape(mine[p])[1])
+    return _join(layer, best), np.asarray(mine[best])
 
 
 def normalize_tiles(tiles: np.ndarray, axes: tuple[int, ...], shared_scale: bool = False) -> np.ndarray:
@@ -107,13 +148,12 @@ def rgb_filters(kernel: np.ndarray, *, bgr: bool = False, shared_scale: bool = F
     return normalize_tiles(tiles, (1, 2, 3), shared_scale)
 
 
-def first_layer_filters(model, *, shared_scale: bool = False) -> np.ndarray:
-    """The model's first-layer filters as (C_out, kh, kw, 3) RGB tiles in [0, 1] (see ``rgb_filters``)."""
-    path = first_conv_path(model)
-    kernel = np.asarray(_flat(model.params)[path])
-    if kernel.shape[2] != 3:
-        raise JaxvizError(f"first convolution {path} of {model.spec.name} has {kernel.shape[2]} input channels, not 3")
-    return rgb_filters(kernel, bgr=model.spec.preprocessing.bgr, shared_scale=shared_scale)
+def first_layer_filters(model, *, params: PyTree | None = None, shared_scale: bool = False) -> np.ndarray:
+    """The model's first-layer filters as (C_out, kh, kw, 3) RGB tiles in [0, 1] (see ``rgb_filters``);
+    flipped to RGB when the model's input is BGR (``model.preprocessing.bgr``)."""
+    model = as_model(model)
+    _, kernel = first_conv(model, params)
+    return rgb_filters(kernel, bgr=model.preprocessing.bgr, shared_scale=shared_scale)
 
 
 def grey_filters(kernel: np.ndarray, *, groups: int | None = None, per_group: int | None = None,

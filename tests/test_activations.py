@@ -10,14 +10,19 @@ from jaxviz.cli import main
 from jaxviz.errors import JaxvizError
 
 
-def test_feature_maps_equal_apply(tiny_model, rng):
+def test_feature_maps_equal_the_forward_pass(tiny_model, rng):
     x = jnp.asarray(rng.normal(size=(2, 16, 24, 3)), jnp.float32)  # batch 2, non-square
-    acts = A.feature_maps(tiny_model.apply, tiny_model.params, x, "features.4")
+    acts = A.feature_maps(tiny_model, tiny_model.params, x, "features.4")
     assert acts.shape == (2, 8, 12, 8)
-    np.testing.assert_allclose(acts, tiny_model.apply(tiny_model.params, x, stop="features.4"), rtol=1e-6)
+    # Independent computation: the flax module's own intermediates.
+    _, state = tiny_model.module.apply({"params": tiny_model.params}, x, capture_intermediates=True,
+                                       mutable=["intermediates"])
+    np.testing.assert_allclose(acts, state["intermediates"]["features.4"]["__call__"][0], rtol=1e-6)
     # Per-image == batched.
-    one = A.feature_maps(tiny_model.apply, tiny_model.params, x[1:], "features.4")
+    one = A.feature_maps(tiny_model, tiny_model.params, x[1:], "features.4")
     np.testing.assert_allclose(one[0], acts[1], rtol=1e-5, atol=1e-6)
+    with pytest.raises(JaxvizError, match="apply_fn"):
+        A.feature_maps(lambda p, x: x, None, x, "features.4")
 
 
 def test_normalize_maps_per_image_and_channel(rng):
@@ -65,22 +70,27 @@ def test_activation_panel(rng):
 
 
 def test_check_spatial(squeezenet):
-    assert A.check_spatial(squeezenet.spec, "fire9") == "features.12"
+    assert A.check_spatial(squeezenet, "fire9") == "features.12"
     with pytest.raises(JaxvizError, match="no spatial"):
-        A.check_spatial(squeezenet.spec, "classifier.3")
+        A.check_spatial(squeezenet, "classifier.3")
     with pytest.raises(JaxvizError, match="unknown layer"):
-        A.check_spatial(squeezenet.spec, "fire99")
+        A.check_spatial(squeezenet, "fire99")
+    # Issue 13 item 4: an empty layer is refused, naming the smallest size where it is not.
+    with pytest.raises(JaxvizError, match=r"fire9 \(features.12\) of squeezenet1_1 is empty .* 17 px"):
+        A.check_spatial(squeezenet, "fire9", 16)
+    assert A.check_spatial(squeezenet, "fire9", 17) == "features.12"
 
 
 def test_cli_activations(squeezenet, tmp_path, capsys):
     out = tmp_path / "a.png"
-    assert main(["activations", "chelsea", "--model", "squeezenet1_1", "--layer", "fire2", "--out", str(out)]) == 0
+    assert main(["activations", "chelsea", "--model", "squeezenet1_1", "--layer", "fire2", "--fit", "stretch",
+                 "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "strongest channel" in text and out.is_file()
     # The printed channel is the argmax of the per-channel maxima.
     from jaxviz.images import load_images
-    x = squeezenet.preprocess(load_images(["chelsea"], 224))
-    acts = squeezenet.apply(squeezenet.params, x, stop="fire2")
+    x = squeezenet.preprocess(load_images(["chelsea"], 224, "stretch"))
+    acts = squeezenet.activation(squeezenet.params, x, "fire2")
     assert f"strongest channel {int(np.argmax(np.max(acts[0], axis=(0, 1))))} " in text
     for argv in (["activations", "chelsea", "--model", "squeezenet1_1", "--layer", "pool", "--out", str(tmp_path / "b.png")],
                  ["activations", "nofile.png", "--model", "squeezenet1_1", "--layer", "fire2", "--out", str(tmp_path / "b.png")],

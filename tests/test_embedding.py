@@ -62,8 +62,10 @@ def test_neighbors_bad_input(rng):
 
 def test_pooled_and_pixel_features(tiny_model, rng):
     x = jnp.asarray(rng.normal(size=(3, 16, 20, 3)), jnp.float32)
-    f = E.pooled_features(tiny_model.apply, tiny_model.params, x, "features.4")
-    np.testing.assert_allclose(f, tiny_model.apply(tiny_model.params, x, stop="features.4").mean(axis=(1, 2)),
+    f = E.pooled_features(tiny_model, tiny_model.params, x, "features.4")
+    _, state = tiny_model.module.apply({"params": tiny_model.params}, x, capture_intermediates=True,
+                                       mutable=["intermediates"])
+    np.testing.assert_allclose(f, state["intermediates"]["features.4"]["__call__"][0].mean(axis=(1, 2)),
                                rtol=1e-6)
     images = np.zeros((2, 40, 64, 3), np.float32)
     images[0] = 0.25
@@ -79,9 +81,18 @@ def test_pooled_and_pixel_features(tiny_model, rng):
 def test_model_features_batched_equals_single(tiny_model, rng):
     images = rng.uniform(size=(5, 16, 16, 3)).astype(np.float32)
     f = E.model_features(tiny_model, images, batch=2)
-    direct = E.pooled_features(tiny_model.apply, tiny_model.params, tiny_model.preprocess(jnp.asarray(images)),
-                               tiny_model.spec.feature_layer)
+    direct = E.pooled_features(tiny_model, tiny_model.params, tiny_model.preprocess(jnp.asarray(images)),
+                               tiny_model.feature_layer)
     np.testing.assert_allclose(f, direct, rtol=1e-5, atol=1e-6)
+    with pytest.raises(JaxvizError, match="empty"):
+        E.model_features(tiny_model, images[:, :1, :1])  # 1 px: features.4 is 0 x 0
+
+
+def test_tsne_refuses_bad_perplexity(rng):
+    x = rng.normal(size=(10, 4)).astype(np.float32)
+    for bad in (float("nan"), float("inf"), 0.0, -3.0):
+        with pytest.raises(JaxvizError, match="perplexity"):
+            E.tsne(x, perplexity=bad)
 
 
 def test_feature_neighbours_find_variants_first(squeezenet):
@@ -94,12 +105,12 @@ def test_feature_neighbours_find_variants_first(squeezenet):
         img = load_image(name)
         h, w = img.shape[:2]
         crop = img[h // 10: h - h // 10, w // 8: w - w // 8]
-        return [fit_image(v, size) for v in (img[:, ::-1], crop, crop[:, ::-1])]
+        return [fit_image(v, size, "stretch") for v in (img[:, ::-1], crop, crop[:, ::-1])]
 
     query = "chelsea"
     others = ["coffee", "rocket", "astronaut", "brick", "camera", "coins"]
-    images = variants(query) + [fit_image(load_image(o), size) for o in others] + variants("coffee")[:2]
-    q = E.model_features(squeezenet, fit_image(load_image(query), size)[None])
+    images = variants(query) + [fit_image(load_image(o), size, "stretch") for o in others] + variants("coffee")[:2]
+    q = E.model_features(squeezenet, fit_image(load_image(query), size, "stretch")[None])
     db = E.model_features(squeezenet, np.stack(images), batch=6)
     for metric in ("cosine", "l2"):
         _, idx = E.nearest_neighbors(q, db, 3, metric=metric)
@@ -161,12 +172,12 @@ def index_dir(tmp_path_factory, squeezenet) -> Path:
     (root / "images").mkdir()
     paths = []
     for name in ("chelsea", "coffee", "rocket", "brick"):
-        img = load_image(name, 64)
+        img = load_image(name, 64, "stretch")
         for tag, v in (("", img), ("_flip", img[:, ::-1])):
             p = root / "images" / f"{name}{tag}.png"
             save_image(v, p)
             paths.append(str(p))
-    images = np.stack([load_image(p, 64) for p in paths])
+    images = np.stack([load_image(p, 64, "stretch") for p in paths])
     feats = E.model_features(squeezenet, images)
     np.save(root / "features.npy", feats.astype(np.float32))
     with open(root / "images.csv", "w", newline="") as f:
@@ -219,5 +230,6 @@ def test_cli_embed(index_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(["embed", str(tmp_path / "none"), "--out", str(tmp_path / "e.png")]) == 2
     assert main(["embed", str(index_dir), "--thumb", "2", "--out", str(tmp_path / "e.png")]) == 2
-    assert capsys.readouterr().err.count("\n") == 2
+    assert main(["embed", str(index_dir), "--perplexity", "nan", "--out", str(tmp_path / "e.png")]) == 2
+    assert capsys.readouterr().err.count("\n") == 3
     assert not (tmp_path / "e.png").exists()

@@ -36,7 +36,7 @@ def test_bgr_model_is_shown_in_rgb(vgg19):
 
 
 def test_lite0_stem(lite0):
-    assert F.first_conv_path(lite0) == "stem/conv/kernel"
+    assert F.first_conv_path(lite0) == "stem/conv/kernel"  # a conv inside a stage, found via layer_params
     tiles = F.first_layer_filters(lite0)
     kernel = np.asarray(lite0.params["stem"]["conv"]["kernel"])
     np.testing.assert_allclose(tiles[7], _norm(kernel[..., 7]), atol=1e-6)
@@ -83,6 +83,37 @@ def test_get_kernel_names(squeezenet):
         F.get_kernel(squeezenet, "fire2/nope")
     with pytest.raises(JaxvizError, match="unknown layer"):
         F.get_kernel(squeezenet, "fire99")
+
+
+def test_user_models_first_layer_and_kernels(any_model):
+    """Linen (params under "params", BatchNorm stats beside them) and nnx (an nnx.State) models:
+    the first convolution and named kernels come through the interface, tiles == kernels."""
+    path, kernel = F.first_conv(any_model)
+    want = {"bundled": "features.0/kernel", "user_linen": "stem/kernel", "user_nnx": "stem/kernel"}
+    assert path == want.get(any_model.name, want["bundled"])
+    owner = any_model.layer_params(any_model.params, path.rsplit("/", 1)[0])
+    np.testing.assert_array_equal(kernel, np.asarray(F._flat(owner)["kernel"]))
+    tiles = F.first_layer_filters(any_model)
+    assert tiles.shape == (kernel.shape[3], kernel.shape[0], kernel.shape[1], 3)
+    np.testing.assert_allclose(tiles[1], _norm(kernel[..., 1]), atol=1e-6)
+    deep = {"tiny": "features.3", "user_linen": "block", "user_nnx": "layers.1"}[any_model.name]
+    name, k = F.get_kernel(any_model, deep)
+    assert k.ndim == 4 and k.shape[2] == (6 if any_model.name == "tiny" else 8) and name.endswith("/kernel")
+    owner = F._flat(any_model.layer_params(any_model.params, any_model.resolve_layer(deep)))
+    assert any(np.array_equal(k, v) for v in owner.values())
+    if any_model.name == "user_linen":  # a residual block with two convs: by sub-path
+        assert F.get_kernel(any_model, "block/conv1")[0] == "block/conv1/kernel"
+        assert F.get_kernel(any_model, "block.conv1.kernel")[0] == "block/conv1/kernel"
+        with pytest.raises(JaxvizError, match="no convolution"):
+            F.get_kernel(any_model, "head")
+
+
+def test_bgr_flip_comes_from_the_preprocessing(tiny_model):
+    from jaxviz.interface import CAFFE
+    bgr = tiny_model.derive(preprocessing=CAFFE)
+    kernel = np.asarray(tiny_model.params["features.0"]["kernel"])
+    np.testing.assert_allclose(F.first_layer_filters(bgr)[2], _norm(kernel[:, :, ::-1, 2]), atol=1e-6)
+    np.testing.assert_allclose(F.first_layer_filters(tiny_model)[2], _norm(kernel[:, :, :, 2]), atol=1e-6)
 
 
 def test_digit_templates():

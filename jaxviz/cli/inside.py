@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 from jaxviz.cli import command
 from jaxviz.cli._common import add_images, add_model, add_output, output_path
@@ -10,19 +11,24 @@ from jaxviz.errors import JaxvizError
 
 
 def _load_model(name: str | None):
+    """A bundled model by name (default: the first available), accelerated once for this run."""
+    from jaxviz.accel import accelerate
     from jaxviz.weights.store import default_model, load_model
-    return load_model(name or default_model())
+    return accelerate(load_model(name or default_model()))
 
 
 def _read_index(path: str):
+    """A complete, undamaged scan index (``read_index`` checks every file) with images in it."""
     from jaxviz.scan import read_index
     index = read_index(path)
-    if index.features.ndim != 2 or len(index.features) != len(index.paths):
-        raise JaxvizError(f"index {path}: features.npy has shape {index.features.shape} but images.csv "
-                          f"lists {len(index.paths)} images")
     if len(index.paths) == 0:
         raise JaxvizError(f"index {path} holds no images")
     return index
+
+
+def _index_size(index) -> int | tuple[int, int]:
+    size = index.meta["input_size"]
+    return tuple(size) if isinstance(size, list) else int(size)
 
 
 @command("filters", "first-layer filters as RGB tiles, or a deeper layer's filters as grey groups")
@@ -47,15 +53,13 @@ def filters(parser: argparse.ArgumentParser):
             if value is not None and value < 1:
                 raise JaxvizError(f"--{label.replace('_', '-')} must be at least 1, got {value}")
         model = _load_model(args.model)
-        first = F.first_conv_path(model)
-        path, kernel = F.get_kernel(model, args.layer) if args.layer else (first, None)
+        first, first_kernel = F.first_conv(model)
+        path, kernel = F.get_kernel(model, args.layer) if args.layer else (first, first_kernel)
         if path == first and args.groups is None and args.per_group is None:
             tiles = F.first_layer_filters(model, shared_scale=args.shared_scale)
             image = F.filter_grid_image(tiles)
             what = f"{len(tiles)} RGB filters {tiles.shape[1]}x{tiles.shape[2]}"
         else:
-            if kernel is None:
-                kernel = F.get_kernel(model, first)[1]
             tiles = F.grey_filters(kernel, groups=args.groups, per_group=args.per_group,
                                    scale="shared" if args.shared_scale else "group")
             image = F.group_grid_image(tiles)
@@ -78,14 +82,17 @@ def activations(parser: argparse.ArgumentParser):
         import jax.numpy as jnp
 
         from jaxviz import activations as A
+        from jaxviz.accel import xla
         from jaxviz.images import load_images, save_image
         out = output_path(args.out)
         if args.columns is not None and args.columns < 1:
             raise JaxvizError(f"--columns must be at least 1, got {args.columns}")
         model = _load_model(args.model)
-        layer = A.check_spatial(model.spec, args.layer)
-        images = load_images(args.images, model.spec.input_size, args.fit)
-        acts = A.feature_maps(model.apply, model.params, model.preprocess(jnp.asarray(images)), layer)
+        size = model.input_hw()
+        layer = A.check_spatial(model, args.layer, size)
+        images = load_images(args.images, size, args.fit)
+        maps = xla.jit(A.feature_maps, model.compiler_options, static_argnums=(0, 3))
+        acts = maps(model, model.params, model.preprocess(jnp.asarray(images)), layer)
         panel, best = A.activation_panel(images[0], acts[0], columns=args.columns)
         save_image(panel, out)
         peak = float(jnp.max(acts[0, ..., best]))
@@ -122,11 +129,11 @@ def neighbors(parser: argparse.ArgumentParser):
         n = len(index.paths)
         if not 1 <= args.k <= n:
             raise JaxvizError(f"--k must be between 1 and the index size {n}, got {args.k}")
-        size, fit = int(index.meta.get("input_size", 224)), index.meta.get("fit", "stretch")
+        size, fit = _index_size(index), index.meta["fit"]
         queries = load_images(args.images, size, fit)
         if args.space == "feature":
             model = _load_model(index.meta["model"])
-            layer = index.meta.get("feature_layer") or model.spec.feature_layer
+            layer = index.meta["feature_layer"]
             q = E.model_features(model, queries, layer=layer)
             database = index.features
             if q.shape[1] != database.shape[1]:
@@ -210,8 +217,8 @@ def embed(parser: argparse.ArgumentParser):
             raise JaxvizError(f"--thumb must be between 8 and 256, got {args.thumb}")
         if args.size <= args.thumb:
             raise JaxvizError(f"--size must exceed --thumb ({args.thumb}), got {args.size}")
-        if args.perplexity <= 0:
-            raise JaxvizError(f"--perplexity must be positive, got {args.perplexity}")
+        if not math.isfinite(args.perplexity) or args.perplexity <= 0:
+            raise JaxvizError(f"--perplexity must be a positive number, got {args.perplexity}")
         index = _read_index(args.index)
         n = len(index.paths)
         minimum = 4 if args.method == "tsne" else 3
@@ -225,13 +232,13 @@ def embed(parser: argparse.ArgumentParser):
             points = E.tsne(index.features, perplexity=args.perplexity, seed=args.seed)
         if args.scatter:
             model = _load_model(index.meta["model"])
-            if model.spec.num_classes is None:
+            if model.num_classes is None:
                 raise JaxvizError(f"--scatter colours by predicted class, but {model.name} has no classifier")
             _scatter(points, _predict(model, index, not args.no_progress), out,
-                     f"{args.method} of {n} images, {model.name} {index.meta.get('feature_layer')}")
+                     f"{args.method} of {n} images, {model.name} {index.meta['feature_layer']}", model.labels)
             print(f"{args.method} of {n} images as a scatter by predicted class -> {out}")
             return 0
-        thumbs = E.load_thumbnails(index.paths, args.thumb, fit=index.meta.get("fit", "stretch"),
+        thumbs = E.load_thumbnails(index.paths, args.thumb, fit=index.meta["fit"],
                                    progress=not args.no_progress)
         if args.grid:
             rows, cols = E.grid_shape(n)
@@ -248,12 +255,12 @@ def embed(parser: argparse.ArgumentParser):
 
 def _predict(model, index, progress: bool):
     """Top-1 class of every index image (loaded as the scan did), in batches."""
-    import jax
     import numpy as np
 
+    from jaxviz.accel import xla
     from jaxviz.embedding import load_thumbnails
-    apply = jax.jit(model.apply)
-    size, fit = int(index.meta.get("input_size", model.spec.input_size)), index.meta.get("fit", "stretch")
+    apply = xla.jit(model.apply, model.compiler_options)
+    size, fit = _index_size(index), index.meta["fit"]
     starts = range(0, len(index.paths), 32)
     if progress:
         from tqdm import tqdm
@@ -265,14 +272,13 @@ def _predict(model, index, progress: bool):
     return np.concatenate(preds)
 
 
-def _scatter(points, pred, out, title: str, top: int = 10) -> None:
+def _scatter(points, pred, out, title: str, labels=None, top: int = 10) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from jaxviz.labels import imagenet_labels
-    labels = imagenet_labels()
+    labels = labels or [f"class {i}" for i in range(int(np.max(pred)) + 1)]
     classes, counts = np.unique(pred, return_counts=True)
     fig, ax = plt.subplots(figsize=(8, 7))
     ax.scatter(points[:, 0], points[:, 1], s=10, c="lightgrey", label="other classes")
