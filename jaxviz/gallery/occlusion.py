@@ -23,15 +23,16 @@ def occlusion_figure(ctx: Context):
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
+    from jaxviz.accel import accelerate
     from jaxviz.images import load_images
     from jaxviz.labels import imagenet_labels
     from jaxviz.occlusion import flop_saving, incremental_occlusion, windows_to_pixels
     from jaxviz.render import overlay
 
     window, stride = 32, 8
-    model = ctx.model("squeezenet1_1")
+    model = accelerate(ctx.model("squeezenet1_1"))
     labels = imagenet_labels()
-    images = load_images(IMAGES, model.spec.input_size)
+    images = load_images(IMAGES, model.input_size, transform=model.eval_transform)
     x = model.preprocess(jnp.asarray(images))
     probs = jax.nn.softmax(model.apply(model.params, x), axis=-1)
     index = jnp.argmax(probs, axis=-1)
@@ -42,7 +43,7 @@ def occlusion_figure(ctx: Context):
     pixels = np.asarray(windows_to_pixels(jnp.asarray(drops), x.shape[1:3], window, stride))
     ctx.note(model="squeezenet1_1", window=window, stride=stride, fill="image mean colour",
              windows_per_image=int(drops[0].size), seconds_incl_compile=round(seconds, 1),
-             flop_saving=round(flop_saving(model.spec, input_size=224, window=window, stride=stride), 2))
+             flop_saving=round(flop_saving(model, input_size=224, window=window, stride=stride), 2))
 
     fig, axes = plt.subplots(len(IMAGES), 3, figsize=(10, 3.4 * len(IMAGES)), squeeze=False)
     for row, (image, d, pix) in enumerate(zip(images, drops, pixels)):
