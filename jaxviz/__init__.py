@@ -25,7 +25,7 @@ _EXPORTS = {
     "guided_grad_cam": "jaxviz.cam", "occlusion": "jaxviz.occlusion", "occlusion_map": "jaxviz.occlusion",
     "incremental_occlusion": "jaxviz.occlusion",
     # optimising the input
-    "optimize": "jaxviz.optimize", "class_visualization": "jaxviz.classviz",
+    "class_visualization": "jaxviz.classviz",
     "channel_visualization": "jaxviz.classviz", "invert": "jaxviz.inversion", "deepdream": "jaxviz.dream",
     "fgsm": "jaxviz.adversarial", "ifgsm": "jaxviz.adversarial", "pgd": "jaxviz.adversarial",
     "attack": "jaxviz.adversarial", "simba": "jaxviz.blackbox",
