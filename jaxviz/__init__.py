@@ -5,6 +5,8 @@
     maps = jaxviz.grad_cam(model, model.params, model.preprocess(images), target=3, layer="block4")
 
 The names below are imported on first use (``import jaxviz`` stays cheap for the command line).
+Functions named like their module (``jaxviz.cam.cam``, ``jaxviz.occlusion.occlusion``,
+``jaxviz.optimize.optimize``) are not exported here: the module keeps the name.
 """
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ _EXPORTS = {
     "gradients": "jaxviz.saliency", "vanilla_saliency": "jaxviz.saliency", "smoothgrad": "jaxviz.saliency",
     "integrated_gradients": "jaxviz.saliency", "input_x_gradient": "jaxviz.saliency",
     "guided_backprop": "jaxviz.saliency", "deconvnet": "jaxviz.saliency",
-    "cam": "jaxviz.cam", "grad_cam": "jaxviz.cam", "grad_cam_plus_plus": "jaxviz.cam",
-    "guided_grad_cam": "jaxviz.cam", "occlusion": "jaxviz.occlusion", "occlusion_map": "jaxviz.occlusion",
+    "grad_cam": "jaxviz.cam", "grad_cam_plus_plus": "jaxviz.cam",
+    "guided_grad_cam": "jaxviz.cam", "occlusion_map": "jaxviz.occlusion",
     "incremental_occlusion": "jaxviz.occlusion",
     # optimising the input
     "class_visualization": "jaxviz.classviz",
