@@ -1,4 +1,5 @@
-"""Models: reference predictions on real weights, layer names, pooling semantics, splitting."""
+"""Models: reference predictions on real weights, layer names, pooling semantics, running from a
+layer, and the structure described once by the layer kinds (names, shapes, geometry, overrides)."""
 from __future__ import annotations
 
 import jax
@@ -8,8 +9,12 @@ import pytest
 
 from jaxviz.errors import JaxvizError
 from jaxviz.images import load_images
+from jaxviz.models import bundled_model
+from jaxviz.models.kinds import KINDS, AdaptiveAvgPool, Conv, Kind, MaxPool, Pointwise, ReLU
 from jaxviz.models.layers import adaptive_avg_pool, max_pool
-from jaxviz.models.registry import MODELS, Model, get_spec, init_params, layer_shapes
+from jaxviz.models.network import SequentialNet, Stage
+from jaxviz.models.registry import MODELS, get_spec, init_params, layer_shapes
+from jaxviz.models.squeezenet import Fire
 
 # Issue 2's reference numbers: PIL bicubic resize straight to 224x224, top-1 class and probability.
 REFERENCE = {
@@ -21,7 +26,7 @@ REFERENCE = {
 @pytest.mark.parametrize("fixture", ["squeezenet", "lite0"])
 def test_reference_predictions(fixture, request):
     model = request.getfixturevalue(fixture)
-    images = load_images(["chelsea", "coffee"], 224)
+    images = load_images(["chelsea", "coffee"], 224, fit="stretch")
     probs = np.asarray(jax.nn.softmax(jax.jit(model.apply)(model.params, model.preprocess(images))))
     for (name, (index, prob)), p in zip(REFERENCE[model.name].items(), probs):
         assert p.argmax() == index, name
@@ -29,23 +34,48 @@ def test_reference_predictions(fixture, request):
 
 
 def test_vgg19_caffe_is_a_feature_extractor(vgg19):
-    x = vgg19.preprocess(load_images(["chelsea"], 64))
+    x = vgg19.preprocess(load_images(["chelsea"], 64, fit="stretch"))
     features = vgg19.apply(vgg19.params, x)
     assert features.shape == (1, 2, 2, 512)
-    relu = vgg19.apply(vgg19.params, x, stop="relu4_2")
+    relu = vgg19.activation(vgg19.params, x, "relu4_2")
     assert relu.shape == (1, 8, 8, 512) and float(relu.min()) == 0.0 and float(relu.max()) > 0
 
 
-@pytest.mark.parametrize("name", list(MODELS))
-def test_every_model_runs_and_splits(name):
-    """Running to a layer and on from it equals the full run, for every model (random weights)."""
+def _random_model(name: str, size: int = 64):
+    """A registered model with random weights: shapes by abstract evaluation, values from numpy
+    (an eager Flax init compiles every op: minutes for the larger models on a busy CPU)."""
     spec = get_spec(name)
-    model = Model(spec, init_params(spec, input_size=64), spec.module())
+    shapes = jax.eval_shape(lambda: spec.module().init(jax.random.key(0), jnp.zeros((1, size, size, 3))))["params"]
+    rng = np.random.default_rng(0)
+
+    def value(path, s):
+        leaf = path[-1].key
+        if leaf == "kernel":
+            v = rng.normal(size=s.shape) * np.sqrt(2.0 / np.prod(s.shape[:-1]))
+        elif leaf in ("var", "scale"):
+            v = 1.0 + 0.1 * rng.uniform(size=s.shape)
+        else:
+            v = 0.1 * rng.normal(size=s.shape)
+        return jnp.asarray(v, jnp.float32)
+    return bundled_model(spec, jax.tree_util.tree_map_with_path(value, shapes))
+
+
+def _abstract(name: str, size: int = 64):
+    """A registered model whose params are shapes only (shapes and geometry need no values)."""
+    spec = get_spec(name)
+    return bundled_model(spec, jax.eval_shape(lambda: spec.module().init(jax.random.key(0),
+                                                                         jnp.zeros((1, size, size, 3))))["params"])
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_model_runs_and_resumes_from_a_layer(name):
+    """Injecting a layer's own activation gives the full output, for every model (random weights)."""
+    model = _random_model(name)
     x = jax.random.normal(jax.random.key(1), (2, 64, 48, 3))  # non-square, batch 2
-    full, acts = model.apply(model.params, x, capture=(spec.feature_layer,))
-    resumed = model.apply(model.params, acts[spec.feature_layer], start=spec.feature_layer)
+    full, acts = model.run(model.params, x, capture=(model.feature_layer,))
+    resumed = model.inject(model.params, x, model.feature_layer, acts[model.feature_layer])
     np.testing.assert_allclose(resumed, full, rtol=1e-5, atol=1e-5)
-    assert model.apply(model.params, x, stop=spec.feature_layer).shape == acts[spec.feature_layer].shape
+    assert model.activation(model.params, x, model.feature_layer).shape == acts[model.feature_layer].shape
 
 
 def test_layer_aliases_resolve():
@@ -57,10 +87,11 @@ def test_layer_aliases_resolve():
     assert squeeze.resolve_layer("fire9") == "features.12"
     assert squeeze.resolve_layer("fire2") == "features.3"
     assert squeeze.resolve_layer("conv10") == "classifier.1"
+    assert squeeze.resolve_layer("pool3") == "features.8"
     with pytest.raises(JaxvizError, match="did you mean"):
         squeeze.resolve_layer("features.13x")
     with pytest.raises(JaxvizError, match="unknown model"):
-        get_spec("resnet50")
+        get_spec("alexnet9")
 
 
 def test_layer_shapes_match_torchvision():
@@ -77,6 +108,7 @@ def test_layer_shapes_match_torchvision():
 def _torch_max_pool_reference(x: np.ndarray, k: int, s: int, ceil: bool) -> np.ndarray:
     """torch.nn.MaxPool2d semantics written out with loops (windows clipped at the border)."""
     n, h, w, c = x.shape
+
     def out_size(size):
         o = (-(-(size - k) // s) if ceil else (size - k) // s) + 1
         return o - 1 if ceil and (o - 1) * s >= size else o
@@ -105,15 +137,6 @@ def test_adaptive_avg_pool_bins(rng):
             np.testing.assert_allclose(out[0, i, j], x[0, r0:r1, c0:c1].mean(axis=(0, 1)), rtol=1e-5, atol=1e-7)
 
 
-def test_injected_activation_is_used(tiny_model):
-    x = jax.random.normal(jax.random.key(0), (1, 16, 16, 3))
-    identity = tiny_model.with_activations(relu=lambda v: v)
-    # Same params, other non-linearity -> a different function; relu itself -> identical.
-    assert not np.allclose(identity.apply(identity.params, x), tiny_model.apply(tiny_model.params, x))
-    same = tiny_model.with_activations(relu=jax.nn.relu)
-    np.testing.assert_array_equal(same.apply(same.params, x), tiny_model.apply(tiny_model.params, x))
-
-
 def test_preprocess_roundtrip(rng):
     images = rng.uniform(size=(2, 8, 6, 3)).astype(np.float32)
     for spec in MODELS.values():
@@ -122,3 +145,123 @@ def test_preprocess_roundtrip(rng):
     # Caffe order: BGR, 0-255, mean subtracted.
     caffe = get_spec("vgg19_caffe").preprocessing(jnp.asarray(images))
     np.testing.assert_allclose(caffe[..., 0], images[..., 2] * 255 - 103.939, atol=1e-3)
+
+
+# --------------------------------------------------------------------------- structure, described once
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_kinds_geometry_gives_the_real_output_sizes(name):
+    """Each kind's ``out_hw`` (from its ``ops``) equals the traced shape, on odd non-square inputs."""
+    model = _abstract(name)
+    for hw in ((64, 48), (57, 71)):
+        shapes = model.layer_shapes(hw)
+        cur = hw
+        for stage in model.incremental_stages:
+            if stage.pooling:  # global pooling / dense: no spatial map after this
+                break
+            cur = stage.out_hw(cur)
+            assert tuple(shapes[stage.name][:2]) == tuple(cur), (name, hw, stage)
+
+
+def test_stage_names_are_torchvision_module_paths():
+    squeeze = get_spec("squeezenet1_1")
+    assert squeeze.layer_names == tuple(f"features.{i}" for i in range(13)) + tuple(f"classifier.{i}" for i in range(4))
+    assert [type(s).__name__ for s in squeeze.stages[:4]] == ["Conv", "ReLU", "MaxPool", "Fire"]
+    vgg = get_spec("vgg16")
+    assert vgg.layer_names[-8:] == ("avgpool",) + tuple(f"classifier.{i}" for i in range(7))
+    assert vgg.layer_names[28:31] == ("features.28", "features.29", "features.30")
+    lite = get_spec("efficientnet_lite0")
+    assert lite.layer_names[:2] == ("stem", "blocks.0") and lite.layer_names[-4:] == ("head", "pool", "dropout",
+                                                                                         "classifier")
+
+
+def test_every_stage_is_a_named_submodule_the_interface_can_replace(tiny_model):
+    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+    assert tiny_model.layer_names == tuple(s.name for s in tiny_model.incremental_stages)
+    zero = tiny_model.inject(tiny_model.params, x, "features.4", jnp.zeros((2, 8, 8, 8)))
+    bias = tiny_model.params["classifier.0"]["bias"]  # conv 1x1 of zeros -> bias -> ReLU -> mean
+    np.testing.assert_allclose(zero, jnp.broadcast_to(jax.nn.relu(bias), (2, 5)), rtol=1e-6)
+    squeeze = _abstract("squeezenet1_1")
+    assert squeeze.resolve_layer("features.3/squeeze") == "features.3/squeeze"  # inner modules are layers too
+    assert squeeze.layer_shapes(64)["features.3/expand3x3"] == (15, 15, 64)
+
+
+def test_legacy_stage_constructor_maps_to_kind_classes():
+    assert Stage("r", "relu") == ReLU("r")
+    assert Stage("c", "conv", (8, 3, 2, 1)) == Conv("c", 8, 3, 2, 1)
+    assert Stage("a", "adaptive_avgpool", (7, 7)) == AdaptiveAvgPool("a", (7, 7))
+    assert Stage("f", "fire", (16, 64, 64)) == Fire("f", 16, 64, 64)
+    assert Conv("c", 8, 3, 2, 1).kind == "conv" and Conv("c", 8, 3, 2, 1).args == (8, 3, 2, 1)
+    assert {"conv", "relu", "maxpool", "fire", "mbconv", "conv_bn_relu6", "dense", "flatten_dense",
+            "global_avgpool", "adaptive_avgpool", "dropout"} <= set(KINDS)
+    with pytest.raises(ValueError, match="unknown stage kind"):
+        Stage("x", "resnet_block")
+
+
+def test_a_new_kind_is_one_class():
+    """A kind defined here (nowhere else) runs, has geometry, an incremental rule and FLOPs."""
+    from dataclasses import dataclass
+
+    from jaxviz.models.registry import ModelSpec
+    from jaxviz.occlusion import incremental_occlusion, occlusion
+
+    @dataclass(frozen=True)
+    class Square(Pointwise):  # an elementwise stage: forward, geometry and rule from Pointwise
+        def apply(self, x):
+            return x * x
+
+    @dataclass(frozen=True)
+    class AvgPool2(Kind):  # a 2x2 / 2 average pool, with its own rule
+        incremental = True
+
+        def module(self):
+            from jaxviz.models.layers import Lambda
+            return Lambda(lambda x: jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "VALID") / 4,
+                          name=self.name)
+
+        def ops(self, hw):
+            from jaxviz.models.incremental import Op
+            return (Op(2, 2, ((0, 0), (0, 0))),)
+
+        def _valid(self, x):
+            return jax.lax.reduce_window(x, 0.0, jax.lax.add, (2, 2, 1), (2, 2, 1), "VALID") / 4
+
+        def clean(self, params, x):
+            return self._valid(x), {"in": x}
+
+        def update(self, params, ctx, change, hw):
+            from jaxviz.models.incremental import spatial
+            op = self.ops(hw)[0]
+            return spatial(op, ctx["in"], change, op.out_shape(*hw), self._valid)
+
+    from jaxviz.models.kinds import Dense, GlobalAvgPool
+    stages = (Conv("conv", 4, 3, 1, 1), Square("square"), AvgPool2("pool"), Conv("conv2", 6, 3, 1, 1),
+              ReLU("relu"), GlobalAvgPool("gap"), Dense("fc", 3))
+    spec = ModelSpec(name="new", description="", stages=stages, preprocessing=get_spec("squeezenet1_1").preprocessing,
+                     input_size=16, num_classes=3)
+    model = bundled_model(spec, init_params(spec, input_size=16))
+    x = jax.random.normal(jax.random.key(2), (2, 16, 18, 3))
+    assert model.receptive_fields(16)["conv2"].size == 3 + 1 + 2 * 2
+    a = occlusion(model, model.params, x, window=4, stride=3)
+    b = incremental_occlusion(model, model.params, x, window=4, stride=3)
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * float(np.ptp(np.asarray(a))))
+
+
+def test_overrides_swap_implementations_by_kind_class(tiny_model):
+    """``SequentialNet.overrides`` replaces a kind's forward by class (as ``jaxviz.accel`` does);
+    the parameters and names are unchanged."""
+    def doubled_pool(stage, x):
+        from jaxviz.models.layers import Lambda
+        return Lambda(lambda v: 2 * max_pool(v, stage.kernel, stage.stride, stage.ceil_mode), name=stage.name)(x)
+    stages = tiny_model.incremental_stages
+    x = jax.random.normal(jax.random.key(3), (1, 16, 16, 3))
+    plain = SequentialNet(stages).apply({"params": tiny_model.params}, x, capture_intermediates=True)[1]
+    swapped = SequentialNet(stages, overrides=((MaxPool, doubled_pool),)).apply(
+        {"params": tiny_model.params}, x, capture_intermediates=True)[1]
+    a, b = plain["intermediates"]["features.2"]["__call__"][0], swapped["intermediates"]["features.2"]["__call__"][0]
+    np.testing.assert_allclose(b, 2 * a, rtol=1e-6)
+
+    from jaxviz.accel.fast_layers import FastPoolNet
+    fast = FastPoolNet(stages)
+    np.testing.assert_allclose(fast.apply({"params": tiny_model.params}, x),
+                               SequentialNet(stages).apply({"params": tiny_model.params}, x), rtol=1e-6)
