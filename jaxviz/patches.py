@@ -37,6 +37,7 @@ PyTree = Any
 GREY = 0.5
 _PROBE_IMAGES = 8  # random inputs whose gradient supports are united (max-pools route to one input)
 _MAX_SIDE = 2048  # largest canvas a measurement may grow to
+_PERIOD = 64  # canvases keep the input size modulo this (size-dependent "SAME" padding stays the same)
 
 
 @partial(jax.jit, static_argnames=("size",))
@@ -200,8 +201,22 @@ def _fit_axis(pos: np.ndarray, first: np.ndarray, last: np.ndarray, n: int,
 
 
 def _probe_positions(n: int) -> np.ndarray:
-    mid = n // 2
-    return np.unique(np.clip([0, 1, 2, mid - 1, mid, n - 3, n - 2, n - 1], 0, n - 1))
+    """Units probed along an axis of n: both ends (extents), their neighbours and the middle
+    (unclipped boxes, for the stride)."""
+    return np.unique(np.clip([0, 1, n // 2, n - 2, n - 1], 0, n - 1))
+
+
+def _last_position(n: int) -> np.ndarray:
+    return np.asarray([n - 1])
+
+
+def _canvases(n: int) -> list[int]:
+    """Input sides to measure at for an input side n: n itself if small, else a smaller side with
+    the same remainder modulo 64 (cheaper; the same geometry), then larger ones until a unit's
+    box fits (fields larger than the image)."""
+    start = n if n <= 2 * _PERIOD else _PERIOD + n % _PERIOD
+    sides = [start + _PERIOD * (2 ** k - 1) for k in range(8)]
+    return [v for v in sides if v <= _MAX_SIDE] or [start]
 
 
 def _layer_shapes(model: Model, params: PyTree, layers: tuple[str, ...], hw: tuple[int, int]) -> dict:
@@ -224,14 +239,16 @@ def _layer_shapes(model: Model, params: PyTree, layers: tuple[str, ...], hw: tup
 
 
 def _measure(model: Model, params: PyTree, layers: tuple[str, ...], hw: tuple[int, int],
-             channel: int | None = None, seed: int = 0, images: int = _PROBE_IMAGES) -> dict:
+             channel: int | None = None, seed: int = 0, positions=_probe_positions) -> dict:
     """{layer: (rows field or None, columns field or None, (visible rows, visible columns))} at ``hw``."""
     shapes = _layer_shapes(model, params, layers, hw)
     rng = np.random.default_rng(seed + 1)
+    # Fewer inputs per probe on large canvases (cost); each is one that excites the probe most.
+    images = _PROBE_IMAGES if hw[0] * hw[1] <= 96 * 96 else _PROBE_IMAGES // 2
     units, weights, probes = {}, {}, {}
     for i, layer in enumerate(layers):
         lh, lw, c = shapes[layer]
-        rows, cols = _probe_positions(lh), _probe_positions(lw)
+        rows, cols = positions(lh), positions(lw)
         probes[layer] = rows, cols
         units[layer] = np.concatenate([np.stack([rows, np.full_like(rows, lw // 2)], 1),
                                        np.stack([np.full_like(cols, lh // 2), cols], 1)]).astype(np.int32)
@@ -264,10 +281,11 @@ def measured_fields(model, params: PyTree, layers: Sequence[str], size: int | tu
     only ``channel``), united over 8 random inputs, give the box each unit sees; their tops and
     bottoms give the stride (the common step between units), the offset and the size, as
     ``model.receptive_fields`` declares them for the bundled networks. Boxes clipped by the image
-    do not count; where no unit's box is unclipped the canvas is doubled (up to 2048 px), which
-    assumes the geometry does not depend on the input size (true for explicit padding, and for
-    "SAME" padding while the size stays divisible by the strides). All layers share one forward
-    pass and one compilation.
+    do not count. Inputs larger than 128 px are measured on a smaller canvas with the same size
+    modulo 64, and where no unit's box is unclipped the canvas grows (up to 2048 px): this assumes
+    the geometry depends on the input size at most through its remainder modulo 64 (true for
+    explicit padding, and for "SAME" padding with strides up to 64; not for adaptive pooling).
+    All layers share one forward pass and one compilation.
 
     Args:
       model: a ``jaxviz`` Model with named layers; params: its variables (``model.params``).
@@ -287,8 +305,9 @@ def measured_fields(model, params: PyTree, layers: Sequence[str], size: int | tu
         return {}
     hw = model.input_hw(size)
     fields: dict[str, ReceptiveField] = {}
-    todo, at = names, hw
-    while todo:
+    todo = names
+    heights, widths = _canvases(hw[0]), _canvases(hw[1])
+    for at in zip(heights + heights[-1:] * len(widths), widths + widths[-1:] * len(heights)):
         measured = _measure(model, params, todo, at, channel, seed)
         for layer, (rows, cols, _) in measured.items():
             if rows is not None and cols is not None:
@@ -297,11 +316,12 @@ def measured_fields(model, params: PyTree, layers: Sequence[str], size: int | tu
                                       f"columns ({cols}) at {at[0]}x{at[1]}; use a square input")
                 fields[layer] = rows
         todo = tuple(layer for layer in todo if layer not in fields)
-        if todo and max(at) * 2 > _MAX_SIDE:
-            what = f"channel {channel} of {todo[0]}" if channel is not None else todo[0]
-            raise JaxvizError(f"could not measure the receptive field of {what} of {model.name} (up to "
-                              f"{at[0]}x{at[1]} px): its units have no input gradient, or see the whole image")
-        at = (at[0] * 2, at[1] * 2)
+        if not todo or at == (heights[-1], widths[-1]):
+            break
+    if todo:
+        what = f"channel {channel} of {todo[0]}" if channel is not None else todo[0]
+        raise JaxvizError(f"could not measure the receptive field of {what} of {model.name} (up to "
+                          f"{heights[-1]}x{widths[-1]} px): its units have no input gradient, or see the whole image")
     return {layer: fields[layer] for layer in names}
 
 
@@ -363,7 +383,8 @@ def visible_extent(model, layer: str, size: int | tuple[int, int] | None = None,
             if name == layer:
                 break
         return eh, ew
-    return _measure(model, model.params if params is None else params, (layer,), hw)[layer][2]
+    return _measure(model, model.params if params is None else params, (layer,), hw,
+                    positions=_last_position)[layer][2]
 
 
 def channel_fields(model, layer: str, channels: Sequence[int], size: int | tuple[int, int] | None = None, *,

@@ -1,0 +1,191 @@
+"""The "inside the network" and dataset family on any model: the bundled tiny CNN, a user's linen CNN
+(residual add, BatchNorm) and a user's nnx CNN — activations equal an independent forward pass,
+the scan's top-k equals a brute-force sort, measured receptive fields equal the geometry worked
+out by hand, patches put back in noise reproduce the activation, neighbours equal brute force;
+batch == single, non-square inputs, batch > 1."""
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxviz import activations as A
+from jaxviz import embedding as E
+from jaxviz.errors import JaxvizError
+from jaxviz.images import load_image, load_images, save_image
+from jaxviz.interface import ReceptiveField
+from jaxviz.patches import layer_field, measured_fields, top_patches, unit_boxes, visible_extent
+from jaxviz.scan import collect_sources, scan
+
+# The spatial layers of each model, and their receptive fields at 16 px worked out by hand:
+# tiny: 3x3 pad 1 (3, 1, -1), 2x2/2 pool (4, 2, -1), 3x3 pad 1 (8, 2, -3), 1x1 conv;
+# linen/nnx: 3x3/2 "SAME" (16 px: no top padding) (3, 2, 0), 3x3 "SAME" (7, 2, -2), again (11, 2, -4);
+# BatchNorm and the residual add (stem + conv2: the union) change nothing.
+FIELDS = {
+    "tiny": {"features.0": (3, 1, -1), "features.1": (3, 1, -1), "features.2": (4, 2, -1),
+             "features.3": (8, 2, -3), "features.4": (8, 2, -3), "classifier.0": (8, 2, -3),
+             "classifier.1": (8, 2, -3)},
+    "user_linen": {"stem": (3, 2, 0), "block/conv1": (7, 2, -2), "block/bn": (7, 2, -2),
+                   "block/conv2": (11, 2, -4), "block": (11, 2, -4)},
+    "user_nnx": {"stem": (3, 2, 0), "bn": (3, 2, 0), "layers.0": (7, 2, -2), "layers.1": (11, 2, -4)},
+}
+SCANNED = {"tiny": ("features.1", "features.4"), "user_linen": ("stem", "block"), "user_nnx": ("bn", "layers.1")}
+
+
+def independent_activations(model, x) -> dict[str, np.ndarray]:
+    """Every spatial layer's output computed without jaxviz: flax's capture_intermediates for linen
+    modules (bundled included), the nnx module's submodules called by hand."""
+    if model.name == "user_nnx":
+        from flax import nnx
+        m = nnx.merge(model.graphdef, model.params)
+        m.eval()
+        stem = m.stem(x)
+        bn = m.bn(stem)
+        l0 = m.layers[0](nnx.relu(bn))
+        l1 = m.layers[1](nnx.relu(l0))
+        return {"stem": stem, "bn": bn, "layers.0": l0, "layers.1": l1}
+    variables = model.params if "params" in model.params else {"params": model.params}
+    _, state = model.module.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+    out = {}
+    for layer in FIELDS[model.name]:
+        node = state["intermediates"]
+        for part in layer.split("/"):
+            node = node[part]
+        out[layer] = node["__call__"][0]
+    return out
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("any")
+    rng = np.random.default_rng(5)
+    for i in range(11):
+        h, w = rng.integers(10, 30, size=2)
+        save_image(rng.random((h, w, 3)) ** rng.uniform(0.4, 2.5), root / f"{i:02d}.png")
+    return root
+
+
+def test_activations_equal_an_independent_forward_pass(any_model, rng):
+    x = jnp.asarray(rng.normal(size=(2, 16, 24, 3)), jnp.float32)  # batch 2, non-square
+    want = independent_activations(any_model, x)
+    for layer, ref in want.items():
+        got = A.feature_maps(any_model, any_model.params, x, layer)
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6, err_msg=layer)
+        one = A.feature_maps(any_model, any_model.params, x[1:], layer)  # batch == single
+        np.testing.assert_allclose(one[0], got[1], rtol=1e-5, atol=1e-6, err_msg=layer)
+    deepest = list(want)[-1]
+    assert A.check_spatial(any_model, deepest, (16, 24)) == deepest
+    if any_model.name == "tiny":  # at 1 px the pool leaves 0 x 0 ("SAME" padding never does)
+        with pytest.raises(JaxvizError, match="empty .* smallest input size where it is not is 2 px"):
+            A.check_spatial(any_model, deepest, 1)
+    feats = E.pooled_features(any_model, any_model.params, x, any_model.feature_layer)
+    np.testing.assert_allclose(feats, np.asarray(want[any_model.feature_layer]).mean((1, 2)), rtol=1e-5, atol=1e-6)
+
+
+def test_measured_fields_equal_the_geometry(any_model):
+    """Gradient support == the fields worked out by hand; on the bundled model == its declared
+    fields (also at 15 px, where the pool drops the last conv row, and non-square)."""
+    want = {layer: ReceptiveField(*f) for layer, f in FIELDS[any_model.name].items()}
+    assert measured_fields(any_model, any_model.params, list(want), 16) == want
+    declared = any_model.receptive_fields(16)
+    if any_model.name == "tiny":
+        assert {layer: declared[layer] for layer in want} == want
+        for size in (15, (16, 22)):
+            fields = any_model.receptive_fields(size)
+            assert measured_fields(any_model, any_model.params, list(want), size) == {n: fields[n] for n in want}
+        # the 2x2 pool drops conv row 14 at 15 px, but conv row 13 still sees input row 14
+        assert visible_extent(any_model, "features.4", 15) == (15, 15)
+    else:
+        assert declared is None  # a user's model declares no geometry: patches measure it
+        assert layer_field(any_model, list(want)[-1], 16) == want[list(want)[-1]]
+
+
+def _brute_force_topk(model, images01, layer, k):
+    acts = np.asarray(independent_activations(model, model.preprocess(jnp.asarray(images01)))[layer])
+    n, h, w, c = acts.shape
+    flat = acts.reshape(n, h * w, c)
+    val, pos = flat.max(1), flat.argmax(1)
+    order = np.stack([np.lexsort((np.arange(n), -val[:, ch]))[:k] for ch in range(c)])  # (C, k)
+    values = np.take_along_axis(val.T, order, 1)
+    positions = np.take_along_axis(pos.T, order, 1)
+    return values, order, positions // w, positions % w
+
+
+@pytest.mark.parametrize("size", [16, (16, 20)])
+def test_scan_topk_equals_brute_force(any_model, folder, tmp_path, size):
+    sources = collect_sources([folder])
+    layers = SCANNED[any_model.name]
+    index = scan(any_model, sources, tmp_path / "ix", layers=layers, topk=4, batch=3, input_size=size)
+    assert index.meta["model"] == any_model.name and index.meta["feature_layer"] == any_model.feature_layer
+    images = load_images(sources, size, "stretch")
+    for layer in layers:
+        values, image, y, x = _brute_force_topk(any_model, images, layer, 4)
+        t = index.topk[layer]
+        np.testing.assert_allclose(t.values, values, rtol=1e-5, atol=1e-6, err_msg=layer)
+        np.testing.assert_array_equal(t.image, image, err_msg=layer)
+        np.testing.assert_array_equal(t.y, y, err_msg=layer)
+        np.testing.assert_array_equal(t.x, x, err_msg=layer)
+    want = independent_activations(any_model, any_model.preprocess(jnp.asarray(images)))[any_model.feature_layer]
+    np.testing.assert_allclose(index.features, np.asarray(want).mean((1, 2)), rtol=1e-5, atol=1e-6)
+
+
+def test_patches_put_back_in_noise_reproduce_the_activation(any_model, folder, tmp_path, rng):
+    """The unit sees exactly its (declared or measured) field: paste each patch into noise at its
+    box and the activation is the recorded one."""
+    layer = SCANNED[any_model.name][-1]
+    index = scan(any_model, collect_sources([folder]), tmp_path / "ix", layers=[layer], topk=2, batch=4, input_size=24)
+    channels = [0, 3]
+    tiles, values = top_patches(any_model, index, layer, channels)
+    size = index.meta["input_size"]
+    t = index.topk[layer]
+    assert tiles.shape[:2] == (2, 2) and tiles.shape[2] == FIELDS[any_model.name][layer][0]
+    changed = 0
+    for ci, channel in enumerate(channels):
+        for j in range(2):
+            y, x = int(t.y[channel, j]), int(t.x[channel, j])
+            top, left, bottom, right = (int(v) for v in unit_boxes(any_model, layer, [y], [x], size)[0])
+            image = load_image(index.source(int(t.image[channel, j])), size, "stretch")
+            noise = rng.random(image.shape).astype(np.float32)
+            placed = noise.copy()
+            t0, l0, t1, l1 = max(top, 0), max(left, 0), min(bottom, size), min(right, size)
+            placed[t0:t1, l0:l1] = tiles[ci, j][t0 - top:t1 - top, l0 - left:l1 - left]
+            act = any_model.activation(any_model.params, any_model.preprocess(jnp.asarray(placed[None])), layer)
+            np.testing.assert_allclose(float(act[0, y, x, channel]), float(values[ci, j]), rtol=2e-4, atol=2e-5)
+            alone = any_model.activation(any_model.params, any_model.preprocess(jnp.asarray(noise[None])), layer)
+            changed += not np.isclose(float(alone[0, y, x, channel]), float(values[ci, j]), rtol=1e-3)
+    assert changed, "vacuous: the noise alone gives the recorded activations"
+
+
+def test_neighbours_equal_brute_force(any_model, rng):
+    images = rng.uniform(size=(9, 16, 20, 3)).astype(np.float32)  # non-square
+    feats = E.model_features(any_model, images, batch=4)  # batches of 4: padding on the last
+    ref = np.asarray(independent_activations(any_model, any_model.preprocess(jnp.asarray(images)))
+                     [any_model.feature_layer]).mean((1, 2))
+    np.testing.assert_allclose(feats, ref, rtol=1e-5, atol=1e-6)
+    single = E.model_features(any_model, images[4:5])
+    np.testing.assert_allclose(single[0], feats[4], rtol=1e-5, atol=1e-6)  # batch == single
+    for metric in ("cosine", "l2"):
+        dist, idx = E.nearest_neighbors(feats[:3], feats, 4, metric=metric)
+        if metric == "l2":
+            d = np.sqrt(((ref[:3, None].astype(np.float64) - ref[None]) ** 2).sum(-1))
+        else:
+            unit = ref / np.linalg.norm(ref, axis=1, keepdims=True)
+            d = 1.0 - unit[:3].astype(np.float64) @ unit.T
+        order = np.argsort(d, axis=1, kind="stable")[:, :4]
+        np.testing.assert_array_equal(idx, order)
+        np.testing.assert_allclose(dist, np.take_along_axis(d, order, 1), atol=2e-5)
+
+
+def test_techniques_that_need_layers_say_so_for_a_plain_apply_fn(tmp_path):
+    from tests.user_models import apply_fn_model
+    from jaxviz.filters import first_conv
+    model = apply_fn_model()
+    x = jnp.zeros((1, 16, 16, 3))
+    for call in (lambda: A.feature_maps(model, model.params, x, "stem"),
+                 lambda: E.model_features(model, np.zeros((1, 16, 16, 3), np.float32)),
+                 lambda: scan(model, ["chelsea"], tmp_path / "ix", layers=["stem"])):
+        with pytest.raises(JaxvizError, match="apply_fn"):
+            call()
+    with pytest.raises(JaxvizError, match="no convolution"):
+        first_conv(model)
+    assert not (tmp_path / "ix").exists()
