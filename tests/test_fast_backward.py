@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxviz import nonlinearities as nl
-from jaxviz import runtime
+from jaxviz.accel import accelerate, xla
+from jaxviz.accel import fast_layers as nl
+from jaxviz.accel.fast_layers import FastPoolNet
 from jaxviz.optimize import optimize, sgd
 from jaxviz.testing import assert_grads_close, finite_difference_grad, random_indices, x64
 from tests.conftest import make_tiny_model
@@ -87,8 +88,10 @@ def test_winograd_only_where_it_pays():
 
 def test_fast_model_with_stored_kernels_equals_plain_model(rng):
     model = make_tiny_model(2)
-    fast = nl.fast_pool_model(model)
-    params_t = nl.with_stored_kernels(model.params)
+    fast = accelerate(model)
+    assert type(fast.module) is FastPoolNet and fast.prepare_params is nl.with_stored_kernels
+    assert accelerate(model) is fast and accelerate(fast) is fast  # applied once, cached
+    params_t = fast.prepare_params(model.params)
     assert set(params_t["features.3"]) == {"kernel", "bias", "stored"}
     assert params_t["features.3"]["kernel"] is model.params["features.3"]["kernel"]  # shared, not copied
     assert nl.with_stored_kernels(model.params) is params_t     # the last result is reused
@@ -106,34 +109,35 @@ def test_fast_model_with_stored_kernels_equals_plain_model(rng):
 
 
 def test_vgg19_with_winograd_kernels_equals_plain_network(vgg19):
-    fast = nl.fast_pool_model(vgg19)
+    fast = accelerate(vgg19)
     params = nl.with_stored_kernels(vgg19.params, winograd=True)
     assert "winograd" in params["features.28"]["stored"]     # conv5_1
     x = jnp.asarray(np.random.default_rng(3).standard_normal((1, 40, 48, 3)) * 50, jnp.float32)
 
-    def loss(apply, p, v):
-        features = apply(p, v, stop="relu5_1")
+    def loss(model, p, v):
+        features = model.activation(p, v, "relu5_1")
         return jnp.sum(features ** 2), features
 
     value_and_grad = jax.jit(jax.value_and_grad(loss, argnums=2, has_aux=True), static_argnums=0)
-    (_, ref), g_ref = value_and_grad(vgg19.apply, vgg19.params, x)
-    (_, out), g = value_and_grad(fast.apply, params, x)
+    (_, ref), g_ref = value_and_grad(vgg19, vgg19.params, x)
+    (_, out), g = value_and_grad(fast, params, x)
     assert float(jnp.abs(out - ref).max() / jnp.abs(ref).max()) < 1e-5
     assert float(jnp.abs(g - g_ref).max() / jnp.abs(g_ref).max()) < 1e-5
 
 
 def test_compiler_options_per_network(squeezenet, lite0):
-    assert runtime.compiler_options(lite0) == ()          # depthwise: keep XLA's default library
-    assert runtime.compiler_options(None) == ()
-    dense = runtime.compiler_options(squeezenet)
-    if jax.default_backend() == "cpu" and runtime._accepts(runtime._EIGEN_CONVOLUTIONS):
-        assert dense == runtime._EIGEN_CONVOLUTIONS
+    assert accelerate(lite0).compiler_options == ()       # depthwise: keep XLA's default library
+    assert squeezenet.compiler_options == ()              # a model that was not accelerated: none
+    dense = accelerate(squeezenet).compiler_options
+    if jax.default_backend() == "cpu" and xla._accepts(xla._EIGEN_CONVOLUTIONS):
+        assert dense == xla._EIGEN_CONVOLUTIONS
     else:
         assert dense == ()
-    assert runtime.compiler_options(dense_convolutions=True) == dense
+    assert xla.compiler_options(dense_convolutions=True) == dense
+    assert xla.compiler_options(dense_convolutions=False) == ()
     # same values with and without the options
     x = jnp.asarray(np.random.default_rng(0).random((1, 64, 64, 3)), jnp.float32)
-    a = runtime.jit(squeezenet.apply, dense)(squeezenet.params, x)
+    a = xla.jit(squeezenet.apply, dense)(squeezenet.params, x)
     b = jax.jit(squeezenet.apply)(squeezenet.params, x)
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
@@ -143,7 +147,7 @@ def test_engine_with_compiler_options_optimises_the_same(tiny_model):
     loss = lambda x, keys: -tiny_model.apply(tiny_model.params, x)[:, 2]
     plain = optimize(loss, x0, optimizer=sgd(0.1), steps=5)
     tuned = optimize(loss, x0, optimizer=sgd(0.1), steps=5,
-                     compiler_options=runtime.compiler_options(dense_convolutions=True))
+                     compiler_options=xla.compiler_options(dense_convolutions=True))
     np.testing.assert_allclose(tuned.images, plain.images, rtol=1e-5, atol=1e-6)
     assert float(tuned.losses[-1].sum()) < float(tuned.losses[0].sum())
 
@@ -151,7 +155,7 @@ def test_engine_with_compiler_options_optimises_the_same(tiny_model):
 def test_dense_conv_jit_composes_with_outer_transformations():
     calls = []
 
-    @runtime.dense_conv_jit
+    @xla.dense_conv_jit
     def f(x):
         calls.append(1)  # traced once per (top-level or nested) jit cache entry
         return jnp.sin(x) * 2.0

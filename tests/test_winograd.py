@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxviz.accel.winograd import winograd_conv, winograd_kernel
 from jaxviz.testing import x64
-from jaxviz.winograd import winograd_conv, winograd_kernel
 
 
 def _direct(x, w):
