@@ -41,23 +41,30 @@ def _interleaved(fns: dict, repeats: int) -> dict:
     return best
 
 
+def _model(name: str):
+    """A bundled model, accelerated as the front ends do (the scan jits with its compiler options)."""
+    from jaxviz.accel import accelerate
+    from jaxviz.weights.store import load_model
+    return accelerate(load_model(name))
+
+
 def bench_throughput(model_name: str, batch: int, size: int, layers: list[str], repeats: int) -> None:
     import jax
     from jax.sharding import NamedSharding, PartitionSpec as P
 
-    from jaxviz.scan import data_mesh, deepest, init_state, make_step, scan
-    from jaxviz.weights.store import load_model
-    model = load_model(model_name)
-    spec = model.spec
-    names = tuple(spec.resolve_layer(layer) for layer in layers)
-    stop = deepest(spec, names + (spec.feature_layer,))
+    from jaxviz.accel import xla
+    from jaxviz.scan import data_mesh, init_state, make_step, scan
+    model = _model(model_name)
+    names = tuple(model.resolve_layer(layer) for layer in layers)
+    stop = model.layer_order(names + (model.feature_layer,))[-1]
     images = np.random.default_rng(0).random((batch, size, size, 3)).astype(np.float32)
 
-    forward_stop = jax.jit(lambda p, x: model.apply(p, model.preprocess(x), stop=stop))
-    forward_full = jax.jit(lambda p, x: model.apply(p, model.preprocess(x)))
+    options = model.compiler_options
+    forward_stop = xla.jit(lambda p, x: model.activation(p, model.preprocess(x), stop), options)
+    forward_full = xla.jit(lambda p, x: model.apply(p, model.preprocess(x)), options)
 
     mesh = data_mesh()
-    step = make_step(model.apply, model.preprocess, names, spec.feature_layer, 9, mesh, stop=stop)
+    step = make_step(model, names, model.feature_layer, 9, mesh, compiler_options=options)
     shapes = model.layer_shapes(size)
     params = jax.device_put(model.params, NamedSharding(mesh, P()))
     ids = np.arange(batch, dtype=np.int32)
@@ -87,7 +94,7 @@ def bench_throughput(model_name: str, batch: int, size: int, layers: list[str], 
             paths.append(f"{tmp}/{i:04d}.png")
             save_image(rng.random((size, size, 3)), paths[-1])
         start = time.perf_counter()
-        scan(model, paths, f"{tmp}/index", layers=layers, batch=batch, input_size=size)
+        scan(model, paths, f"{tmp}/index", layers=layers, batch=batch, input_size=size, fit="stretch")
         total = time.perf_counter() - start
     print(f"scan() end to end        {n / total:8.1f} images/s   ({n} PNG files, decode + resize + "
           f"checkpoint included, compile included)")
@@ -95,6 +102,7 @@ def bench_throughput(model_name: str, batch: int, size: int, layers: list[str], 
 
 MEMORY_CHILD = """
 import json, tracemalloc
+from jaxviz.accel import accelerate
 from jaxviz.scan import scan, collect_sources
 from jaxviz.weights.store import load_model
 
@@ -103,11 +111,11 @@ def rss_mb():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
 
-model = load_model({model!r})
+model = accelerate(load_model({model!r}))
 sources = collect_sources([{folder!r}])
 samples = [rss_mb()]
 tracemalloc.start()
-scan(model, sources, {out!r}, layers={layers!r}, batch={batch}, input_size=112,
+scan(model, sources, {out!r}, layers={layers!r}, batch={batch}, input_size=112, fit="stretch",
      on_batch=lambda done: samples.append(rss_mb()))
 _, traced_peak = tracemalloc.get_traced_memory()
 print(json.dumps({{"images": len(sources), "rss_start_mb": samples[0], "peak_rss_mb": max(samples),

@@ -18,6 +18,12 @@ DATASET_SIZE = 300
 FIGURE_QUERIES = ("chelsea", "astronaut", "coffee", "rocket")
 
 
+def _model(ctx: Context, name: str):
+    """The gallery's model, accelerated once (the front end's job; cached per model)."""
+    from jaxviz.accel import accelerate
+    return accelerate(ctx.model(name))
+
+
 def _off(ax) -> None:
     ax.set_xticks([]), ax.set_yticks([])
     for s in ax.spines.values():
@@ -37,7 +43,7 @@ def filters_first_layer(ctx: Context):
     names = ctx.models
     fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 4.9), squeeze=False)
     for ax, name in zip(axes[0], names):
-        model = ctx.model(name)
+        model = _model(ctx, name)
         tiles = first_layer_filters(model)
         ax.imshow(filter_grid_image(tiles, min_tile=24), interpolation="nearest")
         ax.set_title(f"{name}\n{first_conv_path(model)}: {len(tiles)} x {tiles.shape[1]}x{tiles.shape[2]}x3",
@@ -61,8 +67,8 @@ def filters_deep(ctx: Context):
     names = [n for n in ctx.models if n in DEEP_LAYERS][:2] or ctx.models[:1]
     fig, axes = plt.subplots(1, len(names), figsize=(7.5 * len(names), 7), squeeze=False)
     for ax, name in zip(axes[0], names):
-        model = ctx.model(name)
-        path, kernel = get_kernel(model, DEEP_LAYERS.get(name, model.spec.feature_layer))
+        model = _model(ctx, name)
+        path, kernel = get_kernel(model, DEEP_LAYERS.get(name, model.feature_layer))
         tiles = grey_filters(kernel, groups=20, per_group=16)
         ax.imshow(group_grid_image(tiles, columns=5), interpolation="nearest")
         ax.set_title(f"{name} {path}\n{tiles.shape[0]} groups of {tiles.shape[1]} "
@@ -112,17 +118,19 @@ def feature_maps(ctx: Context):
     import jax.numpy as jnp
     import matplotlib.pyplot as plt
 
-    from jaxviz.activations import activation_panel, check_spatial, feature_maps as maps
+    from jaxviz.accel import xla
+    from jaxviz.activations import activation_panel, check_spatial, feature_maps
     from jaxviz.images import load_images
 
     name = "squeezenet1_1" if "squeezenet1_1" in ctx.models else ctx.models[0]
-    model = ctx.model(name)
-    layers = MAP_LAYERS.get(name) or (model.spec.feature_layer,)
-    image = load_images(["chelsea"], model.spec.input_size)
+    model = _model(ctx, name)
+    layers = MAP_LAYERS.get(name) or (model.feature_layer,)
+    image = load_images(["chelsea"], model.input_hw())
+    maps = xla.jit(feature_maps, model.compiler_options, static_argnums=(0, 3))
     fig, axes = plt.subplots(len(layers), 1, figsize=(12, 5.2 * len(layers)), squeeze=False)
     for ax, layer in zip(axes[:, 0], layers):
-        canonical = check_spatial(model.spec, layer)
-        acts = maps(model.apply, model.params, model.preprocess(jnp.asarray(image)), canonical)
+        canonical = check_spatial(model, layer)
+        acts = maps(model, model.params, model.preprocess(jnp.asarray(image)), canonical)
         panel, best = activation_panel(image[0], acts[0])
         ax.imshow(panel)
         ax.set_title(f"{name} {layer} ({canonical}): {acts.shape[-1]} channels of {acts.shape[1]}x{acts.shape[2]}; "
@@ -148,9 +156,9 @@ def _base(path: str) -> str:
 @lru_cache(maxsize=2)
 def _dataset(model_name: str, size: int):
     """(paths, images (N, S, S, 3), pooled features (N, C), logits or None) of the figure dataset."""
-    import jax
     import jax.numpy as jnp
 
+    from jaxviz.accel import accelerate, xla
     from jaxviz.embedding import load_thumbnails
     from jaxviz.weights.store import load_model
 
@@ -162,24 +170,24 @@ def _dataset(model_name: str, size: int):
     _TMP.append(tmp)
     paths = figure_dataset(tmp.name, count=DATASET_SIZE, size=size)
     images = load_thumbnails(paths, size)
-    model = load_model(model_name)
-    layer = model.spec.feature_layer
+    model = accelerate(load_model(model_name))
+    layer = model.feature_layer
 
-    @jax.jit
-    def run(x):
-        out, acts = model.apply(model.params, model.preprocess(x), capture=(layer,))
+    def features_and_output(params, x):
+        out, acts = model.run(params, model.preprocess(x), capture=(layer,))
         return acts[layer].mean(axis=(1, 2)), out
 
+    run = xla.jit(features_and_output, model.compiler_options)
     feats, logits = [], []
     batch = 30
     for s in range(0, len(images), batch):
         chunk = images[s:s + batch]
         m = len(chunk)
         chunk = np.concatenate([chunk, np.zeros((batch - m,) + chunk.shape[1:], np.float32)]) if m < batch else chunk
-        f, o = run(jnp.asarray(chunk))
+        f, o = run(model.params, jnp.asarray(chunk))
         feats.append(np.asarray(f)[:m])
         logits.append(np.asarray(o)[:m])
-    has_classes = model.spec.num_classes is not None
+    has_classes = model.num_classes is not None
     return paths, images, np.concatenate(feats), np.concatenate(logits) if has_classes else None
 
 
@@ -226,8 +234,8 @@ def neighbors_feature_vs_pixel(ctx: Context):
     from jaxviz.render import grid
 
     name = _figure_model(ctx)
-    model = ctx.model(name)
-    paths, images, feats, _ = _dataset(name, model.spec.input_size)
+    model = _model(ctx, name)
+    paths, images, feats, _ = _dataset(name, max(model.input_hw()))
     pixels = np.asarray(pixel_features(jnp.asarray(images), 32))
     bases = np.array([_base(p) for p in paths])
     k = 6
@@ -238,7 +246,7 @@ def neighbors_feature_vs_pixel(ctx: Context):
     # Precision@k: neighbours cut from the same source photo (faces: any face).
     f_prec = float(np.mean(bases[fi] == bases[:, None]))
     p_prec = float(np.mean(bases[pi] == bases[:, None]))
-    ctx.note(model=name, images=len(paths), feature_layer=model.spec.feature_layer,
+    ctx.note(model=name, images=len(paths), feature_layer=model.feature_layer,
              same_source_precision_at_6_feature=round(f_prec, 3),
              same_source_precision_at_6_pixel=round(p_prec, 3))
     queries = []
@@ -290,11 +298,10 @@ def tsne_embedding(ctx: Context):
     import matplotlib.pyplot as plt
 
     from jaxviz.embedding import grid_assignment, grid_costs, grid_image, grid_shape, pca, thumbnail_map, tsne
-    from jaxviz.labels import imagenet_labels
 
     name = _figure_model(ctx)
-    model = ctx.model(name)
-    paths, images, feats, logits = _dataset(name, model.spec.input_size)
+    model = _model(ctx, name)
+    paths, images, feats, logits = _dataset(name, max(model.input_hw()))
     start = time.perf_counter()
     points = tsne(feats, perplexity=30, seed=0)
     t_tsne = time.perf_counter() - start
@@ -314,13 +321,13 @@ def tsne_embedding(ctx: Context):
     pred = logits.argmax(1) if logits is not None else np.zeros(len(points), int)
     classes, counts = np.unique(pred, return_counts=True)
     top = classes[np.argsort(-counts)][:9] if logits is not None else []
-    labels = imagenet_labels() if logits is not None else []
+    labels = (model.labels or [f"class {c}" for c in range(model.num_classes or 0)]) if logits is not None else []
     for ax, pts, title in ((axes[0], pc, "PCA"), (axes[1], points, "t-SNE")):
         ax.scatter(pts[:, 0], pts[:, 1], s=10, c="lightgrey")
         for j, c in enumerate(top):
             sel = pred == c
             ax.scatter(pts[sel, 0], pts[sel, 1], s=14, color=plt.cm.tab10(j), label=labels[int(c)][:18])
-        ax.set_title(f"{title} of pooled {model.spec.feature_layer}, coloured by predicted class", fontsize=9)
+        ax.set_title(f"{title} of pooled {model.feature_layer}, coloured by predicted class", fontsize=9)
         ax.set_xticks([]), ax.set_yticks([])
     if len(top):
         axes[1].legend(fontsize=7, loc="best")

@@ -37,33 +37,33 @@ def scan_patches(ctx: Context):
 
     import matplotlib.pyplot as plt
 
+    from jaxviz.accel import accelerate
     from jaxviz.datasets import figure_index
-    from jaxviz.patches import top_patches
+    from jaxviz.patches import layer_field, top_patches
     from jaxviz.render import grid
 
     name = "squeezenet1_1" if "squeezenet1_1" in ctx.models else ctx.models[0]
-    model = ctx.model(name)
-    spec = model.spec
-    layers = LAYERS if name.startswith("squeezenet") else _three_depths(spec)
+    model = accelerate(ctx.model(name))  # the scan jits with model.compiler_options
+    layers = LAYERS if name.startswith("squeezenet") else _three_depths(model)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         index = figure_index(model, f"{tmp}/index", layers=layers, count=300, topk=9)
         seconds = time.perf_counter() - start
-        fields = spec.receptive_fields(index.meta["input_size"])
         fig, axes = plt.subplots(len(layers), CHANNELS, figsize=(2.0 * CHANNELS, 2.3 * len(layers)), squeeze=False)
         picked = {}
         for row, layer in enumerate(layers):
-            canonical = spec.resolve_layer(layer)
+            canonical = model.resolve_layer(layer)
             channels = choose_channels(index.topk[canonical], CHANNELS)
             picked[layer] = channels
-            tiles, values = top_patches(index, layer, channels, k=9, spec=spec)
+            tiles, values = top_patches(model, index, layer, channels, k=9)
+            field = layer_field(model, canonical, index.meta["input_size"])
             for col, (channel, t, v) in enumerate(zip(channels, tiles, values)):
                 ax = axes[row, col]
                 ax.imshow(grid(t, columns=3, pad=max(1, t.shape[1] // 24)))
                 ax.set_xticks([]), ax.set_yticks([])
                 ax.set_title(f"ch {channel}  max {v[0]:.1f}", fontsize=8)
                 if col == 0:
-                    ax.set_ylabel(f"{layer}\nfield {fields[canonical].size} px", fontsize=9)
+                    ax.set_ylabel(f"{layer}\nfield {field.size} px", fontsize=9)
     ctx.note(model=name, images=index.meta["count"], input_size=index.meta["input_size"],
              scan_seconds=round(seconds, 1), images_per_second=round(index.meta["count"] / seconds, 1),
              channels=picked)
@@ -71,8 +71,10 @@ def scan_patches(ctx: Context):
     return fig
 
 
-def _three_depths(spec) -> tuple[str, ...]:
-    from jaxviz.models.registry import layer_shapes
-    shapes = layer_shapes(spec)
-    spatial = [n for n in spec.layer_names if len(shapes[n]) == 3 and spec.stages[spec.layer_names.index(n)].kind != "relu"]
-    return (spatial[len(spatial) // 4], spatial[len(spatial) // 2], spatial[-1])
+def _three_depths(model) -> tuple[str, ...]:
+    """Three spatial layers at a quarter, half and all of the depth (by forward order), skipping
+    layers whose output has the shape of the one before (activations after their convolution)."""
+    shapes = model.layer_shapes()
+    names = [n for n in model.layer_names if len(shapes.get(n, ())) == 3]
+    distinct = [n for i, n in enumerate(names) if i == 0 or shapes[n] != shapes[names[i - 1]]] or names
+    return (distinct[len(distinct) // 4], distinct[len(distinct) // 2], distinct[-1])
