@@ -66,12 +66,38 @@ def tiny_model() -> Model:
     return make_tiny_model()
 
 
-@pytest.fixture(params=["bundled", "linen", "nnx"])
+def resnet18_model(seed: int = 0, input_size: int = 64) -> Model:
+    """The bundled ResNet-18 (torchvision layout, 1000 classes) with random weights (numpy, from
+    the parameter shapes: no Flax init to compile) and random BatchNorm statistics, declaring a
+    small input size (64 px: layer4 is 2x2)."""
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    from jaxviz.models.registry import get_spec
+    spec = dataclasses.replace(get_spec("resnet18"), input_size=input_size)
+    shapes = jax.eval_shape(lambda: spec.module().init(jax.random.key(0), jnp.zeros((1, input_size, input_size, 3))))
+    rng = np.random.default_rng(seed)
+
+    def fill(path, s):
+        leaf, shape = path[-1].key, s.shape
+        if leaf == "kernel":  # conv HWIO / dense (in, out): variance 1 / fan-in
+            return rng.standard_normal(shape).astype(np.float32) / np.sqrt(np.prod(shape[:-1]))
+        if leaf in ("scale", "var"):
+            return (0.5 + rng.random(shape)).astype(np.float32)
+        return (0.1 * rng.standard_normal(shape)).astype(np.float32)  # bias, mean
+    params = jax.tree_util.tree_map_with_path(lambda p, s: jnp.asarray(fill(p, s)), shapes["params"])
+    return bundled_model(spec, params)
+
+
+@pytest.fixture(params=["bundled", "linen", "nnx", "resnet18"])
 def any_model(request) -> Model:
     """The same kind of small CNN as the bundled tiny model, a user's linen CNN (residual add,
-    BatchNorm) and a user's nnx CNN: techniques must work on all of them."""
+    BatchNorm), a user's nnx CNN and the bundled ResNet-18 (random weights): techniques must
+    work on all of them."""
     from tests.user_models import linen_model, nnx_model
-    return {"bundled": make_tiny_model, "linen": linen_model, "nnx": nnx_model}[request.param]()
+    return {"bundled": make_tiny_model, "linen": linen_model, "nnx": nnx_model,
+            "resnet18": resnet18_model}[request.param]()
 
 
 @pytest.fixture(scope="session")

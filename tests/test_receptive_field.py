@@ -111,8 +111,13 @@ KNOWN_WRONG = {("vgg16", "avgpool"), ("vgg19", "avgpool")}
 SIZES = {"vgg16": 48, "vgg19": 48, "vgg19_caffe": 48}
 
 
+# ResNets break this test's premise (bias-free conv1 is 0 on the zero input; residual sums pass 6);
+# tests/test_resnet.py checks their fields with every ReLU input asserted positive instead.
+OWN_TEST = {"resnet18", "resnet50"}
+
+
 @pytest.mark.parametrize("name", [n if n not in ("vgg19", "vgg19_caffe") else
-                                  pytest.param(n, marks=pytest.mark.slow) for n in MODELS])
+                                  pytest.param(n, marks=pytest.mark.slow) for n in MODELS if n not in OWN_TEST])
 def test_receptive_fields_match_gradient_support(name):
     spec = MODELS[name]
     size = SIZES.get(name, SIZE)

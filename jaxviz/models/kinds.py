@@ -210,23 +210,25 @@ class Conv(Kind):
 
 @dataclass(frozen=True)
 class MaxPool(Kind):
-    """``torch.nn.MaxPool2d(kernel, stride, ceil_mode=...)``: -inf padding after (ceil mode)."""
+    """``torch.nn.MaxPool2d(kernel, stride, padding, ceil_mode=...)``: -inf padding, ``padding``
+    on both sides plus the ceil-mode overhang after."""
 
     kernel: int
     stride: int
     ceil_mode: bool = False
+    padding: int = 0
 
     kind = "maxpool"
     incremental = True
 
     def pool(self, x: Array) -> Array:
-        return layers.max_pool(x, self.kernel, self.stride, self.ceil_mode)
+        return layers.max_pool(x, self.kernel, self.stride, self.ceil_mode, self.padding)
 
     def module(self) -> nn.Module:
         return Lambda(self.pool, name=self.name)
 
     def ops(self, hw):
-        pads = tuple(layers.pool_padding(n, self.kernel, self.stride, self.ceil_mode) for n in hw)
+        pads = tuple(layers.pool_padding(n, self.kernel, self.stride, self.ceil_mode, self.padding) for n in hw)
         return (Op(self.kernel, self.stride, pads, -jnp.inf),)
 
     def clean(self, params, x):

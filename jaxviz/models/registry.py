@@ -17,7 +17,7 @@ from jaxviz.errors import JaxvizError
 from jaxviz.interface.geometry import ReceptiveField
 from jaxviz.interface.preprocessing import (CAFFE, LITE, LITE_EVAL, TORCHVISION, TORCHVISION_EVAL,
                                             EvalTransform, Preprocessing)
-from jaxviz.models import efficientnet, squeezenet, vgg
+from jaxviz.models import efficientnet, resnet, squeezenet, vgg
 from jaxviz.models.kinds import Kind
 from jaxviz.models.network import SequentialNet, receptive_fields
 
@@ -84,6 +84,14 @@ def _vgg(name: str, depth: int, preprocessing: Preprocessing, include_classifier
                      paper="Simonyan & Zisserman 2015, Very deep convolutional networks")
 
 
+def _resnet(depth: int) -> ModelSpec:
+    stages = resnet.resnet(depth)
+    return ModelSpec(name=f"resnet{depth}", description=f"ResNet-{depth} (torchvision)", stages=stages,
+                     preprocessing=TORCHVISION, aliases=resnet.resnet_aliases(stages),
+                     feature_layer=resnet.feature_layer(stages), cam_layer=resnet.feature_layer(stages),
+                     paper="He et al. 2016, Deep residual learning")
+
+
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec for spec in [
         _squeezenet("squeezenet1_1", squeezenet.squeezenet1_1, "1.1"),
@@ -96,6 +104,8 @@ MODELS: dict[str, ModelSpec] = {
              "VGG19 convolutional part, original Simonyan-Zisserman weights (no classifier)"),
         _vgg("vgg16", 16, TORCHVISION, True, "VGG16 (torchvision)"),
         _vgg("vgg19", 19, TORCHVISION, True, "VGG19 with classifier (torchvision)"),
+        _resnet(18),
+        _resnet(50),
     ]
 }
 
