@@ -595,7 +595,7 @@ def transfer_report(adversarial: Array, originals: Array, model_b, params_b: dic
 
     Untargeted success on B means B's prediction moved away from ``label`` (default: B's own
     prediction on the original); targeted, that B predicts the target. Images are resized
-    to B's declared input size when it differs. ``source`` copies method/steps/eps from the
+    (bicubic) to B's declared input size when it differs. ``source`` copies method/steps/eps from the
     white-box report.
     """
     model_b = as_model(model_b)
@@ -604,8 +604,9 @@ def transfer_report(adversarial: Array, originals: Array, model_b, params_b: dic
     adversarial, originals = np.asarray(adversarial, np.float32), np.asarray(originals, np.float32)
     if model_b.input_size is not None and adversarial.shape[1:3] != size:
         from jaxviz.images import fit_image
-        adversarial = np.stack([fit_image(a, size) for a in adversarial])
-        originals = np.stack([fit_image(a, size) for a in originals])
+        # the images are already the model's crops: resize them as they are (no second eval crop)
+        adversarial = np.stack([fit_image(a, size, "stretch") for a in adversarial])
+        originals = np.stack([fit_image(a, size, "stretch") for a in originals])
     predict = proba_fn(model_b, params_b)
     if label is None:
         label = np.asarray(predict(originals)).argmax(-1)

@@ -18,6 +18,12 @@ TRANSFER_EPS = (2 / 255, 8 / 255)
 TRANSFER_STEPS = 10
 
 
+def _model(ctx: Context, name: str):
+    """The bundled model, accelerated for this machine once (a front end's job)."""
+    from jaxviz.accel import accelerate
+    return accelerate(ctx.model(name))
+
+
 def _title(labels, row: dict, method: str) -> str:
     goal = f"-> {labels[row['target']['index']][:18]}" if row["target"] else "untargeted"
     status = "fooled" if row["success"] else "NOT fooled"
@@ -40,12 +46,12 @@ def adversarial_examples(ctx: Context):
 
     from jaxviz import adversarial as adv
     from jaxviz.images import load_images
-    from jaxviz.labels import imagenet_labels, resolve_class
+    from jaxviz.labels import resolve_class
 
-    model = ctx.model(ctx.classifiers()[0])
-    labels = imagenet_labels()
-    images = load_images(TRIPLET_IMAGES, model.spec.input_size)
-    targets = np.array([resolve_class(TRIPLET_TARGETS[s]) for s in TRIPLET_IMAGES])
+    model = _model(ctx, ctx.classifiers()[0])
+    labels = model.labels
+    images = load_images(TRIPLET_IMAGES, model.input_hw(), "eval", model.eval_transform)
+    targets = np.array([resolve_class(TRIPLET_TARGETS[s], model.num_classes, labels) for s in TRIPLET_IMAGES])
     rows = []
     for method, targeted, kw in TRIPLET_ATTACKS:
         result = adv.attack(model, None, images, method=method, target=targets if targeted else None,
@@ -76,7 +82,7 @@ def adversarial_examples(ctx: Context):
     return fig
 
 
-def _transfer_images(size: int) -> np.ndarray:
+def _transfer_images(size: int | tuple[int, int]) -> np.ndarray:
     """(12, size, size, 3): full / centre / right crops of the photos, and their mirror images."""
     from jaxviz.images import fit_image, load_image
     out = []
@@ -85,7 +91,8 @@ def _transfer_images(size: int) -> np.ndarray:
         h, w = full.shape[:2]
         crops = {"full": full, "center": full[h // 8:h - h // 8, w // 8:w - w // 8], "right": full[:, w // 4:]}
         for c in TRANSFER_CROPS:
-            out += [fit_image(crops[c], size), fit_image(crops[c][:, ::-1], size)]
+            # stretched: the crops are the figure's choice, not to be centre-cropped again
+            out += [fit_image(crops[c], size, "stretch"), fit_image(crops[c][:, ::-1], size, "stretch")]
     return np.stack(out)
 
 
@@ -107,12 +114,12 @@ def adversarial_transfer(ctx: Context):
     names = ctx.classifiers()[:2]
     if len(names) < 2:
         raise JaxvizError("the transfer figure needs two classifiers (squeezenet1_1, efficientnet_lite0)")
-    models = {n: ctx.model(n) for n in names}
+    models = {n: _model(ctx, n) for n in names}
     rows = []  # (source, evaluated on, eps, success rate)
     drops = {}  # mean p(original class) on the evaluating model: before -> after
     for source in names:
         model = models[source]
-        images = _transfer_images(model.spec.input_size)
+        images = _transfer_images(model.input_hw())
         for eps in TRANSFER_EPS:
             result = adv.attack(model, None, images, method="pgd-linf", eps=eps, steps=TRANSFER_STEPS,
                                 step=eps / 4, early_stop=False, key=jax.random.key(1))
@@ -183,18 +190,17 @@ def attack_comparison(ctx: Context):
     from jaxviz import adversarial as adv
     from jaxviz.blackbox import simba
     from jaxviz.errors import JaxvizError
-    from jaxviz.labels import imagenet_labels
 
     names = ctx.classifiers()
     if not {"squeezenet1_1", "efficientnet_lite0"} <= set(names):
         raise JaxvizError("the attack comparison needs squeezenet1_1 and efficientnet_lite0")
     # A = Lite0 only takes the few PGD gradients; B = SqueezeNet answers the ~thousands of
     # SimBA queries (Lite0's depthwise convolutions are ~10x slower on CPU).
-    model_a, model_b = ctx.model("efficientnet_lite0"), ctx.model("squeezenet1_1")
-    if model_a.spec.input_size != model_b.spec.input_size:
+    model_a, model_b = _model(ctx, "efficientnet_lite0"), _model(ctx, "squeezenet1_1")
+    if model_a.input_hw() != model_b.input_hw():
         raise JaxvizError("models A and B must share an input size for the same-image comparison")
-    labels = imagenet_labels()
-    images = _transfer_images(model_a.spec.input_size)[::2]  # unflipped crops
+    labels = model_b.labels
+    images = _transfer_images(model_a.input_hw())[::2]  # unflipped crops
     white = adv.attack(model_a, None, images, method="pgd-linf", eps=COMPARISON_EPS, steps=COMPARISON_STEPS,
                        step=COMPARISON_EPS / 4, early_stop=False, key=jax.random.key(1))
     transfer = adv.transfer_report(white.images, images, model_b, source=white.report)

@@ -10,11 +10,16 @@ from jaxviz.gallery import Context, figure
 CLASSES = [(130, "flamingo"), (76, "tarantula"), (9, "ostrich"), (963, "pizza")]
 
 
+def _model(ctx: Context, name: str):
+    """The bundled model, accelerated for this machine once (a front end's job)."""
+    from jaxviz.accel import accelerate
+    return accelerate(ctx.model(name))
+
+
 def _lr_for(model, lr_torchvision: float = 25.0) -> float:
     """Scale the CS231n step (tuned for torchvision inputs, range ~4.4) to the model's input range."""
-    from jaxviz.optimize import valid_range
-    lo, hi = valid_range(model.spec)
-    return float(lr_torchvision * np.mean(np.asarray(hi - lo)) / 4.4)
+    lo, hi = model.valid_range()
+    return float(lr_torchvision * np.mean(hi - lo) / 4.4)
 
 
 def _axes(rows, cols, scale=2.0):
@@ -42,10 +47,10 @@ def classviz_models(ctx: Context):
     fig, axes = _axes(len(names), len(CLASSES), 2.2)
     classes = jnp.array([c for c, _ in CLASSES])
     for row, name in enumerate(names):
-        model = ctx.model(name)
+        model = _model(ctx, name)
         res = class_visualization(model, None, classes, size=112, steps=60, lr=_lr_for(model),
                                   key=jax.random.key(0))
-        logits = model.apply(model.params, res.images)
+        logits = jax.jit(model.apply)(model.params, res.images)
         top = np.asarray(jnp.argmax(logits, -1))
         ctx.note(**{f"{name} lr": round(_lr_for(model), 2),
                     f"{name} step/s": round(60 / max(res.seconds, 1e-9), 2),
@@ -71,25 +76,26 @@ def classviz_params(ctx: Context):
 
     from jaxviz import objectives as obj
     from jaxviz.classviz import noise_init, to_rgb
-    from jaxviz.optimize import Snapshots, blur, clip_range, jitter, normalized_gradient, optimize, valid_range
+    from jaxviz.optimize import Snapshots, blur, clip_range, jitter, normalized_gradient, optimize
 
-    model = ctx.model("squeezenet1_1")
+    model = _model(ctx, "squeezenet1_1")
     rows = [("lr 25, λ 1e-3", 25.0, 1e-3), ("lr 5", 5.0, 1e-3), ("lr 100", 100.0, 1e-3),
             ("λ 0", 25.0, 0.0), ("λ 1e-2", 25.0, 1e-2)]
     lrs = jnp.asarray([r[1] for r in rows]).reshape(-1, 1, 1, 1)
     lams = jnp.asarray([r[2] for r in rows])
     n = len(rows)
-    loss = -obj.class_score(model.apply, model.params, 130) + obj.l2() * lams
-    lo, hi = valid_range(model.spec)
+    params = model.prepare_params(model.params)
+    loss = -obj.class_score(model, params, 130) + obj.l2() * lams
+    lo, hi = model.valid_range()
     snaps = Snapshots(every=5)
-    init = noise_init(model, jax.random.key(1), 1, 96).repeat(n, 0)
+    init = noise_init(model, jax.random.key(1), n, 96)  # one key: the same start and jitter for every row
     res = optimize(loss, init, optimizer=normalized_gradient(lrs), steps=100,
                    transforms=(jitter(16), blur(0.5, every=10), clip_range(lo, hi)),
-                   key=jnp.repeat(jax.random.key(1)[None], n), callbacks=(snaps,))
+                   key=jax.random.key(1), callbacks=(snaps,), compiler_options=model.compiler_options)
     keep = [10, 25, 50, 100]
     frames = {s: x for s, x in snaps.frames if s in keep}
     fig, axes = _axes(n, len(keep), 1.9)
-    scores = np.asarray(model.apply(model.params, res.images)[:, 130])
+    scores = np.asarray(jax.jit(model.apply)(model.params, res.images)[:, 130])
     for r, (label, _, _) in enumerate(rows):
         for c, s in enumerate(keep):
             axes[r, c].imshow(to_rgb(model, frames[s][r:r + 1])[0])
@@ -115,15 +121,16 @@ def classviz_from_image(ctx: Context):
     from jaxviz.labels import imagenet_labels
 
     labels = imagenet_labels()
-    model = ctx.model("squeezenet1_1")
+    model = _model(ctx, "squeezenet1_1")
     pairs = [("chelsea", 285), ("coffee", 967)]  # Egyptian cat, espresso
-    images = load_images([p for p, _ in pairs], 112)
+    images = load_images([p for p, _ in pairs], 112, "eval", model.eval_transform)
     x0 = model.preprocess(jnp.asarray(images))
     classes = jnp.array([c for _, c in pairs])
     res = class_visualization(model, None, classes, init=x0, steps=40, lr=10.0, jitter_px=8,
                               key=jax.random.key(0))
-    p0 = jax.nn.softmax(model.apply(model.params, x0))[jnp.arange(2), classes]
-    p1 = jax.nn.softmax(model.apply(model.params, res.images))[jnp.arange(2), classes]
+    apply = jax.jit(model.apply)
+    p0 = jax.nn.softmax(apply(model.params, x0))[jnp.arange(2), classes]
+    p1 = jax.nn.softmax(apply(model.params, res.images))[jnp.arange(2), classes]
     fig, axes = _axes(2, 2, 2.6)
     for r, ((name, c), img, out) in enumerate(zip(pairs, images, to_rgb(model, res.images))):
         axes[r, 0].imshow(img)
@@ -146,14 +153,15 @@ def channel_viz(ctx: Context):
     import jax
 
     from jaxviz.classviz import channel_visualization, to_rgb
+    from jaxviz.objectives import layer_activation
     from jaxviz.param import fourier, fourier_noise
 
-    model = ctx.model("squeezenet1_1")
+    model = _model(ctx, "squeezenet1_1")
     layers = ["fire2", "fire5", "fire9"]
     start = fourier(96, 96, to_input=model.preprocess).image(fourier_noise(jax.random.key(5), 1, 96, 96))
     fig, axes = _axes(len(layers), 4, 1.9)
     for r, layer in enumerate(layers):
-        acts = np.asarray(model.apply(model.params, start, stop=layer)).mean(axis=(0, 1, 2))
+        acts = np.asarray(layer_activation(model, model.params, start, layer)).mean(axis=(0, 1, 2))
         alive = np.flatnonzero(acts > 0)
         channels = [int(c) for c in alive[np.linspace(0, len(alive) - 1, 4).astype(int)]]
         res = channel_visualization(model, None, layer, channels, size=96, steps=64, lr=0.05, jitter_px=4,
@@ -179,8 +187,8 @@ def inversion_depths(ctx: Context):
     from jaxviz.images import load_images
     from jaxviz.inversion import invert
 
-    model = ctx.model("squeezenet1_1")
-    image = load_images(["chelsea"], 96)
+    model = _model(ctx, "squeezenet1_1")
+    image = load_images(["chelsea"], 96, "eval", model.eval_transform)
     x0 = model.preprocess(jnp.asarray(image))
     layers = ["pool1", "fire3", "fire5", "fire8"]
     fig, axes = _axes(1, len(layers) + 1, 2.2)
@@ -208,8 +216,8 @@ def deepdream_layers(ctx: Context):
     from jaxviz.dream import deepdream
     from jaxviz.images import load_images
 
-    model = ctx.model("squeezenet1_1")
-    image = load_images(["chelsea"], 160)
+    model = _model(ctx, "squeezenet1_1")
+    image = load_images(["chelsea"], 160, "eval", model.eval_transform)
     x0 = model.preprocess(jnp.asarray(image))
     layers = ["fire3", "fire7"]
     fig, axes = _axes(1, 3, 3.0)
