@@ -4,10 +4,11 @@
 Both run the same attack on the same weights (the torch model is torchvision's squeezenet1_1 with
 our ported parameters converted back by ``params_to_state_dict``, wrapped with the normalisation
 so torchattacks works on [0, 1] images): untargeted, eps 4/255, step 1/255, random start, no
-early stop. Prints warm wall times, the speed ratio (jaxviz images/s / torchattacks images/s),
-the agreement of the two models' logits (Pearson r) and both success rates (re-predicted).
+early stop. The jaxviz model is ``jaxviz.accel.accelerate(load_model(...))``, as the CLI uses it.
+Prints warm wall times, the speed ratio (jaxviz images/s / torchattacks images/s), the agreement
+of the two models' logits (Pearson r) and both success rates (re-predicted).
 
-    PYTHONPATH=. /work/benchenv/bin/python scripts/bench_adversarial.py [--batch 16] [--steps 20]
+    PYTHONPATH=.:.venv/lib/python3.11/site-packages /work/benchenv/bin/python scripts/bench_adversarial.py [--batch 16] [--steps 20]
 
 Called by scripts/bench_optimise.py (``main(argv)``); torch is imported here only.
 """
@@ -21,7 +22,7 @@ import numpy as np
 SOURCES = ["chelsea", "coffee", "astronaut", "rocket", "cat", "horse", "camera", "coins"]
 
 
-def _images(n: int, size: int) -> np.ndarray:
+def _images(n: int, size) -> np.ndarray:
     from jaxviz.images import load_images
     base = load_images(SOURCES, size)
     pool = np.concatenate([base, base[:, :, ::-1], base[:, ::-1]])  # + flips
@@ -36,7 +37,7 @@ def _torch_model(model):
     net = torchvision.models.squeezenet1_1()
     state = {k: torch.from_numpy(np.array(v)) for k, v in params_to_state_dict(model.spec, model.params).items()}
     net.load_state_dict(state)
-    pre = model.spec.preprocessing
+    pre = model.preprocessing
 
     class Normalized(torch.nn.Module):
         def __init__(self):
@@ -63,12 +64,13 @@ def main(argv: list[str] | None = None) -> dict:
     import torchattacks
 
     from jaxviz import adversarial as adv
+    from jaxviz.accel import accelerate
     from jaxviz.runtime import device_description
     from jaxviz.weights.store import load_model
 
     torch.set_num_threads(2)
-    model = load_model("squeezenet1_1")
-    images = _images(args.batch, model.spec.input_size)
+    model = accelerate(load_model("squeezenet1_1"))  # what the CLI attacks
+    images = _images(args.batch, model.input_hw())
     step = args.eps / 4
     kw = dict(method="pgd-linf", eps=args.eps, step=step, steps=args.steps, early_stop=False,
               quantize=False, key=jax.random.key(0))
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     with torch.no_grad():
         torch_success = float((net(torch_adv).argmax(1) != labels).float().mean())
 
-    jax_logits = np.asarray(model.apply(model.params, model.preprocess(images)))
+    jax_logits = np.asarray(jax.jit(model.apply)(model.params, model.preprocess(images)))
     r = float(np.corrcoef(jax_logits.ravel(), torch_logits.numpy().ravel())[0, 1])
     same_labels = float((jax_logits.argmax(1) == labels.numpy()).mean())
     torch_adv_np = torch_adv.numpy().transpose(0, 2, 3, 1)

@@ -7,7 +7,10 @@ Then, if present, engineer 5b's PGD-vs-torchattacks benchmark (``scripts/bench_a
 
     PYTHONPATH=. .venv/bin/python scripts/bench_optimise.py [--steps 10] [--size 224] [--models ...]
     PYTHONPATH=. .venv/bin/python scripts/bench_optimise.py --only-simba [--simba-images 8 --simba-queries 100 --simba-sizes 112 224]
-    # with the PGD-vs-torchattacks part (needs torch): PYTHONPATH=. /work/benchenv/bin/python ...
+    # with the PGD-vs-torchattacks part (needs torch):
+    PYTHONPATH=.:.venv/lib/python3.11/site-packages /work/benchenv/bin/python scripts/bench_optimise.py ...
+
+Models are ``jaxviz.accel.accelerate(load_model(name))``, as the CLI uses them.
 
 Models without a classifier (vgg19_caffe) are timed on a channel objective of their last layer.
 """
@@ -20,28 +23,34 @@ import time
 from pathlib import Path
 
 
+def _load(name: str):
+    from jaxviz.accel import accelerate
+    from jaxviz.weights.store import load_model
+    return accelerate(load_model(name))
+
+
 def bench_model(name: str, size: int, steps: int, batch: int) -> dict:
     import jax
     import jax.numpy as jnp
 
     from jaxviz import objectives as obj
     from jaxviz.classviz import noise_init
-    from jaxviz.optimize import blur, clip_range, jitter, normalized_gradient, optimize, valid_range
-    from jaxviz.weights.store import load_model
+    from jaxviz.optimize import blur, clip_range, jitter, normalized_gradient, optimize
 
-    model = load_model(name)
-    lo, hi = valid_range(model.spec)
-    if model.spec.num_classes:
-        loss = -obj.class_score(model.apply, model.params, jnp.arange(batch) * 97 % 1000) + 1e-3 * obj.l2()
+    model = _load(name)
+    lo, hi = (tuple(float(v) for v in a) for a in model.valid_range())
+    params = model.prepare_params(model.params)
+    if model.num_classes:
+        loss = -obj.class_score(model, params, jnp.arange(batch) * 97 % model.num_classes) + 1e-3 * obj.l2()
         what = "class score"
     else:
-        layer = model.spec.layer_names[-1]
-        loss = -obj.channel(model.apply, model.params, layer, jnp.arange(batch))
+        layer = model.layer_names[-1]
+        loss = -obj.channel(model, params, layer, jnp.arange(batch))
         what = f"channel of {layer}"
     init = noise_init(model, jax.random.key(0), batch, size)
     transforms = (jitter(16), blur(0.5, every=10), clip_range(lo, hi))
     res = optimize(loss, init, optimizer=normalized_gradient(25.0), steps=steps + 1, transforms=transforms,
-                   key=jax.random.key(0))
+                   key=jax.random.key(0), compiler_options=model.compiler_options)
     per_step = (res.seconds - res.compile_seconds) / steps
     return dict(model=name, objective=what, compile_s=res.compile_seconds, it_per_s=1.0 / per_step,
                 loss=res.losses, model_obj=model, loss_fn=loss, transforms=transforms, init=init)
@@ -55,30 +64,36 @@ def python_vs_fori(r: dict, steps: int) -> tuple[float, float]:
     from jaxviz.optimize import _compiled, image_keys, normalized_gradient, pixels
 
     opt = normalized_gradient(25.0)
-    step_jit, _, _, tx = _compiled(r["loss_fn"], opt, pixels(), r["transforms"], None, None, False)
+    loss, model = r["loss_fn"], r["model_obj"]
+    step_jit, _, _, tx = _compiled(loss.pure_fn, opt, pixels(), r["transforms"], None, None, False,
+                                   model.compiler_options, True)
+    # XLA takes options only at the top level: the loop gets them, the step inside it none
+    inner = _compiled(loss.pure_fn, opt, pixels(), r["transforms"], None, None, False, (), True)[0]
+    options = {"compiler_options": dict(model.compiler_options)} if model.compiler_options else {}
+    data = (loss.data, None)  # the engine's data: (objective data, user data)
     x0 = r["init"]
     n = x0.shape[0]
     keys, mask, done = image_keys(jax.random.key(0), n), jnp.ones(n, bool), jnp.zeros(n, jnp.int32)
 
-    @jax.jit
-    def fori(p, s):
+    def fori_loop(p, s, data):
         def body(i, c):
             p, s, m, d = c
-            p, s, m, d, _ = step_jit(p, s, m, d, i, keys, x0, None)
+            p, s, m, d, _ = inner(p, s, m, d, i, keys, x0, data)
             return p, s, m, d
         return jax.lax.fori_loop(0, steps, body, (p, s, mask, done))[0]
+    fori = jax.jit(fori_loop, **options)
 
     state = tx.init(x0)
-    jax.block_until_ready(fori(x0, state))  # compile
+    jax.block_until_ready(fori(x0, state, data))  # compile
     t = time.perf_counter()
-    jax.block_until_ready(fori(x0, state))
+    jax.block_until_ready(fori(x0, state, data))
     t_fori = (time.perf_counter() - t) / steps
     p, s, m, d = x0, state, mask, done
-    p, s, m, d, _ = step_jit(p, s, m, d, jnp.int32(0), keys, x0, None)
+    p, s, m, d, _ = step_jit(p, s, m, d, jnp.int32(0), keys, x0, data)
     jax.block_until_ready(p)
     t = time.perf_counter()
     for i in range(steps):
-        p, s, m, d, _ = step_jit(p, s, m, d, jnp.int32(i), keys, x0, None)
+        p, s, m, d, _ = step_jit(p, s, m, d, jnp.int32(i), keys, x0, data)
     jax.block_until_ready(p)
     return (time.perf_counter() - t) / steps, t_fori
 
@@ -97,9 +112,8 @@ def bench_simba(size: int, count: int, queries: int, repeats: int = 2) -> None:
     from jaxviz import adversarial as adv
     from jaxviz.blackbox import simba
     from jaxviz.images import fit_image, load_image
-    from jaxviz.weights.store import load_model
 
-    model = load_model("squeezenet1_1")
+    model = _load("squeezenet1_1")
     predict = adv.proba_fn(model)
     samples = ["chelsea", "coffee", "astronaut", "rocket"]
     base = [load_image(s) for s in samples]
