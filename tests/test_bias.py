@@ -338,11 +338,12 @@ def test_cli_default_models_load_no_other_weights(monkeypatch, tmp_path, capsys)
     assert "vgg19_caffe" not in loaded and "squeezenet1_1" in loaded and len(loaded) == len(set(loaded))
 
 
-def _style_layers(model, hw=(16, 20)):
-    """A content layer and two style layers of any model with named layers (its feature layer and
-    its first spatial layer): what a user would pick for a network of their own."""
-    spatial = [n for n, s in model.layer_shapes(hw).items() if len(s) == 3 and min(s[:2]) > 0]
-    return model.feature_layer, (spatial[0], model.feature_layer)
+def _style_layers(model):
+    """A content layer and two style layers of any model with named layers (as in
+    test_style_any_model: its first spatial layer and its first block output, else its feature
+    layer)."""
+    from tests.test_style_any_model import _layers
+    return _layers(model)
 
 
 def test_study_on_any_model(any_model, rng):

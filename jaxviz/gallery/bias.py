@@ -30,12 +30,13 @@ def _short(name: str) -> str:
 def _study(ctx: Context):
     """The gallery's cue-conflict study (cached per process: both figures use the same set)."""
     from jaxviz import bias
+    from jaxviz.accel import accelerate
     names = tuple(ctx.classifiers())
     key = (names, SIZE, CLASSES, STEPS, LEARNING_RATE)
     if key not in _CACHE:
-        classifiers = [ctx.model(n) for n in names]
+        classifiers = [accelerate(ctx.model(n)) for n in names]
         sources = bias.select_sources(classifiers, bias.candidate_images(SIZE), max_classes=CLASSES)
-        _CACHE[key] = bias.bias_study(classifiers, ctx.model(bias.STYLE_NETWORK), sources, steps=STEPS,
+        _CACHE[key] = bias.bias_study(classifiers, accelerate(ctx.model(bias.STYLE_NETWORK)), sources, steps=STEPS,
                                       learning_rate=LEARNING_RATE)
     study = _CACHE[key]
     ctx.note(sources=", ".join(f"{s.name} ({_label(s.label)})" for s in study.sources),
