@@ -29,7 +29,8 @@ INDEX directory (readable without jaxviz; ``read_index`` is the reader)
   ``images.csv``  columns ``index,path`` (global image index; a file path or a sample name);
   ``features.npy`` float32 (count, D), row r = the r-th row of images.csv;
   ``topk/<layer>.npz`` ``values`` (C, k) float32 descending, ``image`` (C, k) int32 (global index),
-                   ``y``, ``x`` (C, k) int32; k = min(topk, count).
+                   ``y``, ``x`` (C, k) int32; k = min(topk, count). A linen layer path
+                   ``block/conv1`` is the file ``topk/block/conv1.npz``.
   While a scan runs, ``meta.json`` says ``"complete": false`` and the running state lives in
   ``.scan/`` (``state.npz``: images done + running top-k; ``features.f32``: rows appended so
   far). Every file is written to a temporary name and ``os.replace``-d, so a kill at any moment
@@ -150,12 +151,18 @@ def _check_meta(path: Path, meta: dict) -> None:
             raise JaxvizError(f"damaged scan index {path}: meta.json has no {key!r}")
         if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
             raise JaxvizError(f"damaged scan index {path}: meta.json {key!r} is {meta[key]!r}")
-    if not all(isinstance(layer, str) for layer in meta["layers"]):
+    if not all(isinstance(layer, str) and _safe_layer(layer) for layer in meta["layers"]):
         raise JaxvizError(f"damaged scan index {path}: meta.json 'layers' must be a list of layer names")
     size = meta["input_size"]
     sides = [size] if isinstance(size, int) else size
     if len(sides) not in (1, 2) or not all(isinstance(v, int) and v > 0 for v in sides):
         raise JaxvizError(f"damaged scan index {path}: meta.json 'input_size' is {size!r}")
+
+
+def _safe_layer(layer: str) -> bool:
+    """A layer name usable as a relative file path under ``topk/`` (linen paths nest: block/conv1)."""
+    parts = layer.split("/")
+    return bool(layer) and all(p not in ("", ".", "..") for p in parts) and "\\" not in layer and "\0" not in layer
 
 
 def _load_npy(path: Path, name: str) -> np.ndarray:
@@ -405,8 +412,8 @@ def _sources_digest(sources: Sequence[str]) -> str:
 def _finish(out: Path, meta: dict, state: dict, features: np.ndarray, count: int) -> None:
     """Write the final arrays, then flip ``complete`` last."""
     k = min(meta["topk"], count)
-    (out / "topk").mkdir(exist_ok=True)
     for layer, s in state.items():
+        (out / "topk" / f"{layer}.npz").parent.mkdir(parents=True, exist_ok=True)
         _atomic(out / "topk" / f"{layer}.npz", lambda f, s=s: np.savez(
             f, values=np.asarray(s["values"][:, :k], np.float32),
             **{n: np.asarray(s[n][:, :k], np.int32) for n in ("image", "y", "x")}))
@@ -494,6 +501,9 @@ def scan(model, sources: Sequence[str], out: str | os.PathLike, *, layers: Seque
         raise JaxvizError("give at least one layer to scan")
     names, shapes = check_layers(model, layers, hw)
     layers = tuple(dict.fromkeys(names.values()))
+    unsafe = [layer for layer in layers if not _safe_layer(layer)]
+    if unsafe:
+        raise JaxvizError(f"layer name {unsafe[0]!r} cannot name a file in the index")
     feature_layer = model.feature_layer
     shapes.update(check_layers(model, [feature_layer], hw, spatial=False)[1])
     lo, hi = shard_range(len(sources), shard)

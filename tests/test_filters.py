@@ -86,22 +86,27 @@ def test_get_kernel_names(squeezenet):
 
 
 def test_user_models_first_layer_and_kernels(any_model):
-    """Linen (params under "params", BatchNorm stats beside them) and nnx (an nnx.State) models:
-    the first convolution and named kernels come through the interface, tiles == kernels."""
+    """Linen (params under "params", BatchNorm stats beside them), nnx (an nnx.State) and bundled
+    models: the first convolution and named kernels come through the interface, tiles == kernels."""
     path, kernel = F.first_conv(any_model)
-    want = {"bundled": "features.0/kernel", "user_linen": "stem/kernel", "user_nnx": "stem/kernel"}
-    assert path == want.get(any_model.name, want["bundled"])
+    want = {"tiny": "features.0/kernel", "user_linen": "stem/kernel", "user_nnx": "stem/kernel",
+            "resnet18": "conv1/kernel"}
+    assert path == want[any_model.name]
     owner = any_model.layer_params(any_model.params, path.rsplit("/", 1)[0])
     np.testing.assert_array_equal(kernel, np.asarray(F._flat(owner)["kernel"]))
     tiles = F.first_layer_filters(any_model)
     assert tiles.shape == (kernel.shape[3], kernel.shape[0], kernel.shape[1], 3)
     np.testing.assert_allclose(tiles[1], _norm(kernel[..., 1]), atol=1e-6)
-    deep = {"tiny": "features.3", "user_linen": "block", "user_nnx": "layers.1"}[any_model.name]
+    # A deeper layer's kernel: one of the layer's own, the largest spatially (the last of equals).
+    owners = [n for n in any_model.layer_names if F._kernels(any_model, any_model.params, n)]
+    deep = owners[1]
     name, k = F.get_kernel(any_model, deep)
-    assert k.ndim == 4 and k.shape[2] == (6 if any_model.name == "tiny" else 8) and name.endswith("/kernel")
-    owner = F._flat(any_model.layer_params(any_model.params, any_model.resolve_layer(deep)))
-    assert any(np.array_equal(k, v) for v in owner.values())
+    mine = F._kernels(any_model, any_model.params, deep)
+    assert name.startswith(deep + "/") and name.endswith("/kernel")
+    np.testing.assert_array_equal(k, np.asarray(mine[name[len(deep) + 1:]]))
+    assert k.shape[0] * k.shape[1] == max(v.shape[0] * v.shape[1] for v in mine.values())
     if any_model.name == "user_linen":  # a residual block with two convs: by sub-path
+        assert F.get_kernel(any_model, "block")[0] == "block/conv2/kernel"
         assert F.get_kernel(any_model, "block/conv1")[0] == "block/conv1/kernel"
         assert F.get_kernel(any_model, "block.conv1.kernel")[0] == "block/conv1/kernel"
         with pytest.raises(JaxvizError, match="no convolution"):
