@@ -412,6 +412,7 @@ DAMAGES = {
     "meta not json": (_damage_write("meta.json", b"{not json"), "meta.json"),
     "meta a list": (_damage_meta(lambda m: [m]), "meta.json"),
     "features rows": (_damage_features_rows, "features.npy"),
+    "layer path escapes": (_damage_meta(lambda m: {**m, "layers": ["../../etc/x"]}), "'layers'"),
 }
 COMMANDS = {
     "neighbors": ["neighbors", "{ix}", "{image}", "--k", "2", "--space", "pixel", "--no-progress"],
