@@ -29,13 +29,14 @@ def main() -> None:
     args = parser.parse_args()
 
     from jaxviz import bias
+    from jaxviz.accel import accelerate
     from jaxviz.runtime import device_description, enable_compilation_cache
     from jaxviz.style import style_transfer, style_transfer_batch
     from jaxviz.weights.store import load_model
     enable_compilation_cache()
 
-    classifiers = [load_model(n) for n in ("squeezenet1_1", "efficientnet_lite0")]
-    vgg = load_model(bias.STYLE_NETWORK)
+    classifiers = [accelerate(load_model(n)) for n in ("squeezenet1_1", "efficientnet_lite0")]
+    vgg = accelerate(load_model(bias.STYLE_NETWORK))  # as the front ends run the study
     beta = bias.STYLE_DEFAULTS["style_weight"] if args.style_weight is None else args.style_weight
     print(f"device: {device_description()}; {args.size} px, {args.steps} Adam steps, study settings "
           f"{bias.STYLE_DEFAULTS}; style weight used {beta:g}, texture crop {args.texture_crop:g}")

@@ -1,8 +1,14 @@
 """Benchmark issue 6: Gatys style transfer vs ``pastiche`` (PyTorch, same VGG19) and fast-style fps.
 
-Run in the benchmark environment (torch is imported here only, lazily):
+Run with torch and pastiche (the benchmark environment) next to jaxviz's own packages (torch is
+imported here only, lazily; both environments are Python 3.11):
 
-    PYTHONPATH=/work/main /work/benchenv/bin/python scripts/bench_style.py [--steps 100] [--size 256]
+    PYTHONPATH=/work/main:/work/main/.venv/lib/python3.11/site-packages \
+        /work/benchenv/bin/python scripts/bench_style.py [--steps 100] [--size 256]
+
+``--skip-pastiche`` runs jaxviz alone (``.venv/bin/python scripts/bench_style.py --skip-pastiche``).
+The VGG19 is accelerated once here, as every front end does (``jaxviz.accel.accelerate``), and the
+fast-style network gets the dense-convolution XLA options (``jaxviz.accel.xla``).
 
 Prints:
   1. agreement of our ``vgg19_caffe`` features with pastiche's torch VGG19 on the same image:
@@ -53,8 +59,7 @@ def feature_agreement(model) -> None:
     image = load_image("chelsea", 224, fit="stretch")
     x = model.preprocess(image[None])                               # BGR - mean, NHWC
     layers = (CONTENT_LAYER,) + STYLE_LAYERS
-    _, ours = model.apply(model.params, x, capture=layers, stop="relu5_1")
-    ours = {a: np.asarray(ours[model.spec.resolve_layer(a)]) for a in layers}
+    ours = {a: np.asarray(v) for a, v in model.activations(model.params, x, layers).items()}
     xt = torch.as_tensor(np.asarray(x).transpose(0, 3, 1, 2).copy())
     state = params_to_state_dict(model.spec, model.params)
     for label, vgg in (("pastiche VGG19 module + our weights", _pastiche_vgg(state)),
@@ -98,16 +103,18 @@ def fast_style_fps(sizes=(256, 512), repeats=5):
     import jax.numpy as jnp
 
     from jaxviz import fast_style as fs
+    from jaxviz.accel.xla import compiler_options
+    options = compiler_options(dense_convolutions=True)
     config = fs.FastStyleConfig()
     state = fs.init_state(config, jax.random.key(0))
     net = config.network()
     out = {}
     for s in sizes:
         x = jnp.full((1, s, s, 3), 0.5)
-        fs.stylize(net, state.params, x).block_until_ready()  # compile
+        fs.stylize(net, state.params, x, compiler_options=options).block_until_ready()  # compile
         t = time.perf_counter()
         for _ in range(repeats):
-            fs.stylize(net, state.params, x).block_until_ready()
+            fs.stylize(net, state.params, x, compiler_options=options).block_until_ready()
         out[s] = repeats / (time.perf_counter() - t)
     return out
 
@@ -120,13 +127,15 @@ def main() -> None:
     parser.add_argument("--linesearch", action="store_true", help="also time lbfgs-linesearch (slow)")
     args = parser.parse_args()
 
+    from jaxviz.accel import accelerate
     from jaxviz.images import load_image, save_image
     from jaxviz.runtime import device_description, enable_compilation_cache
     from jaxviz.weights.store import load_model
     enable_compilation_cache()
     print(f"device: {device_description()}")
-    model = load_model("vgg19_caffe")
-    feature_agreement(model)
+    model = accelerate(load_model("vgg19_caffe"))
+    if not args.skip_pastiche:
+        feature_agreement(model)
 
     content = load_image("chelsea", args.size, fit="stretch")
     style = load_image("hubble_deep_field", args.size, fit="stretch")

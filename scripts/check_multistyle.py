@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Benchmark-environment check: the Flax multistyle26 port equals onnxruntime on the original ONNX.
 
-Needs onnxruntime (the benchmark environment, never the project's):
-    PYTHONPATH=. /work/benchenv/bin/python scripts/check_multistyle.py [--fps] [--write-reference]
+Needs onnxruntime (never a dependency of the project; e.g. ``pip install --target /tmp/ort onnxruntime``
+without its numpy/protobuf copies, then):
+    PYTHONPATH=.:/tmp/ort .venv/bin/python scripts/check_multistyle.py [--fps] [--write-reference]
 Runs both on the same photos (a non-square size and a larger square one) for a single style, a
 three-style blend and an unnormalised mix, through both conv paths of MultiStyleNet; prints
 max abs / rel error and PASS/FAIL (tolerance 1e-4 absolute on outputs in [0, 1]). ``--fps`` times
@@ -65,8 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     import jax
     import jax.numpy as jnp
 
-    from jaxviz.fast_style_pretrained import MultiStyleNet, load_multistyle, stylize
+    from jaxviz.accel.xla import compiler_options
+    from jaxviz.fast_style_pretrained import MultiStyleNet, load_multistyle
+    from jaxviz.fast_style_pretrained import stylize as _stylize
     from jaxviz.images import load_image
+    dense = compiler_options(dense_convolutions=True)  # as the front ends run it
+
+    def stylize(net, params, images, weights):
+        return _stylize(net, params, images, weights, compiler_options=dense)
     sess = session()
     net, params, _ = load_multistyle()
     failures = 0
