@@ -250,6 +250,9 @@ def test_incremental_on_the_accelerated_model(tiny_model):
     _assert_close_relative(a, b)
     pixels = occlusion_map(fast.apply, fast.params, x, window=5, stride=3, incremental=True)  # a bound apply works
     _assert_close_relative(pixels, windows_to_pixels(b, (16, 20), 5, 3))
+    # inside a caller's jit the model's XLA options cannot apply: the plain jit is used, same values
+    nested = jax.jit(lambda p, v: incremental_occlusion(fast, p, v, window=5, stride=3, loop="map"))(fast.params, x)
+    _assert_close_relative(nested, b)
 
 
 def test_incremental_neuron_target(tiny_model):
