@@ -139,5 +139,6 @@ def figure_index(model, out: str | os.PathLike, *, layers: tuple[str, ...], coun
     size = int(input_size) if input_size is not None else max(model.input_hw())
     out = Path(out)
     paths = figure_dataset(out / "images", count, size=size)
-    return scan(model, paths, out, layers=layers, topk=topk, batch=batch, input_size=input_size,
+    # The files are already square at the size: "stretch" keeps them as they are.
+    return scan(model, paths, out, layers=layers, topk=topk, batch=batch, input_size=input_size, fit="stretch",
                 progress=progress)

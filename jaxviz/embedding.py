@@ -320,12 +320,13 @@ def grid_image(cells: np.ndarray, thumbs: np.ndarray, rows: int, cols: int,
     return canvas
 
 
-def load_thumbnails(sources: Sequence[str], size: int, *, fit: str = "stretch",
-                    progress: bool = False) -> np.ndarray:
-    """(N, size, size, 3) images in [0, 1] from paths or sample names (progress bar optional)."""
+def load_thumbnails(sources: Sequence[str], size: int | tuple[int, int], *, fit: str = "stretch",
+                    transform=None, progress: bool = False) -> np.ndarray:
+    """(N, size, size, 3) images in [0, 1] from paths or sample names (progress bar optional);
+    ``fit``/``transform`` as ``jaxviz.images.load_image``."""
     from jaxviz.images import load_image
     it = sources
     if progress:
         from tqdm import tqdm
         it = tqdm(sources, desc="images", unit="img")
-    return np.stack([load_image(s, size, fit) for s in it]).astype(np.float32)
+    return np.stack([load_image(s, size, fit, transform) for s in it]).astype(np.float32)

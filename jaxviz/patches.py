@@ -495,7 +495,9 @@ def top_patches(model, index: Index, layer: str, channels: Sequence[int], *, k: 
     image_ids = t.image[channels, :k]
     if np.any(image_ids < 0):
         raise JaxvizError(f"index {index.path}: layer {name} holds fewer than {k} images per channel")
-    cache = {int(i): load_image(index.source(int(i)), size, fit) for i in np.unique(image_ids)}
+    # Loaded as the scan loaded them (the model's evaluation transform for fit "eval").
+    transform = getattr(model, "eval_transform", None)
+    cache = {int(i): load_image(index.source(int(i)), size, fit, transform) for i in np.unique(image_ids)}
     images = np.stack([cache[int(i)] for i in image_ids.ravel()])
     ys, xs = t.y[channels, :k].ravel(), t.x[channels, :k].ravel()
     tops, lefts = rf.offset + ys * rf.stride, rf.offset + xs * rf.stride

@@ -423,12 +423,12 @@ def _finish(out: Path, meta: dict, state: dict, features: np.ndarray, count: int
 
 
 def _prefetch(sources: Sequence[str], batch: int, size: int | tuple[int, int], fit: str, start: int,
-              workers: int = 2):
+              workers: int = 2, transform=None):
     """Yield (offset, images (b, S, S, 3)) batches, decoding the next ones in threads."""
     from jaxviz.images import load_image
 
     def load(lo: int) -> np.ndarray:
-        return np.stack([load_image(s, size, fit) for s in sources[lo:lo + batch]])
+        return np.stack([load_image(s, size, fit, transform) for s in sources[lo:lo + batch]])
 
     with ThreadPoolExecutor(workers) as pool:
         offsets = list(range(start, len(sources), batch))
@@ -451,7 +451,7 @@ def _fits() -> tuple[str, ...]:
 
 
 def scan(model, sources: Sequence[str], out: str | os.PathLike, *, layers: Sequence[str], topk: int = 9,
-         batch: int = 32, input_size: int | tuple[int, int] | None = None, fit: str = "stretch",
+         batch: int = 32, input_size: int | tuple[int, int] | None = None, fit: str = "eval",
          shard: tuple[int, int] = (0, 1), devices: Sequence | None = None, params: PyTree | None = None,
          compiler_options: Sequence[tuple[str, str]] | None = None, progress: bool = False,
          on_batch: Callable[[int], None] | None = None) -> Index:
@@ -467,7 +467,8 @@ def scan(model, sources: Sequence[str], out: str | os.PathLike, *, layers: Seque
       topk: images kept per channel (at most the number of images: more cannot be kept).
       batch: images per step (rounded up to a multiple of the number of devices).
       input_size: input size, int (square) or (h, w) (default: the model's).
-      fit: how images are fitted to the size (``jaxviz.images.fit_image``).
+      fit: how images are fitted to the size (``jaxviz.images.fit_image``): "eval" (default)
+        the model's standard evaluation transform (``model.eval_transform``), "stretch", "crop".
       shard: (i, n): scan only the i-th of n contiguous parts of ``sources``.
       devices: devices of the data mesh (default ``jax.local_devices()``).
       params: the model's variables (default ``model.params``).
@@ -546,7 +547,8 @@ def scan(model, sources: Sequence[str], out: str | os.PathLike, *, layers: Seque
         from tqdm import tqdm
         bar = tqdm(total=len(mine), initial=done, unit="img", desc=f"scan {model.name}")
     try:
-        for offset, images in _prefetch(mine, batch, load_size, fit, done):
+        for offset, images in _prefetch(mine, batch, load_size, fit, done,
+                                        transform=getattr(model, "eval_transform", None)):
             n = len(images)
             ids = np.full((batch,), -1, np.int32)
             ids[:n] = np.arange(lo + offset, lo + offset + n)

@@ -127,7 +127,7 @@ def test_scan_topk_equals_brute_force(any_model, folder, tmp_path, size=(16, 20)
     """Non-square input (the square case: tests/test_scan.py); batches of 3 over 11 images."""
     sources = collect_sources([folder])
     layers = scanned_layers(any_model)
-    index = scan(any_model, sources, tmp_path / "ix", layers=layers, topk=4, batch=3, input_size=size)
+    index = scan(any_model, sources, tmp_path / "ix", layers=layers, topk=4, batch=3, input_size=size, fit="stretch")
     assert index.meta["model"] == any_model.name and index.meta["feature_layer"] == any_model.feature_layer
     images = load_images(sources, size, "stretch")
     for layer in layers:
@@ -162,7 +162,7 @@ def test_patches_put_back_in_noise_reproduce_the_activation(any_model, folder, t
         for j in range(2):
             y, x = int(t.y[channel, j]), int(t.x[channel, j])
             top, left, bottom, right = (int(v) for v in unit_boxes(any_model, layer, [y], [x], size)[0])
-            image = load_image(index.source(int(t.image[channel, j])), size, "stretch")
+            image = load_image(index.source(int(t.image[channel, j])), size, index.meta["fit"], any_model.eval_transform)
             noise = rng.random(image.shape).astype(np.float32)
             placed = noise.copy()
             t0, l0, t1, l1 = max(top, 0), max(left, 0), min(bottom, size), min(right, size)

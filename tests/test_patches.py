@@ -120,7 +120,7 @@ def _check_put_back(model, index, layer, channels, k, rng):
         for j in range(k):
             y, x = int(t.y[channel, j]), int(t.x[channel, j])
             box = unit_boxes(model, name, np.array([y]), np.array([x]), size)[0]
-            image = load_image(index.source(int(t.image[channel, j])), size, index.meta["fit"])
+            image = load_image(index.source(int(t.image[channel, j])), size, index.meta["fit"], model.eval_transform)
             noise = rng.random(image.shape).astype(np.float32)
             placed = _put_back(tiles[ci, j], box, image, noise)
             act = model.activation(model.params, model.preprocess(jnp.asarray(placed[None])), name)

@@ -39,10 +39,11 @@ def folder(tmp_path_factory) -> Path:
     return root
 
 
-def _brute_force(model, sources, layers, k, size, params=None):
-    """Top-k by a full sort of every image's activations (numpy), and the pooled features."""
+def _brute_force(model, sources, layers, k, size, params=None, fit="eval"):
+    """Top-k by a full sort of every image's activations (numpy), and the pooled features, of the
+    images fitted as the scan fits them (default: the model's evaluation transform)."""
     params = model.params if params is None else params
-    images = load_images(sources, size, "stretch")
+    images = load_images(sources, size, fit, model.eval_transform)
     feature_layer = model.feature_layer
     acts = model.activations(params, model.preprocess(images), tuple(layers) + (feature_layer,))
     out = {}
@@ -119,8 +120,9 @@ def test_topk_equals_brute_force(reference):
 def test_topk_larger_than_dataset_and_batch_one(folder, tmp_path):
     model = make_tiny_model(1)
     sources = collect_sources([folder])[:5]
-    index = scan(model, sources, tmp_path / "ix", layers=["features.4"], topk=9, batch=1)
-    want, _ = _brute_force(model, sources, ["features.4"], 9, 16)
+    index = scan(model, sources, tmp_path / "ix", layers=["features.4"], topk=9, batch=1, fit="stretch")
+    assert index.meta["fit"] == "stretch"
+    want, _ = _brute_force(model, sources, ["features.4"], 9, 16, fit="stretch")
     assert index.topk["features.4"].values.shape[1] == 5  # k = min(topk, count)
     np.testing.assert_array_equal(index.topk["features.4"].image, want["features.4"][1])
 

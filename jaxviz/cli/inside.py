@@ -90,7 +90,7 @@ def activations(parser: argparse.ArgumentParser):
         model = _load_model(args.model)
         size = model.input_hw()
         layer = A.check_spatial(model, args.layer, size)
-        images = load_images(args.images, size, args.fit)
+        images = load_images(args.images, size, args.fit, model.eval_transform)
         maps = xla.jit(A.feature_maps, model.compiler_options, static_argnums=(0, 3))
         acts = maps(model, model.params, model.preprocess(jnp.asarray(images)), layer)
         panel, best = A.activation_panel(images[0], acts[0], columns=args.columns)
@@ -130,9 +130,10 @@ def neighbors(parser: argparse.ArgumentParser):
         if not 1 <= args.k <= n:
             raise JaxvizError(f"--k must be between 1 and the index size {n}, got {args.k}")
         size, fit = _index_size(index), index.meta["fit"]
-        queries = load_images(args.images, size, fit)
+        model = _load_model(index.meta["model"]) if args.space == "feature" else None
+        # Queries fitted as the scan fitted the index's images (the model's evaluation transform).
+        queries = load_images(args.images, size, fit, model.eval_transform if model else None)
         if args.space == "feature":
-            model = _load_model(index.meta["model"])
             layer = index.meta["feature_layer"]
             q = E.model_features(model, queries, layer=layer)
             database = index.features
@@ -267,7 +268,7 @@ def _predict(model, index, progress: bool):
         starts = tqdm(starts, desc="classify", unit="batch")
     preds = []
     for s in starts:
-        images = load_thumbnails(index.paths[s:s + 32], size, fit=fit)
+        images = load_thumbnails(index.paths[s:s + 32], size, fit=fit, transform=model.eval_transform)
         preds.append(np.asarray(apply(model.params, model.preprocess(images)).argmax(-1)))
     return np.concatenate(preds)
 

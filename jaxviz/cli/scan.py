@@ -39,8 +39,9 @@ def scan(parser: argparse.ArgumentParser):
     parser.add_argument("--out", "-o", required=True, help="INDEX folder to write (or resume)")
     parser.add_argument("--batch", type=int, default=32, help="images per step (default 32)")
     parser.add_argument("--size", type=int, default=None, help="input size (default: the model's)")
-    parser.add_argument("--fit", choices=["stretch", "crop"], default="stretch",
-                        help="resize straight to the input size, or resize + centre-crop (default: stretch)")
+    parser.add_argument("--fit", choices=["eval", "stretch", "crop"], default="eval",
+                        help="eval (default): the model's standard evaluation transform (resize + centre crop); "
+                             "stretch: resize straight to the input size; crop: as eval")
     parser.add_argument("--shard", default="0/1", help="scan only shard i of n (i/n) of the inputs, for multi-host scans")
     parser.add_argument("--merge", nargs="+", metavar="INDEX",
                         help="merge these shard indices into --out instead of scanning")
