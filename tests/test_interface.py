@@ -173,3 +173,17 @@ def test_layer_params_and_replacing_them():
         leaves = jax.tree_util.tree_leaves(model.layer_params(zeroed, layer))
         assert leaves and all(float(jnp.abs(v).max()) == 0 for v in leaves)
         assert not np.allclose(model.apply(zeroed, X), model.apply(model.params, X))
+
+
+def test_layer_shapes_at_another_size_stop_at_a_fixed_size_head():
+    class Flat(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
+            return nn.Dense(3, name="head")(x.reshape(x.shape[0], -1))  # fixed input size
+    module = Flat()
+    model = from_linen(module, module.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3))), input_size=8)
+    assert model.layer_shapes()["head"] == (3,) and model.num_classes == 3
+    assert model.layer_shapes(12) == {"conv": (12, 12, 4)}  # the head cannot run at 12 px
+    with pytest.raises(JaxvizError, match="does not run to its output"):
+        model.output_shape(12)

@@ -78,6 +78,7 @@ class Model:
         self._derived: dict = {}
         self._probes: dict = {}
         self._repeated: set[str] = set()  # modules that run more than once per pass: not layers
+        self._probe_sink: dict | None = None
 
     # ------------------------------------------------------------------ what adapters provide
 
@@ -182,24 +183,36 @@ class Model:
     # ------------------------------------------------------------------ layers
 
     def _probe(self, size: tuple[int, int]) -> tuple[Any, dict]:
-        """Shapes of the output and of every layer (abstract evaluation: no FLOPs)."""
+        """Shapes of the output and of every layer (abstract evaluation: no FLOPs). A network
+        that fails part-way at this size (a fixed-size head) gives the layers before the
+        failure and no output."""
         if size not in self._probes:
             x = jax.ShapeDtypeStruct((1,) + tuple(size) + (3,), jnp.float32)
             order: list[str] = []
+            seen: dict = {}
 
             def forward(p, x):
-                out, acts = self._forward(p, x, ALL, {}, frozenset())
+                self._probe_sink = seen  # adapters record into it as the pass goes
+                try:
+                    out, acts = self._forward(p, x, ALL, {}, frozenset())
+                finally:
+                    self._probe_sink = None
                 order.extend(acts)  # completion order (eval_shape returns dicts sorted by key)
                 return out, acts
             try:
                 out, acts = jax.eval_shape(forward, self.params, x)
-                self._probes[size] = out, {name: acts[name] for name in order if name not in self._repeated}
+                acts = {name: acts[name] for name in order}
             except JaxvizError:
                 raise
             except Exception as e:
-                raise JaxvizError(f"{self.name} does not run on a 1x{size[0]}x{size[1]}x3 input "
-                                  f"({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                                  "declare its input_size") from None
+                if not seen:
+                    raise JaxvizError(f"{self.name} does not run on a 1x{size[0]}x{size[1]}x3 input "
+                                      f"({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                                      "declare its input_size") from None
+                out = None
+                acts = {name: jax.ShapeDtypeStruct(a.shape, a.dtype) for name, a in seen.items()
+                        if hasattr(a, "shape")}
+            self._probes[size] = out, {n: a for n, a in acts.items() if n not in self._repeated}
         return self._probes[size]
 
     def input_hw(self, size: int | tuple[int, int] | None = None) -> tuple[int, int]:
@@ -224,10 +237,18 @@ class Model:
 
     def output_shape(self, size: int | tuple[int, int] | None = None) -> tuple[int, ...]:
         """Shape of the output without the batch axis."""
+        hw = self.input_hw(size)
         if not self.has_layers:
-            x = jax.ShapeDtypeStruct((1,) + self.input_hw(size) + (3,), jnp.float32)
-            return tuple(jax.eval_shape(lambda p, x: self.apply(p, x), self.params, x).shape[1:])
-        return tuple(self._probe(self.input_hw(size))[0].shape[1:])
+            x = jax.ShapeDtypeStruct((1,) + hw + (3,), jnp.float32)
+            try:
+                return tuple(jax.eval_shape(lambda p, x: self.apply(p, x), self.params, x).shape[1:])
+            except Exception as e:
+                raise JaxvizError(f"{self.name} does not run on a 1x{hw[0]}x{hw[1]}x3 input "
+                                  f"({e.__class__.__name__})") from None
+        out = self._probe(hw)[0]
+        if out is None:
+            raise JaxvizError(f"{self.name} does not run to its output on a {hw[0]}x{hw[1]} input")
+        return tuple(out.shape[1:])
 
     @property
     def num_classes(self) -> int | None:

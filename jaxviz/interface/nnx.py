@@ -92,6 +92,8 @@ class NnxModel(Model):
             out = inject[path] if path in inject else run()
             if everything or path in wanted:
                 captured.setdefault(path, out)
+                if everything and self._probe_sink is not None:
+                    self._probe_sink.setdefault(path, out)
             remaining.discard(path)
             if stop_after and not remaining:
                 raise StopForward
