@@ -179,7 +179,7 @@ def gram_texture(model, params: dict, sample: Array, size: int | tuple[int, int]
       JaxvizError: a bad sample, size, option or layer.
     """
     from jaxviz.interface import as_model
-    from jaxviz.keys import typed_key
+    from jaxviz.keys import image_keys
     from jaxviz.optimize import optimize, valid_range_projection
     from jaxviz.style import (_check_pixels, _layer_weights, check_layers, check_options, gatys_data, gatys_loss,
                               gram_targets, make_optimizer)
@@ -199,7 +199,7 @@ def gram_texture(model, params: dict, sample: Array, size: int | tuple[int, int]
         check_layers(model, params, loss.style_layers, hw, spatial=loss.style_layers)
     params, options = loss.prepare(params)
     targets = gram_targets(loss.style_features, params, [model.preprocess(sample[None])], options=options)
-    x0 = model.preprocess(jax.random.uniform(typed_key(key), size + (3,))[None])
+    x0 = model.preprocess(jax.random.uniform(image_keys(key, 1)[0], size + (3,))[None])
     result = optimize(loss, x0, optimizer=make_optimizer(optimizer, learning_rate), steps=int(steps),
                       project=valid_range_projection(model), callbacks=callbacks,
                       data=gatys_data(params, targets, w), compiler_options=options)
