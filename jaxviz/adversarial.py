@@ -49,7 +49,6 @@ import optax
 from jaxviz.errors import JaxvizError
 from jaxviz.interface import as_model
 from jaxviz.keys import image_keys
-from jaxviz.objectives import num_outputs
 
 Array = jax.Array
 Norm = Literal["linf", "l2"]
@@ -223,18 +222,19 @@ def succeeded(probs: Array, label: Array, target: Array, confidence: float | Non
 def assess(predict_proba: ProbaFn, originals: Array, adversarial: Array, *, label: Array,
            target: Array | None = None, confidence: float | None = None, steps: Array | None = None,
            method: str = "", model: str = "", eps: float | None = None, norm: str | None = None,
-           queries: Array | None = None) -> AttackReport:
+           queries: Array | None = None, original_probs: Array | None = None) -> AttackReport:
     """Re-predict originals and adversarial images and measure the attack (the only success test).
 
     Args:
       predict_proba: ``f(images01 (N, H, W, 3)) -> (N, classes)`` probabilities (any model).
       originals, adversarial: (N, H, W, 3) in [0, 1].
       label: (N,) reference classes; target: (N,) targets or None / -1 (untargeted).
+      original_probs: ``predict_proba(originals)`` when the caller already has it (one pass less).
     """
     n = len(originals)
     label = np.asarray(label, np.int32).reshape(n)
     target = np.full(n, -1, np.int32) if target is None else np.broadcast_to(np.asarray(target, np.int32), (n,))
-    p0 = np.asarray(predict_proba(jnp.asarray(originals, jnp.float32)))
+    p0 = np.asarray(predict_proba(jnp.asarray(originals, jnp.float32)) if original_probs is None else original_probs)
     p1 = np.asarray(predict_proba(jnp.asarray(adversarial, jnp.float32)))
     ok = np.asarray(succeeded(jnp.asarray(p1), jnp.asarray(label), jnp.asarray(target), confidence))
     final = p1.argmax(-1)
@@ -499,11 +499,14 @@ def attack(model, params: dict | None, images: Array, *, method: str = "pgd-linf
     if confidence is not None and not 0.0 < confidence < 1.0:
         raise JaxvizError(f"confidence must be in (0, 1), got {confidence}")
     early_stop = spec.early_stop if early_stop is None else early_stop
-    num_classes = num_outputs(model, params, x0)
     params = model.prepare_params(params)
     predict = proba_fn(model, params)
+    p0 = predict(x0)  # the label, the class count and the report's original confidences
+    if p0.ndim != 2:
+        raise JaxvizError(f"{model.name} is not a classifier: its output has shape {tuple(p0.shape[1:])} per image")
+    num_classes = p0.shape[1]
     if label is None:
-        label = jnp.argmax(predict(x0), -1)
+        label = jnp.argmax(p0, -1)
     label = jnp.asarray(label, jnp.int32).reshape(n)
     targeted = target is not None
     tgt = (jnp.broadcast_to(jnp.asarray(target, jnp.int32), (n,)) if targeted
@@ -539,7 +542,7 @@ def attack(model, params: dict | None, images: Array, *, method: str = "pgd-linf
         adv = jnp.clip(adv, 0.0, 1.0)
     adv = np.asarray(adv, np.float32)
     report = assess(predict, x0, adv, label=label, target=tgt, confidence=confidence, steps=steps_run,
-                    method=spec.name, model=model.name, eps=eps, norm=spec.norm)
+                    method=spec.name, model=model.name, eps=eps, norm=spec.norm, original_probs=p0)
     report.extra.update(engine=engine_times)
     return AttackResult(adv, report)
 
