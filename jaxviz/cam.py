@@ -63,7 +63,8 @@ def _kernel(node):
         kernel = node["kernel"]
     except (KeyError, TypeError, IndexError):
         return None
-    kernel = getattr(kernel, "value", kernel)
+    get_value = getattr(kernel, "get_value", None)  # an nnx Variable (``.value`` is deprecated)
+    kernel = get_value() if callable(get_value) else kernel
     return kernel if getattr(kernel, "ndim", None) == 2 else None
 
 

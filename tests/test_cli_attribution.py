@@ -16,7 +16,6 @@ from jaxviz import cam as camlib
 from jaxviz import saliency as sal
 from jaxviz.cli import main
 from jaxviz.cli.attribution import METHODS
-from jaxviz.targets import Target
 from tests.conftest import make_tiny_model
 
 

@@ -164,7 +164,8 @@ def _finite(name: str, value: float | None, positive: bool = False) -> None:
 def saliency(parser: argparse.ArgumentParser):
     add_images(parser)
     add_model(parser)
-    parser.add_argument("--method", default="vanilla", metavar="METHOD", help=" | ".join(METHODS) + " (default vanilla)")
+    parser.add_argument("--method", default="vanilla", metavar="METHOD",
+                        help=" | ".join(METHODS) + " (default vanilla)")
     parser.add_argument("--target", default=None, metavar="CLASS|LAYER:CHANNEL[:Y:X]",
                         help="class index or name, or a neuron (default: the predicted class)")
     parser.add_argument("--score", default="logit", metavar="KIND", help="class score: logit | prob | logprob")
