@@ -1,15 +1,13 @@
 #!/usr/bin/env python
-"""Benchmark the dataset scan (jaxviz.scan).
+"""Memory of the dataset scan and embedding timings (not comparisons: ``scripts/bench.py``
+times the scan against the forward pass, ``--only scan``).
 
-    python scripts/bench_scan.py [--model squeezenet1_1] [--batch 32] [--size 224] [--quick]
+    python scripts/bench_memory.py [--model squeezenet1_1] [--quick]
 
 Prints
-  1. scan-step throughput vs the plain forward pass at the same batch size, on the same in-memory
-     images (the top-k bookkeeping should be nearly free: goal >= 0.9x), and the end-to-end
-     ``scan()`` throughput from PNG files (decoding included);
-  2. peak resident memory of a scan of 64 vs 640 synthetic 112 px images (each in a fresh process):
+  1. peak resident memory of a scan of 64 vs 640 synthetic 112 px images (each in a fresh process):
      it should stay flat when the dataset grows 10x;
-  3. kNN and t-SNE timings for 1k / 10k random points with ``jaxviz.embedding`` (when present).
+  2. kNN and t-SNE timings for 1k / 10k random points with ``jaxviz.embedding`` (when present).
 """
 from __future__ import annotations
 
@@ -25,79 +23,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _interleaved(fns: dict, repeats: int) -> dict:
-    """Best-of-``repeats`` seconds per call for each function, calls interleaved so that load from
-    other processes on a shared machine hits all of them alike."""
-    for fn in fns.values():
-        fn()  # compile / warm up
-    best = {name: float("inf") for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
-
-
-def _model(name: str):
-    """A bundled model, accelerated as the front ends do (the scan jits with its compiler options)."""
-    from jaxviz.accel import accelerate
-    from jaxviz.weights.store import load_model
-    return accelerate(load_model(name))
-
-
-def bench_throughput(model_name: str, batch: int, size: int, layers: list[str], repeats: int) -> None:
-    import jax
-    from jax.sharding import NamedSharding, PartitionSpec as P
-
-    from jaxviz.accel import xla
-    from jaxviz.scan import data_mesh, init_state, make_step, scan
-    model = _model(model_name)
-    names = tuple(model.resolve_layer(layer) for layer in layers)
-    stop = model.layer_order(names + (model.feature_layer,))[-1]
-    images = np.random.default_rng(0).random((batch, size, size, 3)).astype(np.float32)
-
-    options = model.compiler_options
-    forward_stop = xla.jit(lambda p, x: model.activation(p, model.preprocess(x), stop), options)
-    forward_full = xla.jit(lambda p, x: model.apply(p, model.preprocess(x)), options)
-
-    mesh = data_mesh()
-    step = make_step(model, names, model.feature_layer, 9, mesh, compiler_options=options)
-    shapes = model.layer_shapes(size)
-    params = jax.device_put(model.params, NamedSharding(mesh, P()))
-    ids = np.arange(batch, dtype=np.int32)
-    holder = {"state": jax.device_put(init_state({n: shapes[n][-1] for n in names}, 9), NamedSharding(mesh, P()))}
-
-    def run_step():
-        holder["state"], feats = step(params, images, ids, holder["state"])
-        jax.device_get(holder["state"]), np.asarray(feats)  # what scan() pulls back every batch
-
-    best = _interleaved({"stop": lambda: np.asarray(forward_stop(model.params, images)),
-                         "full": lambda: np.asarray(forward_full(model.params, images)),
-                         "scan": run_step}, repeats)
-    t_stop, t_full, t_scan = best["stop"], best["full"], best["scan"]
-    print(f"## throughput: {model_name}, batch {batch}, {size} px, layers {', '.join(layers)}, "
-          f"{len(jax.devices())} device(s)")
-    print(f"forward to {stop:<14} {batch / t_stop:8.1f} images/s")
-    print(f"forward to logits        {batch / t_full:8.1f} images/s")
-    print(f"scan step (top-k + feat) {batch / t_scan:8.1f} images/s   "
-          f"ratio scan/forward(same depth) = {t_stop / t_scan:.3f}   (goal >= 0.9)")
-
-    from jaxviz.images import save_image
-    with tempfile.TemporaryDirectory() as tmp:
-        n = batch * 4
-        rng = np.random.default_rng(1)
-        paths = []
-        for i in range(n):
-            paths.append(f"{tmp}/{i:04d}.png")
-            save_image(rng.random((size, size, 3)), paths[-1])
-        start = time.perf_counter()
-        scan(model, paths, f"{tmp}/index", layers=layers, batch=batch, input_size=size, fit="stretch")
-        total = time.perf_counter() - start
-    print(f"scan() end to end        {n / total:8.1f} images/s   ({n} PNG files, decode + resize + "
-          f"checkpoint included, compile included)")
 
 
 MEMORY_CHILD = """
@@ -192,17 +117,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="squeezenet1_1")
     parser.add_argument("--layers", nargs="+", default=["fire3", "fire6", "fire9"])
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="skip the 10k-point embedding timings")
     parser.add_argument("--points", type=int, nargs="+", default=[1000, 10000], help="embedding sizes")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["throughput", "memory", "embedding"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["memory", "embedding"])
     args = parser.parse_args(argv)
     from jaxviz.runtime import enable_compilation_cache
     enable_compilation_cache()
-    if "throughput" not in args.skip:
-        bench_throughput(args.model, args.batch, args.size, args.layers, args.repeats)
     if "memory" not in args.skip:
         bench_memory(args.model, args.layers)
     if "embedding" not in args.skip:
