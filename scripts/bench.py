@@ -606,28 +606,39 @@ def gatys(cfg: Config) -> Comparison:
 
 # --------------------------------------------------------------------------- jaxviz internal
 
-@comparison("occlusion-incremental", "internal")
-def occlusion_incremental(cfg: Config) -> Comparison:
-    """Incremental vs batched occlusion (both exact) on SqueezeNet 1.1, against the theoretical
-    FLOP saving."""
-    import numpy as np
-    from jaxviz.occlusion import flop_saving, incremental_occlusion, occlusion as batched
-    n, size, window, stride = cfg.pick(2, 1), cfg.pick(224, 64), 16, 8
-    _, model = _model("squeezenet1_1")
-    x, index = _x(cfg, n, size)
-    kw = dict(index=index, window=window, stride=stride, chunk=32)
-    inc = lambda: np.asarray(incremental_occlusion(model, model.params, x, **kw))  # noqa: E731
-    full = None if cfg.jaxviz_only else (lambda: np.asarray(batched(model, model.params, x, **kw)))
-    saving = flop_saving(model, input_size=size, window=window, stride=stride)
+def _incremental_vs_batched(name: str, model_name: str, label: str):
+    def build(cfg: Config) -> Comparison:
+        import jax
+        import jax.numpy as jnp
+        import numpy as np
+        from jaxviz.images import load_images
+        from jaxviz.occlusion import flop_saving, incremental_occlusion, occlusion as batched
+        n, size, window, stride = cfg.pick(2, 1), cfg.pick(224, 64), 16, 8
+        _, model = _model(model_name)
+        x = model.preprocess(jnp.asarray(load_images(_sample_paths(cfg.images, n), size,
+                                                     transform=model.eval_transform)))
+        index = jax.jit(lambda p, x: jnp.argmax(model.apply(p, x), -1).astype(jnp.int32))(model.params, x)
+        kw = dict(index=index, window=window, stride=stride, chunk=32)
+        inc = lambda: np.asarray(incremental_occlusion(model, model.params, x, **kw))  # noqa: E731
+        full = None if cfg.jaxviz_only else (lambda: np.asarray(batched(model, model.params, x, **kw)))
+        saving = flop_saving(model, input_size=size, window=window, stride=stride)
 
-    def agree(out):
-        span = float(out["peer"].max() - out["peer"].min()) or 1.0
-        err = float(np.abs(out["jaxviz"] - out["peer"]).max()) / span
-        return {"max_error_rel": err, "ok": err < 1e-4, "criterion": "max |diff| / range < 1e-4"}
-    return Comparison("occlusion-incremental", f"occlusion {window}/{stride} incremental vs batched, {n} images",
-                      "jaxviz batched occlusion", inc, full, items=n,
-                      how={"images": n, "size": size, "chunk": 32}, agree=agree,
-                      derived=lambda med, out: {"FLOP saving": saving}, child=_child("occlusion-incremental", cfg))
+        def agree(out):
+            span = float(out["peer"].max() - out["peer"].min()) or 1.0
+            err = float(np.abs(out["jaxviz"] - out["peer"]).max()) / span
+            return {"max_error_rel": err, "ok": err < 1e-4, "criterion": "max |diff| / range < 1e-4"}
+        return Comparison(name, f"occlusion {window}/{stride} incremental vs batched, {label}, {n} images",
+                          "jaxviz batched occlusion", inc, full, items=n,
+                          how={"images": n, "size": size, "chunk": 32}, agree=agree,
+                          derived=lambda med, out: {"FLOP saving": saving}, child=_child(name, cfg))
+    build.__doc__ = (f"Incremental vs batched occlusion (both exact) on {label}, against the theoretical "
+                     "FLOP saving.")
+    return comparison(name, "internal")(build)
+
+
+occlusion_incremental = _incremental_vs_batched("occlusion-incremental", "squeezenet1_1", "SqueezeNet 1.1")
+occlusion_incremental_lite0 = _incremental_vs_batched("occlusion-incremental-lite0", "efficientnet_lite0",
+                                                      "EfficientNet-Lite0")
 
 
 @comparison("scan", "internal")
