@@ -30,7 +30,6 @@ The styles have no names upstream ("the model I started from never came with any
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Mapping, Sequence, Union

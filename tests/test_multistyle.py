@@ -191,7 +191,8 @@ def test_cli_apply_multistyle(tmp_path, multistyle):
     saved = np.asarray(Image.open(out).convert("RGB"), np.float32) / 255
     h, w = saved.shape[:2]
     assert max(h, w) == 48 and h % 4 == 0 and w % 4 == 0
-    expected = np.asarray(fsp.stylize(net, params, load_image("coffee", (h, w), fit="stretch")[None], fsp.style_vector(19)))[0]
+    image = load_image("coffee", (h, w), fit="stretch")
+    expected = np.asarray(fsp.stylize(net, params, image[None], fsp.style_vector(19)))[0]
     assert np.abs(saved - expected).max() <= 1 / 255 + 1e-6
     for argv in (["--style", "style_99"], ["--style", "3", "--style-mix", "3:1"], ["--style-mix", "1,2"]):
         assert main(["fast-style", "apply", "coffee", "--model", "multistyle26", "--size", "48", *argv,
