@@ -24,22 +24,20 @@ def _ax_off(ax):
         "one backward pass for the batch; top: image, bottom: saliency (99th-percentile clipped).",
         order=300, images=SALIENCY_IMAGES, target="predicted class (logit)")
 def saliency_vanilla(ctx: Context):
-    import jax
     import jax.numpy as jnp
     import matplotlib.pyplot as plt
 
+    from jaxviz.accel import accelerate, xla
     from jaxviz.images import load_images
-    from jaxviz.labels import imagenet_labels
-    from jaxviz.nonlinearities import fast_pool_model
     from jaxviz.saliency import vanilla_saliency
 
-    model = ctx.model(ctx.classifiers()[0])
-    labels = imagenet_labels()
-    images = load_images(SALIENCY_IMAGES, model.spec.input_size)
+    model = accelerate(ctx.model(ctx.classifiers()[0]))
+    labels = model.labels
+    images = load_images(SALIENCY_IMAGES, model.input_size)
     x = model.preprocess(jnp.asarray(images))
     index = jnp.argmax(model.apply(model.params, x), axis=-1)
-    fast = fast_pool_model(model)
-    maps = np.asarray(jax.jit(lambda p, x, i: vanilla_saliency(fast.apply, p, x, index=i))(model.params, x, index))
+    maps = np.asarray(xla.jit(lambda p, x, i: vanilla_saliency(model, p, x, index=i), model.compiler_options)(
+        model.params, x, index))
     ctx.note(model=model.name, classes=", ".join(labels[int(i)] for i in index))
     fig, axes = plt.subplots(2, len(images), figsize=(3 * len(images), 6.2))
     for col, (image, m, i) in enumerate(zip(images, maps, index)):
@@ -62,14 +60,14 @@ def guided_backprop_neurons(ctx: Context):
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
+    from jaxviz.accel import accelerate, xla
     from jaxviz.images import load_images
-    from jaxviz.nonlinearities import backward_model
 
-    model = ctx.model("squeezenet1_1" if "squeezenet1_1" in ctx.models else ctx.classifiers()[0])
-    layer = model.spec.resolve_layer("fire9" if "fire9" in model.spec.aliases else model.spec.feature_layer)
-    images = load_images(NEURON_IMAGES, model.spec.input_size)
+    model = accelerate(ctx.model("squeezenet1_1" if "squeezenet1_1" in ctx.models else ctx.classifiers()[0]))
+    layer = model.resolve_layer("fire9" if "fire9" in model.aliases else model.feature_layer)
+    images = load_images(NEURON_IMAGES, model.input_size)
     x = model.preprocess(jnp.asarray(images))
-    acts = np.asarray(model.apply(model.params, x, stop=layer))  # (N, h, w, C)
+    acts = np.asarray(model.activation(model.params, x, layer))  # (N, h, w, C)
     n, h, w, c = acts.shape
     chosen, neurons = set(), []
     for k in range(n):  # the strongest unit of each image, a different channel each time
@@ -81,16 +79,16 @@ def guided_backprop_neurons(ctx: Context):
     chan = jnp.array([u[0] for u in neurons])
     ys, xs = jnp.array([u[1] for u in neurons]), jnp.array([u[2] for u in neurons])
 
-    def unit_grads(apply_fn):
+    def unit_grads(net):
         def score(x):  # one unit per image; positions are traced, so one compiled call for all
-            a = apply_fn(model.params, x, stop=layer)
+            a = net.activation(model.params, x, layer)
             return a[jnp.arange(n), ys, xs, chan].sum()
-        return jax.jit(jax.grad(score))(x)
+        return xla.jit(jax.grad(score), model.compiler_options)(x)
 
-    plain = np.asarray(unit_grads(backward_model(model, "gradient").apply))
-    guided = np.asarray(unit_grads(backward_model(model, "guided").apply))
-    rf = model.spec.receptive_fields()[layer]
-    size = model.spec.input_size
+    plain = np.asarray(unit_grads(model))
+    guided = np.asarray(unit_grads(model.with_backward("guided")))
+    rf = model.receptive_fields()[layer]
+    size = model.input_size
     fig, axes = plt.subplots(n, 4, figsize=(11, 2.9 * n), squeeze=False)
     for k, (ch, y, xx) in enumerate(neurons):
         top, left, bottom, right = rf.box(y, xx)
@@ -118,42 +116,41 @@ def guided_backprop_neurons(ctx: Context):
         "the top-5 class whose CAM differs most from it (lowest correlation), in one image.",
         order=302, image="astronaut", layer="model's feature layer (SqueezeNet: features.12 = fire9)")
 def cam_two_classes(ctx: Context):
-    import jax
     import jax.numpy as jnp
     import matplotlib.pyplot as plt
 
     from jaxviz import cam as camlib
+    from jaxviz.accel import accelerate, xla
     from jaxviz.images import load_images
-    from jaxviz.labels import imagenet_labels
-    from jaxviz.nonlinearities import fast_pool_model
     from jaxviz.render import normalize, overlay
 
-    model = ctx.model(ctx.classifiers()[0])
-    spec, labels = model.spec, imagenet_labels()
-    image = load_images(["astronaut"], spec.input_size)
+    model = accelerate(ctx.model(ctx.classifiers()[0]))
+    labels = model.labels
+    cam_layer, feature_layer = model.cam_layer or model.feature_layer, model.feature_layer
+    image = load_images(["astronaut"], model.input_size)
     x = model.preprocess(jnp.asarray(image))
     logits = np.asarray(model.apply(model.params, x))[0]
     top5 = np.argsort(logits)[::-1][:5]
-    weights = camlib.cam_weights(model)
-    cam_fn = jax.jit(lambda p, x, i: camlib.cam(model.apply, p, x, layer=spec.cam_layer, weights=weights, index=i))
+    weights = camlib.cam_weights(model, layer=cam_layer)
+    options = model.compiler_options
+    cam_fn = xla.jit(lambda p, x, i: camlib.cam(model, p, x, layer=cam_layer, weights=weights, index=i), options)
     xs = jnp.repeat(x, 5, axis=0)
     cams = np.asarray(cam_fn(model.params, xs, jnp.asarray(top5)))
     corr = [np.corrcoef(cams[0].ravel(), cams[k].ravel())[0, 1] for k in range(1, 5)]
     second = 1 + int(np.argmin(corr))
     classes = jnp.asarray([top5[0], top5[second]])
     x2 = jnp.repeat(x, 2, axis=0)
-    fast = fast_pool_model(model)
-    gc = np.asarray(jax.jit(lambda p, x, i: camlib.grad_cam(fast.apply, p, x, layer=spec.feature_layer, index=i))(
+    gc = np.asarray(xla.jit(lambda p, x, i: camlib.grad_cam(model, p, x, layer=feature_layer, index=i), options)(
         model.params, x2, classes))
-    ggc = np.asarray(jax.jit(lambda p, x, i: camlib.guided_grad_cam(model, p, x, layer=spec.feature_layer, index=i))(
-        model.params, x2, classes))
+    ggc = np.asarray(xla.jit(lambda p, x, i: camlib.guided_grad_cam(model, p, x, layer=feature_layer, index=i),
+                             options)(model.params, x2, classes))
     cams = cams[[0, second]]
     fig, axes = plt.subplots(2, 4, figsize=(12, 6.2))
     for row in range(2):
         cls = int(classes[row])
         panels = [(image[0], f"{labels[cls][:26]} (rank {1 if row == 0 else second + 1})"),
-                  (overlay(image[0], cams[row]), f"CAM ({spec.cam_layer})"),
-                  (overlay(image[0], gc[row]), f"Grad-CAM ({spec.feature_layer})"),
+                  (overlay(image[0], cams[row]), f"CAM ({cam_layer})"),
+                  (overlay(image[0], gc[row]), f"Grad-CAM ({feature_layer})"),
                   (normalize(ggc[row], hi=float(np.percentile(ggc[row], 99.5))), "guided Grad-CAM")]
         for ax, (panel, title) in zip(axes[row], panels):
             ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None)

@@ -14,19 +14,22 @@ CURVE_STEPS = 16
 
 
 def _methods(model, with_smoothgrad: bool = True) -> dict:
-    """Name -> ``method(apply_fn, params, x, target, index=...)`` from jaxviz.saliency / jaxviz.cam."""
+    """Name -> ``method(model, params, x, target, index=...)`` from jaxviz.saliency / jaxviz.cam."""
     import jax
 
     from jaxviz import saliency
+    from jaxviz.cam import grad_cam
     methods = {"vanilla gradient": saliency.vanilla_saliency}
     if with_smoothgrad:
         methods["SmoothGrad (16 samples)"] = partial(saliency.smoothgrad, key=jax.random.key(0), samples=16)
-    try:
-        from jaxviz.cam import grad_cam
-        methods[f"Grad-CAM ({model.spec.feature_layer})"] = partial(grad_cam, layer=model.spec.feature_layer)
-    except ImportError:  # CAM family not available: the figure still shows the gradient methods
-        pass
+    methods[f"Grad-CAM ({model.feature_layer})"] = partial(grad_cam, layer=model.feature_layer)
     return methods
+
+
+def _jit(model, method):
+    """``method(model, params, x, target, index=)`` jitted with the model's compiler options."""
+    from jaxviz.accel import xla
+    return xla.jit(method, model.compiler_options, static_argnums=(0, 3))
 
 
 def _off(ax):
@@ -41,21 +44,24 @@ def _off(ax):
 def saliency_segmentation(ctx: Context):
     import matplotlib.pyplot as plt
 
-    from jaxviz.images import load_images
-    from jaxviz.labels import imagenet_labels
     import jax
 
+    from jaxviz.accel import accelerate
+    from jaxviz.images import load_images
     from jaxviz.render import normalize
     from jaxviz.saliency import smoothgrad, vanilla_saliency
     from jaxviz.segment import mask_overlay, segment_from_saliency
+    from jaxviz.targets import Target
 
-    model = ctx.model(ctx.classifiers()[0])
-    images = load_images(SEGMENT_IMAGES, model.spec.input_size)
+    model = accelerate(ctx.model(ctx.classifiers()[0]))
+    # stretched (not centre-cropped), so that the masks cover the whole photograph
+    images = load_images(SEGMENT_IMAGES, model.input_size, "stretch")
     x = model.preprocess(images)
-    maps = {"vanilla": np.asarray(vanilla_saliency(model.apply, model.params, x)),
-            "SmoothGrad": np.asarray(smoothgrad(model.apply, model.params, x, key=jax.random.key(0), samples=16))}
+    smooth16 = partial(smoothgrad, key=jax.random.key(0), samples=16)
+    maps = {"vanilla": np.asarray(_jit(model, vanilla_saliency)(model, model.params, x, Target())),
+            "SmoothGrad": np.asarray(_jit(model, smooth16)(model, model.params, x, Target()))}
     predicted = np.asarray(model.apply(model.params, x)).argmax(-1)
-    labels = imagenet_labels()
+    labels = model.labels
     fig, axes = plt.subplots(len(images), 5, figsize=(15, 3.1 * len(images)), squeeze=False)
     shares = {}
     for row, (name, image, cls) in enumerate(zip(SEGMENT_IMAGES, images, predicted)):
@@ -86,21 +92,22 @@ def deletion_insertion_curves(ctx: Context):
     import jax.numpy as jnp
     import matplotlib.pyplot as plt
 
+    from jaxviz.accel import accelerate
     from jaxviz.images import load_images
     from jaxviz.metrics import deletion_insertion, random_order_maps
     from jaxviz.targets import Target
 
-    model = ctx.model(ctx.classifiers()[0])
-    x = model.preprocess(load_images(CURVE_IMAGES, model.spec.input_size))
+    model = accelerate(ctx.model(ctx.classifiers()[0]))
+    x = model.preprocess(load_images(CURVE_IMAGES, model.input_size))
     index = jnp.argmax(model.apply(model.params, x), axis=-1)
-    maps = {name: method(model.apply, model.params, x, Target(), index=index)
+    maps = {name: _jit(model, method)(model, model.params, x, Target(), index=index)
             for name, method in _methods(model).items()}
     maps["random order"] = random_order_maps(jax.random.key(0), x.shape[:3])
     fractions = np.linspace(0, 1, CURVE_STEPS + 1)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     aucs = {}
     for name, m in maps.items():
-        out = deletion_insertion(model.apply, model.params, x, m, index, steps=CURVE_STEPS)
+        out = deletion_insertion(model, model.params, x, m, index, steps=CURVE_STEPS)
         style = dict(ls="--", color="gray") if name == "random order" else {}
         for ax, kind in zip(axes, ["deletion", "insertion"]):
             auc = float(out[f"{kind}_auc"].mean())
@@ -116,7 +123,7 @@ def deletion_insertion_curves(ctx: Context):
     return fig
 
 
-def _edge_detector(apply_fn, params, x, target=None, index=None):
+def _edge_detector(model, params, x, target=None, index=None):
     """A control 'saliency method' that never looks at the model: image gradient magnitude."""
     import jax.numpy as jnp
     grey = x.mean(axis=-1)
@@ -134,13 +141,14 @@ def sanity_check(ctx: Context):
     import jax
     import matplotlib.pyplot as plt
 
+    from jaxviz.accel import accelerate
     from jaxviz.images import load_images
     from jaxviz.metrics import cascading_maps, randomisation_flag, spearman
     from jaxviz.render import normalize
     from jaxviz.targets import Target
 
-    model = ctx.model(ctx.classifiers()[0])
-    x = model.preprocess(load_images(["chelsea"], model.spec.input_size))
+    model = accelerate(ctx.model(ctx.classifiers()[0]))
+    x = model.preprocess(load_images(["chelsea"], model.input_size))
     methods = _methods(model, with_smoothgrad=False)
     methods["edge detector (control)"] = _edge_detector
     key = jax.random.key(0)

@@ -10,22 +10,23 @@ SAMPLE_PHOTOS = ["chelsea", "coffee", "astronaut", "rocket"]
 
 @figure("predictions", "Predictions on the sample images",
         "Top-3 ImageNet classes of each available classifier on scikit-image's sample photos "
-        "(PIL bicubic resize straight to the input size).", order=0, images=SAMPLE_PHOTOS, topk=3)
+        "(resized and centre-cropped by the evaluation transform).", order=0, images=SAMPLE_PHOTOS, topk=3)
 def predictions(ctx: Context):
     import matplotlib.pyplot as plt
 
+    from jaxviz.accel import accelerate, xla
     from jaxviz.classify import top_k
     from jaxviz.images import load_images
-    from jaxviz.labels import imagenet_labels
 
     names = ctx.classifiers()
-    labels = imagenet_labels()
     fig, axes = plt.subplots(len(names), len(SAMPLE_PHOTOS), figsize=(3.2 * len(SAMPLE_PHOTOS), 3.6 * len(names)),
                              squeeze=False)
     for row, name in enumerate(names):
-        model = ctx.model(name)
-        images = load_images(SAMPLE_PHOTOS, model.spec.input_size)
-        probs, idx = top_k(model.apply, model.params, model.preprocess(images), 3)
+        model = accelerate(ctx.model(name))
+        labels = model.labels
+        images = load_images(SAMPLE_PHOTOS, model.input_size)
+        probs, idx = xla.jit(lambda p, x: top_k(model, p, x, 3), model.compiler_options)(
+            model.params, model.preprocess(images))
         ctx.note(**{f"{name} top-1": ", ".join(f"{s}: {labels[int(i[0])]} {float(p[0]):.3f}"
                                                  for s, p, i in zip(SAMPLE_PHOTOS, probs, idx))})
         for col, (image, p, i) in enumerate(zip(images, probs, idx)):
@@ -46,18 +47,16 @@ def predictions(ctx: Context):
 def model_summary(ctx: Context):
     import matplotlib.pyplot as plt
 
-    from jaxviz.models.registry import get_spec, layer_shapes
-
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     for name in ctx.models:
-        spec = get_spec(name)
-        fields, shapes = spec.receptive_fields(), layer_shapes(spec)
-        spatial = [n for n in spec.layer_names if len(shapes[n]) == 3]
+        model = ctx.model(name)
+        fields, shapes = model.receptive_fields(), model.layer_shapes()
+        spatial = [n for n in model.layer_names if len(shapes[n]) == 3 and fields and n in fields]
         depth = np.arange(len(spatial))
         axes[0].plot(depth, [fields[n].size for n in spatial], marker=".", label=name)
         axes[1].plot(depth, [np.prod(shapes[n]) / 1e3 for n in spatial], marker=".", label=name)
-        ctx.note(**{f"{name} layers": len(spec.layer_names),
-                    f"{name} parameters": int(sum(np.prod(p.shape) for p in _leaves(ctx.model(name).params)))})
+        ctx.note(**{f"{name} layers": len(model.layer_names),
+                    f"{name} parameters": int(sum(np.prod(p.shape) for p in _leaves(model.params)))})
     axes[0].set(xlabel="layer (spatial layers, in order)", ylabel="receptive field (px)",
                 title="Receptive field grows with depth")
     axes[1].set(xlabel="layer (spatial layers, in order)", ylabel="activation size (k values)",
