@@ -1,4 +1,5 @@
-"""Foundation CLI: predict / models / layers, and one-line errors (exit 2) for bad input."""
+"""Foundation CLI: predict / models / layers, class names as typed on the command line, and
+one-line errors (exit 2) for bad input."""
 from __future__ import annotations
 
 import json
@@ -28,6 +29,50 @@ def test_predict_json(squeezenet, capsys):
     result = json.loads(capsys.readouterr().out)
     assert [r["topk"][0]["index"] for r in result] == [285, 967]
     assert [r["topk"][0]["label"] for r in result] == ["Egyptian cat", "espresso"]
+
+
+def test_top_k_and_labels_through_the_interface(squeezenet):
+    """top_k / predict_proba on the model interface (a bare apply_fn too) and the accelerated model."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxviz.accel import accelerate
+    from jaxviz.classify import predict_proba, top_k
+    from jaxviz.images import load_images
+    x = squeezenet.preprocess(load_images(["chelsea", "coffee"], 224, "stretch"))
+    probs = np.asarray(jax.nn.softmax(jax.jit(squeezenet.apply)(squeezenet.params, x)))
+    top, idx = top_k(squeezenet, squeezenet.params, x, 3)
+    np.testing.assert_array_equal(idx, np.argsort(-probs, axis=-1)[:, :3])
+    np.testing.assert_allclose(top, np.sort(probs, axis=-1)[:, ::-1][:, :3], rtol=1e-5)
+    fast = accelerate(squeezenet)
+    np.testing.assert_allclose(predict_proba(fast, fast.params, x), probs, atol=1e-4)  # conv rounding only
+    bare = top_k(squeezenet.module.apply, {"params": squeezenet.params}, x, 1)[1]
+    np.testing.assert_array_equal(bare[:, 0], [285, 967])
+    assert squeezenet.labels[285] == "Egyptian cat" and len(squeezenet.labels) == 1000
+
+
+def test_class_names_resolve_to_themselves_and_cardigan_is_the_sweater(capsys):
+    """Issue 13 item 3: an exact name wins (cardigan 474, Cardigan 264); each of the 1000 names
+    maps back to its own index; a name two classes share up to case is refused with both; a word
+    suggests the classes containing it."""
+    from jaxviz.errors import JaxvizError
+    from jaxviz.labels import imagenet_labels, resolve_class
+    labels = imagenet_labels()
+    assert resolve_class("cardigan") == 474 and resolve_class("Cardigan") == 264
+    assert [resolve_class(name) for name in labels] == list(range(1000))
+    assert resolve_class("EGYPTIAN CAT") == 285  # unique up to case: accepted
+    with pytest.raises(JaxvizError, match="ambiguous") as e:
+        resolve_class("CARDIGAN")
+    assert "264" in str(e.value) and "474" in str(e.value)
+    with pytest.raises(JaxvizError, match="classes containing 'cat'") as e:
+        resolve_class("cat")
+    assert "'tiger cat' (282)" in str(e.value) and "Persian cat" in str(e.value) and "crate" not in str(e.value)
+    with pytest.raises(JaxvizError, match="out of range"):
+        resolve_class("1000")
+    assert resolve_class("3", num_classes=5) == 3
+    with pytest.raises(JaxvizError, match="no class names"):
+        resolve_class("cat", num_classes=5)
+    assert resolve_class("b", num_classes=2, labels=("a", "b")) == 1
 
 
 def test_models_and_layers(capsys):

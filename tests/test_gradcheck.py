@@ -13,7 +13,7 @@ def test_input_gradient_of_class_score_matches_finite_differences(tiny_model):
     with x64():
         params = jax.tree_util.tree_map(lambda p: jnp.asarray(p, jnp.float64), tiny_model.params)
         x = np.random.default_rng(0).standard_normal((2, 12, 14, 3))  # batch 2, non-square
-        score = score_fn(tiny_model.apply, Target(index=3))
+        score = score_fn(tiny_model, Target(index=3))
         f = lambda v: jnp.sum(score(params, jnp.asarray(v)))
         analytic = jax.grad(f)(jnp.asarray(x))
         numeric = finite_difference_grad(f, x, eps=1e-6, indices=random_indices(x.shape, 60))
