@@ -11,7 +11,7 @@ import pytest
 
 from jaxviz.interface import TORCHVISION, Model
 from jaxviz.models import bundled_model
-from jaxviz.models.network import Stage, conv, maxpool
+from jaxviz.models.kinds import Conv, GlobalAvgPool, MaxPool, ReLU
 from jaxviz.models.registry import ModelSpec
 
 
@@ -42,9 +42,9 @@ def vgg19() -> Model:
 
 
 TINY_STAGES = (
-    conv("features.0", 6, 3, 1, 1), Stage("features.1", "relu"), maxpool("features.2", 2, 2),
-    conv("features.3", 8, 3, 1, 1), Stage("features.4", "relu"),
-    conv("classifier.0", 5, 1), Stage("classifier.1", "relu"), Stage("classifier.2", "global_avgpool"),
+    Conv("features.0", 6, 3, 1, 1), ReLU("features.1"), MaxPool("features.2", 2, 2),
+    Conv("features.3", 8, 3, 1, 1), ReLU("features.4"),
+    Conv("classifier.0", 5, 1), ReLU("classifier.1"), GlobalAvgPool("classifier.2"),
 )
 TINY_SPEC = ModelSpec(name="tiny", description="tiny test CNN", stages=TINY_STAGES,
                       preprocessing=TORCHVISION, input_size=16, num_classes=5,

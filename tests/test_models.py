@@ -10,11 +10,10 @@ import pytest
 from jaxviz.errors import JaxvizError
 from jaxviz.images import load_images
 from jaxviz.models import bundled_model
-from jaxviz.models.kinds import KINDS, AdaptiveAvgPool, Conv, Kind, MaxPool, Pointwise, ReLU
+from jaxviz.models.kinds import Conv, Kind, MaxPool, Pointwise, ReLU
 from jaxviz.models.layers import adaptive_avg_pool, max_pool
-from jaxviz.models.network import SequentialNet, Stage
+from jaxviz.models.network import SequentialNet
 from jaxviz.models.registry import MODELS, get_spec, init_params, layer_shapes
-from jaxviz.models.squeezenet import Fire
 
 # Issue 2's reference numbers: PIL bicubic resize straight to 224x224, top-1 class and probability.
 REFERENCE = {
@@ -184,18 +183,6 @@ def test_every_stage_is_a_named_submodule_the_interface_can_replace(tiny_model):
     squeeze = _abstract("squeezenet1_1")
     assert squeeze.resolve_layer("features.3/squeeze") == "features.3/squeeze"  # inner modules are layers too
     assert squeeze.layer_shapes(64)["features.3/expand3x3"] == (15, 15, 64)
-
-
-def test_legacy_stage_constructor_maps_to_kind_classes():
-    assert Stage("r", "relu") == ReLU("r")
-    assert Stage("c", "conv", (8, 3, 2, 1)) == Conv("c", 8, 3, 2, 1)
-    assert Stage("a", "adaptive_avgpool", (7, 7)) == AdaptiveAvgPool("a", (7, 7))
-    assert Stage("f", "fire", (16, 64, 64)) == Fire("f", 16, 64, 64)
-    assert Conv("c", 8, 3, 2, 1).kind == "conv" and Conv("c", 8, 3, 2, 1).args == (8, 3, 2, 1)
-    assert {"conv", "relu", "maxpool", "fire", "mbconv", "conv_bn_relu6", "dense", "flatten_dense",
-            "global_avgpool", "adaptive_avgpool", "dropout"} <= set(KINDS)
-    with pytest.raises(ValueError, match="unknown stage kind"):
-        Stage("x", "resnet_block")
 
 
 def test_a_new_kind_is_one_class():

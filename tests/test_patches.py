@@ -12,7 +12,8 @@ from conftest import make_tiny_model
 from jaxviz.errors import JaxvizError
 from jaxviz.images import load_image, save_image
 from jaxviz.models import bundled_model
-from jaxviz.models.network import Stage, conv, maxpool
+from jaxviz.models.kinds import Conv, GlobalAvgPool, MaxPool, ReLU
+from jaxviz.models.squeezenet import Fire
 from jaxviz.models.registry import ModelSpec, init_params
 from jaxviz.patches import (GREY, channel_fields, crop_patches, layer_field, measured_field, measured_fields,
                             patch_grid, top_patches, unit_boxes, visible_extent)
@@ -46,9 +47,9 @@ def test_unit_boxes_follow_the_receptive_field(squeezenet):
 # leave the last row unseen), a ceil-mode max-pool (its last window hangs off the map), a fire
 # module (1x1 channels see less than 3x3 ones) and padded convs (negative offsets).
 EDGE_STAGES = (
-    conv("features.0", 6, 3, 2), Stage("features.1", "relu"), maxpool("features.2", 3, 2, ceil_mode=True),
-    Stage("features.3", "fire", (4, 5, 5), ((1, 1, 0), (3, 1, 1))), conv("features.4", 6, 3, 1, 1),
-    Stage("features.5", "relu"), conv("classifier.0", 3, 1), Stage("classifier.1", "global_avgpool"),
+    Conv("features.0", 6, 3, 2), ReLU("features.1"), MaxPool("features.2", 3, 2, ceil_mode=True),
+    Fire("features.3", 4, 5, 5), Conv("features.4", 6, 3, 1, 1),
+    ReLU("features.5"), Conv("classifier.0", 3, 1), GlobalAvgPool("classifier.1"),
 )
 EDGE_SPEC = ModelSpec(name="edge", description="border cases", stages=EDGE_STAGES,
                       preprocessing=make_tiny_model().preprocessing, input_size=24, num_classes=3,

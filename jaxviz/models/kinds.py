@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -39,9 +39,6 @@ from jaxviz.models.layers import Array, Lambda
 
 PyTree = Any
 HW = tuple[int, int]
-# kind name -> class, for listings and the legacy ``network.Stage(name, "kind", args)`` factory
-KINDS: dict[str, type["Kind"]] = {}
-
 
 def numel(shape) -> int:
     """Number of elements of an array or a shape."""
@@ -58,11 +55,6 @@ class Kind:
     kind: ClassVar[str] = ""          # short name shown in listings (``jaxviz layers``)
     pooling: ClassVar[bool] = False   # global pooling / dense: the spatial structure ends here
     incremental: ClassVar[bool] = False  # has an incremental-occlusion rule (clean + update)
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        if "kind" in cls.__dict__ and cls.kind:
-            KINDS[cls.kind] = cls
 
     # ---------------------------------------------------------------- forward
 
@@ -121,16 +113,6 @@ class Kind:
         """2 x multiply-adds of convolutions / dense products (``areas`` from ``plan``)."""
         return 0.0
 
-    # ---------------------------------------------------------------- legacy view
-
-    @property
-    def args(self) -> tuple:
-        """The hyper-parameters in field order (for modules not yet migrated to attributes)."""
-        return tuple(getattr(self, f.name) for f in fields(self) if f.name != "name")
-
-    @classmethod
-    def from_args(cls, name: str, *args) -> "Kind":
-        return cls(name, *args)
 
 
 # ---------------------------------------------------------------- pointwise kinds
@@ -278,14 +260,6 @@ class AdaptiveAvgPool(Kind):
     def sees_whole_input(self, hw):
         # known approximation: a bin of a real (non-identity) adaptive pool sees part of the input
         return tuple(hw) != tuple(self.output_size)
-
-    @property
-    def args(self) -> tuple:
-        return tuple(self.output_size)
-
-    @classmethod
-    def from_args(cls, name, *args):
-        return cls(name, tuple(args[0]) if len(args) == 1 else tuple(args))
 
 
 @dataclass(frozen=True)

@@ -13,14 +13,14 @@ from typing import Callable
 import flax.linen as nn
 
 from jaxviz.interface.geometry import ReceptiveField
-from jaxviz.models.kinds import KINDS, Conv, Kind, MaxPool
+from jaxviz.models.kinds import Kind
 from jaxviz.models.layers import Array, Lambda
 
 # A faster forward pass for every stage of one kind: fn(stage, x) -> y (the same values and
 # parameters; it may call stage.forward(x) for the cases it does not speed up).
 Override = tuple[type[Kind], Callable[[Kind, Array], Array]]
 
-__all__ = ["SequentialNet", "receptive_fields", "stage_names", "Lambda", "Override", "Stage", "conv", "maxpool"]
+__all__ = ["SequentialNet", "receptive_fields", "stage_names", "Lambda", "Override"]
 
 
 class SequentialNet(nn.Module):
@@ -70,23 +70,3 @@ def receptive_fields(stages: tuple[Kind, ...], input_size: int | tuple[int, int]
         hw = stage.out_hw(hw)
         fields[stage.name] = ReceptiveField(size, jump, offset)
     return fields
-
-
-# ---------------------------------------------------------------- legacy constructors
-# Modules not yet migrated build stages with these; new code uses the kind classes directly
-# (``Conv(name, ...)``, ``ReLU(name)``).
-
-def conv(name: str, features: int, kernel: int, stride: int = 1, padding: int = 0) -> Conv:
-    return Conv(name, features, kernel, stride, padding)
-
-
-def maxpool(name: str, kernel: int, stride: int, ceil_mode: bool = False) -> MaxPool:
-    return MaxPool(name, kernel, stride, ceil_mode)
-
-
-def Stage(name: str, kind: str, args: tuple = (), geometry: tuple = ()) -> Kind:  # noqa: N802
-    """Legacy ``Stage(name, "relu")`` -> ``ReLU(name)`` (the kind's class knows its geometry)."""
-    import jaxviz.models.registry  # noqa: F401  (registers every family's kinds)
-    if kind not in KINDS:
-        raise ValueError(f"unknown stage kind {kind!r}; known: {', '.join(sorted(KINDS))}")
-    return KINDS[kind].from_args(name, *args)
