@@ -44,7 +44,7 @@ class BundledModel(LinenModel):
         return self.spec.resolve_layer(name)  # the error lists close names
 
     def receptive_fields(self, size: int | tuple[int, int] | None = None) -> dict[str, ReceptiveField]:
-        return self.spec.receptive_fields(self.input_hw(size)[0])
+        return self.spec.receptive_fields(self.input_hw(size))
 
     @property
     def incremental_stages(self) -> tuple:

@@ -58,7 +58,7 @@ class ModelSpec:
         hint = f"; did you mean {', '.join(close)}?" if close else f"; `jaxviz layers {self.name}` lists them"
         raise JaxvizError(f"unknown layer {name!r} for model {self.name}{hint}")
 
-    def receptive_fields(self, input_size: int | None = None) -> dict[str, ReceptiveField]:
+    def receptive_fields(self, input_size: int | tuple[int, int] | None = None) -> dict[str, ReceptiveField]:
         return receptive_fields(self.stages, input_size or self.input_size)
 
     def module(self) -> SequentialNet:
