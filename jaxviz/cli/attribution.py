@@ -97,7 +97,7 @@ def compute_map(method: str, model, x, target, *, layer: str | None = None, samp
             from jaxviz.occlusion import occlusion_map
         except ImportError:
             raise JaxvizError("method occlusion is not available (jaxviz.occlusion is missing)") from None
-        maps = occlusion_map(model.apply, params, x, target, window=window, stride=stride, fill=fill,
+        maps = occlusion_map(model, params, x, target, window=window, stride=stride, fill=fill,
                              score=target.score if target.is_class else "logit", index=index,
                              incremental=True)  # exact, and 3-4x faster than the batched path
         return maps, None
