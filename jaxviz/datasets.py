@@ -142,3 +142,72 @@ def figure_index(model, out: str | os.PathLike, *, layers: tuple[str, ...], coun
     # The files are already square at the size: "stretch" keeps them as they are.
     return scan(model, paths, out, layers=layers, topk=topk, batch=batch, input_size=input_size, fit="stretch",
                 progress=progress)
+
+
+# ------------------------------------------------------------------ real photographs and paintings
+
+STYLE_PAINTINGS = {  # short name -> file (in ../shared/styles, or the small copies shipped here)
+    "starry_night": "starry_night.jpg", "the_scream": "the_scream.jpg", "shipwreck": "shipwreck.jpg",
+    "woman_with_hat": "woman-with-hat-matisse.jpg",
+}
+
+
+def imagenet_sample_dir() -> Path | None:
+    """``$JAXVIZ_SHARED/imagenet-sample`` (default ``../shared`` beside the checkout) when present."""
+    from jaxviz.weights.sources import shared_dir
+    folder = shared_dir() / "imagenet-sample"
+    return folder if (folder / "labels.csv").is_file() else None
+
+
+def imagenet_sample(folder: str | os.PathLike | None = None) -> list[dict]:
+    """The ImageNet sample photographs: [{"path", "wnid", "class", "label"}] in class order.
+
+    ``folder`` defaults to ``imagenet_sample_dir()``; it must hold ``labels.csv`` (file, wnid,
+    class_index, label). Raises ``JaxvizError`` when it is missing or damaged.
+    """
+    import csv
+    root = Path(folder) if folder is not None else imagenet_sample_dir()
+    if root is None or not (root / "labels.csv").is_file():
+        raise JaxvizError("the ImageNet sample (../shared/imagenet-sample with labels.csv) is not available here")
+    rows = []
+    try:
+        with open(root / "labels.csv", newline="") as f:
+            for row in csv.DictReader(f):
+                rows.append({"path": str(root / row["file"]), "wnid": row["wnid"],
+                             "class": int(row["class_index"]), "label": row["label"]})
+    except (KeyError, ValueError, csv.Error) as e:
+        raise JaxvizError(f"{root / 'labels.csv'} is damaged ({e.__class__.__name__}: {e})") from None
+    return sorted(rows, key=lambda r: r["class"])
+
+
+def photos_of(classes, folder: str | os.PathLike | None = None) -> list[dict]:
+    """The sample photographs of the given class indices (in that order; missing classes skipped)."""
+    by_class = {r["class"]: r for r in imagenet_sample(folder)}
+    return [by_class[c] for c in classes if c in by_class]
+
+
+def image_folder(folder: str | os.PathLike) -> list[str]:
+    """Image files in ``folder`` (recursively, sorted): a user's own pool for the dataset figures."""
+    from jaxviz.scan import collect_sources
+    return collect_sources([str(folder)])
+
+
+def style_painting(name: str) -> tuple[np.ndarray, str]:
+    """(RGB float [0, 1] image, where it came from) of a style painting: the shared original when
+    ``../shared/styles`` is present, else the small copy shipped in ``jaxviz/data/styles``."""
+    from importlib import resources
+
+    from jaxviz.images import load_image
+    from jaxviz.weights.sources import shared_dir
+    if name not in STYLE_PAINTINGS:
+        import difflib
+        close = difflib.get_close_matches(name, list(STYLE_PAINTINGS), n=2)
+        hint = f"; did you mean {' or '.join(close)}?" if close else f"; known: {', '.join(STYLE_PAINTINGS)}"
+        raise JaxvizError(f"unknown style painting {name!r}{hint}")
+    file = STYLE_PAINTINGS[name]
+    shared = shared_dir() / "styles" / file
+    if shared.is_file():
+        return load_image(shared), str(shared)
+    packaged = resources.files("jaxviz.data").joinpath("styles", file)
+    with resources.as_file(packaged) as path:
+        return load_image(path), f"jaxviz/data/styles/{file} (512 px copy)"
