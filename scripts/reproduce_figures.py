@@ -19,6 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", metavar="NAME", help="render only these figures")
     parser.add_argument("--models", nargs="+", metavar="MODEL", help="models to use (default: all available)")
     parser.add_argument("--list", action="store_true", help="list the figures and exit")
+    parser.add_argument("--quick", action="store_true", help="smoke-test mode: fewer steps, smaller sizes")
+    parser.add_argument("--images", metavar="DIR", default=None,
+                        help="image folder for the dataset figures (default: ../shared/imagenet-sample)")
     args = parser.parse_args(argv)
     from jaxviz.gallery import discover, render_gallery
     from jaxviz.runtime import device_description, enable_compilation_cache
@@ -29,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     enable_compilation_cache()
     start = time.perf_counter()
     try:
-        records = render_gallery(Path(args.out), args.only, args.models)
+        records = render_gallery(Path(args.out), args.only, args.models, quick=args.quick, images=args.images)
     except JaxvizError as e:
         print(f"reproduce_figures: error: {e}", file=sys.stderr)
         return 2

@@ -42,18 +42,59 @@ def figure(name: str, title: str, caption: str, order: int = 100, **params) -> C
 
 @dataclass
 class Context:
-    """What a figure function may use: models (loaded once), and a place to note facts."""
+    """What a figure function may use: models (loaded once, accelerated for this machine), the
+    real input (photographs, paintings), the run's mode, a progress bar and a place to note facts.
+
+    - ``photos(classes=None, count=None)``: [{"path", "class", "label"}] from ``images`` (a user
+      folder: classes unknown, -1), else the ImageNet sample, else [] (``real_input`` False: use
+      the built-in sample images and say so).
+    - ``painting(name)``: a style painting as (RGB [0, 1] image, source).
+    - ``quick``: a smoke-test run (tests): figures cut steps and sizes, never their structure.
+    - ``progress(total, desc)``: a tqdm bar for long figures (closed by the runner).
+    """
 
     models: list[str]  # available models, default first
     notes: dict = field(default_factory=dict)
+    quick: bool = False
+    images: str | None = None  # --images DIR: the pool of the dataset figures
     _cache: dict = field(default_factory=dict)
+    _bars: list = field(default_factory=list)
 
     def model(self, name: str | None = None):
+        from jaxviz.accel import accelerate
         from jaxviz.weights.store import load_model
         name = name or self.models[0]
         if name not in self._cache:
-            self._cache[name] = load_model(name)
+            self._cache[name] = accelerate(load_model(name))
         return self._cache[name]
+
+    @property
+    def real_input(self) -> bool:
+        from jaxviz.datasets import imagenet_sample_dir
+        return self.images is not None or imagenet_sample_dir() is not None
+
+    def photos(self, classes=None, count: int | None = None) -> list[dict]:
+        from jaxviz.datasets import image_folder, imagenet_sample, imagenet_sample_dir
+        if self.images is not None:
+            rows = [{"path": p, "class": -1, "label": Path(p).stem} for p in image_folder(self.images)]
+        elif imagenet_sample_dir() is not None:
+            rows = imagenet_sample()
+        else:
+            return []
+        if classes is not None:
+            by_class = {r["class"]: r for r in rows}
+            rows = [by_class[c] for c in classes if c in by_class]
+        return rows[:count] if count is not None else rows
+
+    def painting(self, name: str):
+        from jaxviz.datasets import style_painting
+        return style_painting(name)
+
+    def progress(self, total: int, desc: str = ""):
+        from tqdm import tqdm
+        bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+        self._bars.append(bar)
+        return bar
 
     def classifiers(self) -> list[str]:
         from jaxviz.models.registry import get_spec
@@ -72,7 +113,8 @@ def discover() -> dict[str, FigureSpec]:
 
 
 def render_gallery(out: Path, only: list[str] | None = None, models: list[str] | None = None,
-                   log: Callable[[str], None] = print) -> list[dict]:
+                   log: Callable[[str], None] = print, quick: bool = False,
+                   images: str | None = None) -> list[dict]:
     """Render figures into ``out`` (NAME.png + index.html + index.json); returns the records.
 
     A figure that fails is recorded with its error and the others still render.
@@ -96,7 +138,7 @@ def render_gallery(out: Path, only: list[str] | None = None, models: list[str] |
     device = device_description()
     records = []
     for spec in chosen:
-        ctx = Context(models=models)
+        ctx = Context(models=models, quick=quick, images=images)
         start = time.perf_counter()
         record = {"name": spec.name, "title": spec.title, "caption": spec.caption,
                   "params": spec.params, "device": device}
@@ -108,6 +150,8 @@ def render_gallery(out: Path, only: list[str] | None = None, models: list[str] |
         except Exception as e:  # one broken figure must not lose the others
             record.update(status="failed", error=f"{e.__class__.__name__}: {e}",
                           traceback=traceback.format_exc(limit=5))
+        for bar in ctx._bars:
+            bar.close()
         record.update(notes=ctx.notes, seconds=round(time.perf_counter() - start, 2))
         records.append(record)
         log(f"{spec.name:<28} {record['status']:<7} {record['seconds']:>7.1f}s")
