@@ -1,0 +1,391 @@
+"""The gallery's page and run (jaxviz.gallery, scripts/reproduce_figures.py, scripts/check_gallery.py).
+
+A --quick run of cheap real figures checks the page's structure without a browser: contents links
+land on figures, sections in the lectures' order, header facts, parameter tables, index.json.
+Test figures registered here check what real figures cannot pin down: the text-size check at the
+displayed width, the real-input record and the fallback page without ../shared, failures, kept
+figures, atomic writes. The browser check runs when Chromium and Playwright are installed.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxviz import gallery
+from jaxviz.errors import JaxvizError
+from jaxviz.gallery import FIGURES, MIN_TEXT_PX, SECTIONS, Context, figure, run_gallery, text_check
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Page(HTMLParser):
+    """Ids (with their tags), contents links, sections in order, images and header rows of a page."""
+
+    VOID = {"meta", "img", "br", "hr", "link", "input"}
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.ids: dict[str, str] = {}
+        self.toc: list[str] = []
+        self.nested_toc: list[str] = []
+        self.sections: list[str] = []
+        self.images: list[str] = []
+        self.header: dict[str, str] = {}
+        self._stack: list[tuple[str, dict]] = []
+        self._th: str | None = None
+        self._cell: list[str] | None = None
+        self.feed(text)
+
+    def _inside(self, tag: str, id_: str) -> int:
+        return sum(1 for t, a in self._stack if t == tag and (id_ is None or a.get("id") == id_))
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if "id" in attrs:
+            assert attrs["id"] not in self.ids, f"duplicate id {attrs['id']}"
+            self.ids[attrs["id"]] = tag
+        if tag == "section":
+            self.sections.append(attrs.get("id"))
+        if tag == "a" and attrs.get("href", "").startswith("#") and self._inside("nav", "contents"):
+            self.toc.append(attrs["href"][1:])
+            if self._inside("li", None) >= 2:
+                self.nested_toc.append(attrs["href"][1:])
+        if tag == "img":
+            self.images.append(attrs["src"])
+        if tag in ("th", "td") and self._inside("table", None) and any(
+                a.get("class") == "run" for t, a in self._stack if t == "table"):
+            self._cell = []
+        if tag not in self.VOID:
+            self._stack.append((tag, attrs))
+
+    def handle_endtag(self, tag):
+        if self._cell is not None and tag in ("th", "td"):
+            text = "".join(self._cell).strip()
+            if tag == "th":
+                self._th = text
+            else:
+                self.header[self._th] = text
+            self._cell = None
+        while self._stack:
+            if self._stack.pop()[0] == tag:
+                break
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+@pytest.fixture
+def test_figures():
+    """Register test figures for one test; removed afterwards (the registry is global)."""
+    added = []
+
+    def add(name, func, **kw):
+        kw.setdefault("section", "studies")
+        figure(name, f"Test figure {name}", f"Caption of {name} <b>escaped</b>.", **kw)(func)
+        added.append(name)
+        return name
+
+    yield add
+    for name in added:
+        FIGURES.pop(name, None)
+
+
+def _plain(ctx: Context):
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.plot([0, 1], [0, 1])
+    ax.set_title("a plain figure", fontsize=12)
+    ax.tick_params(labelsize=10)
+    ctx.note(answer=42, big_number=1234567, ratio=0.123456)
+    return fig
+
+
+def _run(out, names, **kw):
+    return run_gallery(out, names, ["squeezenet1_1"], log=lambda line: None, fresh=True, **kw)
+
+
+# ------------------------------------------------------------------ the run of real cheap figures
+
+def test_quick_run_of_real_figures_writes_a_page_with_contents_sections_and_facts(tmp_path, capsys):
+    from jaxviz.weights.store import available_models
+    if "squeezenet1_1" not in available_models():
+        pytest.skip("squeezenet1_1 weights are not installed")
+    names = ["model_summary", "filters_first_layer", "digit_templates"]
+    rc = _script("reproduce_figures").main(["--quick", "--fresh", "--only", *names, "--models", "squeezenet1_1",
+                                            "--out", str(tmp_path)])
+    printed = capsys.readouterr()
+    assert rc == 0 or (rc == 1 and gallery.IMPORT_ERRORS), printed.err
+    lines = [line for line in printed.out.splitlines() if re.match(r"\[\d/3\]", line)]
+    assert [line.split()[1] for line in lines] == names  # one progress line per figure, in page order
+    assert all(re.search(r"ok\s+[\d.]+ s\s+elapsed \d+:\d\d", line) for line in lines)
+    assert "Inside the network" in printed.out and "budget 1200 s on cpu" in printed.out
+
+    index = json.loads((tmp_path / "index.json").read_text())
+    assert [r["name"] for r in index["figures"]] == names
+    assert all(r["status"] == "ok" and r["section"] == "inside" and r["quick"] for r in index["figures"])
+    assert all(r["font"]["smallest_pt"] > 0 and r["font"]["png_width"] > 0 for r in index["figures"])
+    run = index["run"]
+    assert re.fullmatch(r"[0-9a-f]{7,40}(\+dirty)?", run["commit"]) and run["device"] and run["done"]
+    assert run["seconds"] >= sum(r["seconds"] for r in index["figures"]) - 0.5
+    assert [s["section"] for s in index["budget"]["sections"]] == ["inside"]
+    assert index["budget"]["comparable"] is False  # a partial --quick run
+
+    page = Page((tmp_path / "index.html").read_text())
+    assert page.sections == ["sec-inside", "budget"]
+    assert page.nested_toc == names and all(page.ids[n] == "figure" for n in names)
+    assert all(t in page.ids for t in page.toc)
+    assert page.images == [f"{n}.png" for n in names] and all((tmp_path / f"{n}.png").is_file() for n in names)
+    assert page.header["commit"] == run["commit"] and page.header["device"] == run["device"]
+    assert page.header["date"].startswith(run["date"][:10]) and page.header["total time"].startswith(
+        f"{run['seconds']:.1f} s")
+    assert "--quick" in page.header["mode"]
+    assert not list(tmp_path.glob(".*.tmp"))  # every file went through a temporary name
+
+
+def test_sections_follow_the_lectures_and_modules_give_the_default():
+    specs = gallery.discover()
+    keys = list(SECTIONS)
+    positions = [keys.index(s.section) for s in specs.values()]
+    assert positions == sorted(positions)
+    for spec in specs.values():
+        module = spec.func.__module__.rsplit(".", 1)[-1]
+        if not spec.section_guessed and module in gallery.MODULE_SECTIONS:
+            assert spec.section in SECTIONS
+    assert gallery.section_key("Optimising the input") == gallery.section_key("optimize") == "optimise"
+    with pytest.raises(JaxvizError, match="known: inside, attribution"):
+        gallery.section_key("misc")
+
+
+def test_default_section_from_the_module_and_explicit_section(test_figures):
+    def adversarial_fig(ctx):
+        return None
+    adversarial_fig.__module__ = "jaxviz.gallery.adversarial"
+    test_figures("t_default", adversarial_fig, section=None)
+    test_figures("t_explicit", adversarial_fig, section="Texture and style")
+
+    def unknown(ctx):
+        return None
+    unknown.__module__ = "jaxviz.gallery.brand_new_family"
+    test_figures("t_guess", unknown, section=None)
+    assert FIGURES["t_default"].section == "adversarial" and not FIGURES["t_default"].section_guessed
+    assert FIGURES["t_explicit"].section == "style"
+    assert FIGURES["t_guess"].section == "studies" and FIGURES["t_guess"].section_guessed
+
+
+# ------------------------------------------------------------------ text size at the displayed width
+
+def _fig_with(size_pt, width_in=4.0):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(width_in, 2))
+    ax.plot([0, 1], [0, 1])  # fills the width (an image would keep its aspect and shrink the tight box)
+    ax.set_title("title", fontsize=12)
+    ax.set_xticks([]), ax.set_yticks([])
+    fig.text(0.5, 0.02, "small words", fontsize=size_pt)
+    return fig
+
+
+def _checked(fig, tmp_path):
+    import matplotlib.pyplot as plt
+    width, _ = gallery.save_png(fig, tmp_path / "f.png")
+    result = text_check(fig, width)
+    plt.close(fig)
+    return width, result
+
+
+def test_text_check_in_pixels_on_the_page(tmp_path):
+    # 7 pt at 100 dpi = 9.72 px: legible while the figure is shown at its own width
+    width, r = _checked(_fig_with(7), tmp_path)
+    assert width < gallery.DISPLAY_WIDTH and r["ok"] and r["smallest_pt"] == 7 and r["text"] == "small words"
+    assert r["smallest_px"] == pytest.approx(7 * 100 / 72, abs=0.01)
+    # 6 pt = 8.3 px: too small anywhere
+    assert not _checked(_fig_with(6), tmp_path)[1]["ok"]
+    # 8 pt in a 30-inch figure is scaled down to the page's width: 11.1 px x 1200/~3000 < 9 px
+    width, r = _checked(_fig_with(8, width_in=30), tmp_path)
+    assert width > gallery.DISPLAY_WIDTH and not r["ok"]
+    assert r["smallest_px"] == pytest.approx(8 * 100 / 72 * gallery.DISPLAY_WIDTH / width, abs=0.01)
+    assert r["min_pt_needed"] * 100 / 72 * gallery.DISPLAY_WIDTH / width == pytest.approx(MIN_TEXT_PX, abs=0.01)
+
+
+def test_text_check_ignores_hidden_empty_and_switched_off_text(tmp_path):
+    import matplotlib.pyplot as plt
+    fig, (a, b) = plt.subplots(1, 2, figsize=(5, 2))
+    a.imshow(np.zeros((4, 4)))
+    a.tick_params(labelsize=3)
+    a.axis("off")  # its tiny tick labels are never drawn
+    b.plot([0, 1])
+    b.tick_params(labelsize=10)
+    b.set_title("", fontsize=2)
+    hidden = b.text(0, 0, "hidden", fontsize=2)
+    hidden.set_visible(False)
+    b.legend(["line"], fontsize=9)
+    _, r = _checked(fig, tmp_path)
+    assert r["ok"] and r["smallest_pt"] == 9 and r["text"] == "line"  # the legend is found
+
+
+def test_small_text_is_a_warning_in_index_json_and_on_the_page(tmp_path, test_figures):
+    def tiny(ctx):
+        return _fig_with(4)
+    test_figures("t_tiny", tiny)
+    index = _run(tmp_path, ["t_tiny"])
+    (w,) = [w for w in index["warnings"] if w["kind"] == "font"]
+    assert w["figure"] == "t_tiny" and "4 pt 'small words'" in w["message"] and "5.6 px" in w["message"]
+    assert "small words" in (tmp_path / "index.html").read_text().split("id=warnings")[1]
+
+
+# ------------------------------------------------------------------ real input and its fallback
+
+def _uses_photos(ctx: Context):
+    import matplotlib.pyplot as plt
+
+    from jaxviz.images import load_images
+    rows = ctx.photos_or_builtin(count=2)
+    images = load_images([r["path"] for r in rows], 32)
+    ctx.painting("starry_night")
+    fig, axes = plt.subplots(1, len(images), figsize=(4, 2))
+    for ax, image, row in zip(axes, images, rows):
+        ax.imshow(image)
+        ax.set_title(str(row["label"])[:12], fontsize=10)
+        ax.axis("off")
+    return fig
+
+
+def test_without_shared_every_photo_figure_falls_back_and_the_page_says_so(tmp_path, monkeypatch, test_figures):
+    monkeypatch.setenv("JAXVIZ_SHARED", "/nonexistent")
+    test_figures("t_photos", _uses_photos)
+    index = _run(tmp_path, ["t_photos"])
+    (r,) = index["figures"]
+    assert r["status"] == "ok", r.get("traceback")
+    assert r["input"]["fallback"] and not r["input"]["real_input"] and r["input"]["photos"] == 0
+    assert "jaxviz/data/styles/starry_night.jpg" in r["input"]["text"]
+    note = index["run"]["input"]["photos_note"]
+    assert note == "built-in sample images were used: /nonexistent/imagenet-sample not found"
+    text = (tmp_path / "index.html").read_text()
+    assert "class=notice" in text
+    assert "Built-in sample images were used: /nonexistent/imagenet-sample not found" in text
+    assert "input: built-in sample images (no real input here)" in text
+    assert any(w["kind"] == "input" for w in index["warnings"])
+
+
+def test_a_folder_of_images_is_the_real_input(tmp_path, monkeypatch, test_figures):
+    from jaxviz.images import save_image
+    monkeypatch.setenv("JAXVIZ_SHARED", "/nonexistent")
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    for i in range(3):
+        save_image(np.full((16, 20, 3), i / 3, np.float32), folder / f"img{i}.png")
+    test_figures("t_photos", _uses_photos)
+    index = _run(tmp_path / "out", ["t_photos"], images=str(folder))
+    (r,) = index["figures"]
+    assert r["status"] == "ok" and r["input"]["real_input"] and r["input"]["photos"] == 2
+    assert index["run"]["input"]["photos_note"] is None
+    assert "class=notice" not in (tmp_path / "out" / "index.html").read_text()
+    with pytest.raises(JaxvizError, match="not a folder"):
+        _run(tmp_path / "out", ["t_photos"], images=str(tmp_path / "missing"))
+
+
+# ------------------------------------------------------------------ failures, kept figures, files
+
+def test_a_failing_figure_is_recorded_and_the_others_render(tmp_path, test_figures):
+    def broken(ctx):
+        raise RuntimeError("boom <here>")
+    test_figures("t_broken", broken)
+    test_figures("t_plain", _plain)
+    index = _run(tmp_path, ["t_broken", "t_plain"])
+    status = {r["name"]: r["status"] for r in index["figures"]}
+    assert status == {"t_broken": "failed", "t_plain": "ok"}
+    text = (tmp_path / "index.html").read_text()
+    assert "RuntimeError: boom &lt;here&gt;" in text and "<b>escaped</b>" not in text
+    assert any(w["kind"] == "failed" and w["figure"] == "t_broken" for w in index["warnings"])
+    # the parameter table: the decorator's params and the noted facts, readable
+    assert "<th>answer</th><td>42</td>" in text and "<th>big number</th><td>1,234,567</td>" in text
+    assert "<td>0.1235</td>" in text
+
+
+def test_earlier_figures_stay_on_the_page_unless_fresh(tmp_path, test_figures):
+    test_figures("t_a", _plain)
+    test_figures("t_b", _plain)
+    _run(tmp_path, ["t_a"])
+    index = run_gallery(tmp_path, ["t_b"], ["squeezenet1_1"], log=lambda line: None)
+    assert [(r["name"], bool(r.get("kept"))) for r in index["figures"]] == [("t_a", True), ("t_b", False)]
+    assert "kept from an earlier run" in (tmp_path / "index.html").read_text()
+    index = _run(tmp_path, ["t_b"])
+    assert [r["name"] for r in index["figures"]] == ["t_b"]
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "index.html"
+    gallery.atomic_write_text(target, "old")
+
+    def fail(f):
+        f.write(b"half")
+        raise OSError("disk full")
+    with pytest.raises(OSError):
+        gallery._atomic(target, fail)
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["index.html"]
+    assert target.stat().st_mode & 0o044  # readable by others, not mkstemp's 0600
+
+
+def test_unknown_figure_is_refused_with_the_known_names(tmp_path):
+    rc = _script("reproduce_figures").main(["--only", "no_such_figure", "--out", str(tmp_path)])
+    assert rc == 2
+
+
+# ------------------------------------------------------------------ in a browser
+
+def _browser_available() -> bool:
+    return Path("/usr/bin/chromium").is_file() and importlib.util.find_spec("playwright") is not None
+
+
+@pytest.mark.skipif(not _browser_available(), reason="needs /usr/bin/chromium and the playwright package")
+def test_check_gallery_in_chromium(tmp_path, test_figures, capsys):
+    test_figures("t_plain", _plain, section="inside")
+    test_figures("t_photos", _uses_photos, section="attribution")
+    _run(tmp_path, ["t_plain", "t_photos"])
+    check = _script("check_gallery")
+    assert check.main([str(tmp_path / "index.html")]) == 0, capsys.readouterr().out
+    assert (tmp_path / "screenshots" / "top.png").is_file() and (tmp_path / "screenshots" / "full.png").is_file()
+    # a missing image and a contents link to nowhere are found, one line each
+    (tmp_path / "t_plain.png").unlink()
+    page = (tmp_path / "index.html").read_text().replace("href='#t_photos'", "href='#t_gone'", 1)
+    (tmp_path / "index.html").write_text(page)
+    capsys.readouterr()
+    assert check.main([str(tmp_path / "index.html")]) == 1
+    out = capsys.readouterr().out
+    assert "image not loaded: t_plain.png" in out and "link #t_gone" in out and "t_photos: not in the table" in out
+    shutil.rmtree(tmp_path / "screenshots")
+
+
+def test_context_photos_from_a_folder_the_sample_or_nothing(tmp_path, monkeypatch):
+    from jaxviz.datasets import imagenet_sample_dir
+    from jaxviz.images import save_image
+    for i in range(3):
+        save_image(np.full((8, 8, 3), 0.5, np.float32), tmp_path / f"img{i}.png")
+    ctx = Context(models=["squeezenet1_1"], images=str(tmp_path))
+    assert len(ctx.photos()) == 3 and len(ctx.photos(classes=[281, 285])) == 2  # a folder has no classes
+    assert ctx.input_record()["photos"] == 5 and ctx.input_record()["real_input"]
+    if imagenet_sample_dir() is not None:
+        ctx = Context(models=["squeezenet1_1"])
+        first = ctx.photos(count=1)[0]
+        assert [r["class"] for r in ctx.photos(classes=[first["class"], 10_000])] == [first["class"]]
+    monkeypatch.setenv("JAXVIZ_SHARED", str(tmp_path / "none"))
+    ctx = Context(models=["squeezenet1_1"])
+    assert ctx.photos() == [] and not ctx.real_input
+    assert [r["path"] for r in ctx.photos_or_builtin(count=2)] == ["chelsea", "coffee"]
+    assert ctx.input_record()["fallback"] and not ctx.input_record()["real_input"]
