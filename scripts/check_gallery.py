@@ -97,14 +97,16 @@ def check(page_path: Path, shots: Path, *, width: int, height: int, min_px: floa
             overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
             shots.mkdir(parents=True, exist_ok=True)
             _shot(lambda path: page.screenshot(path=path, type="png"), shots / "top.png")
+            links = page.evaluate(_LINKS)  # clicks every in-page link; ends scrolled to the top
             _shot(lambda path: page.screenshot(path=path, type="png", full_page=True), shots / "full.png")
             if each_figure:
                 (shots / "figures").mkdir(exist_ok=True)
+                # the sticky section bar would be stitched into the middle of tall element shots
+                page.add_style_tag(content=".bar{position:static !important}")
                 for f in figures:
                     element = page.locator(f"figure[id='{f['id']}']")
                     _shot(lambda path, el=element: el.screenshot(path=path, type="png"),
                           shots / "figures" / f"{f['id']}.png")
-            links = page.evaluate(_LINKS)
         finally:
             browser.close()
 
