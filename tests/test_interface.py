@@ -187,3 +187,11 @@ def test_layer_shapes_at_another_size_stop_at_a_fixed_size_head():
     assert model.layer_shapes(12) == {"conv": (12, 12, 4)}  # the head cannot run at 12 px
     with pytest.raises(JaxvizError, match="does not run to its output"):
         model.output_shape(12)
+
+
+def test_only_relus_of_the_inputs_are_replaced():
+    # jax.image.resize("linear") builds its weights with max(., 0) of an index grid: not a ReLU
+    # of the network, so a model whose only max(., 0) is there has no ReLU to replace
+    model = apply_fn_model()
+    with pytest.raises(JaxvizError, match="needs ReLU"):
+        model.with_backward("guided").apply(model.params, X)

@@ -173,9 +173,19 @@ class _Counter:
         self.count = 0
 
 
-def _eval(jaxpr, consts, args, activations: dict, counter: _Counter) -> list:
-    """Evaluate ``jaxpr`` with every ReLU replaced by ``activations[kind]``."""
+def _eval(jaxpr, consts, args, activations: dict, counter: _Counter, live=None) -> list:
+    """Evaluate ``jaxpr`` with every ReLU replaced by ``activations[kind]``.
+
+    ``live[i]``: whether argument i is an input whose gradients matter; only ReLUs that depend on
+    one are replaced (a ``max(grid, 0)`` inside ``jax.image.resize``'s weights is not a ReLU of
+    the network). None: every argument.
+    """
     env: dict = {}
+    live = [True] * len(args) if live is None else list(live)
+    dep = {v for v, on in zip(jaxpr.invars, live) if on}
+
+    def depends(v) -> bool:
+        return not isinstance(v, jex_core.Literal) and v in dep
 
     def read(v):
         return v.val if isinstance(v, jex_core.Literal) else env[v]
@@ -188,19 +198,23 @@ def _eval(jaxpr, consts, args, activations: dict, counter: _Counter) -> list:
         invals = [read(v) for v in eqn.invars]
         kind = relu_kind(eqn)
         name = eqn.primitive.name
-        if kind is not None:
+        live_in = [depends(v) for v in eqn.invars]
+        if any(live_in):
+            dep.update(eqn.outvars)
+        if kind is not None and any(live_in):
             x = next(v for v, a in zip(invals, eqn.invars) if _literal_value(a) is None) \
                 if name == "max" else invals[0]
             counter.count += 1
             env[eqn.outvars[0]] = activations[kind](x)
             continue
-        elif name in _CALLS and _contains_relu(_sub_jaxprs(eqn)[0]):
+        elif name in _CALLS and any(live_in) and _contains_relu(_sub_jaxprs(eqn)[0]):
             inner = _sub_jaxprs(eqn)[0]
             closed = inner if isinstance(inner, jex_core.ClosedJaxpr) else jex_core.ClosedJaxpr(inner, ())
-            for var, value in zip(eqn.outvars, _eval(closed.jaxpr, closed.consts, invals, activations, counter)):
+            outs = _eval(closed.jaxpr, closed.consts, invals, activations, counter, live_in)
+            for var, value in zip(eqn.outvars, outs):
                 env[var] = value
             continue
-        elif name != "custom_jvp_call" and any(_contains_relu(s) for s in _sub_jaxprs(eqn)):
+        elif name != "custom_jvp_call" and any(live_in) and any(_contains_relu(s) for s in _sub_jaxprs(eqn)):
             params = {k: _rewrite_param(v, activations, counter) for k, v in eqn.params.items()}
             outs = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(params))
         else:
@@ -225,11 +239,12 @@ def _rewrite_param(value, activations: dict, counter: _Counter):
     return value
 
 
-def with_backward_rule(fn: Callable, rule: Rule) -> Callable:
+def with_backward_rule(fn: Callable, rule: Rule, argnums: tuple[int, ...] | None = None) -> Callable:
     """``fn`` (any pure JAX function) with every ReLU/ReLU6 given the backward ``rule``.
 
-    The forward values are those of ``fn``; only gradients change. Tracing happens at call time
-    (inside a caller's ``jit`` once per compilation).
+    The forward values are those of ``fn``; only gradients change. Only ReLUs whose input
+    depends on the arguments ``argnums`` (default: all) are replaced and counted. Tracing
+    happens at call time (inside a caller's ``jit`` once per compilation).
 
     Raises:
       JaxvizError: an unknown rule, or (for guided/deconv) a function without any ReLU to replace.
@@ -243,7 +258,9 @@ def with_backward_rule(fn: Callable, rule: Rule) -> Callable:
     def rewritten(*args):
         closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
         counter = _Counter()
-        flat = _eval(closed.jaxpr, closed.consts, jax.tree_util.tree_leaves(args), activations, counter)
+        live = [i in argnums if argnums is not None else True for i, arg in enumerate(args)
+                for _ in jax.tree_util.tree_leaves(arg)]
+        flat = _eval(closed.jaxpr, closed.consts, jax.tree_util.tree_leaves(args), activations, counter, live)
         if counter.count == 0:
             raise JaxvizError(f"{rule} backprop needs ReLU or ReLU6 non-linearities, and this model has none "
                               "(looked for jax.nn.relu, flax's relu, jax.nn.relu6 and jnp.maximum(x, 0))")

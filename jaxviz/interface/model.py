@@ -166,7 +166,7 @@ class Model:
 
                 def fn(p, xx, values):
                     return base(p, xx, capture, dict(zip(names, values)), stop_after)
-                return with_backward_rule(fn, rule)(params, x, tuple(inject[n] for n in names))
+                return with_backward_rule(fn, rule, argnums=(1, 2))(params, x, tuple(inject[n] for n in names))
             self._derived[key] = self.derive(_forward=forward)
         return self._derived[key]
 
