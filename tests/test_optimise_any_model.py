@@ -1,6 +1,6 @@
 """Optimising the input on any model: the bundled tiny CNN, a user's linen CNN (residual add,
-BatchNorm) and a user's nnx CNN (the ``any_model`` fixture), and a plain apply_fn where no layer is
-needed (class visualisation, FGSM/PGD, SimBA).
+BatchNorm), a user's nnx CNN and the bundled ResNet-18 (the ``any_model`` fixture), and a plain
+apply_fn where no layer is needed (class visualisation, FGSM/PGD, SimBA).
 
 Truth checks against computations that do not go through jaxviz's adapters: logits and activations
 from the user's own module (``module.apply`` with ``capture_intermediates`` for linen, the nnx
@@ -31,13 +31,14 @@ from tests.user_models import LinenCNN, NnxCNN, apply_fn_model
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)  # torchvision, as every test model declares
 STD = np.array([0.229, 0.224, 0.225], np.float32)
 LO, HI = (0.0 - MEAN) / STD, (1.0 - MEAN) / STD
-LAYER = {"bundled": "features.4", "linen": "block", "nnx": "layers.1"}  # a spatial layer of each
+# a spatial layer of each (ResNet-18's by its alias: layer2 = layer2.1)
+LAYER = {"bundled": "features.4", "linen": "block", "nnx": "layers.1", "resnet18": "layer2"}
 SIZE = (16, 20)  # non-square everywhere
 
 
 def _kind(model) -> str:
     if isinstance(model, BundledModel):
-        return "bundled"
+        return "resnet18" if model.name == "resnet18" else "bundled"
     if isinstance(model, LinenModel):
         return "linen"
     if isinstance(model, NnxModel):
@@ -54,16 +55,17 @@ def _nnx_module(model):
 
 
 def reference_logits(model):
-    """logits(x) of preprocessed x, computed by the user's own code, not by jaxviz's adapter."""
+    """logits(x) of preprocessed x, computed by the user's own code, not by jaxviz's adapter
+    (jitted: only for speed)."""
     kind = _kind(model)
-    if kind == "bundled":
-        return lambda x: model.module.apply({"params": model.params}, x)
+    if kind in ("bundled", "resnet18"):
+        return jax.jit(lambda x: model.module.apply({"params": model.params}, x))
     if kind == "linen":
-        return lambda x: LinenCNN().apply(model.params, x)
+        return jax.jit(lambda x: LinenCNN().apply(model.params, x))
     if kind == "nnx":
         module = _nnx_module(model)
-        return lambda x: module(x)
-    return lambda x: model.apply_fn(model.params, x)
+        return jax.jit(lambda x: module(x))
+    return jax.jit(lambda x: model.apply_fn(model.params, x))
 
 
 def reference_activation(model, x, layer):
@@ -74,12 +76,18 @@ def reference_activation(model, x, layer):
         m = _nnx_module(model)
         h = jax.nn.relu(m.bn(m.stem(x)))
         return m.layers[1](jax.nn.relu(m.layers[0](h)))
-    module, variables = (model.module, {"params": model.params}) if kind == "bundled" else (LinenCNN(), model.params)
-    _, state = module.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
-    node = state["intermediates"]
-    for part in layer.split("/"):
-        node = node[part]
-    return node["__call__"][0]
+    bundled = kind in ("bundled", "resnet18")
+    module, variables = (model.module, {"params": model.params}) if bundled else (LinenCNN(), model.params)
+    path = model.resolve_layer(layer).split("/")
+
+    @jax.jit
+    def run(x):
+        _, state = module.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+        node = state["intermediates"]
+        for part in path:
+            node = node[part]
+        return node["__call__"][0]
+    return run(x)
 
 
 def preprocess(images01):
@@ -115,7 +123,7 @@ def _fgsm(classifier):
     labels = np.asarray(jnp.argmax(logits(preprocess(x)), -1))
     eps = 3 / 255
     ce = lambda z: -jnp.take_along_axis(jax.nn.log_softmax(logits(preprocess(z))), labels[:, None], 1).sum()
-    g = np.asarray(jax.grad(ce)(jnp.asarray(x)))
+    g = np.asarray(jax.jit(jax.grad(ce))(jnp.asarray(x)))
     expected = np.clip(x + eps * np.sign(g), 0, 1)
     got = np.asarray(adv.fgsm(classifier, None, x, labels, eps=eps))
     # exact where the gradient is clearly non-zero (elsewhere float rounding may flip a sign)
@@ -203,7 +211,7 @@ def _classviz_step(classifier):
     classes, lr, lam = np.array([1, 4]), 0.7, 0.05
     logits = reference_logits(classifier)
     loss = lambda z: (-logits(z)[jnp.arange(2), classes] + lam * jnp.sum(z * z, axis=(1, 2, 3))).sum()
-    g = np.asarray(jax.grad(loss)(x0))
+    g = np.asarray(jax.jit(jax.grad(loss))(x0))
     step = g / np.linalg.norm(g.reshape(2, -1), axis=1)[:, None, None, None]
     expected = np.clip(np.asarray(x0) - lr * step, LO, HI)
     res = class_visualization(classifier, None, classes, init=x0, steps=1, lr=lr, l2=lam, blur_every=0,
