@@ -191,13 +191,24 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def save_image(image: np.ndarray, path: str | os.PathLike) -> None:
-    """Write a float [0, 1] (H, W, 3) or (H, W) image as 8-bit PNG/JPEG (by extension)."""
+    """Write a float [0, 1] (H, W, 3) or (H, W) image as 8-bit PNG/JPEG (by extension), atomically
+    (``jaxviz.io.atomic_write``: a temporary file in the same folder, renamed when complete).
+
+    Raises:
+      JaxvizError: the folder does not exist, the suffix is not an image format, or the file
+        cannot be written (``jaxviz.io.WriteError``: read-only location, full disk).
+    """
+    from jaxviz.io import atomic_write
     path = Path(path)
     if path.parent and not path.parent.exists():
         raise JaxvizError(f"output directory does not exist: {path.parent}")
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        raise JaxvizError(f"cannot write image {path}: unknown image suffix {path.suffix!r}")
+    pixels = Image.fromarray(to_uint8(image))
     try:
-        Image.fromarray(to_uint8(image)).save(path)
-    except (ValueError, OSError) as e:
+        atomic_write(path, lambda f: pixels.save(f, format=fmt))
+    except ValueError as e:
         raise JaxvizError(f"cannot write image {path}: {e}") from None
 
 

@@ -127,10 +127,11 @@ def test_smoothgrad_map_of_an_image_does_not_depend_on_the_others(tiny_cli, tmp_
 
 
 def test_failed_write_is_one_line_and_leaves_nothing(tiny_cli, tmp_path, capsys, monkeypatch):
-    def full_disk(file, array):
-        file.write(b"partial")
+    import jaxviz.io
+
+    def full_disk(fd):  # the map was streamed into the temporary file; the disk fills on sync
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(np, "save", full_disk)
+    monkeypatch.setattr(jaxviz.io.os, "fsync", full_disk)
     err = _one_error_line(capsys, ["saliency", "chelsea", "--npy", str(tmp_path / "m.npy")])
     assert "No space left on device" in err
     assert list(tmp_path.iterdir()) == []

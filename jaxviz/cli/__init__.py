@@ -1,8 +1,10 @@
 """The ``jaxviz`` command line: subcommands are registered by the modules of this package.
 
 Each module calls ``command(name, help)`` on a function that adds its arguments and returns the
-function that runs it, so adding a technique adds one module and no edits here. Bad input
-(``JaxvizError``) becomes one line on stderr and exit code 2, never a traceback.
+function that runs it, so adding a technique adds one module and no edits here; the technique
+options of a command are generated from the registry (``jaxviz.techniques``,
+``_common.add_options``). Bad input (``JaxvizError``, an OS error while writing, running out of
+memory) becomes one line on stderr and exit code 2, never a traceback.
 """
 from __future__ import annotations
 
@@ -42,6 +44,11 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message}\n")
 
+    def format_help(self) -> str:
+        from jaxviz.cli._common import fill_help
+        fill_help(self)  # the registry's defaults, read only when the help is shown
+        return super().format_help()
+
 
 def _load_commands() -> None:
     for module in pkgutil.iter_modules(__path__):
@@ -71,13 +78,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         enable_compilation_cache()
         return int(runners[args.command](args) or 0)
     except JaxvizError as e:
-        print(f"jaxviz {args.command}: error: {e}", file=sys.stderr)
+        message = " ".join(str(e).split())  # exactly one line
+        print(f"jaxviz {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"jaxviz {args.command}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return 1
+    except MemoryError:
+        print(f"jaxviz {args.command}: error: out of memory; use fewer images, a smaller --batch or size",
+              file=sys.stderr)
+        return 2
+    except OSError as e:  # a write outside jaxviz.io (a library's own file): still one line
+        if isinstance(e, BrokenPipeError):
+            return 1
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"jaxviz {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

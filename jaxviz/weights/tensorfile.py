@@ -22,7 +22,7 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
+import tempfile  # noqa: F401  (kept: callers and tests reach tempfile through this module)
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -80,28 +80,12 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Any:
-    """Call ``write(f)`` on a temporary file beside ``path``, then rename it to ``path``.
-
-    The temporary file (``.NAME.*.tmp`` in the same folder, so the rename is atomic) is removed
-    on any failure, including KeyboardInterrupt; ``path`` is then untouched. Returns ``write``'s
-    result. Raises the ``OSError`` of a read-only or full location (callers turn it into one line).
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            result = write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return result
+    """Call ``write(f)`` on a temporary file beside ``path``, then rename it to ``path``: jaxviz's
+    one atomic write (``jaxviz.io.atomic_write``; the temporary file is removed on any failure,
+    including KeyboardInterrupt). Raises ``jaxviz.io.WriteError`` (an ``OSError`` and a
+    ``JaxvizError``: one line) for a read-only or full location. Returns ``write``'s result."""
+    from jaxviz.io import atomic_write as write_atomically
+    return write_atomically(path, write)
 
 
 def write_record(path: str | os.PathLike, record: Mapping) -> None:
