@@ -55,6 +55,7 @@ Devices, shards and hosts
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import os
@@ -314,7 +315,17 @@ def make_step(model: Model, layers: tuple[str, ...], feature_layer: str, k: int,
     ``feature_layer`` activations (sharded like the batch). B must be a multiple of the mesh size.
     The network runs only as far as the deepest of the layers (``model.activations``).
     ``compiler_options``: XLA options for the step (``model.compiler_options``).
+
+    Cached: the same settings give the same jitted function, so a second scan in the process
+    reuses its compiled step (a fresh closure would be traced and compiled again on every call).
     """
+    return _make_step(model, tuple(layers), feature_layer, int(k), mesh,
+                      tuple(tuple(o) for o in compiler_options))
+
+
+@functools.lru_cache(maxsize=8)
+def _make_step(model: Model, layers: tuple[str, ...], feature_layer: str, k: int, mesh: Mesh,
+               compiler_options: tuple[tuple[str, str], ...]) -> Callable:
     capture = tuple(dict.fromkeys(tuple(layers) + (feature_layer,)))
 
     def local(params, images, ids, state):
