@@ -113,6 +113,11 @@ def load_image(source: str | os.PathLike, size: int | tuple[int, int] | None = N
     """
     path = Path(source)
     if path.exists() or str(source) not in SAMPLES:
+        if not path.exists() and os.sep not in str(source) and not path.suffix:
+            import difflib  # a mistyped sample name ("chelsae"): suggest the close ones
+            close = difflib.get_close_matches(str(source), list(SAMPLES), n=3, cutoff=0.6)
+            if close:
+                raise JaxvizError(f"no such image file or sample: {source}; did you mean {' or '.join(close)}?")
         pixels = _read_file(path, exif)
     else:
         pixels = SAMPLES[str(source)]()

@@ -60,6 +60,7 @@ import hashlib
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -374,13 +375,15 @@ class _Checkpoint:
         return done, state
 
     def start(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.features_path.write_bytes(b"")
-        if self.state_path.exists():
-            self.state_path.unlink()
+        with _writing(self.dir):
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.features_path.write_bytes(b"")
+            if self.state_path.exists():
+                self.state_path.unlink()
 
     def save(self, done: int, features: np.ndarray, state: dict) -> None:
-        with open(self.features_path, "ab") as f:  # features first: the state may never run ahead
+        with _writing(self.features_path), open(self.features_path, "ab") as f:
+            # features first: the state may never run ahead
             f.write(np.ascontiguousarray(features, np.float32).tobytes())
             f.flush()
             os.fsync(f.fileno())
@@ -392,13 +395,10 @@ class _Checkpoint:
 
 
 def _atomic(path: Path, write: Callable) -> None:
-    """Write via a temporary file in the same folder and ``os.replace`` (atomic on POSIX)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write via a temporary file in the same folder and ``os.replace`` (``jaxviz.io.atomic_write``:
+    the temporary file is removed on any failure; a full disk is one ``WriteError`` line)."""
+    from jaxviz.io import atomic_write
+    atomic_write(path, write, what="scan index file")
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -421,16 +421,103 @@ def _sources_digest(sources: Sequence[str]) -> str:
 
 
 def _finish(out: Path, meta: dict, state: dict, features: np.ndarray, count: int) -> None:
-    """Write the final arrays, then flip ``complete`` last."""
+    """Write the final arrays, remove the running state, then flip ``complete`` last: a complete
+    index never holds ``.scan/`` or temporary files (a kill before the flip leaves an incomplete
+    index that the next run scans again)."""
     k = min(meta["topk"], count)
     for layer, s in state.items():
-        (out / "topk" / f"{layer}.npz").parent.mkdir(parents=True, exist_ok=True)
+        with _writing(out / "topk"):
+            (out / "topk" / f"{layer}.npz").parent.mkdir(parents=True, exist_ok=True)
         _atomic(out / "topk" / f"{layer}.npz", lambda f, s=s: np.savez(
             f, values=np.asarray(s["values"][:, :k], np.float32),
             **{n: np.asarray(s[n][:, :k], np.int32) for n in ("image", "y", "x")}))
     _atomic(out / "features.npy", lambda f: np.save(f, features.astype(np.float32)))
-    _write_json(out / "meta.json", {**meta, "complete": True})
     shutil.rmtree(out / _STATE_DIR, ignore_errors=True)
+    _sweep(out)
+    _write_json(out / "meta.json", {**meta, "complete": True})
+
+
+# ------------------------------------------------------------------------ one writer at a time
+
+class _writing:
+    """An OSError while writing the index (read-only, full disk) becomes one ``WriteError`` line."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb):
+        from jaxviz.io import WriteError
+        if isinstance(error, OSError) and not isinstance(error, WriteError):
+            reason = error.strerror or str(error)
+            raise WriteError(f"cannot write scan index file {self.path}: {reason}", error.errno, reason) from None
+        return False
+
+
+def _sweep(out: Path) -> None:
+    """Remove temporary files a killed writer left (``.NAME.*.tmp``, see ``jaxviz.io``)."""
+    for tmp in list(out.glob(".*.tmp")) + list((out / "topk").rglob(".*.tmp")):
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def index_lock(out: Path, wait: bool = False):
+    """Hold the index folder ``out`` for writing (``fcntl.flock`` on the folder itself: no lock
+    file is left behind). Yields True when this call created the folder.
+
+    Raises:
+      JaxvizError: another process is writing the same index (``wait=False``).
+    """
+    import fcntl
+    out = Path(out)
+    created = not out.exists()
+    with _writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(out, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                raise JaxvizError(f"index {out} is being written by another scan; wait until it finishes "
+                                  "(or pass --wait)") from None
+            try:
+                same = os.stat(out).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:  # removed by the holder we waited for (its failed fresh scan)
+                same = False
+            if not same:
+                os.close(fd)
+                fd = -1
+                with _writing(out):
+                    out.mkdir(parents=True, exist_ok=True)
+                created = True
+                continue
+            yield created
+            return
+        finally:
+            if fd >= 0:
+                os.close(fd)  # releases the lock
+
+
+_OURS = ("meta.json", "images.csv", "features.npy", "topk", _STATE_DIR)
+
+
+def _remove_partial(out: Path, created: bool) -> None:
+    """Remove what a failed fresh scan wrote (never other files; the folder only if we made it)."""
+    for name in _OURS:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists():
+            path.unlink(missing_ok=True)
+    _sweep(out)
+    if created:
+        try:
+            out.rmdir()
+        except OSError:
+            pass
 
 
 def _prefetch(sources: Sequence[str], batch: int, size: int | tuple[int, int], fit: str, start: int,
@@ -465,7 +552,7 @@ def scan(model, sources: Sequence[str], out: str | os.PathLike, *, layers: Seque
          batch: int = 32, input_size: int | tuple[int, int] | None = None, fit: str = "eval",
          shard: tuple[int, int] = (0, 1), devices: Sequence | None = None, params: PyTree | None = None,
          compiler_options: Sequence[tuple[str, str]] | None = None, progress: bool = False,
-         on_batch: Callable[[int], None] | None = None) -> Index:
+         on_batch: Callable[[int], None] | None = None, wait: bool = False) -> Index:
     """Scan images and write (or resume) an INDEX directory at ``out``.
 
     Args:
@@ -485,11 +572,15 @@ def scan(model, sources: Sequence[str], out: str | os.PathLike, *, layers: Seque
       params: the model's variables (default ``model.params``).
       compiler_options: XLA options for the step (default ``model.compiler_options``).
       on_batch: called with the number of images done after each checkpoint (progress, tests).
+      wait: when another process is writing ``out`` (the folder is locked), wait for it instead
+        of refusing.
     Returns:
       the complete ``Index``.
     Raises:
       JaxvizError: bad arguments (checked before anything is written: unknown, non-spatial or
-        empty layers, sizes, counts), an unreadable image, or ``out`` holding something else.
+        empty layers, sizes, counts), an unreadable image, ``out`` holding something else or
+        being written by another scan; ``WriteError`` (a read-only or full location: a fresh
+        scan then removes what it wrote).
     """
     model = as_model(model)
     params = model.params if params is None else params
@@ -497,10 +588,8 @@ def scan(model, sources: Sequence[str], out: str | os.PathLike, *, layers: Seque
     sources = [str(s) for s in sources]
     if not sources:
         raise JaxvizError("no images to scan")
-    if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or topk < 1:
-        raise JaxvizError(f"topk must be a positive integer, got {topk!r}")
-    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
-        raise JaxvizError(f"batch must be a positive integer, got {batch!r}")
+    from jaxviz.techniques import check
+    check("scan", topk=topk, batch=batch)
     hw = model.input_hw(input_size)
     if not all(1 <= v <= 4096 for v in hw):
         raise JaxvizError(f"input size must be between 1 and 4096 pixels, got {hw[0]}x{hw[1]}")
@@ -532,16 +621,33 @@ def scan(model, sources: Sequence[str], out: str | os.PathLike, *, layers: Seque
     batch = min(int(batch), len(mine))
 
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise JaxvizError(f"output {out} exists and is not a folder")
+    with index_lock(out, wait) as created:
+        resumed = None
+        try:
+            resumed = _existing(out, meta)
+            return _scan_locked(model, params, mine, out, meta, resumed, shapes, layers, feature_layer, k, batch,
+                                lo, hi, load_size, fit, devices, compiler_options, progress, on_batch)
+        except BaseException as e:
+            from jaxviz.io import WriteError
+            if resumed is None and (isinstance(e, WriteError) or (created and not any(out.iterdir()))):
+                _remove_partial(out, created)  # a fresh scan that could not be written leaves nothing
+            raise
+
+
+def _scan_locked(model, params, mine, out, meta, resumed, shapes, layers, feature_layer, k, batch, lo, hi,
+                 load_size, fit, devices, compiler_options, progress, on_batch) -> Index:
+    """The scan proper, with the index folder locked (``scan``)."""
     checkpoint = _Checkpoint(out)
     dim = int(np.prod(shapes[feature_layer][-1:] if len(shapes[feature_layer]) == 3 else shapes[feature_layer]))
-    resumed = _existing(out, meta)
     if resumed == "complete":
+        _sweep(out)
         return read_index(out)
     if resumed == "partial":
         loaded = checkpoint.load(dim)
     else:
         loaded = None
-        out.mkdir(parents=True, exist_ok=True)
         checkpoint.start()
         _write_csv(out / "images.csv", range(lo, hi), mine)
         _write_json(out / "meta.json", meta)
@@ -612,7 +718,7 @@ def _existing(out: Path, meta: dict) -> str | None:
 
 # ---------------------------------------------------------------------------------- merging
 
-def merge_indices(parts: Sequence[str | os.PathLike], out: str | os.PathLike) -> Index:
+def merge_indices(parts: Sequence[str | os.PathLike], out: str | os.PathLike, *, wait: bool = False) -> Index:
     """Merge the indices of disjoint shards of one dataset into one INDEX at ``out``.
 
     The union of the shards' per-channel top-k, re-sorted canonically (value descending, then image
@@ -648,9 +754,15 @@ def merge_indices(parts: Sequence[str | os.PathLike], out: str | os.PathLike) ->
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise JaxvizError(f"output {out} already exists and is not empty")
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {**first, "count": len(all_ids), "shard": [0, 1], "complete": False}
-    _write_csv(out / "images.csv", all_ids[order].tolist(), [paths[i] for i in order])
-    _write_json(out / "meta.json", meta)
-    _finish(out, meta, topk, features, len(all_ids))
+    with index_lock(out, wait) as created:
+        if any(out.iterdir()):  # another merge got there first
+            raise JaxvizError(f"output {out} already exists and is not empty")
+        try:
+            meta = {**first, "count": len(all_ids), "shard": [0, 1], "complete": False}
+            _write_csv(out / "images.csv", all_ids[order].tolist(), [paths[i] for i in order])
+            _write_json(out / "meta.json", meta)
+            _finish(out, meta, topk, features, len(all_ids))
+        except BaseException:
+            _remove_partial(out, created)
+            raise
     return read_index(out)

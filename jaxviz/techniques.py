@@ -29,8 +29,9 @@ import functools
 import importlib
 import inspect
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from jaxviz.errors import JaxvizError
 from jaxviz.options import MISSING, Option, check_memory
@@ -129,13 +130,13 @@ class Technique:
         return (self.name,) + self.aliases
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load(function: str) -> Callable:
     module, _, attr = function.partition(":")
     return getattr(importlib.import_module(module), attr)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _signature_defaults(function: str) -> tuple:
     fn = _load(function)
     params = inspect.signature(fn).parameters.values()
@@ -307,9 +308,10 @@ _ALL: list[Technique] = [
               "Zeiler & Fergus 2014", (
                   Option("layers", str, "layers to scan (names or aliases)", nargs="+", metavar="LAYER",
                          default=None),
-                  Option("topk", int, "images kept per channel", lo=1, hi=100_000),
-                  Option("batch", int, "images per step", lo=1, hi=4096),
-                  Option("input_size", int, "input size (default: the model's)", lo=8, hi=MAX_SIZE, flag="--size")),
+                  # no upper bound: both are capped at the number of images (memory bounded by it)
+                  Option("topk", int, "images kept per channel (at most the number of images)", lo=1),
+                  Option("batch", int, "images per step (at most the number of images)", lo=1),
+                  Option("input_size", int, "input size (default: the model's)", lo=1, hi=MAX_SIZE, flag="--size")),
               frozenset({"layer"}), "scan"),
     Technique("patches", "jaxviz.patches:patch_grid", "image patches that most activate chosen channels",
               "Zeiler & Fergus 2014", (

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -32,7 +32,7 @@ LENIENT_FLAGS = frozenset({"--seed"})
 
 def _dest(flag: str) -> str:
     name = flag.lstrip("-")
-    name = name[3:] if name.startswith("no-") else name
+    name = name.removeprefix("no-")
     return name.replace("-", "_")
 
 

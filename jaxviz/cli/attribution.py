@@ -34,8 +34,21 @@ from __future__ import annotations
 import argparse
 
 from jaxviz.cli import command
-from jaxviz.cli._common import (add_batch, add_images, add_model, add_options, add_output, check_memory_for, chunks,
-                                given, load_inputs, load_model_arg, option_value, options_for, output_path)
+from jaxviz.cli._common import (
+    add_batch,
+    add_images,
+    add_model,
+    add_options,
+    add_output,
+    check_memory_for,
+    chunks,
+    given,
+    load_inputs,
+    load_model_arg,
+    option_value,
+    options_for,
+    output_path,
+)
 from jaxviz.errors import JaxvizError
 from jaxviz.techniques import BATCH, get, techniques
 

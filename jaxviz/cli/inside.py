@@ -3,11 +3,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
 from jaxviz.cli import command
-from jaxviz.cli._common import add_images, add_model, add_output, output_path
+from jaxviz.cli._common import (
+    add_images,
+    add_model,
+    add_option,
+    add_options,
+    add_output,
+    option_value,
+    options_for,
+    output_path,
+    save_figure,
+)
 from jaxviz.errors import JaxvizError
+from jaxviz.options import Option
+from jaxviz.techniques import TECHNIQUES, get, techniques
+
+# Rendering settings of `jaxviz embed` (front-end options, validated by the same Option class).
+THUMB = Option("thumb", int, "thumbnail size in pixels", lo=8, hi=256, default=48)
+CANVAS = Option("size", int, "canvas size of the thumbnail map", lo=64, hi=16384, default=1600)
+MAX_IMAGES = Option("max_images", int, "refuse larger indices for --grid (the assignment is cubic)", lo=1,
+                    hi=100_000, default=2500)
 
 
 def _load_model(name: str | None):
@@ -37,31 +54,25 @@ def filters(parser: argparse.ArgumentParser):
     parser.add_argument("--layer", default=None,
                         help="a deeper layer (name, alias or kernel path such as features.3/expand1x1); "
                              "default: the first convolution, in colour")
-    parser.add_argument("--shared-scale", action="store_true",
-                        help="one display scale for the whole layer (default: each filter its own)")
-    parser.add_argument("--groups", type=int, default=None, help="deeper layer: show the first N output filters")
-    parser.add_argument("--per-group", type=int, default=None,
-                        help="deeper layer: show the first N input channels of each filter")
+    add_options(parser, [TECHNIQUES["filters"]])
     add_output(parser, required=True)
 
     def run(args: argparse.Namespace) -> int:
         from jaxviz import filters as F
         from jaxviz.images import save_image
+        options = options_for(args, TECHNIQUES["filters"])
         out = output_path(args.out)
-        for label in ("groups", "per_group"):
-            value = getattr(args, label)
-            if value is not None and value < 1:
-                raise JaxvizError(f"--{label.replace('_', '-')} must be at least 1, got {value}")
         model = _load_model(args.model)
         first, first_kernel = F.first_conv(model)
         path, kernel = F.get_kernel(model, args.layer) if args.layer else (first, first_kernel)
-        if path == first and args.groups is None and args.per_group is None:
-            tiles = F.first_layer_filters(model, shared_scale=args.shared_scale)
+        groups, per_group = options["groups"], options["per_group"]
+        if path == first and groups is None and per_group is None:
+            tiles = F.first_layer_filters(model, shared_scale=options["shared_scale"])
             image = F.filter_grid_image(tiles)
             what = f"{len(tiles)} RGB filters {tiles.shape[1]}x{tiles.shape[2]}"
         else:
-            tiles = F.grey_filters(kernel, groups=args.groups, per_group=args.per_group,
-                                   scale="shared" if args.shared_scale else "group")
+            tiles = F.grey_filters(kernel, groups=groups, per_group=per_group,
+                                   scale="shared" if options["shared_scale"] else "group")
             image = F.group_grid_image(tiles)
             what = f"{tiles.shape[0]} groups of {tiles.shape[1]} {tiles.shape[2]}x{tiles.shape[3]} maps"
         save_image(image, out)
@@ -74,8 +85,7 @@ def filters(parser: argparse.ArgumentParser):
 def activations(parser: argparse.ArgumentParser):
     add_images(parser, nargs=1)
     add_model(parser, classifier=False)
-    parser.add_argument("--layer", required=True, help="layer name or alias (`jaxviz layers MODEL`)")
-    parser.add_argument("--columns", type=int, default=None, help="tiles per row (default: square)")
+    add_options(parser, [TECHNIQUES["activations"]])
     add_output(parser, required=True)
 
     def run(args: argparse.Namespace) -> int:
@@ -84,16 +94,15 @@ def activations(parser: argparse.ArgumentParser):
         from jaxviz import activations as A
         from jaxviz.accel import xla
         from jaxviz.images import load_images, save_image
+        options = options_for(args, TECHNIQUES["activations"])
         out = output_path(args.out)
-        if args.columns is not None and args.columns < 1:
-            raise JaxvizError(f"--columns must be at least 1, got {args.columns}")
         model = _load_model(args.model)
         size = model.input_hw()
-        layer = A.check_spatial(model, args.layer, size)
+        layer = A.check_spatial(model, options["layer"], size)
         images = load_images(args.images, size, args.fit, model.eval_transform)
         maps = xla.jit(A.feature_maps, model.compiler_options, static_argnums=(0, 3))
         acts = maps(model, model.params, model.preprocess(jnp.asarray(images)), layer)
-        panel, best = A.activation_panel(images[0], acts[0], columns=args.columns)
+        panel, best = A.activation_panel(images[0], acts[0], columns=options["columns"])
         save_image(panel, out)
         peak = float(jnp.max(acts[0, ..., best]))
         print(f"{model.name} {layer}: {acts.shape[-1]} channels {acts.shape[1]}x{acts.shape[2]}; "
@@ -106,11 +115,7 @@ def activations(parser: argparse.ArgumentParser):
 def neighbors(parser: argparse.ArgumentParser):
     parser.add_argument("index", metavar="INDEX", help="folder written by `jaxviz scan`")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="query image files or sample names")
-    parser.add_argument("--k", type=int, default=8, help="neighbours per query (default 8)")
-    parser.add_argument("--space", choices=["feature", "pixel"], default="feature",
-                        help="pooled features of the index's model, or raw pixels (default feature)")
-    parser.add_argument("--metric", choices=["cosine", "l2"], default="cosine", help="distance (default cosine)")
-    parser.add_argument("--pixel-size", type=int, default=32, help="pixel space: resize to N x N (default 32)")
+    add_options(parser, [TECHNIQUES["neighbors"]])
     parser.add_argument("--json", action="store_true",
                         help="print JSON: [{query, neighbors: [{rank, index, path, distance}]}]")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -122,18 +127,18 @@ def neighbors(parser: argparse.ArgumentParser):
 
         from jaxviz import embedding as E
         from jaxviz.images import load_images, save_image
+        technique = TECHNIQUES["neighbors"]
+        options_for(args, technique)  # static bounds first
         out = output_path(args.out)
-        if not 4 <= args.pixel_size <= 256:
-            raise JaxvizError(f"--pixel-size must be between 4 and 256, got {args.pixel_size}")
         index = _read_index(args.index)
         n = len(index.paths)
-        if not 1 <= args.k <= n:
-            raise JaxvizError(f"--k must be between 1 and the index size {n}, got {args.k}")
+        options = options_for(args, technique, context={"images": n})
+        k, space, metric, pixel_size = options["k"], options["space"], options["metric"], options["pixel_size"]
         size, fit = _index_size(index), index.meta["fit"]
-        model = _load_model(index.meta["model"]) if args.space == "feature" else None
+        model = _load_model(index.meta["model"]) if space == "feature" else None
         # Queries fitted as the scan fitted the index's images (the model's evaluation transform).
         queries = load_images(args.images, size, fit, model.eval_transform if model else None)
-        if args.space == "feature":
+        if space == "feature":
             layer = index.meta["feature_layer"]
             q = E.model_features(model, queries, layer=layer)
             database = index.features
@@ -141,10 +146,10 @@ def neighbors(parser: argparse.ArgumentParser):
                 raise JaxvizError(f"index features have {database.shape[1]} dimensions but {model.name} "
                                   f"{layer} gives {q.shape[1]}")
         else:
-            q = np.asarray(E.pixel_features(jnp.asarray(queries), args.pixel_size))
-            database = _pixel_database(index.paths, size, fit, args.pixel_size, not args.no_progress)
-        dist, idx = E.nearest_neighbors(q, database, args.k, metric=args.metric)
-        results = [{"query": src, "space": args.space, "metric": args.metric,
+            q = np.asarray(E.pixel_features(jnp.asarray(queries), pixel_size))
+            database = _pixel_database(index.paths, size, fit, pixel_size, not args.no_progress)
+        dist, idx = technique.load()(q, database, k, metric=metric)
+        results = [{"query": src, "space": space, "metric": metric,
                     "neighbors": [{"rank": r + 1, "index": int(index.indices[i]), "path": index.paths[i],
                                    "distance": float(d)} for r, (d, i) in enumerate(zip(ds, ids))]}
                    for src, ds, ids in zip(args.images, dist, idx)]
@@ -152,7 +157,7 @@ def neighbors(parser: argparse.ArgumentParser):
             print(json.dumps(results, indent=2))
         else:
             for r in results:
-                print(f"{r['query']}  ({args.space} space, {args.metric})")
+                print(f"{r['query']}  ({space} space, {metric})")
                 for nb in r["neighbors"]:
                     print(f"  {nb['rank']:>3}  {nb['distance']:.4f}  {nb['path']}")
         if out is not None:
@@ -196,60 +201,54 @@ def _neighbour_rows(queries, idx, paths, size: int, fit: str, thumb: int = 96):
 @command("embed", "2-D map (PCA or t-SNE) of a scan INDEX's pooled features: thumbnails or a dense grid")
 def embed(parser: argparse.ArgumentParser):
     parser.add_argument("index", metavar="INDEX", help="folder written by `jaxviz scan`")
-    parser.add_argument("--method", choices=["pca", "tsne"], default="tsne", help="reduction (default tsne)")
+    parser.add_argument("--method", default="tsne", metavar="{pca,tsne}", help="reduction (default tsne)")
     view = parser.add_mutually_exclusive_group()
     view.add_argument("--grid", action="store_true", help="snap the points to a dense grid (linear assignment)")
     view.add_argument("--scatter", action="store_true",
                       help="a scatter plot coloured by the predicted class (runs the index's classifier on the images)")
-    parser.add_argument("--thumb", type=int, default=48, help="thumbnail size in pixels (default 48)")
-    parser.add_argument("--size", type=int, default=1600, help="canvas size of the thumbnail map (default 1600)")
-    parser.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity (default 30)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--max-images", type=int, default=2500,
-                        help="refuse larger indices for --grid (the assignment is cubic; default 2500)")
+    add_options(parser, techniques("embed"))
+    add_option(parser, THUMB)
+    add_option(parser, CANVAS)
+    add_option(parser, MAX_IMAGES)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_output(parser, required=True)
 
     def run(args: argparse.Namespace) -> int:
         from jaxviz import embedding as E
         from jaxviz.images import save_image
+        technique = get(args.method, "embed")
+        options_for(args, technique)  # static bounds first
+        thumb, canvas, max_images = (option_value(args, o) for o in (THUMB, CANVAS, MAX_IMAGES))
         out = output_path(args.out)
-        if not 8 <= args.thumb <= 256:
-            raise JaxvizError(f"--thumb must be between 8 and 256, got {args.thumb}")
-        if args.size <= args.thumb:
-            raise JaxvizError(f"--size must exceed --thumb ({args.thumb}), got {args.size}")
-        if not math.isfinite(args.perplexity) or args.perplexity <= 0:
-            raise JaxvizError(f"--perplexity must be a positive number, got {args.perplexity}")
+        if canvas <= thumb:
+            raise JaxvizError(f"--size must exceed --thumb ({thumb}), got {canvas}")
         index = _read_index(args.index)
         n = len(index.paths)
-        minimum = 4 if args.method == "tsne" else 3
+        minimum = 4 if technique.name == "tsne" else 3
         if n < minimum:
-            raise JaxvizError(f"{args.method} needs at least {minimum} images; index has {n}")
-        if args.grid and n > args.max_images:
-            raise JaxvizError(f"--grid with {n} images exceeds --max-images {args.max_images}")
-        if args.method == "pca":
-            points = E.pca(index.features, seed=args.seed)
-        else:
-            points = E.tsne(index.features, perplexity=args.perplexity, seed=args.seed)
+            raise JaxvizError(f"{technique.name} needs at least {minimum} images; index has {n}")
+        if args.grid and n > max_images:
+            raise JaxvizError(f"--grid with {n} images exceeds --max-images {max_images}")
+        options = options_for(args, technique, context={"images": n})
+        points = technique.load()(index.features, **options)
         if args.scatter:
             model = _load_model(index.meta["model"])
             if model.num_classes is None:
                 raise JaxvizError(f"--scatter colours by predicted class, but {model.name} has no classifier")
             _scatter(points, _predict(model, index, not args.no_progress), out,
-                     f"{args.method} of {n} images, {model.name} {index.meta['feature_layer']}", model.labels)
-            print(f"{args.method} of {n} images as a scatter by predicted class -> {out}")
+                     f"{technique.name} of {n} images, {model.name} {index.meta['feature_layer']}", model.labels)
+            print(f"{technique.name} of {n} images as a scatter by predicted class -> {out}")
             return 0
-        thumbs = E.load_thumbnails(index.paths, args.thumb, fit=index.meta["fit"],
-                                   progress=not args.no_progress)
+        thumbs = E.load_thumbnails(index.paths, thumb, fit=index.meta["fit"], progress=not args.no_progress)
         if args.grid:
             rows, cols = E.grid_shape(n)
             image = E.grid_image(E.grid_assignment(points, rows, cols), thumbs, rows, cols)
             what = f"{rows}x{cols} grid"
         else:
-            image = E.thumbnail_map(points, thumbs, size=args.size)
-            what = f"{args.size}px thumbnail map"
+            image = E.thumbnail_map(points, thumbs, size=canvas)
+            what = f"{canvas}px thumbnail map"
         save_image(image, out)
-        print(f"{args.method} of {n} images ({index.features.shape[1]}-d features) as a {what} -> {out}")
+        print(f"{technique.name} of {n} images ({index.features.shape[1]}-d features) as a {what} -> {out}")
         return 0
     return run
 
@@ -291,5 +290,4 @@ def _scatter(points, pred, out, title: str, labels=None, top: int = 10) -> None:
     ax.set_title(title, fontsize=10)
     ax.set_xticks([]), ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    save_figure(fig, out)

@@ -5,7 +5,22 @@ import argparse
 import json
 
 from jaxviz.cli import command
-from jaxviz.cli._common import add_images, add_model, load_inputs, load_model_arg
+from jaxviz.cli._common import (
+    add_batch,
+    add_images,
+    add_model,
+    add_option,
+    add_options,
+    chunks,
+    load_inputs,
+    load_model_arg,
+    option_value,
+    options_for,
+)
+from jaxviz.options import Option
+from jaxviz.techniques import BATCH, TECHNIQUES
+
+LAYERS_SIZE = Option("size", int, "input size (default: the model's)", lo=32, hi=4096)
 
 
 @command("models", "list models: weight source, status, input size and preprocessing")
@@ -35,22 +50,20 @@ def models(parser: argparse.ArgumentParser):
 @command("layers", "list a model's named layers with output shape, parameters, stride and receptive field")
 def layers(parser: argparse.ArgumentParser):
     parser.add_argument("model", help="model name")
-    parser.add_argument("--size", type=int, default=None, help="input size (default: the model's)")
+    add_option(parser, LAYERS_SIZE)
 
     def run(args: argparse.Namespace) -> int:
         import math
 
         import jax
 
-        from jaxviz.errors import JaxvizError
         from jaxviz.models import bundled_model
         from jaxviz.models.registry import get_spec, init_params
+        size = option_value(args, LAYERS_SIZE)
         spec = get_spec(args.model)
         # the model with abstract parameters: shapes only, no weights needed
         model = bundled_model(spec, jax.eval_shape(lambda: init_params(spec)))
-        size = model.input_hw()[0] if args.size is None else args.size
-        if not 32 <= size <= 4096:
-            raise JaxvizError(f"--size must be between 32 and 4096, got {size}")
+        size = model.input_hw()[0] if size is None else size
         shapes, fields = model.layer_shapes(size), model.receptive_fields(size) or {}
         aliases = {}
         for alias, name in model.aliases.items():
@@ -70,21 +83,27 @@ def layers(parser: argparse.ArgumentParser):
 def predict(parser: argparse.ArgumentParser):
     add_images(parser)
     add_model(parser)
-    parser.add_argument("--topk", type=int, default=5, help="how many classes (default 5)")
+    add_options(parser, [TECHNIQUES["predict"]])
+    add_batch(parser)
     parser.add_argument("--json", action="store_true", help="print JSON: [{image, topk: [{index, label, prob}]}]")
 
     def run(args: argparse.Namespace) -> int:
-        from jaxviz.accel import accelerate, xla
-        from jaxviz.classify import top_k
-        from jaxviz.errors import JaxvizError
-        model = accelerate(load_model_arg(args.model))
-        if not 1 <= args.topk <= model.num_classes:
-            raise JaxvizError(f"--topk must be between 1 and {model.num_classes}")
-        images = load_inputs(model, args.images, args.fit)
-        k = args.topk
-        probs, indices = xla.jit(lambda p, x: top_k(model, p, x, k), model.compiler_options)(
-            model.params, model.preprocess(images))
+        import numpy as np
+
+        from jaxviz.accel import xla
+        options_for(args, TECHNIQUES["predict"])  # the static bounds, before loading anything
+        option_value(args, BATCH)
+        model = load_model_arg(args.model)  # accelerated once
+        k = options_for(args, TECHNIQUES["predict"], context={"num_classes": model.num_classes})["k"]
+        fn = xla.jit(lambda p, x: TECHNIQUES["predict"].load()(model, p, x, k), model.compiler_options)
         labels = model.labels or tuple(str(i) for i in range(model.num_classes))
+
+        def predict(start: int, stop: int):
+            probs, indices = fn(model.params, model.preprocess(load_inputs(model, args.images[start:stop], args.fit)))
+            return np.asarray(probs), np.asarray(indices)
+
+        parts = chunks(args, len(args.images), predict, "predict")
+        probs, indices = np.concatenate([p for p, _ in parts]), np.concatenate([i for _, i in parts])
         results = [{"image": src, "topk": [{"index": int(i), "label": labels[int(i)], "prob": float(p)}
                                            for p, i in zip(ps, ids)]}
                    for src, ps, ids in zip(args.images, probs, indices)]
