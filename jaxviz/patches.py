@@ -16,9 +16,15 @@ saw); the part of the layer's box a channel does not see is greyed too, measured
 Conventions: images float RGB in [0, 1], NHWC; a patch tile is (S, S, 3) with S the receptive
 field size; crops are one vmapped ``dynamic_slice`` (sizes static, positions traced). Fields are
 the same along rows and columns (``ReceptiveField`` has one size, stride and offset).
+
+Deconvnet reconstructions (Z&F fig. 2, left of each patch grid): ``unit_signals`` projects ONE
+unit per image back to pixels with the deconvnet backward rule (ReLUs applied to the signal,
+max-pools routed through their switches); ``top_reconstructions`` does it for a channel's top-k
+units and cuts the same boxes as ``top_patches``; ``signal_image`` shows a signed signal on grey.
 """
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from functools import partial
 from typing import TYPE_CHECKING, Any, Sequence
@@ -29,6 +35,7 @@ import numpy as np
 
 from jaxviz.errors import JaxvizError
 from jaxviz.interface import Model, ReceptiveField, as_model
+from jaxviz.interface.backward import RULES
 
 if TYPE_CHECKING:
     from jaxviz.scan import Index
@@ -455,6 +462,39 @@ def _index_size(index: Index) -> int | tuple[int, int]:
     return tuple(size) if isinstance(size, list) else int(size)
 
 
+def _top_units(model: Model, index: Index, layer: str, channels: Sequence[int], k: int | None,
+               params: PyTree) -> tuple:
+    """Checked arguments and the images under the top-k units: (name, channels, k, hw, rf,
+    images (len(channels) * k, H, W, 3) as the scan loaded them, ys, xs, values (C, k))."""
+    from jaxviz.images import load_image
+    name = model.resolve_layer(layer)
+    if name not in index.topk:
+        raise JaxvizError(f"layer {layer} was not scanned in {index.path}; scanned: {', '.join(index.topk) or 'none'}")
+    t = index.topk[name]
+    n_channels, kmax = t.values.shape
+    channels = [int(c) for c in channels]
+    if not channels:
+        raise JaxvizError("give at least one channel")
+    bad = [c for c in channels if not 0 <= c < n_channels]
+    if bad:
+        raise JaxvizError(f"channel {bad[0]} out of range: layer {name} has {n_channels} channels (0..{n_channels - 1})")
+    k = kmax if k is None else min(int(k), kmax)
+    if k < 1:
+        raise JaxvizError("k must be at least 1")
+    size, fit = _index_size(index), index.meta["fit"]
+    hw = model.input_hw(size)
+    rf = layer_field(model, name, hw, params=params)
+    image_ids = t.image[channels, :k]
+    if np.any(image_ids < 0):
+        raise JaxvizError(f"index {index.path}: layer {name} holds fewer than {k} images per channel")
+    # Loaded as the scan loaded them (the model's evaluation transform for fit "eval").
+    transform = getattr(model, "eval_transform", None)
+    cache = {int(i): load_image(index.source(int(i)), size, fit, transform) for i in np.unique(image_ids)}
+    images = np.stack([cache[int(i)] for i in image_ids.ravel()])
+    ys, xs = t.y[channels, :k].ravel(), t.x[channels, :k].ravel()
+    return name, channels, k, hw, rf, images, ys, xs, t.values[channels, :k]
+
+
 def top_patches(model, index: Index, layer: str, channels: Sequence[int], *, k: int | None = None,
                 params: PyTree | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The patches under the top-k activations of ``channels`` of ``layer``.
@@ -472,34 +512,9 @@ def top_patches(model, index: Index, layer: str, channels: Sequence[int], *, k: 
     Raises:
       JaxvizError: unknown layer or channel out of range.
     """
-    from jaxviz.images import load_image
     model = as_model(model)
-    name = model.resolve_layer(layer)
-    if name not in index.topk:
-        raise JaxvizError(f"layer {layer} was not scanned in {index.path}; scanned: {', '.join(index.topk) or 'none'}")
-    t = index.topk[name]
-    n_channels, kmax = t.values.shape
-    channels = [int(c) for c in channels]
-    if not channels:
-        raise JaxvizError("give at least one channel")
-    bad = [c for c in channels if not 0 <= c < n_channels]
-    if bad:
-        raise JaxvizError(f"channel {bad[0]} out of range: layer {name} has {n_channels} channels (0..{n_channels - 1})")
-    k = kmax if k is None else min(int(k), kmax)
-    if k < 1:
-        raise JaxvizError("k must be at least 1")
-    size, fit = _index_size(index), index.meta["fit"]
-    hw = model.input_hw(size)
     params = model.params if params is None else params
-    rf = layer_field(model, name, hw, params=params)
-    image_ids = t.image[channels, :k]
-    if np.any(image_ids < 0):
-        raise JaxvizError(f"index {index.path}: layer {name} holds fewer than {k} images per channel")
-    # Loaded as the scan loaded them (the model's evaluation transform for fit "eval").
-    transform = getattr(model, "eval_transform", None)
-    cache = {int(i): load_image(index.source(int(i)), size, fit, transform) for i in np.unique(image_ids)}
-    images = np.stack([cache[int(i)] for i in image_ids.ravel()])
-    ys, xs = t.y[channels, :k].ravel(), t.x[channels, :k].ravel()
+    name, channels, k, hw, rf, images, ys, xs, values = _top_units(model, index, layer, channels, k, params)
     tops, lefts = rf.offset + ys * rf.stride, rf.offset + xs * rf.stride
     tiles = np.array(crop_patches(jnp.asarray(images), jnp.asarray(tops), jnp.asarray(lefts), rf.size))
     # Grey out what this unit did not see: the part of the layer's field outside the channel's
@@ -514,7 +529,127 @@ def top_patches(model, index: Index, layer: str, channels: Sequence[int], *, k: 
         inside_c = (cols >= left) & (cols < min(right, ew))
         tiles[n][~(inside_r[:, None] & inside_c[None, :])] = GREY
     tiles = tiles.reshape(len(channels), k, rf.size, rf.size, 3)
-    return tiles, t.values[channels, :k]
+    return tiles, values
+
+
+# ------------------------------------------------------------------ deconvnet reconstructions
+
+def unit_signals(model, params: PyTree, images01: jax.Array, layer: str, units: jax.Array, *,
+                 rule: str = "deconv") -> jax.Array:
+    """The input-space signal of ONE unit per image (Zeiler & Fergus 2014, sec. 2.1 and fig. 2).
+
+    Z&F project a single strong activation back to pixels: every other activation of the layer
+    is set to zero and the signal goes down through the network with each ReLU applied to the
+    signal itself (not gated by the forward pass) and each max-pool routed through its switches
+    (the positions of the forward maxima). That is the derivative of the unit's value with the
+    ReLU backward rule replaced (``model.with_backward("deconv")``); max-pool gradients already
+    route through the switches.
+
+    Args:
+      model: a ``jaxviz`` Model with named layers (static under ``jit``).
+      params: its variables.
+      images01: (N, H, W, 3) images in [0, 1]; the model's preprocessing is applied inside, so the
+        signal is d unit / d image: RGB pixels whatever the model's channel order and scaling.
+      layer: layer name or alias (static) with a spatial (h, w, C) output.
+      units: (N, 3) int (y, x, channel): image n's unit (traced; positions are checked when
+        concrete, since JAX would clamp an index outside the map silently).
+      rule: "deconv" (Z&F), "guided" (Springenberg et al. 2015) or "gradient" (the true derivative).
+    Returns:
+      (N, H, W, 3): image n's signal from its own unit only (images are independent).
+    Raises:
+      JaxvizError: unknown layer or rule, a non-spatial layer, ``units`` not (N, 3), a unit outside
+        the layer's map, or a model without a ReLU for the rule to replace.
+    """
+    model = as_model(model)
+    if rule not in RULES:
+        raise JaxvizError(f"unknown rule {rule!r}; use one of {', '.join(RULES)}")
+    name = model.resolve_layer(layer)
+    if images01.ndim != 4 or images01.shape[-1] != 3:
+        raise JaxvizError(f"expected images (N, H, W, 3), got shape {images01.shape}")
+    if units.ndim != 2 or units.shape != (images01.shape[0], 3):
+        raise JaxvizError(f"units must be ({images01.shape[0]}, 3) int (y, x, channel), got shape {units.shape}")
+    net = model.with_backward(rule)  # "gradient": the model itself
+    shape = jax.eval_shape(lambda x: net.activation(params, model.preprocess(x), name), images01).shape
+    if len(shape) != 4:
+        raise JaxvizError(f"layer {name} has no spatial positions (output shape {shape[1:]})")
+    if not isinstance(units, jax.core.Tracer):
+        u = np.asarray(units)
+        if np.any(u < 0) or np.any(u >= np.asarray(shape[1:4])):
+            bad = u[np.any((u < 0) | (u >= np.asarray(shape[1:4])), axis=1)][0]
+            raise JaxvizError(f"unit (y, x, channel) = {tuple(int(v) for v in bad)} outside layer {name}'s "
+                              f"{shape[1]}x{shape[2]}x{shape[3]} output")
+    units = jnp.asarray(units, jnp.int32)
+
+    def score(x):
+        acts = net.activation(params, model.preprocess(x), name)
+        return jnp.sum(acts[jnp.arange(x.shape[0]), units[:, 0], units[:, 1], units[:, 2]])
+
+    return jax.grad(score)(images01)
+
+
+@functools.lru_cache(maxsize=8)
+def _signals_jit(options: tuple[tuple[str, str], ...]):
+    kwargs = {"compiler_options": dict(options)} if options else {}
+    return jax.jit(unit_signals, static_argnames=("model", "layer", "rule"), **kwargs)
+
+
+def top_reconstructions(model, index: Index, layer: str, channels: Sequence[int], *, k: int | None = None,
+                        params: PyTree | None = None, rule: str = "deconv", batch: int = 16
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Deconvnet reconstructions of the top-k units of ``channels`` of ``layer``, cropped to the
+    same boxes as ``top_patches`` (Zeiler & Fergus 2014, fig. 2: each reconstruction beside its patch).
+
+    Each of the top-k units (image, y, x) of a channel is projected alone to pixel space
+    (``unit_signals`` with ``rule``) and its receptive-field box is cut from the signal (zero
+    outside the image), so tile [c, i] lies exactly over patch [c, i].
+
+    Args:
+      model, index, layer, channels, k, params: as ``top_patches``.
+      rule: the backward rule (``unit_signals``).
+      batch: images per backward pass (the last batch is padded: one compilation).
+    Returns:
+      ``(signals, values)``: (len(channels), k, S, S, 3) float signals d unit / d image (signed;
+      ``signal_image`` turns one into a picture) and the (len(channels), k) activations.
+    Raises:
+      JaxvizError: as ``top_patches`` and ``unit_signals``.
+    """
+    model = as_model(model)
+    params = model.params if params is None else params
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+        raise JaxvizError(f"batch must be a positive integer, got {batch!r}")
+    if rule not in RULES:
+        raise JaxvizError(f"unknown rule {rule!r}; use one of {', '.join(RULES)}")
+    name, channels, k, _, rf, images, ys, xs, values = _top_units(model, index, layer, channels, k, params)
+    units = np.stack([ys, xs, np.repeat(channels, k)], axis=1).astype(np.int32)
+    signals_fn = _signals_jit(tuple(model.compiler_options))
+    n = len(images)
+    batch = min(int(batch), n)
+    out = []
+    for s in range(0, n, batch):
+        chunk, u = images[s:s + batch], units[s:s + batch]
+        m = len(chunk)
+        if m < batch:  # padding images get a valid unit; their signals are dropped
+            chunk = np.concatenate([chunk, np.zeros((batch - m,) + chunk.shape[1:], chunk.dtype)])
+            u = np.concatenate([u, np.repeat(u[:1], batch - m, axis=0)])
+        sig = signals_fn(model, params, jnp.asarray(chunk), name, jnp.asarray(u), rule=rule)
+        out.append(np.asarray(sig)[:m])
+    signals = np.concatenate(out)
+    tops, lefts = rf.offset + ys * rf.stride, rf.offset + xs * rf.stride
+    tiles = np.array(crop_patches(jnp.asarray(signals), jnp.asarray(tops), jnp.asarray(lefts), rf.size, 0.0))
+    return tiles.reshape(len(channels), k, rf.size, rf.size, 3), values
+
+
+def signal_image(signal: np.ndarray, *, percentile: float = 99.5) -> np.ndarray:
+    """A signed signal (..., H, W, 3) as a picture in [0, 1]: 0 -> grey 0.5, scaled so that the
+    ``percentile`` of |signal| (over the whole array) reaches 0 or 1 (clipped), as deconvnet
+    reconstructions are usually shown. An all-zero signal is plain grey."""
+    signal = np.asarray(signal, np.float32)
+    scale = np.percentile(np.abs(signal), percentile) if signal.size else 0.0
+    if not np.isfinite(scale) or scale <= 0:
+        scale = float(np.abs(signal).max()) if signal.size else 0.0
+    if scale <= 0:
+        return np.full(signal.shape, 0.5, np.float32)
+    return np.clip(0.5 + 0.5 * signal / scale, 0.0, 1.0).astype(np.float32)
 
 
 def patch_grid(model, index: Index, layer: str, channels: Sequence[int], *, k: int | None = None,
@@ -531,4 +666,4 @@ def patch_grid(model, index: Index, layer: str, channels: Sequence[int], *, k: i
 
 
 __all__ = ["GREY", "crop_patches", "measured_field", "layer_field", "visible_extent", "channel_fields",
-           "unit_boxes", "top_patches", "patch_grid"]
+           "unit_boxes", "top_patches", "patch_grid", "unit_signals", "top_reconstructions", "signal_image"]

@@ -203,6 +203,50 @@ def test_neighbours_equal_brute_force(any_model, rng):
         np.testing.assert_allclose(dist, np.take_along_axis(d, order, 1), atol=1e-4)
 
 
+@pytest.mark.parametrize("rule", ["gradient", "deconv"])
+def test_unit_signals_equal_the_neuron_attributions_in_image_space(any_model, rule, rng):
+    """One unit per image (different units, batch 2, non-square): equals the attribution family's
+    gradient / deconvnet of the same neuron target for that image alone, carried back through the
+    preprocessing (vjp), and the true-gradient rule equals central differences on a few pixels."""
+    import jax
+
+    from jaxviz import saliency as S
+    from jaxviz.patches import unit_signals
+    from jaxviz.targets import Target
+
+    model = any_model
+    layer = scanned_layers(model)[-1]
+    images = rng.random((2, 16, 24, 3)).astype(np.float32)
+    h, w, c = model.layer_shapes((16, 24))[layer]
+    units = np.array([[h // 2, w - 1, 0], [0, w // 3, c - 1]], np.int32)
+    got = np.asarray(unit_signals(model, model.params, jnp.asarray(images), layer, jnp.asarray(units), rule=rule))
+    fn = S.gradients if rule == "gradient" else S.deconvnet_gradients
+    for n, (y, x, ch) in enumerate(units):
+        img = jnp.asarray(images[n:n + 1])
+        g = fn(model, model.params, model.preprocess(img), Target(index=int(ch), layer=layer, y=int(y), x=int(x)))
+        want = jax.vjp(model.preprocess, img)[1](g)[0]
+        np.testing.assert_allclose(got[n], np.asarray(want[0]), rtol=1e-4, atol=1e-6 * np.abs(want).max())
+    assert np.abs(got).max() > 0
+    if rule == "gradient":
+        def unit(img, n):
+            return float(model.activation(model.params, model.preprocess(jnp.asarray(img[None], jnp.float32)), layer)
+                         [0, units[n, 0], units[n, 1], units[n, 2]])
+        grad64, eps, checked = got.astype(np.float64), 1e-2, 0
+        for n in range(2):
+            for (py, px, pc) in zip(*np.unravel_index(np.argsort(-np.abs(grad64[n]).ravel())[:4], grad64[n].shape)):
+                plus, minus = images[n].copy(), images[n].copy()
+                plus[py, px, pc] += eps
+                minus[py, px, pc] -= eps
+                f0, fp, fm = unit(images[n], n), unit(plus, n), unit(minus, n)
+                right, left = (fp - f0) / eps, (f0 - fm) / eps
+                if abs(right - left) > 0.02 * max(abs(right), abs(left)):
+                    continue  # a ReLU / max-pool kink within eps: no derivative to compare
+                np.testing.assert_allclose((fp - fm) / (2 * eps), grad64[n, py, px, pc], rtol=2e-2,
+                                           atol=1e-3 * np.abs(grad64[n]).max())
+                checked += 1
+        assert checked >= 2, "vacuous: kinks next to every checked pixel"
+
+
 def test_techniques_that_need_layers_say_so_for_a_plain_apply_fn(tmp_path):
     from tests.user_models import apply_fn_model
     from jaxviz.filters import first_conv

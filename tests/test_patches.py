@@ -1,9 +1,14 @@
 """Maximally activating patches: crops are exact, and a patch put back at its place — in an image
 that is random noise everywhere else — reproduces the recorded activation (the unit sees only its
 receptive field), on the tiny model and on SqueezeNet 1.1 (fire 1x1 and 3x3 channels). Measured
-receptive fields (gradient support) equal the declared ones, border and offset cases included."""
+receptive fields (gradient support) equal the declared ones, border and offset cases included.
+Deconvnet reconstructions equal Zeiler & Fergus's rule composed by hand and are the unit signals cut
+at the patch boxes (zero outside them)."""
 from __future__ import annotations
 
+from functools import partial
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -16,7 +21,8 @@ from jaxviz.models.kinds import Conv, GlobalAvgPool, MaxPool, ReLU
 from jaxviz.models.squeezenet import Fire
 from jaxviz.models.registry import ModelSpec, init_params
 from jaxviz.patches import (GREY, channel_fields, crop_patches, layer_field, measured_field, measured_fields,
-                            patch_grid, top_patches, unit_boxes, visible_extent)
+                            patch_grid, signal_image, top_patches, top_reconstructions, unit_boxes, unit_signals,
+                            visible_extent)
 from jaxviz.scan import collect_sources, scan
 
 
@@ -156,6 +162,101 @@ def test_patch_grid_shape(tiny_index):
     img = patch_grid(model, index, "features.4", [0, 1, 2])
     assert img.ndim == 3 and img.shape[2] == 3 and img.min() >= 0 and img.max() <= 1
     assert img.shape[0] == 2 * rf.size + 1  # one row of channels, each a 2x2 grid of 3 tiles
+
+
+def _hand_deconv(model, images01, units):
+    """Zeiler & Fergus's deconvnet for a unit of the tiny model's features.4, composed by hand:
+    the layers' own forward pieces give the linear maps (vjp of a convolution = its transposed
+    convolution, vjp of the max-pool at the forward input = unpooling through the switches), and
+    the ReLUs are applied to the signal: relu(signal), whatever the forward pass did."""
+    p = model.params
+
+    def conv3(x0, a):  # features.2 -> features.3 (a convolution)
+        return model.run(p, x0, capture=("features.3",), inject={"features.2": a}, output=False)[1]["features.3"]
+
+    def pool(x0, a):  # features.1 -> features.2 (the max-pool)
+        return model.run(p, x0, capture=("features.2",), inject={"features.1": a}, output=False)[1]["features.2"]
+
+    def conv0(im):  # image -> features.0 (preprocessing and the first convolution)
+        return model.activation(p, model.preprocess(im), "features.0")
+
+    out = []
+    for img, (y, x, c) in zip(images01, units):
+        img = jnp.asarray(img[None])
+        x0 = model.preprocess(img)
+        acts = model.activations(p, x0, ("features.1", "features.2", "features.4"))
+        sig = jnp.zeros_like(acts["features.4"]).at[0, y, x, c].set(1.0)
+        sig = jax.nn.relu(sig)  # features.4 (ReLU): on the signal
+        sig = jax.vjp(partial(conv3, x0), acts["features.2"])[1](sig)[0]  # transposed convolution
+        sig = jax.vjp(partial(pool, x0), acts["features.1"])[1](sig)[0]  # unpooling through the switches
+        sig = jax.nn.relu(sig)  # features.1 (ReLU): on the signal
+        sig = jax.vjp(conv0, img)[1](sig)[0]  # transposed first convolution, then the preprocessing
+        out.append(np.asarray(sig[0]))
+    return np.stack(out)
+
+
+def test_unit_signals_deconv_equals_the_rule_composed_by_hand():
+    model = make_tiny_model(4)
+    rng = np.random.default_rng(3)
+    images = rng.random((3, 16, 16, 3)).astype(np.float32)
+    units = np.array([[3, 4, 0], [7, 0, 5], [0, 7, 2]], np.int32)  # one unit per image, corners included
+    got = np.asarray(unit_signals(model, model.params, jnp.asarray(images), "features.4", jnp.asarray(units)))
+    want = _hand_deconv(model, images, units)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # not vacuous: the deconvnet differs from the true gradient, which it must not equal
+    true = np.asarray(unit_signals(model, model.params, jnp.asarray(images), "features.4", jnp.asarray(units),
+                                   rule="gradient"))
+    assert np.abs(got - true).max() > 1e-3 * np.abs(got).max()
+    # batch == single: image 1 alone gives its own signal
+    one = np.asarray(unit_signals(model, model.params, jnp.asarray(images[1:2]), "features.4", jnp.asarray(units[1:2])))
+    np.testing.assert_allclose(one[0], got[1], rtol=1e-5, atol=1e-7)
+
+
+def test_unit_signals_errors(tiny_model):
+    x = jnp.zeros((2, 16, 16, 3))
+    with pytest.raises(JaxvizError, match="rule"):
+        unit_signals(tiny_model, tiny_model.params, x, "features.4", jnp.zeros((2, 3), jnp.int32), rule="lrp")
+    with pytest.raises(JaxvizError, match=r"\(2, 3\)"):
+        unit_signals(tiny_model, tiny_model.params, x, "features.4", jnp.zeros((2, 2), jnp.int32))
+    with pytest.raises(JaxvizError, match="outside layer features.4"):
+        unit_signals(tiny_model, tiny_model.params, x, "features.4", jnp.asarray([[0, 0, 0], [8, 0, 0]]))
+    with pytest.raises(JaxvizError, match="spatial"):
+        unit_signals(tiny_model, tiny_model.params, x, "classifier.2", jnp.zeros((2, 3), jnp.int32))
+
+
+def test_top_reconstructions_are_the_unit_signals_cut_at_the_patch_boxes(tiny_index):
+    """Tile [c, j] is the deconvnet signal of the channel's j-th top unit, cut at the same box as
+    its patch; the signal is zero outside that box (a unit depends on its receptive field only)."""
+    model, index = tiny_index
+    layer, channels, size = "features.4", [0, 5], index.meta["input_size"]
+    for batch in (4, 16):  # padded last batch, and one batch
+        recon, values = top_reconstructions(model, index, layer, channels, k=3, batch=batch)
+        _, patch_values = top_patches(model, index, layer, channels, k=3)
+        np.testing.assert_array_equal(values, patch_values)
+        t = index.topk[layer]
+        rf = layer_field(model, layer, size)
+        assert recon.shape == (2, 3, rf.size, rf.size, 3)
+        for ci, channel in enumerate(channels):
+            for j in range(3):
+                y, x = int(t.y[channel, j]), int(t.x[channel, j])
+                image = load_image(index.source(int(t.image[channel, j])), size, index.meta["fit"], model.eval_transform)
+                full = np.asarray(unit_signals(model, model.params, jnp.asarray(image[None]), layer,
+                                               jnp.asarray([[y, x, channel]])))[0]
+                top, left, bottom, right = (int(v) for v in unit_boxes(model, layer, [y], [x], size)[0])
+                want = np.zeros((rf.size, rf.size, 3), np.float32)
+                t0, l0, t1, l1 = max(top, 0), max(left, 0), min(bottom, size), min(right, size)
+                want[t0 - top:t1 - top, l0 - left:l1 - left] = full[t0:t1, l0:l1]
+                np.testing.assert_allclose(recon[ci, j], want, rtol=1e-5, atol=1e-7)
+                outside = full.copy()
+                outside[t0:t1, l0:l1] = 0
+                assert np.abs(outside).max() == 0 and np.abs(want).max() > 0
+
+
+def test_signal_image():
+    sig = np.array([[[-2.0, 0.0, 1.0]]], np.float32)
+    img = signal_image(sig, percentile=100)
+    np.testing.assert_allclose(img, [[[0.0, 0.5, 0.75]]])
+    np.testing.assert_array_equal(signal_image(np.zeros((2, 2, 3))), np.full((2, 2, 3), 0.5, np.float32))
 
 
 def test_squeezenet_patch_put_back_reproduces_the_activation(squeezenet, tmp_path, rng):
