@@ -42,29 +42,43 @@ def predictions(ctx: Context):
 
 
 @figure("model_summary", "Models and their layers",
-        "Output size, stride and receptive field of every named layer, computed from the architecture "
-        "(kernel, stride, padding) of each available model at 224 px.", order=1)
+        "For every spatial layer of each available model, in forward order and named on the axis: its "
+        "receptive field (the input pixels one unit sees, composed from every kernel, stride and padding; "
+        "left axis, blue) and its activation size per image (values, log scale; right axis, orange), "
+        "at 224 px input. The receptive field grows with depth while the activation shrinks at each "
+        "stride-2 layer; EfficientNet-Lite0's nominal field exceeds the image.", order=1)
 def model_summary(ctx: Context):
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
-    for name in ctx.models:
+    names = ctx.models
+    loaded = []
+    for name in names:
         model = ctx.model(name)
-        fields, shapes = model.receptive_fields(), model.layer_shapes()
+        fields, shapes = model.receptive_fields(224), model.layer_shapes(224)
+        loaded.append((model, fields, shapes))
+    fig, axes = plt.subplots(len(names), 1, figsize=(11, 3.3 * len(names)), squeeze=False,
+                             gridspec_kw={"hspace": 0.95})
+    for ax, (model, fields, shapes) in zip(axes[:, 0], loaded):
+        short = {v: k for k, v in model.aliases.items() if not k.startswith(("relu", "conv10"))}
         spatial = [n for n in model.layer_names if len(shapes[n]) == 3 and fields and n in fields]
-        depth = np.arange(len(spatial))
-        axes[0].plot(depth, [fields[n].size for n in spatial], marker=".", label=name)
-        axes[1].plot(depth, [np.prod(shapes[n]) / 1e3 for n in spatial], marker=".", label=name)
-        ctx.note(**{f"{name} layers": len(model.layer_names),
-                    f"{name} parameters": int(sum(np.prod(p.shape) for p in _leaves(model.params)))})
-    axes[0].set(xlabel="layer (spatial layers, in order)", ylabel="receptive field (px)",
-                title="Receptive field grows with depth")
-    axes[1].set(xlabel="layer (spatial layers, in order)", ylabel="activation size (k values)",
-                yscale="log", title="Activation size per image")
-    for ax in axes:
-        ax.legend(fontsize=8)
+        x = np.arange(len(spatial))
+        ax.plot(x, [fields[n].size for n in spatial], marker="o", ms=4, color="tab:blue")
+        ax.set_ylabel("receptive field (px)", fontsize=9, color="tab:blue")
+        ax.axhline(224, color="0.6", lw=0.8, ls=":")
+        right = ax.twinx()
+        right.plot(x, [np.prod(shapes[n]) for n in spatial], marker="s", ms=3.5, color="tab:orange")
+        right.set_yscale("log")
+        right.set_ylabel("activation values", fontsize=9, color="tab:orange")
+        labels = [f"{short[n]} ({n})" if n in short and short[n] != n else n for n in spatial]
+        ax.set_xticks(x, labels, rotation=60, ha="right", rotation_mode="anchor", fontsize=9)
+        ax.set_xlim(-0.6, len(spatial) - 0.4)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
+        for a in (ax, right):
+            a.tick_params(axis="y", labelsize=9)
+        params = int(sum(np.prod(p.shape) for p in _leaves(model.params)))
+        ax.set_title(f"{model.name}: {len(model.layer_names)} named layers, {params / 1e6:.2f} M parameters",
+                     fontsize=10, loc="left")
+        ctx.note(**{f"{model.name} layers": len(model.layer_names), f"{model.name} parameters": params})
     return fig
 
 

@@ -1,9 +1,7 @@
 """Inside-the-network figures: filters, digit templates, feature maps, neighbours, t-SNE maps."""
 from __future__ import annotations
 
-import re
-import tempfile
-from functools import lru_cache
+import time
 
 import numpy as np
 
@@ -41,7 +39,8 @@ def filters_first_layer(ctx: Context):
     from jaxviz.filters import filter_grid_image, first_conv_path, first_layer_filters
 
     names = ctx.models
-    fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 4.9), squeeze=False)
+    width = min(11.0, 3.7 * len(names))  # the page shows figures at most ~1100 px wide
+    fig, axes = plt.subplots(1, len(names), figsize=(width, width / len(names) * 1.08 + 0.4), squeeze=False)
     for ax, name in zip(axes[0], names):
         model = _model(ctx, name)
         tiles = first_layer_filters(model)
@@ -54,28 +53,36 @@ def filters_first_layer(ctx: Context):
     return fig
 
 
-@figure("filters_deep", "A deeper layer's filters as grey groups",
-        "Each group is one output filter of a deeper convolution; its tiles are the filter's k x k "
-        "slices on each input channel (grey, one scale per group), as in the seed's '20 groups of 16 "
-        "maps'. SqueezeNet fire2 expand3x3: first 20 of 64 filters, each over the 16 squeeze "
-        "channels; VGG19 conv1_2: first 20 of 64 filters, first 16 of their 64 input channels.", order=41, groups=20)
+@figure("filters_deep", "A deeper layer's filters as grey groups, one panel per model",
+        "Each group (framed) is one output filter of a deeper convolution; its tiles are the filter's "
+        "k x k slices on each of its input channels, in grey with one scale per group (black the "
+        "filter's smallest weight, white its largest), as in the seed's '20 groups of 16 maps'. One panel per model: SqueezeNet 1.1's "
+        "fire2 expand3x3 (first 20 of 64 filters, each over all 16 squeeze channels) and VGG19's conv1_2 "
+        "(first 20 of 64 filters, their first 16 of 64 input channels). Unlike the first layer, these "
+        "kernels act on feature maps, not colours, so they read as small spatial templates: centre-"
+        "surround and oriented patterns, many near zero.", order=41, groups=20, per_group=16)
 def filters_deep(ctx: Context):
     import matplotlib.pyplot as plt
 
     from jaxviz.filters import get_kernel, grey_filters, group_grid_image
 
     names = [n for n in ctx.models if n in DEEP_LAYERS][:2] or ctx.models[:1]
-    fig, axes = plt.subplots(1, len(names), figsize=(7.5 * len(names), 7), squeeze=False)
-    for ax, name in zip(axes[0], names):
+    fig = plt.figure(figsize=(11, 3.0 * len(names)))
+    panels = np.atleast_1d(fig.subfigures(len(names), 1, hspace=0.04))
+    for panel, name in zip(panels, names):
         model = _model(ctx, name)
-        path, kernel = get_kernel(model, DEEP_LAYERS.get(name, model.feature_layer))
+        layer = DEEP_LAYERS.get(name, model.feature_layer)
+        path, kernel = get_kernel(model, layer)
         tiles = grey_filters(kernel, groups=20, per_group=16)
-        ax.imshow(group_grid_image(tiles, columns=5), interpolation="nearest")
-        ax.set_title(f"{name} {path}\n{tiles.shape[0]} groups of {tiles.shape[1]} "
-                     f"{tiles.shape[2]}x{tiles.shape[3]} maps (kernel {kernel.shape})", fontsize=9)
+        panel.set_edgecolor("0.35")
+        panel.set_linewidth(1.5)
+        ax = panel.add_axes([0.01, 0.03, 0.98, 0.78])
+        ax.imshow(group_grid_image(tiles, columns=10, min_tile=15), interpolation="nearest")
         _off(ax)
+        panel.suptitle(f"{name}: {layer} ({path}), kernel {tuple(kernel.shape)} (kh, kw, in, out)\n"
+                       f"{tiles.shape[0]} filters x {tiles.shape[1]} input channels, "
+                       f"{tiles.shape[2]}x{tiles.shape[3]} each", fontsize=10, y=0.97)
         ctx.note(**{f"{name} layer": path, f"{name} kernel shape": str(kernel.shape)})
-    fig.tight_layout()
     return fig
 
 
@@ -95,7 +102,7 @@ def digit_templates(ctx: Context):
     corr = np.diag(np.corrcoef(t, m)[:10, 10:])
     ctx.note(test_accuracy=round(result.accuracy, 4), train_accuracy=round(result.train_accuracy, 4),
              template_vs_mean_correlation=f"{corr.min():.2f}..{corr.max():.2f}")
-    fig, axes = plt.subplots(2, 10, figsize=(13, 3.2))
+    fig, axes = plt.subplots(2, 10, figsize=(11, 2.9))
     for c in range(10):
         for row, (img, cmap) in enumerate(((result.templates[c], "bwr"), (result.class_means[c], "bwr"))):
             lim = np.abs(img).max()
@@ -142,133 +149,111 @@ def feature_maps(ctx: Context):
 
 
 # ----------------------------------------------------------------------------------- dataset
+# The dataset figures share one scan of the photograph pool per gallery run (jaxviz.gallery.scan):
+# its pooled features (the figure model's feature layer) and its thumbnails.
 
-_TMP: list = []  # keeps the figure dataset's temporary folder alive for the whole gallery run
-
-
-def _base(path: str) -> str:
-    """The source image of a figure-dataset file: '0123_chelsea_crop0042_flip.png' -> 'chelsea'."""
-    stem = re.sub(r"^\d+_", "", path.rsplit("/", 1)[-1].rsplit(".", 1)[0])
-    stem = re.sub(r"(_crop\d+)?(_flip)?$", "", stem)
-    return "face" if stem.startswith("face") else stem
+# Queries of the neighbour figure: classes with many related classes in ImageNet (and one without).
+NEIGHBOR_QUERIES = (207, 281, 11, 817)  # golden retriever, tabby cat, goldfinch, sports car
+THUMB = 128
 
 
-@lru_cache(maxsize=2)
-def _dataset(model_name: str, size: int):
-    """(paths, images (N, S, S, 3), pooled features (N, C), logits or None) of the figure dataset."""
+def _queries(sample, count: int) -> list[int]:
+    """Rows of the query photographs: NEIGHBOR_QUERIES where the pool has them, else evenly spread
+    photographs (the built-in set: crops of the named sample photos)."""
+    where = {int(c): r for r, c in enumerate(sample.classes) if c >= 0}
+    rows = [where[c] for c in NEIGHBOR_QUERIES if c in where]
+    if len(rows) < count and not sample.real:
+        for base in FIGURE_QUERIES:
+            hits = [i for i, r in enumerate(sample.rows) if r["label"] == base and "_crop" in r["path"]]
+            rows += hits[:1]
+    n = len(sample.rows)
+    rows += [i for i in range(0, n, max(1, n // count)) if i not in rows]
+    return rows[:count]
+
+
+def _same(sample) -> np.ndarray:
+    """(N,) the category neighbours are judged by: the coarse group of the ImageNet class where it
+    has one, else the class itself (the built-in set: the source photo)."""
+    groups, labels = sample.groups, sample.labels
+    return np.asarray([g if g else lab for g, lab in zip(groups, labels)])
+
+
+def _small(images: np.ndarray, size: int) -> np.ndarray:
+    import jax
     import jax.numpy as jnp
-
-    from jaxviz.accel import accelerate, xla
-    from jaxviz.embedding import load_thumbnails
-    from jaxviz.weights.store import load_model
-
-    try:
-        from jaxviz.datasets import figure_dataset
-    except ImportError:  # engineer 4b's module absent: a small deterministic set of our own
-        figure_dataset = _own_dataset
-    tmp = tempfile.TemporaryDirectory(prefix="jaxviz-inside-")
-    _TMP.append(tmp)
-    paths = figure_dataset(tmp.name, count=DATASET_SIZE, size=size)
-    images = load_thumbnails(paths, size)
-    model = accelerate(load_model(model_name))
-    layer = model.feature_layer
-
-    def features_and_output(params, x):
-        out, acts = model.run(params, model.preprocess(x), capture=(layer,))
-        return acts[layer].mean(axis=(1, 2)), out
-
-    run = xla.jit(features_and_output, model.compiler_options)
-    feats, logits = [], []
-    batch = 30
-    for s in range(0, len(images), batch):
-        chunk = images[s:s + batch]
-        m = len(chunk)
-        chunk = np.concatenate([chunk, np.zeros((batch - m,) + chunk.shape[1:], np.float32)]) if m < batch else chunk
-        f, o = run(model.params, jnp.asarray(chunk))
-        feats.append(np.asarray(f)[:m])
-        logits.append(np.asarray(o)[:m])
-    has_classes = model.num_classes is not None
-    return paths, images, np.concatenate(feats), np.concatenate(logits) if has_classes else None
-
-
-def _own_dataset(root: str, count: int = DATASET_SIZE, size: int = 224) -> list[str]:
-    """Fallback figure set: sample photos plus deterministic crops and flips of them."""
-    from jaxviz.images import SAMPLES, fit_image, load_image, save_image
-    rng = np.random.default_rng(0)
-    names = ["chelsea", "coffee", "astronaut", "rocket", "cat", "camera", "brick", "gravel", "grass",
-             "hubble_deep_field", "coins", "horse", "immunohistochemistry"]
-    names = [n for n in names if n in SAMPLES]
-    bases = {n: load_image(n) for n in names}
-    paths = []
-    for i in range(count):
-        name = names[i % len(names)]
-        img = bases[name]
-        if i >= len(names):
-            h, w = img.shape[:2]
-            ch, cw = int(h * rng.uniform(0.4, 1)), int(w * rng.uniform(0.4, 1))
-            top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-            img = img[top:top + ch, left:left + cw]
-            img = img[:, ::-1] if rng.integers(0, 2) else img
-        path = f"{root}/{i:04d}_{name}{'' if i < len(names) else f'_crop{i:04d}'}.png"
-        save_image(fit_image(np.ascontiguousarray(img), size), path)
-        paths.append(path)
-    return paths
-
-
-def _figure_model(ctx: Context) -> str:
-    return "squeezenet1_1" if "squeezenet1_1" in ctx.models else (ctx.classifiers() or ctx.models)[0]
+    n, _, _, c = images.shape
+    small = jax.image.resize(jnp.asarray(images), (n, size, size, c), "linear", antialias=True)
+    return np.clip(np.asarray(small), 0.0, 1.0)
 
 
 @figure("neighbors_feature_vs_pixel", "Nearest neighbours: feature space vs pixel space",
-        "For query images (crops of the sample photos), the 6 nearest other images of a ~300-image "
-        "set built from scikit-image/scikit-learn sample photos, LFW faces and random crops/flips of "
-        "them: top rows in SqueezeNet's pooled fire9 features (cosine), bottom rows in raw pixels "
-        "(32x32, L2), as in Krizhevsky et al. 2012, fig. 4. Feature neighbours share the source image "
-        "across crops, flips and scales; pixel neighbours share colour and layout.", order=44,
+        "Krizhevsky et al. 2012, fig. 4, on a pool of real photographs (the ImageNet sample: one "
+        "photograph for each of 900 classes, so the nearest photographs are of other, related classes). "
+        "For each query (left), its 6 nearest other photographs by SqueezeNet 1.1's pooled fire9 "
+        "features (cosine; top row) and by raw pixels (32x32, Euclidean; bottom row). Each thumbnail "
+        "is labelled with its ImageNet class; a green label marks a neighbour in the query's coarse "
+        "group (dogs, cats, birds, road vehicles, ...: ranges of the WordNet-ordered class list, as in "
+        "RestrictedImageNet). Feature neighbours land on related classes (other dog breeds, other "
+        "cats) whatever their colours; pixel neighbours share only overall brightness, colour and layout "
+        "(grass under the dog, a dark surround) and are mostly unrelated classes.", order=44,
         k=6, feature_metric="cosine", pixel_metric="l2", pixel_size=32)
 def neighbors_feature_vs_pixel(ctx: Context):
     import jax.numpy as jnp
     import matplotlib.pyplot as plt
 
     from jaxviz.embedding import nearest_neighbors, pixel_features
-    from jaxviz.render import grid
+    from jaxviz.gallery.scan import sample_scan
 
-    name = _figure_model(ctx)
-    model = _model(ctx, name)
-    paths, images, feats, _ = _dataset(name, max(model.input_hw()))
-    pixels = np.asarray(pixel_features(jnp.asarray(images), 32))
-    bases = np.array([_base(p) for p in paths])
+    sample = sample_scan(ctx)
+    feats = sample.index.features
+    thumbs = sample.thumbnails(THUMB)
+    pixels = np.asarray(pixel_features(jnp.asarray(thumbs), 32))
     k = 6
     # k + 1: the query itself (distance 0) is dropped from its own list.
     _, fi = nearest_neighbors(feats, feats, k + 1, metric="cosine")
     _, pi = nearest_neighbors(pixels, pixels, k + 1, metric="l2")
     fi, pi = _drop_self(fi), _drop_self(pi)
-    # Precision@k: neighbours cut from the same source photo (faces: any face).
-    f_prec = float(np.mean(bases[fi] == bases[:, None]))
-    p_prec = float(np.mean(bases[pi] == bases[:, None]))
-    ctx.note(model=name, images=len(paths), feature_layer=model.feature_layer,
-             same_source_precision_at_6_feature=round(f_prec, 3),
-             same_source_precision_at_6_pixel=round(p_prec, 3))
-    queries = []
-    for base in FIGURE_QUERIES:
-        hits = [i for i, p in enumerate(paths) if _base(p) == base and "_crop" in p]
-        if hits:
-            queries.append(hits[0])
-    thumb = 96
-    small = np.stack([_resize(im, thumb) for im in images])
-    fig, axes = plt.subplots(2 * len(queries), 1, figsize=(10, 1.55 * 2 * len(queries)), squeeze=False)
+    same, labels = _same(sample), sample.labels
+    grouped = np.flatnonzero(sample.groups != "") if sample.real and np.any(sample.groups != "") \
+        else np.arange(len(same))
+    f_prec = float(np.mean(same[fi[grouped]] == same[grouped, None]))
+    p_prec = float(np.mean(same[pi[grouped]] == same[grouped, None]))
+    sample.note(ctx)
+    ctx.note(feature_layer=f"{sample.index.meta['feature_layer']} (global average, {feats.shape[1]} values)",
+             **{f"same-group precision@{k} over the {len(grouped)} grouped photographs":
+                f"features {f_prec:.2f}, pixels {p_prec:.2f}"})
+    queries = _queries(sample, 2 if ctx.quick else 4)
+    feature = _alias(sample.model, sample.index.meta["feature_layer"])
+    fig, axes = plt.subplots(2 * len(queries), k + 1, figsize=(11, 2.1 * 2 * len(queries)), squeeze=False,
+                             gridspec_kw={"wspace": 0.08, "hspace": 0.62})
     for row, q in enumerate(queries):
-        for j, (idx, label) in enumerate(((fi, "feature (cosine)"), (pi, "pixels 32x32 (L2)"))):
-            ax = axes[2 * row + j, 0]
-            strip = grid(small[idx[q]], columns=k, pad=3)
-            left = small[q] if j == 0 else np.ones_like(small[q])
-            ax.imshow(np.concatenate([left, np.ones((thumb, 16, 3), np.float32), strip], axis=1))
-            ax.set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")
+        for j, (idx, what) in enumerate(((fi, "features"), (pi, "pixels"))):
+            r = 2 * row + j
+            ax = axes[r, 0]
             _off(ax)
-        axes[2 * row, 0].set_title(f"query: {paths[q].rsplit('/', 1)[-1]}", fontsize=8, loc="left")
-    fig.suptitle(f"same-source precision@{k}: features {f_prec:.2f}, pixels {p_prec:.2f}", fontsize=10)
-    fig.tight_layout()
+            if j == 0:
+                ax.imshow(thumbs[q])
+                ax.set_xlabel(f"query: {_short(labels[q])}", fontsize=9, labelpad=2, fontweight="bold")
+            else:
+                ax.axis("off")
+            for c, n in enumerate(idx[q]):
+                ax = axes[r, c + 1]
+                ax.imshow(thumbs[n])
+                _off(ax)
+                ax.set_xlabel(_short(labels[n]), fontsize=9, labelpad=2,
+                              color="#0a7d20" if same[n] == same[q] else "black")
+            axes[r, 1].set_title(f"nearest in {feature} features (cosine)" if what == "features"
+                                 else "nearest in pixels (32x32, L2)", fontsize=9, loc="left", pad=3)
     return fig
+
+
+def _alias(model, layer: str) -> str:
+    """A layer's short name where the model has one (SqueezeNet's features.12 -> fire9)."""
+    return {v: k for k, v in model.aliases.items()}.get(layer, layer)
+
+
+def _short(label: str, n: int = 17) -> str:
+    return label if len(label) <= n else label[:n - 1] + "…"
 
 
 def _drop_self(idx: np.ndarray) -> np.ndarray:
@@ -281,63 +266,118 @@ def _drop_self(idx: np.ndarray) -> np.ndarray:
     return out
 
 
-def _resize(image: np.ndarray, size: int) -> np.ndarray:
-    from jaxviz.images import fit_image
-    return fit_image(image, size)
-
-
-@figure("tsne_embedding", "PCA and t-SNE of CNN codes: scatter, thumbnail map and grid",
-        "t-SNE (scikit-learn, PCA init, perplexity 30) of SqueezeNet's pooled fire9 features of the "
-        "~300-image figure set (sample photos, LFW faces, crops/flips), beside PCA: scatters coloured by "
-        "the predicted ImageNet class (the 9 most frequent; others grey), each image drawn at its t-SNE point, "
-        "and the points snapped to a dense grid by a linear assignment (scipy "
-        "linear_sum_assignment), as in Karpathy's cnnembed.", order=45, perplexity=30)
+@figure("tsne_embedding", "PCA and t-SNE of CNN codes: scatter and grid of photographs",
+        "Van der Maaten & Hinton's t-SNE (scikit-learn, PCA init, perplexity 30) of "
+        "SqueezeNet 1.1's pooled fire9 features of the photograph pool (the ImageNet sample: 900 "
+        "photographs, one per class), beside PCA, as in Karpathy's 'CNN codes' t-SNE visualisation: "
+        "scatters coloured by coarse class group (ranges of the WordNet-ordered ImageNet classes; "
+        "grey: the rest); the t-SNE points snapped one-to-one to a grid by a linear assignment (scipy "
+        "linear_sum_assignment) and drawn as the photographs; below, two windows of that grid "
+        "enlarged (framed in the grid) with each photograph's class. Related classes gather: dog "
+        "breeds, birds, vehicles each form a region that PCA's two linear directions do not separate.",
+        order=45, perplexity=30)
 def tsne_embedding(ctx: Context):
-    import time
-
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
 
-    from jaxviz.embedding import grid_assignment, grid_costs, grid_image, grid_shape, pca, thumbnail_map, tsne
+    from jaxviz.embedding import (
+        grid_assignment,
+        grid_costs,
+        grid_image,
+        grid_shape,
+        pca,
+        tsne,
+    )
+    from jaxviz.gallery.scan import sample_scan
 
-    name = _figure_model(ctx)
-    model = _model(ctx, name)
-    paths, images, feats, logits = _dataset(name, max(model.input_hw()))
+    sample = sample_scan(ctx)
+    feats = sample.index.features
+    n = len(feats)
     start = time.perf_counter()
     points = tsne(feats, perplexity=30, seed=0)
     t_tsne = time.perf_counter() - start
     start = time.perf_counter()
-    rows, cols = grid_shape(len(points))
+    rows, cols = grid_shape(n)
     cells = grid_assignment(points, rows, cols)
     t_grid = time.perf_counter() - start
     cost = grid_costs(points, rows, cols)
-    rand = np.random.default_rng(0).permutation(rows * cols)[:len(points)]
-    ctx.note(model=name, images=len(paths), tsne_seconds=round(t_tsne, 2), grid_assignment_seconds=round(t_grid, 3),
-             grid=f"{rows}x{cols}",
-             grid_cost_vs_random=round(float(cost[np.arange(len(points)), cells].sum()
-                                             / cost[np.arange(len(points)), rand].sum()), 3))
-    thumbs = np.stack([_resize(im, 40) for im in images])
-    fig, axes = plt.subplots(1, 4, figsize=(24, 6.6), gridspec_kw={"width_ratios": [1, 1, 1.1, 1.1]})
+    rand = np.random.default_rng(0).permutation(rows * cols)[:n]
+    sample.note(ctx)
+    ctx.note(tsne_seconds=round(t_tsne, 1), grid_assignment_seconds=round(t_grid, 2), grid=f"{rows}x{cols}",
+             grid_cost_vs_random_assignment=round(float(cost[np.arange(n), cells].sum()
+                                                         / cost[np.arange(n), rand].sum()), 3))
+    cat = _same(sample) if sample.real and np.any(sample.groups != "") else np.asarray(sample.labels)
+    if sample.real and np.any(sample.groups != ""):
+        cat = np.where(sample.groups != "", cat, "")
+    names, counts = np.unique(cat[cat != ""], return_counts=True)
+    top = list(names[np.argsort(-counts, kind="stable")][:10])
+    colours = {c: plt.cm.tab10(i) for i, c in enumerate(top)}
+
+    thumbs = sample.thumbnails(THUMB)
+    cell = 36 if not ctx.quick else 24
+    small = _small(thumbs, cell)
+    canvas = grid_image(cells, small, rows, cols)
+    fig = plt.figure(figsize=(11, 4.6 + 10.8 * rows / cols + 5.6))
+    outer = fig.add_gridspec(3, 1, height_ratios=[4.6, 10.8 * rows / cols, 5.6], hspace=0.07,
+                             left=0.01, right=0.99, top=0.99, bottom=0.01)
+    top_row = outer[0].subgridspec(1, 3, width_ratios=[1, 1, 0.62], wspace=0.05)
     pc = pca(feats)
-    pred = logits.argmax(1) if logits is not None else np.zeros(len(points), int)
-    classes, counts = np.unique(pred, return_counts=True)
-    top = classes[np.argsort(-counts)][:9] if logits is not None else []
-    labels = (model.labels or [f"class {c}" for c in range(model.num_classes or 0)]) if logits is not None else []
-    for ax, pts, title in ((axes[0], pc, "PCA"), (axes[1], points, "t-SNE")):
-        ax.scatter(pts[:, 0], pts[:, 1], s=10, c="lightgrey")
-        for j, c in enumerate(top):
-            sel = pred == c
-            ax.scatter(pts[sel, 0], pts[sel, 1], s=14, color=plt.cm.tab10(j), label=labels[int(c)][:18])
-        ax.set_title(f"{title} of pooled {model.feature_layer}, coloured by predicted class", fontsize=9)
+    for i, (pts, title) in enumerate(((pc, "PCA"), (points, "t-SNE"))):
+        ax = fig.add_subplot(top_row[i])
+        ax.invert_yaxis()  # y down, as in the grid below
+        ax.scatter(pts[:, 0], pts[:, 1], s=7, c="#cccccc", linewidths=0)
+        for c in top:
+            sel = cat == c
+            ax.scatter(pts[sel, 0], pts[sel, 1], s=11, color=colours[c], label=c, linewidths=0)
+        ax.set_title(f"{title} of pooled {_alias(sample.model, sample.index.meta['feature_layer'])}", fontsize=10)
         ax.set_xticks([]), ax.set_yticks([])
-    if len(top):
-        axes[1].legend(fontsize=7, loc="best")
-    # t-SNE's y axis points up in the scatter, the canvas's down: flip so the panels agree.
-    axes[2].imshow(thumbnail_map(points * [1, -1], thumbs, size=1000))
-    axes[2].set_title("t-SNE thumbnail map", fontsize=10)
-    axes[2].set_xticks([]), axes[2].set_yticks([])
-    cells = grid_assignment(points * [1, -1], rows, cols)
-    axes[3].imshow(grid_image(cells, thumbs, rows, cols))
-    axes[3].set_title(f"grid embedding ({rows}x{cols}, linear assignment)", fontsize=10)
-    _off(axes[3])
-    fig.tight_layout()
+    legend_ax = fig.add_subplot(top_row[2])
+    legend_ax.axis("off")
+    handles = [plt.Line2D([], [], marker="o", ls="", color=colours[c], label=f"{c} ({int(np.sum(cat == c))})")
+               for c in top] + [plt.Line2D([], [], marker="o", ls="", color="#cccccc", label="other classes")]
+    legend_ax.legend(handles=handles, fontsize=9, loc="center left", frameon=False)
+    ax = fig.add_subplot(outer[1])
+    ax.imshow(canvas, interpolation="antialiased")
+    ax.set_title(f"t-SNE snapped to a {rows}x{cols} grid (each cell one photograph)", fontsize=10)
+    _off(ax)
+    windows = _windows(cells, cat, rows, cols, top, size=4)
+    zoom = outer[2].subgridspec(1, len(windows), wspace=0.08)
+    for w, (r0, c0, size, what) in enumerate(windows):
+        ax.add_patch(Rectangle((c0 * cell - 0.5, r0 * cell - 0.5), size * cell, size * cell, fill=False,
+                               edgecolor="red", linewidth=2))
+        ax.text(c0 * cell + 3, r0 * cell + 3, "AB"[w], color="red", fontsize=11, fontweight="bold", va="top",
+                ha="left", bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.5})
+        inner = zoom[w].subgridspec(size, size, wspace=0.05, hspace=0.3)
+        at = {int(c): i for i, c in enumerate(cells)}
+        for dr in range(size):
+            for dc in range(size):
+                a = fig.add_subplot(inner[dr, dc])
+                _off(a)
+                i = at.get((r0 + dr) * cols + c0 + dc)
+                if i is None:
+                    continue
+                a.imshow(thumbs[i])
+                a.set_xlabel(_short(sample.labels[i], 15), fontsize=9, labelpad=1)
+        fig.add_subplot(zoom[w], frameon=False, xticks=[], yticks=[]).set_title(
+            f"{'AB'[w]}: window around {what}", fontsize=10, pad=4)
     return fig
+
+
+def _windows(cells: np.ndarray, cat: np.ndarray, rows: int, cols: int, top: list, size: int) -> list:
+    """Two size x size windows of the grid: where the two largest categories are densest."""
+    out, where = [], np.full((rows, cols), "", dtype=object)
+    for i, c in enumerate(cells):
+        where[c // cols, c % cols] = cat[i]
+    for c in top:
+        if len(out) == 2:
+            break
+        best, at = -1, (0, 0)
+        for r0 in range(rows - size + 1):
+            for c0 in range(cols - size + 1):
+                hits = int(np.sum(where[r0:r0 + size, c0:c0 + size] == c))
+                if hits > best:
+                    best, at = hits, (r0, c0)
+        if any(abs(at[0] - o[0]) < size and abs(at[1] - o[1]) < size for o in out):
+            continue  # overlaps the first window: try the next category
+        out.append((at[0], at[1], size, c))
+    return out
