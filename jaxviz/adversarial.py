@@ -483,6 +483,10 @@ def attack(model, params: dict | None, images: Array, *, method: str = "pgd-linf
       JaxvizError: unknown method, bad eps/step/steps/confidence, wrong shapes.
     """
     spec = get_method(method)
+    from jaxviz.techniques import TECHNIQUES
+    technique = TECHNIQUES[spec.name]  # eps/step/steps/confidence checked once, in the registry
+    given = dict(eps=eps, step=step, steps=steps, confidence=confidence)
+    technique.check(**{k: v for k, v in given.items() if any(o.name == k for o in technique.options)})
     model = as_model(model)
     params = model.params if params is None else params
     x0 = jnp.asarray(images, jnp.float32)
@@ -490,14 +494,8 @@ def attack(model, params: dict | None, images: Array, *, method: str = "pgd-linf
         raise JaxvizError(f"images must be (N, H, W, 3) in [0, 1], got shape {tuple(x0.shape)}")
     n = x0.shape[0]
     eps = spec.eps if eps is None else float(eps)
-    if eps is not None and (not np.isfinite(eps) or eps <= 0):
-        raise JaxvizError(f"eps must be positive, got {eps}")
     step = spec.default_step(eps) if step is None else float(step)
     steps = spec.steps if steps is None else int(steps)
-    if not np.isfinite(step) or step <= 0 or steps < 1:
-        raise JaxvizError(f"step must be positive and steps >= 1 (got {step}, {steps})")
-    if confidence is not None and not 0.0 < confidence < 1.0:
-        raise JaxvizError(f"confidence must be in (0, 1), got {confidence}")
     early_stop = spec.early_stop if early_stop is None else early_stop
     params = model.prepare_params(params)
     predict = proba_fn(model, params)

@@ -338,12 +338,10 @@ def cue_conflict_images(style_model, params: dict, contents: np.ndarray, styles:
     contents, styles = np.asarray(contents, np.float32), np.asarray(styles, np.float32)
     if contents.ndim != 4 or contents.shape[0] != styles.shape[0]:
         raise JaxvizError(f"contents and styles must be (P, H, W, 3) of equal P, got {contents.shape}, {styles.shape}")
-    if int(steps) < 1:
-        raise JaxvizError(f"steps must be >= 1, got {steps}")
+    from jaxviz.techniques import check
+    check("bias", steps=steps, batch=batch)  # the registry's bounds (one place, shared with the CLI)
     gatys.check_options(weights=(content_weight, style_weight, tv_weight), steps=steps, optimizer="adam",
                         learning_rate=learning_rate)
-    if batch is not None and int(batch) < 1:
-        raise JaxvizError(f"batch must be >= 1, got {batch}")
     kw = dict(content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight,
               content_layer=gatys.CONTENT_LAYER if content_layer is None else content_layer,
               style_layers=gatys.STYLE_LAYERS if style_layers is None else tuple(style_layers),
@@ -444,8 +442,8 @@ def texture_crop(image: np.ndarray, fraction: float) -> np.ndarray:
     """The central ``fraction`` of each side of an (H, W, 3) image, resized back to (H, W): a
     close-up of the texture source (Geirhos et al. took textures from close-up texture images)."""
     from jaxviz.images import fit_image
-    if not 0.1 <= fraction <= 1.0:
-        raise JaxvizError(f"texture crop fraction must be in [0.1, 1], got {fraction}")
+    from jaxviz.techniques import check
+    check("bias", texture_fraction=fraction)
     if fraction == 1.0:
         return np.asarray(image, np.float32)
     h, w = image.shape[:2]

@@ -261,6 +261,8 @@ def simba(predict_proba: ProbaFn | Model, images, *, label=None, target=None, ba
         predict_proba of the wrong output shape.
     """
     start_time = time.perf_counter()
+    from jaxviz.techniques import check
+    check("simba", basis=basis, eps=eps, max_queries=max_queries, max_l2=max_l2, freq_ratio=freq_ratio, chunk=chunk)
     if isinstance(predict_proba, Model):
         from jaxviz.adversarial import proba_fn
         model = model or predict_proba.name
@@ -274,25 +276,13 @@ def simba(predict_proba: ProbaFn | Model, images, *, label=None, target=None, ba
         raise JaxvizError(f"images must be (N, H, W, 3) in [0, 1], got shape {tuple(x0.shape)}")
     if not np.isfinite(x0).all() or x0.min(initial=0) < 0 or x0.max(initial=0) > 1:
         raise JaxvizError("images must be finite and in [0, 1]")
-    if basis not in BASES:
-        raise JaxvizError(f"unknown basis {basis!r}; use one of {', '.join(BASES)}")
-    if not (np.isfinite(eps) and 0 < eps <= 1):
-        raise JaxvizError(f"eps (SimBA step length) must be in (0, 1], got {eps}")
     if basis == "pixel" and eps < 0.5 / 255:
         # pixel candidates are rounded to the 8-bit grid: such a step rounds back to the same image
         raise JaxvizError(f"eps {eps:g} is under half a grey level (0.5/255): every pixel-basis step would "
                           "round back to the same 8-bit value; use eps >= 0.5/255 or basis='dct'")
-    if int(max_queries) != max_queries or max_queries < 2:
-        raise JaxvizError(f"max_queries must be an integer >= 2 (initial prediction + one probe), got {max_queries}")
-    if max_l2 is not None and not (np.isfinite(max_l2) and max_l2 > 0):
-        raise JaxvizError(f"max_l2 must be positive, got {max_l2}")
     if max_l2 is not None and max_l2 < 1 / 255 * (1 - 1e-6):
         raise JaxvizError(f"max_l2 {max_l2:g} is under one grey level (1/255): no 8-bit image other than "
                           "the original fits in it")
-    if not 0 < freq_ratio <= 1:
-        raise JaxvizError(f"freq_ratio must be in (0, 1], got {freq_ratio}")
-    if chunk is not None and chunk < 1:
-        raise JaxvizError(f"chunk must be >= 1, got {chunk}")
     max_queries = int(max_queries)
     n, h, w, _ = x0.shape
     rows = np.arange(n)

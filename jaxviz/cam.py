@@ -41,6 +41,7 @@ from jaxviz.errors import JaxvizError
 from jaxviz.interface import as_model
 from jaxviz.saliency import guided_gradients, resolve_index, saliency_map
 from jaxviz.targets import Target, as_target, class_scores, neuron_scores
+from jaxviz.techniques import check
 
 Array = jax.Array
 Resize = Literal["bilinear", "nearest"] | None
@@ -116,6 +117,7 @@ def cam(model, params: dict, x: Array, target: Target | int | None = None, *, la
       relu: False keeps the signed class map.
       resize: "bilinear" | "nearest" | None (the layer's resolution (N, h, w)).
     """
+    check("cam", relu=relu, resize=resize)
     model = as_model(model)
     target = as_target(target)
     if not target.is_class:
@@ -187,6 +189,7 @@ def grad_cam(model, params: dict, x: Array, target: Target | int | None = None, 
              resize: Resize = "bilinear") -> Array:
     """Grad-CAM (N, H, W) at ``layer`` (any named spatial layer; default the model's feature layer);
     (N, h, w) with ``resize=None``; signed with ``relu=False``."""
+    check("gradcam", relu=relu, resize=resize)
     model = as_model(model)
     layer = _layer(model, layer)
     acts, grads = layer_gradients(model, params, x, target, layer=layer, index=index)
@@ -198,6 +201,7 @@ def grad_cam_plus_plus(model, params: dict, x: Array, target: Target | int | Non
                        layer: str | None = None, index: Array | None = None, relu: bool = True,
                        resize: Resize = "bilinear") -> Array:
     """Grad-CAM++ (N, H, W) at ``layer``; ``relu``/``resize`` as ``grad_cam``."""
+    check("gradcam++", relu=relu, resize=resize)
     model = as_model(model)
     layer = _layer(model, layer)
     acts, g = layer_gradients(model, params, x, target, layer=layer, index=index)
@@ -233,12 +237,11 @@ def guided_grad_cam_attributions(model, params: dict, x: Array, target: Target |
 
     ``resize``: how Grad-CAM is upsampled ("bilinear", or "nearest" as Captum's ``GuidedGradCam``).
     """
+    check("guided-gradcam", resize=resize)  # a full-resolution map: bilinear or nearest, not None
     model = as_model(model)
     target = as_target(target)
     if index is None and target.is_class and target.index is None:
         index = resolve_index(model, params, x, target)
-    if resize is None:
-        raise JaxvizError("guided Grad-CAM multiplies a full-resolution signal: resize must be bilinear or nearest")
     gc = grad_cam(model, params, x, target, layer=layer, index=index, resize=resize)
     return guided_gradients(model, params, x, target, index=index) * gc[..., None]
 

@@ -30,9 +30,20 @@ from jaxviz import objectives as obj
 from jaxviz.errors import JaxvizError
 from jaxviz.interface import as_model
 from jaxviz.keys import image_keys
-from jaxviz.optimize import (Callback, OptimizeResult, adam, blur, clip_range, clip_small_norm, jitter,
-                             normalized_gradient, optimize, valid_range)
+from jaxviz.optimize import (
+    Callback,
+    OptimizeResult,
+    adam,
+    blur,
+    clip_range,
+    clip_small_norm,
+    jitter,
+    normalized_gradient,
+    optimize,
+    valid_range,
+)
 from jaxviz.param import fourier, fourier_noise
+from jaxviz.techniques import check
 
 Array = jax.Array
 
@@ -92,17 +103,13 @@ def class_visualization(model, params: dict | None, classes: int | Sequence[int]
     Raises:
       JaxvizError: a class out of range, bad settings, or a size at which a layer is empty.
     """
+    check("classviz", steps=steps, lr=lr, l2=l2, blur_every=blur_every, blur_sigma=blur_sigma, jitter_px=jitter_px,
+          clip_fraction=clip_fraction, score=score, size=size)
     model = as_model(model)
     params = model.params if params is None else params
     classes = jnp.atleast_1d(jnp.asarray(classes, jnp.int32))
     if classes.ndim != 1:
         raise JaxvizError(f"classes must be an index or (N,) indices, got shape {classes.shape}")
-    if not (steps >= 1 and lr > 0 and l2 >= 0 and blur_every >= 0 and jitter_px >= 0 and blur_sigma >= 0
-            and 0 <= clip_fraction < 1):
-        raise JaxvizError("need steps >= 1, lr > 0, l2 >= 0, blur_every >= 0, blur_sigma >= 0, jitter >= 0 "
-                          "and clip_fraction in [0, 1)")
-    if not all(np.isfinite(v) for v in (lr, l2, blur_sigma, clip_fraction)):
-        raise JaxvizError("lr, l2, blur_sigma and clip_fraction must be finite")
     n = classes.shape[0]
     hw = _hw(model, size, init)
     obj.require_nonempty(model, None, hw)
@@ -150,16 +157,13 @@ def channel_visualization(model, params: dict | None, layer: str, channels: int 
       JaxvizError: unknown layer, channel or unit out of range, bad settings, or a size at which
         the layer is empty.
     """
+    check("neuron", steps=steps, lr=lr, parameterization=parameterization, jitter_px=jitter_px, size=size)
     model = as_model(model)
     params = model.params if params is None else params
     given, layer = layer, model.resolve_layer(layer)
     channels = jnp.atleast_1d(jnp.asarray(channels, jnp.int32))
     if channels.ndim != 1:
         raise JaxvizError(f"channels must be an index or (N,) indices, got shape {channels.shape}")
-    if not (steps >= 1 and lr > 0 and np.isfinite(lr) and jitter_px >= 0):
-        raise JaxvizError("need steps >= 1, a finite lr > 0 and jitter >= 0")
-    if parameterization not in ("fourier", "pixels"):
-        raise JaxvizError(f"unknown parameterization {parameterization!r}; use fourier or pixels")
     n = channels.shape[0]
     h, w = _hw(model, size, init)
     obj.require_nonempty(model, (given,), (h, w))

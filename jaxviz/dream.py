@@ -27,6 +27,7 @@ from jaxviz.errors import JaxvizError
 from jaxviz.interface import as_model
 from jaxviz.keys import image_keys
 from jaxviz.optimize import Callback, clip_range, jitter, normalized_gradient, optimize
+from jaxviz.techniques import check
 
 Array = jax.Array
 
@@ -71,16 +72,13 @@ def deepdream(model, params: dict | None, x: Array, layer: str, *, octaves: int 
     Raises:
       JaxvizError: bad shapes or settings, or an octave at which the layer is empty.
     """
+    check("dream", octaves=octaves, octave_scale=octave_scale, steps=steps, step=step, jitter_px=jitter_px)
     model = as_model(model)
     params = model.params if params is None else params
     given, layer = layer, model.resolve_layer(layer)
     x = jnp.asarray(x, jnp.float32)
     if x.ndim != 4 or x.shape[-1] != 3:
         raise JaxvizError(f"x must be (N, H, W, 3), got {tuple(x.shape)}")
-    if not (octaves >= 1 and np.isfinite(octave_scale) and octave_scale >= 1.0 and steps >= 1 and jitter_px >= 0):
-        raise JaxvizError("need octaves >= 1, a finite octave_scale >= 1, steps >= 1, jitter >= 0")
-    if step is not None and not (np.isfinite(step) and step > 0):
-        raise JaxvizError(f"step must be a positive finite number, got {step}")
     n, h, w, c = x.shape
     sizes = octave_sizes(h, w, octaves, octave_scale)
     if min(sizes[0]) < MIN_OCTAVE:

@@ -170,11 +170,9 @@ def nearest_neighbors(queries: np.ndarray, database: np.ndarray, k: int, *, metr
     if queries.ndim != 2 or database.ndim != 2 or queries.shape[1] != database.shape[1]:
         raise JaxvizError(f"expected queries (Q, D) and database (N, D) with the same D, got "
                           f"{queries.shape} and {database.shape}")
-    if metric not in METRICS:
-        raise JaxvizError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     n = len(database)
-    if not 1 <= k <= n:
-        raise JaxvizError(f"k must be between 1 and the database size {n}, got {k}")
+    from jaxviz.techniques import check
+    check("neighbors", k=k, metric=metric, context={"images": n})  # 1 <= k <= the database size
     if chunk < 1 or query_chunk < 1:
         raise JaxvizError("chunk sizes must be positive")
     if metric == "cosine":
@@ -225,8 +223,9 @@ def tsne(features: np.ndarray, dims: int = 2, *, perplexity: float = 30.0, seed:
     a loaded 2-core CPU), larger ones Barnes-Hut.
     """
     from sklearn.manifold import TSNE
-    if not np.isfinite(perplexity) or perplexity <= 0:
-        raise JaxvizError(f"perplexity must be a positive number, got {perplexity}")
+
+    from jaxviz.techniques import check
+    check("tsne", perplexity=perplexity, seed=seed)
     features = _check_points(features, 4)
     n, d = features.shape
     if pca_dims and d > pca_dims and n > pca_dims:

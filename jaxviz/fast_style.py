@@ -230,8 +230,23 @@ class TrainState:
     losses: list = field(default_factory=list)
 
 
+def check_config(config: FastStyleConfig) -> None:
+    """The configuration's numbers checked once, by the technique registry ("fast-style-train").
+
+    Raises:
+      JaxvizError: a size, batch, width, block count, learning rate or loss weight out of range.
+    """
+    from jaxviz.techniques import check
+    check("fast-style-train", size=config.size, batch=config.batch, width=config.width,
+          res_blocks=config.res_blocks, learning_rate=config.learning_rate, style_weight=config.style_weight,
+          content_weight=config.content_weight, tv_weight=config.tv_weight)
+    if config.num_styles < 1:
+        raise JaxvizError(f"num_styles must be >= 1, got {config.num_styles}")
+
+
 def init_state(config: FastStyleConfig, key: Array) -> TrainState:
-    """Fresh parameters (from ``key``) and Adam state."""
+    """Fresh parameters (from ``key``) and Adam state (``check_config`` first)."""
+    check_config(config)
     k_init, k_data = jax.random.split(key)
     net = config.network()
     dummy = jnp.zeros((1, 16, 16, 3), jnp.float32)
@@ -269,8 +284,10 @@ def make_train_step(config: FastStyleConfig, loss_model, loss_params: dict, styl
       compiler_options: XLA options of the step (default ``loss_model.compiler_options``; the
         transform net is dense, so a dense-convolution choice suits it too).
     Raises:
-      JaxvizError: wrong number of style images, unknown layers or layers empty at the crop size.
+      JaxvizError: wrong number of style images, unknown layers or layers empty at the crop size,
+        a configuration out of range (``check_config``).
     """
+    check_config(config)
     loss_model = as_model(loss_model)
     if len(style_images) != config.num_styles:
         raise JaxvizError(f"config has {config.num_styles} styles but {len(style_images)} style images were given")
@@ -335,14 +352,11 @@ def train(config: FastStyleConfig, state: TrainState, step_fn: Callable, content
 # Checkpoints (flax msgpack: config + params + optimiser state + step + key)
 
 def _atomic_write(path: Path, data: bytes, what: str) -> None:
-    """Write ``data`` as the weights store writes its files (``tensorfile.atomic_write``: a
-    temporary file in ``path``'s folder renamed into place, removed on any failure); an OS error
-    (read-only or full location) becomes one ``JaxvizError`` line."""
-    from jaxviz.weights.tensorfile import atomic_write
-    try:
-        atomic_write(path, lambda f: f.write(data))
-    except OSError as e:
-        raise JaxvizError(f"cannot write {what} {path}: {e.strerror or e}") from None
+    """Write ``data`` through jaxviz's one atomic write (``jaxviz.io.atomic_write``: a temporary
+    file in ``path``'s folder renamed into place, removed on any failure); an OS error (read-only
+    or full location) is one ``WriteError`` line, ``cannot write WHAT PATH: reason``."""
+    from jaxviz.io import write_bytes
+    write_bytes(path, data, what=what)
 
 
 def save_checkpoint(path: str | Path, config: FastStyleConfig, state: TrainState) -> None:

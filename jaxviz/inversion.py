@@ -19,13 +19,20 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxviz import objectives as obj
 from jaxviz.errors import JaxvizError
 from jaxviz.interface import as_model
 from jaxviz.keys import image_keys
-from jaxviz.optimize import Callback, OptimizeResult, adam, lbfgs, optimize, valid_range_projection
+from jaxviz.optimize import (
+    Callback,
+    OptimizeResult,
+    adam,
+    lbfgs,
+    optimize,
+    valid_range_projection,
+)
+from jaxviz.techniques import check
 
 Array = jax.Array
 
@@ -71,18 +78,13 @@ def invert(model, params: dict | None, x0: Array, layer: str, *, steps: int = 20
     Raises:
       JaxvizError: bad shapes or settings, or an image size at which the layer is empty.
     """
+    check("invert", steps=steps, lr=lr, tv_weight=tv_weight, beta=beta, optimizer=optimizer)
     model = as_model(model)
     params = model.params if params is None else params
     given, layer = layer, model.resolve_layer(layer)
     x0 = jnp.asarray(x0, jnp.float32)
     if x0.ndim != 4 or x0.shape[-1] != 3:
         raise JaxvizError(f"x0 must be (N, H, W, 3), got {tuple(x0.shape)}")
-    if not (steps >= 1 and lr > 0 and tv_weight >= 0 and beta > 0):
-        raise JaxvizError("need steps >= 1, lr > 0, tv_weight >= 0, beta > 0")
-    if not all(np.isfinite(v) for v in (lr, tv_weight, beta)):
-        raise JaxvizError("lr, tv_weight and beta must be finite")
-    if optimizer not in ("adam", "lbfgs"):
-        raise JaxvizError(f"unknown optimizer {optimizer!r}; use adam or lbfgs")
     obj.require_nonempty(model, (given,), tuple(x0.shape[1:3]))
     n = x0.shape[0]
     if init is None:

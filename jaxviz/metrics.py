@@ -117,8 +117,8 @@ def deletion_insertion(model, params: dict, x: Array, maps: Array, index: Array 
     check_deletion_inputs(x, maps, index, steps, baseline, chunk)
     if not isinstance(patch, int) or not 1 <= patch <= min(x.shape[1:3]):
         raise JaxvizError(f"patch must be an integer between 1 and the image side, got {patch!r}")
-    if not (isinstance(blur_sigma, (int, float)) and np.isfinite(blur_sigma) and blur_sigma > 0):
-        raise JaxvizError(f"blur_sigma must be positive and finite, got {blur_sigma}")
+    from jaxviz.techniques import check
+    check("deletion-insertion", blur_sigma=blur_sigma)
     return _deletion_insertion(model, params, x, maps, index, steps=steps, baseline=baseline,
                                chunk=chunk, blur_sigma=float(blur_sigma), patch=patch)
 
@@ -175,12 +175,8 @@ def check_deletion_inputs(x, maps, index, steps: int, baseline: str, chunk: int)
         raise JaxvizError(f"maps must be (N, H, W) = {tuple(x.shape[:3])}, got {tuple(maps.shape)}")
     if np.ndim(index) not in (0, 1) or (np.ndim(index) == 1 and len(index) != x.shape[0]):
         raise JaxvizError(f"index must be a scalar or ({x.shape[0]},), got shape {np.shape(index)}")
-    if not isinstance(steps, int) or steps < 1:
-        raise JaxvizError(f"steps must be a positive integer, got {steps!r}")
-    if not isinstance(chunk, int) or chunk < 1:
-        raise JaxvizError(f"chunk must be a positive integer, got {chunk!r}")
-    if baseline not in BASELINES:
-        raise JaxvizError(f"unknown baseline {baseline!r}; use one of {', '.join(BASELINES)}")
+    from jaxviz.techniques import check
+    check("deletion-insertion", steps=steps, chunk=chunk, baseline=baseline)
 
 
 # --------------------------------------------------------------------------- model randomisation

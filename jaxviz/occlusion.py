@@ -89,8 +89,8 @@ def window_positions(height: int, width: int, window: int | Pair, stride: int | 
 def _check(x: Array, window: Pair, stride: Pair, chunk: int, fill, score) -> None:
     if x.ndim != 4 or x.shape[-1] != 3:
         raise JaxvizError(f"occlusion expects images (N, H, W, 3), got shape {tuple(x.shape)}")
-    if min(window) < 1 or min(stride) < 1 or chunk < 1:
-        raise JaxvizError(f"window {window}, stride {stride} and chunk ({chunk}) must be >= 1")
+    from jaxviz.techniques import check
+    check("occlusion", window=window, stride=stride, chunk=chunk)  # the registry's bounds, one place
     if window[0] > x.shape[1] or window[1] > x.shape[2]:
         raise JaxvizError(f"window {window[0]}x{window[1]} is larger than the {x.shape[1]}x{x.shape[2]} image")
     if stride[0] > window[0] or stride[1] > window[1]:

@@ -85,12 +85,17 @@ class Option:
         return self.flag or "--" + self.name.replace("_", "-")
 
     def label(self, cli: bool = False) -> str:
-        return self.cli_flag if cli else f"{self.name}="
+        return self.cli_flag if cli else self.name
 
-    def bounds_text(self, context: dict | None = None) -> str:
+    def bounds_text(self, context: dict | None = None, words: bool = False) -> str:
+        """"between 1 and 1000", "> 0 and <= 1" (``words``: "positive and <= 1")."""
         parts = []
         lo, hi = self._bound(self.lo, context), self._bound(self.hi, context)
-        if lo is not None:
+        if lo is not None and hi is not None and not self.lo_open and not self.hi_open:
+            return f"between {lo:g} and {hi:g}"
+        if words and lo == 0:
+            parts.append("positive" if self.lo_open else "non-negative")
+        elif lo is not None:
             parts.append(f"{'>' if self.lo_open else '>='} {lo:g}")
         if hi is not None:
             parts.append(f"{'<' if self.hi_open else '<='} {hi:g}")
@@ -115,7 +120,8 @@ class Option:
             if self.choices is None:
                 raise JaxvizError(f"{self.label(cli)} needs a value")
             shown = ", ".join(self.none if c is None else str(c) for c in self.choices)
-            raise JaxvizError(f"{self.label(cli)} must be one of {shown}, got {self.none or None!r}")
+            raise JaxvizError(f"{self.name.replace('_', ' ')} {self.none or None!r} is not allowed here "
+                              f"({self.label(cli)}); use one of {shown}")
         if _is_tracer(value):
             return value
         if self.nargs not in (None, "?"):
@@ -145,21 +151,29 @@ class Option:
                 return value
             if isinstance(value, bool):
                 raise JaxvizError(f"{where} must be a number, got {value!r}")
+            if self.kind == "amount" and isinstance(value, str) and "/" in value:
+                try:
+                    if float(Fraction(value.strip().split("/", 1)[1])) == 0:
+                        raise JaxvizError(f"{where} {value!r}: division by zero")
+                except (ValueError, ZeroDivisionError):
+                    pass
             try:
                 number = parse_amount(value) if self.kind == "amount" else float(value)
             except (TypeError, ValueError, JaxvizError):
                 raise JaxvizError(f"{where} must be a number, got {value!r}") from None
+            bounds = self.bounds_text(context, words=not cli)
             if not math.isfinite(number):
-                raise JaxvizError(f"{where} must be a finite number, got {value!r}")
+                raise JaxvizError(f"{where} must be a finite number{' ' + bounds if bounds else ''}, got {value!r}")
             if self.kind is int:
                 if number != int(number):
-                    raise JaxvizError(f"{where} must be a whole number, got {value!r}")
+                    raise JaxvizError(f"{where} must be a whole number{' ' + bounds if bounds else ''}, got {value!r}")
                 number = int(number)
             lo, hi = self._bound(self.lo, context), self._bound(self.hi, context)
             bad_lo = lo is not None and (number <= lo if self.lo_open else number < lo)
             bad_hi = hi is not None and (number >= hi if self.hi_open else number > hi)
             if bad_lo or bad_hi:
-                raise JaxvizError(f"{where} must be {self.bounds_text(context)}, got {value!r}")
+                what = bounds if self.kind is int or not cli else f"a finite number {bounds}"
+                raise JaxvizError(f"{where} must be {what}, got {value!r}")
             value = number
         elif self.kind is bool:
             if isinstance(value, str):
@@ -177,7 +191,8 @@ class Option:
             shown = [self.none if c is None else str(c) for c in self.choices]
             close = difflib.get_close_matches(str(value), shown, n=2)
             hint = f"; did you mean {' or '.join(close)}?" if close else ""
-            raise JaxvizError(f"{where} must be one of {', '.join(map(str, shown))}, got {value!r}{hint}")
+            raise JaxvizError(f"unknown {self.name.replace('_', ' ')} {value!r} ({where}); use one of "
+                              f"{', '.join(map(str, shown))}{hint}")
         return value
 
 

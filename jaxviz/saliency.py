@@ -44,7 +44,6 @@ and returns jnp arrays.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import jax
@@ -54,6 +53,7 @@ from jaxviz.errors import JaxvizError
 from jaxviz.interface import as_model
 from jaxviz.keys import image_keys
 from jaxviz.targets import Target, as_target, score_fn
+from jaxviz.techniques import check
 
 Array = jax.Array
 
@@ -79,24 +79,6 @@ def _grad(model, params: dict, x: Array, target: Target, index: Array | None) ->
 def _check_images(x) -> None:
     if getattr(x, "ndim", None) != 4 or x.shape[-1] != 3:
         raise JaxvizError(f"images must be (N, H, W, 3) preprocessed, got shape {getattr(x, 'shape', None)}")
-
-
-def _check_count(name: str, value, upper: int = 100_000) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= upper:
-        raise JaxvizError(f"{name} must be an integer between 1 and {upper}, got {value!r}")
-    return value
-
-
-def _check_nonnegative(name: str, value) -> None:
-    """A concrete number must be finite and >= 0 (a traced one is the caller's business)."""
-    if value is None or isinstance(value, jax.core.Tracer):
-        return
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise JaxvizError(f"{name} must be a number, got {value!r}") from None
-    if not (math.isfinite(v) and v >= 0):
-        raise JaxvizError(f"{name} must be finite and >= 0, got {value!r}")
 
 
 def gradients(model, params: dict, x: Array, target: Target | int | None = None, *,
@@ -166,13 +148,12 @@ def smoothgrad_gradients(model, params: dict, x: Array, target: Target | int | N
       noise_std: absolute std in model-input units (Captum's ``stdevs``).
       chunk: noisy copies evaluated at once (bounds memory; static).
     Raises:
-      JaxvizError: a non-positive sample count, or a negative / non-finite noise level.
+      JaxvizError: a sample count outside 1..1000, or a negative / non-finite noise level
+        (``jaxviz.techniques``, "smoothgrad"; a traced noise level is the caller's business).
     """
+    check("smoothgrad", samples=samples, noise=noise, noise_std=noise_std, chunk=chunk)
     model = as_model(model)
     _check_images(x)
-    _check_count("samples", samples)
-    _check_nonnegative("noise", noise)
-    _check_nonnegative("noise_std", noise_std)
     target = as_target(target)
     index = resolve_index(model, params, x, target, index)
     eps = smoothgrad_noise(x, key=key, samples=samples, noise=noise, noise_std=noise_std)
@@ -196,9 +177,9 @@ def integrated_gradients_attributions(model, params: dict, x: Array,
     ``baseline``: (N, H, W, 3), (H, W, 3) or anything broadcastable (default zeros, model-input
     space); ``steps`` midpoint-rule points (static); ``chunk`` points evaluated at once.
     """
+    check("integrated", steps=steps, chunk=chunk)
     model = as_model(model)
     _check_images(x)
-    _check_count("steps", steps)
     target = as_target(target)
     index = resolve_index(model, params, x, target, index)
     baseline = jnp.zeros_like(x) if baseline is None else jnp.broadcast_to(baseline, x.shape).astype(x.dtype)

@@ -122,12 +122,11 @@ def segment_from_saliency(image01: np.ndarray, saliency: np.ndarray, *, fg_fract
         raise JaxvizError(f"image must be (H, W, 3) RGB, got shape {image01.shape}")
     if saliency.shape != image01.shape[:2]:
         raise JaxvizError(f"saliency must be (H, W) = {image01.shape[:2]}, got {saliency.shape}")
-    if not (0 < fg_fraction < 1 and 0 < bg_fraction < 1 and fg_fraction + bg_fraction < 1):
+    from jaxviz.techniques import check
+    check("segment", fg_fraction=fg_fraction, bg_fraction=bg_fraction, iterations=iterations,
+          neighbours=neighbours, seed=seed)  # each in (0, 1), 1..50, 4 or 8 (the registry's bounds)
+    if fg_fraction + bg_fraction >= 1:
         raise JaxvizError("fg_fraction and bg_fraction must be in (0, 1) with a sum below 1")
-    if neighbours not in (4, 8):
-        raise JaxvizError(f"neighbours must be 4 or 8, got {neighbours}")
-    if iterations < 1:
-        raise JaxvizError(f"iterations must be >= 1, got {iterations}")
     if not np.isfinite(saliency).all():
         raise JaxvizError("saliency map contains NaN or infinite values")
 

@@ -47,6 +47,7 @@ import numpy as np
 from jaxviz.errors import JaxvizError
 from jaxviz.interface import as_model
 from jaxviz.keys import image_keys
+from jaxviz.techniques import check
 
 Array = jax.Array
 
@@ -132,8 +133,10 @@ def gram_targets(features: Callable, params: dict, style_xs: Sequence[Array],
       options: XLA options of the steps (``model.compiler_options``), so that targets and
         steps use the same convolutions.
     """
+    if weights is not None:
+        check("style", style_blend=weights)  # finite, >= 0 (the registry's bounds)
     a = np.ones(len(style_xs)) if weights is None else np.asarray(weights, np.float64)
-    if a.shape != (len(style_xs),) or not np.all(np.isfinite(a)) or np.any(a < 0) or a.sum() <= 0:
+    if a.shape != (len(style_xs),) or a.sum() <= 0:
         raise JaxvizError(f"style weights must be {len(style_xs)} finite non-negative numbers, not all 0; "
                           f"got {weights}")
     a = a / a.sum()
@@ -332,8 +335,7 @@ def make_optimizer(optimizer: str, learning_rate: float | None = None):
     search (guaranteed descent, but a step may evaluate the loss several times: measured 3-4x
     slower per step on VGG19). ``"adam"``: step in model-input units (default 10)."""
     from jaxviz.optimize import adam, lbfgs
-    if learning_rate is not None and not (math.isfinite(learning_rate) and learning_rate > 0):
-        raise JaxvizError(f"learning rate must be a finite number > 0, got {learning_rate}")
+    check("style", learning_rate=learning_rate)
     if optimizer == "lbfgs":
         return lbfgs(line_search=False, learning_rate=1.0 if learning_rate is None else learning_rate)
     if optimizer == "lbfgs-linesearch":
@@ -350,22 +352,15 @@ def check_options(*, style_scale: float = 1.0, preserve_color=None, init: str = 
 
     Raises:
       JaxvizError: a non-finite or negative loss weight, a style scale outside [0.05, 8], an
-        unknown colour mode / start / optimiser, negative steps, a learning rate that is not > 0.
+        unknown colour mode / start / optimiser, negative steps, a learning rate that is not > 0
+        (the registry's options of "style", ``jaxviz.techniques``: one place for these bounds).
     """
-    if not (math.isfinite(style_scale) and 0.05 <= style_scale <= 8.0):
-        raise JaxvizError(f"style_scale must be in [0.05, 8], got {style_scale}")
-    if preserve_color not in (None, "luminance", "histogram"):
-        raise JaxvizError(f"preserve_color must be None, 'luminance' or 'histogram', got {preserve_color!r}")
-    if init not in ("content", "style", "noise"):
-        raise JaxvizError(f"init must be 'content', 'style' or 'noise', got {init!r}")
-    if not all(math.isfinite(float(w)) and float(w) >= 0 for w in weights):
-        raise JaxvizError(f"loss weights must be finite and >= 0, got {', '.join(f'{float(w):g}' for w in weights)}")
-    if int(steps) != steps or int(steps) < 0:
-        raise JaxvizError(f"steps must be an integer >= 0, got {steps}")
-    if optimizer not in OPTIMIZERS:
-        raise JaxvizError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}")
-    if learning_rate is not None and not (math.isfinite(learning_rate) and learning_rate > 0):
-        raise JaxvizError(f"learning rate must be a finite number > 0, got {learning_rate}")
+    names = ("content_weight", "style_weight", "tv_weight")
+    loss_weights = dict(zip(names, weights)) if len(weights) == 3 else {}
+    for w in (weights if not loss_weights else ()):
+        check("style", style_weight=w)
+    check("style", style_scale=style_scale, preserve_color=preserve_color, init=init, steps=steps,
+          optimizer=optimizer, learning_rate=learning_rate, **loss_weights)
 
 
 def _layer_weights(style_layers: tuple[str, ...], layer_weights) -> list[float]:
@@ -373,8 +368,7 @@ def _layer_weights(style_layers: tuple[str, ...], layer_weights) -> list[float]:
          else np.asarray(layer_weights, np.float64))
     if w.shape != (len(style_layers),):
         raise JaxvizError(f"need {len(style_layers)} layer weights, got {w.size}")
-    if not np.all(np.isfinite(w)) or np.any(w < 0):
-        raise JaxvizError(f"layer weights must be finite and >= 0, got {list(w)}")
+    check("style", layer_weights=[float(v) for v in w])
     return [float(v) for v in w]
 
 

@@ -169,7 +169,7 @@ def _lr(help: str, hi: float = 1e6, **kw) -> Option:
 
 
 def _size(lo: int, hi: int = 2048, help: str = "image size in pixels (default: the model's)", **kw) -> Option:
-    return Option("size", int, help, lo=lo, hi=hi, **kw)
+    return Option("size", int, help, lo=lo, hi=hi, pair=True, **kw)  # an int or (height, width)
 
 
 def _weight(name: str, help: str, **kw) -> Option:
@@ -470,9 +470,9 @@ TECHNIQUES: dict[str, Technique] = {t.name: t for t in _ALL}
 _BY_ALIAS: dict[str, Technique] = {a: t for t in _ALL for a in t.aliases}
 
 
-def get(name: str, command: str | None = None) -> Technique:
+def get(name: str, command: str | None = None, what: str = "method") -> Technique:
     """The technique called ``name`` (or an alias), optionally one of ``command``'s; a clear
-    error with close names otherwise."""
+    error with close names otherwise (``what`` names the kind: "method", "attack method")."""
     pool = techniques(command) if command else list(TECHNIQUES.values())
     for t in pool:
         if name in t.names:
@@ -480,7 +480,7 @@ def get(name: str, command: str | None = None) -> Technique:
     names = [n for t in pool for n in t.names]
     close = difflib.get_close_matches(str(name), names, n=2)
     hint = f"; did you mean {' or '.join(close)}?" if close else ""
-    where = f"method for {command}" if command else "technique"
+    where = what if command else "technique"
     raise JaxvizError(f"unknown {where} {name!r}; use one of {', '.join(t.name for t in pool)}{hint}")
 
 

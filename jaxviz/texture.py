@@ -139,11 +139,11 @@ def efros_leung(sample: Array, size: int | tuple[int, int], *, key: Array, radiu
     Raises:
       JaxvizError: if the sample is not (h, w, 3) or is too small for the window.
     """
+    from jaxviz.techniques import check
+    check("efros-leung", radius=radius, tolerance=tolerance)
     sample = jnp.asarray(sample, jnp.float32)
     if sample.ndim != 3 or sample.shape[-1] != 3:
         raise JaxvizError(f"efros_leung: sample must be (h, w, 3), got shape {tuple(sample.shape)}")
-    if radius < 1:
-        raise JaxvizError(f"efros_leung: radius must be >= 1, got {radius}")
     if sample.shape[0] <= radius or sample.shape[1] <= 2 * radius:
         raise JaxvizError(f"efros_leung: sample {sample.shape[:2]} too small for radius {radius}")
     size = (size, size) if isinstance(size, int) else tuple(size)

@@ -138,7 +138,8 @@ def options_for(args: argparse.Namespace, technique, context: dict | None = None
         if flag not in by_flag:
             if flag in LENIENT_FLAGS:
                 continue
-            raise JaxvizError(f"{flag} applies to {', '.join(users)}, not {technique.name}")
+            where = "--method " if getattr(args, "method", None) is not None else ""
+            raise JaxvizError(f"{flag} applies to {where}{', '.join(users)}, not {technique.name}")
         given[by_flag[flag].name] = value
     checked = technique.check(cli=True, context=context, **given)
     return {**technique.defaults(), **checked}
