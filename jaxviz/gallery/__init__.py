@@ -21,7 +21,6 @@ import os
 import pkgutil
 import re
 import subprocess
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -85,6 +84,7 @@ class FigureSpec:
     params: dict = field(default_factory=dict)
     section: str = FALLBACK_SECTION  # a key of SECTIONS
     section_guessed: bool = False  # True: not given and the module is not in MODULE_SECTIONS
+    techniques: tuple = ()  # the registry's techniques the figure runs (jaxviz.techniques)
 
 
 FIGURES: dict[str, FigureSpec] = {}
@@ -105,20 +105,35 @@ def section_key(section: str) -> str:
 
 
 def figure(name: str, title: str, caption: str, order: int = 100, *, section: str | None = None,
-           **params) -> Callable:
+           technique: str | tuple[str, ...] | list[str] | None = None, **params) -> Callable:
     """Register ``func(ctx) -> matplotlib.figure.Figure`` as gallery figure ``name``.
 
     ``section``: a key of ``SECTIONS`` ("inside", "attribution", "optimise", "adversarial",
     "style", "studies") or its title; by default the module's (``MODULE_SECTIONS``). ``order``
     sorts figures inside their section. ``params`` are shown as the figure's parameter table.
+
+    ``technique``: the registry name(s) of the technique(s) the figure runs (``jaxviz.techniques``,
+    e.g. ``"gradcam"`` or ``("vanilla", "smoothgrad")``). The parameter table is then the
+    registry's record (``jaxviz.techniques.record``): every option of the technique with its
+    default, overridden (and checked, at registration) by the keyword arguments that name one of
+    its options; other keyword arguments are kept as the figure's own settings::
+
+        @figure("gradcam_layers", "Grad-CAM at three depths", "...", technique="gradcam", layer="fire9")
+        @figure("saliency_pair", "...", "...", technique=("vanilla", "smoothgrad"), samples=50, images=4)
     """
+    names: tuple[str, ...] = (() if technique is None else (technique,) if isinstance(technique, str)
+                              else tuple(technique))
+    if names:
+        from jaxviz.techniques import record
+        params = record(names, **params)
+
     def register(func: Callable) -> Callable:
         module = func.__module__.rsplit(".", 1)[-1]
         if section is not None:
             key, guessed = section_key(section), False
         else:
             key, guessed = MODULE_SECTIONS.get(module, FALLBACK_SECTION), module not in MODULE_SECTIONS
-        FIGURES[name] = FigureSpec(name, title, caption, func, order, params, key, guessed)
+        FIGURES[name] = FigureSpec(name, title, caption, func, order, params, key, guessed, names)
         return func
     return register
 
@@ -496,21 +511,11 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def _atomic(path: Path, write: Callable) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide the page from a web server
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    """jaxviz's one atomic write (``jaxviz.io.atomic_write``: temporary file in the folder, fsync,
+    rename, permissions as a plain open() gives them so a web server can read the page; removed
+    on any failure, a read-only or full location is one ``WriteError`` line)."""
+    from jaxviz.io import atomic_write
+    atomic_write(Path(path), write)
 
 
 def save_png(fig, path: Path) -> tuple[int, int]:
