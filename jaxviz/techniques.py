@@ -285,7 +285,7 @@ _ALL: list[Technique] = [
                   Option("bg_fraction", float, "share of least salient pixels seeding the background",
                          lo=0, hi=1, lo_open=True, hi_open=True),
                   Option("iterations", int, "GMM refit + cut rounds", lo=1, hi=50),
-                  Option("neighbours", int, "grid connectivity", choices=(4, 8), cli=False),
+                  Option("neighbours", int, "grid connectivity", lo=4, hi=8, choices=(4, 8), cli=False),
                   _seed(help="random seed (SmoothGrad noise, GMM init)")),
               command="segment"),
     # ---------------------------------------------------------------- inside the network
