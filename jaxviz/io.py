@@ -17,12 +17,17 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 from jaxviz.errors import JaxvizError
 
-__all__ = ["WriteError", "atomic_write", "check_output_dir", "save_figure", "write_bytes", "write_text"]
+__all__ = ["WriteError", "atomic_write", "check_output_dir", "keep", "outputs", "save_figure", "write_bytes",
+           "write_text"]
+
+# Files created inside an ``outputs()`` block (a command's run): removed if the run fails.
+_created: list[Path] | None = None
 
 
 class WriteError(JaxvizError, OSError):
@@ -52,13 +57,16 @@ def _reason(e: OSError) -> str:
     return e.strerror or str(e) or type(e).__name__
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *, what: str = "") -> Any:
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *, what: str = "",
+                 track: bool = True) -> Any:
     """Call ``write(f)`` on a temporary file beside ``path``, then rename it to ``path``.
 
     Args:
       path: the final file; its folder must exist.
       write: writes the content to the binary file object it is given; its result is returned.
       what: a word for the error message ("checkpoint", "figure"): ``cannot write what PATH: ...``.
+      track: a new file is removed again if the enclosing ``outputs()`` block fails (False: the
+        caller manages the file's life, e.g. a scan index that a rerun resumes).
     Raises:
       WriteError: the location is not writable or the disk is full (``path`` untouched, no
         temporary file left). Any other exception of ``write`` propagates, also cleaned up.
@@ -75,7 +83,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *, 
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would differ from a plain open()
+        new = not path.exists()
         os.replace(tmp, path)
+        if new and track and _created is not None:
+            _created.append(path)
     except BaseException as e:
         try:
             os.unlink(tmp)
@@ -85,6 +96,34 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *, 
             raise WriteError(f"cannot write {label}: {_reason(e)}", e.errno, _reason(e)) from None
         raise
     return result
+
+
+@contextmanager
+def outputs():
+    """A command's writes as one unit: if the block fails (any exception but KeyboardInterrupt,
+    which keeps what a resumable run saved), the files it created are removed again, so a
+    failed command leaves nothing behind (files it replaced stay: they are complete)."""
+    global _created
+    outer, _created = _created, []
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        for path in reversed(_created):
+            try:
+                path.unlink()
+            except OSError:
+                pass
+        raise
+    finally:
+        _created = outer
+
+
+def keep(path: str | os.PathLike) -> None:
+    """Keep ``path`` even if the current ``outputs()`` block fails (a checkpoint to resume from)."""
+    if _created is not None:
+        _created[:] = [p for p in _created if p != Path(path)]
 
 
 def write_bytes(path: str | os.PathLike, data: bytes, *, what: str = "") -> None:

@@ -398,7 +398,7 @@ def _atomic(path: Path, write: Callable) -> None:
     """Write via a temporary file in the same folder and ``os.replace`` (``jaxviz.io.atomic_write``:
     the temporary file is removed on any failure; a full disk is one ``WriteError`` line)."""
     from jaxviz.io import atomic_write
-    atomic_write(path, write, what="scan index file")
+    atomic_write(path, write, what="scan index file", track=False)  # the scan cleans up after itself
 
 
 def _write_json(path: Path, obj: dict) -> None:

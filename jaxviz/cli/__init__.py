@@ -73,10 +73,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    from jaxviz.io import outputs
     from jaxviz.runtime import enable_compilation_cache  # imports jax: only once a command runs
     try:
         enable_compilation_cache()
-        return int(runners[args.command](args) or 0)
+        with outputs():  # a failed command removes the files it created (jaxviz.io)
+            return int(runners[args.command](args) or 0)
     except JaxvizError as e:
         message = " ".join(str(e).split())  # exactly one line
         print(f"jaxviz {args.command}: error: {message}", file=sys.stderr)

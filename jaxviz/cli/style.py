@@ -125,7 +125,7 @@ def fast_style(parser: argparse.ArgumentParser):
 def run_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from jaxviz.io import check_output_dir
+    from jaxviz.io import check_output_dir, keep
     options = options_for(args, TECHNIQUES["fast-style-train"])
     out = Path(args.out)
     if out.is_dir() or not out.parent.is_dir():
@@ -158,6 +158,7 @@ def run_train(args: argparse.Namespace) -> int:
         state = fs.train(config, state, step, content, chunk,
                          callback=lambda i, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.4g}")))
         fs.save_checkpoint(out, config, state)
+        keep(out)  # a complete checkpoint to resume from, even if a later step fails
         remaining -= chunk
     bar.close()
     if steps == 0:
