@@ -168,8 +168,13 @@ def sample_scan(ctx: Context, model_name: str | None = None) -> Sample:
             done[0] = n
 
         start = time.perf_counter()
-        index = scan(model, [r["path"] for r in rows], out, layers=layers, topk=9, batch=32, input_size=SIZE,
-                     fit=fit, on_batch=advance)
+        try:
+            index = scan(model, [r["path"] for r in rows], out, layers=layers, topk=9, batch=32, input_size=SIZE,
+                         fit=fit, on_batch=advance)
+        except BaseException:  # our own folder: the next figure starts afresh, not from a broken one
+            import shutil
+            shutil.rmtree(out, ignore_errors=True)
+            raise
         _SAMPLES[key] = Sample(model, index, rows, real, what, time.perf_counter() - start)
     return _SAMPLES[key]
 
