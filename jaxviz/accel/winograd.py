@@ -48,10 +48,12 @@ def winograd_conv(x: Array, kernel_w: Array) -> Array:
     n, h, w, c = x.shape
     th, tw = -(-h // 2), -(-w // 2)  # 2x2 output tiles; odd sizes get a zero row/column, cropped
     xp = jnp.pad(x, ((0, 0), (1, 1 + 2 * th - h), (1, 1 + 2 * tw - w), (0, 0)))
-    tiles = []
-    for r in _input_transform(*(xp[:, k:k + 2 * th:2] for k in range(4))):           # (N, th, W+, C)
-        tiles.extend(_input_transform(*(r[:, :, k:k + 2 * tw:2] for k in range(4))))  # (N, th, tw, C)
-    v = jnp.stack(tiles).reshape(16, n * th * tw, c)
+    # rows of every tile at once (one stack of 4), then their columns (one stack of 4): the same
+    # sums as 16 separately stacked tiles, which XLA-CPU compiled 2x slower (VGG19 step: 4.6 vs
+    # 2.7 s), no slower to run
+    r = jnp.stack(_input_transform(*(xp[:, k:k + 2 * th:2] for k in range(4))))                  # (4, N, th, W+, C)
+    v = jnp.stack(_input_transform(*(r[:, :, :, k:k + 2 * tw:2] for k in range(4))), axis=1)  # (4, 4, N, th, tw, C)
+    v = v.reshape(16, n * th * tw, c)
     m = jnp.einsum("tpc,tck->tpk", v, kernel_w).reshape(4, 4, n, th, tw, -1)
     # Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]] on rows, then on columns
     rows = (m[0] + m[1] + m[2], m[1] - m[2] - m[3])
