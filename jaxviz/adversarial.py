@@ -6,7 +6,7 @@ Methods (``METHODS`` is the registry the CLI and the gallery are built from):
   until the prediction becomes the target (the CS231n "fooling images" homework; Szegedy et al.
   2014, "Intriguing properties of neural networks"). Untargeted: step *down* the true class logit.
 - ``fgsm``: one step x + eps * sign(grad CE) (Goodfellow et al. 2015, "Explaining and harnessing
-  adversarial examples").
+  adversarial examples"); ``gradient_sign`` is its direction, one gradient for any eps.
 - ``ifgsm``: iterated FGSM / BIM, clipped to the eps-ball after every step (Kurakin et al. 2017,
   "Adversarial examples in the physical world").
 - ``pgd-linf`` / ``pgd-l2``: projected gradient descent on the cross-entropy with a random start
@@ -421,6 +421,21 @@ def _loss_grad(model, targeted: bool, kind: str) -> Callable:
                 model)
 
 
+def gradient_sign(model, params: dict | None, images: Array, cls: Array, *, targeted: bool = False) -> Array:
+    """FGSM's step direction, (N, H, W, 3) in {-1, 0, 1}: sign(grad_x CE(label)) (untargeted: up the
+    label's cross-entropy) or -sign(grad_x CE(target)) (targeted: down the target's).
+
+    One gradient serves every eps: ``fgsm(..., eps=e) == clip(images + e * gradient_sign(...), 0, 1)``
+    (an eps sweep costs one backward pass). Arguments as for ``fgsm``.
+    """
+    model = as_model(model)
+    params = model.params if params is None else params
+    images = jnp.asarray(images, jnp.float32)
+    cls = jnp.broadcast_to(jnp.asarray(cls, jnp.int32), images.shape[:1])
+    # the gradient of the loss to MINIMISE (-CE(label), or CE(target)): step against it
+    return -jnp.sign(_loss_grad(model, bool(targeted), "ce")(params, images, cls))
+
+
 def fgsm(model, params: dict | None, images: Array, cls: Array, *, eps: float, targeted: bool = False) -> Array:
     """Fast gradient sign method: clip(x + eps * sign(grad CE(label))) (untargeted) or
     clip(x - eps * sign(grad CE(target))) (targeted).
@@ -431,12 +446,8 @@ def fgsm(model, params: dict | None, images: Array, cls: Array, *, eps: float, t
     Returns:
       (N, H, W, 3) adversarial images in [0, 1] (float; not quantised).
     """
-    model = as_model(model)
-    params = model.params if params is None else params
     images = jnp.asarray(images, jnp.float32)
-    cls = jnp.broadcast_to(jnp.asarray(cls, jnp.int32), images.shape[:1])
-    g = _loss_grad(model, bool(targeted), "ce")(params, images, cls)
-    return jnp.clip(images - eps * jnp.sign(g), 0.0, 1.0)
+    return jnp.clip(images + eps * gradient_sign(model, params, images, cls, targeted=targeted), 0.0, 1.0)
 
 
 def _run_iterations(model, parts, init, *, optimizer, steps, data):

@@ -84,6 +84,41 @@ def test_fgsm_is_eps_sign_gradient_clipped(tiny_model, rng):
     assert (change < eps - 1e-7).any() and np.isclose(change, eps, atol=1e-7).mean() > 0.5
 
 
+def test_gradient_sign_is_the_sign_of_the_true_ce_gradient(tiny_model, rng):
+    """float64 central differences of CE(label) (untargeted: +sign) and CE(target) (targeted: -sign)
+    at pixels whose gradient is clearly non-zero."""
+    x = rng.uniform(0.2, 0.8, size=(2, 16, 20, 3))  # non-square
+    cls = np.array([1, 3])
+    with x64():
+        params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), tiny_model.params)
+        for targeted in (False, True):
+            def ce(z):
+                logits = tiny_model.apply(params, tiny_model.preprocess(jnp.asarray(z)))
+                return -jax.nn.log_softmax(logits)[jnp.arange(2), cls].sum()
+            idx = random_indices(x.shape, 40, seed=2)
+            numeric = finite_difference_grad(lambda z: float(ce(z)), x, indices=idx).reshape(-1)[idx]
+            got = np.asarray(adv.gradient_sign(tiny_model, params, x, cls, targeted=targeted)).reshape(-1)[idx]
+            clear = np.abs(numeric) > 1e-3 * np.abs(numeric).max()
+            assert clear.sum() >= 20
+            np.testing.assert_array_equal(got[clear], (-1 if targeted else 1) * np.sign(numeric[clear]))
+
+
+def test_gradient_sign_serves_every_eps_and_batch_equals_single(any_model, rng):
+    """fgsm(eps) == clip(x + eps * gradient_sign) for several eps (one gradient for a sweep), the
+    direction is in {-1, 0, 1}, and image i's direction does not depend on its batch."""
+    x = _grid_images(rng, 3, 16, 20)
+    labels = np.array([0, 1, 2]) % np.asarray(adv.proba_fn(any_model)(x)).shape[-1]
+    for targeted in (False, True):
+        d = np.asarray(adv.gradient_sign(any_model, None, x, labels, targeted=targeted))
+        assert set(np.unique(d)) <= {-1.0, 0.0, 1.0} and (d != 0).mean() > 0.5
+        for eps in (1 / 255, 4 / 255, 16 / 255):
+            got = np.asarray(adv.fgsm(any_model, None, x, labels, eps=eps, targeted=targeted))
+            np.testing.assert_array_equal(got, np.clip(x + eps * d, 0.0, 1.0))
+        single = np.asarray(adv.gradient_sign(any_model, None, x[1:2], labels[1:2], targeted=targeted))
+        clear = np.abs(single[0]) > 0  # a sign may flip where the gradient rounds to ~0
+        assert (single[0] == d[1])[clear].mean() > 0.999
+
+
 def test_seed_method_first_step_is_normalised_target_logit_ascent(tiny_model, rng):
     x = rng.uniform(0.2, 0.8, size=(2, 16, 16, 3)).astype(np.float32)
     target, eta = np.array([3, 0]), 0.05
