@@ -88,6 +88,12 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 STYLE_NETWORK = "vgg19_caffe"
 # Style transfer settings of the study (Adam from the content image, per-pair targets).
 STYLE_DEFAULTS = dict(content_weight=1.0, style_weight=10.0, tv_weight=0.0, learning_rate=4.0)
+# Geirhos et al. made their cue-conflict stimuli with Gatys's PytorchNeuralStyleTransfer at its
+# defaults (rgeirhos/texture-vs-shape README, FAQ): VGG19 (Caffe weights), content relu4_2,
+# styles relu1_1 ... relu5_1, L-BFGS from the content image. ``gatys_code_weights`` gives the
+# loss weights of ours that equal that code's loss.
+GATYS_CODE_LAYERS = dict(content_layer="relu4_2",
+                         style_layers=("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"))
 
 
 @dataclass
@@ -159,6 +165,64 @@ def class_set(label: int) -> tuple[int, ...]:
         if label in group:
             return (label,) + tuple(c for c in group if c != label)
     return (label,)
+
+
+def category_name(classes: Sequence[int]) -> str | None:
+    """The name of the Geirhos et al. category whose classes are ``classes`` (any order), else None."""
+    for name, members in GEIRHOS_CATEGORIES.items():
+        if set(members) == set(classes):
+            return name
+    return None
+
+
+def gatys_code_weights(model, size: int | tuple[int, int], content_layer: str = GATYS_CODE_LAYERS["content_layer"],
+                       style_layers: Sequence[str] = GATYS_CODE_LAYERS["style_layers"]) -> dict:
+    """Loss weights of ``jaxviz.style``'s Gatys loss that make it equal to the loss of Gatys's
+    PytorchNeuralStyleTransfer at its defaults (the code Geirhos et al. made their stimuli with).
+
+    That code minimises ``MSE(F, P)`` (mean over the C·H·W elements of the content layer) plus
+    ``Σ_l 1e3/C_l² · MSE(G_l/M_l, Ĝ_l/M_l)`` (mean over the C_l² Gram entries). Ours is
+    ``α ½ Σ (F − P)² + β Σ_l w_l Σ (G_l/M_l − Ĝ_l/M_l)² / (4 C_l²)``, so ``α = 2 / (C H W)``,
+    ``β = 1`` and ``w_l = 4e3 / C_l²`` (C_l channels, H W positions at image size ``size``).
+    Both sides are per-position means, so the balance does not depend on the image size.
+
+    Returns:
+      ``{"content_weight", "style_weight", "layer_weights", "content_layer", "style_layers"}``
+      for ``style_transfer`` / ``cue_conflict_images``.
+    Raises:
+      JaxvizError: an unknown layer, or one without a spatial (h, w, C) output at ``size``.
+    """
+    from jaxviz.interface import as_model
+    model = as_model(model)
+    hw = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
+    shapes = model.layer_shapes(hw)
+    names = [model.resolve_layer(n) for n in (content_layer, *style_layers)]
+    for given, name in zip((content_layer, *style_layers), names):
+        if len(shapes[name]) != 3 or math.prod(shapes[name]) == 0:
+            raise JaxvizError(f"layer {given} of {model.name} has output shape {shapes[name]} at {hw[0]}x{hw[1]} "
+                              "px; the Gatys loss needs a non-empty spatial (h, w, C) layer")
+    h, w, c = shapes[names[0]]
+    return {"content_weight": 2.0 / (h * w * c), "style_weight": 1.0,
+            "layer_weights": tuple(4e3 / shapes[n][-1] ** 2 for n in names[1:]),
+            "content_layer": content_layer, "style_layers": tuple(style_layers)}
+
+
+def photo_candidates(rows: Sequence[dict], size: int | tuple[int, int]
+                     ) -> list[tuple[str, np.ndarray, tuple[int, ...]]]:
+    """Photographs of Geirhos et al.'s 16 categories as ``select_sources`` candidates.
+
+    Args:
+      rows: ``[{"path", "class", "label"}]`` (e.g. ``jaxviz.datasets.imagenet_sample()``); rows
+        whose class is in none of the 16 categories are skipped.
+      size: the study's image size (photos are stretched to it).
+    Returns:
+      ``(name, (H, W, 3) image in [0, 1], class set)``, the class set being the whole category
+      (``class_set``), so a sibling class counts as the category.
+    """
+    from jaxviz.images import load_image
+    members = {c for group in CLASS_GROUPS for c in group}
+    return [(str(r.get("label") or Path(r["path"]).stem), load_image(r["path"], size, fit="stretch"),
+             class_set(int(r["class"]))) for r in rows if int(r["class"]) in members]
 
 
 def parse_class_folder(name: str) -> tuple[int, ...]:
@@ -298,10 +362,25 @@ def select_sources(classifiers: Sequence, candidates: Sequence[tuple], *, min_co
     return [s for g in groups[:max_classes] for s in g]
 
 
-def pairs(sources: Sequence[Source]) -> np.ndarray:
-    """(P, 2) ordered pairs (shape source i, texture source j) whose class sets do not intersect."""
-    out = [(i, j) for i, a in enumerate(sources) for j, b in enumerate(sources)
-           if i != j and not set(a.classes) & set(b.classes)]
+def pairs(sources: Sequence[Source], textures_per_shape: int | None = None) -> np.ndarray:
+    """(P, 2) ordered pairs (shape source i, texture source j) whose class sets do not intersect.
+
+    ``textures_per_shape=k``: each shape source i takes only the k texture sources that follow it
+    cyclically (i + 1, i + 2, ... wrapping around, skipping its own class), a fixed design in which
+    every source is also a texture about k times; None: every pair.
+    """
+    n = len(sources)
+    if textures_per_shape is not None and int(textures_per_shape) < 1:
+        raise JaxvizError(f"textures per shape must be >= 1, got {textures_per_shape}")
+    out = []
+    for i, a in enumerate(sources):
+        partners = [(i + d) % n for d in range(1, n)]
+        partners = [j for j in partners if not set(a.classes) & set(sources[j].classes)]
+        if textures_per_shape is None:
+            partners = sorted(partners)
+        else:
+            partners = partners[:int(textures_per_shape)]
+        out += [(i, j) for j in partners]
     return np.asarray(out, np.int64).reshape(-1, 2)
 
 
@@ -312,8 +391,9 @@ def cue_conflict_images(style_model, params: dict, contents: np.ndarray, styles:
                         content_weight: float = STYLE_DEFAULTS["content_weight"],
                         style_weight: float = STYLE_DEFAULTS["style_weight"],
                         tv_weight: float = STYLE_DEFAULTS["tv_weight"],
-                        learning_rate: float = STYLE_DEFAULTS["learning_rate"],
+                        learning_rate: float | None = None,
                         content_layer: str | None = None, style_layers: Sequence[str] | None = None,
+                        layer_weights: Sequence[float] | None = None, optimizer: str = "adam",
                         batch: int | None = None, batched: bool = True, callbacks: Sequence = ()
                         ) -> tuple[np.ndarray, float]:
     """Content (shape) of ``contents[i]`` in the style (texture) of ``styles[i]``, every i.
@@ -323,8 +403,11 @@ def cue_conflict_images(style_model, params: dict, contents: np.ndarray, styles:
         ``jaxviz.interface.Model`` with named layers (then name ``content_layer`` and
         ``style_layers``; the defaults are VGG19's, ``jaxviz.style``).
       contents, styles: (P, H, W, 3) and (P, h, w, 3) images in [0, 1].
-      steps, content_weight, style_weight, tv_weight, learning_rate: Gatys/Adam settings (finite;
-        weights >= 0, learning rate > 0).
+      steps, content_weight, style_weight, tv_weight, learning_rate: Gatys settings (finite;
+        weights >= 0, learning rate > 0; None: Adam's ``STYLE_DEFAULTS`` step, L-BFGS's unit step).
+      layer_weights: w_l of the style layers (default equal; ``gatys_code_weights``).
+      optimizer: ``"adam"`` (default) or ``"lbfgs"`` (unit step, one memory per image:
+        ``jaxviz.style.per_image``); either way every pair is its own optimisation.
       batch: pairs per batched optimisation (default all P at once).
       batched: False runs ``style_transfer`` once per pair (the slow reference path).
     Returns:
@@ -340,12 +423,17 @@ def cue_conflict_images(style_model, params: dict, contents: np.ndarray, styles:
         raise JaxvizError(f"contents and styles must be (P, H, W, 3) of equal P, got {contents.shape}, {styles.shape}")
     from jaxviz.techniques import check
     check("bias", steps=steps, batch=batch)  # the registry's bounds (one place, shared with the CLI)
-    gatys.check_options(weights=(content_weight, style_weight, tv_weight), steps=steps, optimizer="adam",
+    if optimizer not in ("adam", "lbfgs"):
+        raise JaxvizError(f"optimizer must be 'adam' or 'lbfgs' (per-pair runs), got {optimizer!r}")
+    if learning_rate is None and optimizer == "adam":
+        learning_rate = STYLE_DEFAULTS["learning_rate"]
+    gatys.check_options(weights=(content_weight, style_weight, tv_weight), steps=steps, optimizer=optimizer,
                         learning_rate=learning_rate)
     kw = dict(content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight,
               content_layer=gatys.CONTENT_LAYER if content_layer is None else content_layer,
               style_layers=gatys.STYLE_LAYERS if style_layers is None else tuple(style_layers),
-              steps=int(steps), optimizer="adam", learning_rate=learning_rate, callbacks=callbacks)
+              layer_weights=None if layer_weights is None else tuple(layer_weights),
+              steps=int(steps), optimizer=optimizer, learning_rate=learning_rate, callbacks=callbacks)
     start = time.perf_counter()
     if batched:
         n = len(contents)
@@ -454,7 +542,7 @@ def texture_crop(image: np.ndarray, fraction: float) -> np.ndarray:
 
 def bias_study(classifiers: Sequence, style_model, sources: Sequence[Source], *, steps: int = 60,
                batch: int | None = None, callbacks: Sequence = (), texture_fraction: float = 1.0,
-               **style) -> BiasStudy:
+               textures_per_shape: int | None = None, **style) -> BiasStudy:
     """Cue-conflict images for every ordered pair of ``sources`` and each classifier's decisions.
 
     Args:
@@ -465,10 +553,11 @@ def bias_study(classifiers: Sequence, style_model, sources: Sequence[Source], *,
       steps, batch, callbacks, **style: ``cue_conflict_images`` settings.
       texture_fraction: the style image is the central fraction of the texture source
         (``texture_crop``; 1 = the whole image).
+      textures_per_shape: texture sources per shape source (``pairs``; default every pair).
     Raises:
       JaxvizError: fewer than two classes among the sources.
     """
-    index = pairs(sources)
+    index = pairs(sources, textures_per_shape)
     if len(index) == 0:
         raise JaxvizError(f"need sources of at least 2 different classes for cue-conflict pairs, got "
                           f"{len(sources)} source(s) of {len({s.classes for s in sources})} class(es)")
@@ -477,11 +566,43 @@ def bias_study(classifiers: Sequence, style_model, sources: Sequence[Source], *,
     styles = np.stack([crops[j] for j in index[:, 1]])
     from jaxviz.interface import as_model
     style_model = as_model(style_model)
-    settings = {**STYLE_DEFAULTS, **style, "steps": int(steps), "optimizer": "adam", "init": "content",
+    settings = {**STYLE_DEFAULTS, "optimizer": "adam", **style, "steps": int(steps), "init": "content",
                 "style_network": style_model.name, "size": list(contents.shape[1:3]),
-                "texture_fraction": texture_fraction}
+                "texture_fraction": texture_fraction, "textures_per_shape": textures_per_shape}
+    if settings["optimizer"] == "lbfgs" and style.get("learning_rate") is None:
+        settings["learning_rate"] = 1.0  # L-BFGS's unit step
     images, seconds = cue_conflict_images(style_model, style_model.params, contents, styles, steps=steps,
                                           batch=batch, callbacks=callbacks, **style)
     records = decision_records(classifiers, images, sources, index)
     return BiasStudy(list(sources), index, images, records, shape_bias(records), seconds, settings,
                      shape_bias(records, "top1"))
+
+
+def cue_probabilities(classifiers: Sequence, study: BiasStudy) -> dict[str, dict[str, float]]:
+    """How strongly the cue-conflict images carry each cue, per classifier: the mean probability
+    mass (sum over a category's classes) of the shape source's category and of the texture
+    source's category, on the content images, the style images (texture crops) and the
+    cue-conflict images. A strong stylisation moves mass from the shape category towards the
+    texture category; Geirhos et al.'s stimuli keep the shape recognisable to people while the
+    surface is the texture's.
+
+    Returns:
+      ``{model: {"shape_on_content", "texture_on_style", "shape_on_conflict",
+      "texture_on_conflict"}}`` (means over the study's pairs).
+    """
+    index = np.asarray(study.pairs)
+    fraction = float(study.settings.get("texture_fraction", 1.0))
+    contents = np.stack([study.sources[i].image for i in index[:, 0]])
+    crops = [texture_crop(s.image, fraction) for s in study.sources]
+    styles = np.stack([crops[j] for j in index[:, 1]])
+    shape_sets = [list(study.sources[i].classes) for i in index[:, 0]]
+    texture_sets = [list(study.sources[j].classes) for j in index[:, 1]]
+
+    def mass(p, sets):
+        return float(np.mean([p[k, c].sum() for k, c in enumerate(sets)]))
+    out = {}
+    for m in classifiers:
+        pc, ps, pi = predict(m, contents), predict(m, styles), predict(m, np.asarray(study.images))
+        out[m.name] = {"shape_on_content": mass(pc, shape_sets), "texture_on_style": mass(ps, texture_sets),
+                       "shape_on_conflict": mass(pi, shape_sets), "texture_on_conflict": mass(pi, texture_sets)}
+    return out

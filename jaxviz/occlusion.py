@@ -35,6 +35,10 @@ Two exact implementations give the same maps:
   each stage's map) caps the static box size, re-centred on the remaining |delta| mass, which is
   what saves FLOPs under static shapes (``flop_saving(max_box=)``).
 
+``occlusion_outputs`` returns the network's whole output (logits) for every window position
+instead of one score's drop (either engine): Zeiler & Fergus's Fig. 7 reads p(true class) and
+the most probable class (the "label map") from it.
+
 Chunks run as a Python loop over one jitted chunk function (default; about 2x faster than
 ``lax.map`` on XLA-CPU, jax#12868) or, with ``loop="map"``, as one jitted ``lax.map`` (jittable
 end to end). Both jit with the model's ``compiler_options``.
@@ -154,18 +158,19 @@ def _resolve_index(x: Array, target: Target, index) -> Array:
     return jnp.full((n,), -1, jnp.int32)
 
 
-def _grid(hp: int, wp: int, stride: Pair) -> Array:
-    """(P, 2) top-left corners of all window positions, row-major."""
+def _grid(hp: int, wp: int, stride: Pair) -> np.ndarray:
+    """(P, 2) top-left corners of all window positions, row-major (numpy: static data, so no
+    eager jax op is compiled for it)."""
     ii, jj = np.meshgrid(np.arange(hp) * stride[0], np.arange(wp) * stride[1], indexing="ij")
-    return jnp.asarray(np.stack([ii.ravel(), jj.ravel()], axis=1), jnp.int32)
+    return np.stack([ii.ravel(), jj.ravel()], axis=1).astype(np.int32)
 
 
-def _padded_chunks(corners: Array, chunk: int) -> Array:
+def _padded_chunks(corners: np.ndarray, chunk: int) -> np.ndarray:
     """(P, 2) corners -> (P // chunk rounded up, chunk, 2), the last chunk padded by repetition."""
     p = corners.shape[0]
     chunk = min(chunk, p)
     pad = -p % chunk
-    padded = jnp.concatenate([corners, jnp.repeat(corners[-1:], pad, axis=0)]) if pad else corners
+    padded = np.concatenate([corners, np.repeat(corners[-1:], pad, axis=0)]) if pad else corners
     return padded.reshape(-1, chunk, 2)
 
 
@@ -218,7 +223,10 @@ def _mapped(engine, params, x, base, idx, chunk):
     hp, wp = window_positions(x.shape[1], x.shape[2], engine.window, engine.stride)
     chunks = _padded_chunks(_grid(hp, wp, engine.stride), chunk)
     scores = jax.lax.map(lambda cs: engine.chunk(params, x, base, idx, state, cs), chunks)
-    scores = jnp.moveaxis(scores, 0, 1).reshape(x.shape[0], -1)[:, :hp * wp]
+    scores = jnp.moveaxis(scores, 0, 1)
+    scores = scores.reshape((x.shape[0], -1) + scores.shape[3:])[:, :hp * wp]
+    if engine.outputs:
+        return scores.reshape((-1, hp, wp) + scores.shape[2:])
     return (clean[:, None] - scores).reshape(-1, hp, wp)
 
 
@@ -251,6 +259,8 @@ def _drive(engine, params, x, base, idx, chunk: int, loop: str) -> Array:
     chunks = _padded_chunks(_grid(hp, wp, engine.stride), chunk)
     step = _jitted(_chunk, options)
     scores = jnp.concatenate([step(engine, params, x, base, idx, state, cs) for cs in chunks], axis=1)
+    if engine.outputs:
+        return scores[:, :hp * wp].reshape((-1, hp, wp) + scores.shape[2:])
     return (clean[:, None] - scores[:, :hp * wp]).reshape(-1, hp, wp)
 
 
@@ -278,6 +288,7 @@ class _Batched:
     target: Target
     window: Pair
     stride: Pair
+    outputs: bool = False  # chunk() returns (N, c, K) outputs instead of (N, c) scores
 
     def clean(self, params, x, base, idx):
         t = self.target
@@ -295,6 +306,8 @@ class _Batched:
                           & ((cols >= c[1]) & (cols < c[1] + ww))[None, :, None])
                 return jnp.where(inside, base1, x1)
             xs = jax.vmap(occluded)(corners)
+            if self.outputs:
+                return self.model.apply(params, xs)
             return _scores(self.model, params, xs, self.target, jnp.broadcast_to(idx1, (corners.shape[0],)))
         return jax.vmap(one)(x, base, idx)
 
@@ -408,6 +421,7 @@ class _Incremental:
     stride: Pair
     threshold: float | None = None
     max_box: float | None = None
+    outputs: bool = False  # chunk() returns (N, c, K) outputs instead of (N, c) scores
 
     def _plan(self, params, hw):
         plan = incremental_plan(self.model.incremental_stages, hw, self.window, self.target.layer, self.max_box)
@@ -463,6 +477,8 @@ class _Incremental:
                 return jax.lax.dynamic_update_slice(act, patch, (a, b, 0))
 
             acts = jax.vmap(window_act)(corners)
+            if self.outputs:
+                return self._tail(params, x1, last, acts, None)
             return self._tail(params, x1, last, acts, jnp.broadcast_to(idx1, (corners.shape[0],)))
         return jax.vmap(one)(x, base, idx, state)
 
@@ -504,6 +520,38 @@ def incremental_occlusion(model, params, x: Array, target: Target | int | None =
     else:
         engine = _Incremental(model, target, window, stride, None if threshold is None else float(threshold),
                               None if max_box is None else float(max_box))
+    return _drive(engine, params, x, base, index, chunk, loop)
+
+
+def occlusion_outputs(model, params, x: Array, *, window: int | Pair = 16, stride: int | Pair = 8,
+                      fill: Fill | float | Array = "mean", chunk: int = 32, incremental: bool = True,
+                      loop: str = "python") -> Array:
+    """The network's output (logits) for every window position: (N, H', W', K).
+
+    Zeiler & Fergus (2014, Fig. 7) read two maps from it: the probability of the true class
+    (``softmax(out)[..., c]``) and the most probable class (``argmax(out, -1)``, the label map).
+    ``incremental=True`` (default) recomputes only what each window changes on models with known
+    layer structure (``incremental_occlusion``'s engine; others fall back to every occluded copy
+    through the network, with an ``IncrementalFallbackWarning``); the values are the same.
+    Other arguments as ``occlusion``. The model must output a vector per image (a classifier).
+
+    Raises:
+      JaxvizError: bad shapes, sizes or fill; a model whose output is not (N, K).
+    """
+    model, params, target, window, stride, base, index = _prepare(model, params, x, None, window, stride,
+                                                                  chunk, fill, None, None)
+    out = jax.eval_shape(lambda p, a: model.apply(p, a), params, x[:1])
+    if len(out.shape) != 2:
+        raise JaxvizError(f"occlusion_outputs needs a model with one output vector per image, "
+                          f"got output shape {tuple(out.shape)}")
+    reason = _incremental_reason(model, x.shape[1:3], window, None) if incremental else None
+    if incremental and reason is not None:
+        warnings.warn(f"incremental occlusion: {reason}; every occluded copy goes through the network "
+                      "instead (same values)", IncrementalFallbackWarning, stacklevel=2)
+    if not incremental or reason is not None:
+        engine = _Batched(model, target, window, stride, outputs=True)
+    else:
+        engine = _Incremental(model, target, window, stride, outputs=True)
     return _drive(engine, params, x, base, index, chunk, loop)
 
 

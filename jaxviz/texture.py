@@ -156,6 +156,49 @@ def efros_leung(sample: Array, size: int | tuple[int, int], *, key: Array, radiu
 # Gram-matrix synthesis (Gatys et al. 2015), through the shared engine
 # ----------------------------------------------------------------------------------------------
 
+def relative_layer_weights(model, params: dict, sample: Array, layers: Sequence[str], *,
+                           scale: float = 1e6) -> list[float]:
+    """Layer weights ``w_l = scale · C_l² / ‖Ĝ_l‖²`` (Ĝ_l the sample's normalised Gram, C_l its
+    channels), so ``w_l E_l = scale · ‖G_l − Ĝ_l‖² / (4 ‖Ĝ_l‖²)``: every layer is matched to the
+    same *relative* Gram error.
+
+    Why: Gatys et al. (2015) weight the layers equally in a *normalised* VGG19 (weights rescaled so
+    that every filter's mean activation is 1). With the original weights the deep layers' Grams
+    are ~1e7x larger than relu1_1's, so equal weights leave the shallow layers unmatched (pixel
+    speckle, wrong colours). Dividing by the target's own magnitude is the per-layer part of that
+    normalisation; the per-filter part is not emulated.
+
+    Args:
+      model, params: the feature network and its parameters (as ``gram_texture`` takes them).
+      sample: (h, w, 3) texture sample in [0, 1].
+      layers: the layers whose Grams will be matched.
+      scale: overall factor (the optimisers used here are scale-invariant after the first step).
+    Returns:
+      One weight per layer, for ``gram_texture(..., layer_weights=)``.
+    Raises:
+      JaxvizError: an unknown layer, a layer without a spatial output, or a sample whose Gram is 0
+        at a layer (no weight can make its relative error finite).
+    """
+    from jaxviz.interface import as_model
+    from jaxviz.style import _check_pixels, check_layers, gram_matrix, layer_features
+
+    model = as_model(model)
+    sample = jnp.asarray(sample, jnp.float32)
+    if sample.ndim != 3 or sample.shape[-1] != 3:
+        raise JaxvizError(f"relative_layer_weights: sample must be (h, w, 3), got {tuple(sample.shape)}")
+    _check_pixels(sample, "relative_layer_weights: sample")
+    check_layers(model, params, layers, sample.shape[:2], spatial=tuple(layers))
+    feats = layer_features(model, tuple(layers))(params, model.preprocess(sample[None]))
+    out = []
+    for name, f in zip(layers, feats):
+        g = gram_matrix(f, normalize=True)[0]
+        norm = float(jnp.sum(g * g))
+        if not np.isfinite(norm) or norm <= 0:
+            raise JaxvizError(f"relative_layer_weights: the sample's Gram matrix at {name} is zero or not finite")
+        out.append(float(scale) * g.shape[-1] ** 2 / norm)
+    return out
+
+
 def gram_texture(model, params: dict, sample: Array, size: int | tuple[int, int], *, layers: Sequence[str],
                  key: Array, layer_weights: Sequence[float] | None = None, steps: int = 100,
                  optimizer: str = "lbfgs", learning_rate: float | None = None,
@@ -198,7 +241,7 @@ def gram_texture(model, params: dict, sample: Array, size: int | tuple[int, int]
     for hw in dict.fromkeys((size, tuple(sample.shape[:2]))):
         check_layers(model, params, loss.style_layers, hw, spatial=loss.style_layers)
     params, options = loss.prepare(params)
-    targets = gram_targets(loss.style_features, params, [model.preprocess(sample[None])], options=options)
+    targets = gram_targets(loss.features, params, [model.preprocess(sample[None])], options=options)
     x0 = model.preprocess(jax.random.uniform(image_keys(key, 1)[0], size + (3,))[None])
     result = optimize(loss, x0, optimizer=make_optimizer(optimizer, learning_rate), steps=int(steps),
                       project=valid_range_projection(model), callbacks=callbacks,

@@ -70,6 +70,81 @@ def test_pairs_are_ordered_and_exclude_same_class():
     assert bias.class_set(967) == (967,)
 
 
+def test_pairs_with_textures_per_shape_follow_the_cyclic_design():
+    """k textures per shape: the k sources after it (cyclically), skipping its own category."""
+    sources = [_source("a", [1]), _source("b", [2]), _source("a2", [1]), _source("c", [3]), _source("d", [4])]
+    got = bias.pairs(sources, 2).tolist()
+    assert got == [[0, 1], [0, 3], [1, 2], [1, 3], [2, 3], [2, 4], [3, 4], [3, 0], [4, 0], [4, 1]]
+    assert {tuple(p) for p in bias.pairs(sources, 10).tolist()} == {tuple(p) for p in bias.pairs(sources).tolist()}
+    with pytest.raises(JaxvizError):
+        bias.pairs(sources, 0)
+
+
+def test_category_names_and_photo_candidates(tmp_path):
+    """category_name: the 16 categories by their class sets; photo_candidates keeps the photos of
+    those categories with their whole category as class set, at the study's size."""
+    assert bias.category_name(bias.class_set(285)) == "cat" and bias.category_name((878, 508)) == "keyboard"
+    assert bias.category_name((285,)) is None and bias.category_name((967,)) is None
+    rows = []
+    for k, cls in enumerate((285, 967, 409, 207)):  # cat, espresso (none), analog clock, golden retriever
+        path = tmp_path / f"p{k}.png"
+        save_image(np.full((30, 40, 3), k / 4, np.float32), path)
+        rows.append({"path": str(path), "class": cls, "label": f"photo{k}"})
+    got = bias.photo_candidates(rows, (24, 28))
+    assert [g[0] for g in got] == ["photo0", "photo2", "photo3"]
+    assert [bias.category_name(g[2]) for g in got] == ["cat", "clock", "dog"] and got[0][2][0] == 285
+    assert all(g[1].shape == (24, 28, 3) for g in got)
+    np.testing.assert_allclose(got[1][1], 2 / 4, atol=1 / 255)
+
+
+def test_gatys_code_weights_make_our_loss_the_codes_loss(any_model, rng):
+    """With ``gatys_code_weights`` our Gatys loss equals, term by term, the loss of Gatys's
+    PytorchNeuralStyleTransfer written out independently in numpy: MSE(F, P) at the content layer
+    + sum_l 1e3/C_l² MSE(F_l F_lᵀ/(H_l W_l), Ĝ_l) (means over the elements), non-square input."""
+    from jaxviz import style as gatys
+    from tests.test_style_any_model import _layers
+    content_layer, style_layers = _layers(any_model)
+    hw = (16, 20)
+    w = bias.gatys_code_weights(any_model, hw, content_layer=content_layer, style_layers=style_layers)
+    x, c, s = (any_model.preprocess(rng.uniform(0, 1, (1,) + hw + (3,)).astype(np.float32)) for _ in range(3))
+    acts = lambda im: any_model.activations(any_model.params, im, (content_layer, *style_layers))
+    ax, ac, as_ = acts(x), acts(c), acts(s)
+
+    def gram(f):
+        f = np.asarray(f[0], np.float64)
+        return np.einsum("hwc,hwd->cd", f, f) / (f.shape[0] * f.shape[1])
+    code_content = np.mean((np.asarray(ax[content_layer], np.float64) - np.asarray(ac[content_layer], np.float64)) ** 2)
+    code_style = sum(1e3 / ax[l].shape[-1] ** 2 * np.mean((gram(ax[l]) - gram(as_[l])) ** 2) for l in style_layers)
+    loss = gatys.gatys_loss(any_model, content_layer, style_layers)
+    content, grams = loss.targets(any_model.params, c, s)
+    data = gatys.gatys_data(any_model.params, grams, w["layer_weights"], content=content,
+                            content_weight=w["content_weight"], style_weight=w["style_weight"])
+    parts = loss.parts(x, data)
+    assert float(parts["content"][0]) == pytest.approx(code_content, rel=1e-3)
+    assert float(parts["style"][0]) == pytest.approx(code_style, rel=1e-3)
+    with pytest.raises(JaxvizError):
+        bias.gatys_code_weights(any_model, hw, content_layer="no_such_layer", style_layers=style_layers)
+
+
+def test_cue_probabilities_are_the_category_masses(rng):
+    """cue_probabilities = mean over pairs of the probability summed over the shape (texture)
+    source's class set, on contents, texture crops and cue-conflict images, from predict."""
+    model = _named(make_tiny_model(0), "tiny_a")
+    images = rng.uniform(0, 1, (3, 16, 16, 3)).astype(np.float32)
+    sources = [bias.Source(f"s{k}", images[k], cls, {}) for k, cls in enumerate(((0,), (1, 4), (2,)))]
+    index = bias.pairs(sources)
+    conflict = rng.uniform(0, 1, (len(index), 16, 16, 3)).astype(np.float32)
+    study = bias.BiasStudy(sources, index, conflict, [], {}, settings={"texture_fraction": 0.5})
+    got = bias.cue_probabilities([model], study)["tiny_a"]
+    crops = np.stack([bias.texture_crop(images[j], 0.5) for j in index[:, 1]])
+    pc, ps, pi = (bias.predict(model, a) for a in (images[index[:, 0]], crops, conflict))
+    mass = lambda p, col: np.mean([p[k, list(sources[s].classes)].sum() for k, s in enumerate(index[:, col])])
+    assert got["shape_on_content"] == pytest.approx(mass(pc, 0), rel=1e-5)
+    assert got["texture_on_style"] == pytest.approx(mass(ps, 1), rel=1e-5)
+    assert got["shape_on_conflict"] == pytest.approx(mass(pi, 0), rel=1e-5)
+    assert got["texture_on_conflict"] == pytest.approx(mass(pi, 1), rel=1e-5)
+
+
 def test_class_sets_follow_geirhos_categories():
     """Geirhos et al.'s 16 categories (their human_categories.py): cat = 281-286 (lynx, 287, is
     not a cat there), keyboard = 508 + 878; 16 disjoint groups; other classes stand alone."""
@@ -199,14 +274,16 @@ def test_load_folder(tmp_path):
     assert all(img.shape == (24, 32, 3) for _, img, _ in got)
 
 
+CLI_SIZE, CLI_CLASSES, CLI_STEPS = 112, 4, 60  # the ``jaxviz bias`` defaults (built-in photos, Adam)
+
+
 @pytest.fixture(scope="module")
 def study_sources(squeezenet, lite0):
-    """The sources the study selects (gallery and CLI defaults: 112 px, the 4 most confident
-    classes), with the models accelerated as the front ends do."""
+    """The sources the CLI's study selects by default (112 px, the 4 most confident classes of the
+    built-in photos), with the models accelerated as the front ends do."""
     from jaxviz.accel import accelerate
-    from jaxviz.gallery.bias import CLASSES, SIZE
-    return bias.select_sources([accelerate(squeezenet), accelerate(lite0)], bias.candidate_images(SIZE),
-                               max_classes=CLASSES)
+    return bias.select_sources([accelerate(squeezenet), accelerate(lite0)], bias.candidate_images(CLI_SIZE),
+                               max_classes=CLI_CLASSES)
 
 
 def _own_texture(vgg19, models, sources, study):
@@ -220,10 +297,9 @@ def _own_texture(vgg19, models, sources, study):
     p(cat) 0.96 -> 0.06; with YNNPACK's rounding it had kept it).
     """
     from jaxviz.accel import accelerate
-    from jaxviz.gallery.bias import STEPS
     vgg19, models = accelerate(vgg19), [accelerate(m) for m in models]  # as the front ends run the study
     own = np.stack([s.image for s in sources])
-    images, _ = bias.cue_conflict_images(vgg19, vgg19.params, own, own, steps=STEPS)
+    images, _ = bias.cue_conflict_images(vgg19, vgg19.params, own, own, steps=CLI_STEPS)
     change = np.abs(images - own).mean(axis=(1, 2, 3))
     assert change.min() > 5e-3 and change.max() < 0.06, change  # it moves, but stays close
     cats = bias.categories(study)  # the study's four categories

@@ -16,7 +16,8 @@ from jaxviz.models.efficientnet import ConvBNReLU6, MBConv
 from jaxviz.models.kinds import Dense, GlobalAvgPool
 from jaxviz.models.registry import ModelSpec, get_spec, init_params
 from jaxviz.occlusion import (IncrementalFallbackWarning, fill_images, flop_saving, incremental_occlusion,
-                              incremental_plan, occlusion, occlusion_map, window_positions, windows_to_pixels)
+                              incremental_plan, occlusion, occlusion_map, occlusion_outputs, window_positions,
+                              windows_to_pixels)
 from jaxviz.targets import Target
 from tests.conftest import make_tiny_model
 from tests.user_models import apply_fn_model
@@ -360,6 +361,68 @@ def test_incremental_equals_batched_random_params(name, size, stride):
     b = incremental_occlusion(model, model.params, x, window=16, stride=stride, chunk=32)
     assert float(np.ptp(np.asarray(a))) > 0
     _assert_close_relative(b, a)
+
+
+# --------------------------------------------------------------------------- whole outputs (Zeiler & Fergus Fig. 7)
+
+def _loop_outputs(model, x, window, stride, base):
+    """Every occluded copy's logits: the copies built one by one in numpy (Captum's positions),
+    then one forward pass over all of them."""
+    (wh, ww), (sh, sw) = [(v, v) if np.ndim(v) == 0 else v for v in (window, stride)]
+    h, w = x.shape[1:3]
+    hp, wp = -(-(h - wh) // sh) + 1, -(-(w - ww) // sw) + 1
+    copies = []
+    for n in range(x.shape[0]):
+        for i in range(hp):
+            for j in range(wp):
+                xo = np.array(x[n])
+                ys, xs = slice(i * sh, i * sh + wh), slice(j * sw, j * sw + ww)
+                xo[ys, xs] = np.asarray(base[n])[ys, xs]
+                copies.append(xo)
+    out = np.asarray(model.apply(model.params, jnp.asarray(np.stack(copies))))
+    return out.reshape(x.shape[0], hp, wp, -1)
+
+
+def test_outputs_equal_loop_of_forward_passes_and_the_drops(any_model):
+    # non-square, batch 2, a non-dividing grid (the last windows cropped)
+    x = _images((2, 16, 21, 3), seed=21)
+    expected = _loop_outputs(any_model, x, 5, 3, fill_images(x, "mean"))
+    batched = occlusion_outputs(any_model, None, x, window=5, stride=3, chunk=4, incremental=False)
+    assert batched.shape == expected.shape == (2, 5, 7, expected.shape[-1])
+    np.testing.assert_allclose(batched, expected, rtol=1e-4, atol=1e-5)
+    with warnings.catch_warnings():  # user models fall back to the batched engine (tested below)
+        warnings.simplefilter("ignore", IncrementalFallbackWarning)
+        inc = occlusion_outputs(any_model, None, x, window=5, stride=3, chunk=4)
+    _assert_close_relative(inc, expected)
+    # the predicted class's column gives occlusion's drops
+    clean = np.asarray(any_model.apply(any_model.params, x))
+    c = clean.argmax(-1)
+    drops = occlusion(any_model, None, x, window=5, stride=3, chunk=4)
+    _assert_close_relative(clean[np.arange(2), c][:, None, None] - expected[np.arange(2), :, :, c], drops)
+    # the label map is not constant: the check is not vacuous
+    assert np.ptp(expected, axis=(1, 2)).max() > 1e-3
+
+
+def test_outputs_incremental_per_image_map_driver_and_fallback(tiny_model):
+    x = _images((3, 16, 22, 3), seed=22)
+    a = occlusion_outputs(tiny_model, None, x, window=(4, 6), stride=(3, 5), fill="zeros", chunk=7)
+    b = occlusion_outputs(tiny_model, None, x, window=(4, 6), stride=(3, 5), fill="zeros", chunk=7, incremental=False)
+    assert a.shape == (3, 5, 5, b.shape[-1])
+    _assert_close_relative(a, b)
+    for n in range(3):  # one image at a time == the batch
+        one = occlusion_outputs(tiny_model, None, x[n:n + 1], window=(4, 6), stride=(3, 5), fill="zeros")
+        np.testing.assert_allclose(a[n:n + 1], one, rtol=1e-5, atol=1e-6)
+    mapped = occlusion_outputs(tiny_model, None, x, window=(4, 6), stride=(3, 5), fill="zeros", loop="map")
+    np.testing.assert_allclose(mapped, a, rtol=1e-5, atol=1e-6)
+    model = apply_fn_model()
+    with pytest.warns(IncrementalFallbackWarning, match="every occluded copy"):
+        occlusion_outputs(model, None, x, window=5, stride=3)
+
+
+def test_outputs_need_one_vector_per_image():
+    spatial = from_apply_fn(lambda p, x: x * p, jnp.float32(2.0))
+    with pytest.raises(JaxvizError, match="one output vector"):
+        occlusion_outputs(spatial, None, _images((1, 8, 8, 3)), window=4, stride=4, incremental=False)
 
 
 # --------------------------------------------------------------------------- fallback

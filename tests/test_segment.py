@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from jaxviz.errors import JaxvizError
-from jaxviz.segment import grid_edges, mask_overlay, min_cut, segment_from_saliency
+import jaxviz.segment as segment_module
+from jaxviz.segment import _fit_int32, grid_edges, mask_overlay, min_cut, saliency_seeds, segment_from_saliency
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -64,6 +65,69 @@ def test_downsampled_cut_is_upsampled_to_the_image():
     mask = segment_from_saliency(image, saliency, iterations=2, max_side=64)
     assert mask.shape == disc.shape
     assert (mask & disc).sum() / (mask | disc).sum() >= 0.85
+
+
+def test_full_resolution_cut_fits_scipys_int32():
+    """At 224 x 224 on the full-resolution grid the capacities overflowed int32 (ValueError):
+    unaries are now capped at the hard-seed cost and the flow bound checked, scaled if needed."""
+    image, saliency, disc = _disc_scene(224, 224, seed=2)
+    mask = segment_from_saliency(image, saliency, max_side=224, iterations=2)
+    assert (mask & disc).sum() / (mask | disc).sum() >= 0.9
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_capacities_scaled_to_int32_keep_the_cut(seed):
+    rng = np.random.default_rng(seed)
+    p = 8
+    source, sink = rng.integers(1, 12, p), rng.integers(1, 12, p)
+    edges = np.array([(i, j) for i in range(p) for j in range(i + 1, p) if rng.random() < 0.5]).reshape(-1, 2)
+    weights = rng.integers(0, 7, len(edges))
+    big = 2 ** 28  # the same problem in units too small for scipy's int32 flow
+    with pytest.raises(ValueError, match="int32"):
+        min_cut(source * big, sink * big, edges, weights * big)
+    s2, t2, w2 = _fit_int32(source * big, sink * big, weights * big)
+    assert min(s2.sum(), t2.sum()) < 2 ** 31
+    labels, _ = min_cut(s2, t2, edges, w2)
+
+    def energy(on_source):
+        return (sink[on_source].sum() + source[~on_source].sum()
+                + weights[on_source[edges[:, 0]] != on_source[edges[:, 1]]].sum())
+    assert energy(labels) == energy(min_cut(source, sink, edges, weights)[0])
+
+
+def test_rounds_stop_when_the_labelling_converges(monkeypatch):
+    image, saliency, disc = _disc_scene(seed=4)
+    calls = []
+
+    def counting(*args):
+        calls.append(1)
+        return min_cut(*args)
+    monkeypatch.setattr(segment_module, "min_cut", counting)
+    mask = segment_from_saliency(image, saliency, iterations=50)
+    rounds = len(calls)
+    assert 2 <= rounds < 50  # converged: the last round repeated the labelling before it
+    calls.clear()
+    np.testing.assert_array_equal(segment_from_saliency(image, saliency, iterations=rounds - 1), mask)
+    assert (mask & disc).sum() / (mask | disc).sum() >= 0.9
+
+
+def test_saliency_seeds_are_the_quantiles():
+    rng = np.random.default_rng(5)
+    saliency = rng.random((40, 50)).astype(np.float32)
+    fg, bg = saliency_seeds(saliency, fg_fraction=0.05, bg_fraction=0.3, smooth=0, max_side=64)
+    order = np.argsort(-saliency.ravel(), kind="stable")
+    want_fg, want_bg = np.zeros(2000, bool), np.zeros(2000, bool)
+    want_fg[order[:100]], want_bg[order[-600:]] = True, True
+    np.testing.assert_array_equal(fg.ravel(), want_fg)
+    np.testing.assert_array_equal(bg.ravel(), want_bg)
+    # on a downsampled grid: the map's shape, disjoint, about the asked shares, the salient disc inside
+    image, sal, disc = _disc_scene(180, 260, seed=1)
+    fg, bg = saliency_seeds(sal, max_side=64)
+    assert fg.shape == bg.shape == disc.shape and not (fg & bg).any()
+    assert abs(fg.mean() - 0.05) < 0.01 and abs(bg.mean() - 0.3) < 0.02
+    assert disc[fg].mean() > 0.95 and not disc[bg].mean() > 0.05
+    with pytest.raises(JaxvizError, match="fraction"):
+        saliency_seeds(sal, fg_fraction=0.8, bg_fraction=0.3)
 
 
 def test_seeds_are_hard():

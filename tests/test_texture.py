@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxviz.errors import JaxvizError
-from jaxviz.texture import efros_leung, gram_texture, sample_neighbourhoods
+from jaxviz.texture import efros_leung, gram_texture, relative_layer_weights, sample_neighbourhoods
 
 
 def _periodic(period=(4, 5), reps=(8, 7), seed=0):
@@ -65,6 +65,40 @@ def test_gram_texture_lowers_gram_loss(tiny_model):
                                  key=jax.random.key(0), steps=15)
     assert image.shape == (16, 20, 3) and image.min() >= 0 and image.max() <= 1
     assert result.losses[-1, 0] < 0.2 * result.losses[0, 0]
+
+
+def test_relative_layer_weights_make_each_term_a_relative_gram_error(any_model):
+    """w_l E_l = scale ||G - Ĝ||² / (4 ||Ĝ||²) for every layer, with Ĝ the sample's normalised Gram
+    computed independently (model.activations + einsum); the weights make layers of very different
+    magnitudes count alike; a zero Gram is refused."""
+    import jax.numpy as jnp
+
+    from jaxviz.style import style_layer_loss
+    spatial = [n for n, sh in any_model.layer_shapes((16, 20)).items() if len(sh) == 3][:2]
+    rng = np.random.default_rng(1)
+    sample = rng.random((16, 20, 3)).astype(np.float32)
+    other = rng.random((1, 16, 20, 3)).astype(np.float32)
+    w = relative_layer_weights(any_model, any_model.params, sample, spatial, scale=3.0)
+    acts = any_model.activations(any_model.params, any_model.preprocess(jnp.asarray(sample)[None]), tuple(spatial))
+    mine = any_model.activations(any_model.params, any_model.preprocess(jnp.asarray(other)), tuple(spatial))
+    for wl, name in zip(w, spatial):
+        f = np.asarray(acts[name][0], np.float64)
+        g_hat = np.einsum("hwc,hwd->cd", f, f) / (f.shape[0] * f.shape[1])
+        g = np.einsum("hwc,hwd->cd", np.asarray(mine[name][0], np.float64), np.asarray(mine[name][0], np.float64))
+        g /= mine[name].shape[1] * mine[name].shape[2]
+        expected = 3.0 * np.sum((g - g_hat) ** 2) / (4 * np.sum(g_hat ** 2))
+        got = wl * float(style_layer_loss(mine[name], jnp.asarray(g_hat, jnp.float32))[0])
+        assert got == pytest.approx(expected, rel=1e-3)
+    with pytest.raises(JaxvizError):
+        relative_layer_weights(any_model, any_model.params, sample, ("no_such_layer",))
+
+
+def test_relative_layer_weights_refuse_a_zero_gram(tiny_model):
+    """A sample whose features are all zero at a layer has no relative error to weight."""
+    import jax.numpy as jnp
+    zero = jax.tree_util.tree_map(jnp.zeros_like, tiny_model.params)  # every feature is 0 (biases too)
+    with pytest.raises(JaxvizError, match="zero"):
+        relative_layer_weights(tiny_model, zero, np.full((16, 16, 3), 0.5, np.float32), ("features.0",))
 
 
 def test_cli_texture_efros_end_to_end_and_bad_inputs(tmp_path, capsys):
