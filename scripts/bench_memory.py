@@ -1,13 +1,19 @@
 #!/usr/bin/env python
-"""Memory of the dataset scan and embedding timings (not comparisons: ``scripts/bench.py``
-times the scan against the forward pass, ``--only scan``).
+"""Peak memory against the number of images, and embedding timings (not comparisons:
+``scripts/bench.py`` times the scan against the forward pass, ``--only scan``).
 
     python scripts/bench_memory.py [--model squeezenet1_1] [--quick]
+    python scripts/bench_memory.py --skip scan embedding --methods vanilla smoothgrad \
+        --counts 8 32 128 320 --size 224 --batch 16
 
 Prints
-  1. peak resident memory of a scan of 64 vs 640 synthetic 112 px images (each in a fresh process):
+  1. per attribution method (``jaxviz saliency --method M``, run in-process by a fresh Python
+     process per point, images streamed in ``--batch`` chunks, the map written with ``--npy``):
+     peak resident memory (VmHWM) against the number of images, 8 -> 1000; past the chunk size
+     it must stay flat (within 20% of the value at 2 chunks; the table says "flat" or "GROWS");
+  2. peak resident memory of a scan of 64 vs 640 synthetic 112 px images (each in a fresh process):
      it should stay flat when the dataset grows 10x;
-  2. kNN and t-SNE timings for 1k / 10k random points with ``jaxviz.embedding`` (when present).
+  3. kNN and t-SNE timings for 1k / 10k random points with ``jaxviz.embedding`` (when present).
 """
 from __future__ import annotations
 
@@ -81,6 +87,73 @@ def bench_memory(model_name: str, layers: list[str], counts=(64, 640), batch: in
               f"and read back once at the end)")
 
 
+METHOD_CHILD = """
+import json, sys, time
+from jaxviz.runtime import enable_compilation_cache
+
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) / 1024
+
+argv = json.loads(sys.argv[1])
+enable_compilation_cache()
+from jaxviz.cli import main
+start, before = time.perf_counter(), status("VmRSS:")
+code = main(argv)
+print(json.dumps({{"code": code, "peak_rss_mb": status("VmHWM:"), "rss_before_mb": before,
+                  "seconds": time.perf_counter() - start}}))
+"""
+
+
+def bench_methods(model_name: str, methods, counts, size: int = 224, batch: int = 16,
+                  extra: dict | None = None, tolerance: float = 0.2) -> list[dict]:
+    """Peak RSS of ``jaxviz saliency`` per method and number of images, each point in a fresh
+    process. The images are 16 distinct random 256 px PNGs repeated (loading and fitting run per
+    image as for any file). Returns the rows printed."""
+    from jaxviz.images import save_image
+    if size != 224:  # checked before any work
+        raise SystemExit("bench_memory.py: the saliency command runs at the model's input size (224 px here)")
+    extra = extra or {}
+    rows = []
+    print(f"## peak memory of `jaxviz saliency`: {model_name}, {size} px, --batch {batch}, each point in a "
+          f"fresh process (VmHWM; flat = within {tolerance:.0%} of the value at the first count >= {2 * batch} images)")
+    with tempfile.TemporaryDirectory() as tmp:
+        rng = np.random.default_rng(4)
+        files = []
+        for i in range(16):
+            path = Path(tmp) / f"img{i:02d}.png"
+            save_image(rng.random((256, 256, 3)), path)
+            files.append(str(path))
+        for method in methods:
+            reference = None
+            for count in counts:
+                images = [files[i % len(files)] for i in range(count)]
+                argv = ["saliency", *images, "--model", model_name, "--method", method, "--batch", str(batch),
+                        "--quiet", "--fit", "stretch", "--npy", f"{tmp}/map.npy", *extra.get(method, [])]
+                env = {**os.environ, "PYTHONPATH": str(ROOT)}
+                proc = subprocess.run([sys.executable, "-c", METHOD_CHILD.format(), json.dumps(argv)],
+                                      capture_output=True, text=True, env=env)
+                last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "{}"
+                try:
+                    r = json.loads(last)
+                except ValueError:
+                    r = {}
+                if proc.returncode or r.get("code") != 0:
+                    print(f"{method} {count}: failed: {proc.stderr[-1500:]}")
+                    break
+                if count >= 2 * batch and reference is None:  # the first point past two chunks
+                    reference, reference_count = r["peak_rss_mb"], count
+                ratio = r["peak_rss_mb"] / reference if reference else None
+                verdict = "" if ratio is None else ("flat" if ratio <= 1 + tolerance else "GROWS")
+                row = {"method": method, "images": count, **r, "ratio": ratio, "verdict": verdict}
+                rows.append(row)
+                print(f"{method:<12} {count:>5} images: peak RSS {r['peak_rss_mb']:7.0f} MB "
+                      f"(before the run {r['rss_before_mb']:.0f} MB), {r['seconds']:6.1f} s"
+                      + (f"; x{ratio:.3f} of {reference_count} images: {verdict}" if ratio else ""), flush=True)
+    return rows
+
+
 def bench_embedding(sizes=(1000, 10000)) -> None:
     try:
         import jaxviz.embedding as emb
@@ -119,11 +192,25 @@ def main(argv=None) -> int:
     parser.add_argument("--layers", nargs="+", default=["fire3", "fire6", "fire9"])
     parser.add_argument("--quick", action="store_true", help="skip the 10k-point embedding timings")
     parser.add_argument("--points", type=int, nargs="+", default=[1000, 10000], help="embedding sizes")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["memory", "embedding"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["memory", "scan", "methods", "embedding"])
+    parser.add_argument("--methods", nargs="+", default=["vanilla", "smoothgrad", "integrated", "occlusion"],
+                        help="saliency methods whose memory is measured against the number of images")
+    parser.add_argument("--counts", type=int, nargs="+", default=[8, 32, 128, 512, 1000],
+                        help="numbers of images (8 -> 1000)")
+    parser.add_argument("--batch", type=int, default=16, help="--batch of the saliency command")
+    parser.add_argument("--size", type=int, default=224, help="input size (the model's: 224)")
+    parser.add_argument("--samples", type=int, default=None,
+                        help="smoothgrad --samples / integrated --steps (default: the command's; fewer "
+                             "samples take less time, the chunking and so the memory pattern are the same)")
     args = parser.parse_args(argv)
     from jaxviz.runtime import enable_compilation_cache
     enable_compilation_cache()
-    if "memory" not in args.skip:
+    if "methods" not in args.skip:
+        extra = {}
+        if args.samples:
+            extra = {"smoothgrad": ["--samples", str(args.samples)], "integrated": ["--steps", str(args.samples)]}
+        bench_methods(args.model, args.methods, args.counts, args.size, args.batch, extra)
+    if "memory" not in args.skip and "scan" not in args.skip:
         bench_memory(args.model, args.layers)
     if "embedding" not in args.skip:
         bench_embedding((1000,) if args.quick else tuple(args.points))

@@ -259,3 +259,70 @@ def test_the_readme_has_one_generated_block():
     assert text.count(bl.README_START) == 1 and text.count(bl.README_END) == 1
     section = text.split("## Benchmark environment", 1)[1].split("\n## ", 1)[0]
     assert bl.README_START in section and "scripts/bench.py" in section
+
+
+# --------------------------------------------------------------------------- bench.py --compile
+
+bench = _load("bench")  # imports neither jax nor torch at module level
+
+
+def _probe(compile_s, cpu_s, compiles=10, hits=0, after=0.5):
+    return {"compile_s": compile_s, "compile_cpu_s": cpu_s, "judged_s": min(compile_s, cpu_s),
+            "compiles": compiles, "cache_hits": hits, "trace_cpu_s": 0.1, "lower_cpu_s": 0.1,
+            "backend_cpu_s": cpu_s - 0.2, "wall_s": compile_s + 1, "load": {"after": [after, 0, 0]},
+            "slowest": [{"name": "jit(run)", "s": compile_s, "cpu_s": cpu_s}]}
+
+
+def test_compile_limits_judged_on_min_of_cpu_and_wall():
+    # a loaded machine stretches wall (12 s) but not CPU (8 s): within; a parallel compile the reverse
+    loaded = {"cold": _probe(12.0, 8.0), "cached": _probe(1.5, 0.9, hits=10)}
+    assert bench.compile_ok(loaded) is True
+    parallel = {"cold": _probe(9.0, 15.0), "cached": _probe(0.8, 1.6, hits=10)}
+    assert bench.compile_ok(parallel) is True
+    over = {"cold": _probe(11.0, 10.5), "cached": _probe(0.5, 0.5, hits=10)}
+    assert bench.compile_ok(over) is False
+    cached_over = {"cold": _probe(3.0, 3.0), "cached": _probe(1.2, 1.1, hits=10)}
+    assert bench.compile_ok(cached_over) is False
+    assert bench.compile_ok({"cold": {"error": "exit code 2"}, "cached": _probe(0.5, 0.5)}) is None
+
+
+def test_compile_table_has_cold_and_cached_per_technique():
+    rows = []
+    for name, cold, cached in (("saliency-vanilla", _probe(9.94, 3.88), _probe(2.39, 0.93, hits=13)),
+                               ("saliency-occlusion", _probe(30.0, 26.6), _probe(1.0, 0.8, hits=5))):
+        row = {"name": name, "command": "jaxviz " + bench.CLI_CASES[name], "cold": cold, "cached": cached}
+        row["ok"] = bench.compile_ok(row)
+        rows.append(row)
+    rows.append({"name": "segment", "command": "jaxviz " + bench.CLI_CASES["segment"],
+                 "cold": {"error": "exit code 2: boom"}, "cached": {"error": "skipped"}, "ok": None})
+    text = bench.render_compile_table({"cases": rows, "machine": {"cores": 2}, "updated": "now"})
+    lines = [l for l in text.splitlines() if l.startswith("| ")]
+    assert len(lines) == 1 + 3
+    van = next(l for l in lines if "saliency-vanilla" in l)
+    assert "| 3.88 / 9.94 | 10 | 0.93 / 2.39 | 13 / 10 |" in van and van.endswith("| yes |")
+    assert next(l for l in lines if "saliency-occlusion" in l).endswith("| **no** |")
+    assert "| error | – | error | – |" in next(l for l in lines if "segment" in l)
+    assert "cold <= 10 s, cached <= 1 s" in text and "cores 2" in text
+
+
+def test_compile_cases_cover_every_cli_technique():
+    """Every technique the command line exposes (the registry) has a compile case."""
+    from jaxviz.cli import COMMANDS, build_parser
+    from jaxviz.techniques import _ALL, techniques
+    build_parser()
+    assert bench.cli_case_commands() == set(COMMANDS) - set(bench.NOT_TECHNIQUES)
+    for t in (t for t in _ALL if t.command):
+        argvs = [set(a.split()) for a in bench.CLI_CASES.values() if a.split()[0] == t.command]
+        if len(techniques(t.command)) == 1:
+            assert argvs, t.command
+            continue
+        names = set(t.names) | {t.name.removeprefix(t.command + "-")}  # fast-style-apply: action "apply"
+        assert any(names & argv for argv in argvs), f"no compile case runs {t.command} {t.name}"
+
+
+def test_first_call_cell_prefers_the_compile_probe():
+    row = _row("saliency", 1.5)
+    row["compile"].update(cold_compile_s=9.94, cold_compile_cpu_s=3.88, cached_compile_s=2.39,
+                          cached_compile_cpu_s=0.93)
+    line = next(l for l in bl.render_tables(_doc([row])).splitlines() if l.startswith("| saliency"))
+    assert "4.3 s, compile 3.9 s / cached 0.9 s" in line
