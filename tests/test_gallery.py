@@ -389,3 +389,58 @@ def test_context_photos_from_a_folder_the_sample_or_nothing(tmp_path, monkeypatc
     assert ctx.photos() == [] and not ctx.real_input
     assert [r["path"] for r in ctx.photos_or_builtin(count=2)] == ["chelsea", "coffee"]
     assert ctx.input_record()["fallback"] and not ctx.input_record()["real_input"]
+
+
+# ------------------------------------------------------------------ attribution-section figures: helpers
+
+def test_grid_contrast_measures_a_period_4_lattice_and_is_one_without():
+    from jaxviz.gallery.attribution import grid_contrast
+    flat = np.full((30, 22), 2.0)
+    assert grid_contrast(flat) == pytest.approx(1.0)
+    lattice = np.ones((32, 20))
+    lattice[::4, ::4] = 5.0  # one phase of 16 five times brighter: max / min of the phase means = 5
+    assert grid_contrast(lattice) == pytest.approx(5.0)
+    # ragged edges (non-multiple of the period) are cut, not wrapped
+    assert grid_contrast(np.pad(lattice, ((0, 3), (0, 1)), constant_values=100.0)) == pytest.approx(5.0)
+    assert grid_contrast(lattice, period=2) == pytest.approx(2.0)  # 2x2 phases: (5+3)/4 = 2 against 1
+
+
+def test_map_display_clips_at_the_percentile_into_unit_range():
+    from jaxviz.gallery.attribution import map_display
+    m = np.arange(100, dtype=np.float32).reshape(10, 10)
+    m[9, 9] = 1e6  # one extreme value must not hide the rest
+    shown = map_display(m, q=90.0)
+    assert shown.min() == 0.0 and shown.max() == 1.0
+    assert shown[5, 0] == pytest.approx(50 / np.percentile(m, 90), rel=1e-5)
+    assert np.all(map_display(np.zeros((4, 3))) == 0)  # an all-zero map stays zero, no NaN
+
+
+def test_invariance_transforms_identity_shift_and_quarter_turn():
+    from jaxviz.gallery.foundation import _transform
+    rng = np.random.default_rng(0)
+    image = rng.random((12, 12, 3)).astype(np.float32)
+    for kind, amount in (("translation", 0), ("scale", 1.0), ("rotation", 0), ("rotation", 360)):
+        assert np.array_equal(_transform(image, kind, amount), image), (kind, amount)
+    shifted = _transform(image, "translation", 3)  # down by 3 px, the top filled with the mean colour
+    np.testing.assert_allclose(shifted[3:], image[:-3], atol=1e-6)
+    np.testing.assert_allclose(shifted[:3], np.broadcast_to(image.reshape(-1, 3).mean(0), (3, 12, 3)), atol=1e-6)
+    quarter = _transform(image, "rotation", 90)
+    assert any(np.allclose(quarter, np.rot90(image, k, axes=(0, 1)), atol=1e-5) for k in (1, 3))
+    zoomed = _transform(image, "scale", 2.0)  # zoom about the centre: the centre pixel pair stays put
+    assert zoomed.shape == image.shape and np.isfinite(zoomed).all()
+
+
+@pytest.mark.slow
+def test_attribution_figures_render_quick_with_legible_text(tmp_path, capsys):
+    from jaxviz.weights.store import available_models
+    if "squeezenet1_1" not in available_models():
+        pytest.skip("squeezenet1_1 weights are not installed")
+    names = ["saliency_vanilla", "cam_two_classes", "attribution_comparison", "occlusion", "invariance",
+             "saliency_segmentation", "deletion_insertion", "sanity_check"]
+    rc = _script("reproduce_figures").main(["--quick", "--fresh", "--only", *names, "--models", "squeezenet1_1",
+                                            "--out", str(tmp_path)])
+    assert rc == 0, capsys.readouterr().err
+    index = json.loads((tmp_path / "index.json").read_text())
+    assert sorted(r["name"] for r in index["figures"]) == sorted(names)
+    for r in index["figures"]:
+        assert r["status"] == "ok" and r["font"]["ok"], (r["name"], r["font"])
