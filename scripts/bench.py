@@ -23,11 +23,14 @@ jaxviz with itself and need no torch.
     /work/benchenv/bin/python scripts/bench.py --list
     .venv/bin/python scripts/bench.py --compile [--only saliency-vanilla ...]   # compile times of every
                                             # CLI technique: cold process, then cached (benchmarks/compile.md)
+    .venv/bin/python scripts/bench.py --skip-missing-peers   # peer rows without their library: jaxviz only
+    scripts/gpu_check.sh                    # on a GPU machine: this harness + the quick figures, < 5 minutes
 """
 from __future__ import annotations
 
 import argparse
 import atexit
+import dataclasses
 import functools
 import json
 import os
@@ -1111,6 +1114,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="jaxviz's approximate occlusion setting, e.g. 'max_box=0.5' or 'threshold=0.1'")
     parser.add_argument("--no-compile-check", action="store_true",
                         help="skip the two fresh processes per technique (cold compile, cached)")
+    parser.add_argument("--jaxviz-only", action="store_true",
+                        help="peer rows time jaxviz's side alone (no torch import; internal rows unchanged)")
+    parser.add_argument("--skip-missing-peers", action="store_true",
+                        help="a peer row whose library (torch, captum, ...) is not installed times jaxviz's "
+                             "side alone instead of failing")
+    parser.add_argument("--time-budget", type=float, default=None, metavar="S",
+                        help="start no comparison after S seconds (rows are written as they finish)")
     parser.add_argument("--results", default=str(RESULTS), help="JSON results file (rows merged by name)")
     parser.add_argument("--table", default=str(TABLE), help="Markdown table written next to the JSON")
     parser.add_argument("--readme", action="store_true", help="only regenerate README.md's table from --results")
@@ -1139,6 +1149,8 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds if args.rounds is not None else (3 if args.quick else 5)
     if rounds < 1 or args.torch_threads < 1:
         parser.error("--rounds and --torch-threads must be >= 1")
+    if args.time_budget is not None and not args.time_budget > 0:
+        parser.error("--time-budget must be > 0 seconds")
     cfg = Config(quick=args.quick, torch_threads=args.torch_threads, torch_device=args.torch_device,
                  images=args.images, styles=args.styles, occlusion_ppe=args.occlusion_ppe,
                  occlusion_approx=args.occlusion_approx,
@@ -1160,29 +1172,72 @@ def main(argv: list[str] | None = None) -> int:
     names = select(args.only, args.group)
     machine = machine_facts(cfg)
     settings = {"rounds": rounds, "quick": args.quick, "torch_threads": args.torch_threads,
-                "torch_device": args.torch_device}
+                "torch_device": args.torch_device, "jaxviz_only": args.jaxviz_only}
     print(f"bench.py: {', '.join(names)}; {rounds} rounds; {'; '.join(f'{k} {v}' for k, v in machine.items())}"
           + ("; QUICK (smoke test: sizes are tiny, times mean nothing)" if args.quick else ""), flush=True)
-    rows, failures = [], 0
+    rows, failures, skipped, start = [], 0, [], time.monotonic()
+    previous = benchlib.load_results(args.results)
     for name in names:
+        if args.time_budget is not None and time.monotonic() - start > args.time_budget:
+            skipped.append(name)  # rows done so far are already written
+            continue
         print(f"== {name}", flush=True)
         try:
-            comp = REGISTRY[name][1](cfg)
-            row = benchlib.measure(comp, rounds, log=lambda s: print(s, flush=True))
-            if comp.child and not args.no_compile_check:
-                row["compile"].update(benchlib.compile_check(comp.child, warm_seconds(row)))
+            row = run_row(name, cfg, rounds, jaxviz_only=args.jaxviz_only,
+                          skip_missing_peers=args.skip_missing_peers, compile_check=not args.no_compile_check)
         except Exception as e:  # one broken comparison must not lose the others' results
             failures += 1
             print(f"  FAILED: {e.__class__.__name__}: {e}", flush=True)
             continue
         rows.append(row)
         print("  " + summary_line(row), flush=True)
-    if rows:
-        doc = benchlib.results_document(rows, machine, settings, benchlib.load_results(args.results))
+        # written after every row: a run stopped by a deadline or ^C keeps what it measured
+        doc = benchlib.results_document(rows, machine, settings, previous)
         benchlib.atomic_write(args.results, json.dumps(doc, indent=1) + "\n")
-        benchlib.atomic_write(args.table, "# jaxviz benchmarks\n\n" + benchlib.render_tables(doc))
+        benchlib.atomic_write(args.table, "# jaxviz benchmarks\n\n" + benchlib.render_tables(doc, _shown(args.results)))
+    if rows:
         print(f"wrote {args.results} and {args.table}; README: scripts/bench.py --readme")
+    if skipped:
+        print(f"time budget of {args.time_budget:g} s spent: skipped {', '.join(skipped)}", flush=True)
     return 1 if failures else 0
+
+
+def _shown(path: str) -> str:
+    """``path`` relative to the repository when inside it (as the table names its source)."""
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def run_row(name: str, cfg: Config, rounds: int, *, jaxviz_only: bool = False, skip_missing_peers: bool = False,
+            compile_check: bool = True) -> dict:
+    """Build and measure one comparison. A peer row runs jaxviz's side alone (no agreement, the
+    row's ``how`` says why) with ``jaxviz_only``, or with ``skip_missing_peers`` when its peer
+    library is not installed; internal rows need no peer library and always run whole."""
+    group, builder = REGISTRY[name]
+    log = functools.partial(print, flush=True)
+
+    def measure(comp: Comparison, note: str | None = None) -> dict:
+        if note:
+            comp.agree = None  # every peer row's agreement compares with the peer's result
+            comp.how = dict(comp.how, peer=note)
+        row = benchlib.measure(comp, rounds, log=log)
+        if comp.child and compile_check:
+            row["compile"].update(benchlib.compile_check(comp.child, warm_seconds(row)))
+        return row
+
+    peerless = dataclasses.replace(cfg, jaxviz_only=True)
+    if group == "peers" and jaxviz_only:
+        return measure(builder(peerless), "not run (--jaxviz-only)")
+    try:
+        return measure(builder(cfg))
+    except ModuleNotFoundError as e:  # the peer's import: at build time or inside its first call
+        missing = (e.name or "").split(".")[0]
+        if group != "peers" or not skip_missing_peers or missing in ("", "jaxviz"):
+            raise
+        log(f"  {missing} is not installed: jaxviz's side only (--skip-missing-peers)")
+        return measure(builder(peerless), f"not run ({missing} not installed)")
 
 
 def warm_seconds(row: dict) -> float:

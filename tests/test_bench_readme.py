@@ -326,3 +326,28 @@ def test_first_call_cell_prefers_the_compile_probe():
                           cached_compile_cpu_s=0.93)
     line = next(l for l in bl.render_tables(_doc([row])).splitlines() if l.startswith("| saliency"))
     assert "4.3 s, compile 3.9 s / cached 0.9 s" in line
+
+
+def test_missing_peer_library_falls_back_to_jaxviz_only(monkeypatch):
+    built = []
+
+    def builder(cfg):
+        built.append(cfg.jaxviz_only)
+        if not cfg.jaxviz_only:
+            raise ModuleNotFoundError("No module named 'captum'", name="captum")
+        return bl.Comparison("fake", "fake row", "Captum", lambda: 1, None, items=1,
+                             agree=lambda out: {"ok": out["peer"] == 1})  # needs the peer: dropped
+    monkeypatch.setitem(bench.REGISTRY, "fake", ("peers", builder))
+    cfg = bench.Config()
+    with pytest.raises(ModuleNotFoundError):
+        bench.run_row("fake", cfg, 1, compile_check=False)
+    row = bench.run_row("fake", cfg, 1, skip_missing_peers=True, compile_check=False)
+    assert built == [False, False, True]
+    assert row["peer"] is None and row["agreement"] is None and row["how"]["peer"] == "not run (captum not installed)"
+    row = bench.run_row("fake", cfg, 1, jaxviz_only=True, compile_check=False)
+    assert built[-1] is True and row["how"]["peer"] == "not run (--jaxviz-only)"
+    # a missing jaxviz module is a bug, never a missing peer
+    monkeypatch.setitem(bench.REGISTRY, "fake", ("peers", lambda cfg: (_ for _ in ()).throw(
+        ModuleNotFoundError("No module named 'jaxviz.nope'", name="jaxviz.nope"))))
+    with pytest.raises(ModuleNotFoundError):
+        bench.run_row("fake", cfg, 1, skip_missing_peers=True, compile_check=False)
