@@ -82,9 +82,10 @@ def grid_contrast(m: np.ndarray, period: int = 4) -> float:
     return float(phases.max() / max(phases.min(), 1e-12))
 
 
-def _signed_image(g: np.ndarray) -> np.ndarray:
-    """(h, w, 3) signed gradient -> displayable RGB: 0.5 grey is zero, symmetric scale."""
-    return np.clip(0.5 + g / (2 * np.abs(g).max() + 1e-12), 0, 1)
+def _signed_image(g: np.ndarray, q: float = 99.5) -> np.ndarray:
+    """(h, w, 3) signed gradient -> displayable RGB: 0.5 grey is zero, symmetric scale clipped at the
+    ``q``-th percentile of |g| (a few extreme values would otherwise leave the rest flat grey)."""
+    return np.clip(0.5 + g / (2 * np.percentile(np.abs(g), q) + 1e-12), 0, 1)
 
 
 def _ax_off(ax):
@@ -161,8 +162,9 @@ def saliency_vanilla(ctx: Context):
         "Springenberg et al. 2015 / Zeiler & Fergus 2014: for the strongest fire9 unit of each photograph "
         "(channel and position of its largest activation; a different channel per photo), the image patch in "
         "its receptive field, the plain gradient of that unit and the guided-backprop signal (ReLU backward "
-        "passes only positive gradients where the input was positive), cropped to the same box. Guided "
-        "backprop shows the edges and parts that drive the unit; the plain gradient is noisy.",
+        "passes only positive gradients where the input was positive), cropped to the same box (grey = 0, "
+        "symmetric scale clipped at the crop's 99.5th percentile of |signal|). Guided backprop shows the "
+        "edges and parts that drive the unit; the plain gradient is noisy.",
         order=301, photos="ImageNet sample: African grey, zebra, Persian cat", layer="fire9")
 def guided_backprop_neurons(ctx: Context):
     import jax

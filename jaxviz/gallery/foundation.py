@@ -182,8 +182,8 @@ def invariance(ctx: Context):
             out = measure(model.params, model.preprocess(jnp.asarray(batch)), ph.x[k:k + 1], int(ph.index[k]))
             rows.append(np.stack([np.asarray(o) for o in out]))
         results[kind] = np.stack(rows)
-    fig = plt.figure(figsize=(13.5, 13.2))
-    grid = fig.add_gridspec(4, 3, height_ratios=[0.62, 1, 1, 1], hspace=0.42, wspace=0.26)
+    fig = plt.figure(figsize=(13.5, 11.6))
+    grid = fig.add_gridspec(4, 3, height_ratios=[0.4, 1, 1, 1], hspace=0.36, wspace=0.26)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     ylabels = [f"relative distance,\n{low} ({_alias(model, low)})",
                f"relative distance,\n{high} ({_alias(model, high)}), averaged", "p(true class)"]
