@@ -318,8 +318,12 @@ COMPARISON_METHODS = [
         "the deconvnet (Zeiler & Fergus 2014). Map methods (heat over the photo): CAM (Zhou et al. 2016; "
         "SqueezeNet's class maps), Grad-CAM and Grad-CAM++ (Selvaraju et al. 2017; Chattopadhyay et al. 2018; "
         "at fire9, 13 x 13) and occlusion (Zeiler & Fergus 2014; a 32 px grey window, stride 16, the drop of the "
-        "class logit, positive part). Guided backprop and the deconvnet look like edge maps of the whole "
-        "photo: they are barely class-specific (Adebayo et al. 2018, Nie et al. 2018).",
+        "class logit, positive part). SqueezeNet's class scores are global averages of its class maps, so CAM "
+        "and Grad-CAM coincide here (Selvaraju et al. §3.1) and Grad-CAM++ differs only in its weights; "
+        "occlusion agrees with them on where the object is (the penguin's head, the broccoli florets) at a "
+        "coarser grain. Guided backprop looks like an edge map of the whole photo and the deconvnet like its "
+        "texture: both are barely class-specific (Adebayo et al. 2018, Nie et al. 2018). The gradient "
+        "methods carry SqueezeNet's 4 px grid (saliency_vanilla).",
         order=299, photos="ImageNet sample: king penguin, balloon, Norfolk terrier, broccoli",
         smoothgrad="16 samples, noise 0.15", integrated_gradients="16 steps, zero baseline",
         cam_layers="CAM classifier.2; Grad-CAM(++) features.12", occlusion="window 32, stride 16, grey")
