@@ -168,12 +168,16 @@ def _edge_detector(model, params, x, target=None, index=None):
         "Adebayo et al. 2018, cascading randomisation on a sample photograph (Pembroke): the layers are "
         "re-initialised from the logits down (same shape and scale, new random values) and the map "
         "recomputed; each title gives the layer randomised last and the Spearman rank correlation (rho) with "
-        "the trained model's map. A method passes when its map changes as the weights go (mean |rho| over the "
-        "depths <= 0.5); an edge detector, which ignores the model, is the control that must be flagged "
-        "(rho 1 everywhere). Grad-CAM maps of the randomised networks keep a fixed spatial pattern from the "
-        "zero padding (bright or dark borders and centre, right-hand columns), so their rho never falls to 0, "
-        "and a photo whose object is centred can correlate with that pattern by position alone (a centred "
-        "Persian cat gave Grad-CAM a mean |rho| of 0.52, just over the threshold); the object here stands "
+        "the trained model's map. The check's verdict (jaxviz.metrics.randomisation_flag) looks at the fully "
+        "randomised network: a method passes when |rho| <= 0.5 there; an edge detector, which ignores the "
+        "model, is the control that must be flagged (rho 1 everywhere). The depth at which a map lets go "
+        "matters as much (mean |rho| over the depths under each verdict): the vanilla gradient changes as soon "
+        "as the logits are randomised (0.59) and keeps falling; guided backprop, as Adebayo et al. found, "
+        "barely notices the top of the network (rho 0.97 with random logits, still 0.62 with every layer "
+        "down to fire3 random; the dog stays visible) and only passes once the first layers go. "
+        "Grad-CAM maps of the randomised networks keep a fixed spatial pattern from the zero padding (bright "
+        "or dark borders and centre, right-hand columns), so their rho never falls to 0, and a photo whose "
+        "object is centred can correlate with that pattern by position alone; the object here stands "
         "off-centre.",
         order=332, photo="ImageNet sample: Pembroke", threshold=0.5)
 def sanity_check(ctx: Context):
@@ -187,8 +191,12 @@ def sanity_check(ctx: Context):
     model = classifier(ctx)
     ph = sample_photos(ctx, model, [SANITY_CLASS])
     x = ph.x
-    methods = _methods(model, with_smoothgrad=False)
-    methods["edge detector (control)"] = _edge_detector
+    from jaxviz.saliency import guided_backprop
+    base = _methods(model, with_smoothgrad=False)
+    gradcam = next(k for k in base if k.startswith("Grad-CAM"))
+    # Adebayo et al.'s headline contrast: the gradient passes, guided backprop barely changes
+    methods = {"vanilla gradient": base["vanilla gradient"], "guided backprop": guided_backprop,
+               gradcam: base[gradcam], "edge detector (control)": _edge_detector}
     key = jax.random.key(0)
     rows = []
     for name, method in methods.items():
@@ -204,8 +212,9 @@ def sanity_check(ctx: Context):
     for r, (name, results, maps) in enumerate(rows):
         flagged = randomisation_flag(results)
         axes[r, 0].imshow(ph.images[0])
-        axes[r, 0].set_ylabel(f"{name.replace(' (', chr(10) + '(')}\n{'FLAGGED' if flagged else 'passes'}",
-                              fontsize=9.5)
+        mean = float(np.mean([abs(float(np.mean(rho))) for _, rho in results]))
+        axes[r, 0].set_ylabel(f"{name.replace(' (', chr(10) + '(')}\n{'FLAGGED' if flagged else 'passes'}\n"
+                              f"mean |rho| {mean:.2f}", fontsize=9.5)
         for c, m in enumerate(maps, start=1):
             m = np.asarray(m)
             axes[r, c].imshow(map_display(m) if "Grad-CAM" not in name else m / max(float(m.max()), 1e-12),
