@@ -18,12 +18,14 @@ WINDOW, STRIDE = 48, 8
         "Zeiler & Fergus 2014, Fig. 7, on SqueezeNet 1.1 (224 px): a 48 px grey square (yellow box: the "
         "position that lowers p(true class) most) slides with stride 8; each map pixel is one position of the "
         "square. (b) The activity (spatial mean) of the fire9 feature map that responds most to the "
-        "unoccluded photo; (c) that feature map projected down to pixels with the deconvnet (Zeiler & "
-        "Fergus's visualisation, grey = 0); (d) the probability of the true class; (e) the most probable "
+        "unoccluded photo; (c) that feature map's strongest activation projected down to pixels with the "
+        "deconvnet (Zeiler & Fergus's visualisation, grey = 0); (d) the probability of the true class; (e) the most probable "
         "class at each position (the label map; legend: the classes by share of positions). Covering the "
         "object drops the feature map's activity and p(true class), and can hand the label to another class "
         "(the pug's face covered: boxer, llama, muzzle), covering the background does not: the network "
-        "localises the object rather than using its surroundings. Computed with the incremental engine "
+        "localises the object rather than using its surroundings. The beach wagon's fire9 map 279 answers to the "
+        "front wheel (its projection lands there and covering the wheel silences it) while p(beach wagon) "
+        "depends on the windows, like Zeiler & Fergus's car-wheel example. Computed with the incremental engine "
         "(jaxviz.occlusion.occlusion_outputs / incremental_occlusion), which recomputes only what each square "
         "changes.",
         order=305, photos="ImageNet sample: pug, hare, beach wagon", window=WINDOW, stride=STRIDE, fill="grey")
@@ -59,12 +61,13 @@ def occlusion_figure(ctx: Context):
                                              window=window, stride=stride, fill="grey"))
     activity = acts.mean(axis=(1, 2))[np.arange(len(channels)), channels][:, None, None] - drops
     t2 = time.perf_counter()
-    # (c): the whole feature map projected down to pixels by the deconvnet
+    # (c): the feature map's strongest activation projected down to pixels by the deconvnet (as
+    # Zeiler & Fergus project the top activation; the max routes the signal to that one position)
     deconv = model.with_backward("deconv")
 
     def map_score(x):
         a = deconv.activation(model.params, x, layer)
-        return jnp.take_along_axis(a, chan[:, None, None, None], axis=-1).sum()
+        return jnp.take_along_axis(a, chan[:, None, None, None], axis=-1).max(axis=(1, 2, 3)).sum()
     projection = np.asarray(xla.jit(jax.grad(map_score), model.compiler_options)(ph.x))
 
     n = len(ph.images)
@@ -84,8 +87,8 @@ def occlusion_figure(ctx: Context):
         ax[1].set_title(f"(b) {layer} map {int(channels[k])}:\nactivity vs square position", fontsize=TITLE)
         fig.colorbar(im, ax=ax[1], fraction=0.046, pad=0.03).ax.tick_params(labelsize=TITLE)
         g = projection[k]
-        ax[2].imshow(np.clip(0.5 + g / (2 * np.percentile(np.abs(g), 99.7) + 1e-12), 0, 1))
-        ax[2].set_title("(c) that map projected to\npixels (deconvnet)", fontsize=TITLE)
+        ax[2].imshow(np.clip(0.5 + g / (2 * np.percentile(np.abs(g), 99.5) + 1e-12), 0, 1))
+        ax[2].set_title("(c) its top activation\nprojected (deconvnet)", fontsize=TITLE)
         im = ax[3].imshow(p_true, cmap="jet", vmin=0, vmax=1)
         ax[3].set_title(f"(d) p({_short(ph.names[k], 16)})\nvs square position", fontsize=TITLE)
         fig.colorbar(im, ax=ax[3], fraction=0.046, pad=0.03).ax.tick_params(labelsize=TITLE)
