@@ -444,3 +444,8 @@ def test_attribution_figures_render_quick_with_legible_text(tmp_path, capsys):
     assert sorted(r["name"] for r in index["figures"]) == sorted(names)
     for r in index["figures"]:
         assert r["status"] == "ok" and r["font"]["ok"], (r["name"], r["font"])
+    notes = {r["name"]: r["notes"] for r in index["figures"]}
+    if index["run"]["input"]["real_photos"]:  # the boxer | Persian cat pair: each class on its own object
+        cam = notes["cam_two_classes"]
+        for method in ("CAM", "Grad-CAM", "guided Grad-CAM"):
+            assert cam[f"correlation of the two rows' maps, {method}"] < 0.3, (method, cam)
