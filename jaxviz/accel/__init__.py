@@ -5,10 +5,13 @@ float rounding), faster on this hardware:
 
 - on CPU, XLA's Eigen convolutions for networks whose convolutions are all dense (``xla``),
   carried as ``model.compiler_options`` for whoever jits a function of the model;
-- for the bundled sequential networks, a max-pool backward without ``select_and_scatter``, and
-  convolutions that use kernels precomputed once per image optimisation
-  (``model.prepare_params``: transposed kernels, Winograd forms for VGG's deep layers)
-  (``fast_layers``, ``winograd``).
+- for every model, its traced forward pass re-evaluated with convolutions and max-pools whose
+  backward passes XLA-CPU runs fast, ReLUs fused into the max-pools they feed and channel
+  concatenations never materialised (``rewrite``, ``ops``); ``with_backward(rule)`` of the
+  result applies the guided / deconvnet ReLU rule in the same pass;
+- for the bundled sequential networks, convolutions that use kernels precomputed once per image
+  optimisation (``model.prepare_params``: transposed kernels, Winograd forms for VGG's deep
+  layers) (``fast_layers``, ``winograd``).
 
 Technique modules never import this package; they only read ``model.compiler_options`` and call
 ``model.prepare_params``, which are neutral on a model that was not accelerated.
@@ -20,7 +23,11 @@ import jax.numpy as jnp
 
 from jaxviz.accel import xla
 from jaxviz.accel.fast_layers import FastPoolNet, with_stored_kernels
+from jaxviz.accel.rewrite import rewrite
+from jaxviz.errors import JaxvizError
 from jaxviz.interface import Model, as_model
+from jaxviz.interface.backward import RULES
+from jaxviz.interface.model import ALL
 from jaxviz.models.network import SequentialNet
 
 __all__ = ["accelerate"]
@@ -45,5 +52,48 @@ def accelerate(model) -> Model:
         if isinstance(module, SequentialNet) and type(module) is SequentialNet:
             changes["module"] = FastPoolNet(module.stages)
             changes["prepare_params"] = with_stored_kernels
-        model._derived[key] = model.derive(**changes)
+        fast = model.derive(**changes)
+        fast._plain_forward = fast._forward  # (the module swapped in, if any)
+        fast._forward = _rewritten_forward(fast._plain_forward, "gradient")
+        fast.__class__ = _accelerated_class(type(model))
+        model._derived[key] = fast
     return model._derived[key]
+
+
+def _rewritten_forward(base, rule: str):
+    """A ``Model._forward`` evaluated through ``rewrite`` (inputs and injected arrays live)."""
+    def forward(params, x, capture, inject, stop_after):
+        if capture == ALL:  # probing shapes: nothing to speed up
+            return base(params, x, capture, inject, stop_after)
+        names = tuple(inject)
+
+        def fn(p, xx, values):
+            return base(p, xx, capture, dict(zip(names, values)), stop_after)
+        return rewrite(fn, rule, argnums=(1, 2))(params, x, tuple(inject[n] for n in names))
+    return forward
+
+
+class _Accelerated:
+    """Mixed into an accelerated model's class: ``with_backward(rule)`` rewrites the plain
+    forward pass once with the rule (the ReLUs fused into max-pools take the rule too)."""
+
+    def with_backward(self, rule):
+        if rule not in RULES:
+            raise JaxvizError(f"unknown backward rule {rule!r}; use one of {', '.join(RULES)}")
+        if rule == "gradient":
+            return self
+        key = ("backward", rule)
+        if key not in self._derived:
+            self._derived[key] = self.derive(_forward=_rewritten_forward(self._plain_forward, rule))
+        return self._derived[key]
+
+
+_CLASSES: dict = {}
+
+
+def _accelerated_class(cls: type) -> type:
+    if issubclass(cls, _Accelerated):
+        return cls
+    if cls not in _CLASSES:
+        _CLASSES[cls] = type(f"Accelerated{cls.__name__}", (_Accelerated, cls), {"__module__": __name__})
+    return _CLASSES[cls]

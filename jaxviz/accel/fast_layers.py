@@ -260,12 +260,15 @@ def fast_conv(stage: Conv, x: Array) -> Array:
     return stage.forward(x)
 
 
-FAST_OVERRIDES: tuple[tuple[type[Kind], object], ...] = ((MaxPool, fast_max_pool), (Conv, fast_conv))
+# max-pools are left to jaxviz.accel.rewrite (ops.max_pool / relu_max_pool), which also fuses
+# the ReLU before them; a custom_vjp pool here would hide that pattern from it
+FAST_OVERRIDES: tuple[tuple[type[Kind], object], ...] = ((Conv, fast_conv),)
 
 
 class FastPoolNet(SequentialNet):
-    """``SequentialNet`` whose max-pools use :func:`max_pool` and whose stride-1 convolutions use
-    precomputed kernels when given them (same parameters, same values to float rounding): the
-    faster implementations are swapped in by kind class (``SequentialNet.overrides``)."""
+    """``SequentialNet`` whose stride-1 convolutions use precomputed kernels when given them (same
+    parameters, same values to float rounding), swapped in by kind class
+    (``SequentialNet.overrides``). (Its max-pools are now ``jaxviz.accel.rewrite``'s business;
+    :func:`max_pool` stays for direct use.)"""
 
     overrides: tuple = FAST_OVERRIDES
