@@ -191,7 +191,7 @@ RULE_RELUS = {"gradient": jax.nn.relu, "guided": guided_relu, "deconv": deconv_r
 
 
 @pytest.mark.parametrize("rule", ["gradient", "guided", "deconv"])
-@pytest.mark.parametrize("window, strides, padding, hw", POOL_CASES[:5])
+@pytest.mark.parametrize("window, strides, padding, hw", [POOL_CASES[i] for i in (1, 2, 4)])
 def test_relu_max_pool_equals_pool_of_the_rule_relu(rule, window, strides, padding, hw):
     rng = np.random.default_rng(7)
     args = _op_args(window, strides, padding)
@@ -253,16 +253,23 @@ class FireNet(nn.Module):
 
 @functools.cache
 def fire_model(skip: bool = False, seed: int = 0):
+    """FireNet with random weights drawn in numpy from the parameter shapes (no init to compile):
+    kernels of variance 1 / fan-in, small positive biases (most ReLUs on)."""
     module = FireNet(skip)
-    variables = jax.jit(module.init)(jax.random.key(seed), jnp.zeros((1, 23, 19, 3)))  # one compilation
-    variables = jax.tree_util.tree_map_with_path(  # positive biases: most ReLUs on
-        lambda path, p: p + 0.05 if path[-1].key == "bias" else p, variables)
+    shapes = jax.eval_shape(module.init, jax.random.key(seed), jnp.zeros((1, 23, 19, 3)))
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        if path[-1].key == "kernel":
+            return jnp.asarray(rng.standard_normal(leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1])), jnp.float32)
+        return jnp.asarray(0.05 + 0.05 * rng.standard_normal(leaf.shape), jnp.float32)
+    variables = jax.tree_util.tree_map_with_path(fill, shapes)
     return from_linen(module, variables, name="fire", preprocessing=TORCHVISION, input_size=(23, 19))
 
 
 def _input(model, n=2, seed=1, hw=None):
     h, w = hw or model.input_hw((20, 18))
-    return jax.random.normal(jax.random.key(seed), (n, h, w, 3))
+    return _normal((n, h, w, 3), seed)
 
 
 def _value_and_grads(model, params, x, rule="gradient", k=3, wrt=(0, 1)):
@@ -326,13 +333,14 @@ def test_rewrite_equals_the_function_on_any_model(any_model):
         x = _input(model, hw=(20, 18) if model.name != "resnet18" else (40, 36))
         fast = rewrite(model.apply)
         assert _custom_names(fast, model.params, x).count("conv") >= 2
-        out, gp, gx = _value_and_grads(model, model.params, x)
+        wrt = (0, 1) if model.name != "resnet18" else (1,)  # (ResNet's kernel gradients: slow to compile)
+        out, *grads = _value_and_grads(model, model.params, x, wrt=wrt)
         score = lambda p, v, f=fast: jnp.sum(f(p, v)[:, 3])
-        fast_out, fast_gp, fast_gx = jax.jit(
-            lambda p, v, f=fast, s=score: (f(p, v),) + jax.grad(s, argnums=(0, 1))(p, v))(model.params, x)
+        fast_out, *fast_grads = jax.jit(
+            lambda p, v, f=fast, s=score, a=wrt: (f(p, v),) + jax.grad(s, argnums=a)(p, v))(model.params, x)
         _assert_close(fast_out, out)
-        _assert_close(fast_gx, gx)
-        for a, b in zip(jax.tree_util.tree_leaves(fast_gp), jax.tree_util.tree_leaves(gp)):
+        _assert_close(fast_grads[-1], grads[-1])  # the input gradient
+        for a, b in zip(jax.tree_util.tree_leaves(fast_grads[:-1]), jax.tree_util.tree_leaves(grads[:-1])):
             _assert_close(a, b, rtol=5e-5)
 
 
@@ -363,7 +371,7 @@ def test_smoothgrad_paths_and_batch_equal_the_plain_model():
     model = fire_model(skip=True)
     fast = accelerate(model)
     x = _input(model, n=3)
-    noise = 0.3 * jax.random.normal(jax.random.key(4), (2,) + x.shape)
+    noise = 0.3 * _normal((2,) + x.shape, 4)
 
     def grads(m, mapper):
         g = jax.grad(lambda v: m.apply(m.params, v)[:, 1].sum())
@@ -423,15 +431,18 @@ def _plain_fn(params, x):
 
 
 def _plain_params(seed=0):
-    ks = jax.random.split(jax.random.key(seed), 5)
-    return (0.5 * jax.random.normal(ks[0], (3, 3, 3, 4)), 0.4 * jax.random.normal(ks[1], (2, 3, 3, 4, 4)),
-            0.4 * jax.random.normal(ks[2], (3, 3, 4, 4)), 0.5 * jax.random.normal(ks[3], (3, 3, 2, 6)),
-            0.5 * jax.random.normal(ks[4], (3, 3, 3, 2)))
+    rng = np.random.default_rng(seed)  # (numpy: jax.random would compile per shape)
+    return tuple(jnp.asarray(scale * rng.standard_normal(shape), jnp.float32) for scale, shape in (
+        (0.5, (3, 3, 3, 4)), (0.4, (2, 3, 3, 4, 4)), (0.4, (3, 3, 4, 4)), (0.5, (3, 3, 2, 6)), (0.5, (3, 3, 3, 2))))
+
+
+def _normal(shape, seed):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
 
 
 @pytest.mark.parametrize("rule", ["gradient", "guided", "deconv"])
 def test_pjit_scan_custom_jvp_relu6_and_unsupported_convolutions(rule):
-    params, x = _plain_params(), jax.random.normal(jax.random.key(1), (2, 9, 7, 3))
+    params, x = _plain_params(), _normal((2, 9, 7, 3), 1)
     fast = rewrite(_plain_fn, rule, argnums=(1,))
     ref = with_backward_rule(_plain_fn, rule, argnums=(1,))
     # the dilated and the grouped convolutions (and the custom_jvp's) are still lax's
@@ -444,7 +455,7 @@ def test_pjit_scan_custom_jvp_relu6_and_unsupported_convolutions(rule):
 
 
 def test_a_relu_inside_a_checkpoint_takes_the_rule():
-    params, x = _plain_params(), jax.random.normal(jax.random.key(2), (1, 8, 8, 3))
+    params, x = _plain_params(), _normal((1, 8, 8, 3), 2)
 
     def f(p, v):
         return jax.nn.relu(lax.conv_general_dilated(v, p[0], (1, 1), "SAME", dimension_numbers=NHWC)).sum()
@@ -465,7 +476,7 @@ def test_rewrite_refuses_an_unknown_rule_and_a_model_without_relus():
 @pytest.mark.slow
 def test_squeezenet_accelerated_gradients_equal_the_plain_network(squeezenet):
     fast = accelerate(squeezenet)
-    x = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
+    x = _normal((2, 64, 64, 3), 0)
     names = _custom_names(lambda v: fast.apply(fast.params, v), x)
     assert names.count("relu_max_pool") == 1 + 2 + 2 and "max_pool" not in names
     for rule in ("gradient", "guided"):
