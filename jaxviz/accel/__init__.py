@@ -21,9 +21,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxviz.accel import (
+    rewrite as _rewrite,  # the module (a function named rewrite here would shadow it)
+)
 from jaxviz.accel import xla
 from jaxviz.accel.fast_layers import FastPoolNet, with_stored_kernels
-from jaxviz.accel.rewrite import rewrite
 from jaxviz.errors import JaxvizError
 from jaxviz.interface import Model, as_model
 from jaxviz.interface.backward import RULES
@@ -69,7 +71,7 @@ def _rewritten_forward(base, rule: str):
 
         def fn(p, xx, values):
             return base(p, xx, capture, dict(zip(names, values)), stop_after)
-        return rewrite(fn, rule, argnums=(1, 2))(params, x, tuple(inject[n] for n in names))
+        return _rewrite.rewrite(fn, rule, argnums=(1, 2))(params, x, tuple(inject[n] for n in names))
     return forward
 
 
