@@ -113,6 +113,25 @@ def test_guided_rule_replaces_plain_relu_calls_and_equals_the_rule_by_hand():
         assert not np.allclose(jax.grad(fn, 1)(w, x), jax.grad(net, 1)(w, x))
 
 
+def test_guided_rule_reaches_relus_inside_jax_checkpoint():
+    """A ReLU inside ``jax.checkpoint`` (rematerialisation, common in large user models) gets the
+    rule too: the checkpointed body is inlined."""
+    def net(w, x):
+        h = jax.checkpoint(lambda v: jax.nn.relu(v * w[0]) - 0.2)(x)
+        return jax.nn.relu(h * w[1]) @ SIGNS
+
+    def by_hand(w, x, relu):
+        return relu((relu(x * w[0]) - 0.2) * w[1]) @ SIGNS
+
+    w = jnp.array([1.3, -0.7])
+    x = jnp.asarray(np.random.default_rng(5).normal(size=(7,)), jnp.float32)
+    for rule, relu in (("guided", guided_relu), ("deconv", deconv_relu)):
+        fn = with_backward_rule(net, rule)
+        np.testing.assert_allclose(fn(w, x), net(w, x), rtol=1e-6)
+        np.testing.assert_allclose(jax.grad(fn, 1)(w, x), jax.grad(lambda x: by_hand(w, x, relu))(x), rtol=1e-6)
+        assert not np.allclose(jax.grad(fn, 1)(w, x), jax.grad(net, 1)(w, x))
+
+
 def test_guided_on_user_models_equals_hand_rule_on_a_linen_model():
     model = linen_model()
     guided = model.with_backward("guided")

@@ -144,7 +144,9 @@ def relu_kind(eqn) -> str | None:
     return None
 
 
-_CALLS = ("pjit", "jit", "closed_call", "core_call", "remat", "checkpoint")
+# checkpointed bodies (primitive "remat2" in current JAX) are inlined: the rule matters more than
+# the memory saving of rematerialisation inside a guided / deconvnet pass
+_CALLS = ("pjit", "jit", "closed_call", "core_call", "remat", "remat2", "checkpoint")
 
 
 def _sub_jaxprs(eqn) -> list:
