@@ -196,7 +196,7 @@ def test_cam_weights_are_the_fc_kernel_and_accelerate_keeps_values():
     model = resnet18_model()
     np.testing.assert_array_equal(cam_weights(model), model.params["fc"]["kernel"])
     x = jax.random.normal(jax.random.key(5), (2, 64, 48, 3))
-    fast = accelerate(model)  # FastPoolNet: the padded max-pool keeps XLA's pool
+    fast = accelerate(model)  # the rewrite: padded max-pool (-inf padding), convs, ReLUs
     np.testing.assert_allclose(fast.apply(fast.params, x), model.apply(model.params, x), rtol=1e-5, atol=1e-5)
     g = jax.grad(lambda v: fast.apply(fast.params, v)[:, 3].sum())(x)
     np.testing.assert_allclose(g, jax.grad(lambda v: model.apply(model.params, v)[:, 3].sum())(x), rtol=1e-4, atol=1e-6)
