@@ -1,57 +1,328 @@
-"""Adversarial figures: original / adversarial / x10 difference triplets, and transferability
-between SqueezeNet and EfficientNet-Lite0 (attacks from ``jaxviz.adversarial``)."""
+"""Adversarial figures on real photographs (the ImageNet sample; the built-in photos without it):
+the FGSM triptych, accuracy against eps, original / adversarial / difference examples, fooling
+images grown from noise, transfer between SqueezeNet and EfficientNet-Lite0, and white-box vs
+transfer vs query-based attacks (attacks from ``jaxviz.adversarial`` and ``jaxviz.blackbox``).
+
+Photographs are drawn spread over the sample's classes (``spread_classes``); where a figure needs
+the true class and the folder has none (``--images`` or the built-in photos), the model's clean
+prediction stands in for it. Images go through the models in chunks of ``CHUNK`` so that every
+figure reuses the same compiled batch shapes.
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from jaxviz.gallery import Context, figure
 
-TRIPLET_IMAGES = ["chelsea", "coffee"]
-TRIPLET_TARGETS = {"chelsea": "goldfish", "coffee": "tarantula"}
+SQUEEZE, LITE = "squeezenet1_1", "efficientnet_lite0"
+FONT = 9.5  # pt: titles stay >= 9 px on the page for PNGs up to ~1200 px wide
+CHUNK = 16  # images per call of a model (fixed batch shapes: compiled once per run)
+
+
+# ------------------------------------------------------------------ shared helpers
+
+def spread_classes(n: int, offset: int = 0) -> list[int]:
+    """``n`` class indices spread evenly over the classes the ImageNet sample holds (it lacks every
+    class ``c % 10 == 9``), starting ``offset`` classes in."""
+    have = [c for c in range(1000) if c % 10 != 9]
+    step = max(1, len(have) // max(n, 1))
+    return have[offset % step::step][:n]
+
+
+@dataclass
+class PhotoSet:
+    images: np.ndarray   # (N, H, W, 3) in [0, 1], 8-bit values, the model's evaluation crop
+    label: np.ndarray    # (N,) true class (a model's clean prediction where the folder has none)
+    rows: list[dict]
+    labelled: bool       # the labels are true classes
+
+
+def load_photos(ctx: Context, classes: list[int], size) -> PhotoSet:
+    """Photographs of ``classes`` (or the built-in ones) at ``size`` with the evaluation crop."""
+    from jaxviz.images import load_images
+    rows = ctx.photos_or_builtin(classes, count=len(classes))
+    model = ctx.model(SQUEEZE if SQUEEZE in ctx.models else ctx.classifiers()[0])
+    images = load_images([r["path"] for r in rows], size, "eval", model.eval_transform)
+    images = np.round(images * 255.0).astype(np.float32) / np.float32(255.0)  # the 8-bit grid exactly
+    labelled = all(r["class"] >= 0 for r in rows)
+    label = np.array([r["class"] for r in rows], np.int32)
+    return PhotoSet(images, label, rows, labelled)
+
+
+def predict(model, images: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
+    """(N, classes) probabilities, ``chunk`` images per call (the last chunk padded)."""
+    from jaxviz.adversarial import proba_fn
+    run = proba_fn(model)
+    return np.concatenate([np.asarray(run(c))[:k] for c, k in _chunks(images, chunk)])[:len(images)]
+
+
+def _chunks(images: np.ndarray, chunk: int):
+    """(padded chunk, number of real images in it) pairs."""
+    for i in range(0, len(images), chunk):
+        part = images[i:i + chunk]
+        k = len(part)
+        if k < chunk and len(images) > chunk:
+            part = np.concatenate([part, np.repeat(part[-1:], chunk - k, axis=0)])
+        yield part, k
+
+
+def chunked(fn, images: np.ndarray, *per_image, chunk: int = CHUNK) -> np.ndarray:
+    """``fn(images, *per_image)`` in chunks of ``chunk`` (last chunk padded), concatenated."""
+    out = []
+    for i in range(0, len(images), chunk):
+        parts = [a[i:i + chunk] for a in (images, *per_image)]
+        k = len(parts[0])
+        if k < chunk and len(images) > chunk:
+            parts = [np.concatenate([p, np.repeat(p[-1:], chunk - k, axis=0)]) for p in parts]
+        out.append(np.asarray(fn(*parts))[:k])
+    return np.concatenate(out)
+
+
+def fgsm_direction(model, images: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """sign(grad_x CE(label)) per image (N, H, W, 3): FGSM's step direction (Goodfellow et al. 2015),
+    the same for every eps."""
+    from jaxviz.adversarial import gradient_sign
+    params = model.prepare_params(model.params)
+    return chunked(lambda x, y: gradient_sign(model, params, x, y), images, label)
+
+
+def step_images(images: np.ndarray, direction: np.ndarray, eps: float) -> np.ndarray:
+    """clip(x + eps * direction) on the 8-bit grid (exact for 8-bit x and eps = k/255 with a sign
+    direction; rounded otherwise)."""
+    return np.round(np.clip(images + eps * direction, 0.0, 1.0) * 255.0).astype(np.float32) / np.float32(255.0)
+
+
+def sign_noise(shape, seed: int = 2) -> np.ndarray:
+    """Random +-1 per pixel and channel: the baseline of the same L-inf size as an FGSM step."""
+    return np.sign(np.random.default_rng(seed).standard_normal(shape)).astype(np.float32)
+
+
+def _name(labels, index: int, n: int = 20) -> str:
+    name = labels[int(index)].split(",")[0]
+    return name if len(name) <= n else name[:n - 1] + "…"
+
+
+def _off(ax):
+    ax.set_xticks([]), ax.set_yticks([])
+
+
+def _eps_text(eps: float) -> str:
+    k = eps * 255
+    return {0.25: "¼", 0.5: "½"}.get(round(k, 2), f"{k:g}")
+
+
+def _annotate_points(ax, xs, ys, color, fmt="{:.0%}", below=False, where=None, skip=None):
+    """Each value written at its marker, so zero values (and identical ones) stay visible.
+    ``where``: "above", "below", "left", "right" or "belowright" of the marker (default from ``below``); ``skip(k)``:
+    leave point k unlabelled."""
+    where = where or ("below" if below else "above")
+    offset, ha, va = {"above": ((0, 6), "center", "bottom"), "below": ((0, -6), "center", "top"),
+                      "right": ((7, 0), "left", "center"), "left": ((-7, 0), "right", "center"),
+                      "belowright": ((5, -5), "left", "top")}[where]
+    for k, (x, y) in enumerate(zip(xs, ys)):
+        if skip is not None and skip(k):
+            continue
+        ax.annotate(fmt.format(y), (x, y), textcoords="offset points", xytext=offset, ha=ha, va=va,
+                    fontsize=FONT, color=color)
+
+
+# ------------------------------------------------------------------ figures
+
+TRIPTYCH_EPS = 2 / 255  # ~ Goodfellow et al.'s 0.007 (one 8-bit level after GoogLeNet's scaling)
+TRIPTYCH_POOL = 48
+
+
+@figure("adversarial_fgsm", "FGSM: image + eps * sign(gradient) = another class",
+        "The fast gradient sign method (Goodfellow, Shlens & Szegedy 2015, Fig. 1: panda + 0.007 x "
+        "sign(grad) = gibbon): x' = x + eps sign(grad_x J(theta, x, y)), one gradient of the cross-entropy of "
+        "the true class y, eps = 2/255 (about their 0.007) on SqueezeNet 1.1. Each row: the photograph, "
+        "the sign of the gradient (shown as grey +- 1/2, with the class the network gives that pattern "
+        "itself, as in the paper's middle panel) and the 8-bit adversarial image, each with the network's "
+        "class and confidence. The rows are the photographs, among 48 spread over the sample's classes that "
+        "the network classifies correctly with 40-95% confidence (the paper's panda: 57.7%), whose FGSM image "
+        "is misclassified with the highest confidence; the note gives the success rate on all of them.",
+        order=40, model=SQUEEZE, eps="2/255", pool=f"{TRIPTYCH_POOL} photos spread over the classes")
+def adversarial_fgsm(ctx: Context):
+    import matplotlib.pyplot as plt
+
+    model = ctx.model(SQUEEZE if SQUEEZE in ctx.models else ctx.classifiers()[0])
+    labels = model.labels
+    photos = load_photos(ctx, spread_classes(8 if ctx.quick else TRIPTYCH_POOL, 3), model.input_hw())
+    p0 = predict(model, photos.images)
+    label = photos.label if photos.labelled else p0.argmax(-1).astype(np.int32)
+    direction = fgsm_direction(model, photos.images, label)
+    adv_images = step_images(photos.images, direction, TRIPTYCH_EPS)
+    p1 = predict(model, adv_images)
+    rows = np.arange(len(label))
+    conf0, top1 = p0[rows, label], p1.argmax(-1)
+    fooled = top1 != label
+    eligible = (p0.argmax(-1) == label) & (conf0 >= 0.4) & (conf0 <= 0.95)
+    if not eligible.any():
+        eligible = p0.argmax(-1) == label
+    score = np.where(eligible & fooled, p1.max(-1), -1.0)
+    picks = [int(i) for i in np.argsort(-score)[:2] if score[i] >= 0] or [int(np.argmax(eligible))]
+    sign_pictures = 0.5 + 0.5 * direction[picks]
+    p_sign = predict(model, sign_pictures.astype(np.float32))
+
+    n = len(picks)
+    fig = plt.figure(figsize=(11, 3.55 * n + 0.2))
+    grid = fig.add_gridspec(n, 5, width_ratios=[1, 0.22, 1, 0.22, 1], wspace=0.05)
+    for r, i in enumerate(picks):
+        panels = [(photos.images[i], f"x\n\"{_name(labels, label[i], 24)}\"\n{conf0[i]:.1%} confidence"),
+                  (sign_pictures[r], (f"sign(∇x J(θ, x, y))\n\"{_name(labels, p_sign[r].argmax(), 24)}\"\n"
+                                      f"{p_sign[r].max():.1%} confidence")),
+                  (adv_images[i], (f"x + {TRIPTYCH_EPS * 255:g}/255 · sign(∇x J(θ, x, y))\n"
+                                   f"\"{_name(labels, top1[i], 24)}\"\n{p1[i].max():.1%} confidence"))]
+        for c, (picture, title) in zip((0, 2, 4), panels):
+            ax = fig.add_subplot(grid[r, c])
+            ax.imshow(np.clip(picture, 0, 1))
+            ax.set_xlabel(title, fontsize=FONT + 1.5)
+            _off(ax)
+        for c, text in ((1, f"+ {TRIPTYCH_EPS * 255:g}/255 ×"), (3, "=")):
+            ax = fig.add_subplot(grid[r, c])
+            ax.axis("off")
+            ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=16 if text == "=" else 12)
+    ok = eligible
+    ctx.note(model=model.name, eps="2/255",
+             **{"photos (correct, 40-95% confident) fooled by FGSM at 2/255":
+                f"{int((fooled & ok).sum())}/{int(ok.sum())}",
+                "all correctly classified photos fooled": f"{int((fooled & (p0.argmax(-1) == label)).sum())}/"
+                                                         f"{int((p0.argmax(-1) == label).sum())}",
+                "shown": "; ".join(f"{_name(labels, label[i])} {conf0[i]:.3f} -> {_name(labels, top1[i])} "
+                                   f"{p1[i].max():.3f}" for i in picks)})
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.99, bottom=0.16 / n, hspace=0.45)
+    return fig
+
+
+ACCURACY_EPS = (0.0, 0.25 / 255, 0.5 / 255, 1 / 255, 2 / 255, 4 / 255, 8 / 255)
+ACCURACY_PHOTOS = 48
+PGD_STEPS = 10
+
+
+@figure("adversarial_accuracy", "Accuracy against eps: FGSM and PGD on the sample photographs",
+        "Top-1 accuracy of SqueezeNet 1.1 on 48 ImageNet sample photographs (spread over the classes, true "
+        "labels) as the L-inf budget eps grows: FGSM (one signed gradient step of eps; Goodfellow et al. "
+        "2015), PGD (10 steps of eps/4 from a random start in the ball, stopped per image once misclassified; "
+        "Madry et al. 2018) and, as the control, random +-eps sign noise of the same L-inf size (Szegedy et al. "
+        "2014 and Goodfellow et al.: random directions barely matter, the gradient's direction does). The "
+        "images are float (not rounded to 8 bits) so that eps below one grey level is meaningful. A PGD image "
+        "misclassified at a smaller eps also counts at every larger eps (it lies inside the larger ball), so "
+        "PGD is run at each eps on the images still classified correctly. Right: the photograph that held out "
+        "to the largest eps and its PGD image at that eps, with the network's classes.",
+        order=41, model=SQUEEZE, photos=f"{ACCURACY_PHOTOS} spread over the classes",
+        eps=", ".join(_eps_text(e) for e in ACCURACY_EPS) + " (/255)", pgd=f"{PGD_STEPS} steps of eps/4, random start")
+def adversarial_accuracy(ctx: Context):
+    import matplotlib.pyplot as plt
+
+    model = ctx.model(SQUEEZE if SQUEEZE in ctx.models else ctx.classifiers()[0])
+    labels = model.labels
+    photos = load_photos(ctx, spread_classes(8 if ctx.quick else ACCURACY_PHOTOS, 5), model.input_hw())
+    images = photos.images
+    p0 = predict(model, images)
+    label = photos.label if photos.labelled else p0.argmax(-1).astype(np.int32)
+    direction = fgsm_direction(model, images, label)
+    noise = sign_noise(images.shape)
+    eps_list = ACCURACY_EPS
+    bar = ctx.progress(len(eps_list), "accuracy vs eps")
+    acc = {"FGSM": [], "PGD": [], "random sign noise": []}
+    robust = p0.argmax(-1) == label  # PGD: still correct under every eps tried so far
+    first_fooled: dict = {}  # image -> (eps, its PGD image at the smallest eps that fooled it)
+    for eps in eps_list:
+        if eps == 0:
+            for values in acc.values():
+                values.append(float(robust.mean()))
+            bar.update(1)
+            continue
+        acc["FGSM"].append(float((predict(model, np.clip(images + eps * direction, 0, 1)).argmax(-1) == label).mean()))
+        acc["random sign noise"].append(float((predict(model, np.clip(images + eps * noise, 0, 1)).argmax(-1)
+                                               == label).mean()))
+        todo = np.flatnonzero(robust)
+        if len(todo):
+            res = chunked(lambda x, y, e=eps: _pgd(model, x, y, e, ctx.quick), images[todo], label[todo])
+            still = predict(model, res).argmax(-1) == label[todo]
+            robust[todo] = still
+            first_fooled.update({int(i): (eps, x) for i, x, s in zip(todo, res, still) if not s})
+        acc["PGD"].append(float(robust.mean()))
+        bar.update(1)
+
+    fig = plt.figure(figsize=(12, 4.6))
+    grid = fig.add_gridspec(2, 3, width_ratios=[2.6, 1, 1], height_ratios=[1, 1])
+    ax = fig.add_subplot(grid[:, 0])
+    xs = np.arange(len(eps_list))
+    styles = {"PGD": ("tab:red", "o", False), "FGSM": ("tab:blue", "s", False),
+              "random sign noise": ("0.45", "^", False)}
+    for name, (color, marker, below) in styles.items():
+        ax.plot(xs, acc[name], marker=marker, color=color, label=name, lw=2, ms=7, clip_on=False)
+        _annotate_points(ax, xs[1:], acc[name][1:], color, below=name == "PGD")
+    ax.set_xticks(xs, [_eps_text(e) for e in eps_list], fontsize=FONT + 1)
+    ax.set_xlabel("eps (L-inf, in grey levels of 255)", fontsize=FONT + 1)
+    ax.set_ylabel("top-1 accuracy", fontsize=FONT + 1)
+    ax.set_ylim(-0.08, 1.0)
+    ax.tick_params(labelsize=FONT + 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=FONT + 1, loc="upper right")
+    ax.set_title(f"{model.name}, {len(images)} photographs (clean accuracy {acc['PGD'][0]:.0%})", fontsize=FONT + 2)
+    if first_fooled:  # the photograph that held out longest, and its PGD image
+        i = max(first_fooled, key=lambda j: (first_fooled[j][0], -j))
+        eps_i, xadv = first_fooled[i]
+        q = predict(model, np.stack([images[i], xadv]))
+        for k, (picture, head) in enumerate([(images[i], "photograph"), (xadv, f"PGD, eps {_eps_text(eps_i)}/255")]):
+            a = fig.add_subplot(grid[:, 1 + k])
+            a.imshow(np.clip(picture, 0, 1))
+            a.set_title(f"{head}\n{_name(labels, q[k].argmax())} {q[k].max():.2f}", fontsize=FONT + 1)
+            _off(a)
+    ctx.note(model=model.name, photos=len(images), **{
+        f"accuracy {k}": ", ".join(f"{_eps_text(e)}: {v:.2f}" for e, v in zip(eps_list, vals))
+        for k, vals in acc.items()})
+    fig.tight_layout()
+    return fig
+
+
+def _pgd(model, images, label, eps, quick):
+    import jax
+
+    from jaxviz import adversarial as adv
+    return adv.attack(model, None, images, method="pgd-linf", label=label, eps=eps, step=eps / 4,
+                      steps=3 if quick else PGD_STEPS, key=jax.random.key(1), quantize=False).images
+
+
+TRIPLET_CLASSES = [(388, "gibbon"), (817, "goldfish")]  # giant panda, sports car -> their targets
 TRIPLET_ATTACKS = [("pgd-linf", False, {"eps": 2 / 255}), ("pgd-linf", True, {"eps": 2 / 255}),
                    ("seed", True, {})]
-# Images both models classify confidently and alike (Egyptian cat / espresso, p >= 0.5): with
-# ambiguous images (astronaut, rocket) random noise alone flips the other model's top-1.
-TRANSFER_IMAGES = ["chelsea", "coffee"]
-TRANSFER_CROPS = ("full", "center", "right")
-TRANSFER_EPS = (2 / 255, 8 / 255)
-TRANSFER_STEPS = 10
-
-
-def _model(ctx: Context, name: str):
-    """The bundled model, accelerated for this machine once (a front end's job)."""
-    from jaxviz.accel import accelerate
-    return accelerate(ctx.model(name))
 
 
 def _title(labels, row: dict, method: str) -> str:
-    goal = f"-> {labels[row['target']['index']][:18]}" if row["target"] else "untargeted"
+    goal = f"-> {_name(labels, row['target']['index'], 14)}" if row["target"] else "untargeted"
     status = "fooled" if row["success"] else "NOT fooled"
-    return (f"{method} {goal}\n{status} in {row['steps']} steps: "
-            f"{labels[row['final']['index']][:20]} {row['final']['confidence']:.2f}\n"
+    return (f"{method} {goal}: {status}\n{_name(labels, row['final']['index'], 16)} "
+            f"{row['final']['confidence']:.2f} ({row['steps']} steps)\n"
             f"L2 {row['l2']:.2f}, Linf {row['linf_255']:.0f}/255")
 
 
 @figure("adversarial_examples", "Adversarial examples: original, adversarial, x10 difference",
-        "Untargeted and targeted PGD-Linf (eps = 2/255, random start, stop at success; Madry et al. "
-        "2018) and the seed homework's normalised-gradient method (x <- x + eta g/||g||, g = grad of "
-        "the target logit, until the prediction is the target; Szegedy et al. 2014) on SqueezeNet 1.1. "
-        "Every adversarial image is on the 8-bit grid and its class, confidence and norms (pixel units "
-        "of [0,1]) are re-predicted from that image. The difference is magnified 10x around grey.",
-        order=50, images=TRIPLET_IMAGES, targets=TRIPLET_TARGETS,
+        "Szegedy et al. 2014 (Fig. 5: correctly classified image, x10 difference, adversarial image) on two "
+        "sample photographs and SqueezeNet 1.1: untargeted and targeted PGD-Linf (eps = 2/255, random start, "
+        "stop at success; Madry et al. 2018) and the seed homework's normalised-gradient method (x <- x + eta "
+        "g/||g||, g = grad of the target logit, until the prediction is the target; Szegedy et al. 2014). "
+        "Every adversarial image is on the 8-bit grid and its class, confidence and norms (pixel units of "
+        "[0, 1]) are re-predicted from that image. The difference is magnified 10x around grey.",
+        order=42, photos="ImageNet sample: giant panda, sports car",
+        targets={"giant panda": "gibbon", "sports car": "goldfish"},
         attacks=[f"{m}{' targeted' if t else ''} {kw}" for m, t, kw in TRIPLET_ATTACKS])
 def adversarial_examples(ctx: Context):
     import jax
     import matplotlib.pyplot as plt
 
     from jaxviz import adversarial as adv
-    from jaxviz.images import load_images
     from jaxviz.labels import resolve_class
 
-    model = _model(ctx, ctx.classifiers()[0])
+    model = ctx.model(SQUEEZE if SQUEEZE in ctx.models else ctx.classifiers()[0])
     labels = model.labels
-    images = load_images(TRIPLET_IMAGES, model.input_hw(), "eval", model.eval_transform)
-    targets = np.array([resolve_class(TRIPLET_TARGETS[s], model.num_classes, labels) for s in TRIPLET_IMAGES])
+    photos = load_photos(ctx, [388, 817], model.input_hw())
+    images = photos.images[:2]
+    targets = np.array([resolve_class(t, model.num_classes, labels) for _, t in TRIPLET_CLASSES][:len(images)])
     rows = []
     for method, targeted, kw in TRIPLET_ATTACKS:
         result = adv.attack(model, None, images, method=method, target=targets if targeted else None,
@@ -64,123 +335,259 @@ def adversarial_examples(ctx: Context):
                     f"{method}{' targeted' if targeted else ''} L2 / Linf*255":
                     ", ".join(f"{r['l2']:.2f}/{r['linf_255']:.0f}" for r in records)})
     per_row = len(images)  # one row per attack, the images' triplets side by side
-    fig, axes = plt.subplots(len(rows) // per_row, 3 * per_row, figsize=(3 * 3.1 * per_row, 3.7 * len(rows) // per_row),
-                             squeeze=False)
+    n_rows = len(rows) // per_row
+    fig, axes = plt.subplots(n_rows, 3 * per_row, figsize=(12, 3.0 * n_rows), squeeze=False)
     for k, (method, image, adversarial, record) in enumerate(rows):
         r, offset = divmod(k, per_row)
         original = record["original"]
-        panels = [(image, f"original\n{labels[original['index']][:22]} {original['confidence']:.2f}"),
+        panels = [(image, f"original\n{_name(labels, original['index'], 18)} {original['confidence']:.2f}"),
                   (adversarial, _title(labels, record, method)),
                   (adv.difference_image(image, adversarial, 10.0), "difference x10")]
         for c, (picture, title) in enumerate(panels):
             ax = axes[r, 3 * offset + c]
             ax.imshow(np.clip(picture, 0, 1))
-            ax.set_title(title, fontsize=8)
-            ax.set_xticks([]), ax.set_yticks([])
+            ax.set_title(title, fontsize=FONT)
+            _off(ax)
     ctx.note(model=model.name)
-    fig.tight_layout()
+    fig.tight_layout(h_pad=0.6, w_pad=0.3)
     return fig
 
 
-def _transfer_images(size: int | tuple[int, int]) -> np.ndarray:
-    """(12, size, size, 3): full / centre / right crops of the photos, and their mirror images."""
-    from jaxviz.images import fit_image, load_image
-    out = []
-    for name in TRANSFER_IMAGES:
-        full = load_image(name)
-        h, w = full.shape[:2]
-        crops = {"full": full, "center": full[h // 8:h - h // 8, w // 8:w - w // 8], "right": full[:, w // 4:]}
-        for c in TRANSFER_CROPS:
-            # stretched: the crops are the figure's choice, not to be centre-cropped again
-            out += [fit_image(crops[c], size, "stretch"), fit_image(crops[c][:, ::-1], size, "stretch")]
-    return np.stack(out)
+# Nguyen et al. 2015, Fig. 1 (directly encoded row): robin, cheetah, armadillo, lesser panda,
+# centipede, peacock, jackfruit, bubble
+FOOLING_CLASSES = [15, 293, 363, 387, 79, 84, 955, 971]
+FOOLING_CONFIDENCE = 0.99
+FOOLING_STEP = 2.0  # L2 length of one normalised step, [0, 1] pixel units (224 x 224 x 3 noise has L2 ~112)
+FOOLING_STEPS = 150
+
+
+@figure("fooling_images", "Fooling images grown from noise",
+        "Nguyen, Yosinski & Clune 2015 (\"Deep neural networks are easily fooled\", Fig. 1 top row, the directly "
+        "encoded images; their Sec. 3.4 does it by gradient ascent): starting from uniform random noise, the "
+        "targeted normalised-gradient method (x <- x + eta g/||g||, g = grad of the target logit, eta = 2 in "
+        "[0, 1] pixel units, clipped to [0, 1]) runs until SqueezeNet 1.1 gives the target class a "
+        "probability >= 0.99, on the paper's eight classes. Top: the 8-bit images with SqueezeNet's class and "
+        "probability (re-predicted) and the steps taken; they stay unrecognisable noise. Bottom: the change "
+        "from the starting noise (x5 around grey), and what EfficientNet-Lite0 — not attacked — sees in the "
+        "image: fooling images made by gradient ascent are specific to the network they were grown on.",
+        order=43, model=SQUEEZE, classes="robin, cheetah, armadillo, lesser panda, centipede, peacock, jackfruit, bubble",
+        confidence=FOOLING_CONFIDENCE, step=FOOLING_STEP, max_steps=FOOLING_STEPS, start="uniform noise in [0, 1]")
+def fooling_images(ctx: Context):
+    import jax
+    import matplotlib.pyplot as plt
+
+    from jaxviz import adversarial as adv
+
+    model = ctx.model(SQUEEZE if SQUEEZE in ctx.models else ctx.classifiers()[0])
+    labels = model.labels
+    classes = np.array(FOOLING_CLASSES[:4] if ctx.quick else FOOLING_CLASSES, np.int32)
+    h, w = model.input_hw()
+    noise = np.random.default_rng(0).integers(0, 256, (len(classes), h, w, 3)).astype(np.float32) / np.float32(255.0)
+    result = adv.fooling_images(model, None, noise, classes, confidence=FOOLING_CONFIDENCE, step=FOOLING_STEP,
+                                steps=20 if ctx.quick else FOOLING_STEPS, key=jax.random.key(0))
+    rep = result.report
+    start = predict(model, noise)
+    other = None
+    others = [m for m in ctx.classifiers() if m != model.name]
+    if others:
+        other_model = ctx.model(others[0])
+        other = predict(other_model, result.images)
+    cols = 4
+    n = len(classes)
+    rows = 2 * ((n + cols - 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(12, 3.6 * rows), squeeze=False)
+    for k in range(n):
+        block, c = divmod(k, cols)
+        top, bottom = axes[2 * block, c], axes[2 * block + 1, c]
+        top.imshow(result.images[k])
+        top.set_title(f"{_name(labels, rep.final_class[k])}: {rep.final_confidence[k]:.3f}\n"
+                      f"({'fooled' if rep.success[k] else 'NOT reached'} in {rep.steps[k]} steps)", fontsize=FONT + 1)
+        bottom.imshow(adv.difference_image(noise[k], result.images[k], 5.0))
+        below = "change x5"
+        if other is not None:
+            below += f"\n{other_model.name}: {_name(labels, other[k].argmax(), 16)} {other[k].max():.2f}"
+        bottom.set_title(below, fontsize=FONT)
+        _off(top), _off(bottom)
+    for ax in axes.ravel()[2 * n:] if n % cols else []:
+        ax.axis("off")
+    ctx.note(model=model.name, **{
+        "reached p >= 0.99": f"{int(rep.success.sum())}/{n}",
+        "steps": ", ".join(str(int(s)) for s in rep.steps),
+        "L2 of the change": ", ".join(f"{v:.1f}" for v in rep.l2),
+        "starting noise classified as": ", ".join(f"{_name(labels, p.argmax())} {p.max():.2f}" for p in start[:4]) + " …",
+        **({f"{other_model.name} p(target class)": ", ".join(f"{other[k, c]:.3f}" for k, c in enumerate(classes))}
+           if other is not None else {})})
+    # explicit spacing: tight_layout let the two-line titles run into the panel above
+    fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.5 / fig.get_figheight(), bottom=0.01,
+                        hspace=0.3, wspace=0.05)
+    return fig
+
+
+TRANSFER_EPS = (2 / 255, 4 / 255, 8 / 255, 16 / 255, 32 / 255)  # 1/255 transfers nothing (measured)
+TRANSFER_PHOTOS = 32
+TRANSFER_POOL = 56
+TRANSFER_PGD_STEPS = 5
+
+
+def both_correct(ctx: Context, models: dict, n: int, pool: int, offset: int) -> tuple[PhotoSet, dict]:
+    """``n`` photographs (of ``pool`` spread over the classes) that every model classifies correctly
+    (where the folder has no classes: on which the models agree); their probabilities per model."""
+    first = next(iter(models.values()))
+    photos = load_photos(ctx, spread_classes(pool, offset), first.input_hw())
+    probs = {name: predict(m, photos.images) for name, m in models.items()}
+    tops = [p.argmax(-1) for p in probs.values()]
+    label = photos.label if photos.labelled else tops[0].astype(np.int32)
+    keep = np.flatnonzero(np.all([t == label for t in tops], axis=0))[:n]
+    photos = PhotoSet(photos.images[keep], label[keep], [photos.rows[i] for i in keep], photos.labelled)
+    return photos, {name: p[keep] for name, p in probs.items()}
 
 
 @figure("adversarial_transfer", "Transferability of adversarial examples: SqueezeNet <-> Lite0",
-        "Untargeted PGD-Linf (random start, fixed steps, no early stop) crafted white-box on one model "
-        "and evaluated on the other (black-box transfer). Success = the evaluating model's prediction on "
-        "the 8-bit adversarial image differs from its prediction on the original; the baseline is random "
-        "+-eps sign noise of the same L-inf size on the evaluating model. The grey text gives the evaluating "
-        "model's mean probability of the original class before -> after (transfer, and noise).",
-        order=51, images=[f"{s} {c} crop (+ flip)" for s in TRANSFER_IMAGES for c in TRANSFER_CROPS],
-        eps=[f"{round(e * 255)}/255" for e in TRANSFER_EPS], steps=TRANSFER_STEPS)
+        "Adversarial images crafted white-box on one network and shown to the other (black-box transfer; "
+        "Szegedy et al. 2014, Papernot et al. 2016, Kurakin et al. 2017). The photographs are those of the "
+        "ImageNet sample (spread over the classes) that both networks classify correctly, so every curve "
+        "starts at 100% accuracy. Source attacks, untargeted on the true class: FGSM (one signed gradient "
+        "step of eps) in both directions and, from SqueezeNet, PGD-Linf (5 steps of eps/2.5, random start, no "
+        "early stop). Curves: the evaluating network's top-1 accuracy on the 8-bit images against eps, beside "
+        "the source network's own (white-box) accuracy and the evaluating network's accuracy under random "
+        "+-eps sign noise of the same L-inf size. Transfer starts where the transfer curve leaves the noise "
+        "curve (shaded: FGSM transfer at least 10 points below the noise); a value is written where it differs "
+        "from the curves beside it. (PGD from Lite0 is left out: its depthwise-convolution "
+        "gradients are ~10x slower on this CPU.)",
+        order=44, models=f"{SQUEEZE}, {LITE}", photos=f"{TRANSFER_PHOTOS} correct on both (of {TRANSFER_POOL})",
+        eps=", ".join(f"{round(e * 255)}" for e in TRANSFER_EPS) + " (/255)",
+        pgd=f"{TRANSFER_PGD_STEPS} steps of eps/2.5, random start, from {SQUEEZE}")
 def adversarial_transfer(ctx: Context):
-    import jax
     import matplotlib.pyplot as plt
 
     from jaxviz import adversarial as adv
     from jaxviz.errors import JaxvizError
 
-    names = ctx.classifiers()[:2]
+    names = [n for n in (SQUEEZE, LITE) if n in ctx.classifiers()]
     if len(names) < 2:
-        raise JaxvizError("the transfer figure needs two classifiers (squeezenet1_1, efficientnet_lite0)")
-    models = {n: _model(ctx, n) for n in names}
-    rows = []  # (source, evaluated on, eps, success rate)
-    drops = {}  # mean p(original class) on the evaluating model: before -> after
-    for source in names:
-        model = models[source]
-        images = _transfer_images(model.input_hw())
-        for eps in TRANSFER_EPS:
-            result = adv.attack(model, None, images, method="pgd-linf", eps=eps, steps=TRANSFER_STEPS,
-                                step=eps / 4, early_stop=False, key=jax.random.key(1))
-            rows.append((source, source, eps, result.report.success_rate))
-            for other in names:
-                if other != source:
-                    t = adv.transfer_report(result.images, images, models[other], source=result.report)
-                    rows.append((source, other, eps, t.success_rate))
-                    drops[source, other, eps] = (float(t.label_confidence.mean()), float(t.target_confidence.mean()))
-                    # baseline: random +-eps sign noise of the same L-inf size, 8-bit, on the other model
-                    noise = np.sign(np.random.default_rng(2).standard_normal(images.shape)).astype(np.float32)
-                    noisy = adv.quantize_8bit(np.clip(images + eps * noise, 0, 1), images, norm="linf", eps=eps)
-                    base = adv.transfer_report(np.asarray(noisy), images, models[other])
-                    rows.append((source, "noise", eps, base.success_rate))
-                    drops[source, "noise", eps] = (float(base.label_confidence.mean()),
-                                                   float(base.target_confidence.mean()))
-    fig, ax = plt.subplots(figsize=(8, 4))
-    groups = [(s, e) for s in names for e in TRANSFER_EPS]
-    width = 0.27
-    kinds = [("white-box (same model)", lambda s, o: s == o),
-             ("transfer (other model)", lambda s, o: s != o and o != "noise"),
-             ("random +-eps noise (other model)", lambda s, o: o == "noise")]
-    for k, (label, pick) in enumerate(kinds):
-        values = [next(v for s, o, e, v in rows if s == gs and e == ge and pick(s, o)) for gs, ge in groups]
-        bars = ax.bar(np.arange(len(groups)) + (k - 1) * width, values, width, label=label)
-        ax.bar_label(bars, [f"{v:.0%}" for v in values], fontsize=8)
-    ax.set_xticks(np.arange(len(groups)),
-                  [f"crafted on {s}\neps {round(e * 255)}/255" for s, e in groups], fontsize=8)
-    ax.set(ylabel="success rate", ylim=(0, 1.12), title="Untargeted PGD-Linf: white-box vs transfer")
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
-    ax.grid(axis="y", alpha=0.3)
-    ctx.note(**{f"{s} -> {o if o != 'noise' else 'other model, random noise'}, eps {round(e * 255)}/255":
-                f"{v:.0%}" + (f"; mean p(original class) {drops[s, o, e][0]:.2f} -> {drops[s, o, e][1]:.2f}"
-                              if (s, o, e) in drops else "") for s, o, e, v in rows})
-    for g, (gs, ge) in enumerate(groups):  # how far transfer moved the other model, vs noise
-        t = next(d for (s, o, e), d in drops.items() if s == gs and e == ge and o != "noise")
-        b = drops[gs, "noise", ge]
-        ax.text(g + 0.14, 0.7, f"p(orig) on other:\n{t[0]:.2f} -> {t[1]:.2f}\nnoise: -> {b[1]:.2f}",
-                ha="center", fontsize=7, color="0.25")
+        raise JaxvizError(f"the transfer figure needs two classifiers ({SQUEEZE}, {LITE})")
+    models = {n: ctx.model(n) for n in names}
+    eps_list = TRANSFER_EPS[1::2] if ctx.quick else TRANSFER_EPS
+    photos, _ = both_correct(ctx, models, 4 if ctx.quick else TRANSFER_PHOTOS,
+                             12 if ctx.quick else TRANSFER_POOL, 7)
+    images, label = photos.images, photos.label
+    if not len(images):
+        raise JaxvizError("no photograph is classified correctly by both networks")
+    noise = sign_noise(images.shape, seed=3)
+    attacks = [(SQUEEZE, "FGSM"), (SQUEEZE, "PGD"), (LITE, "FGSM")]
+    bar = ctx.progress(len(eps_list) * (len(attacks) + 2), "transfer")
+    acc: dict = {}  # (source, attack, evaluated on) -> [accuracy per eps]
+
+    def accuracy(model_name, batch):
+        return float((predict(models[model_name], batch).argmax(-1) == label).mean())
+
+    for evaluated in names:  # the control: random sign noise
+        acc["noise", evaluated] = []
+        for eps in eps_list:
+            acc["noise", evaluated].append(accuracy(evaluated, step_images(images, noise, eps)))
+            bar.update(1)
+    for source, kind in attacks:
+        other = next(n for n in names if n != source)
+        direction = fgsm_direction(models[source], images, label) if kind == "FGSM" else None
+        white, transfer = [], []
+        for eps in eps_list:
+            if kind == "FGSM":
+                batch = step_images(images, direction, eps)
+            else:
+                batch = chunked(lambda x, y, m=models[source], e=eps: adv.attack(
+                    m, None, x, method="pgd-linf", label=y, eps=e, step=e / 2.5,
+                    steps=2 if ctx.quick else TRANSFER_PGD_STEPS, early_stop=False, key=_key(1)).images,
+                    images, label)
+            white.append(accuracy(source, batch))
+            transfer.append(accuracy(other, batch))
+            bar.update(1)
+        acc[source, kind, source] = white
+        acc[source, kind, other] = transfer
+
+    fig = transfer_plot(acc, eps_list, names, len(images))
+    ctx.note(photos=len(images), **{
+        f"{k[0]} -> {k[2]} {k[1]}" if k[0] != "noise" else f"random noise on {k[1]}":
+            ", ".join(f"{round(e * 255)}: {v:.2f}" for e, v in zip(eps_list, vals)) for k, vals in acc.items()},
+        **{f"transfer starts ({s} {kind} -> {next(n for n in names if n != s)})":
+           _start_text(_transfer_start(acc, (s, kind, next(n for n in names if n != s))), eps_list) for s, kind in attacks})
+    return fig
+
+
+def _transfer_start(acc: dict, key):
+    """Index of the smallest eps where the transfer accuracy is >= 10 points below the noise's."""
+    for k, (t, b) in enumerate(zip(acc[key], acc["noise", key[2]])):
+        if b - t >= 0.1:
+            return k
+    return None
+
+
+def transfer_plot(acc: dict, eps_list, names, n_images: int):
+    """The transfer figure from its accuracies: ``acc[(source, attack, evaluated on)]`` and
+    ``acc[("noise", model)]``, one value per eps."""
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.0), sharey=True)
+    xs = np.arange(len(eps_list))
+    for ax, source in zip(axes, names):
+        other = next(n for n in names if n != source)
+        fgsm, pgd, noise = acc.get((source, "FGSM", other)), acc.get((source, "PGD", other)), acc[("noise", other)]
+        # a value is written once: FGSM's where it differs from the noise's, PGD's where it differs from both
+        skips = {"FGSM": lambda k: abs(fgsm[k] - noise[k]) < 0.05,
+                 "PGD": lambda k: abs(pgd[k] - noise[k]) < 0.05 or (fgsm is not None and abs(pgd[k] - fgsm[k]) < 0.05)}
+        lines = [((source, "FGSM", other), f"FGSM transfer -> {other}", "tab:blue", "s", "-", "left"),
+                 ((source, "PGD", other), f"PGD transfer -> {other}", "tab:red", "o", "-", "right"),
+                 (("noise", other), f"random sign noise on {other}", "0.4", "^", ":", "belowright"),
+                 ((source, "FGSM", source), f"FGSM white-box on {source}", "tab:blue", "s", "--", None),
+                 ((source, "PGD", source), f"PGD white-box on {source}", "tab:red", "o", "--", None)]
+        for key, text, color, marker, style, where in lines:
+            if key not in acc:
+                continue
+            ax.plot(xs, acc[key], linestyle=style, marker=marker, color=color, label=text, lw=2 if style != "--" else 1.2,
+                    ms=7 if style != "--" else 5, alpha=1.0 if style != "--" else 0.6, clip_on=False)
+            if where is not None:
+                _annotate_points(ax, xs, acc[key], color, where=where, skip=skips.get(key[1]))
+        first = _transfer_start(acc, (source, "FGSM", other)) if fgsm is not None else None
+        if first is not None:
+            ax.axvspan(first - 0.5, len(xs) - 0.4, color="tab:blue", alpha=0.08, lw=0)
+            ax.text(first - 0.45, 1.08, f"FGSM transfer >= 10 points below noise from {round(eps_list[first] * 255)}/255",
+                    fontsize=FONT, color="tab:blue", va="top")
+        ax.set_xticks(xs, [f"{round(e * 255)}" for e in eps_list], fontsize=FONT + 1)
+        ax.set_xlim(-0.4, len(xs) - 0.4)
+        ax.set_xlabel("eps (L-inf, grey levels of 255)", fontsize=FONT + 1)
+        ax.set_title(f"crafted on {source}, evaluated on {other}", fontsize=FONT + 2)
+        ax.set_ylim(-0.1, 1.12)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=FONT + 1)
+        ax.legend(fontsize=FONT, loc="lower left")
+    axes[0].set_ylabel(f"top-1 accuracy ({n_images} photographs)", fontsize=FONT + 1)
     fig.tight_layout()
     return fig
 
 
-COMPARISON_CROPS = ("full", "center", "right")  # of TRANSFER_IMAGES, unflipped: 6 images
+def _start_text(k, eps_list) -> str:
+    return "not within the sweep" if k is None else f"{round(eps_list[k] * 255)}/255"
+
+
+def _key(seed: int):
+    import jax
+    return jax.random.key(seed)
+
+
+COMPARISON_PHOTOS = 4
 COMPARISON_EPS = 4 / 255
 COMPARISON_STEPS = 10
 COMPARISON_QUERIES = 1000
 
 
 @figure("attack_comparison", "White-box, transfer and query-based black-box attacks on the same images",
-        "Untargeted attacks on six photos. White-box: PGD-Linf (eps 4/255, 10 steps, random start, no early "
-        "stop; Madry et al. 2018) with the gradients of model A = EfficientNet-Lite0. Transfer: the same 8-bit "
-        "images shown to model B = SqueezeNet 1.1 (Papernot et al. 2016). Query-based: SimBA-DCT (Guo et al. "
-        "2019; eps 0.2, low frequencies first, ratio 1/8) on model B through its probabilities only, with a "
-        "budget of 1000 queries per image (the initial prediction counts) and, for a like-for-like "
-        "comparison, an L2 budget equal to the mean L2 of the PGD images (the PGD images' own size, "
-        "not their L-inf box). Success on each model = its "
-        "prediction on the 8-bit image differs from its prediction on the original. Differences x20 "
-        "around grey. Norms in [0, 1] pixel units; Linf also in grey levels.",
-        order=52, model_a="efficientnet_lite0", model_b="squeezenet1_1",
-        images=[f"{s} {c} crop" for s in TRANSFER_IMAGES for c in COMPARISON_CROPS],
+        "Untargeted attacks on four sample photographs that both networks classify correctly. White-box: "
+        "PGD-Linf (eps 4/255, 10 steps, random start, no early stop; Madry et al. 2018) with the gradients of "
+        "model A = EfficientNet-Lite0. Transfer: the same 8-bit images shown to model B = SqueezeNet 1.1 "
+        "(Papernot et al. 2016). Query-based: SimBA-DCT (Guo et al. 2019; eps 0.2, low frequencies first, ratio "
+        "1/8) on model B through its probabilities only, with a budget of 1000 queries per image (the initial "
+        "prediction counts) and, for a like-for-like comparison, an L2 budget equal to the mean L2 of the PGD "
+        "images. Success on each model = its prediction on the 8-bit image differs from its prediction on the "
+        "original. Differences x20 around grey. Norms in [0, 1] pixel units; Linf also in grey levels.",
+        order=45, model_a=LITE, model_b=SQUEEZE, photos=f"{COMPARISON_PHOTOS} correct on both",
         pgd=f"pgd-linf eps {round(COMPARISON_EPS * 255)}/255, {COMPARISON_STEPS} steps",
         simba=f"dct, eps 0.2, {COMPARISON_QUERIES} queries, max_l2 = mean L2 of the PGD images")
 def attack_comparison(ctx: Context):
@@ -192,21 +599,25 @@ def attack_comparison(ctx: Context):
     from jaxviz.errors import JaxvizError
 
     names = ctx.classifiers()
-    if not {"squeezenet1_1", "efficientnet_lite0"} <= set(names):
-        raise JaxvizError("the attack comparison needs squeezenet1_1 and efficientnet_lite0")
+    if not {SQUEEZE, LITE} <= set(names):
+        raise JaxvizError(f"the attack comparison needs {SQUEEZE} and {LITE}")
     # A = Lite0 only takes the few PGD gradients; B = SqueezeNet answers the ~thousands of
     # SimBA queries (Lite0's depthwise convolutions are ~10x slower on CPU).
-    model_a, model_b = _model(ctx, "efficientnet_lite0"), _model(ctx, "squeezenet1_1")
+    model_a, model_b = ctx.model(LITE), ctx.model(SQUEEZE)
     if model_a.input_hw() != model_b.input_hw():
         raise JaxvizError("models A and B must share an input size for the same-image comparison")
     labels = model_b.labels
-    images = _transfer_images(model_a.input_hw())[::2]  # unflipped crops
-    white = adv.attack(model_a, None, images, method="pgd-linf", eps=COMPARISON_EPS, steps=COMPARISON_STEPS,
-                       step=COMPARISON_EPS / 4, early_stop=False, key=jax.random.key(1))
+    photos, _ = both_correct(ctx, {LITE: model_a, SQUEEZE: model_b}, 2 if ctx.quick else COMPARISON_PHOTOS,
+                             8 if ctx.quick else 12, 11)
+    images = photos.images
+    white = adv.attack(model_a, None, images, method="pgd-linf", eps=COMPARISON_EPS,
+                       steps=3 if ctx.quick else COMPARISON_STEPS, step=COMPARISON_EPS / 4, early_stop=False,
+                       key=jax.random.key(1))
     transfer = adv.transfer_report(white.images, images, model_b, source=white.report)
     # SimBA gets the L2 the PGD images actually spent, so neither attack is given a larger budget
     budget = float(white.report.l2.mean())
-    black = simba(adv.proba_fn(model_b), images, basis="dct", eps=0.2, max_queries=COMPARISON_QUERIES,
+    black = simba(adv.proba_fn(model_b), images, basis="dct", eps=0.2,
+                  max_queries=100 if ctx.quick else COMPARISON_QUERIES,
                   max_l2=budget, key=jax.random.key(2), model=model_b.name,
                   pad=True)  # our jitted model: a few batch shapes; the padding is no query
     # the claim is re-predicted here too, from the returned 8-bit images
@@ -215,27 +626,27 @@ def attack_comparison(ctx: Context):
         raise JaxvizError("SimBA's report disagrees with a re-prediction of its images")
 
     n = len(images)
-    fig = plt.figure(figsize=(13, 2.55 * n + 2.6))
-    grid = fig.add_gridspec(n + 1, 5, height_ratios=[1] * n + [1.25])
-    short = lambda i: labels[int(i)].split(",")[0][:16]
+    fig = plt.figure(figsize=(12, 3.0 * n + 3.0))
+    grid = fig.add_gridspec(n + 1, 5, height_ratios=[1] * n + [1.3])
+    short = lambda i: _name(labels, i, 15)
     w, t, b = white.report, transfer, black.report
     for r in range(n):
-        cells = [(images[r], f"original\nA: {short(w.label[r])} {w.label_confidence[r]:.2f}\n"
-                             f"B: {short(t.label[r])} {t.label_confidence[r]:.2f}"),
-                 (white.images[r], f"PGD on A: {'fooled' if w.success[r] else 'NOT fooled'} "
-                                   f"({short(w.final_class[r])})\ntransfer to B: "
-                                   f"{'fooled' if t.success[r] else 'not fooled'} ({short(t.final_class[r])})\n"
-                                   f"L2 {w.l2[r]:.2f}, Linf {w.linf[r] * 255:.0f}/255"),
-                 (adv.difference_image(images[r], white.images[r], 20.0), "PGD difference x20"),
-                 (black.images[r], f"SimBA on B: {'fooled' if b.success[r] else 'NOT fooled'} "
-                                   f"({short(b.final_class[r])})\n{b.queries[r]} queries\n"
-                                   f"L2 {b.l2[r]:.2f}, Linf {b.linf[r] * 255:.0f}/255"),
-                 (adv.difference_image(images[r], black.images[r], 20.0), "SimBA difference x20")]
+        cells = [(images[r], (f"original\nA: {short(w.label[r])} {w.label_confidence[r]:.2f}\n"
+                              f"B: {short(t.label[r])} {t.label_confidence[r]:.2f}")),
+                 (white.images[r], (f"PGD on A: {'fooled' if w.success[r] else 'NOT fooled'}\n"
+                                    f"({short(w.final_class[r])})\nto B: "
+                                    f"{'fooled' if t.success[r] else 'not fooled'} ({short(t.final_class[r])})")),
+                 (adv.difference_image(images[r], white.images[r], 20.0),
+                  f"PGD difference x20\nL2 {w.l2[r]:.2f}, Linf {w.linf[r] * 255:.0f}/255"),
+                 (black.images[r], (f"SimBA on B: {'fooled' if b.success[r] else 'NOT fooled'}\n"
+                                    f"({short(b.final_class[r])})\n{b.queries[r]} queries")),
+                 (adv.difference_image(images[r], black.images[r], 20.0),
+                  f"SimBA difference x20\nL2 {b.l2[r]:.2f}, Linf {b.linf[r] * 255:.0f}/255")]
         for c, (picture, title) in enumerate(cells):
             ax = fig.add_subplot(grid[r, c])
             ax.imshow(np.clip(picture, 0, 1))
-            ax.set_title(title, fontsize=7.5)
-            ax.set_xticks([]), ax.set_yticks([])
+            ax.set_title(title, fontsize=FONT)
+            _off(ax)
     kinds = [("white-box PGD\n(A, gradients)", w), ("transfer A -> B\n(no queries)", t),
              ("SimBA-DCT on B\n(probabilities only)", b)]
     ax = fig.add_subplot(grid[n, 1:4])
@@ -245,11 +656,12 @@ def attack_comparison(ctx: Context):
     facts[0] += f"\n{COMPARISON_STEPS} gradient steps"
     facts[1] += "\n0 queries to B"
     ok = b.queries[b.success]
-    facts[2] += (f"\nqueries: median {int(np.median(ok))} of the fooled" if len(ok) else "\nno success") + \
-        f", mean {b.queries.mean():.0f} of all"
-    ax.bar_label(bars, [f"{v:.0%}\n{f}" for v, f in zip(rates, facts)], fontsize=7.5)
-    ax.set_xticks(range(3), [k for k, _ in kinds], fontsize=8)
-    ax.set(ylabel="success rate", ylim=(0, 1.6), yticks=[0, 0.5, 1])
+    facts[2] += (f"\nmedian {int(np.median(ok))} queries (fooled)" if len(ok) else "\nno success")
+    ax.bar_label(bars, [f"{v:.0%} ({round(v * n)}/{n})\n{f}" for v, f in zip(rates, facts)], fontsize=FONT)
+    ax.set_xticks(range(3), [k for k, _ in kinds], fontsize=FONT)
+    ax.set(ylim=(0, 1.9), yticks=[0, 0.5, 1])
+    ax.set_ylabel("success rate", fontsize=FONT)
+    ax.tick_params(labelsize=FONT)
     ax.grid(axis="y", alpha=0.3)
     ctx.note(**{"model A (white-box)": model_a.name, "model B (transfer, SimBA)": model_b.name,
                 "success white-box / transfer / SimBA": " / ".join(f"{int(k.success.sum())}/{n}" for _, k in kinds),
