@@ -449,3 +449,59 @@ def test_attribution_figures_render_quick_with_legible_text(tmp_path, capsys):
         cam = notes["cam_two_classes"]
         for method in ("CAM", "Grad-CAM", "guided Grad-CAM"):
             assert cam[f"correlation of the two rows' maps, {method}"] < 0.3, (method, cam)
+
+
+# ------------------------------------------------------------------ adversarial, style and bias figures' helpers
+
+def test_adversarial_figures_spread_classes_over_the_sample_and_step_on_the_8_bit_grid():
+    from jaxviz.gallery import adversarial as adv
+    classes = adv.spread_classes(48, 3)
+    assert len(classes) == len(set(classes)) == 48 and classes == sorted(classes)
+    assert all(c % 10 != 9 and 0 <= c < 1000 for c in classes)  # the sample lacks every class c % 10 == 9
+    assert classes[-1] - classes[0] > 800  # spread over the classes, not the first 48
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (2, 5, 7, 3)).astype(np.float32) / np.float32(255)
+    d = np.sign(rng.standard_normal(x.shape)).astype(np.float32)
+    for k in (1, 2, 8):  # exactly clip(x + k/255 d) on the 8-bit grid, from the integers
+        want = np.clip(np.round(x * 255) + k * d, 0, 255) / 255
+        np.testing.assert_array_equal(adv.step_images(x, d, k / 255), want.astype(np.float32))
+    chunks = list(adv._chunks(np.arange(5 * 2).reshape(5, 2), 2))
+    assert [k for _, k in chunks] == [2, 2, 1] and all(len(c) == 2 for c, _ in chunks)  # last chunk padded
+    out = adv.chunked(lambda a, b: a + b, np.arange(5.0), np.arange(5.0) * 10, chunk=2)
+    np.testing.assert_array_equal(out, np.arange(5.0) * 11)
+
+
+def test_style_figures_report_convergence_over_the_last_steps():
+    from jaxviz.gallery.style import _loss_text
+    assert _loss_text([4.0, 2.0]) == "4 -> 2"
+    losses = [100.0] + [10.0] * 9 + [8.0, 5.0, 4.0]  # 13 steps: the last 10 go from 10 to 4
+    assert _loss_text(losses) == "100 -> 4 (last 10 steps: -60.0%)"
+
+
+def test_bias_figures_wilson_interval_and_category_interleaving():
+    from types import SimpleNamespace
+
+    from jaxviz.gallery.bias import _interleave, wilson
+    lo, hi = wilson(5, 10)
+    assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
+    assert wilson(0, 10)[0] == 0.0 and wilson(10, 10)[1] == 1.0 and np.isnan(wilson(0, 0)[0])
+    src = [SimpleNamespace(name=n, classes=c) for n, c in
+           (("a1", (1,)), ("a2", (1,)), ("b1", (2, 3)), ("c1", (4,)), ("b2", (3, 2)))]
+    assert [s.name for s in _interleave(src)] == ["a1", "b1", "c1", "a2", "b2"]
+
+
+@pytest.mark.slow
+def test_quick_run_of_the_adversarial_style_and_bias_figures(tmp_path):
+    from jaxviz.weights.store import available_models
+    need = {"squeezenet1_1", "efficientnet_lite0", "vgg19_caffe"}
+    if not need <= set(available_models()):
+        pytest.skip(f"needs the weights of {', '.join(sorted(need))}")
+    names = ["adversarial_fgsm", "adversarial_accuracy", "adversarial_examples", "fooling_images",
+             "adversarial_transfer", "attack_comparison", "texture_efros_vs_gram", "texture_gram_layers",
+             "style_ratios", "style_scale", "style_blend", "style_preserve_color", "fast_style_cin",
+             "fast_style_multistyle26", "bias_cue_conflict", "bias_shape_bar"]
+    index = run_gallery(tmp_path, names, None, log=lambda line: None, quick=True, fresh=True)
+    bad = {r["name"]: r.get("error") for r in index["run"]["records"] if r["status"] != "ok"}
+    assert not bad, bad
+    assert all(r["font"]["ok"] is not False for r in index["run"]["records"]), \
+        {r["name"]: r["font"] for r in index["run"]["records"] if r["font"]["ok"] is False}
