@@ -164,7 +164,8 @@ class Context:
     images: str | None = None  # --images DIR: the pool of the dataset figures
     _cache: dict = field(default_factory=dict)  # the runner shares one across figures
     _bars: list = field(default_factory=list)
-    _inputs: dict = field(default_factory=lambda: {"photos": 0, "fallback": False, "paintings": []})
+    _inputs: dict = field(default_factory=lambda: {"photos": 0, "fallback": False, "builtin": False,
+                                                   "declared": None, "paintings": []})
 
     def model(self, name: str | None = None):
         from jaxviz.accel import accelerate
@@ -205,6 +206,16 @@ class Context:
         builtin = [{"path": n, "class": -1, "label": n} for n in BUILTIN_PHOTOS]
         return builtin[:count] if count is not None else builtin
 
+    def uses_builtin(self) -> None:
+        """Record that the figure loads scikit-image's sample images itself (``load_images(["chelsea"])``)."""
+        self._inputs["builtin"] = True
+
+    def declare_input(self, text: str, real: bool = False) -> None:
+        """State the figure's input where the runner cannot see it (a cached study, a bundled data set);
+        ``real``: it is real photographs."""
+        self._inputs["declared"] = text
+        self._inputs["declared_real"] = real
+
     def painting(self, name: str):
         from jaxviz.datasets import style_painting
         image, source = style_painting(name)
@@ -229,16 +240,21 @@ class Context:
     def input_record(self) -> dict:
         """What real input this figure drew: shown on the page, kept in index.json."""
         used = self._inputs
-        if used["photos"]:
+        photos = used["photos"]
+        if used["declared"]:
+            text = used["declared"]
+        elif photos:
             where = self.images if self.images is not None else "ImageNet sample"
-            text = f"real photographs ({used['photos']} drawn from {where})"
+            text = f"real photographs ({photos} drawn from {where})"
         elif used["fallback"]:
             text = "built-in sample images (no real input here)"
+        elif used["builtin"]:
+            text = "built-in sample images (scikit-image)"
         else:
-            text = "built-in sample images"
+            text = "no photographs"
         if used["paintings"]:
             text += "; paintings: " + ", ".join(_short_path(p) for p in used["paintings"])
-        return {"real_input": bool(used["photos"]), "fallback": used["fallback"], "photos": used["photos"],
+        return {"real_input": bool(photos) or bool(used.get("declared_real")), "fallback": used["fallback"], "photos": photos,
                 "paintings": list(used["paintings"]), "text": text}
 
 
@@ -637,18 +653,29 @@ def _key(key) -> str:
     return text.replace("_", " ") if re.fullmatch(r"[a-z_]+", text) else text
 
 
+def fmt_value(value) -> str:
+    """A value as the page shows it (for figure code that builds a parameter string itself)."""
+    return _fmt(value)
+
+
 def _fmt(value) -> str:
-    """A parameter or noted value as readable text."""
+    """A parameter or noted value as readable text: floats to 4 significant digits, exact multiples of
+    1/255 that are no short decimal (attack budgets: 2/255) as k/255, containers item by item."""
     if isinstance(value, bool):
         return str(value)
     if isinstance(value, int):
         return f"{value:,}" if abs(value) >= 10_000 else str(value)
     if isinstance(value, float):
-        return f"{value:.4g}"
+        k = value * 255
+        if value != 0 and abs(k - round(k)) < 1e-9 and round(value, 3) != value:
+            return f"{round(k)}/255"
+        return f"{value:,.0f}" if abs(value) >= 10_000 else f"{value:.4g}"
+    if hasattr(value, "item") and getattr(value, "shape", None) == ():  # numpy / jax scalars
+        return _fmt(value.item())
     if isinstance(value, (list, tuple)):
         return ", ".join(_fmt(v) for v in value)
     if isinstance(value, dict):
-        return "; ".join(f"{k}: {_fmt(v)}" for k, v in value.items())
+        return "; ".join(f"{_key(k)}: {_fmt(v)}" for k, v in value.items())
     if hasattr(value, "__name__") and callable(value):
         return value.__name__
     return str(value)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jaxviz.gallery import Context, figure
+from jaxviz.gallery import Context, figure, fmt_value
 
 SQUEEZE, LITE = "squeezenet1_1", "efficientnet_lite0"
 FONT = 9.5  # pt: titles stay >= 9 px on the page for PNGs up to ~1200 px wide
@@ -310,7 +310,8 @@ def _title(labels, row: dict, method: str) -> str:
         "[0, 1]) are re-predicted from that image. The difference is magnified 10x around grey.",
         order=42, photos="ImageNet sample: giant panda, sports car",
         targets={"giant panda": "gibbon", "sports car": "goldfish"},
-        attacks=[f"{m}{' targeted' if t else ''} {kw}" for m, t, kw in TRIPLET_ATTACKS])
+        attacks=[f"{m}{' targeted' if t else ''}" + (f" ({fmt_value(kw)})" if kw else "")
+                 for m, t, kw in TRIPLET_ATTACKS])
 def adversarial_examples(ctx: Context):
     import jax
     import matplotlib.pyplot as plt

@@ -227,12 +227,11 @@ def guided_backprop_neurons(ctx: Context):
         "Persian cat, two sample photographs side by side, 224 x 448 px; SqueezeNet is fully convolutional). "
         "Each row explains one class: CAM (Zhou et al. 2016; SqueezeNet's class maps, classifier.2), Grad-CAM "
         "at fire9 (features.12; for a global-average-pooled network Grad-CAM is CAM up to the ReLU in the "
-        "classifier, so the two agree here, as Selvaraju et al. §3.1 show), guided backprop (class-"
-        "insensitive: the same for both rows) and guided Grad-CAM (guided backprop x Grad-CAM), which keeps "
-        "only the evidence of the row's class. The two classes' maps barely correlate (measured on this pair: "
-        "CAM and Grad-CAM -0.15, guided Grad-CAM 0.08, printed above the panels; the earlier version's two "
-        "classes of one photo correlated 0.65), while the class-blind guided backprop correlates 0.70 "
-        "between the rows. The note gives each map's share on its own object's half (0.83 for CAM and Grad-CAM).",
+        "classifier, so the two agree here, as Selvaraju et al. §3.1 show), guided backprop (only weakly "
+        "class-specific: its two rows differ in detail but share most of their structure) and guided Grad-CAM "
+        "(guided backprop x Grad-CAM), which keeps only the evidence of the row's class. The correlation of the "
+        "two rows' maps, per method, is measured and printed above the panels: compare the class maps' with "
+        "guided backprop's. The notes give each map's share on its own object's half.",
         order=302, photos="ImageNet sample: boxer, Persian cat", size="224 x 448",
         layer="CAM: classifier.2; Grad-CAM: features.12 (fire9)")
 def cam_two_classes(ctx: Context):
@@ -295,7 +294,7 @@ def cam_two_classes(ctx: Context):
         return float(np.corrcoef(m[0].ravel(), m[1].ravel())[0, 1])
     corrs = {"CAM": corr(cams), "Grad-CAM": corr(gcs), "guided backprop": corr(gbs), "guided Grad-CAM": corr(ggcs)}
     top5 = np.argsort(logits)[::-1][:5]
-    ctx.note(model=model.name, top5_of_the_pair=", ".join(f"{labels[int(i)]} {probs[int(i)]:.2f}" for i in top5),
+    ctx.note(model=model.name, **{"top 5 on the pair": ", ".join(f"{labels[int(i)]} {probs[int(i)]:.2f}" for i in top5)},
              **{f"correlation of the two rows' maps, {k}": round(v, 3) for k, v in corrs.items()})
     fig.suptitle("correlation of the two classes' maps: " + ", ".join(f"{k} {v:.2f}" for k, v in corrs.items()),
                  fontsize=TITLE + 1)
@@ -321,8 +320,9 @@ COMPARISON_METHODS = [
         "class logit, positive part). SqueezeNet's class scores are global averages of its class maps, so CAM "
         "and Grad-CAM coincide here (Selvaraju et al. §3.1) and Grad-CAM++ differs only in its weights; "
         "occlusion agrees with them on where the object is (the penguin's head, the broccoli florets) at a "
-        "coarser grain. Guided backprop looks like an edge map of the whole photo and the deconvnet like its "
-        "texture: both are barely class-specific (Adebayo et al. 2018, Nie et al. 2018). The gradient "
+        "coarser grain. Guided backprop is the sharpest pixel-space map, outlining the object (on the "
+        "terrier, its face alone); the deconvnet gives an almost uniform texture. Both are known to be barely "
+        "class-specific (Adebayo et al. 2018, Nie et al. 2018). The gradient "
         "methods carry SqueezeNet's 4 px grid (saliency_vanilla).",
         order=299, photos="ImageNet sample: king penguin, balloon, Norfolk terrier, broccoli",
         smoothgrad="16 samples, noise 0.15", integrated_gradients="16 steps, zero baseline",

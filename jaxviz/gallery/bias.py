@@ -105,6 +105,10 @@ def _study(ctx: Context):
         strength = bias.cue_probabilities(classifiers, study)
         _CACHE[key] = (study, strength, where)
     study, strength, where = _CACHE[key]
+    # Both figures show the one cached study: the page's input line names its photos, not the
+    # runner's count of draws (0 for the second figure, the whole pool for the first).
+    ctx.declare_input(f"real photographs ({where}; {len(study.sources)} used as shape/texture sources)"
+                      if ctx.real_input else where, real=ctx.real_input)
     cats = sorted({_category(s.classes) for s in study.sources})
     ctx.note(candidates=where, sources=len(study.sources), categories=f"{len(cats)}: {', '.join(cats)}",
              pairs=len(study.pairs), build_seconds=round(study.seconds, 1),

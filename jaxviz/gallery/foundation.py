@@ -146,8 +146,10 @@ TRANSFORMS = {"translation": (np.arange(-60, 61, 10), "vertical shift (px)"),
         "Zeiler & Fergus's layer 7); row 4: the probability of the true class. As in their figure, small "
         "transformations change the first layer a lot and the top layer much less; the output is fairly stable "
         "under translation and scaling (except at the extremes, where the object leaves the crop), and not "
-        "under rotation: only the apple keeps its class at every angle (p >= 0.75); the soccer ball, round as "
-        "well, falls below 0.45 between 30 and 300 degrees, so its class rests on more than the ball's outline.",
+        "under rotation: only the apple keeps a high probability at every angle; the soccer ball, round as "
+        "well, loses most of it once turned, so its class rests on more than the ball's outline (the notes "
+        "give each photo's lowest p over the rotations and the distances at the largest change of each kind: "
+        "the largest shift, the largest scale ratio, 180 degrees).",
         order=40, section="inside", photos="ImageNet sample: Granny Smith, Shih-Tzu, African grey, "
         "entertainment center, soccer ball", layers="relu1 (features.1); fire9 (features.12), averaged")
 def invariance(ctx: Context):
@@ -211,14 +213,32 @@ def invariance(ctx: Context):
                 ax.set_ylabel(ylabels[row], fontsize=TEXT)
             if row == 0 and col == 2:
                 ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
-    for kind in transforms:
+    units = {"translation": " px", "scale": "x", "rotation": " degrees"}
+    for kind, (amounts, _) in transforms.items():
         r = results[kind]
+        i = largest_change(kind, amounts)
         ctx.note(**{f"{kind}: mean relative distance low / high layer at the largest change":
-                    f"{r[:, 0, -1].mean():.2f} / {r[:, 1, -1].mean():.2f}",
+                    f"{r[:, 0, i].mean():.2f} / {r[:, 1, i].mean():.2f} (at {float(amounts[i]):g}{units[kind]})",
                     f"{kind}: mean p(true class), min over the range": f"{r[:, 2].min(axis=1).mean():.2f}"})
+    ctx.note(**{"rotation: lowest p(true class) per photo": ", ".join(
+        f"{n} {v:.2f}" for n, v in zip(ph.names, results["rotation"][:, 2].min(axis=1)))})
     ctx.note(model=model.name, photos_predicted_correctly=f"{int((ph.predicted == ph.index).sum())} of "
              f"{len(ph.images)}")
     return fig
+
+
+def largest_change(kind: str, amounts) -> int:
+    """Index of the amount farthest from the identity: the largest |shift|, the largest |log scale|, the
+    rotation closest to 180 degrees (360 is the identity again); the first such amount on ties."""
+    a = np.asarray(amounts, np.float64)
+    if kind == "scale":
+        change = np.abs(np.log(a))
+    elif kind == "rotation":
+        turn = np.mod(a, 360.0)
+        change = np.minimum(turn, 360.0 - turn)
+    else:
+        change = np.abs(a)
+    return int(np.argmax(change))
 
 
 def _alias(model, layer: str) -> str:

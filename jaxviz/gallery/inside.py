@@ -97,6 +97,7 @@ def digit_templates(ctx: Context):
 
     from jaxviz.linear import train_digit_templates
 
+    ctx.declare_input("scikit-learn's DIGITS (8x8 handwritten digits; no photographs)")
     result = train_digit_templates(steps=300, lr=0.05, weight_decay=1e-3)
     t, m = result.templates.reshape(10, -1), result.class_means.reshape(10, -1)
     corr = np.diag(np.corrcoef(t, m)[:10, 10:])
@@ -132,6 +133,7 @@ def feature_maps(ctx: Context):
     name = "squeezenet1_1" if "squeezenet1_1" in ctx.models else ctx.models[0]
     model = _model(ctx, name)
     layers = MAP_LAYERS.get(name) or (model.feature_layer,)
+    ctx.uses_builtin()
     image = load_images(["chelsea"], model.input_hw())
     maps = xla.jit(feature_maps, model.compiler_options, static_argnums=(0, 3))
     fig, axes = plt.subplots(len(layers), 1, figsize=(12, 5.2 * len(layers)), squeeze=False)
@@ -193,9 +195,11 @@ def _small(images: np.ndarray, size: int) -> np.ndarray:
         "features (cosine; top row) and by raw pixels (32x32, Euclidean; bottom row). Each thumbnail "
         "is labelled with its ImageNet class; a green label marks a neighbour in the query's coarse "
         "group (dogs, cats, birds, road vehicles, ...: ranges of the WordNet-ordered class list, as in "
-        "RestrictedImageNet). Feature neighbours land on related classes (other dog breeds, other "
-        "cats) whatever their colours; pixel neighbours share only overall brightness, colour and layout "
-        "(grass under the dog, a dark surround) and are mostly unrelated classes.", order=44,
+        "RestrictedImageNet). Feature neighbours land more often on related classes (other dog breeds, "
+        "other vehicles; the notes give the same-group precision of both), but colour still counts in "
+        "them: a strongly coloured query (a yellow bird, an orange cat) also draws animals of that colour "
+        "from unrelated classes. Pixel neighbours share only overall brightness, colour and layout (grass "
+        "under the dog, a dark surround) and are mostly unrelated classes.", order=44,
         k=6, feature_metric="cosine", pixel_metric="l2", pixel_size=32)
 def neighbors_feature_vs_pixel(ctx: Context):
     import jax.numpy as jnp

@@ -123,6 +123,7 @@ def classviz_from_image(ctx: Context):
     labels = imagenet_labels()
     model = _model(ctx, "squeezenet1_1")
     pairs = [("chelsea", 285), ("coffee", 967)]  # Egyptian cat, espresso
+    ctx.uses_builtin()
     images = load_images([p for p, _ in pairs], 112, "eval", model.eval_transform)
     x0 = model.preprocess(jnp.asarray(images))
     classes = jnp.array([c for _, c in pairs])
@@ -175,10 +176,26 @@ def channel_viz(ctx: Context):
     return fig
 
 
+def _likeness(x: np.ndarray, photo: np.ndarray, blur: float = 8.0) -> tuple[float, float]:
+    """(layout, colour) of an inversion ``x`` against the ``photo`` (both (H, W, 3) in [0, 1]):
+    Pearson correlation of their grey images after a Gaussian blur of ``blur`` px (where things are), and
+    the ratio of their chroma spreads (std of each pixel's deviation from its grey value; 1 = as colourful)."""
+    from scipy.ndimage import gaussian_filter
+    x, photo = np.asarray(x, np.float64), np.asarray(photo, np.float64)
+    gx, gp = (gaussian_filter(a.mean(-1), blur / 2) for a in (x, photo))
+    layout = float(np.corrcoef(gx.ravel(), gp.ravel())[0, 1])
+    chroma = [float(np.std(a - a.mean(-1, keepdims=True))) for a in (x, photo)]
+    return layout, chroma[0] / max(chroma[1], 1e-12)
+
+
 @figure("inversion_depths", "Feature inversion from four depths",
         "x* = argmin ||Phi_l(x) - Phi_l(x0)||^2/||Phi_l(x0)||^2 + lambda TV^2(x)/(H W B^2) (Mahendran & "
-        "Vedaldi 2015) from small noise, Adam 120 steps, SqueezeNet 1.1 at 96 px: shallow layers keep "
-        "the photo; deeper ones keep parts and texture but lose position and colour.", order=504,
+        "Vedaldi 2015) from small noise, Adam 120 steps, SqueezeNet 1.1 at 96 px. Position survives: at "
+        "every depth the eyes and nose are drawn where they are in the photo. What goes with depth is the "
+        "photo's colour (towards grey), its broad light-and-dark pattern and its fine detail, replaced by "
+        "stroke-like texture (at fire8 the eyes are sets of rings on a grey ground). The notes measure two of "
+        "these per layer: the correlation of the inversion's grey image with the photo's after an 8 px blur, "
+        "and its colour spread relative to the photo's (1 = as colourful).", order=504,
         size=96, steps=120, lr=0.05, tv_weight=0.5, layers="pool1, fire3, fire5, fire8")
 def inversion_depths(ctx: Context):
     import jax.numpy as jnp
@@ -188,6 +205,7 @@ def inversion_depths(ctx: Context):
     from jaxviz.inversion import invert
 
     model = _model(ctx, "squeezenet1_1")
+    ctx.uses_builtin()
     image = load_images(["chelsea"], 96, "eval", model.eval_transform)
     x0 = model.preprocess(jnp.asarray(image))
     layers = ["pool1", "fire3", "fire5", "fire8"]
@@ -199,7 +217,9 @@ def inversion_depths(ctx: Context):
         before, after = res.extras["feature_loss"]
         axes[0, c + 1].imshow(to_rgb(model, res.images)[0])
         axes[0, c + 1].set_title(f"{layer}: loss {float(after[0]):.3f}", fontsize=8)
-        ctx.note(**{f"{layer} feature loss": f"{float(before[0]):.3f} -> {float(after[0]):.4f}"})
+        layout, colour = _likeness(to_rgb(model, res.images)[0], image[0])
+        ctx.note(**{f"{layer} feature loss": f"{float(before[0]):.3f} -> {float(after[0]):.4f}",
+                    f"{layer}: layout correlation / colour spread vs the photo": f"{layout:.2f} / {colour:.2f}"})
     fig.tight_layout()
     return fig
 
@@ -217,6 +237,7 @@ def deepdream_layers(ctx: Context):
     from jaxviz.images import load_images
 
     model = _model(ctx, "squeezenet1_1")
+    ctx.uses_builtin()
     image = load_images(["chelsea"], 160, "eval", model.eval_transform)
     x0 = model.preprocess(jnp.asarray(image))
     layers = ["fire3", "fire7"]

@@ -79,8 +79,10 @@ def _texture_sample(ctx: Context, name: str, box, size: int) -> np.ndarray:
 
 def _content(ctx: Context, size: int) -> tuple[np.ndarray, str]:
     from jaxviz.images import load_image
-    row = ctx.photos_or_builtin(classes=[CONTENT_CLASS], count=1)
-    row = row[0] if row else {"path": "chelsea", "label": "chelsea"}
+    if "_style_content_row" not in vars(ctx):  # drawn once per figure: the page counts one photograph
+        rows = ctx.photos_or_builtin(classes=[CONTENT_CLASS], count=1)
+        vars(ctx)["_style_content_row"] = rows[0] if rows else {"path": "chelsea", "label": "chelsea"}
+    row = vars(ctx)["_style_content_row"]
     return _cover(load_image(row["path"]), (size, size)), row["label"]
 
 
@@ -274,7 +276,8 @@ def style_ratios(ctx: Context):
 @figure("style_scale", "Style transfer: style scale",
         "The painting is resized to 0.5, 1 and 2 × the content size before its Gram matrices are taken "
         "(Gatys et al. 2016, Fig. 7's idea): the same network then sees its strokes at another scale, so "
-        "the rendered strokes are smaller or larger. " + STYLE_COMMON + f" α/β = {BASE_RATIO:g}.",
+        "the rendered strokes are smaller or larger. Method as in style_ratios, at "
+        f"α/β = {BASE_RATIO:g}.",
         order=611, scales=(0.5, 1.0, 2.0), steps=STYLE_STEPS, size_px=SIZE)
 def style_scale(ctx: Context):
     scales = (0.5, 1.0, 2.0)
@@ -295,7 +298,7 @@ BLEND = ("starry_night", "the_scream")
 @figure("style_blend", "Style transfer: two styles blended",
         "The photograph in the style of The Starry Night, of The Scream, and of both with weights 0.5 / 0.5 "
         "(the Gram targets averaged: for weights summing to 1 this equals the weighted sum of the two style "
-        "losses). " + STYLE_COMMON + f" α/β = {BASE_RATIO:g}.", order=612, styles=BLEND, blend=(0.5, 0.5),
+        f"losses). Method as in style_ratios, at α/β = {BASE_RATIO:g}.", order=612, styles=BLEND, blend=(0.5, 0.5),
         steps=STYLE_STEPS, size_px=SIZE)
 def style_blend(ctx: Context):
     fig, axes = _axes(2, 3, 3.3)
@@ -317,8 +320,8 @@ def style_blend(ctx: Context):
         "painting's palette replaces the photograph's); luminance-only transfer (YIQ: the painting's "
         "luminance, matched to the photograph's mean and spread, is the style; the result's luminance is "
         "combined with the photograph's I/Q colour channels); colour-histogram matching (the painting's "
-        "colours are first mapped to the photograph's mean and covariance). " + STYLE_COMMON
-        + f" α/β = {BASE_RATIO:g}.", order=613, modes=("off", "luminance", "histogram"), steps=STYLE_STEPS,
+        "colours are first mapped to the photograph's mean and covariance). Method as in style_ratios, at "
+        f"α/β = {BASE_RATIO:g}.", order=613, modes=("off", "luminance", "histogram"), steps=STYLE_STEPS,
         size_px=SIZE)
 def style_preserve_color(ctx: Context):
     modes = (None, "luminance", "histogram")
@@ -355,7 +358,8 @@ CIN_CLASS, CIN_SIZE = 970, 256
         "a = 0 … 1 between two styles, the whole row one batched forward pass at 256 px. (Training such a "
         "network from scratch, jaxviz.fast_style, needs hours of GPU time for sharp strokes; the few CPU "
         "minutes of a gallery run give blurry images whose mixes all look alike, so it is not shown.)",
-        order=620, size=f"{CIN_SIZE}x{CIN_SIZE}", pairs=str(CIN_PAIRS), mixes=str(CIN_MIXES))
+        order=620, size=f"{CIN_SIZE}x{CIN_SIZE}", pairs="; ".join(f"style {a} + style {b}" for a, b in CIN_PAIRS),
+        mixes=CIN_MIXES)
 def fast_style_cin(ctx: Context):
     import time
 
