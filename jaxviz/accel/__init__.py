@@ -26,9 +26,7 @@ from jaxviz.accel import (
 )
 from jaxviz.accel import xla
 from jaxviz.accel.fast_layers import FastPoolNet, with_stored_kernels
-from jaxviz.errors import JaxvizError
 from jaxviz.interface import Model, as_model
-from jaxviz.interface.backward import RULES
 from jaxviz.interface.model import ALL
 from jaxviz.models.network import SequentialNet
 
@@ -76,18 +74,12 @@ def _rewritten_forward(base, rule: str):
 
 
 class _Accelerated:
-    """Mixed into an accelerated model's class: ``with_backward(rule)`` rewrites the plain
-    forward pass once with the rule (the ReLUs fused into max-pools take the rule too)."""
+    """Mixed into an accelerated model's class: ``with_backward(rule)`` (``Model``'s, cached
+    there) rewrites the plain forward pass once with the rule (the ReLUs fused into max-pools
+    take the rule too)."""
 
-    def with_backward(self, rule):
-        if rule not in RULES:
-            raise JaxvizError(f"unknown backward rule {rule!r}; use one of {', '.join(RULES)}")
-        if rule == "gradient":
-            return self
-        key = ("backward", rule)
-        if key not in self._derived:
-            self._derived[key] = self.derive(_forward=_rewritten_forward(self._plain_forward, rule))
-        return self._derived[key]
+    def _forward_with_rule(self, rule):
+        return _rewritten_forward(self._plain_forward, rule)
 
 
 _CLASSES: dict = {}

@@ -159,16 +159,21 @@ class Model:
             return self
         key = ("backward", rule)
         if key not in self._derived:
-            base = self._forward
-
-            def forward(params, x, capture, inject, stop_after):
-                names = tuple(inject)
-
-                def fn(p, xx, values):
-                    return base(p, xx, capture, dict(zip(names, values)), stop_after)
-                return with_backward_rule(fn, rule, argnums=(1, 2))(params, x, tuple(inject[n] for n in names))
-            self._derived[key] = self.derive(_forward=forward)
+            self._derived[key] = self.derive(_forward=self._forward_with_rule(rule))
         return self._derived[key]
+
+    def _forward_with_rule(self, rule: Rule):
+        """A ``_forward`` whose ReLUs of the inputs (x and injected arrays) take ``rule``
+        (``jaxviz.accel`` overrides this to apply the rule inside its own rewrite)."""
+        base = self._forward
+
+        def forward(params, x, capture, inject, stop_after):
+            names = tuple(inject)
+
+            def fn(p, xx, values):
+                return base(p, xx, capture, dict(zip(names, values)), stop_after)
+            return with_backward_rule(fn, rule, argnums=(1, 2))(params, x, tuple(inject[n] for n in names))
+        return forward
 
     def derive(self, **attributes) -> "Model":
         """A shallow copy with some attributes replaced (for adapters and ``jaxviz.accel``)."""
