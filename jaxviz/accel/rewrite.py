@@ -36,6 +36,9 @@ from jax.extend import core as jex_core
 from jaxviz.accel import ops
 from jaxviz.errors import JaxvizError
 from jaxviz.interface.backward import ACTIVATIONS, RULES, relu_kind
+from jaxviz.interface.backward import (
+    _sub_jaxprs as _subs,  # every sub-jaxpr of an equation
+)
 
 _CALLS = ("pjit", "jit", "closed_call", "core_call")
 _REMAT = ("remat", "remat2", "checkpoint")  # opened only for a ReLU rule (its memory saving lost)
@@ -212,16 +215,6 @@ def _sub(eqn):
         if isinstance(value, (jex_core.ClosedJaxpr, jex_core.Jaxpr)):
             return value
     return None
-
-
-def _subs(eqn) -> list:
-    """Every sub-jaxpr among the equation's parameters (cond branches are a tuple)."""
-    out = []
-    for value in eqn.params.values():
-        for v in value if isinstance(value, (tuple, list)) else (value,):
-            if isinstance(v, (jex_core.ClosedJaxpr, jex_core.Jaxpr)):
-                out.append(v)
-    return out
 
 
 def _contains_relu(jaxpr) -> bool:
