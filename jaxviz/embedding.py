@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 from functools import partial
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -317,15 +317,3 @@ def grid_image(cells: np.ndarray, thumbs: np.ndarray, rows: int, cols: int,
         r, c = divmod(int(cell), cols)
         canvas[r * t:(r + 1) * t, c * t:(c + 1) * t] = thumb[:, :, :3]
     return canvas
-
-
-def load_thumbnails(sources: Sequence[str], size: int | tuple[int, int], *, fit: str = "stretch",
-                    transform=None, progress: bool = False) -> np.ndarray:
-    """(N, size, size, 3) images in [0, 1] from paths or sample names (progress bar optional);
-    ``fit``/``transform`` as ``jaxviz.images.load_image``."""
-    from jaxviz.images import load_image
-    it = sources
-    if progress:
-        from tqdm import tqdm
-        it = tqdm(sources, desc="images", unit="img")
-    return np.stack([load_image(s, size, fit, transform) for s in it]).astype(np.float32)

@@ -190,6 +190,18 @@ def load_images(sources: Sequence[str | os.PathLike], size: int | tuple[int, int
     return np.stack([load_image(s, size, fit, transform, exif) for s in sources])
 
 
+def load_thumbnails(sources: Sequence[str], size: int | tuple[int, int], *, fit: Fit = "stretch",
+                    transform: EvalTransform | None = None, progress: bool = False) -> np.ndarray:
+    """(N, size, size, 3) float32 images in [0, 1] from paths or sample names, with an optional
+    progress bar (thumbnails for the embedding maps and neighbour strips); ``fit``/``transform``
+    as ``load_image``."""
+    it = sources
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(sources, desc="images", unit="img")
+    return np.stack([load_image(s, size, fit, transform) for s in it]).astype(np.float32)
+
+
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """Float [0, 1] -> uint8 with rounding (clipped)."""
     return np.clip(np.round(np.asarray(image, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)

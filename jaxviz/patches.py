@@ -1,7 +1,8 @@
 """Maximally activating patches (Zeiler & Fergus 2014, fig. 2; Girshick et al. 2014, fig. 4).
 
-For a (layer, channel), the index of ``jaxviz.scan`` holds the k images and positions with the
-strongest activation. The unit at position (y, x) of a layer sees exactly the input box
+For a (layer, channel), a scan index (``jaxviz.scan``, on disk ``jaxviz.scan_index``) holds the k
+images and positions with the strongest activation; the photographs themselves come in as arrays
+(``images``: a mapping global image index -> (H, W, 3), e.g. ``jaxviz.scan_index.index_images``). The unit at position (y, x) of a layer sees exactly the input box
 ``field.box(y, x)`` of the layer's receptive field, so cropping that box shows everything the
 unit saw — nothing less, nothing more. Where the box hangs over the image edge (the unit saw
 padding there) the tile is grey. Deeper layers have larger receptive fields, hence larger patches.
@@ -27,7 +28,8 @@ from __future__ import annotations
 import functools
 from collections import Counter
 from functools import partial
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -38,9 +40,11 @@ from jaxviz.interface import Model, ReceptiveField, as_model
 from jaxviz.interface.backward import RULES
 
 if TYPE_CHECKING:
-    from jaxviz.scan import Index
+    from jaxviz.scan_index import Index
 
 PyTree = Any
+# The photographs under the units: global image index -> (H, W, 3) float [0, 1] at the index's size.
+Images = Union[Mapping[int, np.ndarray], Callable[[int], np.ndarray]]
 GREY = 0.5
 _PROBE_IMAGES = 8  # random inputs whose gradient supports are united (max-pools route to one input)
 _MAX_SIDE = 2048  # largest canvas a measurement may grow to
@@ -462,11 +466,10 @@ def _index_size(index: Index) -> int | tuple[int, int]:
     return tuple(size) if isinstance(size, list) else int(size)
 
 
-def _top_units(model: Model, index: Index, layer: str, channels: Sequence[int], k: int | None,
+def _top_units(model: Model, index: Index, images: Images, layer: str, channels: Sequence[int], k: int | None,
                params: PyTree) -> tuple:
     """Checked arguments and the images under the top-k units: (name, channels, k, hw, rf,
-    images (len(channels) * k, H, W, 3) as the scan loaded them, ys, xs, values (C, k))."""
-    from jaxviz.images import load_image
+    images (len(channels) * k, H, W, 3) from ``images``, ys, xs, values (C, k))."""
     name = model.resolve_layer(layer)
     if name not in index.topk:
         raise JaxvizError(f"layer {layer} was not scanned in {index.path}; scanned: {', '.join(index.topk) or 'none'}")
@@ -481,40 +484,50 @@ def _top_units(model: Model, index: Index, layer: str, channels: Sequence[int], 
     k = kmax if k is None else min(int(k), kmax)
     if k < 1:
         raise JaxvizError("k must be at least 1")
-    size, fit = _index_size(index), index.meta["fit"]
-    hw = model.input_hw(size)
+    hw = model.input_hw(_index_size(index))
     rf = layer_field(model, name, hw, params=params)
     image_ids = t.image[channels, :k]
     if np.any(image_ids < 0):
         raise JaxvizError(f"index {index.path}: layer {name} holds fewer than {k} images per channel")
-    # Loaded as the scan loaded them (the model's evaluation transform for fit "eval").
-    transform = getattr(model, "eval_transform", None)
-    cache = {int(i): load_image(index.source(int(i)), size, fit, transform) for i in np.unique(image_ids)}
+    get = images.__getitem__ if isinstance(images, Mapping) else images
+    cache = {}
+    for i in np.unique(image_ids):
+        try:
+            cache[int(i)] = np.asarray(get(int(i)), np.float32)
+        except (KeyError, IndexError):
+            raise JaxvizError(f"image {int(i)} of index {index.path} is not among the images given") from None
+        if cache[int(i)].shape != (*hw, 3):
+            raise JaxvizError(f"image {int(i)} has shape {cache[int(i)].shape}, expected {(*hw, 3)} "
+                              "(the index's input size, RGB)")
     images = np.stack([cache[int(i)] for i in image_ids.ravel()])
     ys, xs = t.y[channels, :k].ravel(), t.x[channels, :k].ravel()
     return name, channels, k, hw, rf, images, ys, xs, t.values[channels, :k]
 
 
-def top_patches(model, index: Index, layer: str, channels: Sequence[int], *, k: int | None = None,
+def top_patches(model, index: Index, layer: str, channels: Sequence[int], *, images: Images, k: int | None = None,
                 params: PyTree | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The patches under the top-k activations of ``channels`` of ``layer``.
 
     Args:
       model: the ``jaxviz`` Model the index was scanned with (for its layers and geometry).
-      index: a ``jaxviz.scan.Index``.
+      index: a ``jaxviz.scan_index.Index`` (its top-k arrays and meta; no file is read here).
       layer: layer name or alias (must have been scanned).
       channels: channel numbers.
+      images: the photographs, global image index -> (H, W, 3) float [0, 1] at the index's input
+        size, fitted as the scan fitted them: a mapping or a callable
+        (``jaxviz.scan_index.index_images(index, model)`` loads them from the index's sources).
       k: patches per channel (default: all the index holds).
       params: the model's variables, for measured fields (default ``model.params``).
     Returns:
       ``(patches, values)``: (len(channels), k, S, S, 3) tiles in [0, 1] (S = receptive field
       size; grey where the unit saw nothing) and the (len(channels), k) activations.
     Raises:
-      JaxvizError: unknown layer or channel out of range.
+      JaxvizError: unknown layer or channel out of range, an image missing from ``images`` or of
+        another size.
     """
     model = as_model(model)
     params = model.params if params is None else params
-    name, channels, k, hw, rf, images, ys, xs, values = _top_units(model, index, layer, channels, k, params)
+    name, channels, k, hw, rf, images, ys, xs, values = _top_units(model, index, images, layer, channels, k, params)
     tops, lefts = rf.offset + ys * rf.stride, rf.offset + xs * rf.stride
     tiles = np.array(crop_patches(jnp.asarray(images), jnp.asarray(tops), jnp.asarray(lefts), rf.size))
     # Grey out what this unit did not see: the part of the layer's field outside the channel's
@@ -593,8 +606,8 @@ def _signals_jit(options: tuple[tuple[str, str], ...]):
     return jax.jit(unit_signals, static_argnames=("model", "layer", "rule"), **kwargs)
 
 
-def top_reconstructions(model, index: Index, layer: str, channels: Sequence[int], *, k: int | None = None,
-                        params: PyTree | None = None, rule: str = "deconv", batch: int = 16
+def top_reconstructions(model, index: Index, layer: str, channels: Sequence[int], *, images: Images,
+                        k: int | None = None, params: PyTree | None = None, rule: str = "deconv", batch: int = 16
                         ) -> tuple[np.ndarray, np.ndarray]:
     """Deconvnet reconstructions of the top-k units of ``channels`` of ``layer``, cropped to the
     same boxes as ``top_patches`` (Zeiler & Fergus 2014, fig. 2: each reconstruction beside its patch).
@@ -604,7 +617,7 @@ def top_reconstructions(model, index: Index, layer: str, channels: Sequence[int]
     outside the image), so tile [c, i] lies exactly over patch [c, i].
 
     Args:
-      model, index, layer, channels, k, params: as ``top_patches``.
+      model, index, layer, channels, images, k, params: as ``top_patches``.
       rule: the backward rule (``unit_signals``).
       batch: images per backward pass (the last batch is padded: one compilation).
     Returns:
@@ -619,7 +632,7 @@ def top_reconstructions(model, index: Index, layer: str, channels: Sequence[int]
         raise JaxvizError(f"batch must be a positive integer, got {batch!r}")
     if rule not in RULES:
         raise JaxvizError(f"unknown rule {rule!r}; use one of {', '.join(RULES)}")
-    name, channels, k, _, rf, images, ys, xs, values = _top_units(model, index, layer, channels, k, params)
+    name, channels, k, _, rf, images, ys, xs, values = _top_units(model, index, images, layer, channels, k, params)
     units = np.stack([ys, xs, np.repeat(channels, k)], axis=1).astype(np.int32)
     signals_fn = _signals_jit(tuple(model.compiler_options))
     n = len(images)
@@ -652,15 +665,16 @@ def signal_image(signal: np.ndarray, *, percentile: float = 99.5) -> np.ndarray:
     return np.clip(0.5 + 0.5 * signal / scale, 0.0, 1.0).astype(np.float32)
 
 
-def patch_grid(model, index: Index, layer: str, channels: Sequence[int], *, k: int | None = None,
+def patch_grid(model, index: Index, layer: str, channels: Sequence[int], *, images: Images, k: int | None = None,
                params: PyTree | None = None, pad: int = 2) -> np.ndarray:
-    """One image: for each channel a square grid of its top-k patches, channels side by side.
+    """One image: for each channel a square grid of its top-k patches, channels side by side
+    (arguments as ``top_patches``).
 
     Returns:
       (H, W, 3) float image in [0, 1] (white separators), for ``jaxviz.images.save_image``.
     """
     from jaxviz.render import grid
-    tiles, _ = top_patches(model, index, layer, channels, k=k, params=params)
+    tiles, _ = top_patches(model, index, layer, channels, images=images, k=k, params=params)
     per_channel = [grid(t, pad=1, fill=1.0) for t in tiles]
     return grid(np.stack(per_channel), columns=min(len(per_channel), 8), pad=pad * 3, fill=1.0)
 

@@ -304,7 +304,7 @@ _ALL: list[Technique] = [
               "Yosinski et al. 2015", (
                   REQUIRED_LAYER, Option("columns", int, "tiles per row (default: square)", lo=1, hi=4096)),
               frozenset({"layer"}), "activations"),
-    Technique("scan", "jaxviz.scan:scan", "top-k activating images per channel, pooled features",
+    Technique("scan", "jaxviz.scan_index:scan", "top-k activating images per channel, pooled features",
               "Zeiler & Fergus 2014", (
                   Option("layers", str, "layers to scan (names or aliases)", nargs="+", metavar="LAYER",
                          default=None),

@@ -663,7 +663,7 @@ def scan(cfg: Config) -> Comparison:
     forward pass alone on the same images already in memory, same batch (goal: >= 0.9x)."""
     import numpy as np
     from jaxviz.accel import xla
-    from jaxviz.scan import scan as run_scan
+    from jaxviz.scan_index import scan as run_scan
     count, batch, size = cfg.pick(128, 8), cfg.pick(32, 4), cfg.pick(224, 64)
     layers = ["fire3", "fire6", "fire9"]
     _, model = _model("squeezenet1_1")

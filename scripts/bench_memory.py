@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MEMORY_CHILD = """
 import json, tracemalloc
 from jaxviz.accel import accelerate
-from jaxviz.scan import scan, collect_sources
+from jaxviz.scan_index import scan, collect_sources
 from jaxviz.weights.store import load_model
 
 def rss_mb():

@@ -89,7 +89,7 @@ def workspace(tmp_path_factory, cached_models):
     """A small scan index of SqueezeNet (3 images at 64 px), a content folder for fast-style."""
     from jaxviz.accel import accelerate
     from jaxviz.images import save_image, load_image
-    from jaxviz.scan import scan
+    from jaxviz.scan_index import scan
     from jaxviz.weights.store import load_model
     root = tmp_path_factory.mktemp("bad_input")
     scan(accelerate(load_model("squeezenet1_1")), ["chelsea", "coffee", "astronaut"], root / "ix",
@@ -438,7 +438,7 @@ def test_two_concurrent_scans(workspace, tmp_path, capsys, monkeypatch):
     (nothing of it left); with --wait it waits and then finds the complete index. The complete
     index holds no running state and no temporary file."""
     from jaxviz.accel import accelerate
-    from jaxviz.scan import read_index, scan
+    from jaxviz.scan_index import read_index, scan
     from jaxviz.weights.store import load_model
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "ix"
@@ -472,7 +472,7 @@ def test_two_concurrent_scans(workspace, tmp_path, capsys, monkeypatch):
 def test_scan_killed_while_finishing_leaves_no_temporary_files(workspace, tmp_path, monkeypatch):
     """A kill between the last array and the final meta.json: the index is incomplete but holds no
     running state or temporary file, and the next run completes it."""
-    import jaxviz.scan as S
+    import jaxviz.scan_index as S
     from jaxviz.accel import accelerate
     from jaxviz.weights.store import load_model
     model = accelerate(load_model("squeezenet1_1"))

@@ -22,7 +22,8 @@ import pytest
 from conftest import make_tiny_model
 
 from jaxviz.images import save_image
-from jaxviz.scan import read_index, scan, shard_range
+from jaxviz.scan import shard_range
+from jaxviz.scan_index import read_index, scan
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -42,7 +43,7 @@ from jax.experimental import multihost_utils
 
 sys.path.insert(0, args["tests"])
 from conftest import make_tiny_model
-from jaxviz.scan import merge_indices, scan
+from jaxviz.scan_index import merge_indices, scan
 
 me, n = jax.process_index(), jax.process_count()
 model = make_tiny_model()

@@ -15,7 +15,7 @@ from jaxviz.errors import JaxvizError
 from jaxviz.images import load_image, load_images, save_image
 from jaxviz.interface import ReceptiveField
 from jaxviz.patches import layer_field, measured_fields, top_patches, unit_boxes, visible_extent
-from jaxviz.scan import collect_sources, scan
+from jaxviz.scan_index import collect_sources, index_images, scan
 
 # Receptive fields at 16 px worked out by hand for the user models, which declare no geometry:
 # 3x3/2 "SAME" (16 px: no top padding) (3, 2, 0), 3x3 "SAME" (7, 2, -2), again (11, 2, -4);
@@ -150,7 +150,7 @@ def test_patches_put_back_in_noise_reproduce_the_activation(any_model, folder, t
     layer = scanned_layers(any_model)[-1]
     index = scan(any_model, collect_sources([folder]), tmp_path / "ix", layers=[layer], topk=2, batch=4, input_size=24)
     channels = [0, 3]
-    tiles, values = top_patches(any_model, index, layer, channels)
+    tiles, values = top_patches(any_model, index, layer, channels, images=index_images(index, any_model))
     size = index.meta["input_size"]
     t = index.topk[layer]
     field = layer_field(any_model, layer, 24)

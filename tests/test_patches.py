@@ -23,7 +23,7 @@ from jaxviz.models.registry import ModelSpec, init_params
 from jaxviz.patches import (GREY, channel_fields, crop_patches, layer_field, measured_field, measured_fields,
                             patch_grid, signal_image, top_patches, top_reconstructions, unit_boxes, unit_signals,
                             visible_extent)
-from jaxviz.scan import collect_sources, scan
+from jaxviz.scan_index import collect_sources, index_images, scan
 
 
 def test_crop_patches_matches_numpy_with_grey_outside():
@@ -120,7 +120,7 @@ def _put_back(tile, box, image, noise):
 def _check_put_back(model, index, layer, channels, k, rng):
     name = model.resolve_layer(layer)
     size = index.meta["input_size"]
-    tiles, values = top_patches(model, index, layer, channels, k=k)
+    tiles, values = top_patches(model, index, layer, channels, images=index_images(index, model), k=k)
     t = index.topk[name]
     checked = 0
     for ci, channel in enumerate(channels):
@@ -156,10 +156,29 @@ def test_tiny_patch_put_back_reproduces_the_activation(tiny_index, rng):
         _check_put_back(model, index, layer, [0, 5], 3, rng)
 
 
+def test_top_patches_take_the_photographs_as_arrays(tiny_index):
+    """The technique opens no file: a plain dict (or a callable) of arrays gives the same tiles as
+    the index's loader; an image missing from it, or of another size, is refused in one line."""
+    model, index = tiny_index
+    layer, channels = "features.4", [0, 5]
+    loaded = index_images(index, model)
+    arrays = {int(i): np.array(loaded[int(i)]) for i in index.indices}
+    want, values = top_patches(model, index, layer, channels, images=loaded, k=3)
+    for images in (arrays, arrays.__getitem__):
+        got, got_values = top_patches(model, index, layer, channels, images=images, k=3)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(got_values, values)
+    needed = int(index.topk[layer].image[0, 0])
+    with pytest.raises(JaxvizError, match=f"image {needed} .* not among the images given"):
+        top_patches(model, index, layer, [0], images={i: a for i, a in arrays.items() if i != needed}, k=1)
+    with pytest.raises(JaxvizError, match="expected"):
+        top_patches(model, index, layer, [0], images={i: a[:-1] for i, a in arrays.items()}, k=1)
+
+
 def test_patch_grid_shape(tiny_index):
     model, index = tiny_index
     rf = model.receptive_fields(16)["features.4"]
-    img = patch_grid(model, index, "features.4", [0, 1, 2])
+    img = patch_grid(model, index, "features.4", [0, 1, 2], images=index_images(index, model))
     assert img.ndim == 3 and img.shape[2] == 3 and img.min() >= 0 and img.max() <= 1
     assert img.shape[0] == 2 * rf.size + 1  # one row of channels, each a 2x2 grid of 3 tiles
 
@@ -230,8 +249,9 @@ def test_top_reconstructions_are_the_unit_signals_cut_at_the_patch_boxes(tiny_in
     model, index = tiny_index
     layer, channels, size = "features.4", [0, 5], index.meta["input_size"]
     for batch in (4, 16):  # padded last batch, and one batch
-        recon, values = top_reconstructions(model, index, layer, channels, k=3, batch=batch)
-        _, patch_values = top_patches(model, index, layer, channels, k=3)
+        images = index_images(index, model)
+        recon, values = top_reconstructions(model, index, layer, channels, images=images, k=3, batch=batch)
+        _, patch_values = top_patches(model, index, layer, channels, images=images, k=3)
         np.testing.assert_array_equal(values, patch_values)
         t = index.topk[layer]
         rf = layer_field(model, layer, size)

@@ -17,7 +17,7 @@ from conftest import make_tiny_model
 
 from jaxviz.errors import JaxvizError
 from jaxviz.images import load_images, save_image
-from jaxviz.scan import collect_sources, merge_indices, read_index, scan
+from jaxviz.scan_index import collect_sources, merge_indices, read_index, scan
 
 TESTS = Path(__file__).resolve().parent
 LAYERS = ["features.1", "features.4"]  # ReLU output (many exact ties at 0) and the last ReLU
@@ -172,7 +172,7 @@ KILLED = """
 import sys, time
 sys.path.insert(0, {tests!r})
 from conftest import make_tiny_model
-from jaxviz.scan import scan, collect_sources
+from jaxviz.scan_index import scan, collect_sources
 scan(make_tiny_model(), collect_sources([{folder!r}]), {out!r}, layers={layers!r}, topk=4, batch=2,
      on_batch=lambda done: time.sleep(0.4))
 """
@@ -207,7 +207,7 @@ sys.path.insert(0, {tests!r})
 import jax
 assert len(jax.devices()) == 4, jax.devices()
 from conftest import make_tiny_model
-from jaxviz.scan import scan, collect_sources
+from jaxviz.scan_index import scan, collect_sources
 scan(make_tiny_model(), collect_sources([{folder!r}]), {out!r}, layers={layers!r}, topk=4, batch=8)
 """
 
@@ -285,9 +285,9 @@ def test_patches_bad_layer_and_channel(reference):
     model, _, index = reference
     from jaxviz.patches import top_patches
     with pytest.raises(JaxvizError, match="out of range"):
-        top_patches(model, index, "features.4", [0, 8])
+        top_patches(model, index, "features.4", [0, 8], images={})
     with pytest.raises(JaxvizError, match="not scanned"):
-        top_patches(model, index, "features.3", [0])
+        top_patches(model, index, "features.3", [0], images={})
 
 
 def test_ties_are_canonical_with_dead_channels(folder, tmp_path):

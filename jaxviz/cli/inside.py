@@ -36,7 +36,7 @@ def _load_model(name: str | None):
 
 def _read_index(path: str):
     """A complete, undamaged scan index (``read_index`` checks every file) with images in it."""
-    from jaxviz.scan import read_index
+    from jaxviz.scan_index import read_index
     index = read_index(path)
     if len(index.paths) == 0:
         raise JaxvizError(f"index {path} holds no images")
@@ -170,7 +170,8 @@ def _pixel_database(paths, size: int, fit: str, pixel_size: int, progress: bool)
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxviz.embedding import load_thumbnails, pixel_features
+    from jaxviz.embedding import pixel_features
+    from jaxviz.images import load_thumbnails
     # Load at the model's input size (as the scan did), then the same antialiased resize as queries.
     starts = range(0, len(paths), 64)
     if progress:
@@ -186,7 +187,7 @@ def _pixel_database(paths, size: int, fit: str, pixel_size: int, progress: bool)
 def _neighbour_rows(queries, idx, paths, size: int, fit: str, thumb: int = 96):
     import numpy as np
 
-    from jaxviz.embedding import load_thumbnails
+    from jaxviz.images import load_thumbnails
     from jaxviz.images import fit_image
     from jaxviz.render import grid
     rows = []
@@ -215,7 +216,7 @@ def embed(parser: argparse.ArgumentParser):
 
     def run(args: argparse.Namespace) -> int:
         from jaxviz import embedding as E
-        from jaxviz.images import save_image
+        from jaxviz.images import load_thumbnails, save_image
         technique = get(args.method, "embed")
         options_for(args, technique)  # static bounds first
         thumb, canvas, max_images = (option_value(args, o) for o in (THUMB, CANVAS, MAX_IMAGES))
@@ -239,7 +240,7 @@ def embed(parser: argparse.ArgumentParser):
                      f"{technique.name} of {n} images, {model.name} {index.meta['feature_layer']}", model.labels)
             print(f"{technique.name} of {n} images as a scatter by predicted class -> {out}")
             return 0
-        thumbs = E.load_thumbnails(index.paths, thumb, fit=index.meta["fit"], progress=not args.no_progress)
+        thumbs = load_thumbnails(index.paths, thumb, fit=index.meta["fit"], progress=not args.no_progress)
         if args.grid:
             rows, cols = E.grid_shape(n)
             image = E.grid_image(E.grid_assignment(points, rows, cols), thumbs, rows, cols)
@@ -258,7 +259,7 @@ def _predict(model, index, progress: bool):
     import numpy as np
 
     from jaxviz.accel import xla
-    from jaxviz.embedding import load_thumbnails
+    from jaxviz.images import load_thumbnails
     apply = xla.jit(model.apply, model.compiler_options)
     size, fit = _index_size(index), index.meta["fit"]
     starts = range(0, len(index.paths), 32)

@@ -51,7 +51,7 @@ def scan(parser: argparse.ArgumentParser):
         if args.merge:
             if args.inputs:
                 raise JaxvizError("give either inputs to scan or --merge INDEX..., not both")
-            from jaxviz.scan import merge_indices
+            from jaxviz.scan_index import merge_indices
             index = merge_indices(args.merge, out, wait=args.wait)
             print(f"merged {len(args.merge)} indices: {index.meta['count']} images -> {out}")
             return 0
@@ -62,7 +62,7 @@ def scan(parser: argparse.ArgumentParser):
             raise JaxvizError("give the layers to scan with --layers")
         shard = _shard(args.shard)
         from jaxviz.accel import accelerate
-        from jaxviz.scan import collect_sources, scan as run_scan
+        from jaxviz.scan_index import collect_sources, scan as run_scan
         from jaxviz.weights.store import default_model, load_model
         sources = collect_sources(args.inputs)
         model = accelerate(load_model(args.model or default_model()))
@@ -88,11 +88,12 @@ def patches(parser: argparse.ArgumentParser):
         path = output_path(args.out)
         from jaxviz.accel import accelerate
         from jaxviz.images import save_image
-        from jaxviz.scan import read_index
+        from jaxviz.scan_index import index_images, read_index
         from jaxviz.weights.store import load_model
         index = read_index(args.index)
         model = accelerate(load_model(index.meta["model"]))
-        grid = TECHNIQUES["patches"].load()(model, index, options["layer"], options["channels"], k=options["k"])
+        grid = TECHNIQUES["patches"].load()(model, index, options["layer"], options["channels"],
+                                            images=index_images(index, model), k=options["k"])
         save_image(grid, path)
         print(f"wrote {path}")
         return 0

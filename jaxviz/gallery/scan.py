@@ -56,7 +56,7 @@ class Sample:
     """One scan of the figure pool: the index, the photographs' classes and labels, thumbnails."""
 
     model: object
-    index: object  # jaxviz.scan.Index
+    index: object  # jaxviz.scan_index.Index
     rows: list  # [{"path", "class", "label"}] aligned with the index rows
     real: bool
     source: str  # what the pool is, for the notes
@@ -148,7 +148,7 @@ def source_label(path: str) -> str:
 def sample_scan(ctx: Context, model_name: str | None = None) -> Sample:
     """The scan of the figure pool with ``model_name`` (default: the figure model), run once per
     gallery run and cached (a temporary folder keyed by model, layers, size and image list)."""
-    from jaxviz.scan import scan
+    from jaxviz.scan_index import scan
     name = model_name or figure_model(ctx)
     model = ctx.model(name)
     rows, real, what, fit = _pool(ctx)
@@ -237,9 +237,11 @@ def scan_patches(ctx: Context):
     import matplotlib.pyplot as plt
 
     from jaxviz.patches import layer_field, top_patches
+    from jaxviz.scan_index import index_images
 
     sample = sample_scan(ctx)
     model, index = sample.model, sample.index
+    images = index_images(index, model)
     layers = [model.resolve_layer(n) for n in PATCH_LAYERS] if model.name.startswith("squeezenet") \
         else list(scan_layers(model))[::2][:3] or list(scan_layers(model))
     per_layer = 2 if ctx.quick else 3
@@ -250,7 +252,7 @@ def scan_patches(ctx: Context):
     tiles = {}
     for layer in layers:  # one call per layer: images loaded and channel fields measured once
         channels = [c for lay, c in strips if lay == layer]
-        t, _ = top_patches(model, index, layer, channels, k=9)
+        t, _ = top_patches(model, index, layer, channels, images=images, k=9)
         tiles.update({(layer, c): t[i] for i, c in enumerate(channels)})
     for row, (layer, channel) in enumerate(strips):
         ids = index.topk[layer].image[channel, :9]
@@ -299,9 +301,11 @@ def zf_deconvnet(ctx: Context):
         top_reconstructions,
     )
     from jaxviz.render import grid
+    from jaxviz.scan_index import index_images
 
     sample = sample_scan(ctx)
     model, index = sample.model, sample.index
+    images = index_images(index, model)
     layers = [model.resolve_layer(n) for n in ZF_LAYERS] if model.name.startswith("squeezenet") \
         else list(scan_layers(model))
     per_layer = 1 if ctx.quick else 2
@@ -314,8 +318,9 @@ def zf_deconvnet(ctx: Context):
         channels = strongest_channels(index.topk[layer], per_layer, skip=_patch_channels(model, index, layer, ctx))
         label = _layer_label(model, layer)
         picked[label] = channels
-        tiles, _ = top_patches(model, index, layer, channels, k=9)
-        recon, _ = top_reconstructions(model, index, layer, channels, k=9, rule="deconv", batch=9 * per_layer)
+        tiles, _ = top_patches(model, index, layer, channels, images=images, k=9)
+        recon, _ = top_reconstructions(model, index, layer, channels, images=images, k=9, rule="deconv",
+                                       batch=9 * per_layer)
         field = layer_field(model, layer, index.meta["input_size"])
         lo, hi = signal_box(recon, SIGNAL_MASS) if field.size > DEEP_FIELD else (0, field.size)
         tiles, recon = tiles[:, :, lo:hi, lo:hi], recon[:, :, lo:hi, lo:hi]
