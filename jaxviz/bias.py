@@ -11,7 +11,8 @@ Conventions
 -----------
 - Sources are confidently classified images, each with a class *set* (``Source.classes``; the
   first entry is its class). Default sources are the sample photos and their crops/mirror images
-  (``candidate_images``); a user folder has one sub-folder per class (``load_folder``). The rule
+  (``jaxviz.datasets.candidate_images``); a user folder has one sub-folder per class
+  (``jaxviz.datasets.load_folder``); this module takes them as arrays. The rule
   (``select_sources``): an image is kept if EVERY classifier of the study gives it a top-1 in its
   class set with probability >= ``min_confidence`` (0.5), at the size the study runs at. A
   sample's class is the first classifier's top-1 (widened by ``class_set``); a folder image's
@@ -43,9 +44,7 @@ Images are (N, H, W, 3) RGB in [0, 1]; each classifier preprocesses its own inpu
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -84,7 +83,6 @@ GEIRHOS_CATEGORIES: dict[str, tuple[int, ...]] = {
 }
 # Classes that count as one class: the 16 categories (lynx, 287, is in none: it stands alone).
 CLASS_GROUPS: tuple[tuple[int, ...], ...] = tuple(GEIRHOS_CATEGORIES.values())
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 STYLE_NETWORK = "vgg19_caffe"
 # Style transfer settings of the study (Adam from the content image, per-pair targets).
 STYLE_DEFAULTS = dict(content_weight=1.0, style_weight=10.0, tv_weight=0.0, learning_rate=4.0)
@@ -207,24 +205,6 @@ def gatys_code_weights(model, size: int | tuple[int, int], content_layer: str = 
             "content_layer": content_layer, "style_layers": tuple(style_layers)}
 
 
-def photo_candidates(rows: Sequence[dict], size: int | tuple[int, int]
-                     ) -> list[tuple[str, np.ndarray, tuple[int, ...]]]:
-    """Photographs of Geirhos et al.'s 16 categories as ``select_sources`` candidates.
-
-    Args:
-      rows: ``[{"path", "class", "label"}]`` (e.g. ``jaxviz.datasets.imagenet_sample()``); rows
-        whose class is in none of the 16 categories are skipped.
-      size: the study's image size (photos are stretched to it).
-    Returns:
-      ``(name, (H, W, 3) image in [0, 1], class set)``, the class set being the whole category
-      (``class_set``), so a sibling class counts as the category.
-    """
-    from jaxviz.images import load_image
-    members = {c for group in CLASS_GROUPS for c in group}
-    return [(str(r.get("label") or Path(r["path"]).stem), load_image(r["path"], size, fit="stretch"),
-             class_set(int(r["class"]))) for r in rows if int(r["class"]) in members]
-
-
 def parse_class_folder(name: str) -> tuple[int, ...]:
     """Class set of a folder name: an ImageNet class name or index, or several joined by ``+``.
 
@@ -241,64 +221,6 @@ def parse_class_folder(name: str) -> tuple[int, ...]:
         if c not in classes:
             classes.append(c)
     return tuple(classes)
-
-
-def candidate_images(size: int | tuple[int, int]) -> list[tuple[str, np.ndarray]]:
-    """The sample photos and crops of them: (name, (H, W, 3) image in [0, 1]) at ``size``.
-
-    Per photo: whole, centre crop (middle 3/4 of each side), and the mirror image of both.
-    """
-    from jaxviz.datasets import base_images
-    from jaxviz.images import fit_image
-    bases = base_images()
-    out = []
-    for name in SAMPLE_PHOTOS:
-        if name not in bases:
-            continue
-        full = bases[name]()
-        h, w = full.shape[:2]
-        centre = full[h // 8:h - h // 8, w // 8:w - w // 8]
-        for crop, img in (("", full), (" centre", centre)):
-            out.append((name + crop, fit_image(img, size, "stretch")))
-            out.append((name + crop + " mirror", fit_image(np.ascontiguousarray(img[:, ::-1]), size, "stretch")))
-    return out
-
-
-def load_folder(root: str | os.PathLike, size: int | tuple[int, int]
-                ) -> list[tuple[str, np.ndarray, tuple[int, ...]]]:
-    """Images of a folder with one sub-folder per class: (name, image (H, W, 3), class set).
-
-    A sub-folder is named by an ImageNet class name or index (``"Egyptian cat"``, ``"285"``), or
-    several joined by ``+``. Image files are read from each sub-folder (not recursively).
-
-    Raises:
-      JaxvizError: missing folder, no class sub-folders, an unknown class name, two folders of
-        the same class, a class folder without images, fewer than two classes, unreadable image.
-    """
-    from jaxviz.images import load_image
-    root = Path(root)
-    if not root.exists():
-        raise JaxvizError(f"image folder does not exist: {root}")
-    if not root.is_dir():
-        raise JaxvizError(f"--images must be a folder with one sub-folder per class, got a file: {root}")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not folders:
-        raise JaxvizError(f"no class sub-folders in {root}: put the images in one sub-folder per ImageNet "
-                          "class, named by class name or index")
-    out, seen = [], {}
-    for folder in folders:
-        classes = parse_class_folder(folder.name)
-        for c in classes:
-            if c in seen:
-                raise JaxvizError(f"class folders {seen[c]!r} and {folder.name!r} both contain class {c}")
-            seen[c] = folder.name
-        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise JaxvizError(f"class folder {folder} has no images ({', '.join(IMAGE_SUFFIXES)})")
-        out += [(f"{folder.name}/{p.name}", load_image(p, size, fit="stretch"), classes) for p in files]
-    if len(folders) < 2:
-        raise JaxvizError(f"need at least 2 class sub-folders in {root} for cue-conflict pairs, got {len(folders)}")
-    return out
 
 
 def predict(model, images: np.ndarray, batch: int = 32) -> np.ndarray:

@@ -4,13 +4,18 @@ No large image dataset is available offline, so ``figure_dataset`` builds one fr
 sample photos and textures, scikit-learn's two sample photos (china, flower) and scikit-image's
 LFW faces subset (200 faces, 25x25 grey), plus deterministic random crops, flips and scales of
 them, written as PNG files. Any user folder works the same way in ``jaxviz scan``.
+
+Also the other image sets the techniques take as arrays, read here so that no technique opens a
+file: the ImageNet sample photographs and the style paintings (``../shared``), the candidates of
+the texture-vs-shape study (``candidate_images``, ``photo_candidates``, ``load_folder``) and the
+content images of fast-style training (``load_content_folder``).
 """
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -131,10 +136,10 @@ def figure_index(model, out: str | os.PathLike, *, layers: tuple[str, ...], coun
     ``model`` (any ``jaxviz`` Model with named layers).
 
     Both steps are deterministic and reuse what is already there (a complete index is returned as
-    is), so several figures can share one scan. Returns a ``jaxviz.scan.Index``.
+    is), so several figures can share one scan. Returns a ``jaxviz.scan_index.Index``.
     """
     from jaxviz.interface import as_model
-    from jaxviz.scan import scan
+    from jaxviz.scan_index import scan
     model = as_model(model)
     size = int(input_size) if input_size is not None else max(model.input_hw())
     out = Path(out)
@@ -188,7 +193,7 @@ def photos_of(classes, folder: str | os.PathLike | None = None) -> list[dict]:
 
 def image_folder(folder: str | os.PathLike) -> list[str]:
     """Image files in ``folder`` (recursively, sorted): a user's own pool for the dataset figures."""
-    from jaxviz.scan import collect_sources
+    from jaxviz.scan_index import collect_sources
     return collect_sources([str(folder)])
 
 
@@ -211,3 +216,88 @@ def style_painting(name: str) -> tuple[np.ndarray, str]:
     packaged = resources.files("jaxviz.data").joinpath("styles", file)
     with resources.as_file(packaged) as path:
         return load_image(path), f"jaxviz/data/styles/{file} (512 px copy)"
+
+
+# ------------------------------------------------- candidates of the texture-vs-shape study (jaxviz.bias)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def photo_candidates(rows: Sequence[dict], size: int | tuple[int, int]
+                     ) -> list[tuple[str, np.ndarray, tuple[int, ...]]]:
+    """Photographs of Geirhos et al.'s 16 categories as ``jaxviz.bias.select_sources`` candidates.
+
+    Args:
+      rows: ``[{"path", "class", "label"}]`` (e.g. ``jaxviz.datasets.imagenet_sample()``); rows
+        whose class is in none of the 16 categories are skipped.
+      size: the study's image size (photos are stretched to it).
+    Returns:
+      ``(name, (H, W, 3) image in [0, 1], class set)``, the class set being the whole category
+      (``jaxviz.bias.class_set``), so a sibling class counts as the category.
+    """
+    from jaxviz.bias import CLASS_GROUPS, class_set
+    from jaxviz.images import load_image
+    members = {c for group in CLASS_GROUPS for c in group}
+    return [(str(r.get("label") or Path(r["path"]).stem), load_image(r["path"], size, fit="stretch"),
+             class_set(int(r["class"]))) for r in rows if int(r["class"]) in members]
+
+
+def candidate_images(size: int | tuple[int, int]) -> list[tuple[str, np.ndarray]]:
+    """The sample photos (``jaxviz.bias.SAMPLE_PHOTOS``) and crops of them: (name, (H, W, 3) image
+    in [0, 1]) at ``size``: the default candidates of the texture-vs-shape study.
+
+    Per photo: whole, centre crop (middle 3/4 of each side), and the mirror image of both.
+    """
+    from jaxviz.bias import SAMPLE_PHOTOS
+    from jaxviz.images import fit_image
+    bases = base_images()
+    out = []
+    for name in SAMPLE_PHOTOS:
+        if name not in bases:
+            continue
+        full = bases[name]()
+        h, w = full.shape[:2]
+        centre = full[h // 8:h - h // 8, w // 8:w - w // 8]
+        for crop, img in (("", full), (" centre", centre)):
+            out.append((name + crop, fit_image(img, size, "stretch")))
+            out.append((name + crop + " mirror", fit_image(np.ascontiguousarray(img[:, ::-1]), size, "stretch")))
+    return out
+
+
+def load_folder(root: str | os.PathLike, size: int | tuple[int, int]
+                ) -> list[tuple[str, np.ndarray, tuple[int, ...]]]:
+    """Images of a folder with one sub-folder per class: (name, image (H, W, 3), class set), the
+    candidates of a texture-vs-shape study (``jaxviz.bias.select_sources``) on the user's images.
+
+    A sub-folder is named by an ImageNet class name or index (``"Egyptian cat"``, ``"285"``), or
+    several joined by ``+``. Image files are read from each sub-folder (not recursively).
+
+    Raises:
+      JaxvizError: missing folder, no class sub-folders, an unknown class name, two folders of
+        the same class, a class folder without images, fewer than two classes, unreadable image.
+    """
+    from jaxviz.bias import parse_class_folder
+    from jaxviz.images import load_image
+    root = Path(root)
+    if not root.exists():
+        raise JaxvizError(f"image folder does not exist: {root}")
+    if not root.is_dir():
+        raise JaxvizError(f"--images must be a folder with one sub-folder per class, got a file: {root}")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise JaxvizError(f"no class sub-folders in {root}: put the images in one sub-folder per ImageNet "
+                          "class, named by class name or index")
+    out, seen = [], {}
+    for folder in folders:
+        classes = parse_class_folder(folder.name)
+        for c in classes:
+            if c in seen:
+                raise JaxvizError(f"class folders {seen[c]!r} and {folder.name!r} both contain class {c}")
+            seen[c] = folder.name
+        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise JaxvizError(f"class folder {folder} has no images ({', '.join(IMAGE_SUFFIXES)})")
+        out += [(f"{folder.name}/{p.name}", load_image(p, size, fit="stretch"), classes) for p in files]
+    if len(folders) < 2:
+        raise JaxvizError(f"need at least 2 class sub-folders in {root} for cue-conflict pairs, got {len(folders)}")
+    return out

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import make_tiny_model
-from jaxviz import bias
+from jaxviz import bias, datasets
 from jaxviz.cli import main
 from jaxviz.errors import JaxvizError
 from jaxviz.images import load_image, save_image
@@ -90,7 +90,7 @@ def test_category_names_and_photo_candidates(tmp_path):
         path = tmp_path / f"p{k}.png"
         save_image(np.full((30, 40, 3), k / 4, np.float32), path)
         rows.append({"path": str(path), "class": cls, "label": f"photo{k}"})
-    got = bias.photo_candidates(rows, (24, 28))
+    got = datasets.photo_candidates(rows, (24, 28))
     assert [g[0] for g in got] == ["photo0", "photo2", "photo3"]
     assert [bias.category_name(g[2]) for g in got] == ["cat", "clock", "dog"] and got[0][2][0] == 285
     assert all(g[1].shape == (24, 28, 3) for g in got)
@@ -262,13 +262,13 @@ def _folder(root, classes: dict):
 ])
 def test_load_folder_errors(tmp_path, make, message):
     with pytest.raises(JaxvizError, match=message):
-        bias.load_folder(make(tmp_path), 24)
+        datasets.load_folder(make(tmp_path), 24)
 
 
 def test_load_folder(tmp_path):
     _folder(tmp_path, {"espresso": 2, "tabby+Egyptian cat": 1})
     (tmp_path / "espresso" / "notes.txt").write_text("not an image")
-    got = bias.load_folder(tmp_path, (24, 32))
+    got = datasets.load_folder(tmp_path, (24, 32))
     assert [(n, c) for n, _, c in got] == [("espresso/0.png", (967,)), ("espresso/1.png", (967,)),
                                            ("tabby+Egyptian cat/0.png", (281, 285))]
     assert all(img.shape == (24, 32, 3) for _, img, _ in got)
@@ -282,7 +282,7 @@ def study_sources(squeezenet, lite0):
     """The sources the CLI's study selects by default (112 px, the 4 most confident classes of the
     built-in photos), with the models accelerated as the front ends do."""
     from jaxviz.accel import accelerate
-    return bias.select_sources([accelerate(squeezenet), accelerate(lite0)], bias.candidate_images(CLI_SIZE),
+    return bias.select_sources([accelerate(squeezenet), accelerate(lite0)], datasets.candidate_images(CLI_SIZE),
                                max_classes=CLI_CLASSES)
 
 

@@ -41,8 +41,9 @@ def bias(parser: argparse.ArgumentParser):
         for m in classifiers:
             if not m.num_classes:
                 raise JaxvizError(f"model {m.name} has no classifier; use a classification model here")
-        candidates = (study_lib.candidate_images(size) if args.images is None
-                      else study_lib.load_folder(args.images, size))
+        from jaxviz import datasets
+        candidates = (datasets.candidate_images(size) if args.images is None
+                      else datasets.load_folder(args.images, size))
         sources = study_lib.select_sources(classifiers, candidates, min_confidence=min_confidence,
                                            per_class=per_class, max_classes=n_sources)
         classes = {s.classes for s in sources}

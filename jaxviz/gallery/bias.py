@@ -47,10 +47,10 @@ def _category(classes) -> str:
 
 def _candidates(ctx: Context, size: int, per_category: int):
     """Photographs of the 16 categories (a few per category), else the built-in photos."""
-    from jaxviz import bias
+    from jaxviz import bias, datasets
     rows = ctx.photos()
     if not rows:
-        return bias.candidate_images(size), "built-in sample photos and their crops"
+        return datasets.candidate_images(size), "built-in sample photos and their crops"
     members = {c: name for name, group in bias.GEIRHOS_CATEGORIES.items() for c in group}
     by_category: dict[str, list] = {}
     for r in rows:
@@ -60,7 +60,7 @@ def _candidates(ctx: Context, size: int, per_category: int):
     for group in by_category.values():  # spread over the category's classes (dogs: 118 breeds)
         step = max(1, len(group) // per_category)
         chosen += group[::step][:per_category]
-    return bias.photo_candidates(chosen, size), f"{len(chosen)} ImageNet-sample photographs of the 16 categories"
+    return datasets.photo_candidates(chosen, size), f"{len(chosen)} ImageNet-sample photographs of the 16 categories"
 
 
 def _interleave(sources):
