@@ -301,3 +301,23 @@ def load_folder(root: str | os.PathLike, size: int | tuple[int, int]
     if len(folders) < 2:
         raise JaxvizError(f"need at least 2 class sub-folders in {root} for cue-conflict pairs, got {len(folders)}")
     return out
+
+
+# ---------------------------------------------------------- content images of fast-style training
+
+def load_content_folder(folder: str | os.PathLike, size: int, limit: int = 256) -> np.ndarray:
+    """(K, S', S', 3) content images from a folder (sample names also allowed), S' = ceil(1.25 size),
+    for ``jaxviz.fast_style`` training (``train``'s ``content_images``).
+
+    Each image is resized so random ``size`` crops cover most of it.
+    """
+    from jaxviz.images import load_image
+    folder = Path(folder)
+    if folder.is_dir():
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
+        if not files:
+            raise JaxvizError(f"no .png/.jpg images in {folder}")
+    else:
+        raise JaxvizError(f"content folder not found: {folder}")
+    big = int(np.ceil(1.25 * size))
+    return np.stack([load_image(f, big, fit="stretch") for f in files[:limit]])

@@ -17,13 +17,11 @@ Training minimises the perceptual loss of the loss network (``vgg19_caffe`` by d
 ``jaxviz.style``, normalised per position) at ``style_layers`` plus ``tv_weight × TV``. Each
 training image gets a random style (one-hot) per step. Batches are random crops/flips of the
 content images drawn from ``fold_in(key, step)``, so a run resumed from a checkpoint continues
-exactly as an uninterrupted one. Checkpoints are training state, so one msgpack file
-(``flax.serialization``): the config, the network parameters, the optax state, the step and the
-key; written like the weights store's files (``jaxviz.weights.tensorfile.atomic_write``: a
-temporary file in the target folder renamed into place, removed on any failure) and read back
-with every array's shape checked against the config's network and every value finite, so a
-damaged file gives one ``JaxvizError``. (Ported, pretrained parameters such as multistyle26's are
-safetensors files of the weights store instead: ``jaxviz.fast_style_pretrained``.)
+exactly as an uninterrupted one. This module opens no file: the content images come in as arrays
+(``jaxviz.datasets.load_content_folder`` reads a folder) and the training state (config, network
+parameters, optax state, step, key) is saved and restored by ``jaxviz.checkpoints`` (one flax
+msgpack file). (Ported, pretrained parameters such as multistyle26's are safetensors files of the
+weights store instead: ``jaxviz.fast_style_pretrained``.)
 
 Stylisation is one jitted forward pass on any (N, H, W, 3) batch with H and W divisible by 4.
 ``compiler_options`` (XLA options for that jit and for the training step) come from the caller:
@@ -34,9 +32,7 @@ model's ``model.compiler_options``.
 from __future__ import annotations
 
 import functools
-import json
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import flax.linen as nn
@@ -50,7 +46,6 @@ from jaxviz.interface import as_model
 from jaxviz.style import check_layers, gram_matrix, layer_features, style_layer_loss, tv_loss
 
 Array = jax.Array
-CHECKPOINT_VERSION = 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -346,104 +341,3 @@ def train(config: FastStyleConfig, state: TrainState, step_fn: Callable, content
         if callback is not None:
             callback(i, losses[-1])
     return TrainState(state.step + int(steps), params, opt_state, state.key, losses)
-
-
-# ----------------------------------------------------------------------------------------------
-# Checkpoints (flax msgpack: config + params + optimiser state + step + key)
-
-def _atomic_write(path: Path, data: bytes, what: str) -> None:
-    """Write ``data`` through jaxviz's one atomic write (``jaxviz.io.atomic_write``: a temporary
-    file in ``path``'s folder renamed into place, removed on any failure); an OS error (read-only
-    or full location) is one ``WriteError`` line, ``cannot write WHAT PATH: reason``."""
-    from jaxviz.io import write_bytes
-    write_bytes(path, data, what=what)
-
-
-def save_checkpoint(path: str | Path, config: FastStyleConfig, state: TrainState) -> None:
-    """Write one msgpack file atomically (``JaxvizError`` if the location is not writable)."""
-    from flax import serialization
-    path = Path(path)
-    if path.is_dir():
-        raise JaxvizError(f"checkpoint path is a folder: {path}")
-    payload = {
-        "version": CHECKPOINT_VERSION,
-        "config": json.dumps(asdict(config)),
-        "step": state.step,
-        "key": np.asarray(jax.random.key_data(state.key)),
-        "losses": np.asarray(state.losses, np.float32),
-        "params": jax.tree_util.tree_map(np.asarray, serialization.to_state_dict(state.params)),
-        "opt_state": jax.tree_util.tree_map(np.asarray, serialization.to_state_dict(state.opt_state)),
-    }
-    _atomic_write(path, serialization.msgpack_serialize(payload), "checkpoint")
-
-
-def _restore(template, stored, what: str):
-    """``stored`` (a state dict) in ``template``'s structure (leaves: ``jax.ShapeDtypeStruct``),
-    every array's shape checked and every value finite."""
-    from flax import serialization
-    restored = serialization.from_state_dict(template, stored)
-    want = jax.tree_util.tree_leaves_with_path(template)
-    got = jax.tree_util.tree_leaves(restored)
-    if len(want) != len(got):
-        raise ValueError(f"{what} has {len(got)} arrays, expected {len(want)}")
-    leaves = []
-    for (path, w), g in zip(want, got):
-        g = np.asarray(g)
-        if g.shape != tuple(w.shape) or g.dtype.kind not in "fiu" or not np.all(np.isfinite(g)):
-            raise ValueError(f"{what} {jax.tree_util.keystr(path)}: {g.dtype} {g.shape}, expected finite "
-                             f"{w.dtype} {tuple(w.shape)}")
-        leaves.append(jnp.asarray(g, w.dtype))
-    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), leaves)
-
-
-def load_checkpoint(path: str | Path) -> tuple[FastStyleConfig, TrainState]:
-    """Read a checkpoint written by ``save_checkpoint``.
-
-    Raises:
-      JaxvizError: missing, unreadable, not a checkpoint, another version, or arrays that do not
-        fit the network its config describes (one line, no traceback).
-    """
-    from flax import serialization
-    path = Path(path)
-    if not path.is_file():
-        raise JaxvizError(f"checkpoint not found: {path}")
-    try:
-        payload = serialization.msgpack_restore(path.read_bytes())
-        if not isinstance(payload, dict) or payload.get("version") != CHECKPOINT_VERSION:
-            raise ValueError(f"version {payload.get('version') if isinstance(payload, dict) else None}, "
-                             f"expected {CHECKPOINT_VERSION}")
-        raw = json.loads(payload["config"])
-        config = FastStyleConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
-        net, s = config.network(), config.num_styles
-        shapes = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)),
-                                                 jnp.ones((1, s)) / s)["params"])
-        params = _restore(shapes, payload["params"], "params")
-        opt_state = _restore(jax.eval_shape(optax.adam(config.learning_rate).init, shapes), payload["opt_state"],
-                             "optimiser state")
-        key = jax.random.wrap_key_data(jnp.asarray(payload["key"], jnp.uint32))
-        losses = [float(v) for v in np.asarray(payload["losses"], np.float32).reshape(-1)]
-        step = int(payload["step"])
-        if step < 0:
-            raise ValueError(f"step {step}")
-    except Exception as e:  # msgpack / json / missing keys / wrong shapes: not a usable checkpoint
-        detail = str(e).splitlines()[0][:200] if str(e) else ""
-        raise JaxvizError(f"not a usable fast-style checkpoint: {path} ({e.__class__.__name__}"
-                          f"{': ' + detail if detail else ''})") from None
-    return config, TrainState(step, params, opt_state, key, losses)
-
-
-def load_content_folder(folder: str | Path, size: int, limit: int = 256) -> np.ndarray:
-    """(K, S', S', 3) content images from a folder (sample names also allowed), S' = ceil(1.25 size).
-
-    Each image is resized so random ``size`` crops cover most of it.
-    """
-    from jaxviz.images import load_image
-    folder = Path(folder)
-    if folder.is_dir():
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
-        if not files:
-            raise JaxvizError(f"no .png/.jpg images in {folder}")
-    else:
-        raise JaxvizError(f"content folder not found: {folder}")
-    big = int(np.ceil(1.25 * size))
-    return np.stack([load_image(f, big, fit="stretch") for f in files[:limit]])

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jaxviz import fast_style as fs
+from jaxviz.checkpoints import load_checkpoint, save_checkpoint
 from jaxviz.errors import JaxvizError
 
 SMALL = fs.FastStyleConfig(num_styles=2, width=4, res_blocks=1, size=16, batch=2,
@@ -94,8 +95,8 @@ def test_checkpoint_resume_continues_identically(tiny_model, tmp_path):
     straight = fs.train(SMALL, start, step, content, 4)
     half = fs.train(SMALL, start, step, content, 2)
     path = tmp_path / "ckpt.msgpack"
-    fs.save_checkpoint(path, SMALL, half)
-    config, loaded = fs.load_checkpoint(path)
+    save_checkpoint(path, SMALL, half)
+    config, loaded = load_checkpoint(path)
     assert config == SMALL and loaded.step == 2 and loaded.losses == half.losses
     resumed = fs.train(config, loaded, step, content, 2)
     assert resumed.step == 4
@@ -107,16 +108,16 @@ def test_checkpoint_resume_continues_identically(tiny_model, tmp_path):
     assert straight.losses[-1] < straight.losses[0] * 1.5  # finite, training runs
     (tmp_path / "junk").write_bytes(b"not msgpack")
     with pytest.raises(JaxvizError):
-        fs.load_checkpoint(tmp_path / "junk")
+        load_checkpoint(tmp_path / "junk")
     with pytest.raises(JaxvizError):
-        fs.load_checkpoint(tmp_path / "missing")
+        load_checkpoint(tmp_path / "missing")
 
 
 def test_damaged_checkpoints_give_one_error_line(tmp_path):
     from flax import serialization
     state = fs.init_state(SMALL, jax.random.key(0))
     good = tmp_path / "good.msgpack"
-    fs.save_checkpoint(good, SMALL, state)
+    save_checkpoint(good, SMALL, state)
     raw = good.read_bytes()
     payload = serialization.msgpack_restore(raw)
     bad_shape = dict(payload, params={**payload["params"], "out": {
@@ -133,15 +134,15 @@ def test_damaged_checkpoints_give_one_error_line(tmp_path):
         path = tmp_path / f"{name}.msgpack"
         path.write_bytes(data)
         with pytest.raises(JaxvizError) as info:
-            fs.load_checkpoint(path)
+            load_checkpoint(path)
         assert "\n" not in str(info.value) and "checkpoint" in str(info.value), name
-    assert fs.load_checkpoint(good)[1].step == 0
+    assert load_checkpoint(good)[1].step == 0
 
 
 def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
     state = fs.init_state(SMALL, jax.random.key(0))
     path = tmp_path / "ck.msgpack"
-    fs.save_checkpoint(path, SMALL, state)
+    save_checkpoint(path, SMALL, state)
     before = path.read_bytes()
     # a failure while writing (full disk) keeps the old file and leaves no temporary file
     from jaxviz.weights import tensorfile
@@ -151,7 +152,7 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(tensorfile.os, "fsync", full)
     with pytest.raises(JaxvizError, match="No space left"):
-        fs.save_checkpoint(path, SMALL, fs.TrainState(5, state.params, state.opt_state, state.key))
+        save_checkpoint(path, SMALL, fs.TrainState(5, state.params, state.opt_state, state.key))
     monkeypatch.setattr(tensorfile.os, "fsync", real_fsync)
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["ck.msgpack"]
     # an unwritable folder (simulated: the tests may run as root): one error line, nothing written
@@ -159,11 +160,11 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
         raise PermissionError(13, "Permission denied")
     monkeypatch.setattr(tensorfile.tempfile, "mkstemp", read_only)
     with pytest.raises(JaxvizError, match="cannot write checkpoint .*Permission denied"):
-        fs.save_checkpoint(tmp_path / "other.msgpack", SMALL, state)
+        save_checkpoint(tmp_path / "other.msgpack", SMALL, state)
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.msgpack"]
     with pytest.raises(JaxvizError, match="folder"):
-        fs.save_checkpoint(tmp_path, SMALL, state)
+        save_checkpoint(tmp_path, SMALL, state)
 
 
 def test_random_crops_are_crops():
@@ -183,7 +184,7 @@ def test_cli_fast_style_apply_and_bad_inputs(tmp_path, capsys):
     state = fs.init_state(SMALL, jax.random.key(2))
     state = fs.TrainState(0, _perturbed(state.params), state.opt_state, state.key)
     ckpt = tmp_path / "m.msgpack"
-    fs.save_checkpoint(ckpt, SMALL, state)
+    save_checkpoint(ckpt, SMALL, state)
     net, mix = SMALL.network(), jnp.array([0.3, 0.7])
     out = tmp_path / "o.png"
     # chelsea (300 x 451) at --size 48 is 32 x 48: multiples of 4, one forward pass as it is
@@ -228,4 +229,4 @@ def test_cli_fast_style_train_resume_vgg(tmp_path):
             "--out", str(ckpt), "--steps", "2", "--size", "32", "--batch", "1", "--width", "4", "--res-blocks", "1"]
     assert main(argv) == 0
     assert main(argv) == 0  # resumes
-    assert fs.load_checkpoint(ckpt)[1].step == 4
+    assert load_checkpoint(ckpt)[1].step == 4

@@ -138,16 +138,18 @@ def run_train(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from jaxviz import fast_style as fs
+    from jaxviz.checkpoints import load_checkpoint, save_checkpoint
+    from jaxviz.datasets import load_content_folder
     from jaxviz.images import load_image, source_name
     if out.exists():
-        config, state = fs.load_checkpoint(out)
+        config, state = load_checkpoint(out)
         if config.num_styles != len(args.styles):
             raise JaxvizError(f"checkpoint {out} has {config.num_styles} styles, {len(args.styles)} given")
     else:
         config = fs.FastStyleConfig(num_styles=len(args.styles), style_names=tuple(source_name(s) for s in args.styles),
                                     **options)
         state = fs.init_state(config, jax.random.key(seed))
-    content = fs.load_content_folder(args.content_dir, config.size)
+    content = load_content_folder(args.content_dir, config.size)
     styles = [load_image(s, config.size, fit="stretch") for s in args.styles]
     model = load_model_arg(config.loss_model, classifier=False)
     step = fs.make_train_step(config, model, model.params, styles)
@@ -157,12 +159,12 @@ def run_train(args: argparse.Namespace) -> int:
         chunk = min(remaining, save_every)
         state = fs.train(config, state, step, content, chunk,
                          callback=lambda i, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.4g}")))
-        fs.save_checkpoint(out, config, state)
+        save_checkpoint(out, config, state)
         keep(out)  # a complete checkpoint to resume from, even if a later step fails
         remaining -= chunk
     bar.close()
     if steps == 0:
-        fs.save_checkpoint(out, config, state)
+        save_checkpoint(out, config, state)
     last = f", last loss {state.losses[-1]:.4g}" if state.losses else ""
     print(f"{out}  step {state.step}{last}")
     return 0
@@ -189,6 +191,7 @@ def run_apply(args: argparse.Namespace) -> int:
 
     from jaxviz import fast_style as fs
     from jaxviz import fast_style_pretrained as fsp
+    from jaxviz.checkpoints import load_checkpoint
     from jaxviz.accel.xla import compiler_options
     from jaxviz.images import load_image, save_image
     style, size = options["style"], options["size"]
@@ -206,7 +209,7 @@ def run_apply(args: argparse.Namespace) -> int:
         if style is not None:
             raise JaxvizError(f"--style names a style of --model {fsp.NAME}; "
                               "mix a checkpoint's styles with --style-mix")
-        config, state = fs.load_checkpoint(args.model)
+        config, state = load_checkpoint(args.model)
         net, params, stylize, minimum = config.network(), state.params, fs.stylize, 4
         mix = None if args.style_mix is None else Option("style_mix", float, lo=0, hi=1e12, nargs="+",
                                                          flag="--style-mix").check(args.style_mix, cli=True)
