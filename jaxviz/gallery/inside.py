@@ -7,8 +7,6 @@ import numpy as np
 
 from jaxviz.gallery import Context, figure
 
-# A deeper layer per model for the grey filter groups (the seed's "20 groups of 16 maps").
-DEEP_LAYERS = {"squeezenet1_1": "fire2", "vgg19_caffe": "conv1_2"}
 MAP_LAYERS = {"squeezenet1_1": ("relu1", "fire4", "fire9"),
               "efficientnet_lite0": ("stem", "blocks.5", "head"),
               "vgg19_caffe": ("relu1_2", "relu3_4", "relu5_4")}
@@ -26,6 +24,51 @@ def _off(ax) -> None:
     ax.set_xticks([]), ax.set_yticks([])
     for s in ax.spines.values():
         s.set_visible(False)
+
+
+DEEP_LAYERS = {"vgg19_caffe": "conv1_2", "squeezenet1_1": "fire2"}
+DEEP_GROUPS, DEEP_PER_GROUP = 12, 16
+SEP = np.asarray([0.16, 0.38, 0.72], np.float32)  # tile separators and group frames: not a grey value
+
+
+def _zero_centred_groups(kernel: np.ndarray, groups: int, per_group: int) -> np.ndarray:
+    """(kh, kw, C_in, C_out) -> (G, I, kh, kw) in [0, 1] with 0.5 = a zero weight: each output filter
+    (group) divided by its largest |weight|, so black/white are -/+ that and near-zero weights are grey."""
+    t = np.transpose(np.asarray(kernel, np.float32)[:, :, :per_group, :groups], (3, 2, 0, 1))
+    m = np.abs(t).max(axis=(1, 2, 3), keepdims=True)
+    return 0.5 + 0.5 * t / np.where(m > 0, m, 1.0)
+
+
+def _group_mosaic(tiles: np.ndarray, columns: int, tile_px: int) -> np.ndarray:
+    """(G, I, kh, kw) grey tiles -> an RGB mosaic: each group a square block of its tiles (nearest-
+    enlarged to ``tile_px``) on a blue frame, the blocks on light grey, ``columns`` per row."""
+    g, n, kh, kw = tiles.shape
+    per_row = int(np.ceil(np.sqrt(n)))
+    f = max(1, tile_px // kh)
+    th, tw = kh * f, kw * f
+    bh = per_row * (th + 2) + 2
+    block_rows = int(np.ceil(n / per_row))
+    bh, bw = block_rows * (th + 2) + 2, per_row * (tw + 2) + 2
+    gap = max(8, tile_px // 2)
+    rows = int(np.ceil(g / columns))
+    out = np.full((rows * (bh + gap) - gap, columns * (bw + gap) - gap, 3), 0.96, np.float32)
+    for gi in range(g):
+        y0, x0 = (gi // columns) * (bh + gap), (gi % columns) * (bw + gap)
+        out[y0:y0 + bh, x0:x0 + bw] = SEP
+        for i in range(n):
+            ty, tx = y0 + 2 + (i // per_row) * (th + 2), x0 + 2 + (i % per_row) * (tw + 2)
+            tile = np.repeat(np.repeat(tiles[gi, i], f, 0), f, 1)
+            out[ty:ty + th, tx:tx + tw] = tile[..., None]
+    return out
+
+
+def _adjacent_correlation(kernel: np.ndarray) -> float:
+    """Correlation of horizontally and vertically adjacent weights inside the k x k slices: ~0 for
+    spatially unstructured (noise-like) kernels, high for smooth templates."""
+    k = np.asarray(kernel, np.float64)
+    a = np.concatenate([k[:, :-1].ravel(), k[:-1, :].ravel()])
+    b = np.concatenate([k[:, 1:].ravel(), k[1:, :].ravel()])
+    return float(np.corrcoef(a, b)[0, 1])
 
 
 @figure("filters_first_layer", "First-layer filters of every model",
@@ -54,35 +97,44 @@ def filters_first_layer(ctx: Context):
 
 
 @figure("filters_deep", "A deeper layer's filters as grey groups, one panel per model",
-        "Each group (framed) is one output filter of a deeper convolution; its tiles are the filter's "
-        "k x k slices on each of its input channels, in grey with one scale per group (black the "
-        "filter's smallest weight, white its largest), as in the seed's '20 groups of 16 maps'. One panel per model: SqueezeNet 1.1's "
-        "fire2 expand3x3 (first 20 of 64 filters, each over all 16 squeeze channels) and VGG19's conv1_2 "
-        "(first 20 of 64 filters, their first 16 of 64 input channels). Unlike the first layer, these "
-        "kernels act on feature maps, not colours, so they read as small spatial templates: centre-"
-        "surround and oriented patterns, many near zero.", order=41, groups=20, per_group=16)
+        "VGG19's conv1_2 filters are small spatial templates (blobs, bars and corner-like "
+        "patterns), many of their slices near zero; SqueezeNet 1.1's fire2 slices look like noise. Each "
+        "framed group is one output filter, its tiles the 3x3 slices on its first 16 input channels "
+        "(the seed's '20 groups of 16 maps'), grey zero-centred per group: mid-grey 0, black and white "
+        "-/+ the group's largest |weight|. The notes measure both: correlation of adjacent weights "
+        "(0 = spatial noise) and the share of weights under 10% of their filter's largest.",
+        order=41, groups=DEEP_GROUPS, per_group=DEEP_PER_GROUP, layers="vgg19_caffe conv1_2, squeezenet1_1 fire2")
 def filters_deep(ctx: Context):
     import matplotlib.pyplot as plt
 
-    from jaxviz.filters import get_kernel, grey_filters, group_grid_image
+    from jaxviz.filters import get_kernel
 
-    names = [n for n in ctx.models if n in DEEP_LAYERS][:2] or ctx.models[:1]
-    fig = plt.figure(figsize=(11, 3.0 * len(names)))
-    panels = np.atleast_1d(fig.subfigures(len(names), 1, hspace=0.04))
+    names = [n for n in DEEP_LAYERS if n in ctx.models] or ctx.models[:1]
+    heights = [1.0 if i == 0 else 0.8 for i in range(len(names))]
+    fig = plt.figure(figsize=(12, 4.3 * sum(heights)))
+    panels = np.atleast_1d(fig.subfigures(len(names), 1, hspace=0.06, height_ratios=heights))
     for panel, name in zip(panels, names):
         model = _model(ctx, name)
         layer = DEEP_LAYERS.get(name, model.feature_layer)
         path, kernel = get_kernel(model, layer)
-        tiles = grey_filters(kernel, groups=20, per_group=16)
-        panel.set_edgecolor("0.35")
-        panel.set_linewidth(1.5)
-        ax = panel.add_axes([0.01, 0.03, 0.98, 0.78])
-        ax.imshow(group_grid_image(tiles, columns=10, min_tile=15), interpolation="nearest")
+        groups = DEEP_GROUPS if name == names[0] else DEEP_GROUPS // 2 * 2
+        tiles = _zero_centred_groups(kernel, groups, DEEP_PER_GROUP)
+        k = np.asarray(kernel, np.float32)
+        near = float((np.abs(k) < 0.1 * np.abs(k).max(axis=(0, 1, 2), keepdims=True)).mean())
+        smooth = _adjacent_correlation(k)
+        panel.set_facecolor("0.96")
+        ax = panel.add_axes([0.005, 0.02, 0.99, 0.80])
+        ax.imshow(_group_mosaic(tiles, columns=6, tile_px=36 if name == names[0] else 27),
+                  interpolation="nearest")
         _off(ax)
-        panel.suptitle(f"{name}: {layer} ({path}), kernel {tuple(kernel.shape)} (kh, kw, in, out)\n"
-                       f"{tiles.shape[0]} filters x {tiles.shape[1]} input channels, "
-                       f"{tiles.shape[2]}x{tiles.shape[3]} each", fontsize=10, y=0.97)
-        ctx.note(**{f"{name} layer": path, f"{name} kernel shape": str(kernel.shape)})
+        panel.suptitle(f"{name} {layer} ({path}, kernel {k.shape[0]}x{k.shape[1]}, {k.shape[2]} in -> "
+                       f"{k.shape[3]} out): first {tiles.shape[0]} filters x first {tiles.shape[1]} "
+                       f"input channels\nadjacent-weight correlation {smooth:.2f}; "
+                       f"{100 * near:.0f}% of weights under 10% of their filter's largest |w|",
+                       fontsize=12, y=0.985)
+        ctx.note(**{f"{name} layer": f"{layer} ({path}, kernel {k.shape})",
+                    f"{name} adjacent-weight correlation": round(smooth, 2),
+                    f"{name} weights under 10% of their filter's max": f"{100 * near:.0f}%"})
     return fig
 
 
