@@ -24,6 +24,9 @@ INDEX directory (readable without jaxviz; ``read_index`` is the reader)
   far). Every file is written to a temporary name and ``os.replace``-d, so a kill at any moment
   leaves either the previous checkpoint or the next one; running the same scan again resumes.
 
+A size at which a requested layer is empty (0 x 0: SqueezeNet's fire9 at 16 px) is refused before
+anything is written, naming the smallest size that works.
+
 Shards and hosts: see ``jaxviz.scan``. Each host scans its contiguous shard (``shard=(i, n)``)
 into its own INDEX; ``merge_indices`` (CLI ``jaxviz scan --merge A B ... --out INDEX``) combines
 them, from the shared file system, into the index a one-host scan writes.

@@ -116,6 +116,27 @@ def test_topk_equals_brute_force(reference):
         assert z["image"].dtype == np.int32 and z["values"].dtype == np.float32
 
 
+def test_merge_shards_on_arrays_is_the_canonical_topk_of_the_union(rng):
+    """The pure merge (no files): shards' canonical top-k, merged, equal the brute-force canonical
+    top-k of all images, ties (equal values) broken by the smaller image index."""
+    from jaxviz.scan import merge_shards, shard_range
+    n, c, k = 23, 5, 4
+    values = rng.integers(0, 6, (c, n)).astype(np.float32)  # many ties
+    pos = rng.integers(0, 9, (2, c, n)).astype(np.int32)
+
+    def topk(ids):
+        order = np.lexsort((ids[None, :].repeat(c, 0), -values[:, ids]), axis=1)[:, :k]
+        return {"values": np.take_along_axis(values[:, ids], order, 1), "image": ids[order].astype(np.int32),
+                "y": np.take_along_axis(pos[0][:, ids], order, 1), "x": np.take_along_axis(pos[1][:, ids], order, 1)}
+
+    want = topk(np.arange(n))
+    for shards in (1, 2, 3, 7):
+        parts = [topk(np.arange(*shard_range(n, (i, shards)))) for i in range(shards)]
+        got = merge_shards(parts[::-1], k)  # the order of the parts does not matter
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name], err_msg=f"{shards} shards, {name}")
+
+
 def test_topk_larger_than_dataset_and_batch_one(folder, tmp_path):
     model = make_tiny_model(1)
     sources = collect_sources([folder])[:5]
