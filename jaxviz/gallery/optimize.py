@@ -3,6 +3,8 @@ DeepDream — all through the one engine (``jaxviz.optimize``). Small sizes and 
 whole family to a few minutes on a 2-core CPU; the parameters are noted under each figure."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from jaxviz.gallery import Context, figure
@@ -30,37 +32,95 @@ def _axes(rows, cols, scale=2.0):
     return fig, axes
 
 
+def _quick(ctx: Context, full, small):
+    return small if ctx.quick else full
+
+
+@functools.lru_cache(maxsize=8)  # one object per setting: the engine's compiled step is reused
+def _random_affine(scale: float, degrees: float):
+    """Lucid's random scale and rotation as an engine transform (``stage="loss"``): each step every
+    image is resampled (bilinear, reflected edges) about its centre at a scale in 1 +- ``scale`` and
+    an angle in +- ``degrees``, drawn from its own key, so features must survive small zooms and turns."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxviz.optimize import Transform
+
+    def one(img, key):
+        k1, k2 = jax.random.split(jax.random.fold_in(key, 7))  # apart from jitter's use of the key
+        s = 1.0 + jax.random.uniform(k1, (), minval=-scale, maxval=scale)
+        a = jnp.deg2rad(jax.random.uniform(k2, (), minval=-degrees, maxval=degrees))
+        h, w = img.shape[:2]
+        yy, xx = jnp.meshgrid(jnp.arange(h, dtype=img.dtype) - (h - 1) / 2,
+                              jnp.arange(w, dtype=img.dtype) - (w - 1) / 2, indexing="ij")
+        ys = (jnp.cos(a) * yy - jnp.sin(a) * xx) / s + (h - 1) / 2
+        xs = (jnp.sin(a) * yy + jnp.cos(a) * xx) / s + (w - 1) / 2
+        return jnp.stack([jax.scipy.ndimage.map_coordinates(img[..., c], [ys, xs], order=1, mode="reflect")
+                          for c in range(img.shape[-1])], -1)
+
+    lifted = jax.vmap(one)
+    return Transform(lambda x, keys, grad: lifted(x, keys), "loss", 1, f"random_affine({scale}, {degrees})")
+
+
+def _feature_vis(model, loss, n: int, size: int, steps: int, key, lr: float = 0.05, jitter_px: int = 8):
+    """Olah et al. (2017)'s recipe through the engine: Fourier-space, decorrelated-colour images
+    (``jaxviz.param.fourier``), Adam, and each step jitter, random scale (+-10%) and rotation
+    (+-10 degrees), then a small jitter (Lucid's standard transforms)."""
+    import jax
+
+    from jaxviz.optimize import adam, jitter, optimize
+    from jaxviz.param import fourier, fourier_noise
+
+    param = fourier(size, size, to_input=model.preprocess, from_input=model.deprocess)
+    init = param.image(fourier_noise(jax.random.fold_in(key, 1), n, size, size))
+    return optimize(loss, init, optimizer=adam(lr), steps=steps, parameterization=param,
+                    transforms=(jitter(jitter_px), _random_affine(0.1, 10.0), jitter(4)), key=key,
+                    compiler_options=model.compiler_options)
+
+
+CV_SIZE, CV_STEPS = 160, 96
+
+
 @figure("classviz_models", "Class visualisation on two networks",
-        "x* = argmax s_c(x) - lambda ||x||^2 from small noise (Simonyan et al. 2014) with jitter, "
-        "blur every 10 steps and clipping to the valid range (Yosinski et al. 2015; CS231n), one "
-        "batch of classes per network through the shared engine. The title gives the final top-1.",
-        order=500, size=112, steps=60, l2=1e-3, jitter=16, blur_every=10, blur_sigma=0.5)
+        "Each network's idea of four classes: SqueezeNet draws recognisable parts (flamingo necks and "
+        "pink plumage, tarantula legs, ostrich heads and necks, pizza toppings). EfficientNet-Lite0's "
+        "are fainter and busier (the ostrich's dark plumage and neck, spider-like legs, flamingo pink only in "
+        "patches) although each reaches p = 1.00. The images maximise the class logit (Simonyan "
+        "et al. 2014) from noise, regularised as in Olah et al. (2017): optimised in Fourier space with "
+        "decorrelated colours, and each step sees them randomly jittered, scaled (+-10%) and rotated "
+        "(+-10 degrees); Adam. Titles: the final top-1 and its probability.",
+        order=500, size=CV_SIZE, steps=CV_STEPS, lr=0.05, jitter="8 px, then 4 px", scale="0.9-1.1",
+        rotation="+-10 degrees")
 def classviz_models(ctx: Context):
     import jax
     import jax.numpy as jnp
 
-    from jaxviz.classviz import class_visualization, to_rgb
+    from jaxviz import objectives as obj
+    from jaxviz.classviz import to_rgb
     from jaxviz.labels import imagenet_labels
 
     labels = imagenet_labels()
     names = ctx.classifiers()
-    fig, axes = _axes(len(names), len(CLASSES), 2.2)
+    size, steps = _quick(ctx, CV_SIZE, 64), _quick(ctx, CV_STEPS, 4)
+    fig, axes = _axes(len(names), len(CLASSES), 2.9)
     classes = jnp.array([c for c, _ in CLASSES])
     for row, name in enumerate(names):
         model = _model(ctx, name)
-        res = class_visualization(model, None, classes, size=112, steps=60, lr=_lr_for(model),
-                                  key=jax.random.key(0))
-        logits = jax.jit(model.apply)(model.params, res.images)
-        top = np.asarray(jnp.argmax(logits, -1))
-        ctx.note(**{f"{name} lr": round(_lr_for(model), 2),
-                    f"{name} step/s": round(60 / max(res.seconds, 1e-9), 2),
-                    f"{name} top-1 == target": f"{int((top == np.asarray(classes)).sum())}/{len(CLASSES)}"})
+        params = model.prepare_params(model.params)
+        res = _feature_vis(model, -obj.class_score(model, params, classes), len(CLASSES), size, steps,
+                           jax.random.key(0))
+        probs = np.asarray(jax.nn.softmax(jax.jit(model.apply)(model.params, res.images), -1))
+        top = probs.argmax(-1)
+        ctx.note(**{f"{name}: seconds ({steps} steps, {len(CLASSES)} images)": round(res.seconds, 1),
+                    f"{name}: top-1 is the target": f"{int((top == np.asarray(classes)).sum())} of {len(CLASSES)}",
+                    f"{name}: p(target)": ", ".join(f"{n} {probs[i, c]:.2f}" for i, (c, n) in enumerate(CLASSES))})
         for col, img in enumerate(to_rgb(model, res.images)):
             ax = axes[row, col]
             ax.imshow(img)
-            ax.set_title(f"{CLASSES[col][1]}\n-> {labels[int(top[col])][:18]}", fontsize=8)
+            ax.set_title(f"{CLASSES[col][1]} -> {labels[int(top[col])][:16]} {probs[col, top[col]]:.2f}",
+                         fontsize=11)
             if col == 0:
-                ax.set_ylabel(name, fontsize=9)
+                ax.set_ylabel(name, fontsize=12)
     fig.tight_layout()
     return fig
 
@@ -143,35 +203,52 @@ def classviz_from_image(ctx: Context):
     return fig
 
 
+CH_SIZE = 128
+CH_LAYERS = (("fire2", 128), ("fire5", 192), ("fire9", 256))  # (layer, Adam steps): deeper needs more
+
+
 @figure("channel_viz", "Channel visualisation at three depths",
-        "Maximise a channel's mean activation (Erhan et al. 2009; Olah et al. 2017) in Lucid's "
-        "Fourier-space, decorrelated-colour parameterisation with Adam and jitter, SqueezeNet 1.1: "
-        "shallow layers want colours and edges, deeper layers textures and parts.", order=503,
-        size=96, steps=64, lr=0.05, layers="fire2, fire5, fire9",
+        "Shallow channels want colours and edges, deeper ones textures, then object parts: images "
+        "that maximise one channel's mean activation (Erhan et al. 2009) in SqueezeNet 1.1, made as "
+        "in Olah et al. (2017): Fourier-space, decorrelated-colour image, Adam, and random jitter, "
+        "scale and rotation every step. Deeper layers get more steps.", order=503,
+        size=CH_SIZE, steps=", ".join(f"{layer} {n}" for layer, n in CH_LAYERS), lr=0.05,
+        jitter="8 px, then 4 px", scale="0.9-1.1", rotation="+-10 degrees",
         channels="4 evenly spaced among those active on the starting noise (a channel at 0 after "
                  "its ReLU has no gradient)")
 def channel_viz(ctx: Context):
     import jax
 
-    from jaxviz.classviz import channel_visualization, to_rgb
+    from jaxviz import objectives as obj
+    from jaxviz.classviz import to_rgb
     from jaxviz.objectives import layer_activation
     from jaxviz.param import fourier, fourier_noise
 
     model = _model(ctx, "squeezenet1_1")
-    layers = ["fire2", "fire5", "fire9"]
-    start = fourier(96, 96, to_input=model.preprocess).image(fourier_noise(jax.random.key(5), 1, 96, 96))
-    fig, axes = _axes(len(layers), 4, 1.9)
-    for r, layer in enumerate(layers):
+    params = model.prepare_params(model.params)
+    size = _quick(ctx, CH_SIZE, 64)
+    start = fourier(size, size, to_input=model.preprocess).image(fourier_noise(jax.random.key(5), 1, size, size))
+    fig, axes = _axes(len(CH_LAYERS), 4, 2.7)
+    for r, (layer, steps) in enumerate(CH_LAYERS):
         acts = np.asarray(layer_activation(model, model.params, start, layer)).mean(axis=(0, 1, 2))
         alive = np.flatnonzero(acts > 0)
         channels = [int(c) for c in alive[np.linspace(0, len(alive) - 1, 4).astype(int)]]
-        res = channel_visualization(model, None, layer, channels, size=96, steps=64, lr=0.05, jitter_px=4,
-                                    key=jax.random.key(r))
-        ctx.note(**{f"{layer} activation start -> end": ", ".join(
-            f"{-a:.2f}->{-b:.2f}" for a, b in zip(res.losses[0], res.losses[-1]))})
-        for c, img in enumerate(to_rgb(model, res.images)):
+        steps = _quick(ctx, steps, 4)
+        res = _feature_vis(model, -obj.channel(model, params, layer, np.asarray(channels)), 4, size, steps,
+                           jax.random.key(r))
+        images, first, last = np.array(res.images), np.array(res.losses[0]), np.array(res.losses[-1])
+        dead = [i for i in range(4) if last[i] >= 0]  # the channel went to 0 everywhere: no gradient left
+        if dead:  # rule: such a channel is rerun once from another noise start (noted)
+            again = _feature_vis(model, -obj.channel(model, params, layer, np.asarray([channels[i] for i in dead])),
+                                 len(dead), size, steps, jax.random.fold_in(jax.random.key(r), 1))
+            images[dead], last[dead] = np.asarray(again.images), np.asarray(again.losses[-1])
+            ctx.note(**{f"{layer}: rerun from a second start": ", ".join(
+                f"channel {channels[i]} (had ended at 0)" for i in dead)})
+        ctx.note(**{f"{layer}: mean activation, start -> end ({steps} steps)": ", ".join(
+            f"{-a:.1f} -> {-b:.1f}" for a, b in zip(first, last))})
+        for c, img in enumerate(to_rgb(model, images)):
             axes[r, c].imshow(img)
-            axes[r, c].set_title(f"{layer}:{channels[c]}", fontsize=8)
+            axes[r, c].set_title(f"{layer} channel {channels[c]}", fontsize=11)
     fig.tight_layout()
     return fig
 
@@ -188,15 +265,22 @@ def _likeness(x: np.ndarray, photo: np.ndarray, blur: float = 8.0) -> tuple[floa
     return layout, chroma[0] / max(chroma[1], 1e-12)
 
 
-@figure("inversion_depths", "Feature inversion from four depths",
-        "x* = argmin ||Phi_l(x) - Phi_l(x0)||^2/||Phi_l(x0)||^2 + lambda TV^2(x)/(H W B^2) (Mahendran & "
-        "Vedaldi 2015) from small noise, Adam 120 steps, SqueezeNet 1.1 at 96 px. Position survives: at "
-        "every depth the eyes and nose are drawn where they are in the photo. What goes with depth is the "
-        "photo's colour (towards grey), its broad light-and-dark pattern and its fine detail, replaced by "
-        "stroke-like texture (at fire8 the eyes are sets of rings on a grey ground). The notes measure two of "
-        "these per layer: the correlation of the inversion's grey image with the photo's after an 8 px blur, "
-        "and its colour spread relative to the photo's (1 = as colourful).", order=504,
-        size=96, steps=120, lr=0.05, tv_weight=0.5, layers="pool1, fire3, fire5, fire8")
+INV_SIZE, INV_STEPS = 128, 160
+# (layer, TV weight): deeper codes constrain the image less, so the prior gets more weight (as
+# Mahendran & Vedaldi tune lambda per layer)
+INV_LAYERS = (("relu1", 0.5), ("fire3", 0.5), ("fire5", 1.5), ("fire7", 3.0), ("fire9", 6.0), ("classifier.3", 8.0))
+INV_CLASSES = (207, 417, 817, 951, 980, 1)  # candidates in order: the first three in the sample are used
+
+
+@figure("inversion_depths", "Feature inversion from six depths",
+        "Deeper codes keep less of the photo, but position survives up to fire9: relu1 gives the photo "
+        "back; fire3 keeps its detail with duller colour; fire5 to fire9 keep the outlines of the dog, "
+        "balloons and car in place while colour and detail go; the logits (1000 numbers, no map) keep only "
+        "faint class-typical fragments and almost no layout. x* = argmin ||Phi(x) - Phi(x0)||^2 / "
+        "||Phi(x0)||^2 + lambda TV^2(x) (Mahendran & Vedaldi 2015) from small noise, Adam, lambda growing "
+        "with depth, SqueezeNet 1.1. Notes: layout correlation of blurred grey images and colour spread "
+        "against the photo.", order=504, size=INV_SIZE, steps=INV_STEPS, lr=0.05,
+        tv_weights=", ".join(f"{layer.replace('classifier.3', 'logits')} {w:g}" for layer, w in INV_LAYERS))
 def inversion_depths(ctx: Context):
     import jax.numpy as jnp
 
@@ -205,21 +289,28 @@ def inversion_depths(ctx: Context):
     from jaxviz.inversion import invert
 
     model = _model(ctx, "squeezenet1_1")
-    ctx.uses_builtin()
-    image = load_images(["chelsea"], 96, "eval", model.eval_transform)
-    x0 = model.preprocess(jnp.asarray(image))
-    layers = ["pool1", "fire3", "fire5", "fire8"]
-    fig, axes = _axes(1, len(layers) + 1, 2.2)
-    axes[0, 0].imshow(image[0])
-    axes[0, 0].set_title("original", fontsize=9)
-    for c, layer in enumerate(layers):
-        res = invert(model, None, x0, layer, steps=120, lr=0.05, tv_weight=0.5)
-        before, after = res.extras["feature_loss"]
-        axes[0, c + 1].imshow(to_rgb(model, res.images)[0])
-        axes[0, c + 1].set_title(f"{layer}: loss {float(after[0]):.3f}", fontsize=8)
-        layout, colour = _likeness(to_rgb(model, res.images)[0], image[0])
-        ctx.note(**{f"{layer} feature loss": f"{float(before[0]):.3f} -> {float(after[0]):.4f}",
-                    f"{layer}: layout correlation / colour spread vs the photo": f"{layout:.2f} / {colour:.2f}"})
+    size, steps = _quick(ctx, INV_SIZE, 64), _quick(ctx, INV_STEPS, 4)
+    rows = ctx.photos_or_builtin(classes=list(INV_CLASSES), count=3)
+    images = load_images([r["path"] for r in rows], size, "eval", model.eval_transform)
+    x0 = model.preprocess(jnp.asarray(images))
+    names = {"classifier.3": "logits"}
+    fig, axes = _axes(len(rows), len(INV_LAYERS) + 1, 1.75)
+    for r, row in enumerate(rows):
+        axes[r, 0].imshow(images[r])
+        axes[r, 0].set_ylabel(row["label"][:16], fontsize=11)
+    axes[0, 0].set_title("photo", fontsize=11)
+    for c, (layer, tv) in enumerate(INV_LAYERS):
+        res = invert(model, None, x0, layer, steps=steps, lr=0.05, tv_weight=tv)
+        before, after = (np.asarray(a) for a in res.extras["feature_loss"])
+        out = to_rgb(model, res.images)
+        likeness = np.asarray([_likeness(o, im) for o, im in zip(out, images)])
+        for r in range(len(rows)):
+            axes[r, c + 1].imshow(out[r])
+        axes[0, c + 1].set_title(names.get(layer, layer), fontsize=11)
+        ctx.note(**{f"{names.get(layer, layer)}: feature loss, start -> end (per photo)": ", ".join(
+                        f"{a:.2f} -> {b:.3f}" for a, b in zip(before, after)),
+                    f"{names.get(layer, layer)}: layout correlation / colour spread (mean of photos)":
+                        f"{likeness[:, 0].mean():.2f} / {likeness[:, 1].mean():.2f}"})
     fig.tight_layout()
     return fig
 
