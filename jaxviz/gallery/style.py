@@ -24,7 +24,7 @@ SIZE = 256  # every Gatys image (texture and style) is SIZE x SIZE
 TEXTURES = (("starry_night", (0.03, 0.60, 0.29, 0.65)), ("woman_with_hat", (0.08, 0.38, 0.10, 0.50)))
 TEX_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 TEX_STEPS = (40, 60, 80, 100, 100)  # L-BFGS steps per layer set (deeper sets need more)
-EFROS = dict(sample_px=96, out_px=128, radius=5)
+EFROS = dict(sample_px=112, out_px=144, radius=5)  # a window of the Gram sample, at its scale
 # Style: a photograph (the ImageNet sample's castle, else scikit-image's cat) in a painting's style.
 CONTENT_CLASS = 483  # castle
 STYLE_STEPS = 50
@@ -147,35 +147,46 @@ def _gram(ctx: Context, painting: str, box, depth: int):
 
 
 @figure("texture_efros_vs_gram", "Texture synthesis: Efros–Leung vs Gram matrices",
-        "Left: a close-up of The Starry Night's sky (the sample). Middle: Efros & Leung (1999) non-parametric sampling "
-        "in scan-line order from a 96 px copy of the sample (causal neighbourhood matched against every "
-        "sample neighbourhood, a random choice among matches within 10% of the best), 128 px. Right: Gatys "
-        "et al. (2015) Gram-matrix synthesis from white noise on VGG19 (original weights), Grams of "
-        "relu1_1 … relu5_1, 256 px, L-BFGS. Efros–Leung copies pixels, so colours and local strokes are "
-        "exact but the layout repeats; the Gram texture re-synthesises strokes of the sample's kind and "
-        "scale everywhere.", order=600,
+        "Efros–Leung copies the sample's pixels (exact colours and strokes, repeated patches); Gram "
+        "synthesis re-draws strokes of the sample's kind and scale everywhere. All panels at one scale "
+        "(1 image px = 1 px here). The sample is a close-up of The Starry Night's sky. Efros & Leung (1999): "
+        "scan-line non-parametric sampling from the framed window (causal neighbourhood, random choice "
+        "among matches within 10% of the best). Gatys et al. (2015): white noise optimised by L-BFGS to "
+        "match the whole sample's VGG19 Gram matrices of relu1_1 … relu5_1; final loss in the notes.",
+        order=600,
         sample="The Starry Night (sky close-up)", efros_sample_px=EFROS["sample_px"],
         efros_out_px=EFROS["out_px"], efros_radius=EFROS["radius"], gram_px=SIZE, gram_steps=TEX_STEPS[-1])
 def texture_efros_vs_gram(ctx: Context):
     import time
 
     import jax
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
 
     from jaxviz.texture import efros_leung
-    rows = TEXTURES[:1]  # the Gram panel is the layer figure's relu1-5 run (one painting: the budget)
-    fig, axes = _axes(len(rows), 3, 3.6)
-    for row, (name, box) in enumerate(rows):
-        sample, gram, losses, _ = _gram(ctx, name, box, len(TEX_LAYERS))
-        small = _texture_sample(ctx, name, box, 32 if ctx.quick else EFROS["sample_px"])
-        t = time.perf_counter()
-        el = np.asarray(efros_leung(small, 32 if ctx.quick else EFROS["out_px"], key=jax.random.key(row),
-                                    radius=3 if ctx.quick else EFROS["radius"]))
-        ctx.note(**{f"Efros–Leung {name} seconds": round(time.perf_counter() - t, 1),
-                    f"Gram {name} loss (first -> last step)": _loss_text(losses)})
-        _show(axes[row, 0], sample, f"sample: {name.replace('_', ' ')}")
-        _show(axes[row, 1], el, f"Efros–Leung, {el.shape[0]} px")
-        _show(axes[row, 2], gram, f"Gram relu1–5, {len(losses)} L-BFGS")
-    fig.tight_layout()
+    name, box = TEXTURES[0]  # the Gram panel is the layer figure's relu1-5 run (one painting: the budget)
+    sample, gram, losses, _ = _gram(ctx, name, box, len(TEX_LAYERS))
+    size = sample.shape[0]
+    win = size * EFROS["sample_px"] // SIZE
+    out_px = size * EFROS["out_px"] // SIZE
+    y0 = x0 = (size - win) // 2
+    window = np.ascontiguousarray(sample[y0:y0 + win, x0:x0 + win])
+    t = time.perf_counter()
+    el = np.asarray(efros_leung(window, out_px, key=jax.random.key(0), radius=3 if ctx.quick else EFROS["radius"]))
+    ctx.note(**{"Efros–Leung seconds": round(time.perf_counter() - t, 1),
+                "Gram loss (first -> last step)": _loss_text(losses)})
+    widths = [size, win, out_px, size]
+    px = 1.0 / 100 * 1.1  # inches per image pixel: 1.1 page px per image px at the gallery's 100 dpi
+    fig = plt.figure(figsize=(px * sum(widths) + 0.9, px * size + 0.75))
+    gs = fig.add_gridspec(1, 4, width_ratios=widths, wspace=0.06)
+    panels = ((sample, "sample (Gram's input)"), (window, "Efros–Leung input"),
+              (el, f"Efros–Leung, {el.shape[0]} px"), (gram, f"Gram relu1–5, {len(losses)} L-BFGS"))
+    for i, (image, title) in enumerate(panels):
+        ax = fig.add_subplot(gs[0, i])
+        ax.set_xticks([]), ax.set_yticks([])
+        ax.set_anchor("N")
+        _show(ax, image, title)
+    fig.axes[0].add_patch(Rectangle((x0 - 0.5, y0 - 0.5), win, win, fill=False, ec="white", lw=1.5, ls="--"))
     return fig
 
 
@@ -273,21 +284,34 @@ def style_ratios(ctx: Context):
     return fig
 
 
+ZOOM = (0.02, 0.30, 0.45)  # the style-scale detail crop (sky and battlements): top, left, side as fractions
+
+
 @figure("style_scale", "Style transfer: style scale",
-        "The painting is resized to 0.5, 1 and 2 × the content size before its Gram matrices are taken "
-        "(Gatys et al. 2016, Fig. 7's idea): the same network then sees its strokes at another scale, so "
-        "the rendered strokes are smaller or larger. Method as in style_ratios, at "
+        "The painting's scale sets the size of the rendered strokes: at 0.5 × the stars and swirls are "
+        "small and many, at 2 × fewer, longer and coarser (see the enlarged crops of the framed region, "
+        "bottom row). The painting is resized to 0.5, 1 and 2 × the content size before its Gram "
+        "matrices are taken (Gatys et al. 2016, Fig. 7's idea). Method as in style_ratios, at "
         f"α/β = {BASE_RATIO:g}.",
-        order=611, scales=(0.5, 1.0, 2.0), steps=STYLE_STEPS, size_px=SIZE)
+        order=611, scales=(0.5, 1.0, 2.0), steps=STYLE_STEPS, size_px=SIZE,
+        crop="a 45% x 45% region (sky and battlements) of each result, enlarged")
 def style_scale(ctx: Context):
+    from matplotlib.patches import Rectangle
     scales = (0.5, 1.0, 2.0)
-    fig, axes = _axes(1, len(scales) + 2)
+    fig, axes = _axes(2, len(scales) + 1, 3.0)
     for i, s in enumerate(scales):
         content, styles, r = _gatys(ctx, scale=s)
-        _show(axes[0, i + 2], r.image, f"style scale {s:g}")
+        image = np.asarray(r.image)
+        h, w = image.shape[:2]
+        top, left, side = round(ZOOM[0] * h), round(ZOOM[1] * w), round(ZOOM[2] * min(h, w))
+        _show(axes[0, i + 1], image, f"style scale {s:g}")
+        axes[0, i + 1].add_patch(Rectangle((left - 0.5, top - 0.5), side, side, fill=False, ec="white", lw=1.5,
+                                           ls="--"))
+        axes[1, i + 1].imshow(np.clip(image[top:top + side, left:left + side], 0, 1), interpolation="lanczos")
+        axes[1, i + 1].set_title(f"scale {s:g}: framed region", fontsize=10)
         _note_run(ctx, f"scale {s:g}", r)
     _show(axes[0, 0], content, "content")
-    _show(axes[0, 1], styles[0], "style: The Starry Night")
+    _show(axes[1, 0], styles[0], "style: The Starry Night")
     fig.tight_layout()
     return fig
 
