@@ -490,6 +490,37 @@ def test_bias_figures_wilson_interval_and_category_interleaving():
     assert [s.name for s in _interleave(src)] == ["a1", "b1", "c1", "a2", "b2"]
 
 
+def test_bias_texture_mosaic_has_only_the_central_half_and_no_hard_seams():
+    from jaxviz.gallery.bias import texture_mosaic
+    photo = np.zeros((64, 64, 3), np.float32)
+    photo[..., 0] = 1.0  # red outside the central half
+    yy, xx = np.mgrid[:32, :32]
+    photo[16:48, 16:48] = np.stack([np.zeros_like(xx), xx / 31.0, 1.0 - yy / 31.0], -1)  # a ramp inside
+    out = texture_mosaic(photo, 32, tiles=4, seed=0)
+    assert out.shape == (32, 32, 3) and out.dtype == np.float32
+    assert np.abs(out[..., 0]).max() < 1e-6  # every crop comes from the central half: no red at all
+    np.testing.assert_array_equal(out, texture_mosaic(photo, 32, tiles=4, seed=0))  # seeded
+    assert not np.array_equal(out, texture_mosaic(photo, 32, tiles=4, seed=1))
+    flat = np.full((64, 64, 3), 0.3, np.float32)  # cross-fading: a flat photo stays exactly flat
+    np.testing.assert_allclose(texture_mosaic(flat, 32, tiles=4, seed=2), 0.3, atol=1e-6)
+
+
+def test_bias_pair_design_avoids_same_category_and_spreads_the_textures():
+    from types import SimpleNamespace
+
+    from jaxviz.gallery.bias import design_pairs
+    shapes = [SimpleNamespace(classes=(c,)) for c in (1, 2, 3, 1, 2, 3)]
+    textures = [SimpleNamespace(classes=(c,)) for c in (1, 2, 3, 4)]
+    index = design_pairs(len(shapes), textures, shapes, per_shape=2, limit=100)
+    assert index.shape == (12, 2)
+    for i, j in index:
+        assert shapes[i].classes != textures[j - len(shapes)].classes
+    assert np.bincount(index[:, 0]).tolist() == [2] * 6  # two textures per shape
+    uses = np.bincount(index[:, 1] - len(shapes), minlength=4)
+    assert uses.max() - uses.min() <= 1  # every texture used about equally
+    assert len(design_pairs(len(shapes), textures, shapes, per_shape=2, limit=5)) == 5
+
+
 @pytest.mark.slow
 def test_quick_run_of_the_adversarial_style_and_bias_figures(tmp_path):
     from jaxviz.weights.store import available_models
@@ -505,3 +536,53 @@ def test_quick_run_of_the_adversarial_style_and_bias_figures(tmp_path):
     assert not bad, bad
     assert all(r["font"]["ok"] is not False for r in index["run"]["records"]), \
         {r["name"]: r["font"] for r in index["run"]["records"] if r["font"]["ok"] is False}
+
+
+# ------------------------------------------------------------------ issue 14's figures (filters, optimisation)
+
+def test_filters_deep_greys_are_zero_centred_per_group():
+    from jaxviz.gallery.inside import _adjacent_correlation, _group_mosaic, _zero_centred_groups
+    rng = np.random.default_rng(0)
+    kernel = rng.standard_normal((3, 3, 5, 4)).astype(np.float32)
+    kernel[..., 1] *= 100  # one loud filter must not change another group's scale
+    tiles = _zero_centred_groups(kernel, groups=3, per_group=4)
+    assert tiles.shape == (3, 4, 3, 3)
+    for g in range(3):  # mid-grey is 0, the group's largest |w| reaches black or white
+        k = kernel[:, :, :4, g]
+        np.testing.assert_allclose(tiles[g], 0.5 + 0.5 * np.transpose(k, (2, 0, 1)) / np.abs(k).max(), rtol=1e-6)
+        assert np.isclose(np.abs(tiles[g] - 0.5).max(), 0.5)
+    mosaic = _group_mosaic(tiles, columns=2, tile_px=9)
+    assert mosaic.ndim == 3 and mosaic.shape[-1] == 3 and np.isfinite(mosaic).all()
+    smooth = np.tile(np.linspace(-1, 1, 3)[None, :, None, None], (3, 1, 4, 4))
+    assert _adjacent_correlation(smooth) > 0.4 and abs(_adjacent_correlation(kernel)) < 0.3
+
+
+def test_random_affine_transform_keeps_shape_and_is_identity_at_zero():
+    import jax
+    import jax.numpy as jnp
+
+    from jaxviz.gallery.optimize import _random_affine
+    x = jnp.asarray(np.random.default_rng(1).random((2, 12, 10, 3)), jnp.float32)
+    keys = jax.random.split(jax.random.key(0), 2)
+    same = _random_affine(0.0, 0.0).fn(x, keys, None)
+    np.testing.assert_allclose(np.asarray(same), np.asarray(x), atol=1e-5)
+    moved = np.asarray(_random_affine(0.2, 20.0).fn(x, keys, None))
+    assert moved.shape == x.shape and not np.allclose(moved, x)
+    one = np.asarray(_random_affine(0.2, 20.0).fn(x[1:], keys[1:], None))  # batch[i] == single(i)
+    np.testing.assert_allclose(moved[1:], one, atol=1e-6)
+    assert _random_affine(0.1, 10.0) is _random_affine(0.1, 10.0)  # cached: the engine reuses its step
+
+
+@pytest.mark.slow
+def test_quick_run_of_the_issue_14_figures(tmp_path):
+    from jaxviz.weights.store import available_models
+    need = {"squeezenet1_1", "efficientnet_lite0", "vgg19_caffe"}
+    if not need <= set(available_models()):
+        pytest.skip(f"needs the weights of {', '.join(sorted(need))}")
+    names = ["filters_deep", "classviz_models", "channel_viz", "inversion_depths", "texture_efros_vs_gram",
+             "style_scale"]
+    index = run_gallery(tmp_path, names, None, log=lambda line: None, quick=True, fresh=True)
+    records = index["run"]["records"]
+    bad = {r["name"]: r.get("error") for r in records if r["status"] != "ok"}
+    assert not bad, bad
+    assert all(r["font"]["ok"] is not False for r in records), {r["name"]: r["font"] for r in records}
