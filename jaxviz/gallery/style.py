@@ -149,7 +149,7 @@ def _gram(ctx: Context, painting: str, box, depth: int):
 @figure("texture_efros_vs_gram", "Texture synthesis: Efros–Leung vs Gram matrices",
         "Efros–Leung copies the sample's pixels (exact colours and strokes, repeated patches); Gram "
         "synthesis re-draws strokes of the sample's kind and scale everywhere. All panels at one scale "
-        "(1 image px = 1 px here). The sample is a close-up of The Starry Night's sky. Efros & Leung (1999): "
+        "(1 image px = 1.5 page px). The sample is a close-up of The Starry Night's sky. Efros & Leung (1999): "
         "scan-line non-parametric sampling from the framed window (causal neighbourhood, random choice "
         "among matches within 10% of the best). Gatys et al. (2015): white noise optimised by L-BFGS to "
         "match the whole sample's VGG19 Gram matrices of relu1_1 … relu5_1; final loss in the notes.",
@@ -176,11 +176,12 @@ def texture_efros_vs_gram(ctx: Context):
     ctx.note(**{"Efros–Leung seconds": round(time.perf_counter() - t, 1),
                 "Gram loss (first -> last step)": _loss_text(losses)})
     widths = [size, win, out_px, size]
-    px = 1.0 / 100 * 1.1  # inches per image pixel: 1.1 page px per image px at the gallery's 100 dpi
-    fig = plt.figure(figsize=(px * sum(widths) + 0.9, px * size + 0.75))
+    px = 1.0 / 100 * 1.5  # inches per image pixel: 1.5 page px per image px at the gallery's 100 dpi
+    fig = plt.figure(figsize=(px * sum(widths) + 0.9, px * size + 0.9))
     gs = fig.add_gridspec(1, 4, width_ratios=widths, wspace=0.06)
-    panels = ((sample, "sample (Gram's input)"), (window, "Efros–Leung input"),
-              (el, f"Efros–Leung, {el.shape[0]} px"), (gram, f"Gram relu1–5, {len(losses)} L-BFGS"))
+    panels = ((sample, f"sample, {size} px\n(Gram's input)"), (window, f"Efros–Leung\ninput, {win} px"),
+              (el, f"Efros–Leung\noutput, {el.shape[0]} px"),
+              (gram, f"Gram relu1–5, {gram.shape[0]} px\n{len(losses)} L-BFGS steps"))
     for i, (image, title) in enumerate(panels):
         ax = fig.add_subplot(gs[0, i])
         ax.set_xticks([]), ax.set_yticks([])
