@@ -3,6 +3,7 @@ one-line errors (exit 2) for bad input."""
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 
@@ -136,3 +137,37 @@ def test_subprocess_grey_rgba_16bit_and_errors(tmp_path, squeezenet):
     bad = subprocess.run([sys.executable, "-m", "jaxviz", "predict", "nope.jpg"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+
+
+ALLOCATOR_PROBE = """
+import contextlib, ctypes, io, sys
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+if sys.argv[1] == "cli":
+    from jaxviz.cli import main
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["models"]) == 0
+
+def outside_heap(address):
+    for line in open("/proc/self/maps"):
+        lo, hi = (int(v, 16) for v in line.split()[0].split("-"))
+        if lo <= address < hi:
+            return "[heap]" not in line
+libc.free(libc.malloc(24 << 20))  # a freed 24 MiB mmapped block: glibc's dynamic threshold rises to it
+print(outside_heap(libc.malloc(6 << 20)))
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+def test_cli_serves_large_buffers_by_mmap():
+    """runtime.fix_mmap_threshold, applied by every command: after a large buffer is freed, a 6 MiB
+    buffer still comes from mmap (returned to the system when freed), not from the heap as under
+    glibc's default dynamic threshold; this kept 1000-image occlusion runs from creeping up."""
+    def probe(mode):
+        out = subprocess.run([sys.executable, "-c", ALLOCATOR_PROBE, mode], capture_output=True, text=True,
+                             timeout=300, check=False)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip().splitlines()[-1]
+    assert probe("plain") == "False"  # the default policy this guards against
+    assert probe("cli") == "True"

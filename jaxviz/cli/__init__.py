@@ -74,9 +74,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     from jaxviz.io import outputs
-    from jaxviz.runtime import enable_compilation_cache  # imports jax: only once a command runs
+    from jaxviz.runtime import (  # jax: only once a command runs
+        enable_compilation_cache,
+        fix_mmap_threshold,
+    )
     try:
         enable_compilation_cache()
+        fix_mmap_threshold()  # peak memory flat in the number of images (runtime.fix_mmap_threshold)
         with outputs():  # a failed command removes the files it created (jaxviz.io)
             return int(runners[args.command](args) or 0)
     except JaxvizError as e:
