@@ -15,7 +15,7 @@ from jaxviz.gallery import Context, figure
 
 # ImageNet class indices of the sample photographs each figure uses (one clear object each;
 # SqueezeNet 1.1 classifies all of them correctly). Without ../shared the built-in photos are used.
-SALIENCY_CLASSES = [145, 1, 100, 327, 604]   # king penguin, goldfish, black swan, starfish, hourglass
+SALIENCY_CLASSES = [145, 1, 100, 604]        # king penguin, goldfish, black swan, hourglass
 NEURON_CLASSES = [87, 340, 283]              # African grey, zebra, Persian cat
 TWO_CLASSES = [242, 283]                     # boxer | Persian cat, side by side (Selvaraju et al. Fig. 1)
 COMPARISON_CLASSES = [145, 417, 185, 937]    # king penguin, balloon, Norfolk terrier, broccoli
@@ -112,10 +112,10 @@ def _short(name: str, n: int = 22) -> str:
         "Simonyan, Vedaldi & Zisserman 2014 (Fig. 2): the class score's gradient picks out the object. Map = "
         "max over RGB of |d logit / d x| for the photo's class (row 2), clipped at its 99th "
         "percentile; EfficientNet-Lite0, since the bundled VGG lacks its classifier and SqueezeNet 1.1 puts a "
-        "4 px grid on its gradients. The maps are brightest on the objects (penguin, goldfish, swan, starfish, "
+        "4 px grid on its gradients. The maps are brightest on the objects (penguin, goldfish, swan, "
         "the hourglass's glass), with speckle left in the background, noisier than the paper's. SmoothGrad "
         "(Smilkov et al. 2017; row 3; 50 copies, 10% noise) gives blobs over the object rather than outlines.",
-        order=300, photos="ImageNet sample: king penguin, goldfish, black swan, starfish, hourglass",
+        order=300, photos="ImageNet sample: king penguin, goldfish, black swan, hourglass",
         target="the photo's class (logit)", smoothgrad=f"{SMOOTH_SAMPLES} samples, noise {SMOOTH_NOISE}")
 def saliency_vanilla(ctx: Context):
     import jax

@@ -271,8 +271,8 @@ def sanity_check(ctx: Context):
     shown = ["vanilla gradient", "guided backprop"]
     cols = 2 + len(depths)
     rows = len(shown) * len(ph.images)
-    fig = plt.figure(figsize=(1.62 * cols, 1.7 * rows + 3.6))
-    grid = fig.add_gridspec(rows + 1, cols, height_ratios=[1] * rows + [2.2])
+    fig = plt.figure(figsize=(1.62 * cols, 2.0 * rows + 3.4))
+    grid = fig.add_gridspec(rows + 1, cols, height_ratios=[1] * rows + [1.6])
     col_names = [_short_name(ph.names[0], 18), "trained"] + [f"to {layers[d - 1]}" for d in depths]
     for p in range(len(ph.images)):
         for k, name in enumerate(shown):
