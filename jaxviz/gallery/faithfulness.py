@@ -305,10 +305,11 @@ def sanity_check(ctx: Context):
     ax.set_ylabel("rank correlation\nwith trained map", fontsize=TITLE)
     ax.set_xlabel(f"randomised from the logits down to ... ({model.name}; thin lines: single photos, thick: mean)",
                   fontsize=TITLE)
-    ax.set_ylim(min(-0.2, float(min(r.min() for r in rhos.values())) - 0.05), 1.05)
+    ax.set_ylim(min(-0.2, float(min(r.min() for r in rhos.values())) - 0.05), 1.5)  # room for the legend
+    ax.set_yticks(np.arange(-0.5, 1.01, 0.25)[np.arange(-0.5, 1.01, 0.25) >= ax.get_ylim()[0]])
     ax.tick_params(labelsize=TITLE)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=TITLE, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
+    ax.legend(fontsize=TITLE, loc="upper center", ncol=2, frameon=False)
     ctx.note(model=model.name, **{"layers randomised (cascade, logits first)": ", ".join(layers)},
              **{f"{name}: {verdict[name]}; mean rho by depth": ", ".join(f"{layers[d - 1]} {v:.2f}" for d, v in zip(depths, rho.mean(1)))
                 for name, rho in rhos.items()})
