@@ -32,9 +32,18 @@ from jaxviz.testing import (
     random_indices,
     x64,
 )
-from tests.user_models import apply_fn_model
+from tests.conftest import make_tiny_model, resnet18_model
+from tests.user_models import apply_fn_model, linen_model, nnx_model
 
 NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+@pytest.fixture(params=["bundled", "linen", "nnx", pytest.param("resnet18", marks=pytest.mark.slow)])
+def any_model(request):
+    """conftest's model matrix; ResNet-18's rewrite cases (about 20 s of compiling on 2 cores) run
+    with -m slow: the linen model covers residual adds and BatchNorm in the default suite."""
+    return {"bundled": make_tiny_model, "linen": linen_model, "nnx": nnx_model,
+            "resnet18": resnet18_model}[request.param]()
 
 
 def _primitives(fn, *args) -> list[str]:
