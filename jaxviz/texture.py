@@ -202,7 +202,7 @@ def relative_layer_weights(model, params: dict, sample: Array, layers: Sequence[
 def gram_texture(model, params: dict, sample: Array, size: int | tuple[int, int], *, layers: Sequence[str],
                  key: Array, layer_weights: Sequence[float] | None = None, steps: int = 100,
                  optimizer: str = "lbfgs", learning_rate: float | None = None,
-                 callbacks: Sequence = ()):
+                 init: Array | None = None, callbacks: Sequence = ()):
     """Gram-matrix texture synthesis from white noise (Gatys et al. 2015), through ``jaxviz.optimize``.
 
     Args:
@@ -216,6 +216,9 @@ def gram_texture(model, params: dict, sample: Array, size: int | tuple[int, int]
       layer_weights: w_l (default 1 / len(layers)).
       steps, optimizer, learning_rate: ``"lbfgs"``, ``"lbfgs-linesearch"`` or ``"adam"`` and its
         step (``jaxviz.style.make_optimizer``).
+      init: optional (h, w, 3) start image in [0, 1] instead of white noise, resized (bilinear) to
+        ``size``: coarse-to-fine synthesis passes a smaller result here, so that the steps at full
+        size refine strokes instead of first removing pixel-scale noise (``key`` is then unused).
     Returns:
       (texture (H, W, 3) in [0, 1] as numpy, the engine's ``OptimizeResult``).
     Raises:
@@ -242,7 +245,15 @@ def gram_texture(model, params: dict, sample: Array, size: int | tuple[int, int]
         check_layers(model, params, loss.style_layers, hw, spatial=loss.style_layers)
     params, options = loss.prepare(params)
     targets = gram_targets(loss.features, params, [model.preprocess(sample[None])], options=options)
-    x0 = model.preprocess(jax.random.uniform(image_keys(key, 1)[0], size + (3,))[None])
+    if init is None:
+        start = jax.random.uniform(image_keys(key, 1)[0], size + (3,))
+    else:
+        init = jnp.asarray(init, jnp.float32)
+        if init.ndim != 3 or init.shape[-1] != 3 or min(init.shape[:2]) < 1:
+            raise JaxvizError(f"gram_texture: init must be (h, w, 3), got {tuple(init.shape)}")
+        _check_pixels(init, "gram_texture: init")
+        start = jax.image.resize(init, size + (3,), "bilinear")
+    x0 = model.preprocess(start[None])
     result = optimize(loss, x0, optimizer=make_optimizer(optimizer, learning_rate), steps=int(steps),
                       project=valid_range_projection(model), callbacks=callbacks,
                       data=gatys_data(params, targets, w), compiler_options=options)

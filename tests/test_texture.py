@@ -67,6 +67,31 @@ def test_gram_texture_lowers_gram_loss(tiny_model):
     assert result.losses[-1, 0] < 0.2 * result.losses[0, 0]
 
 
+def test_gram_texture_init_starts_from_the_given_image(tiny_model):
+    """init replaces the white-noise start: the continued run starts no higher than the first run
+    stopped (the same image, resized to the same size = unchanged), the key no longer matters, and a
+    smaller init is resized to ``size`` (coarse-to-fine)."""
+    rng = np.random.default_rng(0)
+    sample = rng.random((16, 16, 3)).astype(np.float32)
+    layers = ("features.1", "features.4")
+    first, r1 = gram_texture(tiny_model, tiny_model.params, sample, (16, 20), layers=layers,
+                             key=jax.random.key(0), steps=6)
+    again, r2 = gram_texture(tiny_model, tiny_model.params, sample, (16, 20), layers=layers,
+                             key=jax.random.key(0), steps=4, init=first)
+    # losses[i] is the loss before update i: the continued run starts at (or below) where the first stopped
+    assert r2.losses[0, 0] <= 1.05 * r1.losses[-1, 0]
+    assert r2.losses[0, 0] < 0.5 * r1.losses[0, 0]
+    other_key, _ = gram_texture(tiny_model, tiny_model.params, sample, (16, 20), layers=layers,
+                                key=jax.random.key(9), steps=4, init=first)
+    np.testing.assert_array_equal(again, other_key)
+    bigger, _ = gram_texture(tiny_model, tiny_model.params, sample, (32, 40), layers=layers,
+                             key=jax.random.key(0), steps=2, init=first)
+    assert bigger.shape == (32, 40, 3)
+    with pytest.raises(JaxvizError, match="init"):
+        gram_texture(tiny_model, tiny_model.params, sample, 16, layers=layers, key=jax.random.key(0),
+                     steps=2, init=np.full((8, 8, 3), 2.0, np.float32))
+
+
 def test_relative_layer_weights_make_each_term_a_relative_gram_error(any_model):
     """w_l E_l = scale ||G - Ĝ||² / (4 ||Ĝ||²) for every layer, with Ĝ the sample's normalised Gram
     computed independently (model.activations + einsum); the weights make layers of very different

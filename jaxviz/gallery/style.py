@@ -126,8 +126,17 @@ def _loss_text(losses) -> str:
 
 # ------------------------------------------------------------------ textures
 
+def _gram_steps(ctx: Context, depth: int) -> str:
+    """'half-size steps + full-size steps' of _gram's two stages."""
+    return f"{_steps(ctx, TEX_STEPS[depth - 1])} + {_steps(ctx, int(0.8 * TEX_STEPS[depth - 1]))}"
+
+
 def _gram(ctx: Context, painting: str, box, depth: int):
-    """Gram texture of a painting close-up from TEX_LAYERS[:depth] (cached): (sample, image, losses, seconds)."""
+    """Gram texture of a painting close-up from TEX_LAYERS[:depth] (cached): (sample, image, losses,
+    seconds). Coarse to fine: TEX_STEPS at half size from white noise against the half-size sample
+    (a quarter of the cost per step), then 80% of them at full size from that result upsampled, so
+    the full-size steps refine strokes instead of removing pixel noise (100 steps from white noise
+    at 256 px left colour speckle); losses are the full-size stage's."""
     import jax
 
     from jaxviz.texture import gram_texture, relative_layer_weights
@@ -137,25 +146,32 @@ def _gram(ctx: Context, painting: str, box, depth: int):
         model = _vgg(ctx)
         sample = _texture_sample(ctx, painting, box, size)
         layers = TEX_LAYERS[:depth]
-        steps = _steps(ctx, TEX_STEPS[depth - 1])
-        weights = relative_layer_weights(model, model.params, sample, layers)
+        coarse_steps = _steps(ctx, TEX_STEPS[depth - 1])
+        fine_steps = _steps(ctx, int(0.8 * TEX_STEPS[depth - 1]))
+        half = np.asarray(jax.image.resize(sample, (size // 2, size // 2, 3), "linear"))
+        coarse, first = gram_texture(model, model.params, np.clip(half, 0, 1), size // 2, layers=layers,
+                                     key=jax.random.key(0), steps=coarse_steps,
+                                     layer_weights=relative_layer_weights(model, model.params, half, layers),
+                                     callbacks=[_Bar(ctx, coarse_steps, f"Gram {painting} ≤{layers[-1]}, half size")])
         image, res = gram_texture(model, model.params, sample, size, layers=layers, key=jax.random.key(0),
-                                  steps=steps, layer_weights=weights,
-                                  callbacks=[_Bar(ctx, steps, f"Gram {painting} ≤{layers[-1]}")])
-        _CACHE[key] = (sample, image, np.asarray(res.losses[:, 0]), res.seconds)
+                                  steps=fine_steps, init=coarse,
+                                  layer_weights=relative_layer_weights(model, model.params, sample, layers),
+                                  callbacks=[_Bar(ctx, fine_steps, f"Gram {painting} ≤{layers[-1]}")])
+        _CACHE[key] = (sample, image, np.asarray(res.losses[:, 0]), first.seconds + res.seconds)
     return _CACHE[key]
 
 
 @figure("texture_efros_vs_gram", "Texture synthesis: Efros–Leung vs Gram matrices",
         "Efros–Leung copies the sample's pixels (exact colours and strokes, but patches repeat and the swirl "
         "is lost); Gram synthesis re-draws strokes, swirls and stars of the sample's kind and scale "
-        "everywhere, with pixel-scale colour speckle left (not converged in 100 steps: the loss still fell 9% "
-        "over the last 10). One scale throughout: 1 image px = 1.5 page px. Efros & Leung (1999): "
-        "scan-line sampling from the framed window. Gatys et al. (2015): white noise optimised by L-BFGS to "
-        "match the sample's VGG19 Gram matrices, relu1_1 … relu5_1.",
+        "everywhere. All panels at one scale. Efros & Leung (1999): scan-line sampling from the framed "
+        "window. Gatys et al. (2015): noise optimised by L-BFGS to match the sample's VGG19 Gram matrices, "
+        "relu1_1 … relu5_1, coarse to fine (100 steps at 128 px from white noise, then 80 at 256 px from "
+        "that result upsampled); the final loss is in the notes.",
         order=600,
         sample="The Starry Night (sky close-up)", efros_sample_px=EFROS["sample_px"],
-        efros_out_px=EFROS["out_px"], efros_radius=EFROS["radius"], gram_px=SIZE, gram_steps=TEX_STEPS[-1])
+        efros_out_px=EFROS["out_px"], efros_radius=EFROS["radius"], gram_px=SIZE,
+        gram_steps=f"{TEX_STEPS[-1]} at {SIZE // 2} px + {int(0.8 * TEX_STEPS[-1])} at {SIZE} px")
 def texture_efros_vs_gram(ctx: Context):
     import time
 
@@ -181,7 +197,7 @@ def texture_efros_vs_gram(ctx: Context):
     gs = fig.add_gridspec(1, 4, width_ratios=widths, wspace=0.06)
     panels = ((sample, f"sample, {size} px\n(Gram's input)"), (window, f"Efros–Leung\ninput, {win} px"),
               (el, f"Efros–Leung\noutput, {el.shape[0]} px"),
-              (gram, f"Gram relu1–5, {gram.shape[0]} px\n{len(losses)} L-BFGS steps"))
+              (gram, f"Gram relu1–5, {gram.shape[0]} px\n{_gram_steps(ctx, len(TEX_LAYERS))} L-BFGS steps"))
     for i, (image, title) in enumerate(panels):
         ax = fig.add_subplot(gs[0, i])
         ax.set_xticks([]), ax.set_yticks([])
@@ -192,13 +208,15 @@ def texture_efros_vs_gram(ctx: Context):
 
 
 @figure("texture_gram_layers", "Gram synthesis from increasingly deep layers",
-        "Gatys et al. (2015), Fig. 2: textures synthesised from white noise by matching the Gram matrices of "
+        "Gatys et al. (2015), Fig. 2: textures synthesised from white noise (coarse to fine: half size, then "
+        "full size) by matching the Gram matrices of "
         "VGG19 layers up to relu1_1, relu2_1, … relu5_1 (each set includes the shallower layers; the "
         "paper's normalised network is emulated by weighting each layer by 1 / ‖Ĝ_l‖², so every layer's "
-        "Gram is matched to the same relative error). relu1_1 alone keeps only colours and pixel-scale "
+        "Gram is matched to the same relative error). relu1_1 alone keeps only colours and fine "
         "grain; each deeper layer adds larger structure (strokes, then the swirls' curvature). 256 px, "
         "L-BFGS; the final losses are in the notes.", order=601,
-        sample="The Starry Night (sky close-up)", size_px=SIZE, steps=TEX_STEPS)
+        sample="The Starry Night (sky close-up)", size_px=SIZE,
+        steps=", ".join(f"{s} + {int(0.8 * s)}" for s in TEX_STEPS))
 def texture_gram_layers(ctx: Context):
     name, box = TEXTURES[0]
     fig, axes = _axes(2, 3, 3.7)  # 2 x 3 panels of ~370 px: the 256 px textures at full resolution
@@ -206,7 +224,7 @@ def texture_gram_layers(ctx: Context):
     for depth in range(1, len(TEX_LAYERS) + 1):
         sample, image, losses, seconds = _gram(ctx, name, box, depth)
         label = TEX_LAYERS[0] if depth == 1 else f"relu1_1 … {TEX_LAYERS[depth - 1]}"
-        _show(axes[depth], image, f"{label} ({len(losses)} L-BFGS)")
+        _show(axes[depth], image, f"{label} ({_gram_steps(ctx, depth)} L-BFGS)")
         ctx.note(**{f"≤ {TEX_LAYERS[depth - 1]}: loss (first -> last of {len(losses)} steps)": _loss_text(losses)})
     _show(axes[0], sample, "sample: The Starry Night (sky)")
     fig.tight_layout()
