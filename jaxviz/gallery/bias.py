@@ -18,7 +18,7 @@ import numpy as np
 
 from jaxviz.gallery import Context, figure
 
-SIZE, STEPS = 128, 40
+SIZE, STEPS = 128, 32
 PER_CATEGORY = 3  # sources per category (the most confident photographs)
 TEXTURES_PER_SHAPE = 2  # texture sources (of other categories) per shape source
 PAIRS = 32  # cue-conflict images at most (the time budget: one batched run of every pair)

@@ -78,7 +78,7 @@ def _feature_vis(model, loss, n: int, size: int, steps: int, key, lr: float = 0.
                     compiler_options=model.compiler_options)
 
 
-CV_SIZE, CV_STEPS = 160, 96
+CV_SIZE, CV_STEPS = 160, 72
 
 
 @figure("classviz_models", "Class visualisation on two networks",
