@@ -453,8 +453,8 @@ def both_correct(ctx: Context, models: dict, n: int, pool: int, offset: int) -> 
         "early stop). Curves: the evaluating network's top-1 accuracy on the 8-bit images against eps, beside "
         "the source network's own (white-box) accuracy and the evaluating network's accuracy under random "
         "+-eps sign noise of the same L-inf size. Transfer starts where the transfer curve leaves the noise "
-        "curve (shaded: FGSM transfer at least 10 points below the noise); a value is written where it differs "
-        "from the curves beside it. (PGD from Lite0 is left out: its depthwise-convolution "
+        "curve (shaded: from the smallest eps at which FGSM transfer is at least 10 points below the noise); "
+        "a value is written where it differs from the curves beside it. (PGD from Lite0 is left out: its depthwise-convolution "
         "gradients are ~10x slower on this CPU.)",
         order=44, models=f"{SQUEEZE}, {LITE}", photos=f"{TRANSFER_PHOTOS} correct on both (of {TRANSFER_POOL})",
         eps=", ".join(f"{round(e * 255)}" for e in TRANSFER_EPS) + " (/255)",

@@ -218,12 +218,12 @@ def guided_backprop_neurons(ctx: Context):
 @figure("cam_two_classes", "CAM, Grad-CAM and guided Grad-CAM for two objects of two classes",
         "Selvaraju et al. 2017, Fig. 1 logic: one image holding two objects of two classes (a boxer and a "
         "Persian cat, two sample photographs side by side, 224 x 448 px; SqueezeNet is fully convolutional). "
-        "Each row explains one class: CAM (Zhou et al. 2016; SqueezeNet's class maps, classifier.2), Grad-CAM "
+        "Each column explains one class: CAM (Zhou et al. 2016; SqueezeNet's class maps, classifier.2), Grad-CAM "
         "at fire9 (features.12; for a global-average-pooled network Grad-CAM is CAM up to the ReLU in the "
         "classifier, so the two agree here, as Selvaraju et al. §3.1 show), guided backprop (only weakly "
-        "class-specific: its two rows differ in detail but share most of their structure) and guided Grad-CAM "
-        "(guided backprop x Grad-CAM), which keeps only the evidence of the row's class. The correlation of the "
-        "two rows' maps, per method, is measured and printed above the panels: compare the class maps' with "
+        "class-specific: its two columns differ in detail but share most of their structure) and guided Grad-CAM "
+        "(guided backprop x Grad-CAM), which keeps only the evidence of the column's class. The correlation of "
+        "the two columns' maps, per method, is measured and printed above the panels: compare the class maps' with "
         "guided backprop's. The notes give each map's share on its own object's half.",
         order=302, photos="ImageNet sample: boxer, Persian cat", size="224 x 448",
         layer="CAM: classifier.2; Grad-CAM: features.12 (fire9)")
@@ -303,13 +303,15 @@ COLUMN_LABELS = {"vanilla gradient": "vanilla", "Integrated Gradients": "Integr.
 
 
 @figure("attribution_comparison", "Nine attribution methods on the same photographs",
-        "Nine methods explain each photo's class; all but the deconvnet find the object, differing in "
-        "sharpness. EfficientNet-Lite0; occlusion on SqueezeNet 1.1 (cheaper forward passes). Grey: max "
-        "over RGB of |attribution|, 99th-percentile clip; SmoothGrad 50 copies, 10% noise; Integrated Gradients "
-        "16 steps from the mean image. Vanilla, Integrated Gradients and guided backprop outline the penguin "
-        "and broccoli; SmoothGrad gives blobs. The deconvnet shows only the network's stride checkerboard, "
-        "alike on every photo. Heat: CAM, Grad-CAM and Grad-CAM++ on the 7 x 7 last feature map (they "
-        "coincide under global average pooling); occlusion (32 px grey window, logit drop) is coarser.",
+        "Nine methods explain each photo's class. CAM, Grad-CAM and Grad-CAM++ land on the object in every "
+        "row. Vanilla, "
+        "Integrated Gradients and guided backprop outline the penguin and broccoli, but on the balloons also "
+        "light the sky between them; SmoothGrad gives blobs; the deconvnet shows only the network's stride "
+        "checkerboard, alike on every photo. EfficientNet-Lite0; occlusion on SqueezeNet 1.1 (cheaper forward "
+        "passes). Grey: max over RGB of |attribution|, 99th-percentile clip; SmoothGrad 50 copies, 10% noise; "
+        "Integrated Gradients 16 steps from a zero baseline (the mean image). Heat: CAM, Grad-CAM and "
+        "Grad-CAM++ on the 7 x 7 last feature map (they coincide under global average pooling); occlusion "
+        "(32 px grey window, logit drop) is coarser.",
         order=299, photos="ImageNet sample: king penguin, hot-air balloon, Norfolk terrier, broccoli",
         smoothgrad=f"{SMOOTH_SAMPLES} samples, noise {SMOOTH_NOISE}", integrated_gradients="16 steps, zero baseline",
         cam_layers="CAM and Grad-CAM(++): the last feature map (EfficientNet-Lite0 head, 7 x 7)",

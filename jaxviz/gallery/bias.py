@@ -403,7 +403,7 @@ def bias_cue_conflict(ctx: Context):
 
 @figure("bias_shape_bar", "Texture vs shape: shape bias per model, beside the study's",
         "Neither network's shape bias is decided by these 32 images: both lean to texture (below 0.5, like the "
-        "ImageNet CNNs Geirhos et al. report, 0.09-0.25; people 0.96), but both 95% Wilson intervals cross 0.5 "
+        "ImageNet CNNs in the study's repository README, 0.09-0.25; people 0.96 in the paper), but both 95% Wilson intervals cross 0.5 "
         "and about half the decisions are a third category. Shape bias = shape / (shape + texture) decisions on "
         "the images of 6.1 (method there). Right: the shape category's probability on the photograph and on the "
         "cue-conflict image, the texture category's on the mosaic and on the cue-conflict image: the images "

@@ -100,7 +100,7 @@ def filters_first_layer(ctx: Context):
         "VGG19's conv1_2 filters are small spatial templates (blobs, bars and corner-like "
         "patterns), many of their slices near zero; SqueezeNet 1.1's fire2 slices look like noise. Each "
         "framed group is one output filter, its tiles the 3x3 slices on its first 16 input channels "
-        "(the seed's '20 groups of 16 maps'), grey zero-centred per group: mid-grey 0, black and white "
+        "(12 groups shown), grey zero-centred per group: mid-grey 0, black and white "
         "-/+ the group's largest |weight|. The notes measure both: correlation of adjacent weights "
         "(0 = spatial noise) and the share of weights under 10% of their filter's largest.",
         order=41, groups=DEEP_GROUPS, per_group=DEEP_PER_GROUP, layers="vgg19_caffe conv1_2, squeezenet1_1 fire2")
@@ -329,8 +329,9 @@ def _drop_self(idx: np.ndarray) -> np.ndarray:
         "scatters coloured by coarse class group (ranges of the WordNet-ordered ImageNet classes; "
         "grey: the rest); the t-SNE points snapped one-to-one to a grid by a linear assignment (scipy "
         "linear_sum_assignment) and drawn as the photographs; below, two windows of that grid "
-        "enlarged (framed in the grid) with each photograph's class. Related classes gather: dog "
-        "breeds, birds, vehicles each form a region that PCA's two linear directions do not separate.",
+        "enlarged (framed in the grid) with each photograph's class. Related classes gather: t-SNE "
+        "gives dog breeds and birds regions of their own; PCA already groups dogs and road vehicles "
+        "partly, and t-SNE's vehicles are a small clump plus scattered points.",
         order=45, perplexity=30)
 def tsne_embedding(ctx: Context):
     import matplotlib.pyplot as plt

@@ -232,7 +232,8 @@ PATCH_LAYERS = ("fire3", "fire6", "fire9")
         "labelled with the photograph's ImageNet class. Found by one streaming top-k scan of the pool "
         "(jaxviz.scan). Channels: the strongest ones whose best photographs differ. Shallow channels "
         "respond to colours and textures across unrelated classes; deep ones to object parts shared "
-        "by related classes (faces of dog breeds, wheels, text).", order=46, topk=9, channels_per_layer=3)
+        "by related classes (fire6: wheels, eyes, text; fire9: faces of dog breeds).", order=46, topk=9,
+        channels_per_layer=3)
 def scan_patches(ctx: Context):
     import matplotlib.pyplot as plt
 

@@ -340,8 +340,8 @@ BLEND = ("starry_night", "the_scream")
 
 @figure("style_blend", "Style transfer: two styles blended",
         "The photograph in the style of The Starry Night, of The Scream, and of both with weights 0.5 / 0.5 "
-        "(the Gram targets averaged: for weights summing to 1 this equals the weighted sum of the two style "
-        f"losses). Method as in style_ratios, at α/β = {BASE_RATIO:g}.", order=612, styles=BLEND, blend=(0.5, 0.5),
+        "(the Gram targets averaged: for weights summing to 1 and the same layer weights this equals the "
+        f"weighted sum of the two style losses up to a constant). Method as in style_ratios, at α/β = {BASE_RATIO:g}.", order=612, styles=BLEND, blend=(0.5, 0.5),
         steps=STYLE_STEPS, size_px=SIZE)
 def style_blend(ctx: Context):
     fig, axes = _axes(2, 3, 3.3)
