@@ -136,6 +136,72 @@ def test_conv_supported_refuses_what_it_does_not_handle():
     assert not ops.conv_supported((1, 4, 8, 8), (6, 4, 3, 3), nchw)
 
 
+# --------------------------------------------------------------------------- ops.depthwise_conv
+
+DEPTHWISE_CASES = [  # kernel (kh, kw), strides, padding, input (h, w)
+    ((3, 3), (1, 1), ((1, 1), (1, 1)), (7, 9)),      # MobileNet / EfficientNet stride 1
+    ((3, 3), (2, 2), ((0, 1), (0, 1)), (9, 8)),      # TF 'SAME' at stride 2: asymmetric padding
+    ((5, 5), (2, 2), ((2, 2), (2, 2)), (11, 10)),    # 5 x 5, stride 2, odd size
+    ((3, 2), (1, 2), ((1, 0), (0, 0)), (6, 7)),      # rectangular, unequal, valid on one axis
+]
+
+
+def _lax_depthwise(x, k, strides, padding):
+    return lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=NHWC, feature_group_count=x.shape[-1])
+
+
+@pytest.mark.parametrize("ksize, strides, padding, hw", DEPTHWISE_CASES)
+def test_depthwise_conv_equals_lax_in_values_and_gradients(ksize, strides, padding, hw):
+    """ops.depthwise_conv == the grouped lax convolution, and its gradients (input and kernel) ==
+    jax.grad of the lax form and float64 central differences."""
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((2, *hw, 5)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((*ksize, 1, 5)), jnp.float32)
+    np.testing.assert_allclose(ops.depthwise_conv(x, k, strides, padding), _lax_depthwise(x, k, strides, padding),
+                               rtol=1e-5, atol=1e-5)
+    w = jnp.asarray(rng.standard_normal(_lax_depthwise(x, k, strides, padding).shape), jnp.float32)
+    mine = jax.grad(lambda a, b: (ops.depthwise_conv(a, b, strides, padding) * w).sum(), (0, 1))(x, k)
+    ref = jax.grad(lambda a, b: (_lax_depthwise(a, b, strides, padding) * w).sum(), (0, 1))(x, k)
+    for m, r in zip(mine, ref):
+        np.testing.assert_allclose(m, r, rtol=1e-4, atol=1e-4)
+    with x64():
+        x64_, k64 = np.asarray(x, np.float64), np.asarray(k, np.float64)
+        f = lambda a: (ops.depthwise_conv(a, jnp.asarray(k64), strides, padding) * np.asarray(w, np.float64)).sum()
+        fd = finite_difference_grad(f, x64_, indices=random_indices(x64_.shape, 12, seed=1))
+        assert_grads_close(jax.grad(f)(jnp.asarray(x64_)), fd, rtol=1e-6, atol=1e-8)
+
+
+def test_depthwise_supported_and_a_depthwise_model_is_rewritten():
+    """Only one-filter-per-channel groupings are taken; a linen model with a depthwise layer is
+    rewritten (no grouped convolution left) and equals the original in values and input gradients."""
+    x = jnp.zeros((1, 8, 8, 4))
+    params = lambda k, **kw: jax.make_jaxpr(lambda a, b: lax.conv_general_dilated(
+        a, b, (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC, **kw))(x, jnp.zeros(k)).jaxpr.eqns[0].params
+    assert ops.depthwise_supported(x.shape, (3, 3, 1, 4), params((3, 3, 1, 4), feature_group_count=4))
+    assert not ops.depthwise_supported(x.shape, (3, 3, 2, 4), params((3, 3, 2, 4), feature_group_count=2))
+    assert not ops.depthwise_supported(x.shape, (3, 3, 1, 8), params((3, 3, 1, 8), feature_group_count=4))
+    assert not ops.depthwise_supported(x.shape, (3, 3, 1, 4), params((3, 3, 1, 4), feature_group_count=4,
+                                                                     rhs_dilation=(2, 2)))
+
+    class Separable(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.relu(nn.Conv(6, (3, 3))(x))
+            x = nn.relu(nn.Conv(6, (3, 3), strides=2, feature_group_count=6)(x))
+            return nn.Dense(3)(x.mean(axis=(1, 2)))
+    module = Separable()
+    variables = module.init(jax.random.key(0), jnp.zeros((1, 9, 10, 3)))
+    xs = jnp.asarray(np.random.default_rng(0).random((2, 9, 10, 3)), jnp.float32)
+    fn = lambda v, a: module.apply(v, a)
+    fast = rewrite(fn)
+    grouped = [e for e in jax.make_jaxpr(fast)(variables, xs).jaxpr.eqns
+               if e.primitive.name == "conv_general_dilated" and e.params["feature_group_count"] > 1]
+    assert not grouped
+    np.testing.assert_allclose(fast(variables, xs), fn(variables, xs), rtol=1e-5, atol=1e-6)
+    g = lambda f: jax.grad(lambda a: f(variables, a)[:, 1].sum())(xs)
+    np.testing.assert_allclose(g(fast), g(fn), rtol=1e-4, atol=1e-6)
+
+
 # --------------------------------------------------------------------------- ops.max_pool
 
 POOL_CASES = [  # window, strides, padding (spatial), input (h, w)

@@ -3,6 +3,8 @@
 ``rewrite(fn, rule)`` traces ``fn`` to a jaxpr and evaluates it again with:
 
 - every dense NHWC convolution -> ``ops.conv`` (canonical-layout input gradient);
+- every depthwise NHWC convolution -> ``ops.depthwise_conv`` (strided slices times taps: XLA-CPU
+  runs grouped convolutions channel by channel);
 - every NHWC ``reduce_window_max`` -> ``ops.max_pool`` (strided slices forward, index-routed
   backward), and a max-pool of a ReLU -> ``ops.relu_max_pool`` (the ReLU's output not stored);
 - a channel concatenation consumed by max-pools or convolutions is never materialised: a pool of
@@ -15,9 +17,9 @@
   the gradients of a ReLU's consumers, so a ReLU is fused into a pool under it only when the pool
   is its sole consumer (through a concatenation too).
 
-Left alone: convolutions that are not dense 2-D NHWC/HWIO (grouped, dilated, transposed, NCHW),
-pools with dilations or over the batch/channel axes, other dtypes than float32/float64, and
-whatever is inside a ``custom_jvp`` / ``custom_vjp`` function (its own derivative rule is kept).
+Left alone: convolutions that are neither dense nor depthwise 2-D NHWC/HWIO (other groupings,
+dilated, transposed, NCHW), pools with dilations or over the batch/channel axes, other dtypes
+than float32/float64, and whatever is inside a ``custom_jvp`` / ``custom_vjp`` function (its own derivative rule is kept).
 
 Forward values are those of ``fn`` (pools bit for bit, convolutions of a concatenation to float
 rounding); gradients are the same up to the summation order.
@@ -168,6 +170,10 @@ class _Evaluator:
         if (name == "conv_general_dilated" and ops.conv_supported(avals[0].shape, avals[1].shape, eqn.params)
                 and avals[0].dtype in _FLOATS and avals[1].dtype == avals[0].dtype):
             return [self.conv(raw[0], self.force(raw[1]), tuple(sorted(eqn.params.items(), key=lambda kv: kv[0])))]
+        if (name == "conv_general_dilated" and ops.depthwise_supported(avals[0].shape, avals[1].shape, eqn.params)
+                and avals[0].dtype in _FLOATS and avals[1].dtype == avals[0].dtype):
+            return [ops.depthwise_conv(self.force(raw[0]), self.force(raw[1]), tuple(eqn.params["window_strides"]),
+                                       tuple(tuple(q) for q in eqn.params["padding"]))]
         vals = [self.force(v) for v in raw]
         guiding = self.rule != "gradient" and any(live_in)
         if (name in _CALLS and _contains_target(_sub(eqn))) or (
