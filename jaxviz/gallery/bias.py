@@ -48,21 +48,25 @@ def _category(classes) -> str:
     return category_name(classes) or imagenet_labels()[classes[0]][:14]
 
 
-def _candidates(ctx: Context, size: int, per_category: int):
-    """Photographs of the 16 categories (a few per category), else the built-in photos."""
-    from jaxviz import bias, datasets
-    rows = ctx.photos()
-    if not rows:
-        return datasets.candidate_images(size), "built-in sample photos and their crops"
+def _spread_by_category(rows: list[dict], per_category: int) -> list[list[dict]]:
+    """Per Geirhos category (in first-seen order), up to ``per_category`` of the photo rows,
+    spread evenly over the category's classes (dogs: 118 breeds)."""
+    from jaxviz import bias
     members = {c: name for name, group in bias.GEIRHOS_CATEGORIES.items() for c in group}
     by_category: dict[str, list] = {}
     for r in rows:
         if r["class"] in members:
             by_category.setdefault(members[r["class"]], []).append(r)
-    chosen = []
-    for group in by_category.values():  # spread over the category's classes (dogs: 118 breeds)
-        step = max(1, len(group) // per_category)
-        chosen += group[::step][:per_category]
+    return [group[::max(1, len(group) // per_category)][:per_category] for group in by_category.values()]
+
+
+def _candidates(ctx: Context, size: int, per_category: int):
+    """Photographs of the 16 categories (a few per category), else the built-in photos."""
+    from jaxviz import datasets
+    rows = ctx.photos()
+    if not rows:
+        return datasets.candidate_images(size), "built-in sample photos and their crops"
+    chosen = [r for group in _spread_by_category(rows, per_category) for r in group]
     return datasets.photo_candidates(chosen, size), f"{len(chosen)} ImageNet-sample photographs of the 16 categories"
 
 
@@ -122,17 +126,8 @@ def _texture_photos(ctx: Context, size: int, per_category: int, sources):
     rows = ctx.photos()
     if not rows:
         return [(s.name, fit_image(s.image, 2 * size, "stretch"), tuple(s.classes)) for s in sources]
-    members = {c: name for name, group in bias.GEIRHOS_CATEGORIES.items() for c in group}
-    by_category: dict[str, list] = {}
-    for r in rows:
-        if r["class"] in members:
-            by_category.setdefault(members[r["class"]], []).append(r)
-    out = []
-    for group in by_category.values():
-        step = max(1, len(group) // per_category)
-        out += [(r["label"], load_image(r["path"], 2 * size, "eval"), bias.class_set(int(r["class"])))
-                for r in group[::step][:per_category]]
-    return out
+    return [(r["label"], load_image(r["path"], 2 * size, "eval"), bias.class_set(int(r["class"])))
+            for group in _spread_by_category(rows, per_category) for r in group]
 
 
 def select_textures(classifiers, candidates, size: int, per_category: int, cats, seeds: int = 3):
