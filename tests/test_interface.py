@@ -9,7 +9,7 @@ import pytest
 
 from jaxviz.errors import JaxvizError
 from jaxviz.interface import TORCHVISION, as_model, from_apply_fn, from_linen, with_backward_rule
-from jaxviz.interface.backward import deconv_relu, guided_relu
+from jaxviz.interface.backward import deconv_relu, deconv_relu6, guided_relu, guided_relu6, positive_part
 from tests.conftest import make_tiny_model
 from tests.user_models import LinenCNN, apply_fn_model, linen_model, nnx_model
 
@@ -85,6 +85,35 @@ def test_layer_names_shapes_and_facts():
     np.testing.assert_allclose(lo, TORCHVISION(jnp.zeros((1, 1, 1, 3))).reshape(3), rtol=1e-6)
     assert hi[0] > lo[0]
     assert model.smallest_input("block") == 1
+
+
+def test_positive_part_equals_max_with_zero_including_special_values():
+    special = [0.0, -0.0, 1e-45, -1e-45, 3.4e38, -3.4e38, np.inf, -np.inf, 2.5, -2.5]
+    for dtype in (np.float32, np.float64):
+        g = np.concatenate([np.asarray(special, dtype), np.random.default_rng(0).normal(size=200).astype(dtype)])
+        with jax.enable_x64(dtype == np.float64):
+            out = np.asarray(positive_part(jnp.asarray(g)))
+        assert out.dtype == dtype
+        np.testing.assert_array_equal(out, np.maximum(g, 0))
+        assert not np.signbit(out).any()  # -0.0 and negatives give +0.0
+    assert np.isnan(np.asarray(positive_part(jnp.asarray([np.nan], jnp.float32))))[0]  # NaN passes, as max does
+    half = jnp.asarray([-1.5, 0.0, 2.0], jnp.bfloat16)  # other dtypes: plain maximum
+    np.testing.assert_array_equal(np.asarray(positive_part(half), np.float32), [0.0, 0.0, 2.0])
+
+
+def test_relu_rules_backward_equal_the_formulas_by_hand():
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.normal(scale=4.0, size=(400,)), jnp.float32)  # some above 6 for ReLU6
+    g = jnp.asarray(rng.normal(size=(400,)), jnp.float32)
+    xs, gs = np.asarray(x), np.asarray(g)
+    zero = np.zeros_like(gs)
+    want = {guided_relu: np.where((xs > 0) & (gs > 0), gs, zero),
+            guided_relu6: np.where((xs > 0) & (xs < 6) & (gs > 0), gs, zero),
+            deconv_relu: np.where(gs > 0, gs, zero), deconv_relu6: np.where(gs > 0, gs, zero)}
+    for fn, expected in want.items():
+        out, vjp = jax.vjp(fn, x)
+        np.testing.assert_array_equal(out, np.clip(xs, 0, 6 if fn in (guided_relu6, deconv_relu6) else None))
+        np.testing.assert_array_equal(vjp(g)[0], expected)
 
 
 def test_guided_rule_replaces_plain_relu_calls_and_equals_the_rule_by_hand():

@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxviz.interface.backward import positive_part
+
 Array = jax.Array
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -248,7 +250,7 @@ def _relu_max_pool_bwd(window, strides, padding, rule, res, g):
         g = jnp.where(y > 0, g, zero)
     d = _route(g, first, shape, *_pool_args(window, strides, padding))
     if rule != "gradient":  # guided / deconv: only positive signals cross the ReLU
-        d = jnp.where(d > 0, d, zero)
+        d = positive_part(d)  # not where(d > 0, ...): 4x slower in this fused loop on XLA-CPU
     return (d,)
 
 

@@ -31,6 +31,18 @@ Rule = Literal["gradient", "guided", "deconv"]
 RULES = ("gradient", "guided", "deconv")
 
 
+def positive_part(g: Array) -> Array:
+    """max(g, 0) for float32 (and float64) arrays, computed on the bits: a negative number's sign bit
+    clears it (-0.0 and negative NaNs give 0, +inf stays). Same values as ``jnp.maximum(g, 0)``;
+    XLA-CPU vectorises it where a select or maximum at the end of a fused gradient loop was 3-4x
+    slower (guided backprop through SqueezeNet's fused ReLU + max-pool backward)."""
+    bits = {jnp.dtype(jnp.float32): jnp.int32, jnp.dtype(jnp.float64): jnp.int64}.get(jnp.dtype(g.dtype))
+    if bits is None:
+        return jnp.maximum(g, jnp.zeros((), g.dtype))
+    i = jax.lax.bitcast_convert_type(g, bits)
+    return jax.lax.bitcast_convert_type(i & ~(i >> (jnp.iinfo(bits).bits - 1)), g.dtype)
+
+
 @jax.custom_vjp
 def guided_relu(x: Array) -> Array:
     """ReLU whose backward pass is guided backprop's: g * (x > 0) * (g > 0)."""
@@ -42,7 +54,7 @@ def _guided_relu_fwd(x):
 
 
 def _guided_relu_bwd(x, g):
-    return (jnp.where((x > 0) & (g > 0), g, jnp.zeros_like(g)),)
+    return (jnp.where(x > 0, positive_part(g), jnp.zeros_like(g)),)
 
 
 guided_relu.defvjp(_guided_relu_fwd, _guided_relu_bwd)
@@ -59,7 +71,7 @@ def _guided_relu6_fwd(x):
 
 
 def _guided_relu6_bwd(x, g):
-    return (jnp.where((x > 0) & (x < 6) & (g > 0), g, jnp.zeros_like(g)),)
+    return (jnp.where((x > 0) & (x < 6), positive_part(g), jnp.zeros_like(g)),)
 
 
 guided_relu6.defvjp(_guided_relu6_fwd, _guided_relu6_bwd)
@@ -76,7 +88,7 @@ def _deconv_fwd(x):
 
 
 def _deconv_bwd(_, g):
-    return (jnp.where(g > 0, g, jnp.zeros_like(g)),)
+    return (positive_part(g),)
 
 
 deconv_relu.defvjp(_deconv_fwd, _deconv_bwd)
