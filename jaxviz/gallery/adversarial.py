@@ -447,8 +447,8 @@ def both_correct(ctx: Context, models: dict, n: int, pool: int, offset: int) -> 
 @figure("adversarial_transfer", "Transferability of adversarial examples: SqueezeNet <-> Lite0",
         "Adversarial images crafted white-box on one network and shown to the other (black-box transfer; "
         "Szegedy et al. 2014, Papernot et al. 2016, Kurakin et al. 2017). The photographs are those of the "
-        "ImageNet sample (spread over the classes) that both networks classify correctly, so every curve "
-        "starts at 100% accuracy. Source attacks, untargeted on the true class: FGSM (one signed gradient "
+        "ImageNet sample (spread over the classes) that both networks classify correctly (100% accuracy at "
+        "eps = 0, not plotted). Source attacks, untargeted on the true class: FGSM (one signed gradient "
         "step of eps) in both directions and, from SqueezeNet, PGD-Linf (5 steps of eps/2.5, random start, no "
         "early stop). Curves: the evaluating network's top-1 accuracy on the 8-bit images against eps, beside "
         "the source network's own (white-box) accuracy and the evaluating network's accuracy under random "

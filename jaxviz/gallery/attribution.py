@@ -129,7 +129,8 @@ def _short(name: str, n: int = 22) -> str:
         "its gradients. Chosen as Simonyan et al. chose theirs, but by a stated rule: of every 6th sample photo "
         "the network classifies correctly and confidently (p > 0.6), the five whose maps concentrate most "
         "(the share of the blurred map in its brightest fifth, 'conc.' in the titles), and in the last column "
-        "the median photo for comparison. On the five the map is a silhouette of the animal; on a typical "
+        "the median photo for comparison. On four of the five the map is a silhouette of the animal (the "
+        "dingo's brightest band is the tree trunk beside it); on a typical "
         "photo it is spread over edges all over the image. SmoothGrad (Smilkov et al. 2017; row 3; "
         "averaged over noisy copies) fills the silhouettes more evenly.",
         order=300, photos="every 6th ImageNet sample photo (150), ranked by map concentration",
@@ -272,7 +273,8 @@ def guided_backprop_neurons(ctx: Context):
         "at fire9 (features.12; for a global-average-pooled network Grad-CAM is CAM up to the ReLU in the "
         "classifier, so the two agree here, as Selvaraju et al. §3.1 show), guided backprop (only weakly "
         "class-specific: its two columns differ in detail but share most of their structure) and guided Grad-CAM "
-        "(guided backprop x Grad-CAM), which keeps only the evidence of the column's class. The correlation of "
+        "(guided backprop x Grad-CAM), which keeps mostly the evidence of the column's class (faint traces of "
+        "the other object remain). The correlation of "
         "the two columns' maps, per method, is measured and printed above the panels: compare the class maps' with "
         "guided backprop's. The notes give each map's share on its own object's half.",
         order=302, photos="ImageNet sample: boxer, Persian cat", size="224 x 448",
@@ -356,12 +358,16 @@ COLUMN_LABELS = {"vanilla gradient": "vanilla", "Integrated Gradients": "Integr.
         "Nine methods explain each photo's class. CAM, Grad-CAM and Grad-CAM++ land on the object in every "
         "row. Vanilla, "
         "Integrated Gradients and guided backprop outline the penguin and broccoli, but on the balloons also "
-        "light the sky between them; SmoothGrad gives blobs; the deconvnet shows only the network's stride "
-        "checkerboard, alike on every photo. EfficientNet-Lite0; occlusion on SqueezeNet 1.1 (cheaper forward "
+        "light the sky between them. On this network three pixel-space methods do not look like their "
+        "papers' figures: SmoothGrad is a diffuse cloud, no sharper than the plain gradient (Smilkov et al. "
+        "show it sharper on Inception), guided backprop is speckle without the crisp edges Springenberg et al. "
+        "show on their all-convolutional net, and the deconvnet shows only the network's stride checkerboard, "
+        "alike on every photo. EfficientNet-Lite0; occlusion on SqueezeNet 1.1 (cheaper forward "
         "passes). Grey: max over RGB of |attribution|, 99th-percentile clip; "
         f"SmoothGrad {SMOOTH_SAMPLES} copies, {SMOOTH_NOISE:.0%} noise; "
         "Integrated Gradients 16 steps from a zero baseline (the mean image). Heat: CAM, Grad-CAM and "
-        "Grad-CAM++ on the 7 x 7 last feature map (they coincide under global average pooling); occlusion "
+        "Grad-CAM++ on the 7 x 7 last feature map (CAM and Grad-CAM coincide under global average pooling; "
+        "Grad-CAM++ weighs the channels differently and differs a little); occlusion "
         "(32 px grey window, logit drop) is coarser.",
         order=299, photos="ImageNet sample: king penguin, hot-air balloon, Norfolk terrier, broccoli",
         smoothgrad=f"{SMOOTH_SAMPLES} samples, noise {SMOOTH_NOISE}", integrated_gradients="16 steps, zero baseline",

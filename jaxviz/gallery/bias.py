@@ -388,7 +388,9 @@ def study_figure(study):
         f"(a {TEXTURE_TILES}x{TEXTURE_TILES} mosaic of small crops from the middle of a photograph, shown above "
         "right), kept when both networks put the mosaic in its category. Images: Gatys style transfer on VGG19 "
         f"with the loss of the code the study used, {STEPS} L-BFGS steps at {SIZE} px (the study: 500 steps, "
-        "larger images).", order=720, size_px=SIZE, steps=STEPS, pairs=f"up to {PAIRS}",
+        "larger images). These stimuli are cruder than the study's: some mosaics show little texture a person "
+        "would name (blocks of colour for bird or clock), both cues weaken (6.2, right), and many decisions go "
+        "to a third category, most often bottle.", order=720, size_px=SIZE, steps=STEPS, pairs=f"up to {PAIRS}",
         textures=f"{TEXTURE_TILES}x{TEXTURE_TILES} mosaic of crops of the central half, up to "
                  f"{TEXTURES_PER_CATEGORY} per category", textures_per_shape=TEXTURES_PER_SHAPE)
 def bias_cue_conflict(ctx: Context):
@@ -397,11 +399,13 @@ def bias_cue_conflict(ctx: Context):
 
 
 @figure("bias_shape_bar", "Texture vs shape: shape bias per model, beside the study's",
-        f"Both networks lean to texture on the {PAIRS} cue-conflict images of 6.1 (method there), like the "
-        "ImageNet CNNs in the study (0.09-0.25 in its repository README; people 0.96 in the paper): "
-        "EfficientNet-Lite0's 95% Wilson interval lies below 0.5; SqueezeNet 1.1's reaches just past it (NOT "
-        "DECIDED, in red). More than half the decisions are a third category, so each interval rests on about "
-        "20 decisions. Shape bias = shape / (shape + texture) decisions. Right: the shape category's "
+        f"On the {PAIRS} cue-conflict images of 6.1 (method there) only EfficientNet-Lite0 is shown to be "
+        "texture-biased: its 95% Wilson interval lies below 0.5, like the ImageNet CNNs in the study (0.09-0.25 "
+        "in its repository README; people 0.96 in the paper). SqueezeNet 1.1's estimate is below 0.5 too, but "
+        "its interval includes 0.5: NOT DECIDED (in red). More than half the decisions are a third category, so "
+        "each interval rests on about 20 decisions, and the images weaken both cues (right), so this is a "
+        "small-sample check of the study's direction, not a replication of its numbers. Shape bias = shape / "
+        "(shape + texture) decisions. Right: the shape category's "
         "probability on the photograph and on the "
         "cue-conflict image, the texture category's on the mosaic and on the cue-conflict image: the images "
         "weaken both cues.",

@@ -144,12 +144,14 @@ TRANSFORMS = {"translation": (np.arange(-60, 61, 10), "vertical shift (px)"),
         "photo, relative to the original's norm, at a low layer (relu1, the first convolution's 111 x 111 x 64 "
         "maps) and a high one (fire9, the last 512 maps before the classifier, averaged over positions, like "
         "Zeiler & Fergus's layer 7); row 4: the probability of the true class. As in their figure, small "
-        "transformations change the first layer a lot and the top layer much less; the output is fairly stable "
-        "under translation and scaling (except at the extremes, where the object leaves the crop), and not "
-        "under rotation: only the apple keeps a high probability at every angle; the soccer ball, round as "
-        "well, loses most of it once turned, so its class rests on more than the ball's outline (the notes "
-        "give each photo's lowest p over the rotations and the distances at the largest change of each kind: "
-        "the largest shift, the largest scale ratio, 180 degrees).",
+        "transformations change the first layer a lot and the top layer much less. The output is not "
+        "invariant to any of the three: p(true class) sags towards the largest shifts (to 0.2-0.5 for three "
+        "photos); under scaling the soccer ball collapses when shrunk (0.6-0.8x) and the African grey when "
+        "enlarged past 1.5x; under rotation the entertainment center and the soccer ball collapse at most "
+        "angles. Only the Granny Smith apple keeps a high probability throughout; the soccer ball, round as "
+        "well, does not, so its class rests on more than the ball's outline (the notes give the mean of the "
+        "lowest p per kind, each photo's lowest p over the rotations and the distances at the largest change "
+        "of each kind: the largest shift, the largest scale ratio, 180 degrees).",
         order=40, section="inside", photos="ImageNet sample: Granny Smith, Shih-Tzu, African grey, "
         "entertainment center, soccer ball", layers="relu1 (features.1); fire9 (features.12), averaged")
 def invariance(ctx: Context):

@@ -212,7 +212,9 @@ CH_LAYERS = (("fire2", 128), ("fire5", 192), ("fire9", 256))  # (layer, Adam ste
 
 @figure("channel_viz", "Channel visualisation at three depths",
         "Shallow channels want colours and stripes (fire2), middle ones textures and eye-like spots "
-        "(fire5), deep ones object parts and scenes: a dog's face, white fur with eyes (fire9). "
+        "(fire5), deep ones object parts and scenes: a dog's face, white fur with eyes (fire9). Not every deep "
+        "channel wants a part: the fourth fire9 channel (284) ends as a nearly flat grey-blue field at an "
+        "activation as high as the others' (5.8 -> 122 after its rerun; notes), so a flat colour drives it. "
         "Images that maximise one channel's mean "
         "activation (Erhan et al. 2009) in SqueezeNet 1.1, made as in Olah et al. (2017): Fourier-space, "
         "decorrelated-colour image, Adam, and random jitter, scale and rotation every step; deeper layers "

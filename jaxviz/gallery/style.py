@@ -162,7 +162,7 @@ def _gram(ctx: Context, painting: str, box, depth: int):
 
 
 @figure("texture_efros_vs_gram", "Texture synthesis: Efros–Leung vs Gram matrices",
-        "Efros–Leung copies the sample's pixels (exact colours and strokes, but patches repeat and the swirl "
+        "Efros–Leung copies the sample's pixels (exact colours and strokes, but the swirl "
         "is lost); Gram synthesis re-draws strokes, swirls and stars of the sample's kind and scale "
         "everywhere. All panels at one scale. Efros & Leung (1999): scan-line sampling from the framed "
         "window. Gatys et al. (2015): noise optimised by L-BFGS to match the sample's VGG19 Gram matrices, "
@@ -287,7 +287,8 @@ STYLE_COMMON = (f"Gatys et al. (2016) on VGG19 (original weights): content relu4
 @figure("style_ratios", "Style transfer: content/style ratio",
         "A photograph rendered in the style of The Starry Night with the content/style weight ratio α/β "
         "decreasing left to right (Gatys et al. 2016, Fig. 3: a high ratio keeps the photograph's "
-        "structure, a low one keeps only its layout under the painting's strokes and colours). "
+        "structure, a low one keeps mainly its layout under the painting's strokes, with some of the photo's "
+        "colours left, as the sky's orange here). "
         + STYLE_COMMON + " The network's weights are the original, un-normalised ones and the layer weights "
         "are scaled so that the dominant layer keeps its equal-weight share, so the α/β values are not on the "
         "paper's scale; the row spans the transition.", order=610, ratios=RATIOS, steps=STYLE_STEPS, size_px=SIZE)
