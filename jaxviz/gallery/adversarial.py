@@ -306,7 +306,8 @@ def _title(labels, row: dict, method: str) -> str:
         "Szegedy et al. 2014 (Fig. 5: correctly classified image, x10 difference, adversarial image) on two "
         "sample photographs and SqueezeNet 1.1: untargeted and targeted PGD-Linf (eps = 2/255, random start, "
         "stop at success; Madry et al. 2018) and the seed homework's normalised-gradient method (x <- x + eta "
-        "g/||g||, g = grad of the target logit, until the prediction is the target; Szegedy et al. 2014). "
+        "g/||g||, g = grad of the target logit, until the prediction is the target; a gradient stand-in for "
+        "Szegedy et al.'s box-constrained L-BFGS). "
         "Every adversarial image is on the 8-bit grid and its class, confidence and norms (pixel units of "
         "[0, 1]) are re-predicted from that image. The difference is magnified 10x around grey.",
         order=42, photos="ImageNet sample: giant panda, sports car",
@@ -371,7 +372,7 @@ FOOLING_STEPS = 150
         "probability >= 0.99, on the paper's eight classes. Top: the 8-bit images with SqueezeNet's class and "
         "probability (re-predicted) and the steps taken; they stay unrecognisable noise. Bottom: the change "
         "from the starting noise (x5 around grey), and what EfficientNet-Lite0 — not attacked — sees in the "
-        "image: fooling images made by gradient ascent are specific to the network they were grown on.",
+        "image: these 8 fooling images, made by gradient ascent, do not fool that other network.",
         order=43, model=SQUEEZE, classes="robin, cheetah, armadillo, lesser panda, centipede, peacock, jackfruit, bubble",
         confidence=FOOLING_CONFIDENCE, step=FOOLING_STEP, max_steps=FOOLING_STEPS, start="uniform noise in [0, 1]")
 def fooling_images(ctx: Context):

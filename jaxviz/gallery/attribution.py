@@ -357,8 +357,8 @@ COLUMN_LABELS = {"vanilla gradient": "vanilla", "Integrated Gradients": "Integr.
 @figure("attribution_comparison", "Nine attribution methods on the same photographs",
         "Nine methods explain each photo's class. CAM, Grad-CAM and Grad-CAM++ land on the object in every "
         "row. Vanilla, "
-        "Integrated Gradients and guided backprop outline the penguin and broccoli, but on the balloons also "
-        "light the sky between them. On this network three pixel-space methods do not look like their "
+        "Integrated Gradients outline the penguin and broccoli (guided backprop: a speckled blob over them), "
+        "but on the balloons also light the sky between them. On this network three pixel-space methods do not look like their "
         "papers' figures: SmoothGrad is a diffuse cloud, no sharper than the plain gradient (Smilkov et al. "
         "show it sharper on Inception), guided backprop is speckle without the crisp edges Springenberg et al. "
         "show on their all-convolutional net, and the deconvnet shows only the network's stride checkerboard, "

@@ -65,8 +65,9 @@ def _seed_overlay(m: np.ndarray, fg: np.ndarray, bg: np.ndarray) -> np.ndarray:
         "(the paper's), 4-5 SmoothGrad (Smilkov et al. 2017, 16 samples) for comparison; the mask is the "
         "tinted region, outlined in yellow. Both cover the objects; the vanilla-gradient masks follow the "
         "outlines but miss parts whose colour differs from the seeded body (the goldfish's fins and tail, the "
-        "robin's dark head, the eagle's wing tips); SmoothGrad's wider seeds give fuller masks (tail and head "
-        "included) with a few blocky spills into the background (a patch of sky beside the eagle's wing).",
+        "robin's dark head, the eagle's wing tips); SmoothGrad's wider seeds take in most of those parts (the "
+        "fins and tail, the head, the wing tips, though the eagle's white tail drops out) with a few blocky "
+        "spills into the background (a patch of sky beside the eagle's wing).",
         order=330, photos="ImageNet sample: bald eagle, king penguin, goldfish, robin", fg_quantile=0.95,
         bg_quantile=0.3, gmm_components=5, max_rounds=10)
 def saliency_segmentation(ctx: Context):

@@ -171,9 +171,9 @@ def digit_templates(ctx: Context):
 
 @figure("feature_maps", "Feature maps of one image at three depths",
         "All channels of three layers of SqueezeNet 1.1 for one image, each map normalised on its own "
-        "(Yosinski et al. 2015; Zeiler & Fergus 2014); the channel with the largest activation is "
-        "framed in red. Early maps are edge/colour detectors at high resolution; deep ones are "
-        "coarse and sparse.", order=43, image="chelsea")
+        "(Yosinski et al. 2015; Zeiler & Fergus 2014); the channel with the largest mean activation is "
+        "framed in red (the largest single value picked, at fire4, a channel firing only along the padded "
+        "border). Early maps are edge/colour detectors at high resolution; deep ones are coarse and sparse.", order=43, image="chelsea")
 def feature_maps(ctx: Context):
     import jax.numpy as jnp
     import matplotlib.pyplot as plt
@@ -192,7 +192,7 @@ def feature_maps(ctx: Context):
     for ax, layer in zip(axes[:, 0], layers):
         canonical = check_spatial(model, layer)
         acts = maps(model, model.params, model.preprocess(jnp.asarray(image)), canonical)
-        panel, best = activation_panel(image[0], acts[0])
+        panel, best = activation_panel(image[0], acts[0], by="mean")
         ax.imshow(panel)
         ax.set_title(f"{name} {layer} ({canonical}): {acts.shape[-1]} channels of {acts.shape[1]}x{acts.shape[2]}; "
                      f"strongest channel {best}", fontsize=10)

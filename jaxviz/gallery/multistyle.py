@@ -19,7 +19,7 @@ STYLES = (19, 13, 25, 5, 7, 16, 20)
         "photograph stylised by seven of the network's 26 styles (the style images themselves are not "
         "shipped with the network, and the styles have no names upstream, so they are numbered as in the "
         "package). All seven are one batched forward pass: only the per-style γ/β of the instance norms "
-        "differ. The styles were trained for 500–1000 px photographs, so at 320 px the strokes look large.",
+        "differ. At 320 px the strokes look large against the photograph.",
         order=625, size=f"{SIZE}x{SIZE}", styles=str(STYLES))
 def fast_style_multistyle26(ctx: Context):
     import time

@@ -82,7 +82,7 @@ CV_SIZE, CV_STEPS = 160, 72
 
 
 @figure("classviz_models", "Class visualisation on two networks",
-        "Each network's idea of four classes: SqueezeNet draws recognisable parts (flamingo necks and "
+        "Each network's idea of four classes: SqueezeNet draws recognisable parts (flamingo heads and "
         "pink plumage, tarantula legs, ostrich heads and necks, pizza toppings). EfficientNet-Lite0's "
         "are fainter and busier (the ostrich's dark plumage and neck, spider-like legs, flamingo pink only in "
         "patches) although each reaches p = 1.00. The images maximise the class logit (Simonyan "
@@ -213,8 +213,9 @@ CH_LAYERS = (("fire2", 128), ("fire5", 192), ("fire9", 256))  # (layer, Adam ste
 @figure("channel_viz", "Channel visualisation at three depths",
         "Shallow channels want colours and stripes (fire2), middle ones textures and eye-like spots "
         "(fire5), deep ones object parts and scenes: a dog's face, white fur with eyes (fire9). Not every deep "
-        "channel wants a part: the fourth fire9 channel (284) ends as a nearly flat grey-blue field at an "
-        "activation as high as the others' (5.8 -> 122 after its rerun; notes), so a flat colour drives it. "
+        "channel gives a part: the fourth fire9 channel (284) ends as a nearly flat grey-blue field, at an "
+        "activation within the others' range (5.8 -> 122 after a rerun at a smaller step; the others 84-216; "
+        "notes), so a flat colour drives it strongly, though a better optimum may exist. "
         "Images that maximise one channel's mean "
         "activation (Erhan et al. 2009) in SqueezeNet 1.1, made as in Olah et al. (2017): Fourier-space, "
         "decorrelated-colour image, Adam, and random jitter, scale and rotation every step; deeper layers "

@@ -231,8 +231,8 @@ PATCH_LAYERS = ("fire3", "fire6", "fire9")
         "receptive field (grey where the field hangs over the image edge or the channel does not see), "
         "labelled with the photograph's ImageNet class. Found by one streaming top-k scan of the pool "
         "(jaxviz.scan). Channels: the strongest ones whose best photographs differ. Shallow channels "
-        "respond to colours and textures across unrelated classes; deep ones to object parts shared "
-        "by related classes (fire6: wheels, eyes, text; fire9: faces of dog breeds).", order=46, topk=9,
+        "respond to colours and textures across unrelated classes; deeper ones to shapes and parts (fire6: "
+        "round shapes, colour patterns across classes; fire9: faces of dog breeds, shared by related classes).", order=46, topk=9,
         channels_per_layer=3)
 def scan_patches(ctx: Context):
     import matplotlib.pyplot as plt
