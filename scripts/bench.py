@@ -885,7 +885,7 @@ CLI_CASES: dict[str, str] = {
     "activations": "activations {img} --layer fire6 --out {tmp}/acts.png",
     **{f"saliency-{m}": f"saliency {{img}} --method {m} --out {{tmp}}/map.png" for m in SALIENCY_METHODS},
     **{f"adversarial-{m}": f"adversarial {{img}} --method {m} "
-       + ("--queries 40" if m == "simba" else "--steps 3 --no-early-stop") + " --out {tmp}/adv.png"
+       + {"simba": "--queries 40 ", "fgsm": ""}.get(m, "--steps 3 --no-early-stop ") + "--out {tmp}/adv.png"
        for m in ADVERSARIAL_METHODS},
     "classviz": "classviz --target 130 --steps 3 --quiet --out {tmp}/classviz.png",
     "neuron": "neuron --layer fire6 --channel 3 --steps 3 --quiet --out {tmp}/neuron.png",
@@ -896,7 +896,7 @@ CLI_CASES: dict[str, str] = {
     "texture-gram": "texture {style} --method gram --steps 3 --out {tmp}/gram.png",
     "style": "style {img} --style {style} --steps 3 --out {tmp}/style.png",
     "style-adam": "style {img} --style {style} --steps 3 --optimizer adam --out {tmp}/style.png",
-    "fast-style-apply": "fast-style apply {img} --style style_0 --size 256 --out {tmp}/fast.png",
+    "fast-style-apply": "fast-style apply {img} --model multistyle26 --style style_0 --size 256 --out {tmp}/fast.png",
     "fast-style-train": "fast-style train --styles {style} --content-dir {photos} --steps 2 --size 64 --batch 2 "
                         "--out {tmp}/fast.msgpack",
     "scan": "scan {scan_images} --layers fire3 fire6 fire9 --no-progress --out {tmp}/index",
@@ -925,7 +925,10 @@ def _case_inputs(cfg: Config, work: Path) -> dict:
 
 
 def _case_argv(name: str, inputs: dict) -> list[str]:
-    return [word.format(**inputs) for word in CLI_CASES[name].split()]
+    argv = []
+    for word in CLI_CASES[name].split():  # {scan_images} stands for several arguments
+        argv += inputs["scan_images"].split() if word == "{scan_images}" else [word.format(**inputs)]
+    return argv
 
 
 def _build_index(cfg: Config, work: Path) -> None:

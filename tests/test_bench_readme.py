@@ -320,6 +320,22 @@ def test_compile_cases_cover_every_cli_technique():
         assert any(names & argv for argv in argvs), f"no compile case runs {t.command} {t.name}"
 
 
+def test_compile_cases_are_valid_command_lines(tmp_path):
+    """Every case parses with the CLI's own parser (a stale option would make the case measure an
+    error exit), and {scan_images} becomes one argument per photograph."""
+    from jaxviz.cli import build_parser
+    parser, _ = build_parser()
+    photos = [str(tmp_path / f"p{i}.JPEG") for i in range(3)]
+    inputs = {"img": photos[0], "img2": photos[1], "style": "s.jpg", "photos": str(tmp_path),
+              "scan_images": " ".join(photos), "index": str(tmp_path / "index"), "tmp": str(tmp_path / "tmp")}
+    for name in bench.CLI_CASES:
+        argv = bench._case_argv(name, inputs)
+        assert not any("{" in a for a in argv), (name, argv)
+        parser.parse_args(argv)  # argparse exits (SystemExit 2) on an unknown or missing option
+    scan = bench._case_argv("scan", inputs)
+    assert scan[1:4] == photos
+
+
 def test_first_call_cell_prefers_the_compile_probe():
     row = _row("saliency", 1.5)
     row["compile"].update(cold_compile_s=9.94, cold_compile_cpu_s=3.88, cached_compile_s=2.39,
