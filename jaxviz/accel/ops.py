@@ -58,17 +58,23 @@ def _window_sum(contribs: dict, out_hw: tuple[int, int], strides: tuple[int, int
 
 # ---------------------------------------------------------------- convolution
 
-def conv_supported(lhs_shape, rhs_shape, params: dict) -> bool:
-    """Whether ``conv`` takes this ``conv_general_dilated``: 2-D, dense, NHWC/HWIO/NHWC, no
-    dilation, non-negative padding, float32."""
+def _plain_nhwc_conv(lhs_shape, rhs_shape, params: dict) -> bool:
+    """A 2-D NHWC/HWIO/NHWC ``conv_general_dilated`` without batch groups or dilation, with
+    non-negative padding and a float32 (or default) result: what ``conv`` and ``depthwise_conv``
+    both require before their own grouping."""
     if len(lhs_shape) != 4 or len(rhs_shape) != 4:
         return False
-    dn = params["dimension_numbers"]
-    want = lax.conv_dimension_numbers(lhs_shape, rhs_shape, _NHWC)
-    return (dn == want and params["feature_group_count"] == 1 and params["batch_group_count"] == 1
+    return (params["dimension_numbers"] == lax.conv_dimension_numbers(lhs_shape, rhs_shape, _NHWC)
+            and params["batch_group_count"] == 1
             and all(d == 1 for d in params["lhs_dilation"]) and all(d == 1 for d in params["rhs_dilation"])
             and all(lo >= 0 and hi >= 0 for lo, hi in params["padding"])
             and params.get("preferred_element_type") in (None, jnp.float32))
+
+
+def conv_supported(lhs_shape, rhs_shape, params: dict) -> bool:
+    """Whether ``conv`` takes this ``conv_general_dilated``: 2-D, dense, NHWC/HWIO/NHWC, no
+    dilation, non-negative padding, float32."""
+    return _plain_nhwc_conv(lhs_shape, rhs_shape, params) and params["feature_group_count"] == 1
 
 
 def _bind_conv(x, kernel, params):
@@ -128,16 +134,11 @@ def depthwise_supported(lhs_shape, rhs_shape, params: dict) -> bool:
     """Whether ``depthwise_conv`` takes this ``conv_general_dilated``: a 2-D NHWC/HWIO depthwise
     convolution (one filter per input channel: ``feature_group_count`` = C = the kernel's
     outputs, kernel (kh, kw, 1, C)), no dilation, non-negative padding, float32."""
-    if len(lhs_shape) != 4 or len(rhs_shape) != 4:
+    if not _plain_nhwc_conv(lhs_shape, rhs_shape, params):
         return False
-    dn = params["dimension_numbers"]
     channels = lhs_shape[3]
-    return (dn == lax.conv_dimension_numbers(lhs_shape, rhs_shape, _NHWC) and channels > 1
-            and params["feature_group_count"] == channels and rhs_shape[2] == 1 and rhs_shape[3] == channels
-            and params["batch_group_count"] == 1
-            and all(d == 1 for d in params["lhs_dilation"]) and all(d == 1 for d in params["rhs_dilation"])
-            and all(lo >= 0 and hi >= 0 for lo, hi in params["padding"])
-            and params.get("preferred_element_type") in (None, jnp.float32))
+    return (channels > 1 and params["feature_group_count"] == channels
+            and rhs_shape[2] == 1 and rhs_shape[3] == channels)
 
 
 def depthwise_conv(x: Array, kernel: Array, strides: tuple, padding: tuple) -> Array:

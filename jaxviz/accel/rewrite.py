@@ -167,13 +167,13 @@ class _Evaluator:
                     and avals[0].dtype in _FLOATS):
                 return [self.pool(raw[0], tuple(p["window_dimensions"]), tuple(p["window_strides"]),
                                   tuple(tuple(q) for q in p["padding"]))]
-        if (name == "conv_general_dilated" and ops.conv_supported(avals[0].shape, avals[1].shape, eqn.params)
-                and avals[0].dtype in _FLOATS and avals[1].dtype == avals[0].dtype):
-            return [self.conv(raw[0], self.force(raw[1]), tuple(sorted(eqn.params.items(), key=lambda kv: kv[0])))]
-        if (name == "conv_general_dilated" and ops.depthwise_supported(avals[0].shape, avals[1].shape, eqn.params)
-                and avals[0].dtype in _FLOATS and avals[1].dtype == avals[0].dtype):
-            return [ops.depthwise_conv(self.force(raw[0]), self.force(raw[1]), tuple(eqn.params["window_strides"]),
-                                       tuple(tuple(q) for q in eqn.params["padding"]))]
+        if name == "conv_general_dilated" and avals[0].dtype in _FLOATS and avals[1].dtype == avals[0].dtype:
+            shapes, p = (avals[0].shape, avals[1].shape), eqn.params
+            if ops.conv_supported(*shapes, p):
+                return [self.conv(raw[0], self.force(raw[1]), tuple(sorted(p.items(), key=lambda kv: kv[0])))]
+            if ops.depthwise_supported(*shapes, p):
+                return [ops.depthwise_conv(self.force(raw[0]), self.force(raw[1]), tuple(p["window_strides"]),
+                                           tuple(tuple(q) for q in p["padding"]))]
         vals = [self.force(v) for v in raw]
         guiding = self.rule != "gradient" and any(live_in)
         if (name in _CALLS and _contains_target(_sub(eqn))) or (

@@ -126,9 +126,14 @@ def _loss_text(losses) -> str:
 
 # ------------------------------------------------------------------ textures
 
+def _gram_stage_steps(ctx: Context, depth: int) -> tuple[int, int]:
+    """L-BFGS steps of _gram's two stages: TEX_STEPS at half size, 80% of them at full size."""
+    return _steps(ctx, TEX_STEPS[depth - 1]), _steps(ctx, int(0.8 * TEX_STEPS[depth - 1]))
+
+
 def _gram_steps(ctx: Context, depth: int) -> str:
     """'half-size steps + full-size steps' of _gram's two stages."""
-    return f"{_steps(ctx, TEX_STEPS[depth - 1])} + {_steps(ctx, int(0.8 * TEX_STEPS[depth - 1]))}"
+    return " + ".join(str(n) for n in _gram_stage_steps(ctx, depth))
 
 
 def _gram(ctx: Context, painting: str, box, depth: int):
@@ -146,8 +151,7 @@ def _gram(ctx: Context, painting: str, box, depth: int):
         model = _vgg(ctx)
         sample = _texture_sample(ctx, painting, box, size)
         layers = TEX_LAYERS[:depth]
-        coarse_steps = _steps(ctx, TEX_STEPS[depth - 1])
-        fine_steps = _steps(ctx, int(0.8 * TEX_STEPS[depth - 1]))
+        coarse_steps, fine_steps = _gram_stage_steps(ctx, depth)
         half = np.asarray(jax.image.resize(sample, (size // 2, size // 2, 3), "linear"))
         coarse, first = gram_texture(model, model.params, np.clip(half, 0, 1), size // 2, layers=layers,
                                      key=jax.random.key(0), steps=coarse_steps,

@@ -33,9 +33,10 @@ RULES = ("gradient", "guided", "deconv")
 
 def positive_part(g: Array) -> Array:
     """max(g, 0) for float32 (and float64) arrays, computed on the bits: a negative number's sign bit
-    clears it (-0.0 gives +0.0, +inf stays). The values of ``jnp.maximum(g, 0)`` for every input but
-    a NaN with its sign bit set (0 here, NaN there); XLA-CPU vectorises it where a select or maximum at the end of a fused gradient loop was 3-4x
-    slower (guided backprop through SqueezeNet's fused ReLU + max-pool backward)."""
+    clears it (-0.0 gives +0.0, +inf stays). The values of ``jnp.maximum(g, 0)`` for every input
+    but a NaN with its sign bit set (0 here, NaN there). XLA-CPU vectorises it where a select or
+    maximum at the end of a fused gradient loop was 3-4x slower (guided backprop through
+    SqueezeNet's fused ReLU + max-pool backward)."""
     bits = {jnp.dtype(jnp.float32): jnp.int32, jnp.dtype(jnp.float64): jnp.int64}.get(jnp.dtype(g.dtype))
     if bits is None:
         return jnp.maximum(g, jnp.zeros((), g.dtype))
