@@ -237,7 +237,13 @@ def predict(model, images: np.ndarray, batch: int = 32) -> np.ndarray:
     if not model.num_classes:
         raise JaxvizError(f"model {model.name} has no classifier output; the bias study needs classifiers")
     fn = proba_fn(model)
-    out = [np.asarray(fn(images[i:i + batch])) for i in range(0, len(images), batch)]
+    out = []
+    for i in range(0, len(images), batch):
+        chunk = images[i:i + batch]
+        # Every chunk padded to ``batch`` images: one compiled program per model and image size
+        # for the candidates and the stimuli alike (a second program costs more than the padding).
+        padded = np.concatenate([chunk, np.zeros((batch - len(chunk),) + chunk.shape[1:], chunk.dtype)])
+        out.append(np.asarray(fn(padded))[:len(chunk)])
     return np.concatenate(out) if out else np.zeros((0, model.num_classes), np.float32)
 
 

@@ -245,8 +245,14 @@ def init_state(config: FastStyleConfig, key: Array) -> TrainState:
     k_init, k_data = jax.random.split(key)
     net = config.network()
     dummy = jnp.zeros((1, 16, 16, 3), jnp.float32)
-    params = net.init(k_init, dummy, jnp.ones((1, config.num_styles), jnp.float32) / config.num_styles)["params"]
-    opt_state = optax.adam(config.learning_rate).init(params)
+    weights = jnp.ones((1, config.num_styles), jnp.float32) / config.num_styles
+
+    def fresh(k):
+        params = net.init(k, dummy, weights)["params"]
+        return params, optax.adam(config.learning_rate).init(params)
+    # One program: run eagerly, flax's initialisers compile a small program per operation and
+    # shape (about 100, 6 s of a cold process's compile time on 2 cores).
+    params, opt_state = jax.jit(fresh)(k_init)
     return TrainState(0, params, opt_state, k_data)
 
 
@@ -299,7 +305,7 @@ def make_train_step(config: FastStyleConfig, loss_model, loss_params: dict, styl
     opt = optax.adam(config.learning_rate)
     wl = 1.0 / len(config.style_layers)
 
-    def loss_fn(params, content, weights):
+    def loss_fn(params, content, weights, loss_params, targets):
         out = net.apply({"params": params}, content, weights)
         f_out = features(loss_params, loss_model.preprocess(out))
         f_in = features(loss_params, loss_model.preprocess(content))
@@ -309,17 +315,23 @@ def make_train_step(config: FastStyleConfig, loss_model, loss_params: dict, styl
         tv = jnp.mean(tv_loss(out))
         return config.content_weight * c + config.style_weight * s + config.tv_weight * tv
 
-    def step(params, opt_state, key, step, content_images):
+    def train_step(params, opt_state, key, step, content_images, loss_params, targets):
         k = jax.random.fold_in(key, step)
         k_crop, k_style = jax.random.split(k)
         batch = random_crops(content_images, k_crop, config.batch, config.size)
         styles = jax.random.randint(k_style, (config.batch,), 0, config.num_styles)
         weights = jax.nn.one_hot(styles, config.num_styles)
-        loss, grads = jax.value_and_grad(loss_fn)(params, batch, weights)
+        loss, grads = jax.value_and_grad(loss_fn)(params, batch, weights, loss_params, targets)
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
     options = tuple(loss_model.compiler_options if compiler_options is None else compiler_options)
-    return jax.jit(step, compiler_options=dict(options)) if options else jax.jit(step)
+    # The loss network's weights and the Gram targets are arguments, not constants closed over:
+    # as constants XLA folds and stores them in the executable (a 12 MB cache entry, +3 s compile).
+    jitted = jax.jit(train_step, compiler_options=dict(options)) if options else jax.jit(train_step)
+
+    def step(params, opt_state, key, step, content_images):
+        return jitted(params, opt_state, key, step, content_images, loss_params, targets)
+    return step
 
 
 def train(config: FastStyleConfig, state: TrainState, step_fn: Callable, content_images: Array, steps: int,

@@ -82,3 +82,20 @@ def test_save_image_checks_directory(tmp_path):
     assert (tmp_path / "ok.png").is_file()
     with pytest.raises(JaxvizError, match="does not exist"):
         save_image(np.ones((2, 2, 3)), tmp_path / "missing" / "x.png")
+
+
+@pytest.mark.parametrize("size,fit,transform", [
+    (224, "eval", None), ((160, 224), "eval", None), (100, "stretch", None), (64, "eval", "lite"),
+    ((37, 50), "eval", None)])
+def test_uint8_photographs_fit_as_the_float_image(tmp_path, rng, size, fit, transform):
+    """8-bit RGB files are fitted without the full-size float image: the same values bit for bit."""
+    from jaxviz.images import _to_float_rgb
+    from jaxviz.interface.preprocessing import LITE_EVAL
+    transform = LITE_EVAL if transform == "lite" else None
+    pixels = (rng.random((83, 131, 3)) * 255).astype(np.uint8)
+    pixels[:20] = 255 - pixels[:20] // 7  # some structure: flat and noisy areas
+    Image.fromarray(pixels).save(tmp_path / "p.png")
+    loaded = load_image(tmp_path / "p.png", size, fit, transform)
+    assert loaded.dtype == np.float32
+    assert np.array_equal(loaded, fit_image(_to_float_rgb(pixels), size, fit, transform))
+    assert np.array_equal(fit_image(pixels, size, fit, transform), loaded)

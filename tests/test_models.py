@@ -252,3 +252,33 @@ def test_overrides_swap_implementations_by_kind_class(tiny_model):
     fast = FastPoolNet(stages)
     np.testing.assert_allclose(fast.apply({"params": tiny_model.params}, x),
                                SequentialNet(stages).apply({"params": tiny_model.params}, x), rtol=1e-6)
+
+
+def _facts_script():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "scripts" / "write_model_facts.py"
+    spec = importlib.util.spec_from_file_location("_jaxviz_write_model_facts", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_recorded_facts_are_what_tracing_the_module_gives(name):
+    """facts.json (read instead of tracing every model at every start) == the traced module."""
+    from jaxviz.models.registry import param_shapes, recorded_facts, traced_param_shapes
+    spec = get_spec(name)
+    assert recorded_facts(spec) == _facts_script().traced_facts(spec), \
+        "stale jaxviz/models/facts.json: run python scripts/write_model_facts.py"
+    assert param_shapes(spec) == traced_param_shapes(spec)
+
+
+def test_facts_only_for_the_registry_own_specs():
+    import dataclasses
+
+    from jaxviz.models.registry import param_shapes, recorded_facts, traced_param_shapes
+    spec = get_spec("squeezenet1_1")
+    other = dataclasses.replace(spec, stages=spec.stages[:3])  # same name, another network
+    assert recorded_facts(other) is None
+    assert param_shapes(other) == traced_param_shapes(other) != param_shapes(spec)

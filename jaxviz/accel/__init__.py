@@ -29,6 +29,7 @@ from jaxviz.accel.fast_layers import FastPoolNet, with_stored_kernels
 from jaxviz.interface import Model, as_model
 from jaxviz.interface.model import ALL
 from jaxviz.models.network import SequentialNet
+from jaxviz.models.registry import ModelSpec, recorded_facts
 
 __all__ = ["accelerate"]
 
@@ -41,12 +42,16 @@ def accelerate(model) -> Model:
     key = ("accelerate",)
     if key not in model._derived:
         changes = {"accelerated": True}
-        h, w = model.input_hw()
-        probe = jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32)
-        try:
-            grouped = xla.has_grouped_convolutions(model.apply, model.params, probe)
-        except Exception:  # a model that needs another input shape: leave XLA's default choice
-            grouped = True
+        facts = recorded_facts(model.spec) if isinstance(getattr(model, "spec", None), ModelSpec) else None
+        if facts is not None:  # a registry network: known without tracing it
+            grouped = facts["grouped_convolutions"]
+        else:
+            h, w = model.input_hw()
+            probe = jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32)
+            try:
+                grouped = xla.has_grouped_convolutions(model.apply, model.params, probe)
+            except Exception:  # a model that needs another input shape: leave XLA's default choice
+                grouped = True
         changes["compiler_options"] = xla.compiler_options(dense_convolutions=not grouped)
         module = getattr(model, "module", None)
         if isinstance(module, SequentialNet) and type(module) is SequentialNet:

@@ -6,7 +6,10 @@ labels, weight source, layer aliases) — one place to look, one way to list (as
 from __future__ import annotations
 
 import difflib
+import functools
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import jax
@@ -144,10 +147,45 @@ def init_params(spec: ModelSpec, seed: int = 0, input_size: int | None = None) -
 
 
 def param_shapes(spec: ModelSpec) -> dict:
-    """Shapes of every parameter, as a tree of tuples, without allocating them."""
+    """Shapes of every parameter, as a tree of tuples, without allocating them: the registry's
+    recorded facts (``facts.json``) for its own specs, ``traced_param_shapes`` for any other."""
+    facts = recorded_facts(spec)
+    if facts is None:
+        return traced_param_shapes(spec)
+    tree: dict = {}
+    for path, shape in facts["param_shapes"].items():
+        *parents, leaf = path.split("/")
+        node = tree
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = tuple(shape)
+    return tree
+
+
+def traced_param_shapes(spec: ModelSpec) -> dict:
+    """``param_shapes`` by abstract evaluation of the module's ``init`` (about 0.1-0.4 s of
+    tracing, paid by every process that loads the model when not recorded)."""
     x = jax.ShapeDtypeStruct((1, spec.input_size, spec.input_size, 3), jnp.float32)
     tree = jax.eval_shape(lambda: spec.module().init(jax.random.key(0), jnp.zeros(x.shape)))["params"]
     return jax.tree_util.tree_map(lambda a: tuple(a.shape), tree)
+
+
+FACTS_FILE = Path(__file__).with_name("facts.json")
+
+
+@functools.lru_cache(maxsize=1)
+def _facts() -> dict:
+    return json.loads(FACTS_FILE.read_text()) if FACTS_FILE.exists() else {}
+
+
+def recorded_facts(spec: ModelSpec) -> dict | None:
+    """What ``scripts/write_model_facts.py`` recorded of a registry model by tracing its module
+    (``param_shapes``: flat ``a/b/kernel`` -> shape; ``grouped_convolutions``: bool), or None for
+    a spec that is not the registry's own (tests/test_models.py traces them again and compares)."""
+    if MODELS.get(spec.name) is not spec:
+        return None
+    return _facts().get(spec.name)
+
 
 
 def flatten_params(params: dict, prefix: str = "") -> dict[str, np.ndarray]:
