@@ -53,14 +53,21 @@ def check_layers(model, layers: Sequence[str], size: int | tuple[int, int] | Non
     hw = model.input_hw(size)
     wanted = tuple(dict.fromkeys(names.values()))
     x = jax.ShapeDtypeStruct((1,) + hw + (3,), jnp.float32)
-    try:  # abstract evaluation, stopped after the layers: a head fixed to another size does not matter
-        acts = jax.eval_shape(lambda p, x: model.activations(p, x, wanted), model.params, x)
-        shapes = {name: tuple(acts[name].shape[1:]) for name in wanted}
+    try:  # the model's own probe of every layer at this size (kept by the model: traced once)
+        probed = model.layer_shapes(hw) if model.has_layers else {}
     except JaxvizError:
-        raise
-    except Exception as e:
-        raise JaxvizError(f"{model.name} does not run on a {hw[0]}x{hw[1]} input up to layer(s) "
-                          f"{', '.join(wanted)} ({e.__class__.__name__})") from None
+        probed = {}
+    if all(name in probed for name in wanted):
+        shapes = {name: probed[name] for name in wanted}
+    else:
+        try:  # abstract evaluation, stopped after the layers: a head fixed to another size does not matter
+            acts = jax.eval_shape(lambda p, x: model.activations(p, x, wanted), model.params, x)
+            shapes = {name: tuple(acts[name].shape[1:]) for name in wanted}
+        except JaxvizError:
+            raise
+        except Exception as e:
+            raise JaxvizError(f"{model.name} does not run on a {hw[0]}x{hw[1]} input up to layer(s) "
+                              f"{', '.join(wanted)} ({e.__class__.__name__})") from None
     for given, name in names.items():
         shape = shapes.get(name)
         label = given if given == name else f"{given} ({name})"

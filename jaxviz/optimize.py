@@ -393,7 +393,7 @@ class ProgressBar(Callback):
     def step(self, i, losses, active, images):
         self.bar.update(1)
         if i % self.every == 0:
-            self.bar.set_postfix(loss=f"{float(jnp.mean(losses)):.4g}", active=int(jnp.sum(active)))
+            self.bar.set_postfix(loss=f"{float(np.mean(np.asarray(losses))):.4g}", active=int(np.sum(np.asarray(active))))
 
     def end(self) -> None:
         if self.bar is not None:
@@ -558,10 +558,11 @@ def optimize(loss_fn: LossFn, init: Array, *, optimizer: optax.GradientTransform
     except TypeError:  # something unhashable: build without the cache
         step_jit, images_jit, active_jit, opt = _compiled.__wrapped__(*parts)
     opt_state = opt.init(params)
-    mask = jnp.ones((n,), bool)
+    # Host arrays put on the device: jnp.ones / jnp.zeros would each compile a small program.
+    mask = jnp.asarray(np.ones((n,), bool))
     if active is not None:
         mask = jnp.asarray(active_jit(images_jit(params), data), bool).reshape(n)
-    done = jnp.zeros((n,), jnp.int32)
+    done = jnp.asarray(np.zeros((n,), np.int32))
     history = []
     for cb in callbacks:
         cb.start(int(steps), n)
@@ -585,5 +586,5 @@ def optimize(loss_fn: LossFn, init: Array, *, optimizer: optax.GradientTransform
     images = images_jit(params)
     jax.block_until_ready(images)
     seconds = time.perf_counter() - start
-    losses = np.asarray(jnp.stack(history)) if history else np.zeros((0, n), np.float32)
+    losses = np.stack([np.asarray(h) for h in history]) if history else np.zeros((0, n), np.float32)
     return OptimizeResult(images, params, losses, np.asarray(done), seconds, compile_seconds)

@@ -411,17 +411,20 @@ def _prefetch(sources: Sequence[str], batch: int, size: int | tuple[int, int], f
     """Yield (offset, images (b, S, S, 3)) batches, decoding the next ones in threads."""
     from jaxviz.images import load_image
 
-    def load(lo: int) -> np.ndarray:
-        return np.stack([load_image(s, size, fit, transform) for s in sources[lo:lo + batch]])
+    def submit(lo: int) -> list:
+        # One task per image, not per batch: every worker decodes the batch needed next (the
+        # first batch, which the device waits for, in half the time with two workers).
+        return [pool.submit(load_image, s, size, fit, transform) for s in sources[lo:lo + batch]]
 
     with ThreadPoolExecutor(workers) as pool:
         offsets = list(range(start, len(sources), batch))
         # Only a few batches in flight: memory must not grow with the dataset.
-        pending = deque(pool.submit(load, lo) for lo in offsets[:workers + 1])
+        ahead = workers + 1
+        pending = deque(submit(lo) for lo in offsets[:ahead])
         for i, lo in enumerate(offsets):
-            images = pending.popleft().result()
-            if i + workers + 1 < len(offsets):
-                pending.append(pool.submit(load, offsets[i + workers + 1]))
+            images = np.stack([f.result() for f in pending.popleft()])
+            if i + ahead < len(offsets):
+                pending.append(submit(offsets[i + ahead]))
             yield lo, images
 
 

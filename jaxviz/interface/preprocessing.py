@@ -6,6 +6,7 @@ way back (``invert``).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import jax
@@ -26,24 +27,36 @@ class Preprocessing:
 
     def __call__(self, images: Array) -> Array:
         """(N, H, W, 3) RGB in [0, 1] -> model input."""
-        x = images[..., ::-1] if self.bgr else images
-        return (x * self.scale - jnp.asarray(self.mean, x.dtype)) / jnp.asarray(self.std, x.dtype)
+        return _apply(self, images)
 
     def invert(self, x: Array) -> Array:
         """Exact inverse: model input -> RGB in [0, 1] (not clipped)."""
-        x = (x * jnp.asarray(self.std, x.dtype) + jnp.asarray(self.mean, x.dtype)) / self.scale
-        return x[..., ::-1] if self.bgr else x
+        return _invert(self, x)
 
     def valid_range(self) -> tuple[np.ndarray, np.ndarray]:
         """(lo, hi), each (3,) float32 in model channel order: the preprocessing of [0, 1]."""
-        lo = np.asarray(self(jnp.zeros((1, 1, 1, 3), jnp.float32))).reshape(3)
-        hi = np.asarray(self(jnp.ones((1, 1, 1, 3), jnp.float32))).reshape(3)
+        ends = np.stack([np.zeros(3, np.float32), np.ones(3, np.float32)])
+        lo, hi = np.asarray(self(ends[:, None, None, :]), np.float32).reshape(2, 3)
         return np.minimum(lo, hi), np.maximum(lo, hi)
 
     def describe(self) -> str:
         order = "BGR" if self.bgr else "RGB"
         rng = "0-255" if self.scale == 255 else "[0,1]" if self.scale == 1 else f"[0,{self.scale:g}]"
         return f"{order} {rng}, mean {self.mean}, std {self.std}"
+
+
+# One jitted program each (static preprocessing): called on concrete arrays, the operations one by
+# one would compile five small programs per image shape; inside a trace they are inlined.
+@functools.partial(jax.jit, static_argnums=0)
+def _apply(p: Preprocessing, images: Array) -> Array:
+    x = images[..., ::-1] if p.bgr else images
+    return (x * p.scale - jnp.asarray(p.mean, x.dtype)) / jnp.asarray(p.std, x.dtype)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _invert(p: Preprocessing, x: Array) -> Array:
+    x = (x * jnp.asarray(p.std, x.dtype) + jnp.asarray(p.mean, x.dtype)) / p.scale
+    return x[..., ::-1] if p.bgr else x
 
 
 IDENTITY = Preprocessing()  # RGB in [0, 1], as is
