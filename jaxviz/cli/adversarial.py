@@ -113,7 +113,10 @@ def adversarial(parser: argparse.ArgumentParser):
             else:
                 final = result.images
             if not simba:
-                report = adv.assess(adv.proba_fn(model), images, final, label=report.label,
+                # the attack's own parameters (prepare_params keeps its last result): the attack's
+                # compiled prediction is reused, not traced and compiled again for bare params
+                checker = adv.proba_fn(model, model.prepare_params(model.params))
+                report = adv.assess(checker, images, final, label=report.label,
                                     target=report.target, confidence=options["confidence"],
                                     steps=report.steps, method=technique.name, model=model.name,
                                     eps=report.eps, norm=norm)
