@@ -366,8 +366,8 @@ def cue_conflict_images(style_model, params: dict, contents: np.ndarray, styles:
     if batched:
         n = len(contents)
         b = n if batch is None else int(batch)
-        parts = [gatys.style_transfer_batch(style_model, params, contents[i:i + b], styles[i:i + b], **kw).images
-                 for i in range(0, n, b)]
+        parts = [gatys.style_transfer_batch(style_model, params, contents[i:i + b], styles[i:i + b],
+                                            final_parts=False, **kw).images for i in range(0, n, b)]
         images = np.concatenate(parts) if parts else np.zeros_like(contents)
     else:
         images = np.stack([gatys.style_transfer(style_model, params, c, [s], **kw).image

@@ -16,6 +16,7 @@ batch dreams exactly like its images one by one. Every octave must leave the lay
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Sequence
 
 import jax
@@ -95,14 +96,24 @@ def deepdream(model, params: dict | None, x: Array, layer: str, *, octaves: int 
     optimizer = normalized_gradient(step, "mean_abs")
     transforms = ((jitter(int(jitter_px)),) if jitter_px else ()) + (
         clip_range(tuple(float(v) for v in lo), tuple(float(v) for v in hi)),)
-    resize = lambda a, size: jax.image.resize(a, (n, *size, c), "linear")
-    detail = jnp.zeros((n, *sizes[0], c), x.dtype)
+    images = base = jnp.asarray(np.zeros((n, *sizes[0], c), np.float32), x.dtype)  # no detail yet
     for o, size in enumerate(sizes):
-        base = resize(x, size) if size != (h, w) else x
-        detail = resize(detail, size) if detail.shape[1:3] != size else detail
-        start = jnp.clip(base + detail, lo, hi)
+        base, start = _octave_start(x, images, base, lo, hi, size)
         k = jax.vmap(lambda kk: jax.random.fold_in(kk, o))(keys)
         result = optimize(loss, start, optimizer=optimizer, steps=steps, transforms=transforms, key=k,
                           callbacks=callbacks, compiler_options=model.compiler_options)
-        detail = result.images - base
-    return result.images
+        images = result.images
+    return images
+
+
+@partial(jax.jit, static_argnums=5)
+def _octave_start(x: Array, images: Array, base: Array, lo, hi, size: tuple[int, int]) -> tuple[Array, Array]:
+    """The octave's base (``x`` at ``size``) and its start: the base plus the detail added so far
+    (the last octave's ``images - base``) upsampled, clipped. One program per octave (eagerly: a
+    compile per operation and shape)."""
+    n, c = x.shape[0], x.shape[-1]
+    new_base = x if x.shape[1:3] == size else jax.image.resize(x, (n, *size, c), "linear")
+    detail = images - base
+    if detail.shape[1:3] != size:
+        detail = jax.image.resize(detail, (n, *size, c), "linear")
+    return new_base, jnp.clip(new_base + detail, lo, hi)

@@ -251,8 +251,13 @@ def init_state(config: FastStyleConfig, key: Array) -> TrainState:
         params = net.init(k, dummy, weights)["params"]
         return params, optax.adam(config.learning_rate).init(params)
     # One program: run eagerly, flax's initialisers compile a small program per operation and
-    # shape (about 100, 6 s of a cold process's compile time on 2 cores).
-    params, opt_state = jax.jit(fresh)(k_init)
+    # shape (about 100, 6 s of a cold process's compile time on 2 cores). It is mostly random-bit
+    # generation, whose full LLVM optimisation took 2.7 s to compile on 2 cores for nothing
+    # (run once, same run time at level 1, 1.2 s); the values do not depend on the level.
+    try:
+        params, opt_state = jax.jit(fresh, compiler_options={"xla_backend_optimization_level": 1})(k_init)
+    except Exception:  # a backend or jax that does not take the option (same program without it)
+        params, opt_state = jax.jit(fresh)(k_init)
     return TrainState(0, params, opt_state, k_data)
 
 

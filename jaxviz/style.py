@@ -587,7 +587,7 @@ def style_transfer_batch(model, params: dict, contents: Array, styles: Array, *,
                          preserve_color: Literal[None, "luminance", "histogram"] = None,
                          init: Literal["content", "style", "noise"] = "content", optimizer: str = "adam",
                          steps: int = 100, learning_rate: float | None = None, key: Array | None = None,
-                         callbacks: Sequence = ()) -> StyleBatchResult:
+                         callbacks: Sequence = (), final_parts: bool = True) -> StyleBatchResult:
     """N independent style transfers (content i in the style of style i) in one batched run.
 
     Every image follows exactly its own single-image optimisation (per-image targets; Adam and
@@ -600,6 +600,9 @@ def style_transfer_batch(model, params: dict, contents: Array, styles: Array, *,
       styles: (N, h, w, 3) style images in [0, 1] (resized to ``style_scale × (H, W)``).
       key: one PRNG key (shared by every image) or (N,) keys, one per image, for the noise start
         (``jaxviz.keys.image_keys``): image i starts as ``style_transfer(..., key=keys[i])`` does.
+      final_parts: compute the final weighted loss terms (``parts``); False leaves ``parts``
+        empty and skips their network pass and its compiled program (callers that keep only
+        the images: the bias study).
       other arguments: as ``style_transfer``.
     Returns:
       ``StyleBatchResult`` with (N, H, W, 3) images and (T, N) loss histories.
@@ -634,6 +637,8 @@ def style_transfer_batch(model, params: dict, contents: Array, styles: Array, *,
     x0 = _start(model, init, target_contents, [group[0] for group in prepared], key)
     result = _optimise(model, loss, x0, data, options, optimizer, learning_rate, steps, callbacks)
     images = _restore_colour(jnp.clip(model.deprocess(result.images), 0.0, 1.0), contents, preserve_color)
-    final = _jitted(loss.combine, options)(result.images, features(params, result.images), data)
-    final = {k: np.asarray(v) for k, v in final.items()}
+    final = {}
+    if final_parts:
+        final = _jitted(loss.combine, options)(result.images, features(params, result.images), data)
+        final = {k: np.asarray(v) for k, v in final.items()}
     return StyleBatchResult(np.asarray(images), result.losses, final, result.seconds, result.compile_seconds)

@@ -147,6 +147,9 @@ def test_batch_equals_one_image_runs(tiny_model):
         np.testing.assert_allclose(batch.images[i], one.image, atol=2e-5)
         np.testing.assert_allclose(batch.losses[:, i], one.losses, rtol=2e-5)
     assert np.all(batch.losses[-1] < batch.losses[0])
+    assert set(batch.parts) >= {"content", "style", "tv"} and batch.parts["style"].shape == (2,)
+    bare = style.style_transfer_batch(tiny_model, tiny_model.params, contents, styles, final_parts=False, **kw)
+    assert bare.parts == {} and np.array_equal(bare.images, batch.images)
     with pytest.raises(JaxvizError):
         style.style_transfer_batch(tiny_model, tiny_model.params, contents, styles[:1], **kw)
     with pytest.raises(JaxvizError):
