@@ -82,6 +82,22 @@ def test_lbfgs_reaches_minimum_of_convex_quadratic():
     assert np.all(np.diff(res.losses[:, 0]) <= 1e-6)
 
 
+@pytest.mark.parametrize("optimizer", ["lbfgs", "lbfgs-fixed", "adam"])
+def test_the_step_is_traced_once(optimizer):
+    """A second step reuses the first one's program: optax's L-BFGS initial state holds weak-typed
+    scalars that its update returns strong, which made jit trace and compile the step again."""
+    traced = []
+
+    def loss(x, keys):  # a fresh function: no step compiled by another test is reused
+        traced.append(1)  # runs only while tracing
+        return jnp.sum((x - 1.0) ** 2, axis=(1, 2, 3))
+    opt = {"lbfgs": lbfgs(), "lbfgs-fixed": lbfgs(line_search=False), "adam": adam(0.1)}[optimizer]
+    optimize(loss, jnp.zeros((2, 3, 3, 1)), optimizer=opt, steps=1)
+    once = len(traced)
+    optimize(loss, jnp.zeros((2, 3, 3, 1)), optimizer=opt, steps=4)
+    assert once > 0 and len(traced) == once  # the steps of the second run: no new trace at all
+
+
 def test_lbfgs_batch_minimises_the_sum():
     loss, xstar, fstar = _quadratic(n=3, seed=1)
     res = optimize(loss, jnp.zeros((3, 6, 1, 1)), optimizer=lbfgs(), steps=40)
