@@ -2,7 +2,9 @@
 """Record what tracing each registry model's module tells (jaxviz/models/facts.json), so that a
 process loading a model does not trace it to learn it: its parameter shapes (the check of a
 weights file) and whether it has grouped convolutions (``jaxviz.accel``'s choice of XLA-CPU
-convolutions). About 0.2 s (SqueezeNet) to 0.6 s (EfficientNet-Lite0) of every command's start.
+convolutions) and its layers' output shapes at its input size (the model's probe, read by every
+command that checks layers or estimates memory). About 0.2 s (SqueezeNet) to 0.6 s
+(EfficientNet-Lite0) of tracing at every command's start otherwise.
 
     python scripts/write_model_facts.py           # rewrite facts.json from the modules
     python scripts/write_model_facts.py --check   # exit 1 when facts.json is stale
@@ -22,6 +24,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from jaxviz.accel.xla import has_grouped_convolutions  # noqa: E402
+from jaxviz.models.bundled import BundledModel  # noqa: E402
 from jaxviz.models.registry import FACTS_FILE, MODELS, ModelSpec, traced_param_shapes  # noqa: E402
 
 
@@ -40,7 +43,17 @@ def traced_facts(spec: ModelSpec) -> dict:
     probe = jax.ShapeDtypeStruct((1, spec.input_size, spec.input_size, 3), jnp.float32)
     variables = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros(probe.shape)))
     grouped = has_grouped_convolutions(module.apply, variables, probe)
-    return {"param_shapes": flat, "grouped_convolutions": bool(grouped)}
+    # The model's own probe (every layer's output at its input size), traced on abstract weights
+    # with the recorded facts kept out of it.
+    model = BundledModel(spec, variables["params"])
+    model._probes.clear()
+    model._repeated.clear()
+    size = model.input_hw()
+    out, acts = model._probe(size)
+    return {"param_shapes": flat, "grouped_convolutions": bool(grouped),
+            "probe": {"size": list(size), "output": None if out is None else [list(out.shape), str(out.dtype)],
+                      "layers": [[name, list(a.shape), str(a.dtype)] for name, a in acts.items()],
+                      "repeated": sorted(model._repeated)}}
 
 
 def all_facts() -> dict:

@@ -272,6 +272,23 @@ def test_recorded_facts_are_what_tracing_the_module_gives(name):
     assert recorded_facts(spec) == _facts_script().traced_facts(spec), \
         "stale jaxviz/models/facts.json: run python scripts/write_model_facts.py"
     assert param_shapes(spec) == traced_param_shapes(spec)
+    # a model built from the registry starts with the recorded probe: equal to tracing it again
+    from jaxviz.models.bundled import BundledModel
+    model = BundledModel(spec, _abstract_params(spec))
+    size = model.input_hw()
+    recorded_out, recorded = model._probe(size)
+    repeated = set(model._repeated)
+    model._probes.clear()
+    model._repeated.clear()
+    out, acts = model._probe(size)
+    assert list(recorded) == list(acts) and repeated == model._repeated
+    assert all((a.shape, a.dtype) == (recorded[n].shape, recorded[n].dtype) for n, a in acts.items())
+    assert (out is None and recorded_out is None) or (out.shape, out.dtype) == (recorded_out.shape, recorded_out.dtype)
+
+
+def _abstract_params(spec):
+    x = jnp.zeros((1, spec.input_size, spec.input_size, 3))
+    return jax.eval_shape(lambda: spec.module().init(jax.random.key(0), x))["params"]
 
 
 def test_facts_only_for_the_registry_own_specs():

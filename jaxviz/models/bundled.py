@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
+
 from jaxviz.interface.geometry import ReceptiveField
 from jaxviz.interface.linen import LinenModel
 from jaxviz.labels import imagenet_labels
-from jaxviz.models.registry import ModelSpec
+from jaxviz.models.registry import ModelSpec, recorded_facts
 
 PyTree = Any
 
@@ -29,6 +31,16 @@ class BundledModel(LinenModel):
                          cam_layer=spec.cam_layer, eval_transform=spec.eval_transform,
                          description=spec.description, paper=spec.paper)
         self.spec = spec
+        facts = recorded_facts(spec)
+        if facts is not None and "probe" in facts:
+            # Its layers' shapes at its input size, as the probe traced them when recorded: every
+            # command that checks layers or estimates memory would trace the network for them.
+            probe = facts["probe"]
+            out = probe["output"]
+            self._probes[tuple(probe["size"])] = (
+                None if out is None else jax.ShapeDtypeStruct(tuple(out[0]), out[1]),
+                {name: jax.ShapeDtypeStruct(tuple(shape), dtype) for name, shape, dtype in probe["layers"]})
+            self._repeated.update(probe["repeated"])
 
     @property
     def layer_names(self) -> tuple[str, ...]:
