@@ -6,7 +6,6 @@ way back (``invert``).
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import jax
@@ -27,11 +26,11 @@ class Preprocessing:
 
     def __call__(self, images: Array) -> Array:
         """(N, H, W, 3) RGB in [0, 1] -> model input."""
-        return _apply(self, images)
+        return (_apply if _hashable(self) else _apply_fn)(self, images)
 
     def invert(self, x: Array) -> Array:
         """Exact inverse: model input -> RGB in [0, 1] (not clipped)."""
-        return _invert(self, x)
+        return (_invert if _hashable(self) else _invert_fn)(self, x)
 
     def valid_range(self) -> tuple[np.ndarray, np.ndarray]:
         """(lo, hi), each (3,) float32 in model channel order: the preprocessing of [0, 1]."""
@@ -45,18 +44,28 @@ class Preprocessing:
         return f"{order} {rng}, mean {self.mean}, std {self.std}"
 
 
-# One jitted program each (static preprocessing): called on concrete arrays, the operations one by
-# one would compile five small programs per image shape; inside a trace they are inlined.
-@functools.partial(jax.jit, static_argnums=0)
-def _apply(p: Preprocessing, images: Array) -> Array:
+def _apply_fn(p: Preprocessing, images: Array) -> Array:
     x = images[..., ::-1] if p.bgr else images
     return (x * p.scale - jnp.asarray(p.mean, x.dtype)) / jnp.asarray(p.std, x.dtype)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _invert(p: Preprocessing, x: Array) -> Array:
+def _invert_fn(p: Preprocessing, x: Array) -> Array:
     x = (x * jnp.asarray(p.std, x.dtype) + jnp.asarray(p.mean, x.dtype)) / p.scale
     return x[..., ::-1] if p.bgr else x
+
+
+# One jitted program each (the preprocessing static): called on concrete arrays, the operations
+# one by one would compile five small programs per image shape; inside a trace they are inlined.
+_apply = jax.jit(_apply_fn, static_argnums=0)
+_invert = jax.jit(_invert_fn, static_argnums=0)
+
+
+def _hashable(p: Preprocessing) -> bool:
+    try:  # a Preprocessing built with lists instead of tuples is not (it runs op by op)
+        hash(p)
+        return True
+    except TypeError:
+        return False
 
 
 IDENTITY = Preprocessing()  # RGB in [0, 1], as is
