@@ -24,18 +24,24 @@ class Preprocessing:
     scale: float = 1.0
     bgr: bool = False
 
+    # Eager on concrete arrays, one operation after another, on purpose (not one jitted program,
+    # which would save four small compiles): fused, XLA rounds the last bit differently, and the
+    # gallery's unit-step L-BFGS Gram texture at relu1_1, which amplifies rounding, ended as noise.
+    # Inside a caller's jit it is fused like any other code.
     def __call__(self, images: Array) -> Array:
         """(N, H, W, 3) RGB in [0, 1] -> model input."""
-        return (_apply if _hashable(self) else _apply_fn)(self, images)
+        return _apply_fn(self, images)
 
     def invert(self, x: Array) -> Array:
         """Exact inverse: model input -> RGB in [0, 1] (not clipped)."""
-        return (_invert if _hashable(self) else _invert_fn)(self, x)
+        return _invert_fn(self, x)
 
     def valid_range(self) -> tuple[np.ndarray, np.ndarray]:
         """(lo, hi), each (3,) float32 in model channel order: the preprocessing of [0, 1]."""
+        # numpy, the same float32 operations as __call__ (no program compiled for two pixels)
         ends = np.stack([np.zeros(3, np.float32), np.ones(3, np.float32)])
-        lo, hi = np.asarray(self(ends[:, None, None, :]), np.float32).reshape(2, 3)
+        x = ends[:, ::-1] if self.bgr else ends
+        lo, hi = (x * np.float32(self.scale) - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.minimum(lo, hi), np.maximum(lo, hi)
 
     def describe(self) -> str:
@@ -53,19 +59,6 @@ def _invert_fn(p: Preprocessing, x: Array) -> Array:
     x = (x * jnp.asarray(p.std, x.dtype) + jnp.asarray(p.mean, x.dtype)) / p.scale
     return x[..., ::-1] if p.bgr else x
 
-
-# One jitted program each (the preprocessing static): called on concrete arrays, the operations
-# one by one would compile five small programs per image shape; inside a trace they are inlined.
-_apply = jax.jit(_apply_fn, static_argnums=0)
-_invert = jax.jit(_invert_fn, static_argnums=0)
-
-
-def _hashable(p: Preprocessing) -> bool:
-    try:  # a Preprocessing built with lists instead of tuples is not (it runs op by op)
-        hash(p)
-        return True
-    except TypeError:
-        return False
 
 
 IDENTITY = Preprocessing()  # RGB in [0, 1], as is
