@@ -168,3 +168,19 @@ def test_dense_conv_jit_composes_with_outer_transformations():
     before = len(calls)
     f(x)  # the top-level compiled function is reused
     assert len(calls) == before
+
+
+def test_stored_transposes_made_on_the_host_equal_the_compiled_ones(rng):
+    """Kernels without a Winograd form are transposed with numpy (no program to compile): the
+    same arrays as the jitted path, which still serves traced parameters."""
+    from jaxviz.accel import fast_layers as fl
+    params = {"a": {"kernel": jnp.asarray(rng.normal(size=(3, 3, 16, 32)), jnp.float32)},
+              "b": {"kernel": jnp.asarray(rng.normal(size=(1, 1, 32, 8)), jnp.float32)}}
+    fl._LAST_STORED.clear()
+    host = fl.with_stored_kernels(params, winograd=True)  # 16/8 channels: no Winograd form
+    compiled = fl._stored_kernels_of({(k,): v["kernel"] for k, v in params.items()}, True)
+    traced = jax.jit(lambda p: fl.with_stored_kernels(p, winograd=True))(params)
+    for k in params:
+        assert set(host[k]["stored"]) == {"transposed"} == set(compiled[(k,)])
+        np.testing.assert_array_equal(host[k]["stored"]["transposed"], compiled[(k,)]["transposed"])
+        np.testing.assert_array_equal(traced[k]["stored"]["transposed"], compiled[(k,)]["transposed"])

@@ -23,6 +23,7 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxviz.accel.winograd import winograd_conv, winograd_kernel
 from jaxviz.models import layers
@@ -170,7 +171,7 @@ def stored_kernels(kernel: Array, winograd: bool = False) -> dict:
     """The precomputed kernels of ``conv_with_stored_kernels`` for an HWIO ``kernel``; Winograd
     forms only when asked and useful (3x3, at least 128 input and output channels)."""
     stored = {"transposed": transposed_kernel(kernel)}
-    if winograd and kernel.shape[:2] == (3, 3) and min(kernel.shape[2:]) >= _WINOGRAD_MIN_CHANNELS:
+    if _takes_winograd(kernel, winograd):
         stored["winograd"] = winograd_kernel(kernel)
         stored["transposed_winograd"] = winograd_kernel(stored["transposed"])
     return stored
@@ -198,7 +199,10 @@ def with_stored_kernels(params: dict, winograd: bool | None = None) -> dict:
     find(params, ())
     if not kernels:
         return params
-    stored = _stored_kernels_of(kernels, bool(winograd))
+    if any(_takes_winograd(kernel, winograd) or isinstance(kernel, jax.core.Tracer) for kernel in kernels.values()):
+        stored = _stored_kernels_of(kernels, bool(winograd))
+    else:  # transposes only (SqueezeNet): moved on the host, bit for bit, no program to compile
+        stored = {path: {"transposed": _host_transposed(kernel)} for path, kernel in kernels.items()}
 
     def add(tree, path):
         if not isinstance(tree, dict):
@@ -213,6 +217,17 @@ def with_stored_kernels(params: dict, winograd: bool | None = None) -> dict:
 
 
 _LAST_STORED: dict = {}
+
+
+def _takes_winograd(kernel: Array, winograd: bool) -> bool:
+    return bool(winograd) and kernel.shape[:2] == (3, 3) and min(kernel.shape[2:]) >= _WINOGRAD_MIN_CHANNELS
+
+
+def _host_transposed(kernel: Array) -> Array:
+    """``transposed_kernel`` computed with numpy and put where ``kernel`` lives."""
+    flipped = np.ascontiguousarray(np.flip(np.asarray(kernel), (0, 1)).swapaxes(2, 3))
+    sharding = getattr(kernel, "sharding", None)
+    return jax.device_put(flipped, sharding) if sharding is not None else jnp.asarray(flipped)
 
 
 @functools.partial(jax.jit, static_argnums=1)  # one compiled call (eagerly: one compile per op and shape)
