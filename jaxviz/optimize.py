@@ -454,7 +454,7 @@ def uses_line_search(opt_state: PyTree) -> bool:
 def _strong(tree: PyTree) -> PyTree:
     """Weak-typed leaves made strong. optax's L-BFGS initial state holds weak-typed scalars that
     its update returns strong: the jitted step would be traced and compiled a second time at its
-    second call (+3.6 s of a cold run, +1 s of a cached one)."""
+    second call."""
     return jax.tree_util.tree_map(lambda a: jnp.asarray(a, a.dtype) if getattr(a, "weak_type", False) else a, tree)
 
 

@@ -30,11 +30,13 @@ class Preprocessing:
     # Inside a caller's jit it is fused like any other code.
     def __call__(self, images: Array) -> Array:
         """(N, H, W, 3) RGB in [0, 1] -> model input."""
-        return _apply_fn(self, images)
+        x = images[..., ::-1] if self.bgr else images
+        return (x * self.scale - jnp.asarray(self.mean, x.dtype)) / jnp.asarray(self.std, x.dtype)
 
     def invert(self, x: Array) -> Array:
         """Exact inverse: model input -> RGB in [0, 1] (not clipped)."""
-        return _invert_fn(self, x)
+        x = (x * jnp.asarray(self.std, x.dtype) + jnp.asarray(self.mean, x.dtype)) / self.scale
+        return x[..., ::-1] if self.bgr else x
 
     def valid_range(self) -> tuple[np.ndarray, np.ndarray]:
         """(lo, hi), each (3,) float32 in model channel order: the preprocessing of [0, 1]."""
@@ -48,17 +50,6 @@ class Preprocessing:
         order = "BGR" if self.bgr else "RGB"
         rng = "0-255" if self.scale == 255 else "[0,1]" if self.scale == 1 else f"[0,{self.scale:g}]"
         return f"{order} {rng}, mean {self.mean}, std {self.std}"
-
-
-def _apply_fn(p: Preprocessing, images: Array) -> Array:
-    x = images[..., ::-1] if p.bgr else images
-    return (x * p.scale - jnp.asarray(p.mean, x.dtype)) / jnp.asarray(p.std, x.dtype)
-
-
-def _invert_fn(p: Preprocessing, x: Array) -> Array:
-    x = (x * jnp.asarray(p.std, x.dtype) + jnp.asarray(p.mean, x.dtype)) / p.scale
-    return x[..., ::-1] if p.bgr else x
-
 
 
 IDENTITY = Preprocessing()  # RGB in [0, 1], as is
