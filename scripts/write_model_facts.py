@@ -25,23 +25,15 @@ import jax.numpy as jnp  # noqa: E402
 
 from jaxviz.accel.xla import has_grouped_convolutions  # noqa: E402
 from jaxviz.models.bundled import BundledModel  # noqa: E402
-from jaxviz.models.registry import FACTS_FILE, MODELS, ModelSpec, traced_param_shapes  # noqa: E402
+from jaxviz.models.registry import FACTS_FILE, MODELS, ModelSpec, flatten_params  # noqa: E402
 
 
 def traced_facts(spec: ModelSpec) -> dict:
     """``registry.recorded_facts`` of ``spec``, computed by tracing its module (no weights)."""
-    flat: dict = {}
-
-    def walk(tree: dict, prefix: str = "") -> None:
-        for key, value in tree.items():
-            if isinstance(value, dict):
-                walk(value, f"{prefix}{key}/")
-            else:
-                flat[f"{prefix}{key}"] = list(value)
-    walk(traced_param_shapes(spec))
     module = spec.module()
     probe = jax.ShapeDtypeStruct((1, spec.input_size, spec.input_size, 3), jnp.float32)
     variables = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros(probe.shape)))
+    flat = {path: list(a.shape) for path, a in flatten_params(variables["params"]).items()}
     grouped = has_grouped_convolutions(module.apply, variables, probe)
     # The model's own probe (every layer's output at its input size), traced on abstract weights
     # with the recorded facts kept out of it.

@@ -106,7 +106,7 @@ def _conv(x: Array, kernel: Array, padding: tuple[int, int]) -> Array:
 def transposed_kernel(kernel: Array) -> Array:
     """(kh, kw, cin, cout) HWIO kernel -> (kh, kw, cout, cin), spatially flipped: the kernel of the
     input gradient of a stride-1 convolution."""
-    return jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
+    return kernel[::-1, ::-1].swapaxes(2, 3)  # array methods: a jax or a numpy kernel
 
 
 def _winograd_applies(x: Array, padding: tuple[int, int], stored: dict, key: str) -> bool:
@@ -225,7 +225,7 @@ def _takes_winograd(kernel: Array, winograd: bool) -> bool:
 
 def _host_transposed(kernel: Array) -> Array:
     """``transposed_kernel`` computed with numpy and put where ``kernel`` lives."""
-    flipped = np.ascontiguousarray(np.flip(np.asarray(kernel), (0, 1)).swapaxes(2, 3))
+    flipped = np.ascontiguousarray(transposed_kernel(np.asarray(kernel)))
     sharding = getattr(kernel, "sharding", None)
     return jax.device_put(flipped, sharding) if sharding is not None else jnp.asarray(flipped)
 

@@ -152,14 +152,7 @@ def param_shapes(spec: ModelSpec) -> dict:
     facts = recorded_facts(spec)
     if facts is None:
         return traced_param_shapes(spec)
-    tree: dict = {}
-    for path, shape in facts["param_shapes"].items():
-        *parents, leaf = path.split("/")
-        node = tree
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = tuple(shape)
-    return tree
+    return unflatten_params({path: tuple(shape) for path, shape in facts["param_shapes"].items()})
 
 
 def traced_param_shapes(spec: ModelSpec) -> dict:
