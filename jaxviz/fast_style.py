@@ -43,6 +43,7 @@ import optax
 
 from jaxviz.errors import JaxvizError
 from jaxviz.interface import as_model
+from jaxviz.models.layers import Conv, QuickParamCheck
 from jaxviz.style import check_layers, gram_matrix, layer_features, style_layer_loss, tv_loss
 
 Array = jax.Array
@@ -51,7 +52,7 @@ Array = jax.Array
 # ----------------------------------------------------------------------------------------------
 # Network
 
-class ConditionalInstanceNorm(nn.Module):
+class ConditionalInstanceNorm(QuickParamCheck, nn.Module):
     """Instance norm with per-style affine parameters: γ, β = weightsᵀ Γ, weightsᵀ B.
 
     Input (N, H, W, C) and style weights (N, S); ``gamma``/``beta`` params are (S, C).
@@ -73,7 +74,7 @@ class ConditionalInstanceNorm(nn.Module):
         return y * g + b
 
 
-def _reflect_conv(x: Array, conv: nn.Conv, kernel: int) -> Array:
+def _reflect_conv(x: Array, conv: Conv, kernel: int) -> Array:
     p = kernel // 2
     return conv(jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect"))
 
@@ -90,7 +91,7 @@ class ConvINRelu(nn.Module):
     def __call__(self, x: Array, weights: Array) -> Array:
         if self.upsample:  # nearest x2 then conv (no transposed-conv checkerboard)
             x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-        x = _reflect_conv(x, nn.Conv(self.features, (self.kernel, self.kernel), (self.stride, self.stride),
+        x = _reflect_conv(x, Conv(self.features, (self.kernel, self.kernel), (self.stride, self.stride),
                                      padding="VALID", name="conv"), self.kernel)
         x = ConditionalInstanceNorm(self.num_styles, name="norm")(x, weights)
         return nn.relu(x) if self.relu else x
@@ -118,7 +119,7 @@ class TransformNet(nn.Module):
             x = x + ConvINRelu(4 * w, 3, 1, s, relu=False, name=f"res{i}b")(y, weights)
         x = ConvINRelu(2 * w, 3, 1, s, upsample=True, name="up1")(x, weights)
         x = ConvINRelu(w, 3, 1, s, upsample=True, name="up2")(x, weights)
-        x = _reflect_conv(x, nn.Conv(3, (9, 9), padding="VALID", name="out"), 9)
+        x = _reflect_conv(x, Conv(3, (9, 9), padding="VALID", name="out"), 9)
         return jax.nn.sigmoid(x)
 
 

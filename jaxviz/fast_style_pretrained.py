@@ -42,6 +42,7 @@ import numpy as np
 from jaxviz.errors import JaxvizError, WeightsError
 from jaxviz.fast_style import ConditionalInstanceNorm
 from jaxviz.fast_style import stylize as _stylize
+from jaxviz.models.layers import QuickParamCheck
 
 Array = jax.Array
 
@@ -115,7 +116,7 @@ def phase_conv(x: Array, kernel: Array, upsample: bool = False) -> Array:
     return y.reshape(n, h, w, 2, 2, co).transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, co)
 
 
-class _Kernel(nn.Module):
+class _Kernel(QuickParamCheck, nn.Module):
     """Holds a conv kernel (kh, kw, I, O) at ``<name>/kernel``, as ``nn.Conv`` would, for ``phase_conv``."""
 
     shape: tuple[int, int, int, int]

@@ -299,3 +299,39 @@ def test_facts_only_for_the_registry_own_specs():
     other = dataclasses.replace(spec, stages=spec.stages[:3])  # same name, another network
     assert recorded_facts(other) is None
     assert param_shapes(other) == traced_param_shapes(other) != param_shapes(spec)
+
+
+def test_quick_param_check_skips_tracing_the_initialiser_but_keeps_flax_checks(monkeypatch):
+    """jaxviz's linen layers (``layers.Conv`` / ``Dense`` / ``FrozenBatchNorm``) check an applied
+    parameter's shape without tracing its random initialiser (flax's ``Scope.param`` runs
+    ``jax.eval_shape`` of it per parameter and trace); ``init``, the program and the shape error
+    are flax's."""
+    import flax.linen as nn
+    from flax.errors import ScopeParamShapeError
+
+    from jaxviz.models import layers
+    calls = []
+
+    def counted(key, shape, dtype=jnp.float32):
+        calls.append(shape)
+        return nn.initializers.lecun_normal()(key, shape, dtype)
+
+    x = jnp.ones((1, 6, 5, 3))
+    ours, flax_conv = layers.Conv(4, (3, 3), kernel_init=counted), nn.Conv(4, (3, 3), kernel_init=counted)
+    params = ours.init(jax.random.key(1), x)
+    assert calls == [(3, 3, 3, 4)]
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(
+        lambda a, b: bool(jnp.array_equal(a, b)), params, flax_conv.init(jax.random.key(1), x)))
+    calls.clear()
+    assert jnp.array_equal(ours.apply(params, x), flax_conv.apply(params, x))
+    assert calls == [(3, 3, 3, 4)]  # flax's own layer traced the initialiser; ours did not
+    bad = {"params": {**params["params"], "kernel": jnp.ones((3, 3, 3, 5))}}
+    with pytest.raises(ScopeParamShapeError):
+        ours.apply(bad, x)
+    # the whole network traces to the same program as with flax's check
+    spec = get_spec("squeezenet1_1")
+    net_params = _abstract_params(spec)
+    image = jax.ShapeDtypeStruct((1, 64, 72, 3), jnp.float32)
+    quick = str(jax.make_jaxpr(lambda p, z: spec.module().apply({"params": p}, z))(net_params, image))
+    monkeypatch.setattr(layers.QuickParamCheck, "param", nn.Module.param)
+    assert quick == str(jax.make_jaxpr(lambda p, z: spec.module().apply({"params": p}, z))(net_params, image))

@@ -235,7 +235,7 @@ def _stored_kernels_of(kernels: dict, winograd: bool) -> dict:
     return {path: stored_kernels(kernel, winograd) for path, kernel in kernels.items()}
 
 
-class _Conv(nn.Module):
+class _Conv(layers.QuickParamCheck, nn.Module):
     """``nn.Conv`` with stride 1 and torch padding (same parameters) that uses the precomputed
     kernels when the params carry them (``with_stored_kernels``)."""
 

@@ -37,7 +37,7 @@ class ConvBNAct(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         pads = [layers.same_padding(s, self.kernel, self.stride) for s in x.shape[1:3]]
-        x = nn.Conv(self.features, (self.kernel,) * 2, (self.stride,) * 2, padding=pads,
+        x = layers.Conv(self.features, (self.kernel,) * 2, (self.stride,) * 2, padding=pads,
                     use_bias=False, name="conv")(x)
         return jax.nn.relu6(FrozenBatchNorm(name="bn")(x))
 
@@ -92,13 +92,13 @@ class MBConvBlock(nn.Module):
         inputs = x
         hidden = self.in_features * self.expand_ratio
         if self.expand_ratio != 1:
-            x = nn.Conv(hidden, (1, 1), use_bias=False, name="_expand_conv")(x)
+            x = layers.Conv(hidden, (1, 1), use_bias=False, name="_expand_conv")(x)
             x = jax.nn.relu6(FrozenBatchNorm(name="_bn0")(x))
         pads = [layers.same_padding(s, self.kernel, self.stride) for s in x.shape[1:3]]
-        x = nn.Conv(hidden, (self.kernel,) * 2, (self.stride,) * 2, padding=pads,
+        x = layers.Conv(hidden, (self.kernel,) * 2, (self.stride,) * 2, padding=pads,
                     feature_group_count=hidden, use_bias=False, name="_depthwise_conv")(x)
         x = jax.nn.relu6(FrozenBatchNorm(name="_bn1")(x))
-        x = nn.Conv(self.out_features, (1, 1), use_bias=False, name="_project_conv")(x)
+        x = layers.Conv(self.out_features, (1, 1), use_bias=False, name="_project_conv")(x)
         x = FrozenBatchNorm(name="_bn2")(x)
         if self.stride == 1 and self.in_features == self.out_features:
             x = x + inputs

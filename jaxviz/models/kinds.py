@@ -169,7 +169,7 @@ class Conv(Kind):
 
     def module(self) -> nn.Module:
         k, s = (self.kernel,) * 2, (self.stride,) * 2
-        return nn.Conv(self.features, k, s, padding=layers.torch_padding(self.padding), name=self.name)
+        return layers.Conv(self.features, k, s, padding=layers.torch_padding(self.padding), name=self.name)
 
     def ops(self, hw):
         p = self.padding
@@ -272,7 +272,7 @@ class Dense(Kind):
     pooling = True
 
     def module(self) -> nn.Module:
-        return nn.Dense(self.features, name=self.name)
+        return layers.Dense(self.features, name=self.name)
 
     def out_hw(self, hw):
         return (1, 1)

@@ -41,7 +41,7 @@ class BiasFreeConv(Conv):
 
     def module(self) -> nn.Module:
         k, s = (self.kernel,) * 2, (self.stride,) * 2
-        return nn.Conv(self.features, k, s, padding=layers.torch_padding(self.padding), use_bias=False,
+        return layers.Conv(self.features, k, s, padding=layers.torch_padding(self.padding), use_bias=False,
                        name=self.name)
 
     def _valid(self, params, region: Array) -> Array:
@@ -106,14 +106,14 @@ class ResidualBlock(nn.Module):
     def __call__(self, x: Array) -> Array:
         y = x
         for st in self.steps:
-            y = nn.Conv(st.features, (st.kernel,) * 2, (st.stride,) * 2,
+            y = layers.Conv(st.features, (st.kernel,) * 2, (st.stride,) * 2,
                         padding=layers.torch_padding(st.kernel // 2), use_bias=False, name=st.conv)(y)
             y = FrozenBatchNorm(EPS, name=st.bn)(y)
             if st.relu:
                 y = jax.nn.relu(y)
         shortcut = x
         if self.downsample is not None:
-            shortcut = nn.Conv(self.downsample, (1, 1), (self.stride,) * 2, padding=_NO_PAD, use_bias=False,
+            shortcut = layers.Conv(self.downsample, (1, 1), (self.stride,) * 2, padding=_NO_PAD, use_bias=False,
                                name="downsample.0")(x)
             shortcut = FrozenBatchNorm(EPS, name="downsample.1")(shortcut)
         return jax.nn.relu(y + shortcut)

@@ -30,9 +30,9 @@ class FireBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        s = jax.nn.relu(nn.Conv(self.squeeze, (1, 1), name="squeeze")(x))
-        e1 = jax.nn.relu(nn.Conv(self.expand1x1, (1, 1), name="expand1x1")(s))
-        e3 = jax.nn.relu(nn.Conv(self.expand3x3, (3, 3), padding=layers.torch_padding(1), name="expand3x3")(s))
+        s = jax.nn.relu(layers.Conv(self.squeeze, (1, 1), name="squeeze")(x))
+        e1 = jax.nn.relu(layers.Conv(self.expand1x1, (1, 1), name="expand1x1")(s))
+        e3 = jax.nn.relu(layers.Conv(self.expand3x3, (3, 3), padding=layers.torch_padding(1), name="expand3x3")(s))
         return jnp.concatenate([e1, e3], axis=-1)
 
 
