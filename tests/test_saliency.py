@@ -209,6 +209,38 @@ def test_smoothgrad_is_the_mean_of_noisy_gradients(rng):
     assert not np.allclose(got, other)
 
 
+def test_copies_run_in_equal_batches_one_gradient_program(rng):
+    """SmoothGrad / IG copies go through ``lax.map`` in equal batches: a count the batch does not
+    divide is padded (the pads left out of the mean), not run as a second batch shape, which
+    would trace and compile the network's gradient twice."""
+    for count in range(1, 40):
+        for chunk in range(1, 12):
+            size, padded = sal.even_batches(count, chunk)
+            batches = padded // size
+            assert size <= chunk and padded % size == 0 and 0 <= padded - count < batches
+    model = make_tiny_model(0)
+    x = jnp.asarray(_images(rng, 2))
+    key, index = jax.random.key(2), jnp.array([1, 2])
+
+    def convs(jaxpr) -> int:
+        n = 0
+        for eqn in jaxpr.eqns:
+            n += eqn.primitive.name == "conv_general_dilated"
+            for v in eqn.params.values():  # scan bodies, jit calls, custom derivatives
+                for j in (v if isinstance(v, (tuple, list)) else (v,)):
+                    inner = getattr(j, "jaxpr", j)
+                    n += convs(inner) if hasattr(inner, "eqns") else 0
+        return n
+
+    def run(chunk):
+        return lambda z: sal.smoothgrad_gradients(model, model.params, z, key=key, samples=5, index=index,
+                                                  chunk=chunk)
+    assert sal.even_batches(5, 3) == (3, 6)  # padded: 2 batches of 3, one pad
+    whole = convs(jax.make_jaxpr(run(None))(x).jaxpr)
+    assert whole and convs(jax.make_jaxpr(run(3))(x).jaxpr) == whole
+    np.testing.assert_allclose(jax.jit(run(3))(x), jax.jit(run(None))(x), rtol=1e-5, atol=1e-7)
+
+
 def test_smoothgrad_absolute_noise_std_is_captums_stdevs(rng):
     model = make_tiny_model(0)
     x = jnp.asarray(_images(rng, 2, 12, 16))

@@ -224,10 +224,10 @@ def _takes_winograd(kernel: Array, winograd: bool) -> bool:
 
 
 def _host_transposed(kernel: Array) -> Array:
-    """``transposed_kernel`` computed with numpy and put where ``kernel`` lives."""
+    """``transposed_kernel`` computed with numpy and put where ``kernel`` lives (the default
+    device for a numpy kernel: ``device_put``, as ``jnp.asarray`` would compile a program per shape)."""
     flipped = np.ascontiguousarray(transposed_kernel(np.asarray(kernel)))
-    sharding = getattr(kernel, "sharding", None)
-    return jax.device_put(flipped, sharding) if sharding is not None else jnp.asarray(flipped)
+    return jax.device_put(flipped, getattr(kernel, "sharding", None))
 
 
 @functools.partial(jax.jit, static_argnums=1)  # one compiled call (eagerly: one compile per op and shape)

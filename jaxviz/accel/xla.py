@@ -13,7 +13,7 @@ import functools
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 from jax.extend import core as jex_core
 
 Options = tuple[tuple[str, str], ...]
@@ -23,7 +23,8 @@ _EIGEN_CONVOLUTIONS: Options = (("xla_cpu_experimental_ynn_fusion_type", ""),)
 @functools.lru_cache(maxsize=None)
 def _accepts(options: Options) -> bool:
     try:
-        jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(jnp.zeros(())).compile()
+        # a numpy probe: jnp.zeros would compile a program of its own
+        jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(np.zeros((), np.float32)).compile()
         return True
     except Exception:  # an older jax without the option (or without compiler_options)
         return False

@@ -254,7 +254,7 @@ def saliency(parser: argparse.ArgumentParser):
             if m < step:  # pad the last chunk: one compiled shape
                 images = np.concatenate([images, np.repeat(images[-1:], step - m, axis=0)])
             x = model.preprocess(jnp.asarray(images))
-            predicted = np.asarray(jnp.argmax(apply(model.params, x), axis=-1))
+            predicted = np.argmax(np.asarray(apply(model.params, x)), axis=-1)
             index = None
             if target.is_class:
                 index = jnp.asarray(predicted if target.index is None else np.full(step, target.index), jnp.int32)
