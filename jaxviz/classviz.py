@@ -107,7 +107,7 @@ def class_visualization(model, params: dict | None, classes: int | Sequence[int]
           clip_fraction=clip_fraction, score=score, size=size)
     model = as_model(model)
     params = model.params if params is None else params
-    classes = jnp.atleast_1d(jnp.asarray(classes, jnp.int32))
+    classes = np.atleast_1d(np.asarray(classes, np.int32))  # checked on the host: no programs
     if classes.ndim != 1:
         raise JaxvizError(f"classes must be an index or (N,) indices, got shape {classes.shape}")
     n = classes.shape[0]

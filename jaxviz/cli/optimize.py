@@ -73,6 +73,7 @@ def classviz(parser: argparse.ArgumentParser):
     def run(args):
         import jax
         import jax.numpy as jnp
+        import numpy as np
 
         from jaxviz.errors import JaxvizError
         from jaxviz.labels import resolve_class
@@ -88,11 +89,11 @@ def classviz(parser: argparse.ArgumentParser):
         seed = options.pop("seed")
         res = TECHNIQUES["classviz"].load()(model, None, classes, init=init, size=size, key=jax.random.key(seed),
                                             callbacks=_progress(args, "classviz"), **options)
-        logits = jax.jit(model.apply)(model.params, res.images)
-        if not bool(jnp.isfinite(logits).all()):
+        logits = np.asarray(jax.jit(model.apply)(model.params, res.images))  # checks on the host: no programs
+        if not np.isfinite(logits).all():
             raise JaxvizError("the optimisation diverged (non-finite scores); lower --lr")
         for c, row in zip(classes, logits):
-            top = int(jnp.argmax(row))
+            top = int(np.argmax(row))
             print(f"class {c} {_class_name(model, c)}: score {float(row[c]):.2f}, "
                   f"top-1 {top} {_class_name(model, top)}")
         _write(model, res.images, out, npy)
