@@ -43,7 +43,7 @@ import optax
 
 from jaxviz.errors import JaxvizError
 from jaxviz.interface import as_model
-from jaxviz.models.layers import Conv, QuickParamCheck
+from jaxviz.interface.linen import Conv, QuickParamCheck
 from jaxviz.style import check_layers, gram_matrix, layer_features, style_layer_loss, tv_loss
 
 Array = jax.Array

@@ -42,7 +42,7 @@ import numpy as np
 from jaxviz.errors import JaxvizError, WeightsError
 from jaxviz.fast_style import ConditionalInstanceNorm
 from jaxviz.fast_style import stylize as _stylize
-from jaxviz.models.layers import QuickParamCheck
+from jaxviz.interface.linen import QuickParamCheck
 
 Array = jax.Array
 

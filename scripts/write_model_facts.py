@@ -25,7 +25,8 @@ import jax.numpy as jnp  # noqa: E402
 
 from jaxviz.accel.xla import has_grouped_convolutions  # noqa: E402
 from jaxviz.models.bundled import BundledModel  # noqa: E402
-from jaxviz.models.registry import FACTS_FILE, MODELS, ModelSpec, flatten_params  # noqa: E402
+from jaxviz.models.registry import FACTS_FILE, MODELS, ModelSpec  # noqa: E402
+from jaxviz.trees import flatten  # noqa: E402
 
 
 def traced_facts(spec: ModelSpec) -> dict:
@@ -33,7 +34,7 @@ def traced_facts(spec: ModelSpec) -> dict:
     module = spec.module()
     probe = jax.ShapeDtypeStruct((1, spec.input_size, spec.input_size, 3), jnp.float32)
     variables = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros(probe.shape)))
-    flat = {path: list(a.shape) for path, a in flatten_params(variables["params"]).items()}
+    flat = {path: list(a.shape) for path, a in flatten(variables["params"]).items()}
     grouped = has_grouped_convolutions(module.apply, variables, probe)
     # The model's own probe (every layer's output at its input size), traced on abstract weights
     # with the recorded facts kept out of it.

@@ -12,35 +12,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+# jaxviz's linen layers with the quick parameter check (the bundled networks' convolutions and dense layers)
+from jaxviz.interface.linen import Conv, Dense, QuickParamCheck  # noqa: F401
+
 Array = jax.Array
 Activation = Callable[[Array], Array]
-
-
-def _zeros(key: Array, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
-    return jnp.zeros(shape, dtype)
-
-
-class QuickParamCheck:
-    """Mixin for linen layers whose initialisers are called ``init(key, shape, dtype)`` (all of
-    flax's): when ``apply`` finds the parameter, flax checks its shape against ``jax.eval_shape``
-    of the initialiser, which traces the random initialiser again for every parameter of every
-    trace: 0.15-0.25 s of the first trace of SqueezeNet 1.1 or EfficientNet-Lite0 in each process,
-    paid again by a process whose programs all come from the persistent cache. A zeros initialiser
-    of the requested shape stands in for that check (same check, same error, same program);
-    ``init`` runs the layer's own initialiser."""
-
-    def param(self, name: str, init_fn: Callable, *init_args, unbox: bool = True, **init_kwargs):
-        if self.has_variable("params", name):
-            init_fn = _zeros
-        return super().param(name, init_fn, *init_args, unbox=unbox, **init_kwargs)
-
-
-class Conv(QuickParamCheck, nn.Conv):
-    """``flax.linen.Conv`` (same parameters, same program) with the quick parameter check."""
-
-
-class Dense(QuickParamCheck, nn.Dense):
-    """``flax.linen.Dense`` (same parameters, same program) with the quick parameter check."""
 
 
 class Lambda(nn.Module):

@@ -14,7 +14,6 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxviz.errors import JaxvizError
 from jaxviz.interface.geometry import ReceptiveField
@@ -23,6 +22,7 @@ from jaxviz.interface.preprocessing import (CAFFE, LITE, LITE_EVAL, TORCHVISION,
 from jaxviz.models import efficientnet, resnet, squeezenet, vgg
 from jaxviz.models.kinds import Kind
 from jaxviz.models.network import SequentialNet, receptive_fields
+from jaxviz.trees import unflatten
 
 Array = jax.Array
 
@@ -152,7 +152,7 @@ def param_shapes(spec: ModelSpec) -> dict:
     facts = recorded_facts(spec)
     if facts is None:
         return traced_param_shapes(spec)
-    return unflatten_params({path: tuple(shape) for path, shape in facts["param_shapes"].items()})
+    return unflatten({path: tuple(shape) for path, shape in facts["param_shapes"].items()})
 
 
 def traced_param_shapes(spec: ModelSpec) -> dict:
@@ -178,27 +178,3 @@ def recorded_facts(spec: ModelSpec) -> dict | None:
     if MODELS.get(spec.name) is not spec:
         return None
     return _facts().get(spec.name)
-
-
-
-def flatten_params(params: dict, prefix: str = "") -> dict[str, np.ndarray]:
-    """{'features.3': {'squeeze': {'kernel': a}}} -> {'features.3/squeeze/kernel': a}."""
-    flat = {}
-    for key, value in params.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten_params(value, path + "/"))
-        else:
-            flat[path] = value
-    return flat
-
-
-def unflatten_params(flat: dict[str, np.ndarray]) -> dict:
-    tree: dict = {}
-    for path, value in flat.items():
-        *parents, leaf = path.split("/")
-        node = tree
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return tree

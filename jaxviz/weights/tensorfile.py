@@ -30,6 +30,7 @@ from typing import IO, Any
 import numpy as np
 
 from jaxviz.errors import WeightsError
+from jaxviz.trees import flatten, unflatten  # noqa: F401 (re-exported: the weight files' paths)
 
 __all__ = ["SUFFIX", "atomic_write", "check_finite", "flatten", "load_flat", "load_params",
            "read_record", "save_flat", "save_params", "serialize_header", "sha256_file",
@@ -44,30 +45,6 @@ _CODES = {code: dt for dt, code in _DTYPES.items()}
 
 
 # ---- trees ----------------------------------------------------------------------------------
-
-def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
-    """``{'features.3': {'squeeze': {'kernel': a}}}`` -> ``{'features.3/squeeze/kernel': a}``."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if "/" in str(key):
-            raise WeightsError(f"parameter name {prefix}{key!r} contains '/', the path separator")
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{prefix}{key}/"))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def unflatten(flat: Mapping[str, Any]) -> dict:
-    tree: dict = {}
-    for path, value in flat.items():
-        *parents, leaf = path.split("/")
-        node = tree
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return tree
-
 
 # ---- files ----------------------------------------------------------------------------------
 
