@@ -345,9 +345,13 @@ def num_outputs(model, params: PyTree, x: Array) -> int:
     """The size of the model's output per image (the number of classes of a classifier), from an
     abstract evaluation on ``x``'s shape (no FLOPs); also for a bare apply_fn with given params."""
     model = as_model(model)
+    shape = None
     if params is model.params and model.has_layers:  # the model's probe (recorded for a registry network)
-        shape = (1,) + model.output_shape(tuple(x.shape[1:3]))
-    else:
+        try:
+            shape = (1,) + model.output_shape(tuple(x.shape[1:3]))
+        except JaxvizError:  # a probe that stops early (a layer with non-array outputs): trace the output
+            pass
+    if shape is None:
         shape = jax.eval_shape(model.apply, params, jax.ShapeDtypeStruct((1,) + tuple(x.shape[1:]), jnp.float32)).shape
     if len(shape) != 2:
         raise JaxvizError(f"{model.name} is not a classifier: its output has shape {tuple(shape[1:])} "

@@ -165,7 +165,8 @@ def smoothgrad_gradients(model, params: dict, x: Array, target: Target | int | N
       noise: std as a fraction of each image's value range (max - min, model-input units;
         Smilkov et al.'s convention, default 0.15); ignored when ``noise_std`` is given.
       noise_std: absolute std in model-input units (Captum's ``stdevs``).
-      chunk: noisy copies evaluated at once (bounds memory; static).
+      chunk: at most this many noisy copies evaluated at once (bounds memory; static); the copies
+        run in equal batches (``even_batches``).
     Raises:
       JaxvizError: a sample count outside 1..1000, or a negative / non-finite noise level
         (``jaxviz.techniques``, "smoothgrad"; a traced noise level is the caller's business).
@@ -194,7 +195,8 @@ def integrated_gradients_attributions(model, params: dict, x: Array,
     """Signed IG attributions (N, H, W, 3); they sum to about score(x) - score(baseline).
 
     ``baseline``: (N, H, W, 3), (H, W, 3) or anything broadcastable (default zeros, model-input
-    space); ``steps`` midpoint-rule points (static); ``chunk`` points evaluated at once.
+    space); ``steps`` midpoint-rule points (static); at most ``chunk`` points evaluated at once
+    (equal batches, ``even_batches``).
     """
     check("integrated", steps=steps, chunk=chunk)
     model = as_model(model)

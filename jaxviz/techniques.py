@@ -183,7 +183,7 @@ JITTER = Option("jitter_px", int, "random roll per step in pixels", lo=0, hi=102
 OPTIMIZERS = ("lbfgs", "lbfgs-linesearch", "adam")
 OPTIMIZER = Option("optimizer", str, "lbfgs: unit step, one evaluation per step (fast); lbfgs-linesearch: "
                    "zoom line search (guaranteed descent, slower); adam", choices=OPTIMIZERS)
-CHUNK = Option("chunk", int, "copies evaluated at once (memory)", lo=1, hi=100_000, cli=False)
+CHUNK = Option("chunk", int, "at most this many copies evaluated at once (memory)", lo=1, hi=100_000, cli=False)
 
 # Front-end options (not keywords of a technique): images per step, a --seed for a key.
 BATCH = Option("batch", int, "images per step: bounds memory", lo=1, hi=4096, default=16)

@@ -328,6 +328,13 @@ def test_quick_param_check_skips_tracing_the_initialiser_but_keeps_flax_checks(m
     bad = {"params": {**params["params"], "kernel": jnp.ones((3, 3, 3, 5))}}
     with pytest.raises(ScopeParamShapeError):
         ours.apply(bad, x)
+    # an initialiser called another way (not with a shape tuple) keeps flax's own check
+    class Odd(layers.QuickParamCheck, nn.Module):
+        @nn.compact
+        def __call__(self, z):
+            return z @ self.param("w", lambda key, rows, cols: jnp.ones((rows, cols)), 3, 4)
+    odd_params = Odd().init(jax.random.key(0), jnp.ones((2, 3)))
+    assert Odd().apply(odd_params, jnp.ones((2, 3))).shape == (2, 4)
     # the whole network traces to the same program as with flax's check
     spec = get_spec("squeezenet1_1")
     net_params = _abstract_params(spec)

@@ -140,3 +140,30 @@ def test_require_nonempty_names_the_smallest_size():
         obj.require_nonempty(model, ("features.4",), (1, 1))
     with pytest.raises(JaxvizError, match="empty layers at 1x9 px"):
         obj.require_nonempty(model, None, (1, 9))
+
+
+def test_num_outputs_from_the_probe_or_by_tracing_the_output():
+    """``num_outputs`` reads the model's probe for its own parameters and traces the output for
+    others; a model whose probe stops early (a layer returning a non-array) is traced too."""
+    import flax.linen as nn
+
+    from jaxviz.interface import from_linen
+
+    class Tagged(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(4)(x), "features"
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            y, _ = Tagged(name="tagged")(x.mean(axis=(1, 2)))
+            return nn.Dense(10, name="head")(y)
+
+    x = jnp.ones((1, 8, 8, 3))
+    net = Net()
+    model = from_linen(net, net.init(jax.random.key(0), x), input_size=8)
+    copied = jax.tree_util.tree_map(lambda a: a, model.params)
+    assert obj.num_outputs(model, model.params, x) == obj.num_outputs(model, copied, x) == 10
+    tiny = make_tiny_model(0)
+    assert obj.num_outputs(tiny, tiny.params, jnp.ones((2, 16, 12, 3))) == tiny.output_shape((16, 12))[0]

@@ -27,16 +27,17 @@ def _zeros(key: Array, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
 
 
 class QuickParamCheck:
-    """Mixin for linen layers whose initialisers are called ``init(key, shape, dtype)`` (all of
-    flax's): when ``apply`` finds the parameter, flax checks its shape against ``jax.eval_shape``
-    of the initialiser, which traces the random initialiser again for every parameter of every
-    trace: 0.15-0.25 s of the first trace of SqueezeNet 1.1 or EfficientNet-Lite0 in each process,
-    paid again by a process whose programs all come from the persistent cache. A zeros initialiser
-    of the requested shape stands in for that check (same check, same error, same program);
-    ``init`` runs the layer's own initialiser."""
+    """Mixin for linen layers: when ``apply`` finds a parameter, flax checks its shape against
+    ``jax.eval_shape`` of the initialiser, which traces the random initialiser again for every
+    parameter of every trace: 0.15-0.25 s of the first trace of SqueezeNet 1.1 or
+    EfficientNet-Lite0 in each process, paid again by a process whose programs all come from the
+    persistent cache. For an initialiser called ``init(key, shape[, dtype])`` with the shape as a
+    tuple (all of flax's), a zeros initialiser of that shape stands in for the check (same check,
+    same error, same program); any other call, and ``init``, run the layer's own initialiser."""
 
     def param(self, name: str, init_fn: Callable, *init_args, unbox: bool = True, **init_kwargs):
-        if self.has_variable("params", name):
+        if (self.has_variable("params", name) and not init_kwargs and 1 <= len(init_args) <= 2
+                and isinstance(init_args[0], tuple)):
             init_fn = _zeros
         return super().param(name, init_fn, *init_args, unbox=unbox, **init_kwargs)
 
