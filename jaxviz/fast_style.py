@@ -92,7 +92,7 @@ class ConvINRelu(nn.Module):
         if self.upsample:  # nearest x2 then conv (no transposed-conv checkerboard)
             x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
         x = _reflect_conv(x, Conv(self.features, (self.kernel, self.kernel), (self.stride, self.stride),
-                                     padding="VALID", name="conv"), self.kernel)
+                                  padding="VALID", name="conv"), self.kernel)
         x = ConditionalInstanceNorm(self.num_styles, name="norm")(x, weights)
         return nn.relu(x) if self.relu else x
 

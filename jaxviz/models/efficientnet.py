@@ -38,7 +38,7 @@ class ConvBNAct(nn.Module):
     def __call__(self, x: Array) -> Array:
         pads = [layers.same_padding(s, self.kernel, self.stride) for s in x.shape[1:3]]
         x = layers.Conv(self.features, (self.kernel,) * 2, (self.stride,) * 2, padding=pads,
-                    use_bias=False, name="conv")(x)
+                        use_bias=False, name="conv")(x)
         return jax.nn.relu6(FrozenBatchNorm(name="bn")(x))
 
 
@@ -96,7 +96,7 @@ class MBConvBlock(nn.Module):
             x = jax.nn.relu6(FrozenBatchNorm(name="_bn0")(x))
         pads = [layers.same_padding(s, self.kernel, self.stride) for s in x.shape[1:3]]
         x = layers.Conv(hidden, (self.kernel,) * 2, (self.stride,) * 2, padding=pads,
-                    feature_group_count=hidden, use_bias=False, name="_depthwise_conv")(x)
+                        feature_group_count=hidden, use_bias=False, name="_depthwise_conv")(x)
         x = jax.nn.relu6(FrozenBatchNorm(name="_bn1")(x))
         x = layers.Conv(self.out_features, (1, 1), use_bias=False, name="_project_conv")(x)
         x = FrozenBatchNorm(name="_bn2")(x)

@@ -42,7 +42,7 @@ class BiasFreeConv(Conv):
     def module(self) -> nn.Module:
         k, s = (self.kernel,) * 2, (self.stride,) * 2
         return layers.Conv(self.features, k, s, padding=layers.torch_padding(self.padding), use_bias=False,
-                       name=self.name)
+                           name=self.name)
 
     def _valid(self, params, region: Array) -> Array:
         return conv_valid(region, params["kernel"], None, self.stride)
@@ -107,14 +107,14 @@ class ResidualBlock(nn.Module):
         y = x
         for st in self.steps:
             y = layers.Conv(st.features, (st.kernel,) * 2, (st.stride,) * 2,
-                        padding=layers.torch_padding(st.kernel // 2), use_bias=False, name=st.conv)(y)
+                            padding=layers.torch_padding(st.kernel // 2), use_bias=False, name=st.conv)(y)
             y = FrozenBatchNorm(EPS, name=st.bn)(y)
             if st.relu:
                 y = jax.nn.relu(y)
         shortcut = x
         if self.downsample is not None:
             shortcut = layers.Conv(self.downsample, (1, 1), (self.stride,) * 2, padding=_NO_PAD, use_bias=False,
-                               name="downsample.0")(x)
+                                   name="downsample.0")(x)
             shortcut = FrozenBatchNorm(EPS, name="downsample.1")(shortcut)
         return jax.nn.relu(y + shortcut)
 
