@@ -565,11 +565,12 @@ def optimize(loss_fn: LossFn, init: Array, *, optimizer: optax.GradientTransform
     except TypeError:  # something unhashable: build without the cache
         step_jit, images_jit, active_jit, opt = _compiled.__wrapped__(*parts)
     opt_state = _strong(opt.init(params))
-    # Host arrays put on the device: jnp.ones / jnp.zeros would each compile a small program.
-    mask = jnp.asarray(np.ones((n,), bool))
+    # Host arrays placed with device_put: jnp.ones / jnp.zeros, and jnp.asarray of a numpy array,
+    # would each compile a small program per shape.
+    mask = jax.device_put(np.ones((n,), bool))
     if active is not None:
         mask = jnp.asarray(active_jit(images_jit(params), data), bool).reshape(n)
-    done = jnp.asarray(np.zeros((n,), np.int32))
+    done = jax.device_put(np.zeros((n,), np.int32))
     history = []
     for cb in callbacks:
         cb.start(int(steps), n)
