@@ -393,7 +393,8 @@ class ProgressBar(Callback):
     def step(self, i, losses, active, images):
         self.bar.update(1)
         if i % self.every == 0:
-            self.bar.set_postfix(loss=f"{float(np.mean(np.asarray(losses))):.4g}", active=int(np.sum(np.asarray(active))))
+            self.bar.set_postfix(loss=f"{float(np.mean(np.asarray(losses))):.4g}",
+                                 active=int(np.sum(np.asarray(active))))
 
     def end(self) -> None:
         if self.bar is not None:
