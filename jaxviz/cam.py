@@ -40,7 +40,7 @@ import jax.numpy as jnp
 from jaxviz.errors import JaxvizError
 from jaxviz.interface import as_model
 from jaxviz.saliency import guided_gradients, resolve_index, saliency_map
-from jaxviz.targets import Target, as_target, class_scores, neuron_scores
+from jaxviz.targets import Target, as_target, class_scores_of, neuron_scores
 from jaxviz.techniques import check
 
 Array = jax.Array
@@ -165,10 +165,7 @@ def layer_gradients(model, params: dict, x: Array, target: Target | int | None =
 
     def scores(a, idx):
         if target.is_class:
-            logits = model.inject(params, x, layer, a)
-            if idx is None:
-                idx = jax.lax.stop_gradient(jnp.argmax(logits, axis=-1))
-            return class_scores(logits, idx, target.score)
+            return class_scores_of(model, params, x, idx, target.score, inject={layer: a})[0]
         _, caps = model.run(params, x, capture=(target.layer,), inject={layer: a}, output=False)
         return neuron_scores(caps[target.layer], idx, target.y, target.x)
 

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 
 from jaxviz.errors import JaxvizError
 from jaxviz.interface import as_model
-from jaxviz.targets import class_scores, neuron_scores
+from jaxviz.targets import class_scores_of, neuron_scores
 
 Array = jax.Array
 PyTree = Any
@@ -161,7 +161,7 @@ def evaluate(objective: Objective, x: Array, keys: Array | None = None) -> Array
 def _class_score_fn(model, score: str) -> PureFn:
     def fn(x, keys, data):
         params, index = data
-        return class_scores(model.apply(params, x), _index(index, x.shape[0]), score)
+        return class_scores_of(model, params, x, _index(index, x.shape[0]), score)[0]
     return fn
 
 

@@ -58,7 +58,7 @@ import numpy as np
 from jaxviz.errors import JaxvizError
 from jaxviz.interface import as_model
 from jaxviz.metrics import gaussian_blur  # the same edge-padded blur as the deletion baseline
-from jaxviz.targets import SCORE_KINDS, Target, class_scores, neuron_scores
+from jaxviz.targets import SCORE_KINDS, Target, class_scores, class_scores_of, neuron_scores
 
 Array = jax.Array
 Fill = Literal["mean", "grey", "zeros", "blur"]
@@ -191,7 +191,7 @@ def windows_to_pixels(drops: Array, size: Pair, window: int | Pair, stride: int 
 def _scores(model, params, x: Array, target: Target, index: Array) -> Array:
     """(B,) scores of ``x`` (B, H, W, 3) for a fixed class/channel per copy."""
     if target.is_class:
-        return class_scores(model.apply(params, x), index, target.score)
+        return class_scores_of(model, params, x, index, target.score)[0]
     return neuron_scores(model.activation(params, x, target.layer), index, target.y, target.x)
 
 
@@ -433,13 +433,12 @@ class _Incremental:
         injected at ``last``; ``x1`` (H, W, 3) only gives shapes (dead code under jit)."""
         xb = jnp.broadcast_to(x1, (acts.shape[0],) + x1.shape)
         t = self.target
+        if t.is_class and idx is not None:
+            return class_scores_of(self.model, params, xb, idx, t.score, inject={last: acts})[0]
         if t.is_class:
-            out = self.model.run(params, xb, inject={last: acts})[0]
-        else:
-            out = self.model.run(params, xb, capture=(t.layer,), inject={last: acts}, output=False)[1][t.layer]
-        if idx is None:
-            return out
-        return class_scores(out, idx, t.score) if t.is_class else neuron_scores(out, idx, t.y, t.x)
+            return self.model.run(params, xb, inject={last: acts})[0]
+        out = self.model.run(params, xb, capture=(t.layer,), inject={last: acts}, output=False)[1][t.layer]
+        return out if idx is None else neuron_scores(out, idx, t.y, t.x)
 
     def clean(self, params, x, base, idx):
         plan, stage_params, last = self._plan(params, x.shape[1:3])

@@ -106,6 +106,26 @@ def class_scores(logits: Array, index: Array, score: ScoreKind = "logit") -> Arr
     return jnp.take_along_axis(logits, index[:, None], axis=-1)[:, 0]
 
 
+def class_scores_of(model, params, x: Array, index: Array | None = None, score: ScoreKind = "logit", *,
+                    inject: dict[str, Array] | None = None) -> tuple[Array, Array]:
+    """((N,) scores, (N,) int32 classes) of preprocessed ``x`` (N, H, W, 3) for classes ``index``
+    (None: each image's predicted class, held fixed: no gradient through the choice), with
+    layers' outputs replaced as in ``Model.run(inject=)``.
+
+    Logits come from ``model.selected_logits``, which computes only the selected classes where
+    the model knows its head (a gradient then skips the other classes' weights); probabilities
+    need every logit.
+    """
+    model = as_model(model)
+    if score == "logit":
+        return model.selected_logits(params, x, index, inject=inject)
+    logits = model.run(params, x, inject=inject)[0]
+    if index is None:
+        index = jax.lax.stop_gradient(jnp.argmax(logits, axis=-1))
+    index = jnp.broadcast_to(jnp.asarray(index, jnp.int32), logits.shape[:1])
+    return class_scores(logits, index, score), index
+
+
 def neuron_scores(acts: Array, index: Array, y: int | None = None, x: int | None = None) -> Array:
     """(N, H, W, C) or (N, C) activations, (N,) channels -> (N,) unit value or channel mean.
 
@@ -141,10 +161,7 @@ def score_fn(model, target: Target) -> Callable[[dict, Array, Array | None], Arr
         if index is None and target.index is not None:
             index = jnp.full((n,), target.index, jnp.int32)
         if target.is_class:
-            logits = model.apply(params, x)
-            if index is None:
-                index = jax.lax.stop_gradient(jnp.argmax(logits, axis=-1))
-            return class_scores(logits, jnp.asarray(index), target.score)
+            return class_scores_of(model, params, x, index, target.score)[0]
         acts = model.activation(params, x, target.layer)
         return neuron_scores(acts, jnp.asarray(index), target.y, target.x)
     return f

@@ -2,6 +2,8 @@
 layer, and the structure described once by the layer kinds (names, shapes, geometry, overrides)."""
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -342,3 +344,96 @@ def test_quick_param_check_skips_tracing_the_initialiser_but_keeps_flax_checks(m
     quick = str(jax.make_jaxpr(lambda p, z: spec.module().apply({"params": p}, z))(net_params, image))
     monkeypatch.setattr(layers.QuickParamCheck, "param", nn.Module.param)
     assert quick == str(jax.make_jaxpr(lambda p, z: spec.module().apply({"params": p}, z))(net_params, image))
+
+
+# ---------------------------------------------------------------- the class head
+
+def _arrays_in(jaxpr) -> list:
+    """Shapes of every array a jaxpr computes, nested jaxprs included."""
+    shapes = []
+    for eqn in jaxpr.eqns:
+        shapes += [tuple(v.aval.shape) for v in eqn.outvars if hasattr(v.aval, "shape")]
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    shapes += _arrays_in(inner)
+    return shapes
+
+
+def _full_head(model, params, x, index=None, inject=None):
+    """Logits read from the whole output (``Model``'s own ``selected_logits``)."""
+    from jaxviz.interface import Model
+    return Model.selected_logits(model, params, x, index, inject=inject)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_selected_logits_are_the_output_at_the_classes_for_every_model(name):
+    """Only the selected classes computed (where the head allows) gives the logits read from
+    the whole output, for given and predicted classes, non-square inputs, batch 3."""
+    model = _random_model(name)
+    x = jax.random.normal(jax.random.key(2), (3, 64, 48, 3))
+    if model.num_classes is None:  # a feature extractor
+        with pytest.raises(JaxvizError, match="no class logits"):
+            model.selected_logits(model.params, x)
+        return
+    logits = model.apply(model.params, x)
+    index = jnp.asarray([5, 999, 0], jnp.int32)
+    got, got_index = model.selected_logits(model.params, x, index)
+    np.testing.assert_array_equal(got_index, index)
+    np.testing.assert_allclose(got, logits[jnp.arange(3), index], rtol=1e-5, atol=1e-5)
+    predicted, classes = model.selected_logits(model.params, x)
+    np.testing.assert_array_equal(classes, jnp.argmax(logits, -1))
+    np.testing.assert_allclose(predicted, logits.max(-1), rtol=1e-5, atol=1e-5)
+
+
+def test_the_selected_head_skips_the_other_classes_and_keeps_the_backward_rule():
+    """SqueezeNet's head (1x1 conv to 1000 classes, ReLU, global average pool): the gradient of
+    the selected logits computes no 1000-channel map (the whole head does), and its input
+    gradient equals the whole head's under every backward rule, also from a layer injected
+    before the head; a layer injected inside the head falls back to the whole output."""
+    from jaxviz.accel import accelerate
+    model = _random_model("squeezenet1_1")
+    params = model.params
+    x = jax.random.normal(jax.random.key(3), (2, 64, 80, 3))
+    index = jnp.asarray([7, 640], jnp.int32)
+
+    def maps_of(fn):
+        jaxpr = jax.make_jaxpr(jax.grad(lambda x: fn(model, params, x, index)[0].sum()))(x)
+        return [s for s in _arrays_in(jaxpr.jaxpr) if len(s) == 4 and s[-1] == 1000]
+    assert maps_of(_full_head)  # the check can see the head
+    assert not maps_of(lambda m, p, x, i: m.selected_logits(p, x, i))
+
+    for net in (model, accelerate(model)):
+        for rule in ("gradient", "guided", "deconv"):
+            m = net.with_backward(rule)
+            assert m.backward_rule == rule
+            fast = jax.grad(lambda x: m.selected_logits(params, x, index)[0].sum())(x)
+            slow = jax.grad(lambda x: _full_head(m, params, x, index)[0].sum())(x)
+            np.testing.assert_allclose(fast, slow, rtol=1e-4, atol=1e-6 * float(jnp.abs(slow).max()))
+    a = model.activation(params, x, "features.12")
+    for layer, value in (("features.12", a), ("classifier.1", model.activation(params, x, "classifier.1"))):
+        fast = jax.grad(lambda v: model.selected_logits(params, x, index, inject={layer: v})[0].sum())(value)
+        slow = jax.grad(lambda v: _full_head(model, params, x, index, inject={layer: v})[0].sum())(value)
+        np.testing.assert_allclose(fast, slow, rtol=1e-4, atol=1e-6 * float(jnp.abs(slow).max()))
+
+
+def test_class_gradient_techniques_use_the_selected_head():
+    """Grad-CAM, the input gradient and the class-score objective of SqueezeNet with a given
+    class compute no 1000-channel map (the selected head), and Grad-CAM's values equal those
+    from the whole head."""
+    from jaxviz import cam, objectives, saliency
+    model = _random_model("squeezenet1_1")
+    params = model.params
+    x = jax.random.normal(jax.random.key(4), (2, 64, 64, 3))
+    index = jnp.asarray([3, 900], jnp.int32)
+    objective = objectives.class_score(model, params, index)
+    for fn in (lambda x: cam.grad_cam(model, params, x, layer="features.9", index=index),
+               lambda x: saliency.gradients(model, params, x, index=index),
+               lambda x: jax.grad(lambda x: objective.pure_fn(x, None, objective.data).sum())(x)):
+        shapes = _arrays_in(jax.make_jaxpr(fn)(x).jaxpr)
+        assert not [s for s in shapes if len(s) == 4 and s[-1] == 1000]
+
+    whole = model.derive(selected_logits=functools.partial(_full_head, model))
+    np.testing.assert_allclose(cam.grad_cam(model, params, x, layer="features.9", index=index),
+                               cam.grad_cam(whole, params, x, layer="features.9", index=index), rtol=1e-4, atol=1e-6)

@@ -11,6 +11,8 @@ functions of ``(params, x)`` on preprocessed NHWC images ``x`` (N, H, W, 3):
   ``jax.grad`` over ``a``; under ``jit``, work that only fed a replaced layer is dead code;
 - ``with_backward("guided" | "deconv")``: the same network whose ReLU/ReLU6 backward rule is
   replaced (``jaxviz.interface.backward``), for guided backprop and the deconvnet;
+- ``selected_logits(params, x, index, inject=)``: one class's logit per image, which a model that
+  knows its classifier head may compute without the other classes (the bundled networks);
 
 and declares its facts: ``preprocessing`` (pixel range, mean/std, channel order: hence the valid
 pixel box), ``eval_transform`` (how a photograph becomes an input), ``input_size``,
@@ -75,6 +77,7 @@ class Model:
         self.paper = paper
         # XLA options for jitting functions of this model (set by jaxviz.accel; empty: none)
         self.compiler_options: tuple[tuple[str, str], ...] = ()
+        self.backward_rule: Rule = "gradient"  # the ReLU backward rule (``with_backward``)
         self._derived: dict = {}
         self._probes: dict = {}
         self._repeated: set[str] = set()  # modules that run more than once per pass: not layers
@@ -131,6 +134,29 @@ class Model:
         """The network's output with ``layer``'s output replaced by ``value``."""
         return self.run(params, x, inject={layer: value})[0]
 
+    def selected_logits(self, params: PyTree, x: Array, index: Array | None = None, *,
+                        inject: Mapping[str, Array] | None = None) -> tuple[Array, Array]:
+        """((N,) logits, (N,) int32 classes): image n's logit of class ``index[n]``, with layers'
+        outputs replaced as in ``run``. ``index`` None: each image's predicted class (argmax of
+        the logits, no gradient through the choice).
+
+        Raises:
+          JaxvizError: a model whose output is not (N, classes) logits.
+
+        The same values as reading them from ``apply`` (to float rounding); a model that knows
+        its classifier head computes only the selected classes (the bundled networks: a 1x1
+        convolution or dense layer followed by channel-wise stages), so a gradient does not run
+        backward through the other classes' weights.
+        """
+        logits = self.run(params, x, inject=inject)[0]
+        if getattr(logits, "ndim", None) != 2:
+            raise JaxvizError(f"{self.name} has no class logits (its output is {getattr(logits, 'shape', None)}, "
+                              "not (N, classes)); explain a neuron target LAYER:CHANNEL")
+        if index is None:
+            index = jnp.argmax(jax.lax.stop_gradient(logits), axis=-1)
+        index = jnp.broadcast_to(jnp.asarray(index, jnp.int32), logits.shape[:1])
+        return jnp.take_along_axis(logits, index[:, None], axis=-1)[:, 0], index
+
     def preprocess(self, images01: Array) -> Array:
         """(N, H, W, 3) RGB in [0, 1] -> model input."""
         return self.preprocessing(images01)
@@ -159,7 +185,7 @@ class Model:
             return self
         key = ("backward", rule)
         if key not in self._derived:
-            self._derived[key] = self.derive(_forward=self._forward_with_rule(rule))
+            self._derived[key] = self.derive(_forward=self._forward_with_rule(rule), backward_rule=rule)
         return self._derived[key]
 
     def _forward_with_rule(self, rule: Rule):

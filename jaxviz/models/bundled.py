@@ -4,13 +4,22 @@ A bundled network is a ``LinenModel`` (its ``SequentialNet`` and ported params) 
 its registry spec knows: preprocessing, input size, ImageNet labels, layer aliases (``fire9``,
 ``conv5_4``), default feature and CAM layers, receptive fields from the stages' geometry, and the
 stage list that incremental occlusion walks. Techniques see only the interface.
+
+It also knows its classifier head: ``selected_logits`` computes only the classes asked for when
+the head is a stage linear per position (SqueezeNet's 1x1 ``classifier.1``, a final dense
+layer) followed only by channel-wise stages (ReLU, dropout, global average pooling). For
+SqueezeNet that head is 0.17 of the forward pass, and a class gradient no longer runs it
+backward for 1000 classes (Grad-CAM at features.12: 1.08 -> 0.77 of a forward pass).
 """
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Mapping
 
 import jax
+import jax.numpy as jnp
 
+from jaxviz.interface.backward import ACTIVATIONS
 from jaxviz.interface.geometry import ReceptiveField
 from jaxviz.interface.linen import LinenModel
 from jaxviz.labels import imagenet_labels
@@ -61,6 +70,43 @@ class BundledModel(LinenModel):
     @property
     def incremental_stages(self) -> tuple:
         return self.spec.stages
+
+    @functools.cached_property
+    def _class_head(self) -> int | None:
+        """Position of the stage that computes the class channels when only channel-wise stages
+        follow it, or None (no classifier, or a head of another form)."""
+        stages = self.spec.stages
+        for i in range(len(stages) - 1, 0, -1):
+            stage = stages[i]
+            if stage.selects_outputs():
+                outputs = getattr(stage, "features", None)
+                return i if outputs is not None and outputs == self.num_classes else None
+            if not stage.channelwise:
+                return None
+        return None
+
+    def selected_logits(self, params: PyTree, x: jax.Array, index: jax.Array | None = None, *,
+                        inject: Mapping[str, jax.Array] | None = None) -> tuple[jax.Array, jax.Array]:
+        head = self._class_head
+        inject = dict(inject or {})
+        if head is None or any(self._stage_position(layer) >= head for layer in inject):
+            return super().selected_logits(params, x, index, inject=inject)
+        stages = self.spec.stages
+        features = stages[head - 1].name
+        logits, caps = self.run(params, x, capture=(features,), inject=inject, output=index is None)
+        if index is None:  # the predicted class: the whole head runs forward, never backward
+            index = jnp.argmax(jax.lax.stop_gradient(logits), axis=-1)
+        index = jnp.broadcast_to(jnp.asarray(index, jnp.int32), x.shape[:1])
+        scores = stages[head].select_outputs(self.layer_params(params, stages[head].name), caps[features], index)
+        activations = ACTIVATIONS[self.backward_rule]
+        for stage in stages[head + 1:]:
+            scores = stage.on_one_channel(scores, activations)
+        return scores, index
+
+    def _stage_position(self, layer: str) -> int:
+        """Position in the stage list of the stage that runs ``layer`` (a stage or a module in one)."""
+        stage = self.resolve_layer(layer).split("/")[0]
+        return self.spec.layer_names.index(stage)
 
 
 def bundled_model(spec: ModelSpec, params: PyTree) -> BundledModel:

@@ -13,7 +13,11 @@ hyper-parameters). The kind says everything the library needs to know about it:
   clean pass of one image, keeping what the rule needs, and the map from a changed box of its input
   to the changed box of its output (``jaxviz.models.incremental``);
 - **cost** (``flops(params, areas)``): 2 x multiply-adds, given how many output positions each op
-  computes (``plan``), for ``jaxviz.occlusion.flop_saving``.
+  computes (``plan``), for ``jaxviz.occlusion.flop_saving``;
+- **class head** (``select_outputs``, ``on_one_channel``): a stage linear per position (a 1x1
+  convolution, a dense layer) computes only the output channels asked for, and a stage acting on
+  each channel alone (ReLU, dropout, global average pooling) runs on that one channel, so a class's
+  logit costs a dot product instead of the whole classifier (``BundledModel.selected_logits``).
 
 A new kind is one subclass (in its family's module, e.g. ``squeezenet.Fire``), touching nothing
 else; a kind without an incremental rule still works everywhere (incremental occlusion runs it and
@@ -55,6 +59,7 @@ class Kind:
     kind: ClassVar[str] = ""          # short name shown in listings (``jaxviz layers``)
     pooling: ClassVar[bool] = False   # global pooling / dense: the spatial structure ends here
     incremental: ClassVar[bool] = False  # has an incremental-occlusion rule (clean + update)
+    channelwise: ClassVar[bool] = False  # each output channel depends on its own input channel only
 
     # ---------------------------------------------------------------- forward
 
@@ -113,6 +118,23 @@ class Kind:
         """2 x multiply-adds of convolutions / dense products (``areas`` from ``plan``)."""
         return 0.0
 
+    # ---------------------------------------------------------------- class head
+
+    def selects_outputs(self) -> bool:
+        """Whether ``select_outputs`` can compute single output channels (a stage linear per position)."""
+        return False
+
+    def select_outputs(self, params: PyTree, x: Array, index: Array) -> Array:
+        """Output channel ``index[n]`` of image n: (N, H, W, C) -> (N, H', W') or (N, C) -> (N,);
+        ``params`` the stage's own subtree. Only where ``selects_outputs()``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot select output channels")
+
+    def on_one_channel(self, x: Array, activations: dict) -> Array:
+        """This stage applied to one channel per image, (N, H, W) or (N,), for a ``channelwise``
+        stage; ``activations``: the ReLU functions of the model's backward rule
+        (``jaxviz.interface.backward.ACTIVATIONS[rule]``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not act on each channel alone")
+
 
 
 # ---------------------------------------------------------------- pointwise kinds
@@ -121,9 +143,13 @@ class Pointwise(Kind):
     """An elementwise, parameter-free stage: its rule maps the changed box through ``apply``."""
 
     incremental = True
+    channelwise = True
 
     def apply(self, x: Array) -> Array:
         raise NotImplementedError
+
+    def on_one_channel(self, x: Array, activations: dict) -> Array:
+        return self.apply(x)
 
     def module(self) -> nn.Module:
         return Lambda(self.apply, name=self.name)
@@ -141,6 +167,9 @@ class ReLU(Pointwise):
 
     def apply(self, x: Array) -> Array:
         return jax.nn.relu(x)
+
+    def on_one_channel(self, x: Array, activations: dict) -> Array:
+        return activations["relu"](x)
 
 
 @dataclass(frozen=True)
@@ -189,6 +218,14 @@ class Conv(Kind):
     def flops(self, params, areas):
         return 2.0 * areas[0] * numel(params["kernel"])
 
+    def selects_outputs(self):
+        return self.kernel == 1 and self.stride == 1 and self.padding == 0
+
+    def select_outputs(self, params, x, index):
+        weights = params["kernel"][0, 0].T[index]  # (N, C): each image's output channel
+        out = jnp.einsum("nhwc,nc->nhw", x, weights)
+        return out + params["bias"][index][:, None, None] if "bias" in params else out
+
 
 @dataclass(frozen=True)
 class MaxPool(Kind):
@@ -233,12 +270,16 @@ def _global_avgpool(x: Array) -> Array:  # (N, H, W, C) -> (N, C)
 class GlobalAvgPool(Kind):
     kind = "global_avgpool"
     pooling = True
+    channelwise = True
 
     def module(self) -> nn.Module:
         return Lambda(_global_avgpool, name=self.name)
 
     def out_hw(self, hw):
         return (1, 1)
+
+    def on_one_channel(self, x, activations):
+        return x.mean(axis=(1, 2))
 
 
 @dataclass(frozen=True)
@@ -280,6 +321,13 @@ class Dense(Kind):
     def flops(self, params, areas):
         return 2.0 * numel(params["kernel"])
 
+    def selects_outputs(self):
+        return True
+
+    def select_outputs(self, params, x, index):
+        out = jnp.einsum("nc,nc->n", x, params["kernel"].T[index])
+        return out + params["bias"][index] if "bias" in params else out
+
 
 @dataclass(frozen=True)
 class FlattenDense(Dense):
@@ -290,3 +338,6 @@ class FlattenDense(Dense):
 
     def forward(self, x: Array) -> Array:
         return self.module()(x.reshape(x.shape[0], -1))
+
+    def select_outputs(self, params, x, index):
+        return super().select_outputs(params, x.reshape(x.shape[0], -1), index)
