@@ -408,13 +408,13 @@ def test_the_selected_head_skips_the_other_classes_and_keeps_the_backward_rule()
         for rule in ("gradient", "guided", "deconv"):
             m = net.with_backward(rule)
             assert m.backward_rule == rule
-            fast = jax.grad(lambda x: m.selected_logits(params, x, index)[0].sum())(x)
-            slow = jax.grad(lambda x: _full_head(m, params, x, index)[0].sum())(x)
+            fast = jax.jit(jax.grad(lambda x: m.selected_logits(params, x, index)[0].sum()))(x)
+            slow = jax.jit(jax.grad(lambda x: _full_head(m, params, x, index)[0].sum()))(x)
             np.testing.assert_allclose(fast, slow, rtol=1e-4, atol=1e-6 * float(jnp.abs(slow).max()))
     a = model.activation(params, x, "features.12")
     for layer, value in (("features.12", a), ("classifier.1", model.activation(params, x, "classifier.1"))):
-        fast = jax.grad(lambda v: model.selected_logits(params, x, index, inject={layer: v})[0].sum())(value)
-        slow = jax.grad(lambda v: _full_head(model, params, x, index, inject={layer: v})[0].sum())(value)
+        fast = jax.jit(jax.grad(lambda v: model.selected_logits(params, x, index, inject={layer: v})[0].sum()))(value)
+        slow = jax.jit(jax.grad(lambda v: _full_head(model, params, x, index, inject={layer: v})[0].sum()))(value)
         np.testing.assert_allclose(fast, slow, rtol=1e-4, atol=1e-6 * float(jnp.abs(slow).max()))
 
 
