@@ -556,15 +556,18 @@ def occlusion_outputs(model, params, x: Array, *, window: int | Pair = 16, strid
 
 # --------------------------------------------------------------------------- FLOP saving
 
-def _flops(model, size: Pair, window: Pair | None, max_box: float | None = None) -> float:
-    """2 x multiply-adds of convs/denses per forward pass (window None: full; else incremental)."""
+def _flops(model, size: Pair, window: Pair | None, max_box: float | None = None, one_class: bool = False) -> float:
+    """2 x multiply-adds of convs/denses per forward pass (window None: full; else incremental);
+    ``one_class``: the class head computes one class (``selected_logits``), where the model has one."""
     stages = model.incremental_stages
     boxes = {} if window is None else {st.name: box for st, _, box, _ in
                                        incremental_plan(stages, size, window, None, max_box)}
+    head = getattr(model, "class_head", None) if one_class else None
     total, hw = 0.0, tuple(size)
-    for stage in stages:
+    for i, stage in enumerate(stages):
         areas = stage.plan(hw, boxes.get(stage.name))[2]
-        total += stage.flops(model.layer_params(model.params, stage.name) or {}, areas)
+        flops = stage.flops(model.layer_params(model.params, stage.name) or {}, areas)
+        total += flops / stage.features if i == head else flops
         hw = stage.out_hw(hw)
     return total
 
@@ -576,6 +579,8 @@ def flop_saving(model, *, input_size: int | Pair, window: int | Pair, stride: in
     Full: every occluded copy runs the whole network. Incremental: the clean image once, then per
     window only the static boxes (``incremental_plan``) up to the point where they cover the map
     (or the first pooling/dense stage), the rest in full; ``max_box`` as in ``incremental_occlusion``.
+    Both score one class per image, so a class head that can compute one class
+    (``selected_logits``: SqueezeNet's 1x1 classifier) counts one class's multiply-adds.
     """
     model = as_model(model)
     if not getattr(model, "incremental_stages", None):
@@ -583,6 +588,6 @@ def flop_saving(model, *, input_size: int | Pair, window: int | Pair, stride: in
     size, window = _pair(input_size, "input_size"), _pair(window, "window")
     hp, wp = window_positions(size[0], size[1], window, stride)
     positions = hp * wp
-    full = _flops(model, size, None)
-    incr = _flops(model, size, window, max_box)
+    full = _flops(model, size, None, one_class=True)
+    incr = _flops(model, size, window, max_box, one_class=True)
     return float((positions + 1) * full / (positions * incr + full))

@@ -437,3 +437,17 @@ def test_class_gradient_techniques_use_the_selected_head():
     whole = model.derive(selected_logits=functools.partial(_full_head, model))
     np.testing.assert_allclose(cam.grad_cam(model, params, x, layer="features.9", index=index),
                                cam.grad_cam(whole, params, x, layer="features.9", index=index), rtol=1e-4, atol=1e-6)
+
+
+def test_flop_saving_counts_one_class_of_a_selected_head():
+    """Occlusion scores one class, so SqueezeNet's 1x1 classifier (13x13 x 512 -> 1000 at 224 px)
+    counts one class's multiply-adds: 999 classes' fewer than the whole network's count; a head
+    that cannot select (VGG19's feature extractor) counts the same either way."""
+    from jaxviz.occlusion import _flops
+    model = _abstract("squeezenet1_1", 224)
+    assert model.class_head == model.spec.layer_names.index("classifier.1")
+    whole, one = _flops(model, (224, 224), None), _flops(model, (224, 224), None, one_class=True)
+    assert whole - one == pytest.approx(2 * 13 * 13 * 512 * 999, rel=1e-6)
+    caffe = _abstract("vgg19_caffe")
+    assert caffe.class_head is None
+    assert _flops(caffe, (64, 64), None, one_class=True) == _flops(caffe, (64, 64), None)

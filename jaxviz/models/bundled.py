@@ -72,9 +72,10 @@ class BundledModel(LinenModel):
         return self.spec.stages
 
     @functools.cached_property
-    def _class_head(self) -> int | None:
-        """Position of the stage that computes the class channels when only channel-wise stages
-        follow it, or None (no classifier, or a head of another form)."""
+    def class_head(self) -> int | None:
+        """Position in ``spec.stages`` of the stage that computes the class channels when only
+        channel-wise stages follow it (``selected_logits`` computes one class there), or None
+        (no classifier, or a head of another form)."""
         stages = self.spec.stages
         for i in range(len(stages) - 1, 0, -1):
             stage = stages[i]
@@ -87,7 +88,7 @@ class BundledModel(LinenModel):
 
     def selected_logits(self, params: PyTree, x: jax.Array, index: jax.Array | None = None, *,
                         inject: Mapping[str, jax.Array] | None = None) -> tuple[jax.Array, jax.Array]:
-        head = self._class_head
+        head = self.class_head
         inject = dict(inject or {})
         if head is None or any(self._stage_position(layer) >= head for layer in inject):
             return super().selected_logits(params, x, index, inject=inject)
