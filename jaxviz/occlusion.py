@@ -424,7 +424,10 @@ class _Incremental:
     outputs: bool = False  # chunk() returns (N, c, K) outputs instead of (N, c) scores
 
     def _plan(self, params, hw):
-        plan = incremental_plan(self.model.incremental_stages, hw, self.window, self.target.layer, self.max_box)
+        stages = self.model.incremental_stages
+        if not self.outputs and self.target.is_class and self.target.score == "logit":
+            stages = _before_class_head(self.model)  # the tail computes one class there
+        plan = incremental_plan(stages, hw, self.window, self.target.layer, self.max_box)
         stage_params = [self.model.layer_params(params, st.name) or {} for st, *_ in plan]
         return plan, stage_params, plan[-1][0].name
 
@@ -556,13 +559,20 @@ def occlusion_outputs(model, params, x: Array, *, window: int | Pair = 16, strid
 
 # --------------------------------------------------------------------------- FLOP saving
 
+def _before_class_head(model) -> tuple:
+    """The stages before the model's class head (all of them without one): where incremental
+    occlusion of a class logit stops, since ``selected_logits`` computes one class of the head."""
+    stages, head = model.incremental_stages, model.class_head
+    return stages if head is None else stages[:head]
+
+
 def _flops(model, size: Pair, window: Pair | None, max_box: float | None = None, one_class: bool = False) -> float:
     """2 x multiply-adds of convs/denses per forward pass (window None: full; else incremental);
     ``one_class``: the class head computes one class (``selected_logits``), where the model has one."""
     stages = model.incremental_stages
-    boxes = {} if window is None else {st.name: box for st, _, box, _ in
-                                       incremental_plan(stages, size, window, None, max_box)}
-    head = getattr(model, "class_head", None) if one_class else None
+    boxes = {} if window is None else {st.name: box for st, _, box, _ in incremental_plan(
+        _before_class_head(model) if one_class else stages, size, window, None, max_box)}
+    head = model.class_head if one_class else None
     total, hw = 0.0, tuple(size)
     for i, stage in enumerate(stages):
         areas = stage.plan(hw, boxes.get(stage.name))[2]

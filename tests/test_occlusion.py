@@ -285,6 +285,25 @@ def test_max_box_caps_the_box(tiny_model):
     assert 0 < errors[0] < 0.25 * span and errors[0] <= errors[1]
 
 
+def test_a_class_logit_stops_the_increments_before_the_selected_head(tiny_model):
+    """A class logit: the incremental stages end before the 1x1 class head, whose one selected
+    class the tail computes (``selected_logits``); a probability (every class needed) or the
+    outputs mode run the head incrementally where the box allows. Exact maps equal batched ones."""
+    from jaxviz.occlusion import _Incremental
+    names, head = tiny_model.spec.layer_names, tiny_model.class_head
+    assert names[head] == "classifier.0"
+
+    def last(target, **kw):
+        engine = _Incremental(tiny_model, target, (4, 4), (3, 3), max_box=0.3, **kw)
+        return engine._plan(tiny_model.params, (16, 20))[2]
+    assert names.index(last(Target(index=1))) < head
+    assert last(Target(index=1, score="prob")) == last(Target(index=1), outputs=True) == "classifier.1"
+    x = _images((2, 16, 20, 3), seed=11)
+    for score in ("logit", "prob"):
+        _assert_close_relative(incremental_occlusion(tiny_model, tiny_model.params, x, window=4, stride=3, score=score),
+                               occlusion(tiny_model, tiny_model.params, x, window=4, stride=3, score=score))
+
+
 def _mbconv_model(seed: int = 0):
     """Every MBConv case (expand 1 with residual, stride 2, expand 6 with residual) and the
     conv-BN-ReLU6 stem/head, small widths, random weights and BN statistics."""

@@ -379,6 +379,12 @@ class Model:
         """The per-layer structure incremental occlusion needs (bundled networks), else None."""
         return None
 
+    @property
+    def class_head(self) -> int | None:
+        """Position in ``incremental_stages`` of the classifier stage of which ``selected_logits``
+        computes only the selected classes (bundled networks with such a head), else None."""
+        return None
+
     def __repr__(self) -> str:
         return f"<jaxviz {type(self).__name__} {self.name}>"
 
