@@ -9,7 +9,8 @@ It also knows its classifier head: ``selected_logits`` computes only the classes
 the head is a stage linear per position (SqueezeNet's 1x1 ``classifier.1``, a final dense
 layer) followed only by channel-wise stages (ReLU, dropout, global average pooling). For
 SqueezeNet that head is 0.17 of the forward pass, and a class gradient no longer runs it
-backward for 1000 classes (Grad-CAM at features.12: 1.08 -> 0.77 of a forward pass).
+backward for 1000 classes (Grad-CAM at features.12: 1.22 -> 0.87 of a forward pass in
+``scripts/bench.py``).
 """
 from __future__ import annotations
 
