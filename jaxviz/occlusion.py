@@ -199,6 +199,9 @@ def _clean_scores(logits_or_acts: Array, target: Target, index: Array) -> tuple[
     """Clean scores and classes (the predicted class where ``index`` is -1)."""
     if not target.is_class:
         return neuron_scores(logits_or_acts, index, target.y, target.x), index
+    if logits_or_acts.ndim != 2:  # shapes are static: this raises while tracing
+        raise JaxvizError(f"the model has no class logits (its output is {tuple(logits_or_acts.shape)}, not "
+                          "(N, classes)); explain a neuron target LAYER:CHANNEL")
     index = jnp.where(index < 0, jnp.argmax(logits_or_acts, axis=-1).astype(jnp.int32), index)
     return class_scores(logits_or_acts, index, target.score), index
 

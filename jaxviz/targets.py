@@ -115,11 +115,14 @@ def class_scores_of(model, params, x: Array, index: Array | None = None, score: 
     Logits come from ``model.selected_logits``, which computes only the selected classes where
     the model knows its head (a gradient then skips the other classes' weights); probabilities
     need every logit.
+
+    Raises:
+      JaxvizError: a model without class logits (a feature extractor).
     """
     model = as_model(model)
     if score == "logit":
         return model.selected_logits(params, x, index, inject=inject)
-    logits = model.run(params, x, inject=inject)[0]
+    logits = model.logits(params, x, inject=inject)
     if index is None:
         index = jax.lax.stop_gradient(jnp.argmax(logits, axis=-1))
     index = jnp.broadcast_to(jnp.asarray(index, jnp.int32), logits.shape[:1])

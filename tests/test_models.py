@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 from jaxviz.errors import JaxvizError
+from jaxviz.interface import TORCHVISION
 from jaxviz.images import load_images
 from jaxviz.models import bundled_model
-from jaxviz.models.kinds import Conv, Kind, MaxPool, Pointwise, ReLU
+from jaxviz.models.kinds import Conv, GlobalAvgPool, Kind, MaxPool, Pointwise, ReLU
 from jaxviz.models.layers import adaptive_avg_pool, max_pool
 from jaxviz.models.network import SequentialNet
-from jaxviz.models.registry import MODELS, get_spec, init_params, layer_shapes
+from jaxviz.models.registry import MODELS, ModelSpec, get_spec, init_params, layer_shapes
 
 # Issue 2's reference numbers: PIL bicubic resize straight to 224x224, top-1 class and probability.
 REFERENCE = {
@@ -191,7 +192,6 @@ def test_a_new_kind_is_one_class():
     """A kind defined here (nowhere else) runs, has geometry, an incremental rule and FLOPs."""
     from dataclasses import dataclass
 
-    from jaxviz.models.registry import ModelSpec
     from jaxviz.occlusion import incremental_occlusion, occlusion
 
     @dataclass(frozen=True)
@@ -223,7 +223,7 @@ def test_a_new_kind_is_one_class():
             op = self.ops(hw)[0]
             return spatial(op, ctx["in"], change, op.out_shape(*hw), self._valid)
 
-    from jaxviz.models.kinds import Dense, GlobalAvgPool
+    from jaxviz.models.kinds import Dense
     stages = (Conv("conv", 4, 3, 1, 1), Square("square"), AvgPool2("pool"), Conv("conv2", 6, 3, 1, 1),
               ReLU("relu"), GlobalAvgPool("gap"), Dense("fc", 3))
     spec = ModelSpec(name="new", description="", stages=stages, preprocessing=get_spec("squeezenet1_1").preprocessing,
@@ -451,3 +451,44 @@ def test_flop_saving_counts_one_class_of_a_selected_head():
     caffe = _abstract("vgg19_caffe")
     assert caffe.class_head is None
     assert _flops(caffe, (64, 64), None, one_class=True) == _flops(caffe, (64, 64), None)
+
+
+def test_selected_head_edge_cases():
+    """Numpy parameters (as loaded) with a traced class index under jit; a negative index counts
+    from the end and one out of range gives NaN, as reading the whole output does; guided and
+    deconvnet rules on a network whose only ReLU is in the head; a feature extractor's clear error
+    for every score kind and for occlusion."""
+    from jaxviz import occlusion, saliency
+    from jaxviz.targets import Target, class_scores_of
+    model = _random_model("squeezenet1_1")
+    numpy_params = jax.tree_util.tree_map(np.asarray, model.params)
+    x = jax.random.normal(jax.random.key(5), (2, 64, 64, 3))
+    index = jnp.asarray([3, 281], jnp.int32)
+    jitted = jax.jit(lambda x, i: saliency.gradients(model, numpy_params, x, index=i))(x, index)
+    np.testing.assert_allclose(jitted, saliency.gradients(model, model.params, x, index=index), rtol=1e-4, atol=1e-7)
+
+    logits = model.apply(model.params, x)
+    got = model.selected_logits(numpy_params, x, jnp.asarray([-1, 1000]))[0]
+    np.testing.assert_allclose(got[0], logits[0, -1], rtol=1e-5)
+    assert np.isnan(got[1])
+
+    stages = (Conv("features.0", 4, 3, 1, 1), MaxPool("features.1", 2, 2),
+              Conv("classifier.0", 5, 1), ReLU("classifier.1"), GlobalAvgPool("classifier.2"))
+    spec = ModelSpec(name="head-relu-only", description="", stages=stages, preprocessing=TORCHVISION,
+                     input_size=16, num_classes=5)
+    net = bundled_model(spec, spec.module().init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))["params"])
+    x16 = jax.random.normal(jax.random.key(6), (2, 16, 16, 3))
+    for rule in ("guided", "deconv"):
+        m = net.with_backward(rule)
+        fast = jax.grad(lambda x: m.selected_logits(net.params, x, jnp.asarray([1, 2]))[0].sum())(x16)
+        slow = jax.grad(lambda x: _full_head(m, net.params, x, jnp.asarray([1, 2]))[0].sum())(x16)
+        np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-7)
+
+    caffe = _random_model("vgg19_caffe")
+    x32 = jax.random.normal(jax.random.key(7), (1, 32, 32, 3))
+    for score in ("logit", "prob", "logprob"):
+        with pytest.raises(JaxvizError, match="no class logits"):
+            class_scores_of(caffe, caffe.params, x32, None, score)
+    for occlude in (occlusion.occlusion, occlusion.incremental_occlusion):
+        with pytest.raises(JaxvizError, match="no class logits"):
+            occlude(caffe, caffe.params, x32, Target(), window=8, stride=8)

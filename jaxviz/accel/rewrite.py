@@ -37,7 +37,7 @@ from jax.extend import core as jex_core
 
 from jaxviz.accel import ops
 from jaxviz.errors import JaxvizError
-from jaxviz.interface.backward import ACTIVATIONS, RULES, relu_kind
+from jaxviz.interface.backward import ACTIVATIONS, RULES, NoReLUError, relu_kind
 from jaxviz.interface.backward import (
     _sub_jaxprs as _subs,  # every sub-jaxpr of an equation
 )
@@ -263,7 +263,6 @@ def rewrite(fn: Callable, rule: str = "gradient", argnums: tuple[int, ...] | Non
         evaluator = _Evaluator(rule)
         flat = evaluator.run(closed.jaxpr, closed.consts, jax.tree_util.tree_leaves(args), live)
         if rule != "gradient" and evaluator.relus == 0:
-            raise JaxvizError(f"{rule} backprop needs ReLU or ReLU6 non-linearities, and this model has none "
-                              "(looked for jax.nn.relu, flax's relu, jax.nn.relu6 and jnp.maximum(x, 0))")
+            raise NoReLUError(rule)
         return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_shape), flat)
     return rewritten

@@ -31,6 +31,14 @@ Rule = Literal["gradient", "guided", "deconv"]
 RULES = ("gradient", "guided", "deconv")
 
 
+class NoReLUError(JaxvizError):
+    """A guided / deconvnet backward rule asked of a function without ReLU or ReLU6."""
+
+    def __init__(self, rule: str):
+        super().__init__(f"{rule} backprop needs ReLU or ReLU6 non-linearities, and this model has none "
+                         "(looked for jax.nn.relu, flax's relu, jax.nn.relu6 and jnp.maximum(x, 0))")
+
+
 def positive_part(g: Array) -> Array:
     """max(g, 0) for float32 (and float64) arrays, computed on the bits: a negative number's sign bit
     clears it (-0.0 gives +0.0, +inf stays). The values of ``jnp.maximum(g, 0)`` for every input
@@ -277,7 +285,6 @@ def with_backward_rule(fn: Callable, rule: Rule, argnums: tuple[int, ...] | None
                 for _ in jax.tree_util.tree_leaves(arg)]
         flat = _eval(closed.jaxpr, closed.consts, jax.tree_util.tree_leaves(args), activations, counter, live)
         if counter.count == 0:
-            raise JaxvizError(f"{rule} backprop needs ReLU or ReLU6 non-linearities, and this model has none "
-                              "(looked for jax.nn.relu, flax's relu, jax.nn.relu6 and jnp.maximum(x, 0))")
+            raise NoReLUError(rule)
         return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_shape), flat)
     return rewritten

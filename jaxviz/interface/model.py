@@ -134,6 +134,19 @@ class Model:
         """The network's output with ``layer``'s output replaced by ``value``."""
         return self.run(params, x, inject={layer: value})[0]
 
+    def logits(self, params: PyTree, x: Array, *, inject: Mapping[str, Array] | None = None) -> Array:
+        """(N, classes) logits of preprocessed ``x`` (N, H, W, 3), with layers' outputs replaced as
+        in ``run``.
+
+        Raises:
+          JaxvizError: a model whose output is not (N, classes) logits (a feature extractor).
+        """
+        logits = self.run(params, x, inject=inject)[0]
+        if getattr(logits, "ndim", None) != 2:
+            raise JaxvizError(f"{self.name} has no class logits (its output is {getattr(logits, 'shape', None)}, "
+                              "not (N, classes)); explain a neuron target LAYER:CHANNEL")
+        return logits
+
     def selected_logits(self, params: PyTree, x: Array, index: Array | None = None, *,
                         inject: Mapping[str, Array] | None = None) -> tuple[Array, Array]:
         """((N,) logits, (N,) int32 classes): image n's logit of class ``index[n]``, with layers'
@@ -148,10 +161,7 @@ class Model:
         convolution or dense layer followed by channel-wise stages), so a gradient does not run
         backward through the other classes' weights.
         """
-        logits = self.run(params, x, inject=inject)[0]
-        if getattr(logits, "ndim", None) != 2:
-            raise JaxvizError(f"{self.name} has no class logits (its output is {getattr(logits, 'shape', None)}, "
-                              "not (N, classes)); explain a neuron target LAYER:CHANNEL")
+        logits = self.logits(params, x, inject=inject)
         if index is None:
             index = jnp.argmax(jax.lax.stop_gradient(logits), axis=-1)
         index = jnp.broadcast_to(jnp.asarray(index, jnp.int32), logits.shape[:1])

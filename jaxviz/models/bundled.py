@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from jaxviz.interface.backward import ACTIVATIONS
+from jaxviz.interface.backward import ACTIVATIONS, NoReLUError
 from jaxviz.interface.geometry import ReceptiveField
 from jaxviz.interface.linen import LinenModel
 from jaxviz.labels import imagenet_labels
@@ -95,7 +95,10 @@ class BundledModel(LinenModel):
             return super().selected_logits(params, x, index, inject=inject)
         stages = self.spec.stages
         features = stages[head - 1].name
-        logits, caps = self.run(params, x, capture=(features,), inject=inject, output=index is None)
+        try:
+            logits, caps = self.run(params, x, capture=(features,), inject=inject, output=index is None)
+        except NoReLUError:  # guided / deconvnet rule, and the head holds the only ReLUs
+            return super().selected_logits(params, x, index, inject=inject)
         if index is None:  # the predicted class: the whole head runs forward, never backward
             index = jnp.argmax(jax.lax.stop_gradient(logits), axis=-1)
         index = jnp.broadcast_to(jnp.asarray(index, jnp.int32), x.shape[:1])

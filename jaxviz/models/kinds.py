@@ -137,6 +137,13 @@ class Kind:
 
 
 
+def _rows(values, index: Array) -> Array:
+    """``values[index]`` along axis 0 for a traced ``index`` (values may be numpy, as loaded), with
+    reading the whole output's semantics: a negative index counts from the end, one out of range
+    gives NaN."""
+    return jnp.take(jnp.asarray(values), index, axis=0, mode="fill", fill_value=jnp.nan)
+
+
 # ---------------------------------------------------------------- pointwise kinds
 
 class Pointwise(Kind):
@@ -222,9 +229,8 @@ class Conv(Kind):
         return self.kernel == 1 and self.stride == 1 and self.padding == 0
 
     def select_outputs(self, params, x, index):
-        weights = params["kernel"][0, 0].T[index]  # (N, C): each image's output channel
-        out = jnp.einsum("nhwc,nc->nhw", x, weights)
-        return out + params["bias"][index][:, None, None] if "bias" in params else out
+        out = jnp.einsum("nhwc,nc->nhw", x, _rows(params["kernel"][0, 0].T, index))
+        return out + _rows(params["bias"], index)[:, None, None] if "bias" in params else out
 
 
 @dataclass(frozen=True)
@@ -325,8 +331,8 @@ class Dense(Kind):
         return True
 
     def select_outputs(self, params, x, index):
-        out = jnp.einsum("nc,nc->n", x, params["kernel"].T[index])
-        return out + params["bias"][index] if "bias" in params else out
+        out = jnp.einsum("nc,nc->n", x, _rows(params["kernel"].T, index))
+        return out + _rows(params["bias"], index) if "bias" in params else out
 
 
 @dataclass(frozen=True)
