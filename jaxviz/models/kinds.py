@@ -136,7 +136,6 @@ class Kind:
         raise NotImplementedError(f"{type(self).__name__} does not act on each channel alone")
 
 
-
 def _rows(values, index: Array) -> Array:
     """``values[index]`` along axis 0 for a traced ``index`` (values may be numpy, as loaded), with
     reading the whole output's semantics: a negative index counts from the end, one out of range
