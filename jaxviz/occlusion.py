@@ -199,9 +199,6 @@ def _clean_scores(logits_or_acts: Array, target: Target, index: Array) -> tuple[
     """Clean scores and classes (the predicted class where ``index`` is -1)."""
     if not target.is_class:
         return neuron_scores(logits_or_acts, index, target.y, target.x), index
-    if logits_or_acts.ndim != 2:  # shapes are static: this raises while tracing
-        raise JaxvizError(f"the model has no class logits (its output is {tuple(logits_or_acts.shape)}, not "
-                          "(N, classes)); explain a neuron target LAYER:CHANNEL")
     index = jnp.where(index < 0, jnp.argmax(logits_or_acts, axis=-1).astype(jnp.int32), index)
     return class_scores(logits_or_acts, index, target.score), index
 
@@ -295,7 +292,7 @@ class _Batched:
 
     def clean(self, params, x, base, idx):
         t = self.target
-        out = self.model.apply(params, x) if t.is_class else self.model.activation(params, x, t.layer)
+        out = self.model.logits(params, x) if t.is_class else self.model.activation(params, x, t.layer)
         clean, idx = _clean_scores(out, t, idx)
         return clean, idx, ()
 
@@ -442,7 +439,7 @@ class _Incremental:
         if t.is_class and idx is not None:
             return class_scores_of(self.model, params, xb, idx, t.score, inject={last: acts})[0]
         if t.is_class:
-            return self.model.run(params, xb, inject={last: acts})[0]
+            return self.model.logits(params, xb, inject={last: acts})
         out = self.model.run(params, xb, capture=(t.layer,), inject={last: acts}, output=False)[1][t.layer]
         return out if idx is None else neuron_scores(out, idx, t.y, t.x)
 

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from jaxviz.errors import JaxvizError
 from jaxviz.interface import as_model
+from jaxviz.interface.model import class_index
 from jaxviz.labels import resolve_class
 
 Array = jax.Array
@@ -123,9 +124,7 @@ def class_scores_of(model, params, x: Array, index: Array | None = None, score: 
     if score == "logit":
         return model.selected_logits(params, x, index, inject=inject)
     logits = model.logits(params, x, inject=inject)
-    if index is None:
-        index = jax.lax.stop_gradient(jnp.argmax(logits, axis=-1))
-    index = jnp.broadcast_to(jnp.asarray(index, jnp.int32), logits.shape[:1])
+    index = class_index(index, logits.shape[0], logits)
     return class_scores(logits, index, score), index
 
 

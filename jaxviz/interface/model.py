@@ -47,6 +47,14 @@ ALL = "*"  # capture every layer (for listing names and shapes)
 _PROBE = 224  # probe size for models that declare no input size
 
 
+def class_index(index: Array | int | None, n: int, logits: Array | None = None) -> Array:
+    """(n,) int32 classes: ``index`` broadcast, or for None the argmax of ``logits`` (N, classes),
+    held fixed (no gradient through the choice)."""
+    if index is None:
+        index = jnp.argmax(jax.lax.stop_gradient(logits), axis=-1)
+    return jnp.broadcast_to(jnp.asarray(index, jnp.int32), (n,))
+
+
 class StopForward(Exception):
     """Raised inside a forward pass once every requested activation is captured."""
 
@@ -162,9 +170,7 @@ class Model:
         backward through the other classes' weights.
         """
         logits = self.logits(params, x, inject=inject)
-        if index is None:
-            index = jnp.argmax(jax.lax.stop_gradient(logits), axis=-1)
-        index = jnp.broadcast_to(jnp.asarray(index, jnp.int32), logits.shape[:1])
+        index = class_index(index, logits.shape[0], logits)
         return jnp.take_along_axis(logits, index[:, None], axis=-1)[:, 0], index
 
     def preprocess(self, images01: Array) -> Array:

@@ -18,11 +18,11 @@ import functools
 from typing import Any, Mapping
 
 import jax
-import jax.numpy as jnp
 
 from jaxviz.interface.backward import ACTIVATIONS, NoReLUError
 from jaxviz.interface.geometry import ReceptiveField
 from jaxviz.interface.linen import LinenModel
+from jaxviz.interface.model import class_index
 from jaxviz.labels import imagenet_labels
 from jaxviz.models.registry import ModelSpec, recorded_facts
 
@@ -99,9 +99,8 @@ class BundledModel(LinenModel):
             logits, caps = self.run(params, x, capture=(features,), inject=inject, output=index is None)
         except NoReLUError:  # guided / deconvnet rule, and the head holds the only ReLUs
             return super().selected_logits(params, x, index, inject=inject)
-        if index is None:  # the predicted class: the whole head runs forward, never backward
-            index = jnp.argmax(jax.lax.stop_gradient(logits), axis=-1)
-        index = jnp.broadcast_to(jnp.asarray(index, jnp.int32), x.shape[:1])
+        # index None, the predicted class: the whole head runs forward (logits), never backward
+        index = class_index(index, x.shape[0], logits)
         scores = stages[head].select_outputs(self.layer_params(params, stages[head].name), caps[features], index)
         activations = ACTIVATIONS[self.backward_rule]
         for stage in stages[head + 1:]:
