@@ -972,6 +972,8 @@ def compile_cases(cfg: Config, names: list[str], results: str, table: str) -> in
         row = {"name": name, "command": "jaxviz " + CLI_CASES[name]}
         with tempfile.TemporaryDirectory(prefix="jaxviz-bench-cache-") as cache:
             for run in ("cold", "cached"):
+                # a fresh scratch folder per run: a scan would resume (and skip) the index the cold run wrote
+                shutil.rmtree(work / "tmp", ignore_errors=True)
                 argv = [sys.executable, str(Path(__file__).resolve()), "--compile-child", name, "--work", str(work),
                         "--images", cfg.images, "--styles", cfg.styles]
                 before = benchlib.load_snapshot()
