@@ -219,6 +219,9 @@ def succeeded(probs: Array, label: Array, target: Array, confidence: float | Non
     return ok
 
 
+_succeeded = jax.jit(succeeded, static_argnames="confidence")  # outside a trace: one program
+
+
 def assess(predict_proba: ProbaFn, originals: Array, adversarial: Array, *, label: Array,
            target: Array | None = None, confidence: float | None = None, steps: Array | None = None,
            method: str = "", model: str = "", eps: float | None = None, norm: str | None = None,
@@ -236,7 +239,7 @@ def assess(predict_proba: ProbaFn, originals: Array, adversarial: Array, *, labe
     target = np.full(n, -1, np.int32) if target is None else np.broadcast_to(np.asarray(target, np.int32), (n,))
     p0 = np.asarray(predict_proba(jnp.asarray(originals, jnp.float32)) if original_probs is None else original_probs)
     p1 = np.asarray(predict_proba(jnp.asarray(adversarial, jnp.float32)))
-    ok = np.asarray(succeeded(jnp.asarray(p1), jnp.asarray(label), jnp.asarray(target), confidence))
+    ok = np.asarray(_succeeded(p1, label, target, confidence))
     final = p1.argmax(-1)
     rows = np.arange(n)
     l2, linf = perturbation_norms(originals, adversarial)
@@ -324,6 +327,11 @@ def random_init(key: Array | None, x0: Array, *, norm: Norm, eps: float) -> Arra
     ``key`` is one key (shared by every image: image i's start depends on its key only) or (N,)
     keys, one per image (``jaxviz.keys.image_keys``).
     """
+    return _random_init(key, x0, norm=norm, eps=eps)
+
+
+@functools.partial(jax.jit, static_argnames="norm")  # one program, not a dozen eager ones
+def _random_init(key: Array | None, x0: Array, *, norm: Norm, eps: float) -> Array:
     keys = image_keys(key, x0.shape[0])
 
     def one(k, x):
@@ -352,6 +360,11 @@ def quantize_8bit(x: Array, x0: Array, *, norm: Norm, eps: float | None) -> Arra
     images whose rounded perturbation leaves the ball, round every pixel towards x0 instead
     (|q - x0| <= |x - x0| per pixel, so the norm cannot grow).
     """
+    return _quantize_8bit(x, x0, norm=norm, eps=None if eps is None else float(eps))
+
+
+@functools.partial(jax.jit, static_argnames=("norm", "eps"))  # one program, not ~30 eager ones
+def _quantize_8bit(x: Array, x0: Array, *, norm: Norm, eps: float | None) -> Array:
     x, x0 = jnp.asarray(x, jnp.float32), jnp.asarray(x0, jnp.float32)
     q = jnp.round(x * 255.0)
     if eps is not None and norm == "linf":
@@ -514,16 +527,16 @@ def attack(model, params: dict | None, images: Array, *, method: str = "pgd-linf
     if p0.ndim != 2:
         raise JaxvizError(f"{model.name} is not a classifier: its output has shape {tuple(p0.shape[1:])} per image")
     num_classes = p0.shape[1]
-    if label is None:
-        label = jnp.argmax(p0, -1)
-    label = jnp.asarray(label, jnp.int32).reshape(n)
+    # concrete class indices, checked on the host and placed once (no small programs)
+    label = np.asarray(p0).argmax(-1) if label is None else label
+    label = np.asarray(label, np.int32).reshape(n)
     targeted = target is not None
-    tgt = (jnp.broadcast_to(jnp.asarray(target, jnp.int32), (n,)) if targeted
-           else jnp.full((n,), -1, jnp.int32))
-    if n and (int(jnp.min(label)) < 0 or int(jnp.max(label)) >= num_classes):
+    tgt = np.broadcast_to(np.asarray(target, np.int32), (n,)) if targeted else np.full((n,), -1, np.int32)
+    if n and (int(label.min()) < 0 or int(label.max()) >= num_classes):
         raise JaxvizError(f"labels must be in 0..{num_classes - 1}")
     if targeted and (int(tgt.min()) < 0 or int(tgt.max()) >= num_classes):
         raise JaxvizError(f"target classes must be in 0..{num_classes - 1}")
+    label, tgt = jax.device_put(label), jax.device_put(np.array(tgt))
     cls = tgt if targeted else label
 
     engine_times: dict = {}
@@ -560,11 +573,11 @@ def _quantize_and_refine(model, params, predict, adv, x0, label, tgt, confidence
                          steps_run, refine_steps, refine_rounds, targeted):
     """Round to 8 bits inside the budget; where rounding undid a success, step on and re-round."""
     steps_run = np.asarray(steps_run, np.int32).copy()
-    float_ok = np.asarray(succeeded(predict(adv), label, tgt, confidence))
+    float_ok = np.asarray(_succeeded(predict(adv), label, tgt, confidence))
     q = quantize_8bit(adv, x0, norm=spec.norm, eps=eps)
     cls = tgt if targeted else label
     for _ in range(refine_rounds if spec.iterative else 0):
-        undone = float_ok & ~np.asarray(succeeded(predict(q), label, tgt, confidence))
+        undone = float_ok & ~np.asarray(_succeeded(predict(q), label, tgt, confidence))
         if not undone.any():
             break
         mask = jnp.asarray(undone)

@@ -161,7 +161,7 @@ def channel_visualization(model, params: dict | None, layer: str, channels: int 
     model = as_model(model)
     params = model.params if params is None else params
     given, layer = layer, model.resolve_layer(layer)
-    channels = jnp.atleast_1d(jnp.asarray(channels, jnp.int32))
+    channels = np.atleast_1d(np.asarray(channels, np.int32))  # concrete: checked on the host
     if channels.ndim != 1:
         raise JaxvizError(f"channels must be an index or (N,) indices, got shape {channels.shape}")
     n = channels.shape[0]
@@ -174,7 +174,7 @@ def channel_visualization(model, params: dict | None, layer: str, channels: int 
     if unit is not None and (len(shape) != 3 or not (0 <= y < shape[0] and 0 <= x < shape[1])):
         raise JaxvizError(f"unit {tuple(unit)} outside {layer}'s map of shape {shape}")
     params = model.prepare_params(params)
-    loss = -obj.channel(model, params, layer, channels, y, x)
+    loss = -obj.channel(model, params, layer, jax.device_put(channels), y, x)
     transforms = [jitter(int(jitter_px))] if jitter_px else []
     start = _start_keys(key, n)
     if init is not None:

@@ -521,7 +521,9 @@ def _compiled(loss_fn, optimizer, param, transforms, project, active, with_data,
 
     active_jit = None if active is None else jax.jit(lambda x, data: active(x, *extra(data)))
     options = {"compiler_options": dict(compiler_options)} if compiler_options else {}
-    return jax.jit(step, **options), jax.jit(image_f), active_jit, opt
+    # the optimiser's state built by one program (eagerly, each of its leaves was a small one)
+    init_jit = jax.jit(lambda p: _strong(opt.init(p)))
+    return jax.jit(step, **options), jax.jit(image_f), active_jit, init_jit
 
 
 def optimize(loss_fn: LossFn, init: Array, *, optimizer: optax.GradientTransformation, steps: int,
@@ -562,10 +564,10 @@ def optimize(loss_fn: LossFn, init: Array, *, optimizer: optax.GradientTransform
     parts = (loss_key, optimizer, param, tuple(transforms), project, active, data[1] is not None,
              tuple(compiler_options), objective)
     try:
-        step_jit, images_jit, active_jit, opt = _compiled(*parts)
+        step_jit, images_jit, active_jit, opt_init = _compiled(*parts)
     except TypeError:  # something unhashable: build without the cache
-        step_jit, images_jit, active_jit, opt = _compiled.__wrapped__(*parts)
-    opt_state = _strong(opt.init(params))
+        step_jit, images_jit, active_jit, opt_init = _compiled.__wrapped__(*parts)
+    opt_state = opt_init(params)
     # Host arrays placed with device_put: jnp.ones / jnp.zeros, and jnp.asarray of a numpy array,
     # would each compile a small program per shape.
     mask = jax.device_put(np.ones((n,), bool))

@@ -11,6 +11,7 @@ optimisation may start from a real image as well as from noise (``fourier_noise`
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -74,7 +75,9 @@ def fourier(h: int, w: int, *, to_input: Callable[[Array], Array] = _identity,
         spectrum = jnp.fft.rfft2(t * 4.0, axes=(1, 2)) / scale
         return jnp.stack([spectrum.real, spectrum.imag], axis=-1).astype(jnp.float32)
 
-    return Parameterization(encode, image, "fourier")
+    # jitted: called outside the engine's step (the start image, the result), each would
+    # otherwise run as ~15 one-operation programs, every one lowered again in every process
+    return Parameterization(jax.jit(encode), jax.jit(image), "fourier")
 
 
 def fourier_noise(key: Array | None, n: int, h: int, w: int, sd: float = 0.01) -> Array:
@@ -83,5 +86,9 @@ def fourier_noise(key: Array | None, n: int, h: int, w: int, sd: float = 0.01) -
     ``key``: one key, shared by every image (so image i's start does not depend on the batch),
     or (N,) per-image keys (``jaxviz.keys.image_keys``).
     """
-    keys = image_keys(key, n)
+    return _fourier_noise(image_keys(key, n), h, w, sd)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _fourier_noise(keys: Array, h: int, w: int, sd: float) -> Array:
     return sd * jax.vmap(lambda k: jax.random.normal(k, (h, w // 2 + 1, 3, 2), jnp.float32))(keys)

@@ -103,3 +103,29 @@ def any_model(request) -> Model:
 @pytest.fixture(scope="session")
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+class Lowerings:
+    """Counts the programs JAX lowers to MLIR inside ``with lowerings():`` (every jit trace and every
+    eager operation at a new shape): each costs a few milliseconds again in every process, even
+    when the persistent cache holds its compiled form."""
+
+    EVENT = "/jax/core/compile/jaxpr_to_mlir_module_duration"
+
+    def __init__(self):
+        self.count = 0
+
+    def _listener(self, event: str, duration: float, **kwargs) -> None:
+        self.count += event == self.EVENT
+
+    def __enter__(self) -> "Lowerings":
+        jax.monitoring.register_event_duration_secs_listener(self._listener)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        jax.monitoring.unregister_event_duration_listener(self._listener)
+
+
+@pytest.fixture()
+def lowerings():
+    return Lowerings

@@ -368,3 +368,20 @@ def test_second_attack_reuses_the_compiled_engine_step(tiny_model):
     after = engine._compiled.cache_info()
     assert after.misses == before.misses and after.hits > before.hits
     assert float(np.abs(r.images - np.asarray(y)).max()) <= 0.03 + 1e-6
+
+
+def test_random_start_and_8bit_rounding_are_one_program_each(lowerings):
+    """Outside the attack's jitted steps they were ~10 and ~30 eager operations, each lowered again
+    in every process; one program each now, with the same guarantees (ball, box, 8-bit grid)."""
+    x0 = jnp.asarray(np.random.default_rng(3).integers(0, 256, (2, 13, 11, 3)) / 255.0, jnp.float32)
+    key = jax.random.key(1)
+    for norm in ("linf", "l2"):
+        with lowerings() as count:
+            x = adv.random_init(key, x0, norm=norm, eps=0.05)
+            q = adv.quantize_8bit(x, x0, norm=norm, eps=0.05)
+        assert count.count == 2, (norm, count.count)
+        q = np.asarray(q)
+        np.testing.assert_array_equal(q, np.round(q * 255).astype(np.float32) / np.float32(255))  # the 8-bit grid
+        assert q.min() >= 0 and q.max() <= 1
+        l2, linf = adv.perturbation_norms(np.asarray(x0), q)
+        assert np.all((linf if norm == "linf" else l2) <= 0.05 * (1 + 1e-6) + 1e-7)

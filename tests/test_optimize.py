@@ -170,6 +170,25 @@ def test_fourier_parameterisation_roundtrip_range_and_descent(tiny_model):
     assert res.params.shape == (2, 12, 9, 3, 2)
 
 
+def test_fourier_parameterisation_and_engine_start_lower_few_programs(tiny_model, lowerings):
+    """The noise, the start image, its encoding and the optimiser's state are one program each
+    (run eagerly, outside the engine's step, they were ~30 one-operation programs, each lowered
+    again in every process, persistent cache or not)."""
+    h, w = 23, 19  # a size no other test uses: nothing of it is cached in this process yet
+    p = fourier(h, w, to_input=TORCHVISION, from_input=TORCHVISION.invert)
+    key = jax.random.key(0)
+    loss = -obj.channel(tiny_model, tiny_model.params, "features.4", jnp.array([1, 5]))
+    with lowerings() as setup:
+        x = p.image(fourier_noise(key, 2, h, w))
+        params = p.encode(x)
+    assert setup.count <= 4  # noise, keys, image, encode
+    with lowerings() as engine:
+        res = optimize(loss, x, optimizer=adam(0.05), steps=2, parameterization=p)
+    # encode, its copy, the optimiser's state, the step, the final image (+ small host-side ones)
+    assert engine.count <= 8, engine.count
+    np.testing.assert_allclose(res.params.shape, params.shape)
+
+
 def test_gaussian_blur_kernel_and_constant():
     x = jnp.zeros((1, 15, 15, 3)).at[0, 7, 7, :].set(1.0)
     y = np.asarray(gaussian_blur(x, 1.0))
