@@ -523,7 +523,8 @@ def _compiled(loss_fn, optimizer, param, transforms, project, active, with_data,
     options = {"compiler_options": dict(compiler_options)} if compiler_options else {}
     # the optimiser's state built by one program (eagerly, each of its leaves was a small one)
     init_jit = jax.jit(lambda p: _strong(opt.init(p)))
-    return jax.jit(step, **options), jax.jit(image_f), active_jit, init_jit
+    images_jit = image_f if image_f is _identity else jax.jit(image_f)  # pixels: no program to run
+    return jax.jit(step, **options), images_jit, active_jit, init_jit
 
 
 def optimize(loss_fn: LossFn, init: Array, *, optimizer: optax.GradientTransformation, steps: int,
