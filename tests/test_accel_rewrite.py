@@ -561,3 +561,42 @@ def test_squeezenet_accelerated_gradients_equal_the_plain_network(squeezenet):
         _assert_close(fast_gx, gx, rtol=1e-4)
         r = np.corrcoef(np.ravel(fast_gx), np.ravel(gx))[0, 1]
         assert r > 0.99999, r
+
+
+_CALLS: list = []
+
+
+class _CountingCNN(nn.Module):
+    """Counts how often its Python forward runs (once per trace) in ``_CALLS``."""
+
+    @nn.compact
+    def __call__(self, x):
+        _CALLS.append(x.shape)
+        x = nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
+        return nn.Dense(3, name="head")(x.mean((1, 2)))
+
+
+def test_accelerated_pass_is_traced_once_per_shape_and_reused():
+    """A technique runs the same pass several times at one shape (a target's features, inside the
+    step's gradient, the final loss terms): the rewrite reuses the first trace's jaxpr (jit's own
+    cache) instead of tracing the network again; another shape, another pass or x64 traces anew,
+    and the values are the plain model's."""
+    module = _CountingCNN()
+    model = from_linen(module, module.init(jax.random.key(0), jnp.zeros((1, 12, 12, 3))), name="counting")
+    fast = accelerate(model)
+    fast.resolve_layer("conv")  # (the model's layer probe traces once, at its own size)
+    x = jax.random.normal(jax.random.key(1), (2, 12, 12, 3))
+    _CALLS.clear()
+    first = jax.jit(lambda p, x: fast.apply(p, x))(fast.params, x)
+    grad = jax.grad(lambda x: fast.apply(fast.params, x).sum())(x)  # another program, same pass and shape
+    eager = fast.apply(fast.params, x)
+    assert len(_CALLS) == 1, _CALLS
+    fast.apply(fast.params, x[:1])                   # another shape
+    fast.activations(fast.params, x, ["conv"])       # another pass (captures, stops early)
+    assert len(_CALLS) == 3, _CALLS
+    with jax.enable_x64(True):
+        fast.apply(fast.params, x)                   # the same types, another configuration
+    assert len(_CALLS) == 4, _CALLS
+    np.testing.assert_allclose(first, model.apply(model.params, x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(eager, first, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(grad, jax.grad(lambda x: model.apply(model.params, x).sum())(x), rtol=1e-4, atol=1e-6)

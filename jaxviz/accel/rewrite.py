@@ -252,17 +252,26 @@ def _contains_target(jaxpr) -> bool:
 def rewrite(fn: Callable, rule: str = "gradient", argnums: tuple[int, ...] | None = None) -> Callable:
     """``fn`` with the faster operations above and the ReLU backward ``rule``; the ReLU rule
     applies to ReLUs that depend on the arguments ``argnums`` (default: all), as in
-    ``with_backward_rule``. Tracing happens at call time (under ``jit``: once per compilation)."""
+    ``with_backward_rule``. Tracing happens at call time (under ``jit``: once per compilation).
+
+    A ``jax.jit``-wrapped ``fn`` is traced through jit's own cache (never run): the same object
+    called again with arguments of the same types, in the same JAX configuration, reuses its jaxpr.
+    """
     if rule not in RULES:
         raise JaxvizError(f"unknown backward rule {rule!r}; use one of {', '.join(RULES)}")
 
     def rewritten(*args):
-        closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
+        if isinstance(fn, jax.stages.Wrapped):
+            traced = fn.trace(*args)
+            closed, out_tree = traced.jaxpr, traced.out_tree
+        else:
+            closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
+            out_tree = jax.tree_util.tree_structure(out_shape)
         live = [argnums is None or i in argnums for i, arg in enumerate(args)
                 for _ in jax.tree_util.tree_leaves(arg)]
         evaluator = _Evaluator(rule)
         flat = evaluator.run(closed.jaxpr, closed.consts, jax.tree_util.tree_leaves(args), live)
         if rule != "gradient" and evaluator.relus == 0:
             raise NoReLUError(rule)
-        return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_shape), flat)
+        return jax.tree_util.tree_unflatten(out_tree, flat)
     return rewritten
