@@ -10,6 +10,7 @@ sample), or stretched. Model-specific normalisation lives with the model
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Callable, Literal, Sequence
 
@@ -45,10 +46,15 @@ SAMPLES["ihc"] = SAMPLES["immunohistochemistry"]
 
 def _to_float_rgb(pixels: np.ndarray) -> np.ndarray:
     """uint8/uint16/float array, grey or RGB(A) -> float32 (H, W, 3) in [0, 1]."""
+    if pixels.dtype.byteorder == ">" or (pixels.dtype.byteorder == "=" and sys.byteorder == "big"):
+        pixels = pixels.astype(pixels.dtype.newbyteorder("<"))  # a big-endian TIFF's I;16B: compare by kind
     if pixels.dtype == np.uint8:
         x = pixels.astype(np.float32) / 255.0
     elif pixels.dtype in (np.uint16, np.int32, np.int16):
-        # 16-bit PNG/TIFF: Pillow gives mode I;16 / I; scale by the 16-bit range, never clip to 8.
+        # 16-bit PNG/TIFF/PGM: Pillow gives mode I;16 / I; scale by the 16-bit range, never clip to 8.
+        if pixels.size and (pixels.min() < 0 or pixels.max() > 65535):
+            raise JaxvizError(f"integer pixel values {pixels.min()}..{pixels.max()} are outside 16 bits "
+                              "(0..65535); save the image with 8 or 16 bits per channel")
         x = pixels.astype(np.float32) / 65535.0
     elif pixels.dtype == bool:
         x = pixels.astype(np.float32)
@@ -147,8 +153,9 @@ def fit_image(image: np.ndarray, size: int | tuple[int, int], fit: Fit = "eval",
     if height != width:  # cover the box, then centre-crop it, with the transform's interpolation
         h, w = image.shape[:2]
         scale = max(height / h, width / w) * transform.resize / transform.crop
-        image = _resize(image, (max(height, round(h * scale)), max(width, round(w * scale))),
-                        _PIL[transform.interpolation])
+        resized = (max(height, round(h * scale)), max(width, round(w * scale)))
+        _check_resized(image.shape[:2], resized)
+        image = _resize(image, resized, _PIL[transform.interpolation])
         return _center_crop(image, height, width)
     t = transform.for_size(int(height))
     if t.kind == "resize_crop":
@@ -156,6 +163,7 @@ def fit_image(image: np.ndarray, size: int | tuple[int, int], fit: Fit = "eval",
         short, long = (w, h) if w <= h else (h, w)
         new_long = int(t.resize * long / short)  # torchvision's rounding
         new_h, new_w = (new_long, t.resize) if w <= h else (t.resize, new_long)
+        _check_resized(image.shape[:2], (new_h, new_w))
         image = _resize(image, (new_h, new_w), _PIL[t.interpolation])
         return _center_crop(image, t.crop, t.crop)
     if t.kind == "padded_crop":
@@ -172,6 +180,17 @@ def fit_image(image: np.ndarray, size: int | tuple[int, int], fit: Fit = "eval",
 
 
 _PIL = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
+MAX_RESIZED_PIXELS = 25_000_000  # the evaluation transform's intermediate image: 300 MB as float32
+
+
+def _check_resized(shape: tuple[int, int], resized: tuple[int, int]) -> None:
+    """Refuse an aspect ratio whose resize-then-crop intermediate would not fit in memory (an
+    8000x1 strip resized to a short side of 256 is 2,048,000 x 256 pixels)."""
+    if resized[0] * resized[1] > MAX_RESIZED_PIXELS:
+        raise JaxvizError(f"image aspect ratio too extreme: {shape[1]}x{shape[0]} would be resized to "
+                          f"{resized[1]}x{resized[0]} before the centre crop (limit "
+                          f"{MAX_RESIZED_PIXELS // 1_000_000} megapixels); crop it first or fit it by "
+                          "stretching (fit='stretch', --fit stretch)")
 
 
 def _center_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -315,6 +315,16 @@ def test_more_bad_values(argv, needle, workspace, tmp_path, capsys, monkeypatch)
     assert _files(tmp_path) == []
 
 
+def test_a_thin_strip_image_is_refused_before_its_resize(workspace, tmp_path, capsys, monkeypatch):
+    """A 300-byte 8000x1 PNG took 12.5 GB and 25 s in ``predict`` (the evaluation transform's
+    intermediate is 2,048,000 x 256 pixels): one line and exit 2 instead."""
+    from PIL import Image
+    Image.new("RGB", (8000, 1)).save(tmp_path / "strip.png")
+    monkeypatch.chdir(tmp_path)
+    code, err = _run(["predict", tmp_path / "strip.png", *M], capsys)
+    _assert_one_line_exit_2(code, err, "aspect ratio too extreme")
+
+
 # ------------------------------------------------------------------ unwritable output, full disk
 
 @pytest.mark.parametrize("name", sorted(WRITERS))

@@ -37,6 +37,36 @@ def test_grey_palette_rgba_and_16bit(tmp_path):
     np.testing.assert_allclose(img16[..., 1], deep / 65535, atol=1e-6)  # not clipped to 8 bits
 
 
+def test_16bit_tiff_of_either_byte_order_and_pgm(tmp_path):
+    """A big-endian 16-bit TIFF (Pillow's I;16B, numpy '>u2') reads as its little-endian twin and
+    as the same values in a 16-bit PNG and PGM (Pillow's mode I, int32); integers beyond 16 bits
+    are refused, not clipped."""
+    deep = (np.arange(48 * 64).reshape(48, 64) * 21 % 65536).astype(np.uint16)
+    Image.frombytes("I;16B", (64, 48), deep.astype(">u2").tobytes()).save(tmp_path / "big.tif")
+    Image.frombytes("I;16", (64, 48), deep.astype("<u2").tobytes()).save(tmp_path / "little.tif")
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    Image.fromarray(deep).save(tmp_path / "deep.pgm")
+    expected = np.repeat((deep / 65535.0)[..., None], 3, -1)
+    for name in ("big.tif", "little.tif", "deep.png", "deep.pgm"):
+        np.testing.assert_allclose(load_image(tmp_path / name), expected, atol=1e-6, err_msg=name)
+    Image.fromarray(np.full((8, 8), 70000, np.int32)).save(tmp_path / "wide.tif")
+    with pytest.raises(JaxvizError, match="outside 16 bits"):
+        load_image(tmp_path / "wide.tif")
+
+
+def test_extreme_aspect_ratio_is_refused_before_the_resize():
+    """The evaluation transform resizes the short side to 256: a 8000x1 strip would become a
+    2,048,000 x 256 intermediate (12 GB of memory in the CLI); refused with one line. Stretching
+    is bounded by the output size and still works."""
+    strip = np.zeros((1, 8000, 3), np.uint8)
+    with pytest.raises(JaxvizError, match="aspect ratio too extreme"):
+        fit_image(strip, 224)
+    with pytest.raises(JaxvizError, match="aspect ratio too extreme"):
+        fit_image(strip.transpose(1, 0, 2), (224, 160))
+    assert fit_image(strip, 224, "stretch").shape == (224, 224, 3)
+    assert fit_image(np.zeros((300, 9000, 3), np.uint8), 224).shape == (224, 224, 3)  # 30:1 is fine
+
+
 def test_exif_rotation_on_request(tmp_path):
     pixels = np.zeros((4, 8, 3), np.uint8)
     img = Image.fromarray(pixels)
