@@ -48,6 +48,7 @@ import optax
 
 from jaxviz.errors import JaxvizError
 from jaxviz.interface import as_model
+from jaxviz.interface.model import class_index
 from jaxviz.keys import image_keys
 
 Array = jax.Array
@@ -444,7 +445,10 @@ def gradient_sign(model, params: dict | None, images: Array, cls: Array, *, targ
     model = as_model(model)
     params = model.params if params is None else params
     images = jnp.asarray(images, jnp.float32)
-    cls = jnp.broadcast_to(jnp.asarray(cls, jnp.int32), images.shape[:1])
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise JaxvizError(f"images must be (N, H, W, 3) in [0, 1], got shape {tuple(images.shape)}")
+    # a concrete class out of range: an error (its gradient would be 0: the images unchanged)
+    cls = class_index(cls, images.shape[0], num_classes=model.num_classes)
     # the gradient of the loss to MINIMISE (-CE(label), or CE(target)): step against it
     return -jnp.sign(_loss_grad(model, bool(targeted), "ce")(params, images, cls))
 
@@ -458,7 +462,11 @@ def fgsm(model, params: dict | None, images: Array, cls: Array, *, eps: float, t
       images: (N, H, W, 3) in [0, 1]. cls: (N,) labels (untargeted) or targets (targeted).
     Returns:
       (N, H, W, 3) adversarial images in [0, 1] (float; not quantised).
+    Raises:
+      JaxvizError: eps not a finite number in (0, 1], a class out of range, wrong shapes.
     """
+    from jaxviz.techniques import check  # (the registry imports this module)
+    check("fgsm", eps=eps)
     images = jnp.asarray(images, jnp.float32)
     return jnp.clip(images + eps * gradient_sign(model, params, images, cls, targeted=targeted), 0.0, 1.0)
 

@@ -57,6 +57,7 @@ import numpy as np
 
 from jaxviz.errors import JaxvizError
 from jaxviz.interface import as_model
+from jaxviz.interface.model import class_index
 from jaxviz.metrics import gaussian_blur  # the same edge-padded blur as the deletion baseline
 from jaxviz.targets import SCORE_KINDS, Target, class_scores, class_scores_of, neuron_scores
 
@@ -146,9 +147,15 @@ def fill_images(x: Array, fill: Fill | float | Array = "mean", *, window: int | 
     return jnp.broadcast_to(base, x.shape)
 
 
-def _resolve_index(x: Array, target: Target, index) -> Array:
-    """(N,) class/channel per image; -1 = the class predicted for the clean image (found in the jit)."""
+def _resolve_index(model, x: Array, target: Target, index) -> Array:
+    """(N,) class/channel per image; -1 = the class predicted for the clean image (found in the jit).
+    A concrete class is checked (``class_index``) and a negative one counted from the end."""
     n = x.shape[0]
+    given = index if index is not None else target.index
+    if given is not None and target.is_class and not isinstance(given, jax.core.Tracer):
+        classes = model.num_classes
+        given = class_index(given, n, num_classes=classes)
+        return given if classes is None else jnp.where(given < 0, given + classes, given)
     if index is not None:
         return jnp.broadcast_to(jnp.asarray(index, jnp.int32), (n,))
     if target.index is not None:
@@ -275,7 +282,7 @@ def _prepare(model, params, x, target, window, stride, chunk, fill, score, index
         target = Target(index=target.index, layer=model.resolve_layer(target.layer), y=target.y, x=target.x,
                         score=target.score)
     base = fill_images(x, fill, window=window, preprocessing=model.preprocessing)
-    return model, params, target, window, stride, base, _resolve_index(x, target, index)
+    return model, params, target, window, stride, base, _resolve_index(model, x, target, index)
 
 
 # --------------------------------------------------------------------------- batched

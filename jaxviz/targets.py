@@ -124,7 +124,7 @@ def class_scores_of(model, params, x: Array, index: Array | None = None, score: 
     if score == "logit":
         return model.selected_logits(params, x, index, inject=inject)
     logits = model.logits(params, x, inject=inject)
-    index = class_index(index, logits.shape[0], logits)
+    index = class_index(index, logits.shape[0], logits, logits.shape[-1])
     return class_scores(logits, index, score), index
 
 

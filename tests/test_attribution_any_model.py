@@ -485,3 +485,27 @@ def test_an_image_result_does_not_depend_on_its_batch(any_model):
 def test_resnet18_every_technique_is_batch_independent():
     from tests.conftest import resnet18_model
     _check_batch_independence(resnet18_model(), BATCH_TECHNIQUES)
+
+
+def test_a_class_out_of_range_is_an_error_on_any_model(any_model):
+    """A concrete class beyond the model's classes gave an all-zero gradient map, a NaN Grad-CAM
+    or occlusion map, or FGSM images left unchanged; now one clear error everywhere (a negative
+    class counts from the end, as numpy indexing)."""
+    from jaxviz import adversarial, occlusion
+    m = any_model
+    n = m.num_classes
+    x = jax.random.normal(jax.random.key(3), (2, 16, 16, 3))
+    for bad in (n, -n - 1, [0, n + 4]):
+        with pytest.raises(JaxvizError, match=f"out of range for {n} classes"):
+            sal.vanilla_saliency(m, m.params, x, index=jnp.asarray(bad))
+        with pytest.raises(JaxvizError, match=f"out of range for {n} classes"):
+            camlib.grad_cam(m, m.params, x, layer=m.cam_layer or m.feature_layer, index=jnp.asarray(bad))
+        with pytest.raises(JaxvizError, match=f"out of range for {n} classes"):
+            occlusion.occlusion(m, m.params, x, window=8, stride=8, index=jnp.asarray(bad))
+        with pytest.raises(JaxvizError, match=f"out of range for {n} classes"):
+            adversarial.fgsm(m, m.params, jax.nn.sigmoid(x), jnp.broadcast_to(jnp.asarray(bad), (2,)), eps=0.1)
+    last = sal.gradients(m, m.params, x, index=jnp.asarray(-1))
+    np.testing.assert_allclose(last, sal.gradients(m, m.params, x, index=jnp.asarray(n - 1)), rtol=1e-6, atol=1e-8)
+    for eps in (float("nan"), -0.5, 5.0):
+        with pytest.raises(JaxvizError, match="eps"):
+            adversarial.fgsm(m, m.params, jax.nn.sigmoid(x), jnp.asarray([0, 1]), eps=eps)

@@ -455,7 +455,8 @@ def test_flop_saving_counts_one_class_of_a_selected_head():
 
 def test_selected_head_edge_cases():
     """Numpy parameters (as loaded) with a traced class index under jit; a negative index counts
-    from the end and one out of range gives NaN, as reading the whole output does; guided and
+    from the end; a concrete index out of range is an error, a traced one gives NaN (as reading
+    the whole output does), never another class's score; guided and
     deconvnet rules on a network whose only ReLU is in the head; a feature extractor's clear error
     for every score kind and for occlusion."""
     from jaxviz import occlusion, saliency
@@ -468,9 +469,15 @@ def test_selected_head_edge_cases():
     np.testing.assert_allclose(jitted, saliency.gradients(model, model.params, x, index=index), rtol=1e-4, atol=1e-7)
 
     logits = model.apply(model.params, x)
-    got = model.selected_logits(numpy_params, x, jnp.asarray([-1, 1000]))[0]
+    got = jax.jit(lambda i: model.selected_logits(numpy_params, x, i)[0])(jnp.asarray([-1, 1000]))  # traced
     np.testing.assert_allclose(got[0], logits[0, -1], rtol=1e-5)
     assert np.isnan(got[1])
+    for bad in ([-1, 1000], 1000, -1001, [2.5, 1]):  # concrete: checked, one clear error
+        with pytest.raises(JaxvizError, match="out of range for 1000 classes|must be integers"):
+            model.selected_logits(numpy_params, x, bad)
+        with pytest.raises(JaxvizError, match="out of range for 1000 classes|must be integers"):
+            class_scores_of(model, model.params, x, bad, "prob")
+    np.testing.assert_allclose(model.selected_logits(model.params, x, -1)[0], logits[:, -1], rtol=1e-5)
 
     stages = (Conv("features.0", 4, 3, 1, 1), MaxPool("features.1", 2, 2),
               Conv("classifier.0", 5, 1), ReLU("classifier.1"), GlobalAvgPool("classifier.2"))

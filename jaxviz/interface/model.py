@@ -47,11 +47,28 @@ ALL = "*"  # capture every layer (for listing names and shapes)
 _PROBE = 224  # probe size for models that declare no input size
 
 
-def class_index(index: Array | int | None, n: int, logits: Array | None = None) -> Array:
+def class_index(index: Array | int | None, n: int, logits: Array | None = None,
+                num_classes: int | None = None) -> Array:
     """(n,) int32 classes: ``index`` broadcast, or for None the argmax of ``logits`` (N, classes),
-    held fixed (no gradient through the choice)."""
+    held fixed (no gradient through the choice).
+
+    A concrete ``index`` (Python or numpy integers, a concrete array) must lie in
+    ``-num_classes .. num_classes - 1`` (negative: from the end, as numpy indexing). A traced one
+    cannot be checked: out of range, its score is NaN (``jnp.take``'s fill), never another class.
+
+    Raises:
+      JaxvizError: a concrete index out of range, or not integer.
+    """
     if index is None:
         index = jnp.argmax(jax.lax.stop_gradient(logits), axis=-1)
+    elif num_classes is not None and not isinstance(index, jax.core.Tracer):
+        values = np.asarray(index)
+        if values.dtype.kind not in "iu" and not (values.dtype.kind == "f" and np.all(values == np.round(values))):
+            raise JaxvizError(f"class indices must be integers, got {values.dtype} {values.ravel()[:4].tolist()}")
+        if values.size and (values.min() < -num_classes or values.max() >= num_classes):
+            bad = values[(values < -num_classes) | (values >= num_classes)].ravel()[0]
+            raise JaxvizError(f"class index {bad} is out of range for {num_classes} classes "
+                              f"(0..{num_classes - 1}, or negative from the end)")
     return jnp.broadcast_to(jnp.asarray(index, jnp.int32), (n,))
 
 
@@ -170,7 +187,7 @@ class Model:
         backward through the other classes' weights.
         """
         logits = self.logits(params, x, inject=inject)
-        index = class_index(index, logits.shape[0], logits)
+        index = class_index(index, logits.shape[0], logits, logits.shape[-1])
         return jnp.take_along_axis(logits, index[:, None], axis=-1)[:, 0], index
 
     def preprocess(self, images01: Array) -> Array:

@@ -100,7 +100,7 @@ class BundledModel(LinenModel):
         except NoReLUError:  # guided / deconvnet rule, and the head holds the only ReLUs
             return super().selected_logits(params, x, index, inject=inject)
         # index None, the predicted class: the whole head runs forward (logits), never backward
-        index = class_index(index, x.shape[0], logits)
+        index = class_index(index, x.shape[0], logits, self.num_classes)
         scores = stages[head].select_outputs(self.layer_params(params, stages[head].name), caps[features], index)
         activations = ACTIVATIONS[self.backward_rule]
         for stage in stages[head + 1:]:
