@@ -144,6 +144,34 @@ def test_gradcam_layer_and_neuron_target(tiny_cli, tmp_path, capsys):
     assert np.load(npy).shape == (16, 16)
 
 
+def test_a_feature_network_explains_neuron_targets(monkeypatch, tmp_path, capsys):
+    """A network without a classifier (vgg19_caffe) was refused by the command although the
+    library explains its neurons: a LAYER:CHANNEL target now works (the same map as the library),
+    a class target (the default: the predicted class) is one clear line."""
+    import dataclasses
+
+    from jaxviz.images import load_images
+    from jaxviz.models import bundled_model
+    from jaxviz.targets import parse_target
+    from tests.conftest import TINY_SPEC
+    spec = dataclasses.replace(TINY_SPEC, name="tiny-features", stages=TINY_SPEC.stages[:5], num_classes=None,
+                               feature_layer="features.4", cam_layer=None)
+    model = bundled_model(spec, {k: v for k, v in make_tiny_model(0).params.items() if k.startswith("features")})
+    asked = []
+    monkeypatch.setattr(cli_attr, "load_model_arg", lambda name, classifier=True: asked.append(classifier) or model)
+    monkeypatch.setattr(cli_attr, "load_inputs", lambda m, sources, fit="stretch": load_images(sources, 16, fit))
+    npy = tmp_path / "m.npy"
+    assert main(["saliency", "chelsea", "--method", "gradcam", "--layer", "features.1",
+                 "--target", "features.4:2", "--npy", str(npy)]) == 0, capsys.readouterr().err
+    assert asked == [False] and "predicted" not in capsys.readouterr().out
+    x = model.preprocess(jnp.asarray(load_images(["chelsea"], 16, "stretch")))
+    expected = camlib.grad_cam(model, model.params, x, parse_target("features.4:2", model), layer="features.1")
+    np.testing.assert_allclose(np.load(npy), np.asarray(expected)[0], rtol=1e-5, atol=1e-7)
+    err = _one_error_line(capsys, ["saliency", "chelsea", "--method", "vanilla", "--npy", str(tmp_path / "v.npy")])
+    assert "has no classifier: give a --target as LAYER:CHANNEL" in err
+    assert not (tmp_path / "v.npy").exists()
+
+
 def test_metrics_prints_aucs(tiny_cli, capsys):
     assert main(["saliency", "chelsea", "--method", "vanilla", "--metrics"]) == 0
     out = capsys.readouterr().out

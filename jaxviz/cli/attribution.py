@@ -198,7 +198,10 @@ def saliency(parser: argparse.ArgumentParser):
             raise JaxvizError("--signed describes what --npy holds: give --npy")
         batch = option_value(args, BATCH)
 
-        model = load_model_arg(args.model)  # accelerated once (jaxviz.accel)
+        # a feature network (vgg19_caffe) explains neuron targets (LAYER:CHANNEL); parse_target
+        # refuses a class target for it
+        model = load_model_arg(args.model, classifier=False)  # accelerated once (jaxviz.accel)
+        classifier = model.num_classes is not None
         if method == "occlusion":
             size = min(model.input_hw())
             windows = options["window"] if isinstance(options["window"], tuple) else (options["window"],)
@@ -212,6 +215,8 @@ def saliency(parser: argparse.ArgumentParser):
 
         from jaxviz.targets import parse_target
         target = parse_target(args.target, model, score=args.score)
+        if target.is_class and not classifier:
+            raise JaxvizError(f"model {model.name} has no classifier: give a --target as LAYER:CHANNEL")
         layer = None
         if method == "cam":
             if model.cam_layer is None:
@@ -254,7 +259,7 @@ def saliency(parser: argparse.ArgumentParser):
             if m < step:  # pad the last chunk: one compiled shape
                 images = np.concatenate([images, np.repeat(images[-1:], step - m, axis=0)])
             x = model.preprocess(jnp.asarray(images))
-            predicted = np.argmax(np.asarray(apply(model.params, x)), axis=-1)
+            predicted = np.argmax(np.asarray(apply(model.params, x)), axis=-1) if classifier else None
             index = None
             if target.is_class:
                 index = jnp.asarray(predicted if target.index is None else np.full(step, target.index), jnp.int32)
@@ -266,8 +271,9 @@ def saliency(parser: argparse.ArgumentParser):
                         if target.is_class else target.describe())
                 where = f" at {layer}" if layer else ""
                 titles.append(f"{src}: {method}{where}\n{what}")
-                print(f"{src}: {method}{where}, {what}; predicted {predicted[i]}"
-                      f"{' ' + labels[predicted[i]] if labels else ''}; map range "
+                said = "" if predicted is None else (
+                    f"; predicted {predicted[i]}{' ' + labels[predicted[i]] if labels else ''}")
+                print(f"{src}: {method}{where}, {what}{said}; map range "
                       f"[{maps[i].min():.4g}, {maps[i].max():.4g}]")
             if args.metrics:
                 result = deletion_insertion(model, model.params, x[:m], jnp.asarray(maps), index[:m])
