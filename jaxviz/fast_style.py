@@ -164,6 +164,8 @@ def style_weights(num_styles: int, mix: Sequence[float] | None = None, n: int = 
             raise JaxvizError(f"style mix needs {num_styles} weights (one per style), got {len(w)}")
         if not np.all(np.isfinite(w)):
             raise JaxvizError("style mix weights must be finite")
+        if not np.any(w):  # no style at all: a flat image
+            raise JaxvizError("style mix weights are all 0: give at least one style a weight")
     return jnp.broadcast_to(jnp.asarray(w), (n, num_styles))
 
 

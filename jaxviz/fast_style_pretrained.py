@@ -332,6 +332,8 @@ def style_vector(style: StyleSpec, names: Sequence[str] = STYLE_NAMES) -> np.nda
             raise JaxvizError(f"a style weight list needs {s} values, got shape {w.shape}")
     if not np.all(np.isfinite(w)):
         raise JaxvizError("style weights must be finite")
+    if not np.any(w):  # no style at all: every pixel the same grey
+        raise JaxvizError("style weights are all 0: give at least one style a weight")
     return w
 
 

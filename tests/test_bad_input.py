@@ -307,6 +307,10 @@ def test_bad_option_value_is_one_line_exit_2(template, flag, workspace, tmp_path
     (["style", "chelsea", "--style", "brick", "--optimizer", "adam", "--lr", "-1", "--out", "{out}/s.png"],
      "--lr must be a finite number > 0"),
     (["adversarial", "chelsea", *M, "--eps", "8/0"], "division by zero"),
+    (["fast-style", "apply", "chelsea", "--model", "multistyle26", "--style-mix", "3:0,4:0", "--out", "{out}/f.png"],
+     "style weights are all 0"),
+    (["fast-style", "train", "--styles", "brick", "--content-dir", "{content}", "--steps", "1", "--out", "{out}/ck.png"],
+     "name it *.msgpack"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_more_bad_values(argv, needle, workspace, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -130,6 +130,8 @@ def run_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.is_dir() or not out.parent.is_dir():
         raise JaxvizError(f"--out must be a file in an existing folder: {out}")
+    if out.suffix.lower() != ".msgpack":  # e.g. a .png meant for `fast-style apply`
+        raise JaxvizError(f"--out is the training checkpoint: name it *.msgpack, got {out.name}")
     check_output_dir(out.parent)
     if not Path(args.content_dir).is_dir():
         raise JaxvizError(f"content folder not found: {args.content_dir}")
