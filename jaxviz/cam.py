@@ -39,8 +39,9 @@ import jax.numpy as jnp
 
 from jaxviz.errors import JaxvizError
 from jaxviz.interface import as_model
+from jaxviz.interface.model import class_index
 from jaxviz.saliency import guided_gradients, resolve_index, saliency_map
-from jaxviz.targets import Target, as_target, class_scores_of, neuron_scores
+from jaxviz.targets import Target, as_target, check_images, class_scores_of, neuron_scores
 from jaxviz.techniques import check
 
 Array = jax.Array
@@ -119,6 +120,7 @@ def cam(model, params: dict, x: Array, target: Target | int | None = None, *, la
     """
     check("cam", relu=relu, resize=resize)
     model = as_model(model)
+    check_images(x)
     target = as_target(target)
     if not target.is_class:
         raise JaxvizError("CAM explains a class; use grad_cam for a neuron target")
@@ -127,9 +129,8 @@ def cam(model, params: dict, x: Array, target: Target | int | None = None, *, la
     logits, caps = model.run(params, x, capture=(layer,))
     acts = caps[layer]
     _check_spatial(acts, layer, model)
-    if index is None:
-        index = target.index if target.index is not None else jnp.argmax(logits, axis=-1)
-    index = jnp.broadcast_to(jnp.asarray(index, jnp.int32), (n,))
+    index = class_index(target.index if index is None else index, n, logits, logits.shape[-1])
+    index = jnp.where(index < 0, index + logits.shape[-1], index)  # from the end, as everywhere
     if weights is None:
         if acts.shape[-1] != model.num_classes:
             raise JaxvizError(f"{layer} has {acts.shape[-1]} channels, not one per class: pass weights= "
@@ -153,6 +154,7 @@ def layer_gradients(model, params: dict, x: Array, target: Target | int | None =
       JaxvizError: a neuron target that does not come after ``layer`` in the forward pass.
     """
     model = as_model(model)
+    check_images(x)
     target = as_target(target)
     if not target.is_class:
         order = model.layer_names

@@ -48,11 +48,12 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxviz.errors import JaxvizError
 from jaxviz.interface import as_model
 from jaxviz.keys import image_keys
-from jaxviz.targets import Target, as_target, score_fn
+from jaxviz.targets import Target, as_target, check_images, score_fn
 from jaxviz.techniques import check
 
 Array = jax.Array
@@ -76,16 +77,18 @@ def _grad(model, params: dict, x: Array, target: Target, index: Array | None) ->
     return jax.grad(lambda x: f(params, x, index).sum())(x)
 
 
-def _check_images(x) -> None:
-    if getattr(x, "ndim", None) != 4 or x.shape[-1] != 3:
-        raise JaxvizError(f"images must be (N, H, W, 3) preprocessed, got shape {getattr(x, 'shape', None)}")
+def _broadcasts_to(shape: tuple, target: tuple) -> bool:
+    try:
+        return np.broadcast_shapes(shape, target) == target
+    except ValueError:
+        return False
 
 
 def gradients(model, params: dict, x: Array, target: Target | int | None = None, *,
               index: Array | None = None) -> Array:
     """Signed d score / d x: (N, H, W, 3) for x (N, H, W, 3)."""
     model = as_model(model)
-    _check_images(x)
+    check_images(x)
     return _grad(model, params, x, as_target(target), index)
 
 
@@ -173,7 +176,7 @@ def smoothgrad_gradients(model, params: dict, x: Array, target: Target | int | N
     """
     check("smoothgrad", samples=samples, noise=noise, noise_std=noise_std, chunk=chunk)
     model = as_model(model)
-    _check_images(x)
+    check_images(x)
     target = as_target(target)
     index = resolve_index(model, params, x, target, index)
     eps = smoothgrad_noise(x, key=key, samples=samples, noise=noise, noise_std=noise_std)
@@ -200,9 +203,12 @@ def integrated_gradients_attributions(model, params: dict, x: Array,
     """
     check("integrated", steps=steps, chunk=chunk)
     model = as_model(model)
-    _check_images(x)
+    check_images(x)
     target = as_target(target)
     index = resolve_index(model, params, x, target, index)
+    if baseline is not None and not _broadcasts_to(np.shape(baseline), tuple(x.shape)):
+        raise JaxvizError(f"baseline of shape {tuple(np.shape(baseline))} does not broadcast to the images' "
+                          f"{tuple(x.shape)}; give (N, H, W, 3), (H, W, 3) or a scalar")
     baseline = jnp.zeros_like(x) if baseline is None else jnp.broadcast_to(baseline, x.shape).astype(x.dtype)
     alphas = (jnp.arange(steps, dtype=x.dtype) + 0.5) / steps  # midpoint rule
     mean_grad = _over_copies(lambda a: _grad(model, params, baseline + a * (x - baseline), target, index),

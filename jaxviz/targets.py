@@ -48,6 +48,13 @@ class Target:
         return f"{self.layer} channel {self.index}{where}"
 
 
+def check_images(x) -> None:
+    """Refuse anything but a batch of preprocessed NHWC RGB images (N, H, W, 3) (an NCHW batch
+    would otherwise reach the network and fail inside it with the framework's own error)."""
+    if getattr(x, "ndim", None) != 4 or x.shape[-1] != 3:
+        raise JaxvizError(f"images must be (N, H, W, 3) preprocessed, got shape {getattr(x, 'shape', None)}")
+
+
 def parse_target(text: str | int | None, model, score: ScoreKind = "logit") -> Target:
     """Parse ``None`` | ``"285"`` | ``"Egyptian cat"`` | ``"features.12:17"`` | ``"fire9:17:3:4"``.
 

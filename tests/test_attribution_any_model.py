@@ -509,3 +509,21 @@ def test_a_class_out_of_range_is_an_error_on_any_model(any_model):
     for eps in (float("nan"), -0.5, 5.0):
         with pytest.raises(JaxvizError, match="eps"):
             adversarial.fgsm(m, m.params, jax.nn.sigmoid(x), jnp.asarray([0, 1]), eps=eps)
+
+
+def test_wrong_images_and_baselines_are_clear_errors(any_model):
+    """An NCHW batch reached the network in Grad-CAM / CAM (flax's ScopeParamShapeError) and a
+    baseline of the wrong shape raised numpy's broadcasting error in IG: one JaxvizError each."""
+    m = any_model
+    x = jax.random.normal(jax.random.key(4), (2, 16, 16, 3))
+    layer = m.cam_layer or m.feature_layer
+    for fn in (lambda z: camlib.grad_cam(m, m.params, z, layer=layer),
+               lambda z: camlib.grad_cam_plus_plus(m, m.params, z, layer=layer),
+               lambda z: sal.vanilla_saliency(m, m.params, z)):
+        with pytest.raises(JaxvizError, match=r"images must be \(N, H, W, 3\)"):
+            fn(jnp.transpose(x, (0, 3, 1, 2)))
+    with pytest.raises(JaxvizError, match="baseline of shape"):
+        sal.integrated_gradients(m, m.params, x, baseline=jnp.ones((5, 5, 3)), steps=2)
+    same = sal.integrated_gradients(m, m.params, x, baseline=jnp.ones((16, 16, 3)), steps=2)
+    np.testing.assert_allclose(same, sal.integrated_gradients(m, m.params, x, baseline=jnp.ones_like(x), steps=2),
+                               rtol=1e-6)
