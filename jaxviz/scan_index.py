@@ -513,14 +513,22 @@ def scan(model, sources: Sequence[str], out: str | os.PathLike, *, layers: Seque
     if out.exists() and not out.is_dir():
         raise JaxvizError(f"output {out} exists and is not a folder")
     with index_lock(out, wait) as created:
-        resumed = None
+        fresh = False  # this call writes a new index (not a resume, not someone else's folder)
         try:
             resumed = _existing(out, meta)
+            fresh = resumed is None
             return _scan_locked(model, params, mine, out, meta, resumed, shapes, layers, feature_layer, k, batch,
                                 lo, hi, load_size, fit, devices, compiler_options, progress, on_batch)
         except BaseException as e:
-            if resumed is None and (isinstance(e, WriteError) or (created and not any(out.iterdir()))):
-                _remove_partial(out, created)  # a fresh scan that could not be written leaves nothing
+            # A fresh scan leaves nothing when it could not be written, or when it failed (an
+            # unreadable image, ...) before its first checkpoint: no work to resume, and a stale
+            # index of the old image list would refuse the corrected rerun. An interrupted one
+            # (Ctrl-C, a kill) keeps its folder to resume.
+            stopped = isinstance(e, (KeyboardInterrupt, SystemExit))
+            nothing_done = not (out / _STATE_DIR / "state.npz").is_file()
+            if (fresh and (isinstance(e, WriteError) or (nothing_done and not stopped))) or (
+                    created and not any(out.iterdir())):
+                _remove_partial(out, created)
             raise
 
 

@@ -354,6 +354,35 @@ def test_unreadable_image_is_a_clear_error_and_leaves_no_complete_index(folder, 
         read_index(tmp_path / "ix")
 
 
+def test_an_unreadable_image_in_the_first_batch_leaves_nothing(folder, tmp_path):
+    """Failing before its first checkpoint, a fresh scan has nothing to resume: it removes what it
+    wrote, so the corrected rerun (the broken file deleted: another image list) is not refused
+    as 'a scan with a different image list'. A broken image later on keeps the resumable index,
+    and once the file is repaired the same command resumes it."""
+    import shutil
+    bad = tmp_path / "imgs"
+    shutil.copytree(folder, bad)
+    (bad / "000_broken.png").write_bytes(b"")
+    out = tmp_path / "ix"
+    with pytest.raises(JaxvizError, match="cannot read image .*000_broken.png"):
+        scan(make_tiny_model(), collect_sources([bad]), out, layers=["features.4"], topk=2, batch=4)
+    assert not out.exists()
+    (bad / "000_broken.png").unlink()
+    assert scan(make_tiny_model(), collect_sources([bad]), out, layers=["features.4"], topk=2, batch=4).meta["complete"]
+
+    shutil.rmtree(out)
+    late = bad / "zz_broken.png"
+    late.write_bytes(b"")
+    with pytest.raises(JaxvizError, match="cannot read image .*zz_broken.png"):
+        scan(make_tiny_model(), collect_sources([bad]), out, layers=["features.4"], topk=2, batch=4)
+    assert (out / ".scan" / "state.npz").is_file()  # batches done before it are kept
+    shutil.copy(next(p for p in sorted(bad.glob("*.png")) if p != late), late)
+    seen = []
+    done = scan(make_tiny_model(), collect_sources([bad]), out, layers=["features.4"], topk=2, batch=4,
+                on_batch=seen.append)
+    assert done.meta["complete"] and seen[0] > 4  # resumed, not restarted
+
+
 # ------------------------------------------------------------------- bad sizes, damaged indices
 
 def test_empty_layer_is_refused_before_anything_is_written(folder, tmp_path):
