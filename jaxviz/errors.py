@@ -7,3 +7,7 @@ class JaxvizError(Exception):
 
 class WeightsError(JaxvizError):
     """A weights file is missing, corrupt, or does not match the expected hash or shapes."""
+
+
+class InputSizeError(JaxvizError):
+    """A network that does not take inputs of this size (a parameter's shape depends on it)."""

@@ -237,6 +237,24 @@ def test_layer_shapes_at_another_size_stop_at_a_fixed_size_head():
         model.output_shape(12)
 
 
+def test_a_fixed_size_head_at_another_size_is_a_clear_error():
+    """A flatten-dense head built at 32 px, wrapped without input_size, run at the default 224:
+    flax's ScopeParamShapeError became one JaxvizError naming the size and the fix."""
+    import jaxviz
+    class Flat(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
+            return nn.Dense(3, name="head")(x.reshape(x.shape[0], -1))
+    module = Flat()
+    model = from_linen(module, module.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    with pytest.raises(JaxvizError, match="does not take 224x224 inputs.*input_size="):
+        jaxviz.class_visualization(model, None, 1, steps=1)
+    with pytest.raises(JaxvizError, match="does not take 40x40 inputs"):
+        jaxviz.vanilla_saliency(model, model.params, jnp.zeros((1, 40, 40, 3)))
+    assert jaxviz.class_visualization(model, None, 1, steps=1, size=32).images.shape == (1, 32, 32, 3)
+
+
 def test_only_relus_of_the_inputs_are_replaced():
     # jax.image.resize("linear") builds its weights with max(., 0) of an index grid: not a ReLU
     # of the network, so a model whose only max(., 0) is there has no ReLU to replace

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxviz.errors import JaxvizError
+from jaxviz.errors import InputSizeError, JaxvizError
 from jaxviz.interface.model import ALL, Model, StopForward
 
 Array = jax.Array
@@ -103,6 +104,10 @@ class LinenModel(Model):
                 out = self.module.apply(variables_of(params), x, **self.call_kwargs)
         except StopForward:
             out = None
+        except flax.errors.ScopeParamShapeError as e:  # e.g. a flatten-dense head at another size
+            raise InputSizeError(f"{self.name} does not take {x.shape[1]}x{x.shape[2]} inputs (a parameter's "
+                              f"shape depends on the input size: {str(e).split(' (https')[0]}); give the "
+                              "size it was built for (input_size= when wrapping it, or size=)") from None
         return out, captured
 
     def layer_params(self, params, layer):
