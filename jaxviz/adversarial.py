@@ -220,7 +220,12 @@ def succeeded(probs: Array, label: Array, target: Array, confidence: float | Non
     return ok
 
 
-_succeeded = jax.jit(succeeded, static_argnames="confidence")  # outside a trace: one program
+_succeeded_jit = jax.jit(succeeded, static_argnames="confidence")
+
+
+def _succeeded(probs, label, target, confidence: float | None) -> Array:
+    """``succeeded`` outside a trace, as one program (``confidence`` a Python float: static)."""
+    return _succeeded_jit(probs, label, target, None if confidence is None else float(confidence))
 
 
 def assess(predict_proba: ProbaFn, originals: Array, adversarial: Array, *, label: Array,
@@ -361,11 +366,12 @@ def quantize_8bit(x: Array, x0: Array, *, norm: Norm, eps: float | None) -> Arra
     images whose rounded perturbation leaves the ball, round every pixel towards x0 instead
     (|q - x0| <= |x - x0| per pixel, so the norm cannot grow).
     """
-    return _quantize_8bit(x, x0, norm=norm, eps=None if eps is None else float(eps))
+    return _quantize_8bit(x, x0, jnp.float32(0.0) if eps is None else eps, norm=norm, bounded=eps is not None)
 
 
-@functools.partial(jax.jit, static_argnames=("norm", "eps"))  # one program, not ~30 eager ones
-def _quantize_8bit(x: Array, x0: Array, *, norm: Norm, eps: float | None) -> Array:
+@functools.partial(jax.jit, static_argnames=("norm", "bounded"))  # one program, not ~30 eager ones
+def _quantize_8bit(x: Array, x0: Array, eps: Array, *, norm: Norm, bounded: bool) -> Array:
+    eps = eps if bounded else None  # a traced eps (a scalar or per-image array): one program for every value
     x, x0 = jnp.asarray(x, jnp.float32), jnp.asarray(x0, jnp.float32)
     q = jnp.round(x * 255.0)
     if eps is not None and norm == "linf":

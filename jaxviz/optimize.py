@@ -524,7 +524,7 @@ def _compiled(loss_fn, optimizer, param, transforms, project, active, with_data,
     # the optimiser's state built by one program (eagerly, each of its leaves was a small one)
     init_jit = jax.jit(lambda p: _strong(opt.init(p)))
     images_jit = image_f if image_f is _identity else jax.jit(image_f)  # pixels: no program to run
-    return jax.jit(step, **options), images_jit, active_jit, init_jit
+    return jax.jit(step, **options), images_jit, active_jit, (opt, init_jit)
 
 
 def optimize(loss_fn: LossFn, init: Array, *, optimizer: optax.GradientTransformation, steps: int,
@@ -565,10 +565,13 @@ def optimize(loss_fn: LossFn, init: Array, *, optimizer: optax.GradientTransform
     parts = (loss_key, optimizer, param, tuple(transforms), project, active, data[1] is not None,
              tuple(compiler_options), objective)
     try:
-        step_jit, images_jit, active_jit, opt_init = _compiled(*parts)
+        step_jit, images_jit, active_jit, (opt, opt_init) = _compiled(*parts)
     except TypeError:  # something unhashable: build without the cache
-        step_jit, images_jit, active_jit, opt_init = _compiled.__wrapped__(*parts)
-    opt_state = opt_init(params)
+        step_jit, images_jit, active_jit, (opt, opt_init) = _compiled.__wrapped__(*parts)
+    try:
+        opt_state = opt_init(params)
+    except TypeError:  # a custom optimiser whose state holds what jit cannot return (strings, ...)
+        opt_state = _strong(opt.init(params))
     # Host arrays placed with device_put: jnp.ones / jnp.zeros, and jnp.asarray of a numpy array,
     # would each compile a small program per shape.
     mask = jax.device_put(np.ones((n,), bool))

@@ -379,9 +379,23 @@ def test_random_start_and_8bit_rounding_are_one_program_each(lowerings):
         with lowerings() as count:
             x = adv.random_init(key, x0, norm=norm, eps=0.05)
             q = adv.quantize_8bit(x, x0, norm=norm, eps=0.05)
-        assert count.count == 2, (norm, count.count)
+        assert count.count <= 2, (norm, count.count)  # (0 if this process compiled these shapes before)
         q = np.asarray(q)
         np.testing.assert_array_equal(q, np.round(q * 255).astype(np.float32) / np.float32(255))  # the 8-bit grid
         assert q.min() >= 0 and q.max() <= 1
         l2, linf = adv.perturbation_norms(np.asarray(x0), q)
         assert np.all((linf if norm == "linf" else l2) <= 0.05 * (1 + 1e-6) + 1e-7)
+
+
+def test_confidence_and_eps_given_as_arrays():
+    """A JAX-scalar confidence (not hashable: it cannot be a static argument) and a per-image eps
+    array for the 8-bit rounding work as before."""
+    x0 = jnp.asarray(np.random.default_rng(4).integers(0, 256, (2, 9, 7, 3)) / 255.0, jnp.float32)
+    probs = jnp.asarray([[0.2, 0.8], [0.9, 0.1]])
+    ok = adv._succeeded(probs, jnp.asarray([0, 0]), jnp.asarray([-1, -1]), jnp.float32(0.5))
+    np.testing.assert_array_equal(ok, [True, False])
+    x = jnp.clip(x0 + 0.02, 0, 1)
+    eps = jnp.asarray([0.01, 0.03]).reshape(2, 1, 1, 1)
+    q = np.asarray(adv.quantize_8bit(x, x0, norm="linf", eps=eps))
+    for i, e in enumerate((0.01, 0.03)):
+        np.testing.assert_array_equal(q[i], np.asarray(adv.quantize_8bit(x[i:i + 1], x0[i:i + 1], norm="linf", eps=e))[0])
