@@ -10,7 +10,6 @@ sample), or stretched. Model-specific normalisation lives with the model
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Callable, Literal, Sequence
 
@@ -46,8 +45,8 @@ SAMPLES["ihc"] = SAMPLES["immunohistochemistry"]
 
 def _to_float_rgb(pixels: np.ndarray) -> np.ndarray:
     """uint8/uint16/float array, grey or RGB(A) -> float32 (H, W, 3) in [0, 1]."""
-    if pixels.dtype.byteorder == ">" or (pixels.dtype.byteorder == "=" and sys.byteorder == "big"):
-        pixels = pixels.astype(pixels.dtype.newbyteorder("<"))  # a big-endian TIFF's I;16B: compare by kind
+    if not pixels.dtype.isnative:  # e.g. a big-endian TIFF's I;16B ('>u2' is not np.uint16 here)
+        pixels = pixels.astype(pixels.dtype.newbyteorder("="))
     if pixels.dtype == np.uint8:
         x = pixels.astype(np.float32) / 255.0
     elif pixels.dtype in (np.uint16, np.int32, np.int16):
@@ -154,7 +153,7 @@ def fit_image(image: np.ndarray, size: int | tuple[int, int], fit: Fit = "eval",
         h, w = image.shape[:2]
         scale = max(height / h, width / w) * transform.resize / transform.crop
         resized = (max(height, round(h * scale)), max(width, round(w * scale)))
-        _check_resized(image.shape[:2], resized)
+        _check_resized(image.shape[:2], resized, (height, width))
         image = _resize(image, resized, _PIL[transform.interpolation])
         return _center_crop(image, height, width)
     t = transform.for_size(int(height))
@@ -163,7 +162,7 @@ def fit_image(image: np.ndarray, size: int | tuple[int, int], fit: Fit = "eval",
         short, long = (w, h) if w <= h else (h, w)
         new_long = int(t.resize * long / short)  # torchvision's rounding
         new_h, new_w = (new_long, t.resize) if w <= h else (t.resize, new_long)
-        _check_resized(image.shape[:2], (new_h, new_w))
+        _check_resized(image.shape[:2], (new_h, new_w), (t.crop, t.crop))
         image = _resize(image, (new_h, new_w), _PIL[t.interpolation])
         return _center_crop(image, t.crop, t.crop)
     if t.kind == "padded_crop":
@@ -181,16 +180,18 @@ def fit_image(image: np.ndarray, size: int | tuple[int, int], fit: Fit = "eval",
 
 _PIL = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
 MAX_RESIZED_PIXELS = 25_000_000  # the evaluation transform's intermediate image: 300 MB as float32
+MAX_RESIZED_RATIO = 16  # ... or, for large outputs, this many times the output's pixels
 
 
-def _check_resized(shape: tuple[int, int], resized: tuple[int, int]) -> None:
+def _check_resized(shape: tuple[int, int], resized: tuple[int, int], out: tuple[int, int]) -> None:
     """Refuse an aspect ratio whose resize-then-crop intermediate would not fit in memory (an
-    8000x1 strip resized to a short side of 256 is 2,048,000 x 256 pixels)."""
-    if resized[0] * resized[1] > MAX_RESIZED_PIXELS:
+    8000x1 strip resized to a short side of 256 is 2,048,000 x 256 pixels). The bound grows with
+    the output size: a 3:2 photograph fitted to 4096 px has a 33 MP intermediate."""
+    limit = max(MAX_RESIZED_PIXELS, MAX_RESIZED_RATIO * out[0] * out[1])
+    if resized[0] * resized[1] > limit:
         raise JaxvizError(f"image aspect ratio too extreme: {shape[1]}x{shape[0]} would be resized to "
-                          f"{resized[1]}x{resized[0]} before the centre crop (limit "
-                          f"{MAX_RESIZED_PIXELS // 1_000_000} megapixels); crop it first or fit it by "
-                          "stretching (fit='stretch', --fit stretch)")
+                          f"{resized[1]}x{resized[0]} before the centre crop (limit {limit / 1e6:g} "
+                          "megapixels); crop it first or fit it by stretching (fit='stretch', --fit stretch)")
 
 
 def _center_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -65,6 +65,8 @@ def test_extreme_aspect_ratio_is_refused_before_the_resize():
         fit_image(strip.transpose(1, 0, 2), (224, 160))
     assert fit_image(strip, 224, "stretch").shape == (224, 224, 3)
     assert fit_image(np.zeros((300, 9000, 3), np.uint8), 224).shape == (224, 224, 3)  # 30:1 is fine
+    # the bound grows with the output: a 3:2 photograph fitted to 3600 px (a 33 MP intermediate)
+    assert fit_image(np.zeros((200, 300, 3), np.uint8), 3600).shape == (3600, 3600, 3)
 
 
 def test_exif_rotation_on_request(tmp_path):
