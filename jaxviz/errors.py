@@ -9,5 +9,6 @@ class WeightsError(JaxvizError):
     """A weights file is missing, corrupt, or does not match the expected hash or shapes."""
 
 
-class InputSizeError(JaxvizError):
-    """A network that does not take inputs of this size (a parameter's shape depends on it)."""
+class ParamShapeError(JaxvizError):
+    """A network's parameters do not fit its module on this input: a parameter whose shape depends
+    on the input size (a flatten-dense head), or variables of another module."""

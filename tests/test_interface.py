@@ -248,9 +248,9 @@ def test_a_fixed_size_head_at_another_size_is_a_clear_error():
             return nn.Dense(3, name="head")(x.reshape(x.shape[0], -1))
     module = Flat()
     model = from_linen(module, module.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
-    with pytest.raises(JaxvizError, match="does not take 224x224 inputs.*input_size="):
+    with pytest.raises(JaxvizError, match="do not fit its module on 224x224 inputs.*input_size="):
         jaxviz.class_visualization(model, None, 1, steps=1)
-    with pytest.raises(JaxvizError, match="does not take 40x40 inputs"):
+    with pytest.raises(JaxvizError, match="do not fit its module on 40x40 inputs"):
         jaxviz.vanilla_saliency(model, model.params, jnp.zeros((1, 40, 40, 3)))
     assert jaxviz.class_visualization(model, None, 1, steps=1, size=32).images.shape == (1, 32, 32, 3)
 

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxviz.errors import InputSizeError, JaxvizError
+from jaxviz.errors import ParamShapeError, JaxvizError
 from jaxviz.interface.model import ALL, Model, StopForward
 
 Array = jax.Array
@@ -105,9 +105,11 @@ class LinenModel(Model):
         except StopForward:
             out = None
         except flax.errors.ScopeParamShapeError as e:  # e.g. a flatten-dense head at another size
-            raise InputSizeError(f"{self.name} does not take {x.shape[1]}x{x.shape[2]} inputs (a parameter's "
-                              f"shape depends on the input size: {str(e).split(' (https')[0]}); give the "
-                              "size it was built for (input_size= when wrapping it, or size=)") from None
+            raise ParamShapeError(
+                f"{self.name}'s parameters do not fit its module on {x.shape[1]}x{x.shape[2]} inputs "
+                f"({str(e).split(' (https')[0]}): if a parameter's shape depends on the input size, give "
+                "the size it was built for (input_size= when wrapping it, or size=); else the variables "
+                "are not this module's") from None
         return out, captured
 
     def layer_params(self, params, layer):

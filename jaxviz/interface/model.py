@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz.errors import InputSizeError, JaxvizError
+from jaxviz.errors import ParamShapeError, JaxvizError
 from jaxviz.interface.backward import RULES, Rule, with_backward_rule
 from jaxviz.interface.geometry import ReceptiveField
 from jaxviz.interface.preprocessing import IDENTITY, TORCHVISION_EVAL, EvalTransform, Preprocessing
@@ -267,7 +267,7 @@ class Model:
                 out, acts = jax.eval_shape(forward, self.params, x)
                 acts = {name: acts[name] for name in order}
             except Exception as e:
-                if isinstance(e, JaxvizError) and not isinstance(e, InputSizeError):
+                if isinstance(e, JaxvizError) and not isinstance(e, ParamShapeError):
                     raise
                 if not seen:
                     raise JaxvizError(f"{self.name} does not run on a 1x{size[0]}x{size[1]}x3 input "
