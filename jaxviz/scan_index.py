@@ -601,15 +601,14 @@ def _existing(out: Path, meta: dict) -> str | None:
         old = json.loads(meta_path.read_text())
     except ValueError:
         raise JaxvizError(f"corrupt {meta_path}; remove {out} to start again") from None
+    if not old.get("complete") and not (out / _STATE_DIR / "state.npz").is_file():
+        return None  # interrupted before its first checkpoint: nothing to keep, whatever it scanned
     keys = ("model", "layers", "topk", "input_size", "fit", "shard", "total", "sources_sha256")
     diff = [_FRIENDLY.get(k, k) for k in keys if old.get(k) != meta.get(k)]
     if diff:
         raise JaxvizError(f"{out} holds a scan with a different {', '.join(diff)}; "
                           f"choose another --out or remove it")
-    if old.get("complete"):
-        return "complete"
-    # Interrupted before the first checkpoint: nothing worth keeping, start afresh.
-    return "partial" if (out / _STATE_DIR / "state.npz").is_file() else None
+    return "complete" if old.get("complete") else "partial"
 
 
 

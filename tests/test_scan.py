@@ -354,7 +354,7 @@ def test_unreadable_image_is_a_clear_error_and_leaves_no_complete_index(folder, 
         read_index(tmp_path / "ix")
 
 
-def test_an_unreadable_image_in_the_first_batch_leaves_nothing(folder, tmp_path):
+def test_an_unreadable_image_in_the_first_batch_leaves_nothing(folder, tmp_path, monkeypatch):
     """Failing before its first checkpoint, a fresh scan has nothing to resume: it removes what it
     wrote, so the corrected rerun (the broken file deleted: another image list) is not refused
     as 'a scan with a different image list'. A broken image later on keeps the resumable index,
@@ -368,6 +368,18 @@ def test_an_unreadable_image_in_the_first_batch_leaves_nothing(folder, tmp_path)
         scan(make_tiny_model(), collect_sources([bad]), out, layers=["features.4"], topk=2, batch=4)
     assert not out.exists()
     (bad / "000_broken.png").unlink()
+    assert scan(make_tiny_model(), collect_sources([bad]), out, layers=["features.4"], topk=2, batch=4).meta["complete"]
+
+    shutil.rmtree(out)  # interrupted before its first checkpoint, then run on another list: a fresh scan
+    import jaxviz.scan_index as scan_index
+
+    def interrupted(*args, **kwargs):  # Ctrl-C after the index was started, before any batch
+        raise KeyboardInterrupt
+    with monkeypatch.context() as mp:
+        mp.setattr(scan_index, "make_step", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            scan(make_tiny_model(), collect_sources([folder]), out, layers=["features.4"], topk=2, batch=4)
+    assert (out / "meta.json").is_file() and not (out / ".scan" / "state.npz").is_file()
     assert scan(make_tiny_model(), collect_sources([bad]), out, layers=["features.4"], topk=2, batch=4).meta["complete"]
 
     shutil.rmtree(out)
