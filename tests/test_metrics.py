@@ -268,3 +268,16 @@ def test_squeezenet_vanilla_deletion_beats_random_and_passes_sanity(squeezenet):
                                   key=jax.random.key(0), layers=layers)
     assert [name for name, _ in results] == ["classifier.1", "features.12", "features.11"]
     assert not randomisation_flag(results), [np.asarray(r) for _, r in results]
+
+
+def test_deletion_insertion_refuses_a_class_out_of_range(tiny_model):
+    """It ran and returned areas for a class the model does not have; now one clear error, and a
+    negative class counts from the end as in every technique."""
+    m = tiny_model
+    x = jax.random.normal(jax.random.key(2), (2, 16, 16, 3))
+    maps = jax.random.uniform(jax.random.key(3), (2, 16, 16))
+    with pytest.raises(JaxvizError, match="out of range for 5 classes"):
+        deletion_insertion(m, m.params, x, maps, jnp.asarray([0, 5]), steps=4)
+    last = deletion_insertion(m, m.params, x, maps, -1, steps=4)
+    same = deletion_insertion(m, m.params, x, maps, 4, steps=4)
+    np.testing.assert_allclose(last["deletion_auc"], same["deletion_auc"], rtol=1e-6)
