@@ -542,8 +542,10 @@ def attack(model, params: dict | None, images: Array, *, method: str = "pgd-linf
         raise JaxvizError(f"{model.name} is not a classifier: its output has shape {tuple(p0.shape[1:])} per image")
     num_classes = p0.shape[1]
     # concrete class indices, checked on the host and placed once (no small programs)
-    label = np.asarray(p0).argmax(-1) if label is None else label
-    label = np.asarray(label, np.int32).reshape(n)
+    label = np.asarray(np.asarray(p0).argmax(-1) if label is None else label, np.int32)
+    if label.size not in (1, n):
+        raise JaxvizError(f"label must be one class or ({n},) classes, got shape {label.shape}")
+    label = np.broadcast_to(label.reshape(-1), (n,))
     targeted = target is not None
     tgt = np.broadcast_to(np.asarray(target, np.int32), (n,)) if targeted else np.full((n,), -1, np.int32)
     if n and (int(label.min()) < 0 or int(label.max()) >= num_classes):

@@ -399,3 +399,15 @@ def test_confidence_and_eps_given_as_arrays():
     q = np.asarray(adv.quantize_8bit(x, x0, norm="linf", eps=eps))
     for i, e in enumerate((0.01, 0.03)):
         np.testing.assert_array_equal(q[i], np.asarray(adv.quantize_8bit(x[i:i + 1], x0[i:i + 1], norm="linf", eps=e))[0])
+
+
+def test_one_label_for_the_batch_and_a_wrong_count(tiny_model):
+    """A scalar label applies to every image (it raised numpy's reshape error for N > 1); a
+    label list of another length is one clear error."""
+    x = jax.nn.sigmoid(jax.random.normal(jax.random.key(8), (2, 16, 16, 3)))
+    one = adv.attack(tiny_model, None, x, method="ifgsm", eps=0.03, steps=2, label=1)
+    both = adv.attack(tiny_model, None, x, method="ifgsm", eps=0.03, steps=2, label=[1, 1])
+    np.testing.assert_array_equal(one.images, both.images)
+    np.testing.assert_array_equal(one.report.label, [1, 1])
+    with pytest.raises(JaxvizError, match=r"label must be one class or \(2,\) classes"):
+        adv.attack(tiny_model, None, x, method="ifgsm", eps=0.03, steps=2, label=[1, 2, 3])
