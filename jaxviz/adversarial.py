@@ -441,6 +441,14 @@ def _loss_grad(model, targeted: bool, kind: str) -> Callable:
                 model)
 
 
+def _images01(images) -> Array:
+    """(N, H, W, 3) images in [0, 1] as float32, or one clear error for another shape."""
+    images = jnp.asarray(images, jnp.float32)
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise JaxvizError(f"images must be (N, H, W, 3) in [0, 1], got shape {tuple(images.shape)}")
+    return images
+
+
 def gradient_sign(model, params: dict | None, images: Array, cls: Array, *, targeted: bool = False) -> Array:
     """FGSM's step direction, (N, H, W, 3) in {-1, 0, 1}: sign(grad_x CE(label)) (untargeted: up the
     label's cross-entropy) or -sign(grad_x CE(target)) (targeted: down the target's).
@@ -450,9 +458,7 @@ def gradient_sign(model, params: dict | None, images: Array, cls: Array, *, targ
     """
     model = as_model(model)
     params = model.params if params is None else params
-    images = jnp.asarray(images, jnp.float32)
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise JaxvizError(f"images must be (N, H, W, 3) in [0, 1], got shape {tuple(images.shape)}")
+    images = _images01(images)
     # a concrete class out of range: an error (its gradient would be 0: the images unchanged)
     cls = class_index(cls, images.shape[0], num_classes=model.num_classes)
     # the gradient of the loss to MINIMISE (-CE(label), or CE(target)): step against it
@@ -527,9 +533,7 @@ def attack(model, params: dict | None, images: Array, *, method: str = "pgd-linf
     technique.check(**{k: v for k, v in given.items() if any(o.name == k for o in technique.options)})
     model = as_model(model)
     params = model.params if params is None else params
-    x0 = jnp.asarray(images, jnp.float32)
-    if x0.ndim != 4 or x0.shape[-1] != 3:
-        raise JaxvizError(f"images must be (N, H, W, 3) in [0, 1], got shape {tuple(x0.shape)}")
+    x0 = _images01(images)
     n = x0.shape[0]
     eps = spec.eps if eps is None else float(eps)
     step = spec.default_step(eps) if step is None else float(step)

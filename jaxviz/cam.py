@@ -129,8 +129,7 @@ def cam(model, params: dict, x: Array, target: Target | int | None = None, *, la
     logits, caps = model.run(params, x, capture=(layer,))
     acts = caps[layer]
     _check_spatial(acts, layer, model)
-    index = class_index(target.index if index is None else index, n, logits, logits.shape[-1])
-    index = jnp.where(index < 0, index + logits.shape[-1], index)  # from the end, as everywhere
+    index = class_index(target.index if index is None else index, n, logits, logits.shape[-1], positive=True)
     if weights is None:
         if acts.shape[-1] != model.num_classes:
             raise JaxvizError(f"{layer} has {acts.shape[-1]} channels, not one per class: pass weights= "

@@ -116,9 +116,7 @@ def deletion_insertion(model, params: dict, x: Array, maps: Array, index: Array 
     if index is None and getattr(x, "ndim", None) == 4:
         index = jnp.argmax(model.apply(params, x), axis=-1)
     check_deletion_inputs(x, maps, index, steps, baseline, chunk)
-    classes = model.num_classes
-    index = class_index(index, x.shape[0], num_classes=classes)  # a concrete class in range
-    index = index if classes is None else jnp.where(index < 0, index + classes, index)  # from the end
+    index = class_index(index, x.shape[0], num_classes=model.num_classes, positive=True)  # checked, from the end
     if not isinstance(patch, int) or not 1 <= patch <= min(x.shape[1:3]):
         raise JaxvizError(f"patch must be an integer between 1 and the image side, got {patch!r}")
     from jaxviz.techniques import check

@@ -153,9 +153,7 @@ def _resolve_index(model, x: Array, target: Target, index) -> Array:
     n = x.shape[0]
     given = index if index is not None else target.index
     if given is not None and target.is_class and not isinstance(given, jax.core.Tracer):
-        classes = model.num_classes
-        given = class_index(given, n, num_classes=classes)
-        return given if classes is None else jnp.where(given < 0, given + classes, given)
+        return class_index(given, n, num_classes=model.num_classes, positive=True)
     if index is not None:
         return jnp.broadcast_to(jnp.asarray(index, jnp.int32), (n,))
     if target.index is not None:

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxviz.errors import ParamShapeError, JaxvizError
+from jaxviz.errors import JaxvizError, ParamShapeError
 from jaxviz.interface.model import ALL, Model, StopForward
 
 Array = jax.Array

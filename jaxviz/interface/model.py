@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz.errors import ParamShapeError, JaxvizError
+from jaxviz.errors import JaxvizError, ParamShapeError
 from jaxviz.interface.backward import RULES, Rule, with_backward_rule
 from jaxviz.interface.geometry import ReceptiveField
 from jaxviz.interface.preprocessing import IDENTITY, TORCHVISION_EVAL, EvalTransform, Preprocessing
@@ -48,13 +48,15 @@ _PROBE = 224  # probe size for models that declare no input size
 
 
 def class_index(index: Array | int | None, n: int, logits: Array | None = None,
-                num_classes: int | None = None) -> Array:
+                num_classes: int | None = None, *, positive: bool = False) -> Array:
     """(n,) int32 classes: ``index`` broadcast, or for None the argmax of ``logits`` (N, classes),
     held fixed (no gradient through the choice).
 
     A concrete ``index`` (Python or numpy integers, a concrete array) must lie in
     ``-num_classes .. num_classes - 1`` (negative: from the end, as numpy indexing). A traced one
     cannot be checked: out of range, its score is NaN (``jnp.take``'s fill), never another class.
+    ``positive``: negative classes in range returned as ``0 .. num_classes - 1`` (for callers
+    whose indexing does not count from the end; a traced one out of range stays out of range).
 
     Raises:
       JaxvizError: a concrete index out of range, or not integer.
@@ -69,6 +71,10 @@ def class_index(index: Array | int | None, n: int, logits: Array | None = None,
             bad = values[(values < -num_classes) | (values >= num_classes)].ravel()[0]
             raise JaxvizError(f"class index {bad} is out of range for {num_classes} classes "
                               f"(0..{num_classes - 1}, or negative from the end)")
+        if positive:  # on the host: no program for it
+            index = np.where(values < 0, values + num_classes, values)
+    elif num_classes is not None and positive:
+        index = jnp.where((index < 0) & (index >= -num_classes), index + num_classes, index)
     return jnp.broadcast_to(jnp.asarray(index, jnp.int32), (n,))
 
 
