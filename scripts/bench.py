@@ -873,6 +873,7 @@ class CompileProbe:
 
 COMPILE_LIMIT_S = 10.0         # issue 15: no technique's first call compiles for more than this
 CACHED_LIMIT_S = 1.0           # ... and a second process (persistent cache) spends at most this
+CACHED_RUNS = 3                # second processes per case: the median is judged (one run varies +-20 %)
 NOT_TECHNIQUES = ("models", "layers")  # listings: no network runs
 
 SALIENCY_METHODS = ("vanilla", "inputxgrad", "smoothgrad", "integrated", "guided", "deconv", "cam", "gradcam",
@@ -970,8 +971,9 @@ def compile_cases(cfg: Config, names: list[str], results: str, table: str) -> in
     for name in names:
         print(f"== {name}: jaxviz {CLI_CASES[name]}", flush=True)
         row = {"name": name, "command": "jaxviz " + CLI_CASES[name]}
+        cached_runs = []
         with tempfile.TemporaryDirectory(prefix="jaxviz-bench-cache-") as cache:
-            for run in ("cold", "cached"):
+            for run in ("cold",) + ("cached",) * CACHED_RUNS:
                 # a fresh scratch folder per run: a scan would resume (and skip) the index the cold run wrote
                 shutil.rmtree(work / "tmp", ignore_errors=True)
                 argv = [sys.executable, str(Path(__file__).resolve()), "--compile-child", name, "--work", str(work),
@@ -988,7 +990,12 @@ def compile_cases(cfg: Config, names: list[str], results: str, table: str) -> in
                     tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
                     record = {"error": f"{e}: " + " | ".join(tail)}
                 record["load"] = {k: load[k] for k in ("before", "after", "others_cores")}
-                row[run] = record
+                if run == "cold":
+                    row[run] = record
+                else:
+                    cached_runs.append(record)
+        row["cached"] = _median_run(cached_runs)
+        row["cached_runs_s"] = [r.get("judged_s") for r in cached_runs]
         row["ok"] = compile_ok(row)
         failures += "error" in row["cold"] or "error" in row["cached"]
         rows.append(row)
@@ -1006,6 +1013,15 @@ def compile_cases(cfg: Config, names: list[str], results: str, table: str) -> in
     benchlib.atomic_write(table, "# jaxviz compile times\n\n" + render_compile_table(doc))
     print(f"wrote {results} and {table}")
     return 1 if failures else 0
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """The cached run with the median compile time (a failed run, if any, so that it is seen):
+    one second process's compile time varies by about +-20 % on this machine (Python tracing)."""
+    failed = [r for r in runs if "judged_s" not in r]
+    if failed:
+        return failed[0]
+    return sorted(runs, key=lambda r: r["judged_s"])[(len(runs) - 1) // 2]
 
 
 def compile_ok(row: dict) -> bool | None:
@@ -1029,6 +1045,9 @@ def compile_summary(row: dict) -> str:
                      f"({r['compiles']} compiles, {r['cache_hits']} cache hits; trace {r['trace_cpu_s']:.2f}, "
                      f"lower {r['lower_cpu_s']:.2f}, XLA/cache {r['backend_cpu_s']:.2f} s CPU), "
                      f"command {r['wall_s']:.1f} s, load {r['load']['after'][0] if r['load']['after'] else '?'}")
+    if len(row.get("cached_runs_s") or []) > 1:
+        parts.append("cached runs judged " + ", ".join("?" if v is None else f"{v:.2f}" for v in row["cached_runs_s"])
+                     + " s (median kept)")
     slow = row["cold"].get("slowest") or []
     if slow:
         parts.append("slowest: " + ", ".join(f"{s['name']} {s['cpu_s']:.2f}" for s in slow[:3]))
@@ -1038,8 +1057,8 @@ def compile_summary(row: dict) -> str:
 def render_compile_table(doc: dict) -> str:
     """benchmarks/compile.md: per CLI case, the compile time of its first call in a cold process
     and in a second process sharing the first one's persistent cache."""
-    head = ("| technique (CLI command) | cold process: compile s, CPU / wall | compiles | 2nd process, cached: "
-            "compile s, CPU / wall | cache hits / compiles | load after (cold, cached) | slowest compiles, "
+    head = ("| technique (CLI command) | cold process: compile s, CPU / wall | compiles | later processes, cached: "
+            "compile s, CPU / wall (median run; judged s of each) | cache hits / compiles | load after (cold, cached) | slowest compiles, "
             "cold (CPU s) | within limits |\n|---|---|---|---|---|---|---|---|\n")
 
     def load(r):
@@ -1053,7 +1072,9 @@ def render_compile_table(doc: dict) -> str:
             if "error" in r or "probe" in r:
                 cells += ["error" if "error" in r else "no probe", "–"]
                 continue
-            cells.append(f"{r['compile_cpu_s']:.2f} / {r['compile_s']:.2f}")
+            runs = row.get("cached_runs_s") if run == "cached" else None
+            spread = f" ({', '.join(f'{v:.2f}' for v in runs if v is not None)})" if runs and len(runs) > 1 else ""
+            cells.append(f"{r['compile_cpu_s']:.2f} / {r['compile_s']:.2f}{spread}")
             cells.append(str(r["compiles"]) if run == "cold" else f"{r['cache_hits']} / {r['compiles']}")
         cells.append(f"{load(row.get('cold', {}))}, {load(row.get('cached', {}))}")
         slow = row.get("cold", {}).get("slowest") or []
@@ -1064,8 +1085,9 @@ def render_compile_table(doc: dict) -> str:
     foot = (f"\nCompile = time inside JAX's compile events of the command's first run (tracing, lowering, XLA "
             f"compile or persistent-cache load; nested events once), in CPU seconds of the process and wall "
             f"seconds. Limits (issue 15): cold <= {COMPILE_LIMIT_S:g} s, cached <= {CACHED_LIMIT_S:g} s, judged on "
-            f"min(CPU, wall): other processes' load stretches wall time, a parallel compile CPU time. The cached "
-            f"process still traces and lowers (the persistent cache keys on the lowered module); only XLA's "
+            f"min(CPU, wall): other processes' load stretches wall time, a parallel compile CPU time; the cached "
+            f"figure is the median of {CACHED_RUNS} processes sharing the cold one's cache (one process varies by "
+            f"about +-20 %). A cached process still traces and lowers (the persistent cache keys on the lowered module); only XLA's "
             f"compile becomes a cache load. Machine: " + ", ".join(f"{k} {v}" for k, v in m.items())
             + f". Generated by `scripts/bench.py --compile` ({doc.get('updated', '?')}).\n")
     return head + "\n".join(lines) + "\n" + foot
