@@ -255,6 +255,38 @@ def test_a_fixed_size_head_at_another_size_is_a_clear_error():
     assert jaxviz.class_visualization(model, None, 1, steps=1, size=32).images.shape == (1, 32, 32, 3)
 
 
+def test_an_nnx_or_apply_fn_fixed_size_head_at_another_size_is_a_clear_error():
+    """The same head as an nnx module or a plain apply_fn: jax's dot_general TypeError became
+    ParamShapeError naming the size; a model's other TypeErrors pass through unchanged."""
+    from flax import nnx
+
+    import jaxviz
+    from jaxviz.errors import ParamShapeError
+    from jaxviz.interface import from_nnx
+
+    class Flat(nnx.Module):
+        def __init__(self, rngs):
+            self.conv = nnx.Conv(3, 4, (3, 3), rngs=rngs)
+            self.head = nnx.Linear(32 * 32 * 4, 3, rngs=rngs)
+
+        def __call__(self, x):
+            x = nnx.relu(self.conv(x))
+            return self.head(x.reshape(x.shape[0], -1))
+    nnx_flat = from_nnx(Flat(nnx.Rngs(0)), input_size=32)
+    w = jnp.ones((32 * 32 * 3, 3))
+    apply_flat = from_apply_fn(lambda p, x: x.reshape(x.shape[0], -1) @ p, w, input_size=32)
+    for model in (nnx_flat, apply_flat):
+        assert jaxviz.vanilla_saliency(model, model.params, jnp.ones((1, 32, 32, 3))).shape == (1, 32, 32)
+        with pytest.raises(ParamShapeError, match="does not run on 40x48x3 inputs .*dot_general.*input_size="):
+            jaxviz.vanilla_saliency(model, model.params, jnp.ones((1, 40, 48, 3)))
+    assert nnx_flat.layer_shapes(40) == {"conv": (40, 40, 4)}  # the probe stops before the head
+
+    def wrong(p, x):
+        raise TypeError("the user's own bug")
+    with pytest.raises(TypeError, match="the user's own bug"):
+        from_apply_fn(wrong, w, input_size=32).apply(w, jnp.ones((1, 32, 32, 3)))
+
+
 def test_only_relus_of_the_inputs_are_replaced():
     # jax.image.resize("linear") builds its weights with max(., 0) of an index grid: not a ReLU
     # of the network, so a model whose only max(., 0) is there has no ReLU to replace

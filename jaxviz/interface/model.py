@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+import re
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -45,6 +46,24 @@ Array = jax.Array
 PyTree = Any
 ALL = "*"  # capture every layer (for listing names and shapes)
 _PROBE = 224  # probe size for models that declare no input size
+
+
+# How jax's shape rules open the TypeError they raise when a layer meets an input its parameters do
+# not fit (a flatten-dense head at another image size, a conv given other channels).
+_SHAPE_RULE = re.compile(r"dot_general requires contracting dimensions|conv_general_dilated |"
+                         r"\S+ got incompatible shapes|Incompatible shapes for broadcasting|cannot reshape array")
+
+
+def size_error(name: str, x: Array, error: Exception) -> ParamShapeError | None:
+    """The ``ParamShapeError`` naming the fix for jax's shape error raised by a user's module on
+    ``x`` (NHWC), or None for any other error (re-raised as it is)."""
+    text = str(error).splitlines()[0].rstrip(".") if str(error) else ""
+    if not isinstance(error, TypeError) or not _SHAPE_RULE.match(text):
+        return None
+    return ParamShapeError(
+        f"{name} does not run on {x.shape[1]}x{x.shape[2]}x{x.shape[3]} inputs ({text}): if a layer's "
+        "parameters depend on the input size (a flatten-dense head), give the size it was built for "
+        "(input_size= when wrapping it, or size=)")
 
 
 def class_index(index: Array | int | None, n: int, logits: Array | None = None,
@@ -443,7 +462,12 @@ class ApplyFnModel(Model):
     def _forward(self, params, x, capture, inject, stop_after):
         if capture or inject:
             self.resolve_layer(next(iter(inject or capture)) if (inject or capture) != ALL else "")
-        return self.apply_fn(params, x), {}
+        try:
+            return self.apply_fn(params, x), {}
+        except TypeError as e:
+            if (error := size_error(self.name, x, e)) is None:
+                raise
+            raise error from None
 
 
 def from_apply_fn(apply_fn: Callable[[PyTree, Array], Array], params: PyTree, **facts) -> Model:

@@ -14,7 +14,7 @@ import jax
 from flax import nnx
 
 from jaxviz.errors import JaxvizError
-from jaxviz.interface.model import ALL, Model, StopForward
+from jaxviz.interface.model import ALL, Model, StopForward, size_error
 
 Array = jax.Array
 PyTree = Any
@@ -112,6 +112,10 @@ class NnxModel(Model):
             out = root(x, **self.call_kwargs)
         except StopForward:
             out = None
+        except TypeError as e:  # e.g. a flatten-dense head at another size
+            if (error := size_error(self.name, x, e)) is None:
+                raise
+            raise error from None
         return out, captured
 
     def _resolve_parts(self, layer: str) -> tuple:
