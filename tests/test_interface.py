@@ -116,6 +116,41 @@ def test_relu_rules_backward_equal_the_formulas_by_hand():
         np.testing.assert_array_equal(vjp(g)[0], expected)
 
 
+def test_gradients_of_guided_and_deconvnet_maps_match_finite_differences():
+    """A guided / deconvnet map differentiated again with respect to the parameters (attacks on
+    explanations, explanation regularisers, sanity checks): the rules' positive part carries max's
+    derivative; its bit operations alone differentiated to 0 and these gradients were wrong."""
+    import jaxviz
+    np.testing.assert_array_equal(jax.grad(lambda v: positive_part(v).sum())(jnp.asarray([2.0, -1.0, 0.0])),
+                                  [1.0, 0.0, 0.0])
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.relu(nn.Conv(6, (3, 3), name="conv1")(x))
+            x = nn.relu(nn.Conv(8, (3, 3), strides=2, name="conv2")(x))
+            return nn.Dense(4, name="head")(x.mean((1, 2)))
+    with jax.enable_x64(True):
+        module = Net()
+        variables = module.init(jax.random.key(0), jnp.zeros((1, 12, 12, 3), jnp.float64))
+        variables = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), variables)
+        model = from_linen(module, variables, input_size=12)
+        x = jax.random.uniform(jax.random.key(1), (2, 12, 14, 3), jnp.float64)
+        index = jnp.asarray([1, 3])
+        direction = jax.tree_util.tree_map(
+            lambda a: 0.01 * jax.random.normal(jax.random.key(3), a.shape, a.dtype), model.params)
+        for technique in (jaxviz.guided_backprop, jaxviz.deconvnet):
+            def loss(params):
+                return (technique(model, params, x, index=index) ** 2).sum()
+            grads = jax.grad(loss)(model.params)
+            along = sum(jnp.vdot(a, b) for a, b in zip(jax.tree_util.tree_leaves(grads),
+                                                      jax.tree_util.tree_leaves(direction)))
+            shifted = [jax.tree_util.tree_map(lambda a, d: a + s * d, model.params, direction) for s in (1e-6, -1e-6)]
+            finite = (loss(shifted[0]) - loss(shifted[1])) / 2e-6
+            assert abs(float(along)) > 1e-9
+            np.testing.assert_allclose(float(along), float(finite), rtol=1e-4)
+
+
 def test_guided_rule_replaces_plain_relu_calls_and_equals_the_rule_by_hand():
     def net(w, x):  # jax.nn.relu, flax's relu and jnp.maximum, one inside a jit and a scan
         h = jax.jit(jax.nn.relu)(x * w[0])
