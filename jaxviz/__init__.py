@@ -30,7 +30,7 @@ _EXPORTS = {
     "class_visualization": "jaxviz.classviz",
     "channel_visualization": "jaxviz.classviz", "invert": "jaxviz.inversion", "deepdream": "jaxviz.dream",
     "fgsm": "jaxviz.adversarial", "ifgsm": "jaxviz.adversarial", "pgd": "jaxviz.adversarial",
-    "attack": "jaxviz.adversarial", "simba": "jaxviz.blackbox",
+    "attack": "jaxviz.adversarial", "projected_gradient_descent": "jaxviz.adversarial", "simba": "jaxviz.blackbox",
     # texture and style
     "gram_texture": "jaxviz.texture", "style_transfer": "jaxviz.style",
 }

@@ -483,6 +483,58 @@ def fgsm(model, params: dict | None, images: Array, cls: Array, *, eps: float, t
     return jnp.clip(images + eps * gradient_sign(model, params, images, cls, targeted=targeted), 0.0, 1.0)
 
 
+def projected_gradient_descent(model, params: dict | None, images: Array, cls: Array, *, eps: float | Array,
+                               step: float | Array | None = None, steps: int = 20, norm: Norm = "linf",
+                               targeted: bool = False, random_start: bool = True,
+                               key: Array | None = None) -> Array:
+    """PGD (Madry et al. 2018; without random start: BIM / I-FGSM, Kurakin et al. 2017) as one pure
+    function: a fixed number of steps in a ``lax.fori_loop``, no early stopping, no 8-bit rounding,
+    no report, so that it runs inside ``jax.jit``, ``jax.vmap`` (over images, eps or keys) and a
+    jitted training step (adversarial training). ``attack(method="pgd-linf" | "pgd-l2" | "ifgsm",
+    early_stop=False, quantize=False)`` runs the same steps through the host loop, with a report.
+
+    Args:
+      model: a ``Model`` or a bare ``apply_fn``; params: its parameters (None: ``model.params``).
+      images: (N, H, W, 3) RGB in [0, 1]. cls: (N,) labels (untargeted) or targets (targeted),
+        negative from the end (traced: unchecked; out of range the images come back NaN).
+      eps: radius of the L-inf or L2 ball around ``images``, pixel units (may be traced).
+      step: step size (sign step for L-inf, L2 length for L2); None: eps / 4 (L-inf), eps / 5 (L2).
+      steps: number of steps (a Python int: the loop's length).
+      norm: ``"linf"`` (sign steps) or ``"l2"`` (normalised-gradient steps).
+      targeted: descend the target's cross-entropy instead of ascending the label's.
+      random_start: start at a uniform point of the ball (``random_init``); False: at the images.
+      key: one PRNG key (shared by every image) or (N,) per-image keys (default key 0).
+    Returns:
+      (N, H, W, 3) adversarial images in [0, 1] inside the eps-ball (float; not quantised).
+    Raises:
+      JaxvizError: an unknown norm, steps not a whole number >= 0, wrong shapes, a concrete class
+        out of range.
+    """
+    spec = get_method(f"pgd-{norm}") if norm in ("linf", "l2") else None
+    if spec is None:
+        raise JaxvizError(f"norm must be 'linf' or 'l2', got {norm!r}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+        raise JaxvizError(f"steps must be a whole number >= 0 (the loop's length), got {steps!r}")
+    model = as_model(model)
+    params = model.prepare_params(model.params if params is None else params)
+    x0 = _images01(images)
+    cls = class_index(cls, x0.shape[0], num_classes=model.num_classes)
+    step = eps / spec.step_fraction if step is None else step
+    # the host loop's optimiser and projection (``step_transform``, not cached here: step may be traced)
+    from jaxviz.optimize import normalized_gradient, sign_gradient
+    opt = sign_gradient(step) if spec.step_rule == "sign" else normalized_gradient(step)
+    loss = _engine_parts(model, bool(targeted), "ce", norm, True, False, False, False, False)[0]
+    data = {"params": params, "cls": cls}
+    grad = jax.grad(lambda x: loss(x, None, data).sum())  # images independent: per-image gradients
+    x = random_init(jax.random.key(0) if key is None else key, x0, norm=norm, eps=eps) if random_start else x0
+
+    def one_step(_, carry):
+        x, state = carry
+        updates, state = opt.update(grad(x), state, x)
+        return project(optax.apply_updates(x, updates), x0, norm=norm, eps=eps), state
+    return jax.lax.fori_loop(0, int(steps), one_step, (x, opt.init(x)))[0]
+
+
 def _run_iterations(model, parts, init, *, optimizer, steps, data):
     """One call of the shared engine: (images, steps_run per image, timing of the loop)."""
     from jaxviz.optimize import optimize
@@ -526,6 +578,8 @@ def attack(model, params: dict | None, images: Array, *, method: str = "pgd-linf
     Raises:
       JaxvizError: unknown method, bad eps/step/steps/confidence, wrong shapes.
     """
+    from jaxviz.optimize import require_concrete  # (lazy: see the module's imports)
+    require_concrete("attack", params, images, label, target, key, pure="projected_gradient_descent")
     spec = get_method(method)
     from jaxviz.techniques import TECHNIQUES
     technique = TECHNIQUES[spec.name]  # eps/step/steps/confidence checked once, in the registry

@@ -260,6 +260,8 @@ def simba(predict_proba: ProbaFn | Model, images, *, label=None, target=None, ba
       JaxvizError: bad shapes, values or budgets, a target already on top of an original, or a
         predict_proba of the wrong output shape.
     """
+    from jaxviz.optimize import require_concrete  # (lazy: see the module's imports)
+    require_concrete("simba", images, label, target, key)
     start_time = time.perf_counter()
     from jaxviz.techniques import check
     check("simba", basis=basis, eps=eps, max_queries=max_queries, max_l2=max_l2, freq_ratio=freq_ratio, chunk=chunk)

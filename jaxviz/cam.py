@@ -39,7 +39,7 @@ import jax.numpy as jnp
 
 from jaxviz.errors import JaxvizError
 from jaxviz.interface import as_model
-from jaxviz.interface.model import class_index
+from jaxviz.interface.model import class_index, take_class
 from jaxviz.saliency import guided_gradients, resolve_index, saliency_map
 from jaxviz.targets import Target, as_target, check_images, class_scores_of, neuron_scores
 from jaxviz.techniques import check
@@ -134,12 +134,13 @@ def cam(model, params: dict, x: Array, target: Target | int | None = None, *, la
         if acts.shape[-1] != model.num_classes:
             raise JaxvizError(f"{layer} has {acts.shape[-1]} channels, not one per class: pass weights= "
                               "(cam_weights(model))")
-        maps = jnp.take_along_axis(acts, index[:, None, None, None], axis=-1)[..., 0]
+        maps = take_class(acts, index)
     else:
         weights = jnp.asarray(weights)
         if weights.ndim != 2 or weights.shape[0] != acts.shape[-1]:
             raise JaxvizError(f"weights must be ({acts.shape[-1]}, classes) for {layer}, got {tuple(weights.shape)}")
-        w = weights[:, index].T  # (N, C)
+        # a traced class out of range: NaN weights (indexing would clamp to another class)
+        w = jnp.take(weights, index, axis=1, mode="fill", fill_value=jnp.nan).T  # (N, C)
         maps = jnp.einsum("nhwc,nc->nhw", acts, w)
     return upsample(jax.nn.relu(maps) if relu else maps, x.shape[1:3], resize)
 

@@ -40,6 +40,7 @@ from jaxviz.optimize import (
     jitter,
     normalized_gradient,
     optimize,
+    require_concrete,
     valid_range,
 )
 from jaxviz.param import fourier, fourier_noise
@@ -103,6 +104,7 @@ def class_visualization(model, params: dict | None, classes: int | Sequence[int]
     Raises:
       JaxvizError: a class out of range, bad settings, or a size at which a layer is empty.
     """
+    require_concrete("class_visualization", params, classes, init, key)
     check("classviz", steps=steps, lr=lr, l2=l2, blur_every=blur_every, blur_sigma=blur_sigma, jitter_px=jitter_px,
           clip_fraction=clip_fraction, score=score, size=size)
     model = as_model(model)
@@ -157,6 +159,7 @@ def channel_visualization(model, params: dict | None, layer: str, channels: int 
       JaxvizError: unknown layer, channel or unit out of range, bad settings, or a size at which
         the layer is empty.
     """
+    require_concrete("channel_visualization", params, channels, init, key)
     check("neuron", steps=steps, lr=lr, parameterization=parameterization, jitter_px=jitter_px, size=size)
     model = as_model(model)
     params = model.params if params is None else params

@@ -27,7 +27,14 @@ from jaxviz import objectives as obj
 from jaxviz.errors import JaxvizError
 from jaxviz.interface import as_model
 from jaxviz.keys import image_keys
-from jaxviz.optimize import Callback, clip_range, jitter, normalized_gradient, optimize
+from jaxviz.optimize import (
+    Callback,
+    clip_range,
+    jitter,
+    normalized_gradient,
+    optimize,
+    require_concrete,
+)
 from jaxviz.techniques import check
 
 Array = jax.Array
@@ -73,6 +80,7 @@ def deepdream(model, params: dict | None, x: Array, layer: str, *, octaves: int 
     Raises:
       JaxvizError: bad shapes or settings, or an octave at which the layer is empty.
     """
+    require_concrete("deepdream", params, x, key)
     check("dream", octaves=octaves, octave_scale=octave_scale, steps=steps, step=step, jitter_px=jitter_px)
     model = as_model(model)
     params = model.params if params is None else params

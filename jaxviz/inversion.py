@@ -30,6 +30,7 @@ from jaxviz.optimize import (
     adam,
     lbfgs,
     optimize,
+    require_concrete,
     valid_range_projection,
 )
 from jaxviz.techniques import check
@@ -78,6 +79,7 @@ def invert(model, params: dict | None, x0: Array, layer: str, *, steps: int = 20
     Raises:
       JaxvizError: bad shapes or settings, or an image size at which the layer is empty.
     """
+    require_concrete("invert", params, x0, init, key)
     check("invert", steps=steps, lr=lr, tv_weight=tv_weight, beta=beta, optimizer=optimizer)
     model = as_model(model)
     params = model.params if params is None else params

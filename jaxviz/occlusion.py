@@ -147,20 +147,24 @@ def fill_images(x: Array, fill: Fill | float | Array = "mean", *, window: int | 
     return jnp.broadcast_to(base, x.shape)
 
 
+# The class index that stands for "the class predicted for the clean image" (found inside the
+# jit): not -1, which counts from the end like any negative class, traced or not.
+PREDICTED = np.iinfo(np.int32).min
+
+
 def _resolve_index(model, x: Array, target: Target, index) -> Array:
-    """(N,) class/channel per image; -1 = the class predicted for the clean image (found in the jit).
-    A concrete class is checked (``class_index``) and a negative one counted from the end."""
+    """(N,) class/channel per image; ``PREDICTED``: the clean image's predicted class. A class is
+    counted from the end when negative (``class_index``), and checked when concrete; a traced one
+    out of range gives NaN scores."""
     n = x.shape[0]
     given = index if index is not None else target.index
-    if given is not None and target.is_class and not isinstance(given, jax.core.Tracer):
+    if given is not None and target.is_class:
         return class_index(given, n, num_classes=model.num_classes, positive=True)
-    if index is not None:
-        return jnp.broadcast_to(jnp.asarray(index, jnp.int32), (n,))
-    if target.index is not None:
-        return jnp.full((n,), target.index, jnp.int32)
+    if given is not None:
+        return jnp.broadcast_to(jnp.asarray(given, jnp.int32), (n,))
     if not target.is_class:
         raise JaxvizError("a neuron target needs a channel")
-    return jnp.full((n,), -1, jnp.int32)
+    return jnp.full((n,), PREDICTED, jnp.int32)
 
 
 def _grid(hp: int, wp: int, stride: Pair) -> np.ndarray:
@@ -201,10 +205,10 @@ def _scores(model, params, x: Array, target: Target, index: Array) -> Array:
 
 
 def _clean_scores(logits_or_acts: Array, target: Target, index: Array) -> tuple[Array, Array]:
-    """Clean scores and classes (the predicted class where ``index`` is -1)."""
+    """Clean scores and classes (the predicted class where ``index`` is ``PREDICTED``)."""
     if not target.is_class:
         return neuron_scores(logits_or_acts, index, target.y, target.x), index
-    index = jnp.where(index < 0, jnp.argmax(logits_or_acts, axis=-1).astype(jnp.int32), index)
+    index = jnp.where(index == PREDICTED, jnp.argmax(logits_or_acts, axis=-1).astype(jnp.int32), index)
     return class_scores(logits_or_acts, index, target.score), index
 
 

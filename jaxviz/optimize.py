@@ -443,6 +443,16 @@ class OptimizeResult:
     extras: dict = field(default_factory=dict)
 
 
+def require_concrete(technique: str, *trees: Any, pure: str = "") -> None:
+    """One clear error for a technique driven by a host loop (the engine: early stopping, callbacks,
+    reports) called under ``jax.jit`` / ``vmap`` / ``grad``: it takes a batch as it is. ``pure``
+    names a jittable alternative."""
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(trees)):
+        raise JaxvizError(f"{technique} runs a loop on the host (early stopping, progress, reports) and cannot run "
+                          "under jax.jit, vmap or grad; call it outside them (it takes a batch)"
+                          + (f", or use {pure}, which can" if pure else ""))
+
+
 def uses_line_search(opt_state: PyTree) -> bool:
     """True for optax.lbfgs-like states that carry the value/grad for ``value_and_grad_from_state``."""
     try:
@@ -552,6 +562,7 @@ def optimize(loss_fn: LossFn, init: Array, *, optimizer: optax.GradientTransform
     Returns:
       ``OptimizeResult``.
     """
+    require_concrete("the optimisation engine", init, data)
     init = jnp.asarray(init)
     _check(init, steps)
     n = init.shape[0]

@@ -539,6 +539,8 @@ def style_transfer(model, params: dict, content: Array, styles: Sequence[Array],
     Raises:
       JaxvizError: bad images, options or layers (unknown, not spatial, empty at this size).
     """
+    from jaxviz.optimize import require_concrete  # (lazy: see the module's imports)
+    require_concrete("style_transfer", params, content, styles, key)
     model = as_model(model)
     content = _images01(content, "content")
     if not styles:
@@ -607,6 +609,8 @@ def style_transfer_batch(model, params: dict, contents: Array, styles: Array, *,
     Returns:
       ``StyleBatchResult`` with (N, H, W, 3) images and (T, N) loss histories.
     """
+    from jaxviz.optimize import require_concrete  # (lazy: see the module's imports)
+    require_concrete("style_transfer_batch", params, contents, styles, key)
     model = as_model(model)
     contents = jnp.asarray(contents, jnp.float32)
     styles = jnp.asarray(styles, jnp.float32)

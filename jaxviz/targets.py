@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from jaxviz.errors import JaxvizError
 from jaxviz.interface import as_model
-from jaxviz.interface.model import class_index
+from jaxviz.interface.model import class_index, take_class
 from jaxviz.labels import resolve_class
 
 Array = jax.Array
@@ -111,7 +111,7 @@ def class_scores(logits: Array, index: Array, score: ScoreKind = "logit") -> Arr
         logits = jax.nn.softmax(logits, axis=-1)
     elif score == "logprob":
         logits = jax.nn.log_softmax(logits, axis=-1)
-    return jnp.take_along_axis(logits, index[:, None], axis=-1)[:, 0]
+    return take_class(logits, index)
 
 
 def class_scores_of(model, params, x: Array, index: Array | None = None, score: ScoreKind = "logit", *,
@@ -148,7 +148,7 @@ def neuron_scores(acts: Array, index: Array, y: int | None = None, x: int | None
         if y is not None and not (0 <= y < h and 0 <= x < w):
             raise JaxvizError(f"position ({y}, {x}) outside the target layer's {h}x{w} map at this input size")
         acts = acts[:, y, x, :] if y is not None else acts.mean(axis=(1, 2))
-    return jnp.take_along_axis(acts, index[:, None], axis=-1)[:, 0]
+    return take_class(acts, index)
 
 
 def scores_of(model, params, x: Array, target: Target, index: Array | None = None) -> Array:

@@ -224,6 +224,8 @@ def gram_texture(model, params: dict, sample: Array, size: int | tuple[int, int]
     Raises:
       JaxvizError: a bad sample, size, option or layer.
     """
+    from jaxviz.optimize import require_concrete  # (lazy: see the module's imports)
+    require_concrete("gram_texture", params, sample, key)
     from jaxviz.interface import as_model
     from jaxviz.keys import image_keys
     from jaxviz.optimize import optimize, valid_range_projection

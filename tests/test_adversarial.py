@@ -207,6 +207,54 @@ def test_batch_equals_single_runs(tiny_model, rng, method):
         assert alone.report.steps[0] == shared.report.steps[i]
 
 
+@pytest.mark.parametrize("any_model,method", [("bundled", "pgd-linf"), ("linen", "pgd-l2"), ("nnx", "ifgsm"),
+                                              ("nnx", "pgd-linf")], indirect=["any_model"])
+def test_pure_pgd_equals_the_host_loop_and_runs_under_jit_and_vmap(any_model, rng, method):
+    """``projected_gradient_descent`` (fori_loop) == ``attack(early_stop=False, quantize=False)``
+    (the engine's host loop), jitted and vmapped over eps; inside a jitted training-style gradient."""
+    spec = adv.METHODS[method]
+    x = _grid_images(rng, 2, 16, 20)
+    labels = jnp.asarray([1, 3])
+    eps = {"linf": 6 / 255, "l2": 0.5}[spec.norm]
+    keys = jax.random.split(jax.random.key(2), 2)
+    host = adv.attack(any_model, None, x, method=method, label=labels, eps=eps, steps=5, early_stop=False,
+                      quantize=False, key=keys).images
+    pure = lambda p, x, e: adv.projected_gradient_descent(  # noqa: E731
+        any_model, p, x, labels, eps=e, steps=5, norm=spec.norm, random_start=spec.random_start, key=keys)
+    eager = np.asarray(pure(any_model.params, x, eps))
+    jitted = np.asarray(jax.jit(pure)(any_model.params, x, eps))
+    for out in (eager, jitted):
+        # sign steps are discrete: a gradient component rounding across 0 may flip one step somewhere
+        assert np.mean(np.abs(out - host) <= 1e-6) > 0.999
+        l2, linf = adv.perturbation_norms(x, out)
+        assert ((linf if spec.norm == "linf" else l2) <= eps * (1 + 1e-5)).all() and out.min() >= 0 and out.max() <= 1
+    loss = lambda z: float(adv.attack_loss(any_model.apply(any_model.params, any_model.preprocess(z)), labels,  # noqa: E731
+                                           targeted=False).sum())
+    assert loss(jitted) < loss(x)  # the attack loss is minimised: the labels' cross-entropy went up
+    epsilons = jnp.asarray([eps / 2, eps])
+    swept = jax.vmap(lambda e: pure(any_model.params, x, e))(epsilons)
+    np.testing.assert_allclose(swept[1], jitted, atol=1e-5)
+    norms = [adv.perturbation_norms(x, np.asarray(z))[0 if spec.norm == "l2" else 1] for z in swept]
+    assert (norms[0] <= eps / 2 * (1 + 1e-5)).all()
+
+    def robust_loss(params):  # adversarial training: the loss on PGD images, its gradient w.r.t. the params
+        z = jax.lax.stop_gradient(pure(params, x, eps))
+        return adv.attack_loss(any_model.apply(params, any_model.preprocess(z)), labels, targeted=True).sum()
+    grads = jax.jit(jax.grad(robust_loss))(any_model.params)
+    assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree_util.tree_leaves(grads))
+
+
+def test_host_loop_techniques_under_a_transformation_are_one_clear_error(tiny_model, rng):
+    import jaxviz
+    x = _grid_images(rng, 2)
+    for fn in (lambda x: jaxviz.pgd(tiny_model, None, x, steps=2).images,
+               lambda x: jaxviz.class_visualization(tiny_model, None, [1, 2], steps=1, init=x).images,
+               lambda x: jaxviz.invert(tiny_model, None, x, tiny_model.feature_layer, steps=1).images,
+               lambda x: jaxviz.deepdream(tiny_model, None, x, tiny_model.feature_layer, steps=1, octaves=1)):
+        with pytest.raises(JaxvizError, match="host.*cannot run under jax.jit"):
+            jax.jit(fn)(x)
+
+
 @pytest.mark.parametrize("method", list(adv.METHODS))
 @pytest.mark.parametrize("targeted", [False, True])
 def test_every_method_returns_8bit_images_in_budget_and_honest_reports(tiny_model, rng, method, targeted):

@@ -322,6 +322,54 @@ def test_an_nnx_or_apply_fn_fixed_size_head_at_another_size_is_a_clear_error():
         from_apply_fn(wrong, w, input_size=32).apply(w, jnp.ones((1, 32, 32, 3)))
 
 
+def test_layers_inside_the_models_own_remat_are_not_layers():
+    """A block under nn.remat / jax.checkpoint runs inside the model's own transformation: reading its
+    output leaked a tracer (raw UnexpectedTracerError, and it was even the default feature layer);
+    now it is not listed and naming it is one clear error. Techniques run on the other layers."""
+    import jaxviz
+    from flax import nnx
+
+    from jaxviz.interface import from_nnx
+
+    class Block(nn.Module):
+        @nn.compact
+        def __call__(self, h):
+            return nn.relu(nn.Conv(8, (3, 3), name="conv")(h))
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.relu(nn.Conv(8, (3, 3), name="stem")(x))
+            x = nn.remat(Block)(name="rblock")(x)
+            return nn.Dense(5, name="head")(x.mean((1, 2)))
+
+    class NnxNet(nnx.Module):
+        def __init__(self, rngs):
+            self.stem = nnx.Conv(3, 8, (3, 3), rngs=rngs)
+            self.block = nnx.Conv(8, 8, (3, 3), rngs=rngs)
+            self.head = nnx.Linear(8, 5, rngs=rngs)
+
+        def __call__(self, x):
+            x = nnx.relu(self.stem(x))
+            x = jax.checkpoint(lambda h: nnx.relu(self.block(h)))(x)
+            return self.head(x.mean((1, 2)))
+    module = Net()
+    x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3))
+    models = [(from_linen(module, module.init(jax.random.key(0), x[:1]), input_size=16), "rblock/conv", "rblock"),
+              (from_nnx(NnxNet(nnx.Rngs(0)), input_size=16), "block", None)]
+    for model, inner, outer in models:
+        assert inner not in model.layer_names and model.feature_layer == "stem"
+        for name in filter(None, (inner, outer)):
+            with pytest.raises(JaxvizError, match="runs inside a JAX transformation of the model"):
+                model.activation(model.params, x, name)
+            with pytest.raises(JaxvizError, match="runs inside a JAX transformation"):
+                jaxviz.grad_cam(model, model.params, x, layer=name)
+        cam = jaxviz.grad_cam(model, model.params, x)  # the default layer, outside the remat
+        assert cam.shape == (2, 16, 16) and np.isfinite(np.asarray(cam)).all()
+        np.testing.assert_allclose(jax.jit(lambda p, x: jaxviz.grad_cam(model, p, x))(model.params, x), cam,
+                                   rtol=1e-5, atol=1e-6)
+
+
 def test_only_relus_of_the_inputs_are_replaced():
     # jax.image.resize("linear") builds its weights with max(., 0) of an index grid: not a ReLU
     # of the network, so a model whose only max(., 0) is there has no ReLU to replace

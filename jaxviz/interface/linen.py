@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxviz.errors import JaxvizError, ParamShapeError
-from jaxviz.interface.model import ALL, Model, StopForward
+from jaxviz.interface.model import ALL, Model, StopForward, current_trace, nested_layer_error
 
 Array = jax.Array
 PyTree = Any
@@ -75,6 +75,7 @@ class LinenModel(Model):
         wanted = set() if everything else set(capture)
         named = wanted | set(inject)
         remaining = set(stop_after)
+        outer = current_trace()
 
         def interceptor(next_fun, args, kwargs, context):
             module = context.module
@@ -82,6 +83,12 @@ class LinenModel(Model):
                 return next_fun(*args, **kwargs)
             path = "/".join(module.path)
             if not everything and path not in named:
+                return next_fun(*args, **kwargs)
+            if current_trace() is not outer:  # inside the model's own nn.remat / nn.scan / ...: not a layer
+                if path in named:
+                    raise nested_layer_error(self.name, path)
+                if everything:
+                    self._nested.add(path)
                 return next_fun(*args, **kwargs)
             calls[path] = calls.get(path, 0) + 1
             if calls[path] > 1 and everything:

@@ -73,7 +73,8 @@ def class_index(index: Array | int | None, n: int, logits: Array | None = None,
 
     A concrete ``index`` (Python or numpy integers, a concrete array) must lie in
     ``-num_classes .. num_classes - 1`` (negative: from the end, as numpy indexing). A traced one
-    cannot be checked: out of range, its score is NaN (``jnp.take``'s fill), never another class.
+    cannot be checked: out of range, its score and its gradients are NaN (``take_class``), never
+    another class.
     ``positive``: negative classes in range returned as ``0 .. num_classes - 1`` (for callers
     whose indexing does not count from the end; a traced one out of range stays out of range).
 
@@ -95,6 +96,37 @@ def class_index(index: Array | int | None, n: int, logits: Array | None = None,
     elif num_classes is not None and positive:
         index = jnp.where((index < 0) & (index >= -num_classes), index + num_classes, index)
     return jnp.broadcast_to(jnp.asarray(index, jnp.int32), (n,))
+
+
+def take_class(values: Array, index: Array) -> Array:
+    """``values[i, ..., index[i]]``: (N, ..., C) and (N,) classes (or channels) -> (N, ...), negative
+    from the end. A traced index out of range (-C..C-1) gives NaN, and so does a gradient through
+    it (a NaN-filled gather alone differentiates to zero: a silent all-zero map), never another
+    class; a concrete one is refused earlier (``class_index``)."""
+    c = values.shape[-1]
+    valid = (index >= -c) & (index < c)
+    picked = jnp.take_along_axis(values, jnp.where(valid, index, 0).reshape((-1,) + (1,) * (values.ndim - 1)),
+                                 axis=-1)[..., 0]
+    flag = jnp.where(valid, 1, jnp.nan).astype(picked.dtype)
+    return picked * flag.reshape((-1,) + (1,) * (picked.ndim - 1))
+
+
+def current_trace() -> Any:
+    """The JAX trace code runs under now (private API; None where this jax lacks it). An adapter
+    compares it with the trace its forward pass started under: a submodule called under another one
+    runs inside a transformation of the user's model (``nn.remat``, ``nn.scan``, ``jax.checkpoint``),
+    whose intermediate values cannot be read or replaced from outside."""
+    try:
+        from jax._src import core as jax_core
+        return jax_core.trace_ctx.trace
+    except (ImportError, AttributeError):
+        return None
+
+
+def nested_layer_error(model_name: str, path: str) -> JaxvizError:
+    return JaxvizError(f"layer {path} of {model_name} runs inside a JAX transformation of the model (nn.remat, "
+                       "nn.scan, jax.checkpoint, ...): its output cannot be read or replaced from outside it; "
+                       "name a layer outside the transformed module")
 
 
 class StopForward(Exception):
@@ -131,6 +163,7 @@ class Model:
         self._derived: dict = {}
         self._probes: dict = {}
         self._repeated: set[str] = set()  # modules that run more than once per pass: not layers
+        self._nested: set[str] = set()  # modules inside the model's own transformations: not layers
         self._probe_sink: dict | None = None
 
     # ------------------------------------------------------------------ what adapters provide
@@ -213,7 +246,7 @@ class Model:
         """
         logits = self.logits(params, x, inject=inject)
         index = class_index(index, logits.shape[0], logits, logits.shape[-1])
-        return jnp.take_along_axis(logits, index[:, None], axis=-1)[:, 0], index
+        return take_class(logits, index), index
 
     def preprocess(self, images01: Array) -> Array:
         """(N, H, W, 3) RGB in [0, 1] -> model input."""
@@ -265,6 +298,7 @@ class Model:
         other._derived = {}
         other._probes = self._probes
         other._repeated = self._repeated
+        other._nested = self._nested
         for k, v in attributes.items():
             setattr(other, k, v)
         return other
@@ -367,6 +401,8 @@ class Model:
             if variant in self._repeated:
                 raise JaxvizError(f"layer {variant} of {self.name} runs more than once in one forward pass "
                                   "(shared weights); name a module that runs once")
+            if variant in self._nested:
+                raise nested_layer_error(self.name, variant)
         if name in known:
             return name
         for variant in (name.replace(".", "/"), name.replace("/", ".")):

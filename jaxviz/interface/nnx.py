@@ -14,14 +14,16 @@ import jax
 from flax import nnx
 
 from jaxviz.errors import JaxvizError
-from jaxviz.interface.model import ALL, Model, StopForward, size_error
+from jaxviz.interface.model import ALL, Model, StopForward, current_trace, nested_layer_error, size_error
 
 Array = jax.Array
 PyTree = Any
 
 
-class _Hooked:
-    """Stands in for a submodule on a merged copy: ``hook(path, run)`` decides what it returns."""
+class _Hooked(nnx.Module):
+    """Stands in for a submodule on a merged copy: ``hook(path, run)`` decides what it returns. A
+    graph node itself, so that the model's own nnx transformations (``nnx.remat(f)(self.block, x)``)
+    carry it like the module it stands for."""
 
     def __init__(self, module: Callable, path: str, hook: Callable):
         self.module, self.path, self.hook = module, path, hook
@@ -30,6 +32,8 @@ class _Hooked:
         return self.hook(self.path, lambda: self.module(*args, **kwargs))
 
     def __getattr__(self, name):  # attribute access still reaches the module
+        if name.startswith("_") or name in ("module", "path", "hook"):
+            raise AttributeError(name)
         return getattr(self.module, name)
 
     def __iter__(self):
@@ -81,8 +85,15 @@ class NnxModel(Model):
         captured: dict[str, Array] = {}
         calls: dict[str, int] = {}
         remaining = set(stop_after)
+        outer = current_trace()
 
         def hook(path, run):
+            if current_trace() is not outer:  # inside the model's own nnx.remat / nnx.scan / ...: not a layer
+                if path in named:
+                    raise nested_layer_error(self.name, path)
+                if everything:
+                    self._nested.add(path)
+                return run()
             calls[path] = calls.get(path, 0) + 1
             if calls[path] > 1 and everything:
                 self._repeated.add(path)
