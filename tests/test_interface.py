@@ -1,6 +1,8 @@
 """The model interface on every adapter: activations, injection, backward rules, facts, errors."""
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,7 +11,14 @@ import pytest
 
 from jaxviz.errors import JaxvizError
 from jaxviz.interface import TORCHVISION, as_model, from_apply_fn, from_linen, with_backward_rule
-from jaxviz.interface.backward import deconv_relu, deconv_relu6, guided_relu, guided_relu6, positive_part
+from jaxviz.interface.backward import (
+    deconv_relu,
+    deconv_relu6,
+    guided_relu,
+    guided_relu6,
+    positive_part,
+    relu_kind,
+)
 from tests.conftest import make_tiny_model
 from tests.user_models import LinenCNN, apply_fn_model, linen_model, nnx_model
 
@@ -149,6 +158,37 @@ def test_gradients_of_guided_and_deconvnet_maps_match_finite_differences():
             finite = (loss(shifted[0]) - loss(shifted[1])) / 2e-6
             assert abs(float(along)) > 1e-9
             np.testing.assert_allclose(float(along), float(finite), rtol=1e-4)
+
+
+def test_guided_rule_covers_relus_written_as_jnp_clip():
+    """jnp.clip(x, 0) and jnp.clip(x, 0, 6) (the MobileNet idiom) take the rule too: a model mixing
+    them with nn.relu got the rule on the nn.relu only, silently (57 % off the fully guided map)."""
+    import jaxviz
+    from jaxviz.accel import accelerate
+    from jaxviz.saliency import guided_gradients
+
+    class Net(nn.Module):
+        relu: Any = nn.relu
+        relu6: Any = staticmethod(lambda z: jnp.clip(z, 0, 6))
+        relu0: Any = staticmethod(lambda z: jnp.clip(z, 0.0))
+
+        @nn.compact
+        def __call__(self, x):
+            x = self.relu(nn.Conv(8, (3, 3), name="conv1")(x))
+            x = self.relu6(nn.Conv(8, (3, 3), strides=2, name="conv2")(x) * 4.0)  # some above 6
+            x = self.relu0(nn.Conv(8, (3, 3), name="conv3")(x))
+            return nn.Dense(5, name="head")(x.mean((1, 2)))
+    x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3))
+    index = jnp.asarray([1, 3])
+    variables = Net().init(jax.random.key(0), x[:1])
+    by_hand = Net(guided_relu, guided_relu6, guided_relu)
+    want = jax.grad(lambda z: by_hand.apply(variables, z)[jnp.arange(2), index].sum())(x)
+    model = jaxviz.from_linen(Net(), variables, input_size=16)
+    for m in (model, accelerate(model)):
+        np.testing.assert_allclose(guided_gradients(m, m.params, x, index=index), want, rtol=1e-5, atol=1e-7)
+    assert np.abs(np.asarray(want)).max() > 0
+    clip_lo = jax.make_jaxpr(lambda z: jnp.clip(z, -1.0, 6.0))(jnp.ones(3)).jaxpr.eqns[0]
+    assert relu_kind(clip_lo) is None  # another lower bound: not a ReLU
 
 
 def test_guided_rule_replaces_plain_relu_calls_and_equals_the_rule_by_hand():

@@ -36,7 +36,7 @@ class NoReLUError(JaxvizError):
 
     def __init__(self, rule: str):
         super().__init__(f"{rule} backprop needs ReLU or ReLU6 non-linearities, and this model has none "
-                         "(looked for jax.nn.relu, flax's relu, jax.nn.relu6 and jnp.maximum(x, 0))")
+                         "(looked for jax.nn.relu, flax's relu, jax.nn.relu6, jnp.maximum(x, 0), jnp.clip(x, 0) and jnp.clip(x, 0, 6))")
 
 
 @jax.custom_jvp
@@ -162,6 +162,14 @@ def relu_kind(eqn) -> str | None:
     """'relu' or 'relu6' if the equation is one of the ReLUs this module replaces, else None."""
     if _is_max_zero(eqn):
         return "relu"
+    if eqn.primitive.name in ("pjit", "jit") and eqn.params.get("name") == "clip" and len(eqn.invars) in (2, 3) \
+            and _literal_value(eqn.invars[0]) is None and _literal_value(eqn.invars[1]) == 0.0:
+        # jnp.clip(x, 0) and jnp.clip(x, 0, 6): the ReLU / ReLU6 idiom of MobileNet-style code
+        if len(eqn.invars) == 2:
+            return "relu"
+        if _literal_value(eqn.invars[2]) == 6.0:
+            return "relu6"
+        return None
     if eqn.primitive.name != "custom_jvp_call":
         return None
     body = eqn.params["call_jaxpr"]
