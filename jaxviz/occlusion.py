@@ -137,7 +137,7 @@ def fill_images(x: Array, fill: Fill | float | Array = "mean", *, window: int | 
             return jnp.broadcast_to(preprocessing(jnp.full((1, 1, 1, 3), 0.5, x.dtype)), x.shape)
         raise JaxvizError(f"unknown fill {fill!r}; use one of {', '.join(FILLS)}, a number or a baseline image")
     if np.ndim(fill) == 0:
-        if not np.isfinite(float(fill)):
+        if not isinstance(fill, jax.core.Tracer) and not np.isfinite(float(fill)):  # traced (a sweep): unchecked
             raise JaxvizError(f"fill must be finite, got {fill}")
         return jnp.full_like(x, fill)
     base = jnp.asarray(fill, x.dtype)

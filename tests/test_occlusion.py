@@ -502,3 +502,20 @@ def test_full_flops_by_hand():
         prev = shapes[stage.name]
     assert _flops(model, (224, 224), None) == pytest.approx(total)
     assert 0.5e9 < total < 0.8e9  # SqueezeNet 1.1: ~0.35 GMACs
+
+
+def test_a_traced_scalar_fill_sweeps_under_vmap_and_jit():
+    """A sweep of fill values under vmap (float() of a traced fill raised ConcretizationTypeError)."""
+    model = make_tiny_model()
+    x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3))
+
+    def occ(fill):
+        return occlusion(model, model.params, x, fill=fill, window=8, stride=4, index=jnp.asarray([1, 2]))
+    fills = jnp.asarray([0.0, 0.5])
+    swept = jax.vmap(occ)(fills)
+    for i, f in enumerate([0.0, 0.5]):
+        np.testing.assert_allclose(swept[i], occ(f), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(jax.jit(occ)(fills[1]), occ(0.5), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(swept[0], swept[1])
+    with pytest.raises(JaxvizError, match="finite"):
+        occ(float("nan"))
