@@ -410,6 +410,22 @@ def test_layers_inside_the_models_own_remat_are_not_layers():
                                    rtol=1e-5, atol=1e-6)
 
 
+def test_a_batchnorm_left_in_training_mode_is_one_clear_error():
+    """Forgetting call_kwargs={"train": False}: the layer list came back silently truncated (no
+    BatchNorm, no head, num_classes None) and the first technique raised flax's error."""
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool = True):
+            x = nn.Conv(8, (3, 3), name="conv")(x)
+            x = nn.relu(nn.BatchNorm(use_running_average=not train, name="bn")(x))
+            return nn.Dense(5, name="head")(x.mean((1, 2)))
+    variables = Net().init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), train=False)
+    with pytest.raises(JaxvizError, match="BatchNorm in training mode.*train.: False"):
+        from_linen(Net(), variables, input_size=16).layer_names
+    model = from_linen(Net(), variables, input_size=16, call_kwargs={"train": False})
+    assert model.layer_names == ("conv", "bn", "head") and model.num_classes == 5
+
+
 def test_only_relus_of_the_inputs_are_replaced():
     # jax.image.resize("linear") builds its weights with max(., 0) of an index grid: not a ReLU
     # of the network, so a model whose only max(., 0) is there has no ReLU to replace

@@ -117,6 +117,11 @@ class LinenModel(Model):
                 f"({str(e).split(' (https')[0]}): if a parameter's shape depends on the input size, give "
                 "the size it was built for (input_size= when wrapping it, or size=); else the variables "
                 "are not this module's") from None
+        except flax.errors.ModifyScopeVariableError as e:  # BatchNorm in training mode updates batch_stats
+            raise JaxvizError(
+                f"{self.name} tries to update its variables ({str(e).split(' (https')[0]}): a BatchNorm in "
+                "training mode; run it in inference mode, e.g. from_linen(..., call_kwargs={'train': False}) "
+                "or use_running_average=True") from None
         return out, captured
 
     def layer_params(self, params, layer):
