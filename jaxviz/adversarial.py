@@ -48,7 +48,7 @@ import optax
 
 from jaxviz.errors import JaxvizError
 from jaxviz.interface import as_model
-from jaxviz.interface.model import class_index
+from jaxviz.interface.model import class_index, take_class
 from jaxviz.keys import image_keys
 
 Array = jax.Array
@@ -290,10 +290,12 @@ def attack_loss(logits: Array, cls: Array, *, targeted: bool, kind: str = "ce") 
     ``ce``: targeted CE(target), untargeted -CE(label); ``logit`` (seed): targeted -logit[target],
     untargeted +logit[label].
     """
+    # take_class: a traced class out of range gives NaN losses and gradients (a NaN-filled
+    # gather alone differentiates to 0: the images would come back unchanged)
     if kind == "ce":
-        value = -jnp.take_along_axis(jax.nn.log_softmax(logits, -1), cls[:, None], -1)[:, 0]
+        value = -take_class(jax.nn.log_softmax(logits, -1), cls)
         return value if targeted else -value
-    value = jnp.take_along_axis(logits, cls[:, None], -1)[:, 0]
+    value = take_class(logits, cls)
     return -value if targeted else value
 
 
@@ -497,7 +499,7 @@ def projected_gradient_descent(model, params: dict | None, images: Array, cls: A
       model: a ``Model`` or a bare ``apply_fn``; params: its parameters (None: ``model.params``).
       images: (N, H, W, 3) RGB in [0, 1]. cls: (N,) labels (untargeted) or targets (targeted),
         negative from the end (traced: unchecked; out of range the images come back NaN).
-      eps: radius of the L-inf or L2 ball around ``images``, pixel units (may be traced).
+      eps: radius of the L-inf or L2 ball around ``images``, pixel units: a scalar (may be traced).
       step: step size (sign step for L-inf, L2 length for L2); None: eps / 4 (L-inf), eps / 5 (L2).
       steps: number of steps (a Python int: the loop's length).
       norm: ``"linf"`` (sign steps) or ``"l2"`` (normalised-gradient steps).
@@ -515,6 +517,11 @@ def projected_gradient_descent(model, params: dict | None, images: Array, cls: A
         raise JaxvizError(f"norm must be 'linf' or 'l2', got {norm!r}")
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
         raise JaxvizError(f"steps must be a whole number >= 0 (the loop's length), got {steps!r}")
+    from jaxviz.techniques import TECHNIQUES  # (the registry imports this module)
+    technique = TECHNIQUES[spec.name]  # the attack's bounds for what is concrete (traced values: a sweep)
+    given = {k: v for k, v in dict(eps=eps, step=step, steps=steps).items()
+             if v is not None and not isinstance(v, jax.core.Tracer) and any(o.name == k for o in technique.options)}
+    technique.check(**given)
     model = as_model(model)
     params = model.prepare_params(model.params if params is None else params)
     x0 = _images01(images)

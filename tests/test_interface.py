@@ -187,8 +187,17 @@ def test_guided_rule_covers_relus_written_as_jnp_clip():
     for m in (model, accelerate(model)):
         np.testing.assert_allclose(guided_gradients(m, m.params, x, index=index), want, rtol=1e-5, atol=1e-7)
     assert np.abs(np.asarray(want)).max() > 0
-    clip_lo = jax.make_jaxpr(lambda z: jnp.clip(z, -1.0, 6.0))(jnp.ones(3)).jaxpr.eqns[0]
-    assert relu_kind(clip_lo) is None  # another lower bound: not a ReLU
+    kinds = {"relu6": [lambda z: jnp.clip(z, 0, 6), lambda z: jnp.clip(z, min=0, max=6.0)],
+             "relu": [lambda z: jnp.clip(z, 0), lambda z: z.clip(0.0)],
+             None: [lambda z: jnp.clip(z, -1.0, 6.0), lambda z: jnp.clip(z, 0, 5), lambda z: jnp.clip(z, None, 0),
+                    lambda z: jnp.clip(z, max=0), lambda z: z.clip(max=6)]}  # min(z, 0) is not a ReLU
+    for kind, forms in kinds.items():
+        for form in forms:
+            assert relu_kind(jax.make_jaxpr(form)(jnp.ones(3)).jaxpr.eqns[0]) == kind
+    z = jnp.linspace(-3.0, 8.0, 12)
+    upper = lambda v: jnp.sum(jnp.clip(v, None, 0) * jnp.arange(12.0))  # noqa: E731
+    with pytest.raises(JaxvizError, match="needs ReLU"):  # no ReLU in it: its values are not touched
+        with_backward_rule(upper, "guided")(z)
 
 
 def test_guided_rule_replaces_plain_relu_calls_and_equals_the_rule_by_hand():
@@ -360,6 +369,13 @@ def test_an_nnx_or_apply_fn_fixed_size_head_at_another_size_is_a_clear_error():
         raise TypeError("the user's own bug")
     with pytest.raises(TypeError, match="the user's own bug"):
         from_apply_fn(wrong, w, input_size=32).apply(w, jnp.ones((1, 32, 32, 3)))
+
+    def reshape_bug(p, x):  # a shape error at the declared size: not blamed on the size
+        return x.reshape(x.shape[0], 7, -1).sum(1) @ p
+    with pytest.raises(TypeError, match="cannot reshape"):
+        from_apply_fn(reshape_bug, w, input_size=32).apply(w, jnp.ones((1, 32, 32, 3)))
+    with pytest.raises(TypeError):  # a wrong-shaped injected array is not the input size's fault either
+        nnx_flat.run(nnx_flat.params, jnp.ones((1, 32, 32, 3)), inject={"conv": jnp.ones((1, 32, 32, 5))})
 
 
 def test_layers_inside_the_models_own_remat_are_not_layers():

@@ -20,7 +20,7 @@ WRAPPERS = {
     "vanilla_saliency": "vanilla", "smoothgrad": "smoothgrad", "integrated_gradients": "integrated",
     "guided_backprop": "guided", "deconvnet": "deconv", "guided_grad_cam": "guided-gradcam",
     "incremental_occlusion": "occlusion", "fgsm": "fgsm", "ifgsm": "ifgsm", "pgd": "pgd-linf",
-    "attack": "pgd-linf",
+    "attack": "pgd-linf", "projected_gradient_descent": "pgd-linf",
 }
 NOT_TECHNIQUES = {"jaxviz.interface", "jaxviz.weights.store", "jaxviz.accel", "jaxviz.images", "jaxviz.targets"}
 NUMERIC = (int, float, "amount")

@@ -85,3 +85,15 @@ def test_traced_out_of_range_class_gives_no_finite_map(setup):
         assert not np.isfinite(out).any(), name
         with pytest.raises(JaxvizError, match="out of range"):
             fn(model.params, x, bad)
+
+
+def test_attacks_with_a_traced_class_out_of_range_give_nan_images(setup):
+    """The attack loss selects through take_class: a NaN-filled gather gave a zero gradient, and the
+    'adversarial' images came back unchanged."""
+    model, x, _ = setup
+    from jaxviz.adversarial import fgsm, projected_gradient_descent
+    pgd = jax.jit(lambda c: projected_gradient_descent(model, None, x, c, eps=8 / 255, steps=2, random_start=False))
+    step = jax.jit(lambda c: fgsm(model, None, x, c, eps=8 / 255))
+    for attack in (pgd, step):
+        assert np.isfinite(np.asarray(attack(jnp.asarray([1, -1])))).all()
+        assert np.isnan(np.asarray(attack(jnp.asarray([7, 7])))).all()

@@ -148,8 +148,7 @@ class _Evaluator:
     def step(self, eqn, name, raw, live_in) -> list:
         kind = relu_kind(eqn)
         if kind is not None and any(live_in):
-            x = next(v for v, a in zip(raw, eqn.invars) if not isinstance(a, jex_core.Literal)) \
-                if name == "max" else raw[0]
+            x = next(v for v, a in zip(raw, eqn.invars) if not isinstance(a, jex_core.Literal))  # not the 0 (or 6)
             x = self.force(x)
             self.relus += 1
             if kind == "relu" and getattr(x, "ndim", 0) == 4:

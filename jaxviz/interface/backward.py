@@ -158,18 +158,45 @@ def _body_eqns(jaxpr) -> list:
     return eqns
 
 
+def _clip_kind(eqn) -> str | None:
+    """'relu' / 'relu6' for ``jnp.clip(x, 0)`` / ``jnp.clip(x, 0, 6)`` in any argument form (the
+    ReLU idiom of MobileNet-style code), read from the clip's own equations: max(x, 0), then
+    min(., 6), and nothing else (``jnp.clip(x, None, 0)`` is min(x, 0): not a ReLU)."""
+    inner = eqn.params.get("jaxpr")
+    jaxpr = getattr(inner, "jaxpr", inner)
+    if jaxpr is None or len(jaxpr.invars) != len(eqn.invars):
+        return None
+    const = {var: _literal_value(outer) for var, outer in zip(jaxpr.invars, eqn.invars)
+             if _literal_value(outer) is not None}
+    free = [var for var in jaxpr.invars if var not in const]
+    if len(free) != 1:
+        return None
+
+    def value(atom):
+        return _literal_value(atom) if isinstance(atom, jex_core.Literal) else const.get(atom)
+    relu = relu6 = None
+    for e in jaxpr.eqns:
+        name, ins = e.primitive.name, list(e.invars)
+        if name == "convert_element_type" and value(ins[0]) is not None:
+            const[e.outvars[0]] = value(ins[0])
+        elif name == "max" and relu is None and sorted(map(str, (value(a) for a in ins))) == ["0.0", "None"] \
+                and free[0] in ins:
+            relu = e.outvars[0]
+        elif name == "min" and relu is not None and relu6 is None and relu in ins \
+                and sorted(map(str, (value(a) for a in ins))) == ["6.0", "None"]:
+            relu6 = e.outvars[0]
+        else:
+            return None
+    out = jaxpr.outvars[0] if len(jaxpr.outvars) == 1 else None
+    return "relu6" if out is not None and out is relu6 else "relu" if out is not None and out is relu else None
+
+
 def relu_kind(eqn) -> str | None:
     """'relu' or 'relu6' if the equation is one of the ReLUs this module replaces, else None."""
     if _is_max_zero(eqn):
         return "relu"
-    if eqn.primitive.name in ("pjit", "jit") and eqn.params.get("name") == "clip" and len(eqn.invars) in (2, 3) \
-            and _literal_value(eqn.invars[0]) is None and _literal_value(eqn.invars[1]) == 0.0:
-        # jnp.clip(x, 0) and jnp.clip(x, 0, 6): the ReLU / ReLU6 idiom of MobileNet-style code
-        if len(eqn.invars) == 2:
-            return "relu"
-        if _literal_value(eqn.invars[2]) == 6.0:
-            return "relu6"
-        return None
+    if eqn.primitive.name in ("pjit", "jit") and eqn.params.get("name") == "clip":
+        return _clip_kind(eqn)
     if eqn.primitive.name != "custom_jvp_call":
         return None
     body = eqn.params["call_jaxpr"]
@@ -242,8 +269,7 @@ def _eval(jaxpr, consts, args, activations: dict, counter: _Counter, live=None) 
         if any(live_in):
             dep.update(eqn.outvars)
         if kind is not None and any(live_in):
-            x = next(v for v, a in zip(invals, eqn.invars) if _literal_value(a) is None) \
-                if name == "max" else invals[0]
+            x = next(v for v, a in zip(invals, eqn.invars) if _literal_value(a) is None)  # not the 0 (or 6)
             counter.count += 1
             env[eqn.outvars[0]] = activations[kind](x)
             continue

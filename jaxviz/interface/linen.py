@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxviz.errors import JaxvizError, ParamShapeError
-from jaxviz.interface.model import ALL, Model, StopForward, current_trace, nested_layer_error
+from jaxviz.interface.model import ALL, Model, StopForward, current_trace
 
 Array = jax.Array
 PyTree = Any
@@ -84,11 +84,7 @@ class LinenModel(Model):
             path = "/".join(module.path)
             if not everything and path not in named:
                 return next_fun(*args, **kwargs)
-            if current_trace() is not outer:  # inside the model's own nn.remat / nn.scan / ...: not a layer
-                if path in named:
-                    raise nested_layer_error(self.name, path)
-                if everything:
-                    self._nested.add(path)
+            if self._nested_call(outer, path, named, everything):  # inside the model's nn.remat, nn.scan, ...
                 return next_fun(*args, **kwargs)
             calls[path] = calls.get(path, 0) + 1
             if calls[path] > 1 and everything:

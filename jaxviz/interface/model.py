@@ -54,14 +54,17 @@ _SHAPE_RULE = re.compile(r"dot_general requires contracting dimensions|conv_gene
                          r"\S+ got incompatible shapes|Incompatible shapes for broadcasting|cannot reshape array")
 
 
-def size_error(name: str, x: Array, error: Exception) -> ParamShapeError | None:
+def size_error(model: "Model", x: Array, error: Exception, inject: Mapping | None = None) -> ParamShapeError | None:
     """The ``ParamShapeError`` naming the fix for jax's shape error raised by a user's module on
-    ``x`` (NHWC), or None for any other error (re-raised as it is)."""
+    ``x`` (NHWC) at a size other than its declared one, or None for any other error (re-raised as
+    it is: a shape bug at the declared size, or arrays injected with the wrong shape)."""
     text = str(error).splitlines()[0].rstrip(".") if str(error) else ""
-    if not isinstance(error, TypeError) or not _SHAPE_RULE.match(text):
+    if not isinstance(error, TypeError) or not _SHAPE_RULE.match(text) or inject:
+        return None
+    if model.input_size is not None and tuple(x.shape[1:3]) == model.input_hw():
         return None
     return ParamShapeError(
-        f"{name} does not run on {x.shape[1]}x{x.shape[2]}x{x.shape[3]} inputs ({text}): if a layer's "
+        f"{model.name} does not run on {x.shape[1]}x{x.shape[2]}x{x.shape[3]} inputs ({text}): if a layer's "
         "parameters depend on the input size (a flatten-dense head), give the size it was built for "
         "(input_size= when wrapping it, or size=)")
 
@@ -292,6 +295,18 @@ class Model:
             return with_backward_rule(fn, rule, argnums=(1, 2))(params, x, tuple(inject[n] for n in names))
         return forward
 
+    def _nested_call(self, outer: Any, path: str, named: set, everything: bool) -> bool:
+        """Whether this call of the module at ``path`` runs inside the model's own transformation
+        (``current_trace()`` is not ``outer``, the trace the pass started under): then it is not a
+        layer: an error if it was asked for, remembered while probing, else run as it is."""
+        if current_trace() is outer:
+            return False
+        if path in named:
+            raise nested_layer_error(self.name, path)
+        if everything:
+            self._nested.add(path)
+        return True
+
     def derive(self, **attributes) -> "Model":
         """A shallow copy with some attributes replaced (for adapters and ``jaxviz.accel``)."""
         other = copy.copy(self)
@@ -501,7 +516,7 @@ class ApplyFnModel(Model):
         try:
             return self.apply_fn(params, x), {}
         except TypeError as e:
-            if (error := size_error(self.name, x, e)) is None:
+            if (error := size_error(self, x, e)) is None:
                 raise
             raise error from None
 

@@ -14,16 +14,14 @@ import jax
 from flax import nnx
 
 from jaxviz.errors import JaxvizError
-from jaxviz.interface.model import ALL, Model, StopForward, current_trace, nested_layer_error, size_error
+from jaxviz.interface.model import ALL, Model, StopForward, current_trace, size_error
 
 Array = jax.Array
 PyTree = Any
 
 
-class _Hooked(nnx.Module):
-    """Stands in for a submodule on a merged copy: ``hook(path, run)`` decides what it returns. A
-    graph node itself, so that the model's own nnx transformations (``nnx.remat(f)(self.block, x)``)
-    carry it like the module it stands for."""
+class _Hooked:
+    """Stands in for a submodule on a merged copy: ``hook(path, run)`` decides what it returns."""
 
     def __init__(self, module: Callable, path: str, hook: Callable):
         self.module, self.path, self.hook = module, path, hook
@@ -32,8 +30,6 @@ class _Hooked(nnx.Module):
         return self.hook(self.path, lambda: self.module(*args, **kwargs))
 
     def __getattr__(self, name):  # attribute access still reaches the module
-        if name.startswith("_") or name in ("module", "path", "hook"):
-            raise AttributeError(name)
         return getattr(self.module, name)
 
     def __iter__(self):
@@ -88,11 +84,7 @@ class NnxModel(Model):
         outer = current_trace()
 
         def hook(path, run):
-            if current_trace() is not outer:  # inside the model's own nnx.remat / nnx.scan / ...: not a layer
-                if path in named:
-                    raise nested_layer_error(self.name, path)
-                if everything:
-                    self._nested.add(path)
+            if self._nested_call(outer, path, named, everything):  # inside the model's jax.checkpoint, ...
                 return run()
             calls[path] = calls.get(path, 0) + 1
             if calls[path] > 1 and everything:
@@ -124,7 +116,7 @@ class NnxModel(Model):
         except StopForward:
             out = None
         except TypeError as e:  # e.g. a flatten-dense head at another size
-            if (error := size_error(self.name, x, e)) is None:
+            if (error := size_error(self, x, e, inject)) is None:
                 raise
             raise error from None
         return out, captured
