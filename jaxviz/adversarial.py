@@ -509,8 +509,8 @@ def projected_gradient_descent(model, params: dict | None, images: Array, cls: A
     Returns:
       (N, H, W, 3) adversarial images in [0, 1] inside the eps-ball (float; not quantised).
     Raises:
-      JaxvizError: an unknown norm, steps not a whole number >= 0, wrong shapes, a concrete class
-        out of range.
+      JaxvizError: an unknown norm, steps not a whole number >= 0, a concrete eps / step / steps
+        outside the attack's bounds (``jaxviz.techniques``), wrong shapes, a concrete class out of range.
     """
     spec = get_method(f"pgd-{norm}") if norm in ("linf", "l2") else None
     if spec is None:
