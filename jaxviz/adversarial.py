@@ -50,6 +50,7 @@ from jaxviz.errors import JaxvizError
 from jaxviz.interface import as_model
 from jaxviz.interface.model import class_index, take_class
 from jaxviz.keys import image_keys
+from jaxviz.optimize import require_concrete
 
 Array = jax.Array
 Norm = Literal["linf", "l2"]
@@ -304,12 +305,18 @@ def _per_image_norm(x: Array) -> Array:
     return jnp.sqrt(jnp.sum(x * x, axis=tuple(range(1, x.ndim)), keepdims=True))
 
 
-@functools.lru_cache(maxsize=32)  # the same object for the same step: the engine's step cache hits
-def step_transform(rule: str, step: float) -> optax.GradientTransformation:
-    """The attack's optax optimiser (the engine's): a descent step of ``step`` pixels, L-inf for
-    "sign" (x - step * sign(g)), L2 per image for "normalized" (x - step * g / ||g||_2)."""
+def step_rule(rule: str, step: float | Array) -> optax.GradientTransformation:
+    """The attack's optax optimiser: a descent step of ``step`` pixels, L-inf for "sign"
+    (x - step * sign(g)), L2 per image for "normalized" (x - step * g / ||g||_2); ``step`` may be
+    traced (``projected_gradient_descent``)."""
     from jaxviz.optimize import normalized_gradient, sign_gradient
     return sign_gradient(step) if rule == "sign" else normalized_gradient(step)
+
+
+@functools.lru_cache(maxsize=32)  # the same object for the same step: the engine's step cache hits
+def step_transform(rule: str, step: float) -> optax.GradientTransformation:
+    """``step_rule`` for the engine (a Python float step), cached."""
+    return step_rule(rule, step)
 
 
 def project(x: Array, x0: Array, *, norm: Norm, eps: float | None) -> Array:
@@ -526,10 +533,8 @@ def projected_gradient_descent(model, params: dict | None, images: Array, cls: A
     params = model.prepare_params(model.params if params is None else params)
     x0 = _images01(images)
     cls = class_index(cls, x0.shape[0], num_classes=model.num_classes)
-    step = eps / spec.step_fraction if step is None else step
-    # the host loop's optimiser and projection (``step_transform``, not cached here: step may be traced)
-    from jaxviz.optimize import normalized_gradient, sign_gradient
-    opt = sign_gradient(step) if spec.step_rule == "sign" else normalized_gradient(step)
+    step = spec.default_step(eps) if step is None else step
+    opt = step_rule(spec.step_rule, step)  # the host loop's optimiser, uncached: step may be traced
     loss = _engine_parts(model, bool(targeted), "ce", norm, True, False, False, False, False)[0]
     data = {"params": params, "cls": cls}
     grad = jax.grad(lambda x: loss(x, None, data).sum())  # images independent: per-image gradients
@@ -585,7 +590,6 @@ def attack(model, params: dict | None, images: Array, *, method: str = "pgd-linf
     Raises:
       JaxvizError: unknown method, bad eps/step/steps/confidence, wrong shapes.
     """
-    from jaxviz.optimize import require_concrete  # (lazy: see the module's imports)
     require_concrete("attack", params, images, label, target, key, pure="projected_gradient_descent")
     spec = get_method(method)
     from jaxviz.techniques import TECHNIQUES

@@ -57,6 +57,7 @@ from jaxviz.adversarial import _LEVELS, AttackReport, AttackResult, perturbation
 from jaxviz.errors import JaxvizError
 from jaxviz.interface import Model
 from jaxviz.keys import image_keys
+from jaxviz.optimize import require_concrete
 
 Basis = Literal["pixel", "dct"]
 BASES = ("pixel", "dct")
@@ -260,7 +261,6 @@ def simba(predict_proba: ProbaFn | Model, images, *, label=None, target=None, ba
       JaxvizError: bad shapes, values or budgets, a target already on top of an original, or a
         predict_proba of the wrong output shape.
     """
-    from jaxviz.optimize import require_concrete  # (lazy: see the module's imports)
     require_concrete("simba", images, label, target, key)
     start_time = time.perf_counter()
     from jaxviz.techniques import check

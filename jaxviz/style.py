@@ -47,6 +47,7 @@ import numpy as np
 from jaxviz.errors import JaxvizError
 from jaxviz.interface import as_model
 from jaxviz.keys import image_keys
+from jaxviz.optimize import require_concrete
 from jaxviz.techniques import check
 
 Array = jax.Array
@@ -539,7 +540,6 @@ def style_transfer(model, params: dict, content: Array, styles: Sequence[Array],
     Raises:
       JaxvizError: bad images, options or layers (unknown, not spatial, empty at this size).
     """
-    from jaxviz.optimize import require_concrete  # (lazy: see the module's imports)
     require_concrete("style_transfer", params, content, styles, key)
     model = as_model(model)
     content = _images01(content, "content")
@@ -609,7 +609,6 @@ def style_transfer_batch(model, params: dict, contents: Array, styles: Array, *,
     Returns:
       ``StyleBatchResult`` with (N, H, W, 3) images and (T, N) loss histories.
     """
-    from jaxviz.optimize import require_concrete  # (lazy: see the module's imports)
     require_concrete("style_transfer_batch", params, contents, styles, key)
     model = as_model(model)
     contents = jnp.asarray(contents, jnp.float32)

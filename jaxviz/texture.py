@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxviz.errors import JaxvizError
+from jaxviz.optimize import require_concrete
 
 Array = jax.Array
 
@@ -224,7 +225,6 @@ def gram_texture(model, params: dict, sample: Array, size: int | tuple[int, int]
     Raises:
       JaxvizError: a bad sample, size, option or layer.
     """
-    from jaxviz.optimize import require_concrete  # (lazy: see the module's imports)
     require_concrete("gram_texture", params, sample, key)
     from jaxviz.interface import as_model
     from jaxviz.keys import image_keys

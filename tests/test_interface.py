@@ -20,7 +20,7 @@ from jaxviz.interface.backward import (
     relu_kind,
 )
 from tests.conftest import make_tiny_model
-from tests.user_models import LinenCNN, apply_fn_model, linen_model, nnx_model
+from tests.user_models import LinenCNN, TwoConvCNN, apply_fn_model, linen_model, nnx_model
 
 SIGNS = jnp.array([1.0, -1.0, 0.5, -2.0, 1.0, -0.5, 1.5])
 X = np.random.default_rng(0).normal(size=(2, 16, 20, 3)).astype(np.float32)  # non-square, batch 2
@@ -133,14 +133,8 @@ def test_gradients_of_guided_and_deconvnet_maps_match_finite_differences():
     np.testing.assert_array_equal(jax.grad(lambda v: positive_part(v).sum())(jnp.asarray([2.0, -1.0, 0.0])),
                                   [1.0, 0.0, 0.0])
 
-    class Net(nn.Module):
-        @nn.compact
-        def __call__(self, x):
-            x = nn.relu(nn.Conv(6, (3, 3), name="conv1")(x))
-            x = nn.relu(nn.Conv(8, (3, 3), strides=2, name="conv2")(x))
-            return nn.Dense(4, name="head")(x.mean((1, 2)))
     with jax.enable_x64(True):
-        module = Net()
+        module = TwoConvCNN()
         variables = module.init(jax.random.key(0), jnp.zeros((1, 12, 12, 3), jnp.float64))
         variables = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), variables)
         model = from_linen(module, variables, input_size=12)

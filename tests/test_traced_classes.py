@@ -3,7 +3,6 @@ counts from the end in every technique, and one out of range gives NaN (never an
 a plausible all-zero map)."""
 from __future__ import annotations
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,19 +12,12 @@ import jaxviz
 from jaxviz.cam import cam, cam_weights
 from jaxviz.errors import JaxvizError
 from jaxviz.interface.model import take_class
-
-
-class Net(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-        x = nn.relu(nn.Conv(6, (3, 3), name="conv1")(x))
-        x = nn.relu(nn.Conv(8, (3, 3), strides=2, name="conv2")(x))
-        return nn.Dense(5, name="head")(x.mean((1, 2)))
+from tests.user_models import TwoConvCNN
 
 
 @pytest.fixture(scope="module")
 def setup():
-    module = Net()
+    module = TwoConvCNN()
     variables = module.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
     model = jaxviz.from_linen(module, variables, input_size=16)
     x = jax.random.uniform(jax.random.key(1), (2, 16, 20, 3))

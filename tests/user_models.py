@@ -18,6 +18,17 @@ from jaxviz.interface import TORCHVISION, Model, from_apply_fn, from_linen, from
 NUM_CLASSES = 5
 
 
+class TwoConvCNN(nn.Module):
+    """The smallest plain CNN: conv1 -> ReLU -> conv2 (stride 2) -> ReLU -> GAP -> dense ``head``."""
+    num_classes: int = NUM_CLASSES
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(6, (3, 3), name="conv1")(x))
+        x = nn.relu(nn.Conv(8, (3, 3), strides=2, name="conv2")(x))
+        return nn.Dense(self.num_classes, name="head")(x.mean((1, 2)))
+
+
 class ResidualBlock(nn.Module):
     features: int = 8
 
