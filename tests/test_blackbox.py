@@ -373,7 +373,8 @@ def test_simba_fools_squeezenet_at_112_px(squeezenet):
 
 # ---------------------------------------------------------------- command line
 
-def test_cli_simba_saved_file_is_what_was_assessed(squeezenet, tmp_path, capsys, monkeypatch):
+def test_cli_simba_saved_file_is_what_was_assessed(squeezenet, tmp_path, capsys, monkeypatch, request):
+    from jaxviz import techniques
     from jaxviz.cli import main
     calls = []
     real = bb.simba
@@ -383,6 +384,10 @@ def test_cli_simba_saved_file_is_what_was_assessed(squeezenet, tmp_path, capsys,
         calls.append(kwargs)
         return real(*args, **kwargs)
     monkeypatch.setattr(bb, "simba", spy)
+    # the registry caches the functions it has imported: after an earlier test ran it (test_techniques)
+    # the CLI called the cached real simba, not the spy; cleared now, and after the test (no spy left)
+    techniques._load.cache_clear()
+    request.addfinalizer(techniques._load.cache_clear)
     out = tmp_path / "adv.png"
     code = main(["adversarial", "chelsea", "--model", "squeezenet1_1", "--method", "simba", "--queries", "800",
                  "--basis", "dct", "--out", str(out), "--json"])
