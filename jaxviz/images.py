@@ -72,7 +72,9 @@ def _to_float_rgb(pixels: np.ndarray) -> np.ndarray:
     return np.clip(x, 0.0, 1.0)
 
 
-def _read_file(path: Path, exif: bool = False) -> np.ndarray:
+def _read_file(path: Path, exif: bool = False, keep_rgb8: bool = False) -> np.ndarray | Image.Image:
+    """Decode a file to its pixels; with ``keep_rgb8`` an 8-bit RGB image stays a Pillow image,
+    which the resize takes as it is (an array round trip was an eighth of a photograph's load)."""
     if not path.exists():
         raise JaxvizError(f"no such image file: {path}")
     if path.is_dir():
@@ -90,6 +92,9 @@ def _read_file(path: Path, exif: bool = False) -> np.ndarray:
                 img = img.convert("RGB")
             elif img.mode == "1":
                 img = img.convert("L")
+            if keep_rgb8 and img.mode == "RGB" and img.width and img.height:
+                img.load()
+                return img
             pixels = np.asarray(img)
     except JaxvizError:
         raise
@@ -123,7 +128,9 @@ def load_image(source: str | os.PathLike, size: int | tuple[int, int] | None = N
             close = difflib.get_close_matches(str(source), list(SAMPLES), n=3, cutoff=0.6)
             if close:
                 raise JaxvizError(f"no such image file or sample: {source}; did you mean {' or '.join(close)}?")
-        pixels = _read_file(path, exif)
+        pixels = _read_file(path, exif, keep_rgb8=size is not None)
+        if isinstance(pixels, Image.Image):
+            return fit_image(pixels, size, fit, transform)
     else:
         pixels = SAMPLES[str(source)]()
     if size is not None and pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[-1] == 3:
@@ -135,9 +142,10 @@ def load_image(source: str | os.PathLike, size: int | tuple[int, int] | None = N
     return image if size is None else fit_image(image, size, fit, transform)
 
 
-def fit_image(image: np.ndarray, size: int | tuple[int, int], fit: Fit = "eval",
+def fit_image(image: np.ndarray | Image.Image, size: int | tuple[int, int], fit: Fit = "eval",
               transform: EvalTransform | None = None) -> np.ndarray:
-    """(H, W, 3) float [0, 1] (or uint8 0-255) -> float32 ``size`` in [0, 1].
+    """(H, W, 3) float [0, 1] (or uint8 0-255, or an 8-bit RGB Pillow image) -> float32 ``size``
+    in [0, 1].
 
     "eval"/"crop": the evaluation transform (``EvalTransform``, scaled to a square ``size``; a
     non-square ``size`` resizes to cover it and centre-crops); "stretch": Pillow bicubic straight
@@ -149,22 +157,21 @@ def fit_image(image: np.ndarray, size: int | tuple[int, int], fit: Fit = "eval",
     if fit == "stretch":
         return _resize(image, (height, width), Image.BICUBIC)
     transform = transform or TORCHVISION_EVAL
+    h, w = _height_width(image)
     if height != width:  # cover the box, then centre-crop it, with the transform's interpolation
-        h, w = image.shape[:2]
         scale = max(height / h, width / w) * transform.resize / transform.crop
         resized = (max(height, round(h * scale)), max(width, round(w * scale)))
-        _check_resized(image.shape[:2], resized, (height, width))
-        image = _resize(image, resized, _PIL[transform.interpolation])
-        return _center_crop(image, height, width)
+        _check_resized((h, w), resized, (height, width))
+        return _resize(image, resized, _PIL[transform.interpolation], crop=(height, width))
     t = transform.for_size(int(height))
     if t.kind == "resize_crop":
-        h, w = image.shape[:2]
         short, long = (w, h) if w <= h else (h, w)
         new_long = int(t.resize * long / short)  # torchvision's rounding
         new_h, new_w = (new_long, t.resize) if w <= h else (t.resize, new_long)
-        _check_resized(image.shape[:2], (new_h, new_w), (t.crop, t.crop))
-        image = _resize(image, (new_h, new_w), _PIL[t.interpolation])
-        return _center_crop(image, t.crop, t.crop)
+        _check_resized((h, w), (new_h, new_w), (t.crop, t.crop))
+        return _resize(image, (new_h, new_w), _PIL[t.interpolation], crop=(t.crop, t.crop))
+    if isinstance(image, Image.Image):
+        image = np.asarray(image)
     if t.kind == "padded_crop":
         h, w = image.shape[:2]
         side = int(t.crop / (t.crop + t.padding) * min(h, w))
@@ -205,13 +212,23 @@ def _as_uint8(image: np.ndarray) -> np.ndarray:
     return image if image.dtype == np.uint8 else to_uint8(image)
 
 
-def _resize(image: np.ndarray, size: tuple[int, int], resample=Image.BICUBIC) -> np.ndarray:
-    """float [0, 1] or uint8 (H, W, 3) -> float32 ``size`` in [0, 1]."""
-    if image.shape[:2] == tuple(size):
-        return image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
-    # Resize 8-bit (exact for 8-bit sources) so results match torchvision's PIL pipeline bit for bit.
-    img = Image.fromarray(_as_uint8(image))
-    return np.asarray(img.resize((size[1], size[0]), resample), dtype=np.float32) / 255.0
+def _height_width(image: np.ndarray | Image.Image) -> tuple[int, int]:
+    return (image.height, image.width) if isinstance(image, Image.Image) else image.shape[:2]
+
+
+def _resize(image: np.ndarray | Image.Image, size: tuple[int, int], resample=Image.BICUBIC,
+            crop: tuple[int, int] | None = None) -> np.ndarray:
+    """float [0, 1] or uint8 (H, W, 3) array or 8-bit RGB Pillow image -> float32 ``size`` in
+    [0, 1], then its centre ``crop`` (height, width) if given (cut before the float conversion)."""
+    if _height_width(image) == tuple(size):
+        pixels = np.asarray(image)
+    else:
+        # Resize 8-bit (exact for 8-bit sources) so results match torchvision's PIL pipeline bit for bit.
+        img = image if isinstance(image, Image.Image) else Image.fromarray(_as_uint8(image))
+        pixels = np.asarray(img.resize((size[1], size[0]), resample))
+    if crop is not None:
+        pixels = _center_crop(pixels, *crop)
+    return pixels.astype(np.float32) / 255.0 if pixels.dtype == np.uint8 else pixels.astype(np.float32)
 
 
 def load_images(sources: Sequence[str | os.PathLike], size: int | tuple[int, int],

@@ -131,3 +131,22 @@ def test_uint8_photographs_fit_as_the_float_image(tmp_path, rng, size, fit, tran
     assert loaded.dtype == np.float32
     assert np.array_equal(loaded, fit_image(_to_float_rgb(pixels), size, fit, transform))
     assert np.array_equal(fit_image(pixels, size, fit, transform), loaded)
+
+
+def test_rgb8_files_stay_pillow_images_until_the_resize(tmp_path, rng):
+    """An 8-bit RGB file goes to the resize as the decoded Pillow image (no array round trip); other
+    layouts as arrays; the fitted pixels equal those of the decoded array, EXIF orientation included."""
+    from jaxviz.images import _read_file
+    pixels = (rng.random((41, 67, 3)) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "rgb.png")
+    Image.fromarray(pixels[..., 0]).save(tmp_path / "grey.png")
+    assert isinstance(_read_file(tmp_path / "rgb.png", keep_rgb8=True), Image.Image)
+    assert isinstance(_read_file(tmp_path / "rgb.png"), np.ndarray)
+    assert isinstance(_read_file(tmp_path / "grey.png", keep_rgb8=True), np.ndarray)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: the loaded image is 67 x 41
+    Image.fromarray(pixels).save(tmp_path / "rot.jpg", exif=exif, quality=95)
+    decoded = _read_file(tmp_path / "rot.jpg", exif=True)
+    assert decoded.shape[:2] == (67, 41)
+    for size, fit in ((224, "eval"), ((30, 50), "eval"), (20, "stretch")):
+        assert np.array_equal(load_image(tmp_path / "rot.jpg", size, fit, exif=True), fit_image(decoded, size, fit))
