@@ -463,7 +463,8 @@ def test_a_model_without_convolutions_or_relus():
     model = apply_fn_model()
     fast = accelerate(model)
     x = _input(model, hw=(12, 10))
-    np.testing.assert_allclose(fast.apply(fast.params, x), model.apply(model.params, x), rtol=1e-6)
+    want = model.apply(model.params, x)  # float32 sums: a small logit carries the large ones' rounding
+    np.testing.assert_allclose(fast.apply(fast.params, x), want, rtol=1e-6, atol=1e-6 * float(np.abs(want).max()))
     np.testing.assert_allclose(jax.grad(lambda v: fast.apply(fast.params, v).sum())(x),
                                jax.grad(lambda v: model.apply(model.params, v).sum())(x), rtol=1e-5, atol=1e-8)
     for m in (model, fast):

@@ -268,8 +268,11 @@ def test_grad_cam_equals_an_independent_computation(any_model):
                 camlib.grad_cam_plus_plus(model, p, x, index=index, layer=layer))
     (acts, grads), gc, signed, plus = jit(run)(model.params, x)
     hand_acts, hand_grads = jit(lambda x: _layer_gradient_by_hand(model, x, index))(x)
-    np.testing.assert_allclose(acts, hand_acts, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(grads, hand_grads, rtol=1e-4, atol=1e-7)
+    # absolute bounds scaled by each array's largest value: the two programs fuse and sum in other
+    # orders, and float32 rounding of a small activation is set by the large ones it came from
+    # (seen on an AMD EPYC: 2.4e-6 on an activation of 0.053 in ResNet-18)
+    np.testing.assert_allclose(acts, hand_acts, rtol=1e-5, atol=1e-5 * float(np.abs(hand_acts).max()))
+    np.testing.assert_allclose(grads, hand_grads, rtol=1e-4, atol=max(1e-7, 1e-5 * float(np.abs(hand_grads).max())))
     assert np.abs(np.asarray(hand_grads)).sum() > 0
     raw = jnp.einsum("nhwc,nc->nhw", hand_acts, hand_grads.mean(axis=(1, 2)))
     assert raw.shape[1:] == ((1, 2) if model.name == "resnet18" else (6, 10))  # a non-square map

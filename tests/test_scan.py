@@ -71,11 +71,19 @@ def _assert_same_index(a, b, exact=True):
         if exact:
             np.testing.assert_array_equal(ta.values, tb.values)
         else:
-            np.testing.assert_allclose(ta.values, tb.values, rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(ta.values, tb.values, rtol=1e-5, atol=_batch_atol(tb.values))
     if exact:
         np.testing.assert_array_equal(a.features, b.features)
     else:
-        np.testing.assert_allclose(a.features, b.features, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(a.features, b.features, rtol=1e-5, atol=_batch_atol(b.features))
+
+
+def _batch_atol(values: np.ndarray) -> float:
+    """float32 rounding of the same image computed in batches of other compositions: XLA-CPU's
+    convolution tiling depends on the batch on some CPUs (seen on an AMD EPYC: 4.6e-5 on activations
+    of 39 and 2.4e-6 on one of 0.033, where the rounding cancels), so the bound scales with the
+    layer's largest value, not with each element."""
+    return 2e-5 * float(np.abs(values).max(initial=0.0))
 
 
 @pytest.fixture(scope="module")
