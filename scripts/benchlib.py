@@ -93,6 +93,19 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_model() -> str | None:
+    """The processor's name (Linux ``/proc/cpuinfo``), else None: ratios differ between CPUs of
+    one architecture (torch and XLA pick other kernels), so a row says which CPU it was run on."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def _system_busy() -> float | None:
     """Seconds of CPU time all processes have used since boot (Linux ``/proc/stat``), else None."""
     try:
