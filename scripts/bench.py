@@ -1100,8 +1100,9 @@ def machine_facts(cfg: Config) -> dict:
     from jaxviz.runtime import device_description
     facts = {"device": device_description(), "cpu": platform.processor() or platform.machine(),
              "cores": benchlib.cpu_count(), "jax": jax.__version__}
-    if benchlib.cpu_model():
-        facts["cpu model"] = benchlib.cpu_model()
+    model = benchlib.cpu_model()
+    if model:
+        facts["cpu model"] = model
     if not cfg.jaxviz_only:
         try:
             import torch

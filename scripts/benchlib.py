@@ -93,11 +93,11 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def cpu_model() -> str | None:
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str | None:
     """The processor's name (Linux ``/proc/cpuinfo``), else None: ratios differ between CPUs of
     one architecture (torch and XLA pick other kernels), so a row says which CPU it was run on."""
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(cpuinfo) as f:
             for line in f:
                 if line.startswith("model name"):
                     return line.split(":", 1)[1].strip()

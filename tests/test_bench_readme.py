@@ -381,3 +381,12 @@ def test_missing_peer_library_falls_back_to_jaxviz_only(monkeypatch):
         ModuleNotFoundError("No module named 'jaxviz.nope'", name="jaxviz.nope"))))
     with pytest.raises(ModuleNotFoundError):
         bench.run_row("fake", cfg, 1, skip_missing_peers=True, compile_check=False)
+
+
+def test_cpu_model_from_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\nflags\t: fpu\n")
+    assert bl.cpu_model(str(info)) == "AMD EPYC 7B13"
+    info.write_text("processor\t: 0\nBogoMIPS\t: 50.00\n")  # aarch64 names no model
+    assert bl.cpu_model(str(info)) is None
+    assert bl.cpu_model(str(tmp_path / "missing")) is None
