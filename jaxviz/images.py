@@ -170,10 +170,8 @@ def fit_image(image: np.ndarray | Image.Image, size: int | tuple[int, int], fit:
         new_h, new_w = (new_long, t.resize) if w <= h else (t.resize, new_long)
         _check_resized((h, w), (new_h, new_w), (t.crop, t.crop))
         return _resize(image, (new_h, new_w), _PIL[t.interpolation], crop=(t.crop, t.crop))
-    if isinstance(image, Image.Image):
-        image = np.asarray(image)
     if t.kind == "padded_crop":
-        h, w = image.shape[:2]
+        image = np.asarray(image)  # a Pillow image too: the crop is cut from the array
         side = int(t.crop / (t.crop + t.padding) * min(h, w))
         top, left = (h - side + 1) // 2, (w - side + 1) // 2
         crop = image[top:top + side, left:left + side]
