@@ -34,9 +34,10 @@ Conventions:
 - Vectorised across images: each iteration builds the candidates of all still-active images and
   queries them in one call (then the minus candidates of the images the plus step did not help, in
   a second call); ``both_signs=True`` queries plus and minus together in one call of 2N instead
-  (2 queries per image per iteration). Measured (scripts/bench_optimise.py, SqueezeNet, 8 images,
-  2 shared CPU cores): batched calls give 1.4x the queries/s of one call per query at 112 px and
-  ~1.0x at 224 px (XLA's CPU convolutions are compute-bound there; accelerators gain more), and
+  (2 queries per image per iteration). Measured (wave 1, by scripts/bench_optimise.py, since
+  replaced by scripts/bench.py; SqueezeNet, 8 images, 2 shared CPU cores): batched calls give
+  1.4x the queries/s of one call per query at 112 px and ~1.0x at 224 px (XLA's CPU
+  convolutions are compute-bound there; accelerators gain more), and
   both signs in one call gave 0.88x the queries/s of plus-then-minus at both sizes while
   accepting fewer steps per query (it spends the minus query even where plus helped), so
   plus-then-minus, the paper's order, is the default. Images stop individually on success, on an

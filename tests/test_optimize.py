@@ -302,3 +302,83 @@ def test_objective_weights_travel_as_data_and_reuse_the_compiled_step(tiny_model
     after = engine._compiled.cache_info()
     assert after.misses == before.misses and after.hits > before.hits
     assert not np.allclose(second.images, first.images)
+
+
+class _EveryStep:
+    """A callback that wants the images after every update (the default ``sync_every`` of 1)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def start(self, total, n):
+        pass
+
+    def step(self, i, losses, active, images):
+        self.calls.append((i, np.array(losses), np.array(active), np.asarray(images())))
+
+    def end(self):
+        pass
+
+
+@pytest.mark.parametrize("kind", ["adam-jitter-blur", "lbfgs", "active"])
+def test_steps_in_one_program_equal_one_program_per_step(tiny_model, kind):
+    """Up to STEPS_PER_CALL updates run in one program (a device loop); a callback with
+    ``sync_every = 1`` brings the loop back to the host after every update. Both give the same
+    images, losses and per-image counts, across a chunk boundary (40 > 32 steps) and with
+    per-image early stopping."""
+    lo, hi = valid_range(TORCHVISION)
+    init = 0.1 * jax.random.normal(jax.random.key(2), (3, 14, 18, 3))
+    kw = dict(optimizer=adam(0.05), steps=40, key=jax.random.split(jax.random.key(5), 3),
+              transforms=(jitter(2), blur(0.5, every=7), clip_range(lo, hi)))
+    loss = _classviz_loss(tiny_model, [0, 2, 4])
+    if kind == "lbfgs":
+        kw = dict(optimizer=lbfgs(), steps=36)
+    if kind == "active":  # images stop one by one, at different steps
+        quad = lambda x, k: jnp.sum(jnp.square(x).reshape(x.shape[0], -1), 1)
+        init = jnp.stack([jnp.full((2, 2, 1), v) for v in (0.2, 1.0, 30.0)])
+        loss = quad
+        kw = dict(optimizer=sgd(0.05), steps=100, active=lambda x: quad(x, None) >= 0.1)
+    fused = optimize(loss, init, **kw)
+    every = _EveryStep()
+    stepwise = optimize(loss, init, callbacks=(every,), **kw)
+    np.testing.assert_array_equal(fused.images, stepwise.images)
+    np.testing.assert_array_equal(fused.losses, stepwise.losses)
+    np.testing.assert_array_equal(fused.steps_run, stepwise.steps_run)
+    # the callback saw every update in order, with that update's losses and the images after it
+    assert [c[0] for c in every.calls] == list(range(len(stepwise.losses)))
+    np.testing.assert_array_equal(np.stack([c[1] for c in every.calls]), stepwise.losses)
+    np.testing.assert_array_equal(every.calls[-1][3], stepwise.images)
+    if kind == "active":
+        assert len(set(fused.steps_run.tolist())) == 3 and fused.steps_run.max() > 32
+        assert len(fused.losses) == fused.steps_run.max()
+        # the active masks: image i was moved by update t exactly when t < steps_run[i]
+        actives = np.stack([c[2] for c in every.calls])
+        np.testing.assert_array_equal(actives, np.arange(len(actives))[:, None] < fused.steps_run[None, :])
+    else:
+        assert len(fused.losses) == kw["steps"]
+        assert not np.array_equal(fused.images, init)
+
+
+def test_callback_images_only_where_it_syncs():
+    """A callback that syncs every 5 updates gets the images at those updates and at the last one;
+    elsewhere ``images()`` says why it has none; a bad ``sync_every`` is refused."""
+    class Sparse(_EveryStep):
+        sync_every = 5
+
+        def step(self, i, losses, active, images):
+            try:
+                self.calls.append((i, np.asarray(images())))
+            except JaxvizError as e:
+                self.calls.append((i, str(e)))
+    loss = lambda x, k: jnp.sum(jnp.square(x - 1.0).reshape(x.shape[0], -1), 1)
+    cb = Sparse()
+    res = optimize(loss, jnp.zeros((2, 3, 3, 1)), optimizer=sgd(0.1), steps=12, callbacks=(cb,))
+    got = [i for i, x in cb.calls if not isinstance(x, str)]
+    assert got == [4, 9, 11] and [i for i, _ in cb.calls] == list(range(12))
+    np.testing.assert_allclose(cb.calls[4][1], 1.0 - 0.8 ** 5, rtol=1e-6)
+    np.testing.assert_array_equal(cb.calls[11][1], res.images)
+    assert "sync_every" in cb.calls[0][1]
+    for bad in (0, 1.5, "2"):
+        cb.sync_every = bad
+        with pytest.raises(JaxvizError, match="sync_every"):
+            optimize(loss, jnp.zeros((2, 3, 3, 1)), optimizer=sgd(0.1), steps=2, callbacks=(cb,))
