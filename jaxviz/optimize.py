@@ -435,7 +435,10 @@ class Snapshots(Callback):
         self.frames.append((i, np.asarray(self.transform(x) if self.transform else x)))
 
     def end(self):
-        if self._last is not None and (not self.frames or self.frames[-1][0] != self._last[0]):
+        # the last update a run ends on is a sync point; after an exception in another callback
+        # (mid program call) the last images stayed on the device: no frame, the exception goes on
+        if (self._last is not None and not isinstance(self._last[1], _NoImages)
+                and (not self.frames or self.frames[-1][0] != self._last[0])):
             self._keep(*self._last)
 
 
@@ -501,8 +504,9 @@ STEPS_PER_CALL = 32
 @functools.lru_cache(maxsize=16)  # entries hold the callables' closures: keep few
 def _compiled(loss_fn, optimizer, param, transforms, project, active, with_data, compiler_options=(),
               objective=False):
-    """The jitted step for these parts, cached: a second call with the same objects (DeepDream's
-    octaves, benchmarks, tests, attacks) reuses the traced step (jit still specialises on shapes).
+    """The jitted loop of steps for these parts, cached: a second call with the same objects
+    (DeepDream's octaves, benchmarks, tests, attacks) reuses the traced program (jit still
+    specialises on shapes).
 
     The step's ``data`` argument is ``(objective data, user data)``: with ``objective``,
     ``loss_fn`` is an ``Objective``'s pure ``fn(x, keys, objective_data)``."""
@@ -565,7 +569,10 @@ def _compiled(loss_fn, optimizer, param, transforms, project, active, with_data,
         def body(carry):
             j, p, state, mask, done, losses, actives = carry
             actives = actives.at[j].set(mask)
-            p, state, mask, done, step_losses = step(p, state, mask, done, first + j, keys, x0, data)
+            new_p, new_state, mask, done, step_losses = step(p, state, mask, done, first + j, keys, x0, data)
+            # a loop's carry keeps its dtypes: the images and the optimiser's state stay in theirs
+            # (e.g. a float32 projection of bfloat16 images, a state that an update promotes)
+            p, state = jax.tree_util.tree_map(_same_dtype, (new_p, new_state), (p, state))
             step_losses = step_losses.reshape(mask.shape).astype(losses.dtype)
             return j + 1, p, state, mask, done, losses.at[j].set(step_losses), actives
 
@@ -590,7 +597,8 @@ def optimize(loss_fn: LossFn, init: Array, *, optimizer: optax.GradientTransform
 
     Args:
       loss_fn: ``(x (N, H, W, C), keys (N,)) -> (N,)`` losses to minimise.
-      init: (N, H, W, C) starting images (also the ``x0`` given to ``project``).
+      init: (N, H, W, C) starting images (also the ``x0`` given to ``project``); the images and
+        the optimiser's state keep their dtypes through the updates.
       optimizer: an optax transformation (L-BFGS detected from its state).
       steps: maximum number of updates.
       parameterization: ``pixels()`` (default) or e.g. ``jaxviz.param.fourier(...)``.
@@ -657,7 +665,7 @@ def optimize(loss_fn: LossFn, init: Array, *, optimizer: optax.GradientTransform
                 last = k == ran - 1
                 for cb in callbacks:
                     cb.step(i + k, losses[k], actives[k],
-                            (lambda p=params: images_jit(p)) if last else functools.partial(_no_images, i + k))
+                            (lambda p=params: images_jit(p)) if last else _NoImages(i + k))
             i += ran  # fewer than asked: no image is active any more, and the check above ends the loop
     finally:
         for cb in callbacks:
@@ -665,17 +673,28 @@ def optimize(loss_fn: LossFn, init: Array, *, optimizer: optax.GradientTransform
     images = images_jit(params)
     jax.block_until_ready(images)
     seconds = time.perf_counter() - start
-    losses = np.concatenate(history) if history else np.zeros((0, n), np.float32)
+    losses = (np.concatenate(history) if history
+              else np.zeros((0, n), jax.dtypes.canonicalize_dtype(jnp.float64)))
     return OptimizeResult(images, params, losses, np.asarray(done), seconds, compile_seconds)
 
 
 def _sync_every(callback) -> int:
     every = getattr(callback, "sync_every", 1)
-    if not isinstance(every, (int, np.integer)) or every < 1:
+    if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
         raise JaxvizError(f"a callback's sync_every must be an integer >= 1, got {every!r}")
     return int(every)
 
 
-def _no_images(i: int) -> Array:
-    raise JaxvizError(f"the images after update {i} stayed on the device (updates run in batches of "
-                      "program calls); set the callback's sync_every to get them")
+class _NoImages:
+    """``images`` of an update inside a program call: the images stayed on the device."""
+
+    def __init__(self, i: int):
+        self.i = i
+
+    def __call__(self) -> Array:
+        raise JaxvizError(f"the images after update {self.i} stayed on the device (several updates run "
+                          "in one program call); set the callback's sync_every to get them")
+
+
+def _same_dtype(new: Array, old: Array) -> Array:
+    return new if new.dtype == old.dtype else new.astype(old.dtype)

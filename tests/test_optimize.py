@@ -378,7 +378,41 @@ def test_callback_images_only_where_it_syncs():
     np.testing.assert_allclose(cb.calls[4][1], 1.0 - 0.8 ** 5, rtol=1e-6)
     np.testing.assert_array_equal(cb.calls[11][1], res.images)
     assert "sync_every" in cb.calls[0][1]
-    for bad in (0, 1.5, "2"):
+    for bad in (0, 1.5, "2", True):
         cb.sync_every = bad
         with pytest.raises(JaxvizError, match="sync_every"):
             optimize(loss, jnp.zeros((2, 3, 3, 1)), optimizer=sgd(0.1), steps=2, callbacks=(cb,))
+
+
+def test_dtypes_are_kept_through_the_device_loop():
+    """The loop's carry keeps its dtypes: bfloat16 images under a float32 projection stay
+    bfloat16, and an optimiser state that an update would promote keeps its first dtype."""
+    loss = lambda x, k: jnp.sum(jnp.square(x.astype(jnp.float32) - 1.0).reshape(x.shape[0], -1), 1)
+    res = optimize(loss, jnp.zeros((2, 3, 3, 1), jnp.bfloat16), optimizer=sgd(0.1), steps=5,
+                   project=lambda x, x0: jnp.clip(x, jnp.zeros(1, jnp.float32), 0.3))
+    assert res.images.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(res.images, np.float32), 0.3, atol=2e-3)
+    promoting = optax.GradientTransformation(
+        lambda p: jnp.zeros((), jnp.float16),
+        lambda u, s, p=None: (jax.tree_util.tree_map(lambda g: -0.1 * g, u), s.astype(jnp.float32) + 1))
+    res = optimize(loss, jnp.zeros((2, 3, 3, 1)), optimizer=promoting, steps=40)
+    np.testing.assert_allclose(res.images, 1.0 - 0.8 ** 40, rtol=1e-5)
+
+
+def test_another_callbacks_exception_is_not_hidden_by_snapshots():
+    """A callback raising inside a program call's updates: its exception reaches the caller (the
+    snapshots' end does not ask for images that stayed on the device)."""
+    class Stop(Exception):
+        pass
+
+    class Raiser(_EveryStep):
+        sync_every = 50
+
+        def step(self, i, losses, active, images):
+            if i == 7:
+                raise Stop
+    snaps = Snapshots(every=5)
+    loss = lambda x, k: jnp.sum(jnp.square(x).reshape(x.shape[0], -1), 1)
+    with pytest.raises(Stop):
+        optimize(loss, jnp.ones((2, 3, 3, 1)), optimizer=sgd(0.1), steps=20, callbacks=(snaps, Raiser()))
+    assert [s for s, _ in snaps.frames] == [5]

@@ -204,7 +204,7 @@ def _study(ctx: Context):
         bar = ctx.progress(steps, f"cue-conflict images ({len(index)} pairs)")
 
         class _Bar:
-            sync_every = 10  # no images needed: the engine may run 10 updates per program call
+            sync_every = 10  # no images needed: the engine may run up to 10 updates per program call
             def start(self, total, n): pass
             def step(self, i, losses, active, images): bar.update(1)
             def end(self): bar.close()

@@ -89,7 +89,7 @@ def _content(ctx: Context, size: int) -> tuple[np.ndarray, str]:
 class _Bar:
     """An engine callback driving the figure's tqdm bar (``ctx.progress``)."""
 
-    sync_every = 10  # no images needed: the engine may run 10 updates per program call
+    sync_every = 10  # no images needed: the engine may run up to 10 updates per program call
 
     def __init__(self, ctx: Context, steps: int, desc: str):
         self.bar = ctx.progress(steps, desc)
