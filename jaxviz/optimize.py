@@ -397,7 +397,10 @@ class ProgressBar(Callback):
 
     def __init__(self, desc: str = "optimize", every: int = 10, disable: bool | None = None):
         self.desc, self.every, self.disable, self.bar = desc, every, disable, None
-        self.sync_every = every  # the bar moves once per program call: at least every ``every`` steps
+
+    @property
+    def sync_every(self) -> int:  # the bar moves once per program call: at least every ``every`` steps
+        return self.every
 
     def start(self, total: int, n: int) -> None:
         from tqdm.auto import tqdm
@@ -419,8 +422,11 @@ class Snapshots(Callback):
 
     def __init__(self, every: int, transform: Callable[[Array], Array] | None = None):
         self.every, self.transform, self.frames = every, transform, []
-        self.sync_every = every
         self._last: tuple[int, Callable] | None = None
+
+    @property
+    def sync_every(self) -> int:  # the frames' updates are where the loop comes back to the host
+        return self.every
 
     def start(self, total, n):
         self.frames = []
