@@ -4,6 +4,7 @@ hand-sized CNN for exact, fast checks."""
 from __future__ import annotations
 
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -13,6 +14,30 @@ from jaxviz.interface import TORCHVISION, Model
 from jaxviz.models import bundled_model
 from jaxviz.models.kinds import Conv, GlobalAvgPool, MaxPool, ReLU
 from jaxviz.models.registry import ModelSpec
+
+
+SUITE_CACHE_BYTES = 2 << 30  # the suite's cache is emptied at the start of a run beyond this
+
+
+def pytest_configure(config) -> None:
+    """The suite's own persistent compilation cache, ``.jax_cache/`` in the checkout (git-ignored;
+    delete it for a cold run), on from the first test: the CLI, run in-process by many tests, would
+    otherwise turn on the user's ``~/.cache/jaxviz/xla`` (``$JAXVIZ_CACHE_DIR``) and fill it with
+    the tests' programs. Programs compiled by several tests or by both ``-n 2`` workers are compiled
+    once, and a second run of the suite reuses them. A ``JAXVIZ_CACHE_DIR`` given by the caller (a
+    path, or ``off``) is kept.
+
+    The cache is not capped through ``jax_compilation_cache_max_size``: that makes every write
+    list and stat the whole folder under a file lock (quadratic in the number of entries; the
+    suite writes about 2,000) and, with two workers, failed writes. It is emptied instead, by the
+    main process before any worker starts, once it holds more than ``SUITE_CACHE_BYTES``."""
+    from jaxviz.runtime import enable_compilation_cache
+    suite_cache = config.rootpath / ".jax_cache"
+    os.environ.setdefault("JAXVIZ_CACHE_DIR", str(suite_cache))
+    if not hasattr(config, "workerinput") and suite_cache.is_dir() and \
+            sum(f.stat().st_size for f in suite_cache.iterdir()) > SUITE_CACHE_BYTES:
+        shutil.rmtree(suite_cache, ignore_errors=True)
+    enable_compilation_cache()
 
 
 def _real_model(name: str):
