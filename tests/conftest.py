@@ -31,11 +31,11 @@ def pytest_configure(config) -> None:
     list and stat the whole folder under a file lock (quadratic in the number of entries; the
     suite writes about 2,000) and, with two workers, failed writes. It is emptied instead, by the
     main process before any worker starts, once it holds more than ``SUITE_CACHE_BYTES``."""
-    from jaxviz.runtime import enable_compilation_cache
+    from jaxviz.runtime import cache_dir, enable_compilation_cache
     suite_cache = config.rootpath / ".jax_cache"
     os.environ.setdefault("JAXVIZ_CACHE_DIR", str(suite_cache))
-    if not hasattr(config, "workerinput") and suite_cache.is_dir() and \
-            sum(f.stat().st_size for f in suite_cache.iterdir()) > SUITE_CACHE_BYTES:
+    if cache_dir() == suite_cache and not hasattr(config, "workerinput") and suite_cache.is_dir() \
+            and sum(f.stat().st_size for f in suite_cache.iterdir()) > SUITE_CACHE_BYTES:
         shutil.rmtree(suite_cache, ignore_errors=True)
     enable_compilation_cache()
 
