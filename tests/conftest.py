@@ -40,6 +40,18 @@ def pytest_configure(config) -> None:
     enable_compilation_cache()
 
 
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects
+def pytest_collection_modifyitems(config, items) -> None:
+    """``slow_on_resnet18``: the test's ResNet-18 case of ``any_model`` is slow, its other cases
+    are not (ResNet-18 compiles longest of the four; a test marks it where the small models
+    and ResNet-18's own checks elsewhere already cover what its case would add)."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("any_model") == "resnet18" \
+                and item.get_closest_marker("slow_on_resnet18"):
+            item.add_marker(pytest.mark.slow)
+
+
 def _real_model(name: str):
     from jaxviz.weights.store import load_model, status
     if status(name) == "not ported":

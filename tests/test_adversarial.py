@@ -103,6 +103,7 @@ def test_gradient_sign_is_the_sign_of_the_true_ce_gradient(tiny_model, rng):
             np.testing.assert_array_equal(got[clear], (-1 if targeted else 1) * np.sign(numeric[clear]))
 
 
+@pytest.mark.slow_on_resnet18  # the ResNet-18 case runs under -m slow (conftest)
 def test_gradient_sign_serves_every_eps_and_batch_equals_single(any_model, rng):
     """fgsm(eps) == clip(x + eps * gradient_sign) for several eps (one gradient for a sweep), the
     direction is in {-1, 0, 1}, and image i's direction does not depend on its batch."""

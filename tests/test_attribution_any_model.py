@@ -490,6 +490,7 @@ def test_resnet18_every_technique_is_batch_independent():
     _check_batch_independence(resnet18_model(), BATCH_TECHNIQUES)
 
 
+@pytest.mark.slow_on_resnet18  # the ResNet-18 case runs under -m slow (conftest)
 def test_a_class_out_of_range_is_an_error_on_any_model(any_model):
     """A concrete class beyond the model's classes gave an all-zero gradient map, a NaN Grad-CAM
     or occlusion map, or FGSM images left unchanged; now one clear error everywhere (a negative

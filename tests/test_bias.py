@@ -422,6 +422,7 @@ def _style_layers(model):
     return _layers(model)
 
 
+@pytest.mark.slow_on_resnet18  # the ResNet-18 case runs under -m slow (conftest)
 def test_study_on_any_model(any_model, rng):
     """The study on a user's own networks (the style network and the classifier): the batched
     cue-conflict images equal one optimisation per pair (non-square, batches of 2 over 3 pairs),

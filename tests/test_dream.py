@@ -58,8 +58,12 @@ def test_octaves_with_an_empty_layer_are_refused(squeezenet):
         deepdream(squeezenet, None, x, "fire9", octaves=4, octave_scale=1.4, steps=1)
     with pytest.raises(JaxvizError, match="empty at the coarsest octave"):
         deepdream(squeezenet, None, jnp.zeros((1, 16, 16, 3)), "fire9", octaves=1, steps=1)
-    out = deepdream(squeezenet, None, jnp.zeros((1, 47, 47, 3)), "fire9", octaves=4, octave_scale=1.4, steps=1)
-    assert out.shape == (1, 47, 47, 3)  # 47 / 1.4^3 = 17.1 -> 17 px: fire9 is 1x1 there
+    # the smallest size that works: 24 / 1.4 = 17.1 -> 17 px, where fire9 is 1x1 (two octaves, not
+    # four: the same rule with half the compilations)
+    with pytest.raises(JaxvizError, match=r"at least 17x17 px: use an image of at least 24x24"):
+        deepdream(squeezenet, None, jnp.zeros((1, 23, 23, 3)), "fire9", octaves=2, octave_scale=1.4, steps=1)
+    out = deepdream(squeezenet, None, jnp.zeros((1, 24, 24, 3)), "fire9", octaves=2, octave_scale=1.4, steps=1)
+    assert out.shape == (1, 24, 24, 3)
 
 
 def test_cli_dream(squeezenet, tmp_path, capsys):

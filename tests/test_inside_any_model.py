@@ -174,6 +174,7 @@ def test_patches_put_back_in_noise_reproduce_the_activation(any_model, folder, t
     assert changed, "vacuous: the noise alone gives the recorded activations"
 
 
+@pytest.mark.slow_on_resnet18  # the ResNet-18 case runs under -m slow (conftest)
 def test_neighbours_equal_brute_force(any_model, rng):
     images = rng.uniform(size=(9, 16, 20, 3)).astype(np.float32)  # non-square
     feats = E.model_features(any_model, images, batch=4)  # batches of 4: padding on the last
@@ -203,6 +204,7 @@ def test_neighbours_equal_brute_force(any_model, rng):
         np.testing.assert_allclose(dist, np.take_along_axis(d, order, 1), atol=1e-4)
 
 
+@pytest.mark.slow_on_resnet18  # the ResNet-18 case runs under -m slow (conftest)
 @pytest.mark.parametrize("rule", ["gradient", "deconv"])
 def test_unit_signals_equal_the_neuron_attributions_in_image_space(any_model, rule, rng):
     """One unit per image (different units, batch 2, non-square): equals the attribution family's

@@ -192,6 +192,7 @@ def rng_images(n, h, w, seed=0):
     return np.random.default_rng(seed).normal(size=(n, h, w, 3)).astype(np.float32)
 
 
+@pytest.mark.slow_on_resnet18  # the ResNet-18 case runs under -m slow (conftest)
 def test_randomisation_check_on_any_model(any_model):
     x = jnp.asarray(rng_images(2, 16, 20, seed=1))
     model = any_model

@@ -402,6 +402,7 @@ def _loop_outputs(model, x, window, stride, base):
     return out.reshape(x.shape[0], hp, wp, -1)
 
 
+@pytest.mark.slow_on_resnet18  # the ResNet-18 case runs under -m slow (conftest)
 def test_outputs_equal_loop_of_forward_passes_and_the_drops(any_model):
     # non-square, batch 2, a non-dividing grid (the last windows cropped)
     x = _images((2, 16, 21, 3), seed=21)

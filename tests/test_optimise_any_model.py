@@ -102,11 +102,15 @@ def _images(n=2, size=SIZE, seed=0):
     return x
 
 
-def both(check):
+def both(check, resnet18_slow: bool = True):
     """Run ``check(model)`` on the ``any_model`` matrix and, in a second test, on a plain apply_fn
-    (techniques that need no layer)."""
+    (techniques that need no layer). ResNet-18's case runs under -m slow unless ``resnet18_slow``
+    is False: these techniques use only the model's gradient, which test_attribution_any_model
+    checks on ResNet-18 against finite differences; one attack still runs on it by default."""
     def on_any_model(any_model):
         check(any_model)
+    if resnet18_slow:
+        on_any_model = pytest.mark.slow_on_resnet18(on_any_model)
 
     def on_apply_fn():
         check(apply_fn_model())
@@ -166,7 +170,7 @@ def _pgd_ball_box_report(classifier):
     np.testing.assert_array_equal(result.report.success, final != label)
 
 
-test_pgd_ball_box_report, test_pgd_ball_box_report_apply_fn = both(_pgd_ball_box_report)
+test_pgd_ball_box_report, test_pgd_ball_box_report_apply_fn = both(_pgd_ball_box_report, resnet18_slow=False)
 
 
 def _pgd_batch_single(classifier):
@@ -272,6 +276,7 @@ def test_channel_visualisation_raises_the_channel_mean(any_model):
         assert np.all(np.asarray(res.images) >= LO - 1e-5) and np.all(np.asarray(res.images) <= HI + 1e-5)
 
 
+@pytest.mark.slow_on_resnet18  # the ResNet-18 case runs under -m slow (conftest)
 def test_channel_visualisation_fourier_noise_start_batch_equals_single(any_model):
     layer = LAYER[_kind(any_model)]
     channels = _top_channels(any_model, layer, 2)
@@ -288,6 +293,7 @@ def test_channel_visualisation_fourier_noise_start_batch_equals_single(any_model
     np.testing.assert_allclose(-res.losses[0, 0], acts[0, h - 1, w - 1, channels[0]], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow_on_resnet18  # the ResNet-18 case runs under -m slow (conftest)
 def test_inversion_decreases_the_feature_distance(any_model):
     layer = LAYER[_kind(any_model)]
     x0 = preprocess(_images(2, seed=4))
@@ -305,6 +311,7 @@ def test_inversion_decreases_the_feature_distance(any_model):
     np.testing.assert_allclose(one.images[0], res.images[1], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow_on_resnet18  # the ResNet-18 case runs under -m slow (conftest)
 def test_deepdream_raises_the_layer_norm_and_batch_equals_single(any_model):
     layer = LAYER[_kind(any_model)]
     x = preprocess(_images(2, size=(24, 28), seed=5))
