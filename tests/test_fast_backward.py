@@ -14,6 +14,7 @@ import pytest
 from jaxviz.accel import accelerate, xla
 from jaxviz.accel import fast_layers as nl
 from jaxviz.accel.fast_layers import FastPoolNet
+from jaxviz.interface import from_apply_fn
 from jaxviz.optimize import optimize, sgd
 from jaxviz.testing import assert_grads_close, finite_difference_grad, random_indices, x64
 from tests.conftest import make_tiny_model
@@ -128,18 +129,24 @@ def test_vgg19_with_winograd_kernels_equals_plain_network(vgg19):
 def test_compiler_options_per_network(squeezenet, lite0):
     assert accelerate(lite0).compiler_options == ()       # depthwise: keep XLA's default library
     assert squeezenet.compiler_options == ()              # a model that was not accelerated: none
-    dense = accelerate(squeezenet).compiler_options
-    if jax.default_backend() == "cpu" and xla._accepts(xla._EIGEN_CONVOLUTIONS):
-        assert dense == xla._EIGEN_CONVOLUTIONS
-    else:
-        assert dense == ()
-    assert xla.compiler_options(dense_convolutions=True) == dense
+    options = accelerate(squeezenet).compiler_options
+    cpu = jax.default_backend() == "cpu"
+    expected = ((xla._EIGEN_CONVOLUTIONS if cpu and xla._accepts(xla._EIGEN_CONVOLUTIONS) else ())
+                + (xla._LEGACY_FUSION_EMITTERS if cpu and xla._accepts(xla._LEGACY_FUSION_EMITTERS) else ()))
+    assert options == expected
+    assert "squeezenet1_1" in xla.LEGACY_FUSION_NETWORKS
+    assert xla.compiler_options(dense_convolutions=True, legacy_fusion_emitters=True) == options
     assert xla.compiler_options(dense_convolutions=False) == ()
-    # same values with and without the options
+    # the legacy emitters only for a registry network measured with them: not a user's model
+    # that happens to share its name
+    user = from_apply_fn(squeezenet.apply, squeezenet.params, name="squeezenet1_1")
+    assert dict(accelerate(user).compiler_options).get("xla_cpu_use_fusion_emitters") is None
+    # same values and gradients with and without the options
     x = jnp.asarray(np.random.default_rng(0).random((1, 64, 64, 3)), jnp.float32)
-    a = xla.jit(squeezenet.apply, dense)(squeezenet.params, x)
-    b = jax.jit(squeezenet.apply)(squeezenet.params, x)
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    for fn in (squeezenet.apply, jax.grad(lambda p, z: squeezenet.apply(p, z)[:, 3].sum(), argnums=1)):
+        a = xla.jit(fn, options)(squeezenet.params, x)
+        b = jax.jit(fn)(squeezenet.params, x)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()))
 
 
 def test_engine_with_compiler_options_optimises_the_same(tiny_model):

@@ -3,8 +3,9 @@
 ``accelerate(model)`` returns the same network with the same parameters and the same results (to
 float rounding), faster on this hardware:
 
-- on CPU, XLA's Eigen convolutions for networks whose convolutions are all dense (``xla``),
-  carried as ``model.compiler_options`` for whoever jits a function of the model;
+- on CPU, XLA's Eigen convolutions for networks whose convolutions are all dense and, for
+  SqueezeNet 1.1, XLA's legacy fusion emitters (shorter compiles) (``xla``), carried as
+  ``model.compiler_options`` for whoever jits a function of the model;
 - for every model, its traced forward pass re-evaluated with convolutions and max-pools whose
   backward passes XLA-CPU runs fast, ReLUs fused into the max-pools they feed and channel
   concatenations never materialised (``rewrite``, ``ops``); ``with_backward(rule)`` of the
@@ -54,7 +55,9 @@ def accelerate(model) -> Model:
                 grouped = xla.has_grouped_convolutions(model.apply, model.params, probe)
             except Exception:  # a model that needs another input shape: leave XLA's default choice
                 grouped = True
-        changes["compiler_options"] = xla.compiler_options(dense_convolutions=not grouped)
+        legacy = facts is not None and model.spec.name in xla.LEGACY_FUSION_NETWORKS
+        changes["compiler_options"] = xla.compiler_options(dense_convolutions=not grouped,
+                                                           legacy_fusion_emitters=legacy)
         module = getattr(model, "module", None)
         if isinstance(module, SequentialNet) and type(module) is SequentialNet:
             changes["module"] = FastPoolNet(module.stages)

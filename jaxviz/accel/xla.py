@@ -3,9 +3,11 @@
 Recent XLA-CPU hands convolutions and matmuls to YNNPACK; its older Eigen path is faster for
 dense convolutions on the x86 CPUs measured here (VGG19 Gatys step 0.46 vs 0.50 s, SqueezeNet
 forward 1.4x, the fast-style network 3x) and slower for depthwise ones (EfficientNet-Lite 0.8x),
-so the choice is made per network, from its traced program (grouped convolutions or not). An
-XLA debug option: applied only where this jax accepts it, only on CPU, and only through a
-top-level ``jax.jit`` (XLA takes no options inside a caller's transformation).
+so the choice is made per network, from its traced program (grouped convolutions or not). For
+the networks in ``LEGACY_FUSION_NETWORKS`` (measured one by one) XLA-CPU's legacy loop emitters
+too: shorter compiles at the same speed. XLA debug options: applied only where this jax accepts
+them, only on CPU, and only through a top-level ``jax.jit`` (XLA takes no options inside a
+caller's transformation).
 """
 from __future__ import annotations
 
@@ -16,8 +18,17 @@ import jax
 import numpy as np
 from jax.extend import core as jex_core
 
-Options = tuple[tuple[str, str], ...]
+Options = tuple[tuple[str, str | bool], ...]
 _EIGEN_CONVOLUTIONS: Options = (("xla_cpu_experimental_ynn_fusion_type", ""),)
+_LEGACY_FUSION_EMITTERS: Options = (("xla_cpu_use_fusion_emitters", False),)
+# Registry networks whose programs compile faster with XLA-CPU's legacy loop emitters than with
+# its newer fusion emitters, and run as fast. Measured on a 2-core AMD EPYC (2026-12-02, one
+# process alternating the two): SqueezeNet 1.1's DeepDream octave programs 4.1 -> 2.5 CPU-s each
+# (`jaxviz dream` cold compile 13.7 -> 8.8-10.3 s), class/neuron visualisation 3.9 -> 2.8, occlusion
+# 5.0 -> 4.1; steps as fast or faster (DeepDream 1.17x, Integrated Gradients 1.09x, the forward
+# pass, vanilla gradients, Grad-CAM, PGD and occlusion within 4 %). Not VGG19: its Gatys program
+# compiled slower (4.4 -> 5.4-6.0 CPU-s) at the same speed. A model not measured keeps XLA's default.
+LEGACY_FUSION_NETWORKS = frozenset({"squeezenet1_1"})
 
 
 @functools.lru_cache(maxsize=None)
@@ -30,12 +41,15 @@ def _accepts(options: Options) -> bool:
         return False
 
 
-def compiler_options(dense_convolutions: bool) -> Options:
-    """XLA options (hashable ``((name, value), ...)``) for jitting a function of a network whose
-    convolutions are all dense (``dense_convolutions``); empty off CPU or when not accepted."""
-    if not dense_convolutions or jax.default_backend() != "cpu" or not _accepts(_EIGEN_CONVOLUTIONS):
+def compiler_options(dense_convolutions: bool, legacy_fusion_emitters: bool = False) -> Options:
+    """XLA options (hashable ``((name, value), ...)``) for jitting a function of a network: Eigen
+    convolutions where its convolutions are all dense (``dense_convolutions``), the legacy fusion
+    emitters where asked (``LEGACY_FUSION_NETWORKS``); empty off CPU, each only when accepted."""
+    if jax.default_backend() != "cpu":
         return ()
-    return _EIGEN_CONVOLUTIONS
+    wanted = [group for group, on in ((_EIGEN_CONVOLUTIONS, dense_convolutions),
+                                      (_LEGACY_FUSION_EMITTERS, legacy_fusion_emitters)) if on]
+    return tuple(option for group in wanted if _accepts(group) for option in group)
 
 
 def has_grouped_convolutions(fn: Callable, *args) -> bool:

@@ -161,7 +161,7 @@ class Model:
         self.description = description
         self.paper = paper
         # XLA options for jitting functions of this model (set by jaxviz.accel; empty: none)
-        self.compiler_options: tuple[tuple[str, str], ...] = ()
+        self.compiler_options: tuple[tuple[str, str | bool], ...] = ()
         self.backward_rule: Rule = "gradient"  # the ReLU backward rule (``with_backward``)
         self._derived: dict = {}
         self._probes: dict = {}
