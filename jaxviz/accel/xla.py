@@ -22,12 +22,13 @@ Options = tuple[tuple[str, str | bool], ...]
 _EIGEN_CONVOLUTIONS: Options = (("xla_cpu_experimental_ynn_fusion_type", ""),)
 _LEGACY_FUSION_EMITTERS: Options = (("xla_cpu_use_fusion_emitters", False),)
 # Registry networks whose programs compile faster with XLA-CPU's legacy loop emitters than with
-# its newer fusion emitters, and run as fast. Measured on a 2-core AMD EPYC (2026-12-02, one
-# process alternating the two): SqueezeNet 1.1's DeepDream octave programs 4.1 -> 2.5 CPU-s each
-# (`jaxviz dream` cold compile 13.7 -> 8.8-10.3 s), class/neuron visualisation 3.9 -> 2.8, occlusion
-# 5.0 -> 4.1; steps as fast or faster (DeepDream 1.17x, Integrated Gradients 1.09x, the forward
-# pass, vanilla gradients, Grad-CAM, PGD and occlusion within 4 %). Not VGG19: its Gatys program
-# compiled slower (4.4 -> 5.4-6.0 CPU-s) at the same speed. A model not measured keeps XLA's default.
+# its newer fusion emitters, and run as fast. Measured on a 2-core AMD EPYC (2026-12-02; compiles
+# by `scripts/bench.py --compile`, steps in one process alternating the two): SqueezeNet 1.1's
+# DeepDream octave programs 4.1 -> 2.3-2.6 CPU-s each (`jaxviz dream` cold compile 13.7 -> 8.8-10.3
+# s), neuron visualisation's 3.9 -> 2.8, occlusion's 5.0 -> 4.1; steps as fast or faster (DeepDream
+# 1.17x, Integrated Gradients 1.09x, the forward pass, vanilla gradients, Grad-CAM, PGD and
+# occlusion within 4 %). Not VGG19: its Gatys program compiled slower (4.4 -> 5.4-6.0 CPU-s) at the
+# same speed. A model not measured keeps XLA's default.
 LEGACY_FUSION_NETWORKS = frozenset({"squeezenet1_1"})
 
 
