@@ -301,15 +301,18 @@ def test_block_rule_equals_recomputing_the_block(kind):
     hw = (13, 10)
     module, params = _block_params(kind, hw, seed=kind.in_features + kind.stride)
     x = jax.random.normal(jax.random.key(1), hw + (kind.in_features,))
-    clean, ctx = kind.clean(params, x)
-    np.testing.assert_allclose(clean, module.apply({"params": params}, x[None])[0], rtol=1e-5, atol=1e-5)
+    # jitted, as incremental occlusion runs them (op-by-op, each new shape compiled a program per op)
+    block = jax.jit(lambda p, x: module.apply({"params": p}, x[None])[0])
+    update = jax.jit(kind.update, static_argnums=3)
+    clean, ctx = jax.jit(kind.clean)(params, x)
+    np.testing.assert_allclose(clean, block(params, x), rtol=1e-5, atol=1e-5)
     for (a, b), box in [((0, 0), (3, 2)), ((10, 8), (3, 2)), ((5, 3), (4, 4)), ((12, 0), (1, 10)), ((0, 0), (13, 10))]:
         patch = jax.random.normal(jax.random.key(a * 31 + b), box + (kind.in_features,))
         changed = x.at[a:a + box[0], b:b + box[1]].set(patch)
-        oa, ob, out = kind.update(params, ctx, (jnp.asarray(a), jnp.asarray(b), patch), hw)
+        oa, ob, out = update(params, ctx, (jnp.asarray(a), jnp.asarray(b), patch), hw)
         assert out.shape[:2] == kind.plan(hw, box)[1]
         got = clean.at[int(oa):int(oa) + out.shape[0], int(ob):int(ob) + out.shape[1]].set(out)
-        want = module.apply({"params": params}, changed[None])[0]
+        want = block(params, changed)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
         assert not np.allclose(want, clean)  # the change did reach the output
 
