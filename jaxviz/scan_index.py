@@ -621,7 +621,8 @@ def merge_indices(parts: Sequence[str | os.PathLike], out: str | os.PathLike, *,
     index), is exactly the top-k of a one-host scan.
 
     Raises:
-      JaxvizError: incomplete or incompatible parts, overlapping images, or ``out`` not free.
+      JaxvizError: incomplete or incompatible parts, overlapping images, a shard missing (the
+        parts must hold every image of the list), or ``out`` not free.
     """
     if not parts:
         raise JaxvizError("nothing to merge")
@@ -636,6 +637,13 @@ def merge_indices(parts: Sequence[str | os.PathLike], out: str | os.PathLike, *,
     all_ids = np.concatenate([ix.indices for ix in indices])
     if len(np.unique(all_ids)) != len(all_ids):
         raise JaxvizError("the indices to merge overlap (the same image in two shards)")
+    if len(all_ids) != first["total"]:  # a merged index is marked complete: every shard must be there
+        count = {tuple(ix.meta.get("shard", (0, 1)))[1] for ix in indices}
+        have = {tuple(ix.meta.get("shard", (0, 1)))[0] for ix in indices}
+        missing = (f"shard {', '.join(f'{i}/{n}' for n in sorted(count) for i in range(n) if i not in have)} "
+                   "missing" if len(count) == 1 else "shards missing")
+        raise JaxvizError(f"the indices to merge hold {len(all_ids)} of the list's {first['total']} images "
+                          f"({missing}); merge every shard of the scan")
     order = np.argsort(all_ids, kind="stable")
     paths = [p for ix in indices for p in ix.paths]
     features = np.concatenate([ix.features for ix in indices])[order]

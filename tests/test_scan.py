@@ -170,6 +170,10 @@ def test_shards_merged_equal_one_scan(reference, tmp_path):
     _assert_same_index(index, merged, exact=False)
     with pytest.raises(JaxvizError, match="overlap"):
         merge_indices([parts[0].path, parts[0].path], tmp_path / "bad")
+    # a shard left out: refused (a merged index is complete), and nothing written
+    with pytest.raises(JaxvizError, match=r"1\d of the list's 19 images \(shard 1/3 missing\)"):
+        merge_indices([parts[0].path, parts[2].path], tmp_path / "short")
+    assert not (tmp_path / "short").exists()
 
 
 def test_interrupted_scan_resumes_to_the_same_index(reference, tmp_path):
@@ -282,6 +286,8 @@ def test_cli_scan_and_patches_end_to_end(squeezenet, folder, tmp_path, capsys):
         assert _cli(["scan", str(folder / "sub"), "coffee", "--model", "squeezenet1_1", "--layers", "fire3",
                      "fire6", "--topk", "3", "--out", str(tmp_path / f"s{i}"), "--batch", "4", "--size", "64",
                      "--shard", f"{i}/2", "--no-progress"], capsys)[0] == 0
+    code, _, err = _cli(["scan", "--merge", str(tmp_path / "s0"), "--out", str(tmp_path / "m")], capsys)
+    assert code == 2 and "shard 1/2 missing" in err and not (tmp_path / "m").exists()
     code, _, err = _cli(["scan", "--merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out",
                          str(tmp_path / "m")], capsys)
     assert code == 0, err
