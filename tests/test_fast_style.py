@@ -230,3 +230,29 @@ def test_cli_fast_style_train_resume_vgg(tmp_path):
     assert main(argv) == 0
     assert main(argv) == 0  # resumes
     assert load_checkpoint(ckpt)[1].step == 4
+
+
+def test_cli_resume_refuses_other_settings_or_styles(tmp_path, capsys):
+    """Resuming keeps the checkpoint's network, training settings and styles: a flag given with
+    another value, or other style images, is refused (rc 2, checkpoint untouched); the same
+    values, or the flags left out, pass the check."""
+    import dataclasses
+
+    from jaxviz.cli import main
+    config = dataclasses.replace(SMALL, style_names=("brick", "gravel"))
+    ckpt = tmp_path / "m.msgpack"
+    save_checkpoint(ckpt, config, fs.init_state(config, jax.random.key(0)))
+    before = ckpt.read_bytes()
+    base = ["fast-style", "train", "--content-dir", str(tmp_path), "--out", str(ckpt), "--steps", "1"]
+    for extra, message in [(["--styles", "brick", "gravel", "--size", "32"], "trained with --size 16"),
+                           (["--styles", "brick", "gravel", "--width", "8", "--lr", "0.5"],
+                            "trained with --width 4, --lr 0.001"),
+                           (["--styles", "gravel", "brick"], "styles brick, gravel, not gravel, brick"),
+                           (["--styles", "brick", "grass"], "not brick, grass")]:
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert ckpt.read_bytes() == before
+    # the same settings pass the check (and fail later only on the empty content folder)
+    assert main(base + ["--styles", "brick", "gravel", "--size", "16", "--width", "4"]) == 2
+    assert "no .png/.jpg images in" in capsys.readouterr().err

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from jaxviz.cli import command
-from jaxviz.cli._common import (add_option, add_options, add_output, load_model_arg, option_value, options_for,
+from jaxviz.cli._common import (add_option, add_options, add_output, given, load_model_arg, option_value, options_for,
                                 output_path)
 from jaxviz.errors import JaxvizError
 from jaxviz.options import Option
@@ -147,6 +147,7 @@ def run_train(args: argparse.Namespace) -> int:
         config, state = load_checkpoint(out)
         if config.num_styles != len(args.styles):
             raise JaxvizError(f"checkpoint {out} has {config.num_styles} styles, {len(args.styles)} given")
+        _check_resume(args, out, config, options)
     else:
         config = fs.FastStyleConfig(num_styles=len(args.styles), style_names=tuple(source_name(s) for s in args.styles),
                                     **options)
@@ -170,6 +171,21 @@ def run_train(args: argparse.Namespace) -> int:
     last = f", last loss {state.losses[-1]:.4g}" if state.losses else ""
     print(f"{out}  step {state.step}{last}")
     return 0
+
+
+def _check_resume(args: argparse.Namespace, out, config, options: dict) -> None:
+    """A resumed training keeps its checkpoint's settings and styles: a flag given with another
+    value, or other style images, would silently train on with the old ones."""
+    from jaxviz.images import source_name
+    changed = [f"{o.cli_flag} {getattr(config, o.name)}" for o in TECHNIQUES["fast-style-train"].cli_options()
+               if hasattr(config, o.name) and given(args, o.cli_flag) and options[o.name] != getattr(config, o.name)]
+    if changed:
+        raise JaxvizError(f"checkpoint {out} was trained with {', '.join(changed)}; resume with its settings "
+                          "(or leave those flags out), or choose another --out")
+    names = tuple(source_name(s) for s in args.styles)
+    if config.style_names and names != tuple(config.style_names):
+        raise JaxvizError(f"checkpoint {out} was trained on the styles {', '.join(config.style_names)}, "
+                          f"not {', '.join(names)}; resume with the same --styles in the same order")
 
 
 def _pad_to(image, multiple: int, minimum: int):
