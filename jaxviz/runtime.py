@@ -23,12 +23,21 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | No
     """Turn on JAX's persistent compilation cache so a second process does not recompile.
 
     Every entry is cached (min size -1, min compile time 0): a cold SqueezeNet/VGG compile costs
-    about a second on CPU, a cache hit about a tenth of that.
+    about a second on CPU, a cache hit about a tenth of that. The cache is only a speed-up: a
+    folder that cannot be made or written (a read-only or missing ``$HOME`` in a container) turns
+    it off with one line on stderr, and None is returned.
     """
     target = Path(path) if path else cache_dir()
     if target is None:
         return None
-    target.mkdir(parents=True, exist_ok=True)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        if not os.access(target, os.W_OK | os.X_OK):
+            raise PermissionError("not writable")
+    except OSError as e:
+        print(f"jaxviz: compilation cache off: cannot use {target} ({e.strerror or e}); "
+              "set JAXVIZ_CACHE_DIR to a writable folder, or to 'off'", file=sys.stderr)
+        return None
     jax.config.update("jax_compilation_cache_dir", str(target))
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)

@@ -171,3 +171,22 @@ def test_cli_serves_large_buffers_by_mmap():
         return out.stdout.strip().splitlines()[-1]
     assert probe("plain") == "False"  # the default policy this guards against
     assert probe("cli") == "True"
+
+
+def test_an_unusable_cache_folder_turns_the_cache_off_and_the_command_runs(tmp_path, monkeypatch, capsys, squeezenet):
+    """The persistent cache is only a speed-up: a cache folder that cannot be made (a file in its
+    path; a read-only HOME) is one line on stderr, the command still runs (rc 0)."""
+    import jax
+
+    from jaxviz.runtime import enable_compilation_cache
+    before = jax.config.jax_compilation_cache_dir
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert enable_compilation_cache(blocker / "xla") is None
+    assert jax.config.jax_compilation_cache_dir == before  # the suite's cache left as it was
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "compilation cache off: cannot use" in err and "JAXVIZ_CACHE_DIR" in err
+    monkeypatch.setenv("JAXVIZ_CACHE_DIR", str(blocker))  # a file, not a folder
+    assert main(["predict", "chelsea", "--model", "squeezenet1_1", "--topk", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "Egyptian cat" in captured.out and captured.err.count("\n") == 1, captured.err
