@@ -190,3 +190,18 @@ def test_an_unusable_cache_folder_turns_the_cache_off_and_the_command_runs(tmp_p
     assert main(["predict", "chelsea", "--model", "squeezenet1_1", "--topk", "1"]) == 0
     captured = capsys.readouterr()
     assert "Egyptian cat" in captured.out and captured.err.count("\n") == 1, captured.err
+
+
+def test_pillows_decompression_bomb_warning_stays_off_stderr(tmp_path, monkeypatch, capsys, squeezenet):
+    """Pillow warns (two lines on stderr) from its own limit of 89 MP on, below jaxviz's
+    MAX_PIXELS (here: Pillow's limit lowered so a small image is over it)."""
+    import warnings
+
+    from PIL import Image
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    path = tmp_path / "big.png"
+    Image.new("RGB", (40, 30), (200, 100, 50)).save(path)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("default")  # what a plain Python process shows on stderr
+        assert main(["predict", str(path), "--model", "squeezenet1_1", "--topk", "1"]) == 0
+    assert [w.category.__name__ for w in shown] == [] and capsys.readouterr().err == ""

@@ -78,7 +78,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         enable_compilation_cache,
         fix_mmap_threshold,
     )
+    import warnings
+
+    from PIL import Image
     try:
+        # jaxviz.images refuses images over its own MAX_PIXELS in one line; Pillow's lower limit
+        # would add its two-line warning to stderr for a large image that is then read or refused.
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
         enable_compilation_cache()
         fix_mmap_threshold()  # peak memory flat in the number of images (runtime.fix_mmap_threshold)
         with outputs():  # a failed command removes the files it created (jaxviz.io)
