@@ -451,7 +451,14 @@ def _loss_grad(model, targeted: bool, kind: str) -> Callable:
 
 
 def _images01(images) -> Array:
-    """(N, H, W, 3) images in [0, 1] as float32, or one clear error for another shape."""
+    """(N, H, W, 3) images in [0, 1] as float32, or one clear error for another shape or, when
+    concrete (not traced), values outside [0, 1]: the attacks clip to [0, 1], so preprocessed
+    input would come back far outside its eps-ball."""
+    if not isinstance(images, jax.core.Tracer):
+        values = np.asarray(images, np.float32)
+        if values.ndim == 4 and values.size and not (values.min() >= 0.0 and values.max() <= 1.0):
+            raise JaxvizError(f"images must be RGB in [0, 1] (before the model's preprocessing), got values "
+                              f"{values.min():.4g}..{values.max():.4g}")
     images = jnp.asarray(images, jnp.float32)
     if images.ndim != 4 or images.shape[-1] != 3:
         raise JaxvizError(f"images must be (N, H, W, 3) in [0, 1], got shape {tuple(images.shape)}")
@@ -484,7 +491,8 @@ def fgsm(model, params: dict | None, images: Array, cls: Array, *, eps: float, t
     Returns:
       (N, H, W, 3) adversarial images in [0, 1] (float; not quantised).
     Raises:
-      JaxvizError: eps not a finite number in (0, 1], a class out of range, wrong shapes.
+      JaxvizError: eps not a finite number in (0, 1], a class out of range, wrong shapes,
+        concrete images outside [0, 1] (or NaN).
     """
     from jaxviz.techniques import check  # (the registry imports this module)
     check("fgsm", eps=eps)
@@ -517,7 +525,8 @@ def projected_gradient_descent(model, params: dict | None, images: Array, cls: A
       (N, H, W, 3) adversarial images in [0, 1] inside the eps-ball (float; not quantised).
     Raises:
       JaxvizError: an unknown norm, steps not a whole number >= 0, a concrete eps / step / steps
-        outside the attack's bounds (``jaxviz.techniques``), wrong shapes, a concrete class out of range.
+        outside the attack's bounds (``jaxviz.techniques``), wrong shapes, a concrete class out of range,
+        concrete images outside [0, 1] (or NaN).
     """
     spec = get_method(f"pgd-{norm}") if norm in ("linf", "l2") else None
     if spec is None:
@@ -588,7 +597,8 @@ def attack(model, params: dict | None, images: Array, *, method: str = "pgd-linf
     Returns:
       ``AttackResult(images, report)``.
     Raises:
-      JaxvizError: unknown method, bad eps/step/steps/confidence, wrong shapes.
+      JaxvizError: unknown method, bad eps/step/steps/confidence, wrong shapes, images outside
+        [0, 1] (or NaN).
     """
     require_concrete("attack", params, images, label, target, key, pure="projected_gradient_descent")
     spec = get_method(method)

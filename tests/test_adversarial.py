@@ -4,6 +4,7 @@ the accelerated model attacks alike, the compiled step is reused, and real Squee
 (Any-model truth checks: tests/test_optimise_any_model.py.)"""
 from __future__ import annotations
 
+import functools
 import json
 
 import jax
@@ -49,6 +50,26 @@ def test_unknown_method_and_bad_arguments(tiny_model, rng):
         adv.attack(tiny_model, None, x, method="ifgsm", eps=-0.1)
     with pytest.raises(JaxvizError, match="shape"):
         adv.attack(tiny_model, None, x[0], method="ifgsm")
+
+
+def test_images_outside_0_1_are_refused_when_concrete(tiny_model, rng):
+    """The attacks clip to [0, 1]: preprocessed (or NaN) images would come back far outside the
+    eps-ball, so concrete ones are refused; traced ones (inside jit) are not inspected."""
+    x = _grid_images(rng, 2)
+    cls = np.array([1, 2])
+    bad = {"preprocessed": np.asarray(tiny_model.preprocess(x)), "times 3": x * 3, "nan": np.where(x > 0.5, np.nan, x)}
+    for name, images in bad.items():
+        for run in (lambda: adv.pgd(tiny_model, None, images, eps=0.1, steps=1),
+                    lambda: adv.attack(tiny_model, None, images, method="fgsm", eps=0.1),
+                    lambda: adv.fgsm(tiny_model, None, images, cls, eps=0.1),
+                    lambda: adv.projected_gradient_descent(tiny_model, None, images, cls, eps=0.1, steps=1,
+                                                          step=0.05, random_start=False)):
+            with pytest.raises(JaxvizError, match=r"images must be RGB in \[0, 1\]"):
+                run()
+    # in range, and traced: unchecked values, same result as the eager call
+    pure = functools.partial(adv.projected_gradient_descent, tiny_model, None, eps=0.1, steps=1, step=0.05,
+                             random_start=False)
+    np.testing.assert_allclose(jax.jit(pure)(x, cls), pure(x, cls), atol=1e-6)
 
 
 def test_loss_gradient_matches_finite_differences(tiny_model, rng):
