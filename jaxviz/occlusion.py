@@ -59,7 +59,7 @@ from jaxviz.errors import JaxvizError
 from jaxviz.interface import as_model
 from jaxviz.interface.model import class_index
 from jaxviz.metrics import gaussian_blur  # the same edge-padded blur as the deletion baseline
-from jaxviz.targets import SCORE_KINDS, Target, class_scores, class_scores_of, neuron_scores
+from jaxviz.targets import SCORE_KINDS, Target, as_target, class_scores, class_scores_of, neuron_scores
 
 Array = jax.Array
 Fill = Literal["mean", "grey", "zeros", "blur"]
@@ -108,10 +108,7 @@ def _check(x: Array, window: Pair, stride: Pair, chunk: int, fill, score) -> Non
 
 
 def _as_target(target: Target | int | None, score: str | None) -> Target:
-    if target is None:
-        target = Target()
-    elif not isinstance(target, Target):
-        target = Target(index=int(target))
+    target = as_target(target)
     if score is not None and target.is_class and score != target.score:
         target = Target(index=target.index, score=score)
     return target

@@ -97,11 +97,19 @@ def parse_target(text: str | int | None, model, score: ScoreKind = "logit") -> T
 
 
 def as_target(target: "Target | int | None") -> "Target":
-    """None -> predicted class; int -> that class; a Target as is."""
+    """None -> predicted class; int -> that class; a Target as is.
+
+    Raises:
+      JaxvizError: a class name or another type (``jaxviz.labels.resolve_class`` turns a name
+        into its index).
+    """
     if target is None:
         return Target()
     if isinstance(target, Target):
         return target
+    if isinstance(target, (str, bytes)) or jnp.ndim(target) != 0:
+        raise JaxvizError(f"target must be a class index, a jaxviz.Target or None, got {target!r}; "
+                          "jaxviz.labels.resolve_class(name) gives a class name's index")
     return Target(index=int(target))
 
 

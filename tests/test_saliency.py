@@ -331,3 +331,17 @@ def test_lite0_guided_relu6_model_keeps_forward(lite0):
     np.testing.assert_allclose(guided.apply(lite0.params, x), lite0.apply(lite0.params, x), rtol=1e-5, atol=1e-4)
     g = J(sal.guided_gradients)(lite0, lite0.params, x, Target(index=3))
     assert g.shape == x.shape and np.isfinite(np.asarray(g)).all() and np.abs(np.asarray(g)).sum() > 0
+
+
+def test_a_class_name_as_target_is_one_clear_error(tiny_model):
+    """The Python functions take class indices (the CLI resolves names): a name, or an array of
+    classes where one target is expected, is a JaxvizError naming resolve_class."""
+    from jaxviz import cam, occlusion
+    x = np.zeros((1, 16, 16, 3), np.float32)
+    for target in ("cat", b"cat", np.array([1, 2])):
+        for run in (lambda: sal.vanilla_saliency(tiny_model, tiny_model.params, x, target),
+                    lambda: cam.grad_cam(tiny_model, tiny_model.params, x, target),
+                    lambda: occlusion.occlusion(tiny_model, tiny_model.params, x, target, window=8, stride=8)):
+            with pytest.raises(JaxvizError, match="resolve_class"):
+                run()
+    assert sal.vanilla_saliency(tiny_model, tiny_model.params, x, np.int64(3)).shape == (1, 16, 16)
