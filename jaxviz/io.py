@@ -14,6 +14,7 @@ the scan index, the weights store and ported weights (``jaxviz.weights.tensorfil
 """
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Callable
@@ -156,11 +157,15 @@ def check_output_dir(folder: str | os.PathLike, what: str = "output") -> Path:
     """
     folder = Path(folder)
     if not folder.is_dir():
+        if folder.exists():  # e.g. --out some_file/fig.png
+            raise JaxvizError(f"{what} directory {folder} is a file, not a directory")
         raise JaxvizError(f"{what} directory does not exist: {folder}")
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".jaxviz-", suffix=".probe")
     except OSError as e:
-        raise WriteError(f"cannot write to {what} directory {folder}: {_reason(e)}", e.errno, _reason(e)) from None
+        # an existing folder that answers "no such file" to a new file: /proc, /sys
+        reason = "it does not take new files" if e.errno == errno.ENOENT else _reason(e)
+        raise WriteError(f"cannot write to {what} directory {folder}: {reason}", e.errno, reason) from None
     os.close(fd)
     os.unlink(tmp)
     return folder

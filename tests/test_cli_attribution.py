@@ -185,6 +185,8 @@ def test_metrics_prints_aucs(tiny_cli, capsys):
     (["--target", "7"], "class"),  # the tiny model has 5 classes
     (["--method", "gradcam", "--layer", "classifier.2"], "no spatial map"),
     (["--out", "/nonexistent_dir/fig.png"], "output directory does not exist"),
+    (["--out", "/proc/fig.png"], "cannot write to output directory /proc: it does not take new files"),
+    (["--out", __file__ + "/fig.png"], "is a file, not a directory"),
     (["--npy", "map.txt"], ".npy"),
     (["--method", "occlusion", "--window", "4", "--stride", "8"], "--stride"),
     (["--method", "smoothgrad", "--noise", "inf"], "--noise"),
