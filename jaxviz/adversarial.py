@@ -650,6 +650,11 @@ def attack(model, params: dict | None, images: Array, *, method: str = "pgd-linf
         data = _attack_data(params, cls, x0, eps, label, tgt, confidence, step, budget)
         adv, steps_run, engine_times = _run_iterations(
             model, parts, init, optimizer=step_transform(spec.step_rule, step), steps=steps, data=data)
+        if early_stop:  # an image that already meets the goal needs no step: the original, not a random start
+            done = np.asarray(_succeeded(p0, label, tgt, confidence))
+            if done.any():
+                adv = jnp.where(jnp.asarray(done)[:, None, None, None], x0, adv)
+                steps_run = np.where(done, 0, np.asarray(steps_run))
 
     if quantize:
         adv, steps_run = _quantize_and_refine(

@@ -296,6 +296,22 @@ def test_every_method_returns_8bit_images_in_budget_and_honest_reports(tiny_mode
     assert (result.report.steps <= 6 + 5 * 3).all() and (result.report.steps >= 0).all()  # 0: already there
 
 
+def test_an_image_already_at_its_goal_comes_back_unchanged_in_0_steps(tiny_model, rng):
+    """Early stop: a targeted attack whose target is already the prediction (or an untargeted one
+    whose given label is already wrong) returns the original image, not its random start."""
+    x = _grid_images(rng, 2)
+    pred = np.asarray(tiny_model.apply(tiny_model.params, tiny_model.preprocess(x))).argmax(-1)
+    other = (pred + 1) % 5
+    target = np.array([pred[0], other[1]])  # image 0: already there; image 1: must move
+    result = adv.pgd(tiny_model, None, x, target=target, eps=8 / 255, steps=5)
+    np.testing.assert_array_equal(result.images[0], x[0])
+    assert result.report.steps[0] == 0 and bool(result.report.success[0])
+    assert result.report.steps[1] > 0 and not np.array_equal(result.images[1], x[1])
+    result = adv.attack(tiny_model, None, x, method="pgd-l2", label=other, eps=0.5, steps=5)
+    np.testing.assert_array_equal(result.images, x)
+    assert list(result.report.steps) == [0, 0] and result.report.success.all()
+
+
 def test_transfer_to_the_same_model_repeats_the_white_box_result(tiny_model, rng):
     x = _grid_images(rng, 3)
     result = adv.attack(tiny_model, None, x, method="ifgsm", eps=8 / 255)
