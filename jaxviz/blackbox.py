@@ -281,10 +281,10 @@ def simba(predict_proba: ProbaFn | Model, images, *, label=None, target=None, ba
         raise JaxvizError("images must be finite and in [0, 1]")
     if basis == "pixel" and eps < 0.5 / 255:
         # pixel candidates are rounded to the 8-bit grid: such a step rounds back to the same image
-        raise JaxvizError(f"eps {eps:g} is under half a grey level (0.5/255): every pixel-basis step would "
+        raise JaxvizError(f"eps (--step) {eps:g} is under half a grey level (0.5/255): every pixel-basis step would "
                           "round back to the same 8-bit value; use eps >= 0.5/255 or basis='dct'")
     if max_l2 is not None and max_l2 < 1 / 255 * (1 - 1e-6):
-        raise JaxvizError(f"max_l2 {max_l2:g} is under one grey level (1/255): no 8-bit image other than "
+        raise JaxvizError(f"max_l2 (--eps) {max_l2:g} is under one grey level (1/255): no 8-bit image other than "
                           "the original fits in it")
     max_queries = int(max_queries)
     n, h, w, _ = x0.shape

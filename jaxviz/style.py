@@ -404,7 +404,8 @@ def _layer_weights(style_layers: tuple[str, ...], layer_weights) -> list[float]:
     w = (np.full(len(style_layers), 1.0 / max(len(style_layers), 1)) if layer_weights is None
          else np.asarray(layer_weights, np.float64))
     if w.shape != (len(style_layers),):
-        raise JaxvizError(f"need {len(style_layers)} layer weights, got {w.size}")
+        raise JaxvizError(f"need {len(style_layers)} layer weights (--layer-weights), one per style layer "
+                          f"({', '.join(style_layers)}), got {w.size}")
     check("style", layer_weights=[float(v) for v in w])
     return [float(v) for v in w]
 

@@ -206,9 +206,11 @@ _ATTACK_BASE = (
 )
 
 
-def _eps(hi: float, what: str) -> Option:
-    return Option("eps", "amount", f"budget in [0,1] pixel units, e.g. 0.01 or 8/255 ({what}; default: the "
-                  "method's)", lo=0, lo_open=True, hi=hi, metavar="EPS")
+def _eps(hi: float) -> Option:
+    # one text for every gradient attack, so that the command's help says it once
+    return Option("eps", "amount", "budget in [0,1] pixel units, e.g. 0.01 or 8/255: the L-inf radius (fgsm, "
+                  "ifgsm, pgd-linf) or L2 budget (seed, pgd-l2); default: the method's",
+                  lo=0, lo_open=True, hi=hi, metavar="EPS")
 
 
 def _step(hi: float) -> Option:
@@ -218,8 +220,7 @@ def _step(hi: float) -> Option:
 
 def _attack(name: str, summary: str, paper: str, norm: str, *, has_steps: bool = True) -> Technique:
     hi = 1.0 if norm == "linf" else 1000.0
-    what = "L-inf radius" if norm == "linf" else "L2 budget"
-    options = (_eps(hi, what),) + ((_step(hi),) if has_steps else ()) + tuple(
+    options = (_eps(hi),) + ((_step(hi),) if has_steps else ()) + tuple(
         o for o in _ATTACK_BASE if has_steps or o.name in ("confidence", "seed"))
     return Technique(name, "jaxviz.adversarial:attack", summary, paper, options, frozenset({"classifier", "pixel_range"}),
                      "adversarial", fixed=(("method", name),))

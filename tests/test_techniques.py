@@ -245,6 +245,12 @@ def test_help_shows_the_registry_defaults_and_one_entry_per_command(capsys):
     with pytest.raises(SystemExit):
         main(["dream", "--help"])
     assert "(default 1.4)" in capsys.readouterr().out  # deepdream's octave_scale
+    with pytest.raises(SystemExit):
+        main(["adversarial", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    # one --eps text for the five gradient attacks; only the methods with a default of their own listed
+    assert out.count("budget in [0,1] pixel units") == 1 and "not set" not in out, out
+    assert "(defaults simba 0.2)" in out
 
 
 def test_a_flag_the_method_does_not_use_is_refused(capsys):

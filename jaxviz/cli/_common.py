@@ -109,6 +109,8 @@ def _default_text(pairs) -> str:
              for (name, v), (_, o) in zip(defaults.items(), pairs)}
     if len(set(texts.values())) == 1:
         return f" (default {next(iter(texts.values()))})"
+    # the methods without a value of their own are covered by the help text ("the method's")
+    texts = {n: v for n, v in texts.items() if v != "not set"}
     return " (defaults " + ", ".join(f"{n} {v}" for n, v in texts.items()) + ")"
 
 
