@@ -524,7 +524,7 @@ def projected_gradient_descent(model, params: dict | None, images: Array, cls: A
     Returns:
       (N, H, W, 3) adversarial images in [0, 1] inside the eps-ball (float; not quantised).
     Raises:
-      JaxvizError: an unknown norm, steps not a whole number >= 0, a concrete eps / step / steps
+      JaxvizError: an unknown norm, steps not a whole number in 1..100000, a concrete eps / step / steps
         outside the attack's bounds (``jaxviz.techniques``), wrong shapes, a concrete class out of range,
         concrete images outside [0, 1] (or NaN).
     """
