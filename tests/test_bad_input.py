@@ -371,6 +371,20 @@ def test_full_disk_keeps_a_replaced_file_and_leaves_no_temporary_file(tmp_path, 
     assert target.read_bytes() == b"old" and _files(tmp_path) == ["m.npy"]
 
 
+def test_a_failed_figure_after_the_npy_says_nothing_was_written(tmp_path, capsys, workspace, monkeypatch):
+    """The .npy is written first; when the figure then fails, the .npy is removed again, and
+    stdout must not have said 'wrote' it."""
+    import jaxviz.cli._common
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(jaxviz.cli._common, "save_figure", full)
+    code = main(["saliency", "chelsea", *M, "--npy", str(tmp_path / "m.npy"), "--out", str(tmp_path / "m.png")])
+    captured = capsys.readouterr()
+    _assert_one_line_exit_2(code, captured.err, "No space left on device")
+    assert "wrote" not in captured.out and _files(tmp_path) == []
+
+
 # ------------------------------------------------------------------ damaged files
 
 def _damage_index(ix: Path, how: str) -> None:

@@ -293,12 +293,15 @@ def saliency(parser: argparse.ArgumentParser):
                 sink = _NpyStream(f, n)
                 chunks(args, n, lambda s, e: explain(s, e, sink), f"saliency {method}")
             atomic_write(npy, stream)
-            print(f"wrote {npy}" + (" (signed attribution, NHWC)" if args.signed else ""))
         else:
             chunks(args, n, explain, f"saliency {method}")
         if out is not None:
             from jaxviz.cli._common import save_figure
             save_figure(_figure(np.concatenate(kept_images), np.concatenate(kept_maps), titles), out)
+        # said once every file is written: a failed figure removes the .npy again (jaxviz.io.outputs)
+        if npy is not None:
+            print(f"wrote {npy}" + (" (signed attribution, NHWC)" if args.signed else ""))
+        if out is not None:
             print(f"wrote {out}")
         return 0
     return run
