@@ -369,7 +369,9 @@ def _level_values(levels: Array) -> Array:
 
 
 def quantize_8bit(x: Array, x0: Array, *, norm: Norm, eps: float | None) -> Array:
-    """The 8-bit image nearest to x that stays in the budget (exact for 8-bit originals x0).
+    """The 8-bit image nearest to x that stays in the budget (exact for 8-bit originals x0; for
+    originals off the 8-bit grid, L-inf may exceed eps by up to 1/1000 of a grey level, 4e-6, the
+    tolerance that keeps float rounding from dropping a level that is inside).
 
     L-inf: round, then clip to the grid levels inside [x0 - eps, x0 + eps]. L2: round, and for
     images whose rounded perturbation leaves the ball, round every pixel towards x0 instead
