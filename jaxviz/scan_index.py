@@ -606,7 +606,7 @@ def _existing(out: Path, meta: dict) -> str | None:
     keys = ("model", "layers", "topk", "input_size", "fit", "shard", "total", "sources_sha256")
     diff = [_FRIENDLY.get(k, k) for k in keys if old.get(k) != meta.get(k)]
     if diff:
-        raise JaxvizError(f"{out} holds a scan with a different {', '.join(diff)}; "
+        raise JaxvizError(f"{out} holds a scan with other settings ({', '.join(diff)} differ); "
                           f"choose another --out or remove it")
     return "complete" if old.get("complete") else "partial"
 

@@ -197,7 +197,7 @@ def test_interrupted_scan_resumes_to_the_same_index(reference, tmp_path):
     assert seen[0] == 12  # it did not start again
     _assert_same_index(index, resumed, exact=False)
     assert not (out / ".scan").exists()
-    with pytest.raises(JaxvizError, match="different"):
+    with pytest.raises(JaxvizError, match=r"other settings \(.* differ\)"):
         scan(model, sources, out, layers=LAYERS, topk=5, batch=4)
 
 

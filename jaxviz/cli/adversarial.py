@@ -130,7 +130,7 @@ def adversarial(parser: argparse.ArgumentParser):
 
         rows = [row for part in chunks(args, len(args.images), attack, f"adversarial {technique.name}") for row in part]
         _print_rows(args, rows, (lambda row: f"in {row['queries']} queries") if simba
-                    else (lambda row: f"in {row['steps']} steps"))
+                    else (lambda row: f"in {row['steps']} step{'' if row['steps'] == 1 else 's'}"))
         return 0
     return run
 

@@ -71,7 +71,8 @@ def scan(parser: argparse.ArgumentParser):
         # The scan jits its step with model.compiler_options (set by accelerate).
         index = run_scan(model, sources, out, fit=args.fit, shard=shard, progress=not args.no_progress,
                          wait=args.wait, **options)
-        print(f"scanned {index.meta['count']} images with {model.name}, layers "
+        count = index.meta["count"]
+        print(f"scanned {count} image{'' if count == 1 else 's'} with {model.name}, layers "
               f"{', '.join(index.meta['layers'])} -> {out}")
         return 0
     return run
