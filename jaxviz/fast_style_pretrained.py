@@ -299,7 +299,7 @@ def style_vector(style: StyleSpec, names: Sequence[str] = STYLE_NAMES) -> np.nda
     (``"style_7"``, ``"3:0.5,12:0.5"``, or all S comma-separated numbers). Weights are used as given.
 
     Raises:
-      JaxvizError: unknown style, wrong length, ambiguous or non-finite weights.
+      JaxvizError: unknown style, wrong length, ambiguous, negative or non-finite weights.
     """
     s = len(names)
     w = np.zeros(s, np.float32)
@@ -332,6 +332,8 @@ def style_vector(style: StyleSpec, names: Sequence[str] = STYLE_NAMES) -> np.nda
             raise JaxvizError(f"a style weight list needs {s} values, got shape {w.shape}")
     if not np.all(np.isfinite(w)):
         raise JaxvizError("style weights must be finite")
+    if np.any(w < 0):  # a blend of styles (Dumoulin et al.); a trained checkpoint's mix is >= 0 too
+        raise JaxvizError(f"style weights must be >= 0, got {', '.join(f'{v:g}' for v in w[w < 0])}")
     if not np.any(w):  # no style at all: every pixel the same grey
         raise JaxvizError("style weights are all 0: give at least one style a weight")
     return w

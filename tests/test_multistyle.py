@@ -170,6 +170,8 @@ def test_style_vector_parsing():
             fsp.style_vector(bad)
     with pytest.raises(JaxvizError, match="did you mean style_3"):
         fsp.style_vector("stlye_3")
+    with pytest.raises(JaxvizError, match="must be >= 0, got -1"):  # as a trained checkpoint's --style-mix
+        fsp.style_vector("3:-1,4:2")
 
 
 def test_bad_shapes(multistyle):

@@ -110,7 +110,8 @@ def fast_style(parser: argparse.ArgumentParser):
                        help="checkpoint from `fast-style train`, or multistyle26 (pretrained, 26 styles)")
     add_options(apply, [TECHNIQUES["fast-style-apply"]])
     apply.add_argument("--style-mix", default=None,
-                       help="weights per style, e.g. 0.3,0.7 (default: style 1); multistyle26 also 3:0.5,12:0.5")
+                       help="weights >= 0, one per style of a checkpoint, e.g. 0.3,0.7 for two styles (default: "
+                            "the first style); multistyle26: 3:0.5,12:0.5 or 26 numbers")
     apply.add_argument("--out", "-o", required=True)
 
     def run(args: argparse.Namespace) -> int:
