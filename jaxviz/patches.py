@@ -516,7 +516,7 @@ def top_patches(model, index: Index, layer: str, channels: Sequence[int], *, ima
       images: the photographs, global image index -> (H, W, 3) float [0, 1] at the index's input
         size, fitted as the scan fitted them: a mapping or a callable
         (``jaxviz.scan_index.index_images(index, model)`` loads them from the index's sources).
-      k: patches per channel (default: all the index holds).
+      k: patches per channel (default, or more than the index holds: all it holds; the CLI refuses more).
       params: the model's variables, for measured fields (default ``model.params``).
     Returns:
       ``(patches, values)``: (len(channels), k, S, S, 3) tiles in [0, 1] (S = receptive field

@@ -319,7 +319,8 @@ _ALL: list[Technique] = [
                   REQUIRED_LAYER,
                   Option("channels", int, "channel numbers", lo=0, hi=1_000_000, nargs="+", required=True,
                          optional=False),
-                  Option("k", int, "patches per channel (default: all in the index)", lo=1, hi=100_000)),
+                  Option("k", int, "patches per channel, up to the index's scan --topk (default: all in the index)", lo=1,
+                         hi="topk")),
               frozenset({"layer"}), "patches"),
     Technique("neighbors", "jaxviz.embedding:nearest_neighbors", "nearest images in feature or pixel space",
               "Krizhevsky et al. 2012", (

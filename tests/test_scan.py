@@ -277,6 +277,10 @@ def test_cli_scan_and_patches_end_to_end(squeezenet, folder, tmp_path, capsys):
     assert index.meta["layers"] == ["features.4", "features.9"] and index.meta["count"] == 13
     assert index.features.shape == (13, 512)
     fig = tmp_path / "fig.png"
+    # more patches than the index holds per channel (--topk 3): refused, as neighbors' --k over its images
+    code, _, err = _cli(["patches", str(out), "--layer", "fire6", "--channels", "0", "--k", "4", "--out", str(fig)],
+                        capsys)
+    assert code == 2 and "--k must be between 1 and 3" in err and not fig.exists(), err
     code, stdout, err = _cli(["patches", str(out), "--layer", "fire6", "--channels", "0", "5", "200",
                               "--out", str(fig)], capsys)
     assert code == 0, err

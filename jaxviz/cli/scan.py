@@ -85,13 +85,14 @@ def patches(parser: argparse.ArgumentParser):
     add_output(parser, required=True, help="output PNG")
 
     def run(args: argparse.Namespace) -> int:
-        options = options_for(args, TECHNIQUES["patches"])
-        path = output_path(args.out)
         from jaxviz.accel import accelerate
         from jaxviz.images import save_image
         from jaxviz.scan_index import index_images, read_index
         from jaxviz.weights.store import load_model
+        path = output_path(args.out)
         index = read_index(args.index)
+        # --k up to what the index holds per channel (as neighbors' --k up to its images)
+        options = options_for(args, TECHNIQUES["patches"], context={"topk": int(index.meta["topk"])})
         model = accelerate(load_model(index.meta["model"]))
         grid = TECHNIQUES["patches"].load()(model, index, options["layer"], options["channels"],
                                             images=index_images(index, model), k=options["k"])
