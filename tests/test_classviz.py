@@ -85,9 +85,14 @@ def test_cli_classviz_and_neuron(squeezenet, tmp_path, capsys):
     assert Image.open(out).size == (2 * 32 + 2, 32)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.npy", "c.png"]
     out2 = tmp_path / "n.png"
+    capsys.readouterr()
     assert main(["neuron", "--model", "squeezenet1_1", "--layer", "fire2", "--channel", "3", "--steps", "2",
                  "--size", "32", "--out", str(out2), "-q"]) == 0
     assert Image.open(out2).size == (32, 32)
+    assert "features.3 channel 3 mean: activation" in capsys.readouterr().out
+    assert main(["neuron", "--model", "squeezenet1_1", "--layer", "fire2", "--channel", "3", "--unit", "2", "1",
+                 "--steps", "2", "--size", "32", "--out", str(out2), "-q"]) == 0
+    assert "features.3 channel 3 unit (2, 1): activation" in capsys.readouterr().out  # the unit, not the mean
 
 
 @pytest.mark.parametrize("argv", [

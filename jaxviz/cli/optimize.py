@@ -121,8 +121,9 @@ def neuron(parser: argparse.ArgumentParser):
                                           callbacks=_progress(args, "neuron"), **options)
         y, x = unit if unit else (None, None)
         final = obj.evaluate(obj.channel(model, model.params, layer, channels, y, x), res.images)
+        where = f" unit ({y}, {x})" if unit else " mean"
         for c, value in zip(channels, final):
-            print(f"{layer} channel {c}: activation {float(value):.3f}")
+            print(f"{layer} channel {c}{where}: activation {float(value):.3f}")
         _write(model, res.images, out, npy)
     return run
 
