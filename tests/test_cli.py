@@ -87,6 +87,13 @@ def test_models_and_layers(capsys):
     assert "fire9" in line and "13x13x512" in line and line.split()[-2:] == ["16", "207"]
     # fire9's parameters: squeeze 1x1 (512 -> 64), expand 1x1 and 3x3 (64 -> 256 each), with biases
     assert line.split()[-3] == str((512 * 64 + 64) + (64 * 256 + 256) + (9 * 64 * 256 + 256))
+    # trainable parameters as torch counts them (BatchNorm's running statistics are buffers there)
+    assert main(["layers", "efficientnet_lite0"]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("stem "))
+    assert line.split()[2] == str(3 * 3 * 3 * 32 + 2 * 32)  # conv (no bias) + BN scale and bias
+    assert main(["layers", "resnet18"]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("layer1.0 "))
+    assert line.split()[2] == str(2 * (64 * 64 * 9 + 2 * 64))
     assert main(["layers", "squeezenet1_1", "--size", "320"]) == 0
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("features.12 "))
     assert "19x19x512" in line

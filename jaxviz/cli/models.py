@@ -71,7 +71,9 @@ def layers(parser: argparse.ArgumentParser):
         print(f"{'layer':<14} {'alias':<12} {'output (HWC)':<16} {'params':>9} {'stride':>6} {'RF':>5}")
         for name in model.layer_names:
             owned = model.layer_params(model.params, name)
-            count = sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(owned)) if owned else 0
+            # trainable parameters, as torch counts them: BatchNorm's running statistics left out
+            count = sum(math.prod(leaf.shape) for path, leaf in jax.tree_util.tree_flatten_with_path(owned)[0]
+                        if getattr(path[-1], "key", None) not in ("mean", "var")) if owned else 0
             rf = fields.get(name)
             print(f"{name:<14} {','.join(aliases.get(name, [])):<12} {'x'.join(map(str, shapes[name])):<16} "
                   f"{count:>9} {rf.stride if rf else '-':>6} {rf.size if rf else '-':>5}")
