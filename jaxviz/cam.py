@@ -41,7 +41,7 @@ from jaxviz.errors import JaxvizError
 from jaxviz.interface import as_model
 from jaxviz.interface.model import class_index, take_class
 from jaxviz.saliency import guided_gradients, resolve_index, saliency_map
-from jaxviz.targets import Target, as_target, check_images, class_scores_of, neuron_scores
+from jaxviz.targets import Target, as_target, check_images, check_target_index, class_scores_of, neuron_scores
 from jaxviz.techniques import check
 
 Array = jax.Array
@@ -167,8 +167,10 @@ def layer_gradients(model, params: dict, x: Array, target: Target | int | None =
 
     def scores(a, idx):
         if target.is_class:
+            check_target_index(target, model.num_classes)
             return class_scores_of(model, params, x, idx, target.score, inject={layer: a})[0]
         _, caps = model.run(params, x, capture=(target.layer,), inject={layer: a}, output=False)
+        check_target_index(target, caps[target.layer].shape[-1])
         return neuron_scores(caps[target.layer], idx, target.y, target.x)
 
     if index is None and target.index is not None:

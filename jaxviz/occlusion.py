@@ -59,7 +59,8 @@ from jaxviz.errors import JaxvizError
 from jaxviz.interface import as_model
 from jaxviz.interface.model import class_index
 from jaxviz.metrics import gaussian_blur  # the same edge-padded blur as the deletion baseline
-from jaxviz.targets import SCORE_KINDS, Target, as_target, class_scores, class_scores_of, neuron_scores
+from jaxviz.targets import (SCORE_KINDS, Target, as_target, check_target_index, class_scores, class_scores_of,
+                            neuron_scores)
 
 Array = jax.Array
 Fill = Literal["mean", "grey", "zeros", "blur"]
@@ -198,11 +199,14 @@ def _scores(model, params, x: Array, target: Target, index: Array) -> Array:
     """(B,) scores of ``x`` (B, H, W, 3) for a fixed class/channel per copy."""
     if target.is_class:
         return class_scores_of(model, params, x, index, target.score)[0]
-    return neuron_scores(model.activation(params, x, target.layer), index, target.y, target.x)
+    acts = model.activation(params, x, target.layer)
+    check_target_index(target, acts.shape[-1])
+    return neuron_scores(acts, index, target.y, target.x)
 
 
 def _clean_scores(logits_or_acts: Array, target: Target, index: Array) -> tuple[Array, Array]:
     """Clean scores and classes (the predicted class where ``index`` is ``PREDICTED``)."""
+    check_target_index(target, logits_or_acts.shape[-1])
     if not target.is_class:
         return neuron_scores(logits_or_acts, index, target.y, target.x), index
     index = jnp.where(index == PREDICTED, jnp.argmax(logits_or_acts, axis=-1).astype(jnp.int32), index)
@@ -447,6 +451,7 @@ class _Incremental:
         if t.is_class:
             return self.model.logits(params, xb, inject={last: acts})
         out = self.model.run(params, xb, capture=(t.layer,), inject={last: acts}, output=False)[1][t.layer]
+        check_target_index(t, out.shape[-1])
         return out if idx is None else neuron_scores(out, idx, t.y, t.x)
 
     def clean(self, params, x, base, idx):

@@ -34,6 +34,19 @@ class Target:
     x: int | None = None
     score: ScoreKind = "logit"
 
+    def __post_init__(self) -> None:
+        # a Target is static configuration: refuse values that would be truncated or misread later
+        if self.score not in SCORE_KINDS:
+            raise JaxvizError(f"unknown score {self.score!r}; use one of {', '.join(SCORE_KINDS)}")
+        for name in ("index", "y", "x"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, jax.core.Tracer) and (
+                    isinstance(value, (bool, str, bytes)) or jnp.ndim(value) != 0
+                    or float(value) != int(value)):
+                raise JaxvizError(f"Target {name} must be a whole number, got {value!r}")
+            if value is not None and not isinstance(value, jax.core.Tracer):
+                object.__setattr__(self, name, int(value))  # 3.0 or np.int64(3): a Python int (static, hashable)
+
     @property
     def is_class(self) -> bool:
         return self.layer is None
@@ -110,7 +123,13 @@ def as_target(target: "Target | int | None") -> "Target":
     if isinstance(target, (str, bytes)) or jnp.ndim(target) != 0:
         raise JaxvizError(f"target must be a class index, a jaxviz.Target or None, got {target!r}; "
                           "jaxviz.labels.resolve_class(name) gives a class name's index")
-    return Target(index=int(target))
+    return Target(index=target if isinstance(target, jax.core.Tracer) else _whole(target))
+
+
+def _whole(value) -> int:
+    if float(value) != int(value):
+        raise JaxvizError(f"a class index must be a whole number, got {value!r}")
+    return int(value)
 
 
 def class_scores(logits: Array, index: Array, score: ScoreKind = "logit") -> Array:
@@ -164,6 +183,18 @@ def scores_of(model, params, x: Array, target: Target, index: Array | None = Non
     return score_fn(model, target)(params, x, index)
 
 
+def check_target_index(target: Target, count: int | None) -> None:
+    """Refuse a Target whose own index (a static Python number) is out of range: ``count`` classes
+    (None: unknown, unchecked) or channels of its layer. Checked where the scores are computed, so
+    also under ``jit``, where the (N,) index built from it is traced and would only give NaN."""
+    if target.index is None or isinstance(target.index, jax.core.Tracer) or not count:
+        return
+    if not -count <= target.index < count:
+        what = "class" if target.is_class else f"channel (of {target.layer}'s)"
+        raise JaxvizError(f"{what} index {target.index} is out of range for {count} "
+                          f"{'classes' if target.is_class else 'channels'} (0..{count - 1}, or negative from the end)")
+
+
 def score_fn(model, target: Target) -> Callable[[dict, Array, Array | None], Array]:
     """``f(params, x, index=None) -> (N,)`` scores of preprocessed images ``x`` (N, H, W, 3).
 
@@ -178,7 +209,9 @@ def score_fn(model, target: Target) -> Callable[[dict, Array, Array | None], Arr
         if index is None and target.index is not None:
             index = jnp.full((n,), target.index, jnp.int32)
         if target.is_class:
+            check_target_index(target, model.num_classes)
             return class_scores_of(model, params, x, index, target.score)[0]
         acts = model.activation(params, x, target.layer)
+        check_target_index(target, acts.shape[-1])
         return neuron_scores(acts, jnp.asarray(index), target.y, target.x)
     return f

@@ -345,3 +345,27 @@ def test_a_class_name_as_target_is_one_clear_error(tiny_model):
             with pytest.raises(JaxvizError, match="resolve_class"):
                 run()
     assert sal.vanilla_saliency(tiny_model, tiny_model.params, x, np.int64(3)).shape == (1, 16, 16)
+
+
+def test_a_targets_own_values_are_checked_also_under_jit(tiny_model):
+    """A Target is static: a bogus score or a fractional index is refused when it is made (3.0
+    becomes 3), and a channel or class out of range is refused even where the technique jits
+    (a traced index out of range would only give NaN maps)."""
+    from jaxviz import cam, occlusion
+    with pytest.raises(JaxvizError, match="unknown score 'bogus'"):
+        Target(score="bogus")
+    with pytest.raises(JaxvizError, match="whole number"):
+        Target(index=2.5)
+    with pytest.raises(JaxvizError, match="whole number"):
+        sal.vanilla_saliency(tiny_model, tiny_model.params, np.zeros((1, 16, 16, 3), np.float32), 2.5)
+    assert Target(index=3.0).index == 3 and type(Target(index=np.int64(3)).index) is int
+    x = np.zeros((2, 16, 16, 3), np.float32)
+    for target in (Target(index=8, layer="features.4"), Target(index=5)):
+        for run in (lambda: sal.vanilla_saliency(tiny_model, tiny_model.params, x, target),
+                    lambda: jax.jit(lambda x: sal.vanilla_saliency(tiny_model, tiny_model.params, x, target))(x),
+                    lambda: cam.grad_cam(tiny_model, tiny_model.params, x, target, layer="features.3"),
+                    lambda: occlusion.occlusion(tiny_model, tiny_model.params, x, target, window=8, stride=8),
+                    lambda: occlusion.incremental_occlusion(tiny_model, tiny_model.params, x, target, window=8,
+                                                            stride=8)):
+            with pytest.raises(JaxvizError, match="out of range"):
+                run()
