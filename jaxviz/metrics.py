@@ -34,6 +34,7 @@ from jaxviz.errors import JaxvizError
 from jaxviz.interface import as_model
 from jaxviz.interface.model import class_index
 from jaxviz.keys import typed_key
+from jaxviz.targets import as_target
 
 Array = jax.Array
 Baseline = Literal["blur", "mean", "zero"]
@@ -283,15 +284,24 @@ def cascading_maps(method: Callable, model, params, x: Array, target, *, key: Ar
                    ) -> tuple[list[str], Array, list[Array]]:
     """The maps behind ``model_randomisation``: (layers, trained maps (N, H, W), [maps per depth])."""
     model = as_model(model)
+    target = as_target(target)  # an int is a class (it was read as None: the predicted class)
+    if isinstance(layers, str):
+        layers = [layers]
     layers = parametrised_layers(model, params) if layers is None else [model.resolve_layer(l) for l in layers]
+    if not layers:
+        raise JaxvizError(f"model {model.name} has no named layers with parameters to randomise; the check "
+                          "needs named layers (a bundled network, or a flax.linen / flax.nnx module)")
     missing = [l for l in layers if not _has_weights(model.layer_params(params, l))]
     if missing:
         raise JaxvizError(f"layer(s) {', '.join(missing)} have no parameters; "
                           f"choose from {', '.join(parametrised_layers(model, params))}")
-    index = getattr(target, "index", None)
-    if index is None:
-        index = jnp.argmax(model.apply(params, x), axis=-1)
-    index = jnp.broadcast_to(jnp.asarray(index, jnp.int32), (x.shape[0],))
+    n = x.shape[0]
+    if target.is_class:  # checked here, on the host: under jit an out-of-range class is only NaN
+        logits = model.apply(params, x) if target.index is None else None
+        num_classes = model.num_classes or (None if logits is None else logits.shape[-1])
+        index = class_index(target.index, n, logits, num_classes)
+    else:
+        index = jnp.full((n,), target.index, jnp.int32)
     if jit:
         method = jax.jit(method, static_argnums=(0, 3))
     original = method(model, params, x, target, index=index)
@@ -310,7 +320,7 @@ def model_randomisation(method: Callable, model, params, x: Array, target, *, ke
       model: a ``jaxviz.interface.Model`` with named layers (its ``layer_names`` order the cascade).
       params: the trained parameters (never modified).
       x: (N, H, W, 3) preprocessed images.
-      target: a ``jaxviz.targets.Target``; a class target without index explains each image's
+      target: a ``jaxviz.targets.Target`` or a class index; a class target without index explains each image's
         class predicted by the TRAINED model, held fixed as the layers are randomised.
       key: ``jax.random`` key for the new weights.
       layers: layers to randomise, in cascade order (default: ``parametrised_layers``, from the
@@ -321,12 +331,19 @@ def model_randomisation(method: Callable, model, params, x: Array, target, *, ke
       ``[(layer, rho), ...]``: rho (N,) is the Spearman correlation of each image's map with the
       map of the trained model. See ``randomisation_flag``.
     Raises:
-      JaxvizError: a named layer has no parameters.
+      JaxvizError: a named layer has no parameters, a model without named layers (a bare
+        ``apply_fn``), a class out of range.
     """
     layers, original, maps = cascading_maps(method, model, params, x, target, key=key, layers=layers, jit=jit)
     return [(layer, spearman(original, m)) for layer, m in zip(layers, maps)]
 
 
 def randomisation_flag(results: Sequence[tuple[str, Array]], threshold: float = 0.5) -> bool:
-    """True (the method FAILS the check) when the mean |rho| with every layer random > threshold."""
+    """True (the method FAILS the check) when the mean |rho| with every layer random > threshold.
+
+    Raises:
+      JaxvizError: no results (no layer was randomised).
+    """
+    if not results:
+        raise JaxvizError("no randomisation results: model_randomisation randomised no layer")
     return bool(jnp.abs(results[-1][1]).mean() > threshold)

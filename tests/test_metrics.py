@@ -9,7 +9,7 @@ from scipy.ndimage import gaussian_filter
 from scipy.stats import spearmanr
 
 from jaxviz.errors import JaxvizError
-from jaxviz.metrics import (average_ranks, deletion_insertion, gaussian_blur, model_randomisation,
+from jaxviz.metrics import (average_ranks, cascading_maps, deletion_insertion, gaussian_blur, model_randomisation,
                             parametrised_layers, randomisation_flag, randomise_params, random_order_maps,
                             redraw_leaves, saliency_ranks, spearman, trapezoid_auc)
 from jaxviz.targets import Target
@@ -243,6 +243,31 @@ def test_randomisation_rejects_unknown_layers(tiny_model, rng):
     with pytest.raises(JaxvizError, match="no parameters"):
         model_randomisation(edge_detector, tiny_model, tiny_model.params, x, Target(),
                             key=jax.random.key(0), layers=["features.1"])
+
+
+def test_randomisation_target_is_the_class_given_and_checked_under_jit(tiny_model, rng):
+    """An int target is that class (it was read as 'the predicted class'); a class out of range is
+    refused before the jit (under it the maps were NaN and rho read 1.0: 'fails the check'); a
+    bare apply_fn has no named layers to randomise: one clear error, not an empty result."""
+    from jaxviz import saliency
+    from jaxviz.interface import from_apply_fn
+    x = tiny_model.preprocess(rng.random((3, 16, 16, 3)).astype(np.float32))
+    key = jax.random.key(0)
+    pred = np.asarray(tiny_model.apply(tiny_model.params, x)).argmax(-1)
+    other = int((pred[0] + 1) % 5)
+    _, by_int, _ = cascading_maps(saliency.vanilla_saliency, tiny_model, tiny_model.params, x, other, key=key,
+                                  layers=["classifier.0"])
+    np.testing.assert_allclose(by_int, saliency.vanilla_saliency(tiny_model, tiny_model.params, x, other), atol=1e-6)
+    assert not np.allclose(by_int, saliency.vanilla_saliency(tiny_model, tiny_model.params, x))
+    for target in (Target(index=5), 7, Target(index=9, layer="features.4")):
+        with pytest.raises(JaxvizError, match="out of range"):
+            model_randomisation(saliency.vanilla_saliency, tiny_model, tiny_model.params, x, target, key=key,
+                                layers=["classifier.0"])
+    bare = from_apply_fn(tiny_model.apply, tiny_model.params)
+    with pytest.raises(JaxvizError, match="no named layers"):
+        model_randomisation(local_vanilla, bare, tiny_model.params, x, Target(), key=key)
+    with pytest.raises(JaxvizError, match="no randomisation results"):
+        randomisation_flag([])
 
 
 def test_squeezenet_vanilla_deletion_beats_random_and_passes_sanity(squeezenet):
