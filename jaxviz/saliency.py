@@ -44,6 +44,7 @@ and returns jnp arrays.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import jax
@@ -124,6 +125,9 @@ def _over_copies(fn: Callable[[Array], Array], copies: Array, chunk: int | None)
     batch does not divide as a second, smaller batch, which traces and compiles the network's
     gradient a second time (SmoothGrad's 25 samples in 8s: 3 x 8 + 1)."""
     s = copies.shape[0]
+    out = jax.eval_shape(fn, jax.ShapeDtypeStruct(copies.shape[1:], copies.dtype))
+    if s == 0 or math.prod(out.shape) == 0:  # an empty batch: lax.map cannot split zero-size results
+        return jnp.zeros(out.shape, out.dtype)
     size, padded = even_batches(s, s if chunk is None else chunk)
     if padded > s:  # repeats of the last copy, left out of the mean
         copies = jnp.concatenate([copies, jnp.repeat(copies[-1:], padded - s, axis=0)])

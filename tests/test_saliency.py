@@ -369,3 +369,21 @@ def test_a_targets_own_values_are_checked_also_under_jit(tiny_model):
                                                             stride=8)):
             with pytest.raises(JaxvizError, match="out of range"):
                 run()
+
+
+def test_empty_batch_wrong_index_shape_and_a_bare_seed(tiny_model):
+    """An empty batch gives empty maps (as vanilla gradients do), not a ZeroDivisionError from
+    inside lax.map; an index that is neither one class nor one per image, and a bare int seed as
+    key, are one JaxvizError each (not JAX's broadcasting or PRNG errors)."""
+    x = tiny_model.preprocess(np.random.default_rng(0).random((3, 16, 16, 3)).astype(np.float32))
+    p = tiny_model.params
+    assert sal.integrated_gradients(tiny_model, p, x[:0]).shape == (0, 16, 16)
+    assert sal.smoothgrad(tiny_model, p, x[:0], key=jax.random.key(0)).shape == (0, 16, 16)
+    assert sal.vanilla_saliency(tiny_model, p, x[:0]).shape == (0, 16, 16)
+    for index in (jnp.array([1, 2]), jnp.array([[1], [2], [3]])):
+        with pytest.raises(JaxvizError, match=r"one class or \(3,\) classes"):
+            sal.vanilla_saliency(tiny_model, p, x, index=index)
+    with pytest.raises(JaxvizError, match=r"jax.random.key\(0\)"):
+        sal.smoothgrad(tiny_model, p, x, key=0)
+    np.testing.assert_array_equal(sal.smoothgrad(tiny_model, p, x, key=jax.random.PRNGKey(3)),
+                                  sal.smoothgrad(tiny_model, p, x, key=jax.random.key(3)))

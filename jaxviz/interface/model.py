@@ -98,6 +98,8 @@ def class_index(index: Array | int | None, n: int, logits: Array | None = None,
             index = np.where(values < 0, values + num_classes, values)
     elif num_classes is not None and positive:
         index = jnp.where((index < 0) & (index >= -num_classes), index + num_classes, index)
+    if jnp.ndim(index) > 1 or jnp.size(index) not in (1, n):
+        raise JaxvizError(f"index must be one class or ({n},) classes, one per image, got shape {jnp.shape(index)}")
     return jnp.broadcast_to(jnp.asarray(index, jnp.int32), (n,))
 
 
