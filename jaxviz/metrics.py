@@ -110,12 +110,14 @@ def deletion_insertion(model, params: dict, x: Array, maps: Array, index: Array 
       dict with ``deletion`` and ``insertion`` (N, steps+1) softmax probabilities of class
       ``index`` and ``deletion_auc``, ``insertion_auc`` (N,) trapezoid areas over fractions [0, 1].
     Raises:
-      JaxvizError: mismatched shapes, unknown baseline, non-positive steps/chunk.
+      JaxvizError: mismatched shapes, unknown baseline, non-positive steps/chunk, a model without
+        class logits.
     """
     model = as_model(model)
     x, maps = jnp.asarray(x), jnp.asarray(maps)
-    if index is None and getattr(x, "ndim", None) == 4:
-        index = jnp.argmax(model.apply(params, x), axis=-1)
+    if getattr(x, "ndim", None) == 4 and x.shape[-1] == 3:  # model.logits: one clear error for a feature extractor
+        logits = model.logits(params, x)
+        index = jnp.argmax(logits, axis=-1) if index is None else index
     check_deletion_inputs(x, maps, index, steps, baseline, chunk)
     index = class_index(index, x.shape[0], num_classes=model.num_classes, positive=True)  # checked, from the end
     if not isinstance(patch, int) or not 1 <= patch <= min(x.shape[1:3]):

@@ -13,6 +13,7 @@ from typing import Callable, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxviz.errors import JaxvizError
 from jaxviz.interface import as_model
@@ -62,10 +63,17 @@ class Target:
 
 
 def check_images(x) -> None:
-    """Refuse anything but a batch of preprocessed NHWC RGB images (N, H, W, 3) (an NCHW batch
-    would otherwise reach the network and fail inside it with the framework's own error)."""
+    """Refuse anything but a batch of preprocessed NHWC RGB images (N, H, W, 3), floating point
+    and, when concrete, finite (an NCHW batch would otherwise reach the network and fail inside it
+    with the framework's own error)."""
     if getattr(x, "ndim", None) != 4 or x.shape[-1] != 3:
         raise JaxvizError(f"images must be (N, H, W, 3) preprocessed, got shape {getattr(x, 'shape', None)}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):  # e.g. uint8 pixels: JAX cannot differentiate them
+        raise JaxvizError(f"images must be floating point (preprocessed: model.preprocess(images in [0, 1])), "
+                          f"got {x.dtype}")
+    if not isinstance(x, jax.core.Tracer) and not np.isfinite(np.asarray(x)).all():  # on the host: no program
+        # a NaN pixel makes the scores NaN, yet some gradients stay finite: a map of nothing
+        raise JaxvizError("images contain NaN or infinite values")
 
 
 def parse_target(text: str | int | None, model, score: ScoreKind = "logit") -> Target:

@@ -387,3 +387,23 @@ def test_empty_batch_wrong_index_shape_and_a_bare_seed(tiny_model):
         sal.smoothgrad(tiny_model, p, x, key=0)
     np.testing.assert_array_equal(sal.smoothgrad(tiny_model, p, x, key=jax.random.PRNGKey(3)),
                                   sal.smoothgrad(tiny_model, p, x, key=jax.random.key(3)))
+
+
+def test_nan_or_integer_images_and_a_feature_extractor_are_clear_errors(tiny_model):
+    """A NaN pixel made the scores NaN while some maps stayed finite (a map of nothing); uint8
+    pixels failed inside jax.grad; deletion/insertion on a feature extractor failed inside
+    JAX's indexing. Each is one JaxvizError now."""
+    from jaxviz import cam, metrics
+    from jaxviz.interface import from_apply_fn
+    x = np.zeros((2, 16, 16, 3), np.float32)
+    bad = x.copy()
+    bad[1, 3, 4, 0] = np.nan
+    for images, message in ((bad, "NaN or infinite"), (x.astype(np.uint8), "floating point")):
+        for run in (lambda: sal.vanilla_saliency(tiny_model, tiny_model.params, images),
+                    lambda: sal.integrated_gradients(tiny_model, tiny_model.params, images),
+                    lambda: cam.grad_cam(tiny_model, tiny_model.params, images, layer="features.3")):
+            with pytest.raises(JaxvizError, match=message):
+                run()
+    features = from_apply_fn(lambda p, v: tiny_model.activation(p, v, "features.4"), tiny_model.params)
+    with pytest.raises(JaxvizError, match="no class logits"):
+        metrics.deletion_insertion(features, tiny_model.params, x, np.ones((2, 16, 16), np.float32), steps=2)
