@@ -19,6 +19,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxviz import objectives as obj
 from jaxviz.errors import JaxvizError
@@ -77,7 +78,8 @@ def invert(model, params: dict | None, x0: Array, layer: str, *, steps: int = 20
       ``OptimizeResult``; ``extras["feature_loss"]`` = (initial (N,), final (N,)) normalised
       feature distances.
     Raises:
-      JaxvizError: bad shapes or settings, or an image size at which the layer is empty.
+      JaxvizError: bad shapes or settings, an image size at which the layer is empty, a reference
+        image that is zero in model-input space or whose features at ``layer`` are all zero.
     """
     require_concrete("invert", params, x0, init, key)
     check("invert", steps=steps, lr=lr, tv_weight=tv_weight, beta=beta, optimizer=optimizer)
@@ -89,6 +91,10 @@ def invert(model, params: dict | None, x0: Array, layer: str, *, steps: int = 20
         raise JaxvizError(f"x0 must be (N, H, W, 3), got {tuple(x0.shape)}")
     obj.require_nonempty(model, (given,), tuple(x0.shape[1:3]))
     n = x0.shape[0]
+    flat = np.flatnonzero(np.asarray(pixel_scale(x0)) == 0)
+    if flat.size:  # B = 0: the TV term's normalisation 1 / B^beta is infinite
+        raise JaxvizError(f"reference image(s) {flat.tolist()} are uniform at the model's preprocessing mean (zero in "
+                          "model-input space): the regulariser is normalised by their pixel norm; use another image")
     if init is None:
         keys = jax.vmap(lambda k: jax.random.fold_in(k, 99))(image_keys(key, n))
         noise = jax.vmap(lambda k: jax.random.normal(k, x0.shape[1:]))(keys)

@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxviz.errors import JaxvizError
 from jaxviz.interface import as_model
@@ -264,6 +265,11 @@ def layer_activation(model, params: PyTree, x: Array, layer: str) -> Array:
 def feature_match(model, params: PyTree, layer: str, x0: Array, normalize: bool = True) -> Objective:
     """‖Φ_l(x) − Φ_l(x0)‖² (normalised by ‖Φ_l(x0)‖²) for reference images ``x0`` (model input)."""
     target = jax.lax.stop_gradient(layer_activation(model, params, x0, layer))
+    if normalize and not isinstance(target, jax.core.Tracer):
+        norms = np.asarray(jnp.sum(jnp.square(target).reshape(target.shape[0], -1), axis=1))
+        if not norms.all():  # the relative distance would divide by zero: NaN images
+            raise JaxvizError(f"layer {layer}'s features of reference image(s) {np.flatnonzero(norms == 0).tolist()} "
+                              "are all zero, so the normalised feature distance is undefined; use another layer")
     return feature_distance(model, params, layer, target, normalize)
 
 

@@ -71,3 +71,25 @@ def test_cli_invert(squeezenet, tmp_path, capsys):
     assert main(["invert", "chelsea", "--model", "squeezenet1_1", "--layer", "pool1", "--tv-weight", "-1",
                  "--out", str(tmp_path / "x.png")]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["inv.npy", "inv.png"]
+
+
+def test_a_reference_image_at_the_preprocessing_mean_is_one_clear_error(tiny_model):
+    """Zero in model-input space (a uniform image at the preprocessing mean): the regulariser's
+    normalisation 1 / B^beta was infinite and the result NaN images."""
+    from jaxviz.errors import JaxvizError
+    from jaxviz.inversion import invert
+    x0 = np.zeros((2, 16, 16, 3), np.float32)
+    x0[0] = 0.5
+    with pytest.raises(JaxvizError, match=r"reference image\(s\) \[1\] are uniform"):
+        invert(tiny_model, None, x0, "features.1", steps=2)
+
+
+def test_all_zero_reference_features_are_one_clear_error(tiny_model):
+    """The normalised feature distance divides by ||Phi(x0)||^2: zero features (here a dead first
+    layer) are refused instead of giving NaN images."""
+    params = jax.tree_util.tree_map(lambda p: p, tiny_model.params)
+    params["features.0"] = jax.tree_util.tree_map(jnp.zeros_like, params["features.0"])
+    x0 = np.full((1, 16, 16, 3), 0.3, np.float32)
+    with pytest.raises(JaxvizError, match="features of reference image"):
+        obj.feature_match(tiny_model, params, "features.1", x0)
+    assert obj.feature_match(tiny_model, tiny_model.params, "features.1", x0) is not None
