@@ -39,7 +39,7 @@ import jax.numpy as jnp
 
 from jaxviz.errors import JaxvizError
 from jaxviz.interface import as_model
-from jaxviz.interface.model import class_index, take_class
+from jaxviz.interface.model import class_index, per_image_index, take_class
 from jaxviz.saliency import guided_gradients, resolve_index, saliency_map
 from jaxviz.targets import Target, as_target, check_images, check_target_index, class_scores_of, neuron_scores
 from jaxviz.techniques import check
@@ -176,7 +176,7 @@ def layer_gradients(model, params: dict, x: Array, target: Target | int | None =
     if index is None and target.index is not None:
         index = jnp.full((n,), target.index, jnp.int32)
     if index is not None:
-        index = jnp.broadcast_to(jnp.asarray(index, jnp.int32), (n,))
+        index = per_image_index(index, n)
     return acts, jax.grad(lambda a: scores(a, index).sum())(acts)
 
 

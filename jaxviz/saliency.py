@@ -53,6 +53,7 @@ import numpy as np
 
 from jaxviz.errors import JaxvizError
 from jaxviz.interface import as_model
+from jaxviz.interface.model import per_image_index
 from jaxviz.keys import image_keys
 from jaxviz.targets import Target, as_target, check_images, score_fn
 from jaxviz.techniques import check
@@ -65,7 +66,7 @@ def resolve_index(model, params: dict, x: Array, target: Target,
     """(N,) class/channel per image: ``index``, else the target's, else the predicted class."""
     n = x.shape[0]
     if index is not None:
-        return jnp.broadcast_to(jnp.asarray(index, jnp.int32), (n,))
+        return per_image_index(index, n)
     if target.index is not None:
         return jnp.full((n,), target.index, jnp.int32)
     if not target.is_class:

@@ -407,3 +407,20 @@ def test_nan_or_integer_images_and_a_feature_extractor_are_clear_errors(tiny_mod
     features = from_apply_fn(lambda p, v: tiny_model.activation(p, v, "features.4"), tiny_model.params)
     with pytest.raises(JaxvizError, match="no class logits"):
         metrics.deletion_insertion(features, tiny_model.params, x, np.ones((2, 16, 16), np.float32), steps=2)
+
+
+def test_fractional_per_image_classes_are_refused_everywhere(tiny_model):
+    """Vanilla gradients refused index=[1.5, ...]; Grad-CAM, Grad-CAM++, IG and SmoothGrad cast
+    it to int32 first and explained classes [1, 2, 3]. Whole floats are whole classes."""
+    from jaxviz import cam
+    x = tiny_model.preprocess(np.random.default_rng(1).random((3, 16, 16, 3)).astype(np.float32))
+    p, key = tiny_model.params, jax.random.key(0)
+    runs = (lambda i: sal.vanilla_saliency(tiny_model, p, x, index=i),
+            lambda i: sal.integrated_gradients(tiny_model, p, x, index=i, steps=4),
+            lambda i: sal.smoothgrad(tiny_model, p, x, index=i, key=key, samples=2),
+            lambda i: cam.grad_cam(tiny_model, p, x, index=i, layer="features.3"),
+            lambda i: cam.grad_cam_plus_plus(tiny_model, p, x, index=i, layer="features.3"))
+    for run in runs:
+        with pytest.raises(JaxvizError, match="must be integers"):
+            run(jnp.array([1.5, 2.0, 3.7]))
+        np.testing.assert_allclose(run(jnp.array([1.0, 2.0, 3.0])), run(jnp.array([1, 2, 3])), atol=1e-6)

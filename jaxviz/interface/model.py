@@ -98,6 +98,20 @@ def class_index(index: Array | int | None, n: int, logits: Array | None = None,
             index = np.where(values < 0, values + num_classes, values)
     elif num_classes is not None and positive:
         index = jnp.where((index < 0) & (index >= -num_classes), index + num_classes, index)
+    return per_image_index(index, n)
+
+
+def per_image_index(index: Array | int, n: int) -> Array:
+    """(n,) int32 classes or channels from one index or n of them; a concrete one must be whole
+    numbers (1.5 would be truncated to class 1 by the int32 cast).
+
+    Raises:
+      JaxvizError: a concrete fractional index, or a shape other than () / (1,) / (n,).
+    """
+    if not isinstance(index, jax.core.Tracer):
+        values = np.asarray(index)
+        if values.dtype.kind == "f" and not np.all(values == np.round(values)):
+            raise JaxvizError(f"class indices must be integers, got {values.dtype} {values.ravel()[:4].tolist()}")
     if jnp.ndim(index) > 1 or jnp.size(index) not in (1, n):
         raise JaxvizError(f"index must be one class or ({n},) classes, one per image, got shape {jnp.shape(index)}")
     return jnp.broadcast_to(jnp.asarray(index, jnp.int32), (n,))
