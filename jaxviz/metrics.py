@@ -116,8 +116,10 @@ def deletion_insertion(model, params: dict, x: Array, maps: Array, index: Array 
     model = as_model(model)
     x, maps = jnp.asarray(x), jnp.asarray(maps)
     if getattr(x, "ndim", None) == 4 and x.shape[-1] == 3:  # model.logits: one clear error for a feature extractor
-        logits = model.logits(params, x)
-        index = jnp.argmax(logits, axis=-1) if index is None else index
+        if index is None:
+            index = jnp.argmax(model.logits(params, x), axis=-1)
+        else:
+            jax.eval_shape(model.logits, params, x)  # the check alone, no forward pass
     check_deletion_inputs(x, maps, index, steps, baseline, chunk)
     index = class_index(index, x.shape[0], num_classes=model.num_classes, positive=True)  # checked, from the end
     if not isinstance(patch, int) or not 1 <= patch <= min(x.shape[1:3]):

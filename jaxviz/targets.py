@@ -198,9 +198,9 @@ def check_target_index(target: Target, count: int | None) -> None:
     if target.index is None or isinstance(target.index, jax.core.Tracer) or not count:
         return
     if not -count <= target.index < count:
-        what = "class" if target.is_class else f"channel (of {target.layer}'s)"
-        raise JaxvizError(f"{what} index {target.index} is out of range for {count} "
-                          f"{'classes' if target.is_class else 'channels'} (0..{count - 1}, or negative from the end)")
+        what = f"class index {target.index}" if target.is_class else f"channel {target.index} of {target.layer}"
+        raise JaxvizError(f"{what} is out of range for {count} {'classes' if target.is_class else 'channels'} "
+                          f"(0..{count - 1}, or negative from the end)")
 
 
 def score_fn(model, target: Target) -> Callable[[dict, Array, Array | None], Array]:
