@@ -74,13 +74,21 @@ def pixel_features(images01: Array, size: int = 32) -> Array:
 def model_features(model, images01: np.ndarray, *, layer: str | None = None, params: PyTree | None = None,
                    batch: int = 32, progress: bool = False) -> np.ndarray:
     """Pooled features (N, C) of many [0, 1] images (N, H, W, 3), in fixed-size batches (one
-    compile; the last batch padded). ``layer`` defaults to ``model.feature_layer``."""
+    compile; the last batch padded). ``layer`` defaults to ``model.feature_layer``.
+
+    Raises:
+      JaxvizError: not (N, H, W, 3), values outside [0, 1] or not finite, an empty layer, batch < 1.
+    """
     from jaxviz.activations import check_layers
     model = as_model(model)
     params = model.params if params is None else params
     images01 = np.asarray(images01, np.float32)
     if images01.ndim != 4 or images01.shape[-1] != 3:
         raise JaxvizError(f"expected images (N, H, W, 3), got shape {images01.shape}")
+    if images01.size and not (np.isfinite(images01).all() and images01.min() >= 0 and images01.max() <= 1):
+        # 0-255 pixels would be preprocessed as if in [0, 1]: features of another image, silently
+        raise JaxvizError(f"images must be finite RGB in [0, 1] (8-bit pixels: divide by 255), got values "
+                          f"{np.nanmin(images01):.4g}..{np.nanmax(images01):.4g}")
     layer = model.resolve_layer(layer or model.feature_layer)
     check_layers(model, [layer], images01.shape[1:3], spatial=False)  # refuses an empty layer
     if isinstance(batch, bool) or batch < 1:
@@ -100,8 +108,10 @@ def model_features(model, images01: np.ndarray, *, layer: str | None = None, par
             chunk = np.concatenate([chunk, np.zeros((batch - m,) + chunk.shape[1:], chunk.dtype)])
         feats = pooled(model, params, model.preprocess(jnp.asarray(chunk)), layer)
         out.append(np.asarray(feats)[:m])
-    if not out:
-        return np.zeros((0, 0), np.float32)
+    if not out:  # no images: (0, C), C from the layer's shape
+        one = jax.ShapeDtypeStruct((1,) + images01.shape[1:], jnp.float32)
+        shape = jax.eval_shape(lambda v: pooled(model, params, model.preprocess(v), layer), one).shape
+        return np.zeros((0,) + shape[1:], np.float32)
     return np.concatenate(out)
 
 

@@ -86,6 +86,11 @@ def test_model_features_batched_equals_single(tiny_model, rng):
     np.testing.assert_allclose(f, direct, rtol=1e-5, atol=1e-6)
     with pytest.raises(JaxvizError, match="empty"):
         E.model_features(tiny_model, images[:, :1, :1])  # 1 px: features.4 is 0 x 0
+    # 8-bit pixels (0-255) were preprocessed as if in [0, 1]: other features, silently
+    for bad in ((images * 255).astype(np.uint8), np.where(images > 0.5, np.nan, images)):
+        with pytest.raises(JaxvizError, match=r"finite RGB in \[0, 1\]"):
+            E.model_features(tiny_model, bad)
+    assert E.model_features(tiny_model, images[:0]).shape == (0, 8)  # (0, C), not (0, 0)
 
 
 def test_tsne_refuses_bad_perplexity(rng):
