@@ -91,8 +91,8 @@ def invert(model, params: dict | None, x0: Array, layer: str, *, steps: int = 20
         raise JaxvizError(f"x0 must be (N, H, W, 3), got {tuple(x0.shape)}")
     obj.require_nonempty(model, (given,), tuple(x0.shape[1:3]))
     n = x0.shape[0]
-    flat = np.flatnonzero(np.asarray(pixel_scale(x0)) == 0)
-    if flat.size:  # B = 0: the TV term's normalisation 1 / B^beta is infinite
+    flat = np.flatnonzero(~np.asarray(x0).reshape(n, -1).any(axis=1))
+    if flat.size:  # B = pixel_scale = 0: the TV term's normalisation 1 / B^beta is infinite
         raise JaxvizError(f"reference image(s) {flat.tolist()} are uniform at the model's preprocessing mean (zero in "
                           "model-input space): the regulariser is normalised by their pixel norm; use another image")
     if init is None:

@@ -21,11 +21,9 @@ def typed_key(key) -> Array:
     Raises:
       JaxvizError: anything else (e.g. a bare seed ``0``: use ``jax.random.key(0)``).
     """
-    if isinstance(key, (int, float)) or (not isinstance(key, jax.Array) and jnp.ndim(key) == 0):
-        raise JaxvizError(f"key must be a JAX PRNG key such as jax.random.key({key!r}), got {key!r}")
     key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
     if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-        if key.ndim == 0 or key.shape[-1] not in (2, 4):
+        if key.ndim == 0 or key.shape[-1] not in (2, 4):  # a bare seed, or not key data
             raise JaxvizError(f"key must be a JAX PRNG key such as jax.random.key(0), got an array of shape "
                               f"{key.shape} and dtype {key.dtype}")
         key = jax.random.wrap_key_data(jnp.asarray(key, jnp.uint32))

@@ -266,7 +266,7 @@ def feature_match(model, params: PyTree, layer: str, x0: Array, normalize: bool 
     """‖Φ_l(x) − Φ_l(x0)‖² (normalised by ‖Φ_l(x0)‖²) for reference images ``x0`` (model input)."""
     target = jax.lax.stop_gradient(layer_activation(model, params, x0, layer))
     if normalize and not isinstance(target, jax.core.Tracer):
-        norms = np.asarray(jnp.sum(jnp.square(target).reshape(target.shape[0], -1), axis=1))
+        norms = np.square(np.asarray(target)).reshape(target.shape[0], -1).sum(axis=1)  # host: no program
         if not norms.all():  # the relative distance would divide by zero: NaN images
             raise JaxvizError(f"layer {layer}'s features of reference image(s) {np.flatnonzero(norms == 0).tolist()} "
                               "are all zero, so the normalised feature distance is undefined; use another layer")

@@ -638,10 +638,10 @@ def merge_indices(parts: Sequence[str | os.PathLike], out: str | os.PathLike, *,
     if len(np.unique(all_ids)) != len(all_ids):
         raise JaxvizError("the indices to merge overlap (the same image in two shards)")
     if len(all_ids) != first["total"]:  # a merged index is marked complete: every shard must be there
-        count = {tuple(ix.meta.get("shard", (0, 1)))[1] for ix in indices}
-        have = {tuple(ix.meta.get("shard", (0, 1)))[0] for ix in indices}
-        missing = (f"shard {', '.join(f'{i}/{n}' for n in sorted(count) for i in range(n) if i not in have)} "
-                   "missing" if len(count) == 1 else "shards missing")
+        shards = {tuple(ix.meta.get("shard", (0, 1))) for ix in indices}
+        counts = {n for _, n in shards}
+        missing = (f"shard {', '.join(f'{i}/{n}' for n in counts for i in range(n) if (i, n) not in shards)} "
+                   "missing" if len(counts) == 1 else "shards missing")
         raise JaxvizError(f"the indices to merge hold {len(all_ids)} of the list's {first['total']} images "
                           f"({missing}); merge every shard of the scan")
     order = np.argsort(all_ids, kind="stable")

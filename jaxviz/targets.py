@@ -131,13 +131,7 @@ def as_target(target: "Target | int | None") -> "Target":
     if isinstance(target, (str, bytes)) or jnp.ndim(target) != 0:
         raise JaxvizError(f"target must be a class index, a jaxviz.Target or None, got {target!r}; "
                           "jaxviz.labels.resolve_class(name) gives a class name's index")
-    return Target(index=target if isinstance(target, jax.core.Tracer) else _whole(target))
-
-
-def _whole(value) -> int:
-    if float(value) != int(value):
-        raise JaxvizError(f"a class index must be a whole number, got {value!r}")
-    return int(value)
+    return Target(index=target)  # Target refuses a fractional index and keeps a Python int
 
 
 def class_scores(logits: Array, index: Array, score: ScoreKind = "logit") -> Array:

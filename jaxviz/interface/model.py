@@ -87,9 +87,7 @@ def class_index(index: Array | int | None, n: int, logits: Array | None = None,
     if index is None:
         index = jnp.argmax(jax.lax.stop_gradient(logits), axis=-1)
     elif num_classes is not None and not isinstance(index, jax.core.Tracer):
-        values = np.asarray(index)
-        if values.dtype.kind not in "iu" and not (values.dtype.kind == "f" and np.all(values == np.round(values))):
-            raise JaxvizError(f"class indices must be integers, got {values.dtype} {values.ravel()[:4].tolist()}")
+        values = _integers(index)
         if values.size and (values.min() < -num_classes or values.max() >= num_classes):
             bad = values[(values < -num_classes) | (values >= num_classes)].ravel()[0]
             raise JaxvizError(f"class index {bad} is out of range for {num_classes} classes "
@@ -98,7 +96,7 @@ def class_index(index: Array | int | None, n: int, logits: Array | None = None,
             index = np.where(values < 0, values + num_classes, values)
     elif num_classes is not None and positive:
         index = jnp.where((index < 0) & (index >= -num_classes), index + num_classes, index)
-    return per_image_index(index, n)
+    return _broadcast_index(index, n)
 
 
 def per_image_index(index: Array | int, n: int) -> Array:
@@ -109,9 +107,19 @@ def per_image_index(index: Array | int, n: int) -> Array:
       JaxvizError: a concrete fractional index, or a shape other than () / (1,) / (n,).
     """
     if not isinstance(index, jax.core.Tracer):
-        values = np.asarray(index)
-        if values.dtype.kind == "f" and not np.all(values == np.round(values)):
-            raise JaxvizError(f"class indices must be integers, got {values.dtype} {values.ravel()[:4].tolist()}")
+        _integers(index)
+    return _broadcast_index(index, n)
+
+
+def _integers(index) -> np.ndarray:
+    """A concrete index as numpy values, refused unless whole numbers (integers, or floats like 3.0)."""
+    values = np.asarray(index)
+    if values.dtype.kind not in "iu" and not (values.dtype.kind == "f" and np.all(values == np.round(values))):
+        raise JaxvizError(f"class indices must be integers, got {values.dtype} {values.ravel()[:4].tolist()}")
+    return values
+
+
+def _broadcast_index(index, n: int) -> Array:
     if jnp.ndim(index) > 1 or jnp.size(index) not in (1, n):
         raise JaxvizError(f"index must be one class or ({n},) classes, one per image, got shape {jnp.shape(index)}")
     return jnp.broadcast_to(jnp.asarray(index, jnp.int32), (n,))
