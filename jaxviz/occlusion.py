@@ -169,7 +169,9 @@ def _grid(hp: int, wp: int, stride: Pair) -> np.ndarray:
     """(P, 2) top-left corners of all window positions, row-major (numpy: static data, so no
     eager jax op is compiled for it)."""
     ii, jj = np.meshgrid(np.arange(hp) * stride[0], np.arange(wp) * stride[1], indexing="ij")
-    return np.stack([ii.ravel(), jj.ravel()], axis=1).astype(np.int32)
+    # JAX's default integer (int64 under jax_enable_x64): lax.dynamic_slice wants its start
+    # indices, Python zeros included, all of one type
+    return np.stack([ii.ravel(), jj.ravel()], axis=1).astype(jax.dtypes.canonicalize_dtype(np.int64))
 
 
 def _padded_chunks(corners: np.ndarray, chunk: int) -> np.ndarray:

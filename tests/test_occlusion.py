@@ -232,6 +232,18 @@ def test_incremental_equals_batched_tiny_and_vmap_equals_loop(tiny_model):
     _assert_close_relative(a, b)
 
 
+def test_incremental_under_x64_with_float64_images(tiny_model):
+    # jax_enable_x64: float64 images meet float32 weights (promoted, as flax's Conv does) and
+    # Python zeros become int64 start indices; both once raised TypeErrors in the incremental path
+    with jax.enable_x64(True):
+        x = jnp.asarray(np.random.default_rng(7).normal(size=(2, 16, 22, 3)), jnp.float64)
+        batched = occlusion(tiny_model, tiny_model.params, x, window=5, stride=3)
+        for loop in ("python", "map"):
+            inc = incremental_occlusion(tiny_model, tiny_model.params, x, window=5, stride=3, loop=loop)
+            assert inc.dtype == batched.dtype == jnp.float64
+            _assert_close_relative(inc, batched)
+
+
 def test_cropped_windows_on_a_non_dividing_grid_both_engines(tiny_model):
     x = _images((2, 10, 10, 3), seed=12)
     a = occlusion(tiny_model, tiny_model.params, x, window=4, stride=4, fill=0.0)

@@ -110,8 +110,10 @@ def pointwise(change: Change, fn: Callable[[Array], Array]) -> Change:
 
 
 def conv_valid(x: Array, kernel: Array, bias: Array | None, stride: int, groups: int = 1) -> Array:
-    """(H, W, C) "valid" convolution with an HWIO kernel, as flax's ``nn.Conv`` computes it."""
-    y = jax.lax.conv_general_dilated(x[None], kernel, (stride, stride), "VALID",
+    """(H, W, C) "valid" convolution with an HWIO kernel, as flax's ``nn.Conv`` computes it (in
+    the promoted dtype: float64 images under ``jax_enable_x64`` with float32 weights)."""
+    dtype = jnp.result_type(x, kernel)
+    y = jax.lax.conv_general_dilated(x[None].astype(dtype), kernel.astype(dtype), (stride, stride), "VALID",
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                      feature_group_count=groups)[0]
     return y if bias is None else y + bias
