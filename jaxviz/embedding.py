@@ -180,6 +180,9 @@ def nearest_neighbors(queries: np.ndarray, database: np.ndarray, k: int, *, metr
     if queries.ndim != 2 or database.ndim != 2 or queries.shape[1] != database.shape[1]:
         raise JaxvizError(f"expected queries (Q, D) and database (N, D) with the same D, got "
                           f"{queries.shape} and {database.shape}")
+    for name, rows in (("queries contain", queries), ("database contains", database)):
+        if not np.isfinite(rows).all():  # NaN distances would sort anywhere: neighbours of nothing
+            raise JaxvizError(f"the {name} NaN or infinite values")
     n = len(database)
     from jaxviz.techniques import check
     check("neighbors", k=k, metric=metric, context={"images": n})  # 1 <= k <= the database size
@@ -217,9 +220,16 @@ def nearest_neighbors(queries: np.ndarray, database: np.ndarray, k: int, *, metr
 # ----------------------------------------------------------------------------------- 2-D maps
 
 def pca(features: np.ndarray, dims: int = 2, *, seed: int = 0) -> np.ndarray:
-    """(N, D) -> (N, dims) principal-component coordinates (scikit-learn PCA)."""
+    """(N, D) -> (N, dims) principal-component coordinates (scikit-learn PCA).
+
+    Raises:
+      JaxvizError: features not (N, D) with N > dims, NaN or infinite values, or dims not in 1..D.
+    """
     from sklearn.decomposition import PCA
+    _check_dims(dims)
     features = _check_points(features, dims + 1)
+    if dims > features.shape[1]:
+        raise JaxvizError(f"dims must be at most the feature size {features.shape[1]}, got {dims}")
     return PCA(n_components=dims, random_state=seed).fit_transform(features).astype(np.float32)
 
 
@@ -230,20 +240,31 @@ def tsne(features: np.ndarray, dims: int = 2, *, perplexity: float = 30.0, seed:
     Features are first reduced to ``pca_dims`` with PCA (the usual speed-up; None keeps all);
     the perplexity is capped at (N - 1) / 3 so small sets work. Sets of up to ``exact_below``
     points use the exact gradient (measured faster than Barnes-Hut there: 1k points 54 s vs 126 s on
-    a loaded 2-core CPU), larger ones Barnes-Hut.
+    a loaded 2-core CPU), larger ones Barnes-Hut (which maps to at most 3 dims).
+
+    Raises:
+      JaxvizError: features not (N, D) with N >= 4, NaN or infinite values, bad dims or settings.
     """
     from sklearn.manifold import TSNE
 
     from jaxviz.techniques import check
     check("tsne", perplexity=perplexity, seed=seed)
+    _check_dims(dims)
     features = _check_points(features, 4)
     n, d = features.shape
+    if dims > 3 and n > exact_below:
+        raise JaxvizError(f"t-SNE of more than {exact_below} points (Barnes-Hut) maps to at most 3 dims, got {dims}")
     if pca_dims and d > pca_dims and n > pca_dims:
         features = pca(features, pca_dims, seed=seed)
     perplexity = float(min(perplexity, (n - 1) / 3))
     model = TSNE(n_components=dims, perplexity=perplexity, init="pca", learning_rate="auto",
                  random_state=seed, method="exact" if n <= exact_below else "barnes_hut")
     return model.fit_transform(features).astype(np.float32)
+
+
+def _check_dims(dims: int) -> None:
+    if isinstance(dims, bool) or not isinstance(dims, (int, np.integer)) or dims < 1:
+        raise JaxvizError(f"dims must be a whole number >= 1, got {dims!r}")
 
 
 def _check_points(features: np.ndarray, minimum: int) -> np.ndarray:

@@ -166,7 +166,7 @@ def segment_from_saliency(image01: np.ndarray, saliency: np.ndarray, *, fg_fract
     Returns:
       (H, W) bool mask, True = object.
     Raises:
-      JaxvizError: mismatched shapes or fractions out of range.
+      JaxvizError: mismatched shapes, NaN saliency, fractions or other settings out of range.
     """
     image01 = np.asarray(image01, np.float32)
     saliency = np.asarray(saliency, np.float32)
@@ -176,7 +176,8 @@ def segment_from_saliency(image01: np.ndarray, saliency: np.ndarray, *, fg_fract
         raise JaxvizError(f"saliency must be (H, W) = {image01.shape[:2]}, got {saliency.shape}")
     from jaxviz.techniques import check
     check("segment", fg_fraction=fg_fraction, bg_fraction=bg_fraction, iterations=iterations,
-          neighbours=neighbours, seed=seed)  # each in (0, 1), 1..50, 4 or 8 (the registry's bounds)
+          neighbours=neighbours, components=components, gamma=gamma, max_side=max_side, smooth=smooth,
+          seed=seed)  # the registry's bounds
     if fg_fraction + bg_fraction >= 1:
         raise JaxvizError("fg_fraction and bg_fraction must be in (0, 1) with a sum below 1")
     if not np.isfinite(saliency).all():

@@ -287,6 +287,11 @@ _ALL: list[Technique] = [
                          lo=0, hi=1, lo_open=True, hi_open=True),
                   Option("iterations", int, "GMM refit + cut rounds", lo=1, hi=50),
                   Option("neighbours", int, "grid connectivity", lo=4, hi=8, choices=(4, 8), cli=False),
+                  Option("components", int, "Gaussians per colour model", lo=1, hi=50, cli=False),
+                  Option("gamma", float, "weight of the smoothness term", lo=0, hi=1e6, cli=False),
+                  Option("max_side", int, "side of the grid the cut runs on (px)", lo=8, hi=MAX_SIZE, cli=False),
+                  Option("smooth", float, "Gaussian sigma of the saliency before seeding (grid px)", lo=0,
+                         hi=1000, cli=False),
                   _seed(help="random seed (SmoothGrad noise, GMM init)")),
               command="segment"),
     # ---------------------------------------------------------------- inside the network
