@@ -21,6 +21,7 @@ import numpy as np
 
 from jaxviz.errors import JaxvizError
 from jaxviz.interface import Model, as_model
+from jaxviz.interface.model import layer_tuple
 
 Array = jax.Array
 PyTree = Any
@@ -49,7 +50,7 @@ def check_layers(model, layers: Sequence[str], size: int | tuple[int, int] | Non
         is not (``model.smallest_input``).
     """
     model = as_model(model)
-    names = {layer: model.resolve_layer(layer) for layer in layers}
+    names = {layer: model.resolve_layer(layer) for layer in layer_tuple(layers)}
     hw = model.input_hw(size)
     wanted = tuple(dict.fromkeys(names.values()))
     x = jax.ShapeDtypeStruct((1,) + hw + (3,), jnp.float32)

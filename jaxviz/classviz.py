@@ -29,6 +29,7 @@ import numpy as np
 from jaxviz import objectives as obj
 from jaxviz.errors import JaxvizError
 from jaxviz.interface import as_model
+from jaxviz.interface.model import host_indices
 from jaxviz.keys import image_keys
 from jaxviz.optimize import (
     Callback,
@@ -90,7 +91,8 @@ def class_visualization(model, params: dict | None, classes: int | Sequence[int]
 
     Args:
       model: a ``Model`` or a bare ``apply_fn``; params: its parameters (None: ``model.params``).
-      classes: class index or (N,) indices.
+      classes: class index or (N,) indices, whole numbers (negative: from the end, as in
+        attribution); an empty list gives an empty result.
       init: (N, H, W, 3) starting images in model-input space (e.g. a real image of the class);
         None: small noise (seeded by ``key``) at ``size`` (default: the model's input size).
       steps, lr: iterations and L2 step length (model-input units) of the normalised ascent.
@@ -102,17 +104,15 @@ def class_visualization(model, params: dict | None, classes: int | Sequence[int]
     Returns:
       ``OptimizeResult`` (images (N, H, W, 3) model input; losses (steps, N) = −s_c + λ‖x‖²).
     Raises:
-      JaxvizError: a class out of range, bad settings, or a size at which a layer is empty.
+      JaxvizError: a class out of range or not a whole number, NaN or infinite ``init``, bad
+        settings, or a size at which a layer is empty.
     """
     require_concrete("class_visualization", params, classes, init, key)
     check("classviz", steps=steps, lr=lr, l2=l2, blur_every=blur_every, blur_sigma=blur_sigma, jitter_px=jitter_px,
           clip_fraction=clip_fraction, score=score, size=size)
     model = as_model(model)
     params = model.params if params is None else params
-    classes = np.atleast_1d(np.asarray(classes, np.int32))  # checked on the host: no programs
-    if classes.ndim != 1:
-        raise JaxvizError(f"classes must be an index or (N,) indices, got shape {classes.shape}")
-    n = classes.shape[0]
+    n = np.size(classes)
     hw = _hw(model, size, init)
     obj.require_nonempty(model, None, hw)
     if init is None:
@@ -120,9 +120,8 @@ def class_visualization(model, params: dict | None, classes: int | Sequence[int]
     init = jnp.asarray(init, jnp.float32)
     if init.ndim != 4 or init.shape[0] != n or init.shape[-1] != 3:
         raise JaxvizError(f"init must be ({n}, H, W, 3) for {n} classes, got {tuple(init.shape)}")
-    num_classes = obj.num_outputs(model, params, init)
-    if int(classes.min()) < 0 or int(classes.max()) >= num_classes:
-        raise JaxvizError(f"classes must be in 0..{num_classes - 1}")
+    # on the host (no programs): whole numbers in range, negative from the end as in attribution
+    classes = host_indices(classes, obj.num_outputs(model, params, init))
     params = model.prepare_params(params)
     loss = -obj.class_score(model, params, classes, score) + l2 * obj.l2()
     lo, hi = (tuple(float(v) for v in a) for a in model.valid_range())  # hashable: a cached transform
@@ -146,7 +145,8 @@ def channel_visualization(model, params: dict | None, layer: str, channels: int 
 
     Args:
       model: a ``Model`` with named layers; params: its parameters (None: ``model.params``).
-      layer: a layer name or alias; channels: channel index or (N,) indices (one image each).
+      layer: a layer name or alias; channels: channel index or (N,) indices (one image each;
+        negative: from the end).
       size: image size (default: the model's input size); steps, lr: Adam iterations and rate.
       parameterization: ``fourier`` (Lucid: decorrelated colour, 1/f spectrum, sigmoid range) or
         ``pixels`` (Adam on raw pixels, clipped to the valid range, lr in model-input units).
@@ -156,23 +156,19 @@ def channel_visualization(model, params: dict | None, layer: str, channels: int 
     Returns:
       ``OptimizeResult`` (images (N, H, W, 3) in model-input space; losses = −activation).
     Raises:
-      JaxvizError: unknown layer, channel or unit out of range, bad settings, or a size at which
-        the layer is empty.
+      JaxvizError: unknown layer, channel or unit out of range, NaN or infinite ``init``, bad
+        settings, or a size at which the layer is empty.
     """
     require_concrete("channel_visualization", params, channels, init, key)
     check("neuron", steps=steps, lr=lr, parameterization=parameterization, jitter_px=jitter_px, size=size)
     model = as_model(model)
     params = model.params if params is None else params
     given, layer = layer, model.resolve_layer(layer)
-    channels = np.atleast_1d(np.asarray(channels, np.int32))  # concrete: checked on the host
-    if channels.ndim != 1:
-        raise JaxvizError(f"channels must be an index or (N,) indices, got shape {channels.shape}")
-    n = channels.shape[0]
+    n = np.size(channels)
     h, w = _hw(model, size, init)
     obj.require_nonempty(model, (given,), (h, w))
     shape = model.layer_shapes((h, w))[layer]
-    if int(channels.min()) < 0 or int(channels.max()) >= shape[-1]:
-        raise JaxvizError(f"channel out of range for {layer} (0..{shape[-1] - 1})")
+    channels = host_indices(channels, shape[-1], "channel", f"channels of {layer}")  # on the host
     y, x = unit if unit is not None else (None, None)
     if unit is not None and (len(shape) != 3 or not (0 <= y < shape[0] and 0 <= x < shape[1])):
         raise JaxvizError(f"unit {tuple(unit)} outside {layer}'s map of shape {shape}")

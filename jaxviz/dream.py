@@ -34,6 +34,7 @@ from jaxviz.optimize import (
     normalized_gradient,
     optimize,
     require_concrete,
+    require_finite,
 )
 from jaxviz.techniques import check
 
@@ -78,7 +79,8 @@ def deepdream(model, params: dict | None, x: Array, layer: str, *, octaves: int 
     Returns:
       (N, H, W, 3) dreamed images in model-input space, inside the valid range.
     Raises:
-      JaxvizError: bad shapes or settings, or an octave at which the layer is empty.
+      JaxvizError: bad shapes or settings, NaN or infinite pixels, or an octave at which the
+        layer is empty.
     """
     require_concrete("deepdream", params, x, key)
     check("dream", octaves=octaves, octave_scale=octave_scale, steps=steps, step=step, jitter_px=jitter_px)
@@ -88,6 +90,7 @@ def deepdream(model, params: dict | None, x: Array, layer: str, *, octaves: int 
     x = jnp.asarray(x, jnp.float32)
     if x.ndim != 4 or x.shape[-1] != 3:
         raise JaxvizError(f"x must be (N, H, W, 3), got {tuple(x.shape)}")
+    require_finite("the images x", x)
     n, h, w, c = x.shape
     sizes = octave_sizes(h, w, octaves, octave_scale)
     if min(sizes[0]) < MIN_OCTAVE:

@@ -29,9 +29,11 @@ from jaxviz.optimize import (
     Callback,
     OptimizeResult,
     adam,
+    empty_result,
     lbfgs,
     optimize,
     require_concrete,
+    require_finite,
     valid_range_projection,
 )
 from jaxviz.techniques import check
@@ -79,7 +81,8 @@ def invert(model, params: dict | None, x0: Array, layer: str, *, steps: int = 20
       feature distances.
     Raises:
       JaxvizError: bad shapes or settings, an image size at which the layer is empty, a reference
-        image that is zero in model-input space or whose features at ``layer`` are all zero.
+        image that is zero in model-input space or whose features at ``layer`` are all zero, NaN
+        or infinite values in ``x0`` or ``init``.
     """
     require_concrete("invert", params, x0, init, key)
     check("invert", steps=steps, lr=lr, tv_weight=tv_weight, beta=beta, optimizer=optimizer)
@@ -90,7 +93,12 @@ def invert(model, params: dict | None, x0: Array, layer: str, *, steps: int = 20
     if x0.ndim != 4 or x0.shape[-1] != 3:
         raise JaxvizError(f"x0 must be (N, H, W, 3), got {tuple(x0.shape)}")
     obj.require_nonempty(model, (given,), tuple(x0.shape[1:3]))
+    require_finite("the reference images x0", x0)
     n = x0.shape[0]
+    if n == 0:  # nothing to invert
+        result = empty_result(x0)
+        result.extras["feature_loss"] = (np.zeros((0,), np.float32), np.zeros((0,), np.float32))
+        return result
     flat = np.flatnonzero(~np.asarray(x0).reshape(n, -1).any(axis=1))
     if flat.size:  # B = pixel_scale = 0: the TV term's normalisation 1 / B^beta is infinite
         raise JaxvizError(f"reference image(s) {flat.tolist()} are uniform at the model's preprocessing mean (zero in "

@@ -32,7 +32,7 @@ import numpy as np
 
 from jaxviz.errors import JaxvizError
 from jaxviz.interface import as_model
-from jaxviz.interface.model import class_index
+from jaxviz.interface.model import class_index, layer_tuple
 from jaxviz.keys import typed_key
 from jaxviz.targets import as_target
 
@@ -121,6 +121,9 @@ def deletion_insertion(model, params: dict, x: Array, maps: Array, index: Array 
         else:
             jax.eval_shape(model.logits, params, x)  # the check alone, no forward pass
     check_deletion_inputs(x, maps, index, steps, baseline, chunk)
+    if x.shape[0] == 0:  # no images: no curves (the jitted sweep cannot split zero jobs into chunks)
+        curves, areas = (jax.device_put(np.zeros(shape, np.float32)) for shape in ((0, steps + 1), (0,)))
+        return {"deletion": curves, "insertion": curves, "deletion_auc": areas, "insertion_auc": areas}
     index = class_index(index, x.shape[0], num_classes=model.num_classes, positive=True)  # checked, from the end
     if not isinstance(patch, int) or not 1 <= patch <= min(x.shape[1:3]):
         raise JaxvizError(f"patch must be an integer between 1 and the image side, got {patch!r}")
@@ -289,9 +292,10 @@ def cascading_maps(method: Callable, model, params, x: Array, target, *, key: Ar
     """The maps behind ``model_randomisation``: (layers, trained maps (N, H, W), [maps per depth])."""
     model = as_model(model)
     target = as_target(target)  # an int is a class (it was read as None: the predicted class)
-    if isinstance(layers, str):
-        layers = [layers]
-    layers = parametrised_layers(model, params) if layers is None else [model.resolve_layer(l) for l in layers]
+    if layers is None:
+        layers = parametrised_layers(model, params)
+    else:  # one name as a string is one layer
+        layers = [model.resolve_layer(name) for name in layer_tuple(layers)]
     if not layers:
         raise JaxvizError(f"model {model.name} has no named layers with parameters to randomise; the check "
                           "needs named layers (a bundled network, or a flax.linen / flax.nnx module)")

@@ -498,6 +498,15 @@ def _check(init: Array, steps: int) -> None:
         raise JaxvizError(f"init must be a batch of images (N, H, W, C), got shape {init.shape}")
     if int(steps) < 0:
         raise JaxvizError(f"steps must be >= 0, got {steps}")
+    require_finite("the starting images (init)", init)
+
+
+def require_finite(what: str, x: Array) -> None:
+    """Refuse a concrete array holding NaN or inf (checked on the host: no program). A NaN start
+    pixel makes every loss and step NaN, yet the clipping transforms hand back finite images: a
+    result of nothing, silently."""
+    if not isinstance(x, jax.core.Tracer) and not np.isfinite(np.asarray(x)).all():
+        raise JaxvizError(f"{what} contain NaN or infinite values")
 
 
 # Updates per program call. Each XLA-CPU call takes fresh pages for its temporary buffers (the
@@ -627,6 +636,8 @@ def optimize(loss_fn: LossFn, init: Array, *, optimizer: optax.GradientTransform
     keys = image_keys(key, n)
     param = parameterization or pixels()
     params = jax.tree_util.tree_map(jnp.array, param.encode(init))  # a copy: never alias the caller's
+    if n == 0:  # no images: nothing to run (and losses that reshape to (N, -1) cannot trace)
+        return empty_result(init, params)
     # An Objective travels as its pure function (the cache key) and its arrays (traced data).
     objective = isinstance(loss_fn, Objective)
     loss_key, loss_data = (loss_fn.pure_fn, loss_fn.data) if objective else (loss_fn, None)
@@ -682,6 +693,12 @@ def optimize(loss_fn: LossFn, init: Array, *, optimizer: optax.GradientTransform
     losses = (np.concatenate(history) if history
               else np.zeros((0, n), jax.dtypes.canonicalize_dtype(jnp.float64)))
     return OptimizeResult(images, params, losses, np.asarray(done), seconds, compile_seconds)
+
+
+def empty_result(init: Array, params: PyTree | None = None) -> OptimizeResult:
+    """The result of optimising no images: ``init`` (0, H, W, C) back, no losses, no steps."""
+    losses = np.zeros((0, 0), jax.dtypes.canonicalize_dtype(jnp.float64))
+    return OptimizeResult(jnp.array(init), init if params is None else params, losses, np.zeros((0,), np.int32))
 
 
 def _sync_every(callback) -> int:

@@ -38,6 +38,7 @@ import numpy as np
 from jaxviz.errors import JaxvizError
 from jaxviz.interface import Model, ReceptiveField, as_model
 from jaxviz.interface.backward import RULES
+from jaxviz.interface.model import host_indices, layer_tuple
 
 if TYPE_CHECKING:
     from jaxviz.scan_index import Index
@@ -311,7 +312,7 @@ def measured_fields(model, params: PyTree, layers: Sequence[str], size: int | tu
         columns (a non-square input with size-dependent padding), or one that could not be measured.
     """
     model = as_model(model)
-    names = tuple(dict.fromkeys(model.resolve_layer(layer) for layer in layers))
+    names = tuple(dict.fromkeys(model.resolve_layer(layer) for layer in layer_tuple(layers)))
     if not names:
         return {}
     hw = model.input_hw(size)
@@ -398,7 +399,7 @@ def visible_extent(model, layer: str, size: int | tuple[int, int] | None = None,
                     positions=_last_position)[layer][2]
 
 
-def channel_fields(model, layer: str, channels: Sequence[int], size: int | tuple[int, int] | None = None, *,
+def channel_fields(model, layer: str, channels: int | Sequence[int], size: int | tuple[int, int] | None = None, *,
                    params: PyTree | None = None, field: ReceptiveField | None = None) -> dict[int, ReceptiveField]:
     """{channel: the part of the layer's field that channel sees}, measured at ``size``.
 
@@ -410,6 +411,11 @@ def channel_fields(model, layer: str, channels: Sequence[int], size: int | tuple
     channel that random inputs leave inactive is measured too; the support still lies within the
     pixels the unit depends on), and kept inside ``field``. A channel or size where this cannot be
     determined (no such unit, no ReLU to replace and a dead channel) keeps the layer's field.
+    ``channels``: one channel or a list of them (negative from the end; keys of the result in
+    0..C-1).
+
+    Raises:
+      JaxvizError: an unknown layer, a channel out of range or not a whole number.
     """
     model = as_model(model)
     layer = model.resolve_layer(layer)
@@ -417,10 +423,7 @@ def channel_fields(model, layer: str, channels: Sequence[int], size: int | tuple
     params = model.params if params is None else params
     field = field or layer_field(model, layer, hw, params=params)
     shape = _layer_shapes(model, params, (layer,), hw)[layer]
-    channels = list(dict.fromkeys(int(c) for c in channels))
-    bad = [c for c in channels if not 0 <= c < shape[2]]
-    if bad:
-        raise JaxvizError(f"channel {bad[0]} out of range: layer {layer} has {shape[2]} channels (0..{shape[2] - 1})")
+    channels = list(dict.fromkeys(host_indices(channels, shape[2], "channel", f"channels of {layer}").tolist()))
     extent = visible_extent(model, layer, hw, params=params)[0]
     # Units whose whole layer box is visible: a narrower channel box shows on both sides.
     inside = [i for i in range(shape[0]) if field.box(i, 0)[0] > 0 and field.box(i, 0)[2] < extent]

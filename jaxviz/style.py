@@ -46,6 +46,7 @@ import numpy as np
 
 from jaxviz.errors import JaxvizError
 from jaxviz.interface import as_model
+from jaxviz.interface.model import layer_tuple
 from jaxviz.keys import image_keys
 from jaxviz.optimize import require_concrete
 from jaxviz.techniques import check
@@ -105,6 +106,7 @@ def layer_features(model, layers: Sequence[str]) -> Callable[[dict, Array], list
       JaxvizError: no layers, a model without named layers, or an unknown layer (close names).
     """
     model = as_model(model)
+    layers = layer_tuple(layers)
     if not layers:
         raise JaxvizError("at least one layer is needed")
     names = tuple(model.resolve_layer(name) for name in layers)
@@ -229,6 +231,7 @@ def gatys_loss(model, content_layer: str | None, style_layers: Sequence[str]) ->
       JaxvizError: no style layer, a model without named layers or an unknown layer.
     """
     model = as_model(model)
+    style_layers = layer_tuple(style_layers)
     if not style_layers:
         raise JaxvizError("at least one style layer is needed")
     content = model.resolve_layer(content_layer) if content_layer else None
@@ -285,7 +288,9 @@ def match_color(style: Array, content: Array) -> Array:
     """``style`` with its colour mean and covariance mapped to ``content``'s (linear transfer).
 
     ``x' = Σ_c^{1/2} Σ_s^{-1/2} (x − μ_s) + μ_c`` with symmetric matrix square roots (Gatys et
-    al. 2016's "colour histogram matching"). Args: (h, w, 3), (H, W, 3) in [0, 1].
+    al. 2016's "colour histogram matching"). Args: (h, w, 3), (H, W, 3) in [0, 1]. Returns
+    (h, w, 3) clipped to [0, 1]: the linear map can leave the colour cube, so the clipped pixels'
+    statistics match ``content``'s only approximately.
     """
     def stats(img):
         flat = img.reshape(-1, 3).astype(jnp.float32)

@@ -181,6 +181,7 @@ def relative_layer_weights(model, params: dict, sample: Array, layers: Sequence[
         at a layer (no weight can make its relative error finite).
     """
     from jaxviz.interface import as_model
+    from jaxviz.interface.model import layer_tuple
     from jaxviz.style import _check_pixels, check_layers, gram_matrix, layer_features
 
     model = as_model(model)
@@ -188,8 +189,9 @@ def relative_layer_weights(model, params: dict, sample: Array, layers: Sequence[
     if sample.ndim != 3 or sample.shape[-1] != 3:
         raise JaxvizError(f"relative_layer_weights: sample must be (h, w, 3), got {tuple(sample.shape)}")
     _check_pixels(sample, "relative_layer_weights: sample")
-    check_layers(model, params, layers, sample.shape[:2], spatial=tuple(layers))
-    feats = layer_features(model, tuple(layers))(params, model.preprocess(sample[None]))
+    layers = layer_tuple(layers)
+    check_layers(model, params, layers, sample.shape[:2], spatial=layers)
+    feats = layer_features(model, layers)(params, model.preprocess(sample[None]))
     out = []
     for name, f in zip(layers, feats):
         g = gram_matrix(f, normalize=True)[0]
@@ -227,6 +229,7 @@ def gram_texture(model, params: dict, sample: Array, size: int | tuple[int, int]
     """
     require_concrete("gram_texture", params, sample, key)
     from jaxviz.interface import as_model
+    from jaxviz.interface.model import layer_tuple
     from jaxviz.keys import image_keys
     from jaxviz.optimize import optimize, valid_range_projection
     from jaxviz.style import (_check_pixels, _layer_weights, check_layers, check_options, gatys_data, gatys_loss,
@@ -241,7 +244,7 @@ def gram_texture(model, params: dict, sample: Array, size: int | tuple[int, int]
     if len(size) != 2 or min(size) < 16:
         raise JaxvizError(f"gram_texture: size must be >= 16, got {size}")
     check_options(steps=steps, optimizer=optimizer, learning_rate=learning_rate)
-    loss = gatys_loss(model, None, tuple(layers))  # style terms only; weights and targets go in as data
+    loss = gatys_loss(model, None, layer_tuple(layers))  # style terms only; weights and targets go in as data
     w = _layer_weights(loss.style_layers, layer_weights)
     for hw in dict.fromkeys((size, tuple(sample.shape[:2]))):
         check_layers(model, params, loss.style_layers, hw, spatial=loss.style_layers)

@@ -111,11 +111,34 @@ def per_image_index(index: Array | int, n: int) -> Array:
     return _broadcast_index(index, n)
 
 
-def _integers(index) -> np.ndarray:
+def layer_tuple(layers: str | Sequence[str]) -> tuple[str, ...]:
+    """Layer names as a tuple: one name given as a string is one layer (not its characters)."""
+    return (layers,) if isinstance(layers, str) else tuple(layers)
+
+
+def host_indices(index, count: int, noun: str = "class index", plural: str = "classes") -> np.ndarray:
+    """A concrete index or list of indices as (n,) int32 numpy values in 0..count-1, for the
+    techniques that take their classes or channels on the host (one image each). Whole numbers in
+    -count..count-1, negative counted from the end as in ``class_index`` and numpy indexing.
+
+    Raises:
+      JaxvizError: a fractional or non-numeric index, one out of range, or more than one axis.
+    """
+    values = np.atleast_1d(_integers(index, f"{noun.split()[0]} indices"))
+    if values.ndim != 1:
+        raise JaxvizError(f"give one {noun} or a list of them, got shape {values.shape}")
+    bad = values[(values < -count) | (values >= count)]
+    if bad.size:
+        raise JaxvizError(f"{noun} {bad[0]} is out of range for {count} {plural} (0..{count - 1}, or negative "
+                          "from the end)")
+    return np.where(values < 0, values + count, values).astype(np.int32)
+
+
+def _integers(index, indices: str = "class indices") -> np.ndarray:
     """A concrete index as numpy values, refused unless whole numbers (integers, or floats like 3.0)."""
     values = np.asarray(index)
     if values.dtype.kind not in "iu" and not (values.dtype.kind == "f" and np.all(values == np.round(values))):
-        raise JaxvizError(f"class indices must be integers, got {values.dtype} {values.ravel()[:4].tolist()}")
+        raise JaxvizError(f"{indices} must be integers, got {values.dtype} {values.ravel()[:4].tolist()}")
     return values
 
 
@@ -234,7 +257,7 @@ class Model:
 
     def activations(self, params: PyTree, x: Array, layers: Sequence[str]) -> dict[str, Array]:
         """{layer: output} of the named layers, running only as far as the last of them."""
-        return self.run(params, x, capture=tuple(layers), output=False)[1]
+        return self.run(params, x, capture=layer_tuple(layers), output=False)[1]
 
     def activation(self, params: PyTree, x: Array, layer: str) -> Array:
         """The output of one named layer, e.g. (N, h, w, C)."""

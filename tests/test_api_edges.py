@@ -1,0 +1,151 @@
+"""The Python API at its edges, across techniques: NaN or infinite inputs are refused (not turned
+into finite results of nothing), an empty batch gives empty results, class and channel lists are
+whole numbers counted from the end as in attribution, and one layer name given as a string is one
+layer. Each case once gave a raw error or a silent wrong result (a user's trial of the API)."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxviz import activations, embedding, metrics, patches, segment, style
+from jaxviz.classviz import channel_visualization, class_visualization
+from jaxviz.dream import deepdream
+from jaxviz.errors import JaxvizError
+from jaxviz.inversion import invert
+from jaxviz.optimize import adam, optimize
+from jaxviz.saliency import vanilla_saliency
+
+KEY = jax.random.key(0)
+
+
+def _images(model, n=1, hw=(16, 16), seed=0):
+    rng = np.random.default_rng(seed)
+    return model.preprocess(jnp.asarray(rng.uniform(0.1, 0.9, (n, *hw, 3)), jnp.float32))
+
+
+def _with_nan(x):
+    return x.at[0, 3, 4, 1].set(jnp.nan)
+
+
+# ------------------------------------------------------------------ NaN / inf
+
+def test_nan_starts_and_references_are_refused(tiny_model):
+    m, x = tiny_model, _images(tiny_model)
+    with pytest.raises(JaxvizError, match=r"starting images \(init\) contain NaN"):
+        class_visualization(m, None, [1], init=_with_nan(x), steps=2)
+    for parameterization in ("fourier", "pixels"):
+        with pytest.raises(JaxvizError, match=r"starting images \(init\) contain NaN"):
+            channel_visualization(m, None, "features.3", [1], init=_with_nan(x), steps=2,
+                                  parameterization=parameterization)
+    with pytest.raises(JaxvizError, match="reference images x0 contain NaN"):
+        invert(m, None, _with_nan(x), "features.3", steps=2)
+    with pytest.raises(JaxvizError, match=r"starting images \(init\) contain NaN"):
+        invert(m, None, x, "features.3", init=x.at[0, 0, 0, 0].set(jnp.inf), steps=2)
+    with pytest.raises(JaxvizError, match="images x contain NaN"):
+        deepdream(m, None, _with_nan(_images(m, hw=(32, 32))), "features.3", octaves=1, steps=2)
+    # the engine itself, for a user's own objective
+    with pytest.raises(JaxvizError, match="contain NaN"):
+        optimize(lambda v, keys: jnp.sum(v ** 2, axis=(1, 2, 3)), _with_nan(x), optimizer=adam(0.1), steps=2)
+
+
+def test_nan_features_are_refused_by_nearest_neighbours():
+    rng = np.random.default_rng(1)
+    database = rng.normal(size=(10, 5)).astype(np.float32)
+    queries = database[:2].copy()
+    queries[0, 1] = np.nan
+    with pytest.raises(JaxvizError, match="queries contain NaN"):
+        embedding.nearest_neighbors(queries, database, 3)
+    database[4, 0] = np.inf
+    with pytest.raises(JaxvizError, match="database contains NaN"):
+        embedding.nearest_neighbors(database[:2], database, 3)
+
+
+# ------------------------------------------------------------------ empty batches
+
+def test_an_empty_batch_gives_empty_results(tiny_model):
+    m, params = tiny_model, tiny_model.params
+    none = _images(m, n=1)[:0]
+    result = class_visualization(m, None, [], steps=3)
+    assert result.images.shape == (0, 16, 16, 3) and result.losses.shape == (0, 0)
+    assert result.steps_run.shape == (0,)
+    for parameterization in ("fourier", "pixels"):
+        result = channel_visualization(m, None, "features.3", [], steps=3, parameterization=parameterization)
+        assert result.images.shape == (0, 16, 16, 3)
+    result = invert(m, None, none, "features.3", steps=3)
+    assert result.images.shape == (0, 16, 16, 3)
+    assert [np.shape(v) for v in result.extras["feature_loss"]] == [(0,), (0,)]
+    assert deepdream(m, None, _images(m, hw=(32, 32))[:0], "features.3", octaves=1, steps=2).shape == (0, 32, 32, 3)
+    curves = metrics.deletion_insertion(m, params, none, jnp.zeros((0, 16, 16)), steps=4)
+    assert curves["deletion"].shape == curves["insertion"].shape == (0, 5)
+    assert curves["deletion_auc"].shape == curves["insertion_auc"].shape == (0,)
+    # and the empty result does not depend on a trace: the same call on one image works
+    one = metrics.deletion_insertion(m, params, _images(m), jnp.ones((1, 16, 16)), steps=4)
+    assert one["deletion"].shape == (1, 5)
+
+
+# ------------------------------------------------------------------ class and channel lists
+
+def test_classes_and_channels_are_whole_numbers_counted_from_the_end(tiny_model):
+    m = tiny_model
+    # class -1 is the last class, as in attribution (vanilla_saliency(target=-1))
+    last = class_visualization(m, None, [-1], steps=3, key=KEY)
+    explicit = class_visualization(m, None, [4], steps=3, key=KEY)
+    np.testing.assert_array_equal(np.asarray(last.images), np.asarray(explicit.images))
+    with pytest.raises(JaxvizError, match="must be integers"):  # was truncated to class 1
+        class_visualization(m, None, [1.5], steps=2)
+    with pytest.raises(JaxvizError, match="out of range for 5 classes"):
+        class_visualization(m, None, [5], steps=2)
+    with pytest.raises(JaxvizError, match="must be integers"):
+        class_visualization(m, None, "cat", steps=2)
+    a = channel_visualization(m, None, "features.3", [-1], steps=2, key=KEY)
+    b = channel_visualization(m, None, "features.3", [7], steps=2, key=KEY)
+    np.testing.assert_array_equal(np.asarray(a.images), np.asarray(b.images))
+    with pytest.raises(JaxvizError, match="channel 8 is out of range for 8 channels of features.3"):
+        channel_visualization(m, None, "features.3", [8], steps=2)
+    # channel_fields: one channel as an int (was a TypeError), a list, negative from the end
+    one = patches.channel_fields(m, "features.3", 2)
+    assert list(one) == [2]
+    assert patches.channel_fields(m, "features.3", [-1, 2]) == {7: patches.channel_fields(m, "features.3", 7)[7],
+                                                                 2: one[2]}
+    with pytest.raises(JaxvizError, match="must be integers"):
+        patches.channel_fields(m, "features.3", [0.5])
+
+
+# ------------------------------------------------------------------ a layer name as a string
+
+def test_one_layer_name_as_a_string_is_one_layer(tiny_model):
+    m, params, x = tiny_model, tiny_model.params, _images(tiny_model)
+    assert list(m.activations(params, x, "features.3")) == ["features.3"]
+    assert activations.check_layers(m, "features.3")[0] == {"features.3": "features.3"}
+    assert style.gatys_loss(m, None, "features.3").style_layers == ("features.3",)
+    feats = style.layer_features(m, "features.3")(params, x)
+    assert len(feats) == 1 and feats[0].shape == (1, 8, 8, 8)
+    assert list(patches.measured_fields(m, params, "features.3")) == ["features.3"]
+    layers, _, maps = metrics.cascading_maps(vanilla_saliency, m, params, x, 1, key=KEY, layers="features.3")
+    assert layers == ["features.3"] and len(maps) == 1
+
+
+# ------------------------------------------------------------------ 2-D maps and segmentation
+
+def test_embedding_dims_are_checked():
+    features = np.random.default_rng(2).normal(size=(12, 5)).astype(np.float32)
+    assert embedding.pca(features, 5).shape == (12, 5)
+    with pytest.raises(JaxvizError, match="at most the feature size 5"):
+        embedding.pca(features, 7)
+    for dims in (0, 1.5, True):
+        with pytest.raises(JaxvizError, match="dims must be a whole number"):
+            embedding.pca(features, dims)
+        with pytest.raises(JaxvizError, match="dims must be a whole number"):
+            embedding.tsne(features, dims)
+    with pytest.raises(JaxvizError, match="at most 3 dims"):
+        embedding.tsne(np.tile(features, (100, 1)), 4, exact_below=100)
+
+
+@pytest.mark.parametrize("option, value", [("components", 0), ("components", 1.5), ("gamma", -1.0),
+                                           ("max_side", 0), ("smooth", -1.0), ("smooth", float("nan"))])
+def test_segmentation_settings_are_checked(option, value):
+    rng = np.random.default_rng(3)
+    with pytest.raises(JaxvizError, match=option):  # components=0 ran as 1, silently
+        segment.segment_from_saliency(rng.uniform(size=(32, 32, 3)), rng.uniform(size=(32, 32)), **{option: value})
