@@ -81,6 +81,10 @@ def test_models_and_layers(capsys):
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert set(rows) >= {"squeezenet1_1", "squeezenet1_0", "vgg16", "vgg19", "vgg19_caffe", "efficientnet_lite0"}
     assert rows["vgg16"]["status"] in ("not ported", "available", "portable")
+    # the fast style network is listed too, and `layers` says what it is for
+    assert rows["multistyle26"]["status"] in ("available", "not ported") and rows["multistyle26"]["classes"] is None
+    assert main(["layers", "multistyle26"]) == 2
+    assert "fast-style apply" in capsys.readouterr().err
     assert main(["layers", "squeezenet1_1"]) == 0
     out = capsys.readouterr().out
     line = next(l for l in out.splitlines() if l.startswith("features.12 "))

@@ -35,16 +35,31 @@ def models(parser: argparse.ArgumentParser):
                  "classes": spec.num_classes, "preprocessing": spec.preprocessing.describe(),
                  "weights": SOURCES[name].description, "how_to_get": SOURCES[name].howto,
                  "description": spec.description} for name, spec in MODELS.items()]
+        rows.append(_fast_style_row())
         if args.json:
             print(json.dumps(rows, indent=2))
             return 0
         for r in rows:
-            print(f"{r['name']:<20} {r['status']:<11} {r['input_size']}px  {r['preprocessing']}")
+            size = f"{r['input_size']}px" if r["input_size"] else "any  "
+            print(f"{r['name']:<20} {r['status']:<11} {size}  {r['preprocessing']}")
             print(f"{'':<20} {r['description']}; weights: {r['weights']}")
             if r["status"] == "not ported":
                 print(f"{'':<20} to port: {r['how_to_get']}")
         return 0
     return run
+
+
+def _fast_style_row() -> dict:
+    """The pretrained fast style-transfer network: not a registry model (no classes, no layers to
+    explain), listed so that every network jaxviz ships shows its status in one place."""
+    from jaxviz import fast_style_pretrained as fsp
+    path = fsp.weights_path()
+    ported = path.is_file() or path.with_suffix(".npz").is_file()
+    return {"name": fsp.NAME, "status": "available" if ported else "not ported", "input_size": None,
+            "classes": None, "preprocessing": "RGB [0,1]", "weights": f"{fsp.SOURCE} ({fsp.LICENCE})",
+            "how_to_get": fsp.REPAIR.replace("re-port", "port"),
+            "description": f"fast style transfer, {fsp.NUM_STYLES} styles (not a classifier: "
+                           "`jaxviz fast-style apply --model multistyle26`)"}
 
 
 @command("layers", "list a model's named layers with output shape, parameters, stride and receptive field")

@@ -117,6 +117,9 @@ def get_spec(name: str) -> ModelSpec:
     """The spec of a registered model; a clear error listing close names otherwise."""
     if name in MODELS:
         return MODELS[name]
+    if name == "multistyle26":  # listed by `jaxviz models`, but not a network these commands take
+        raise JaxvizError("multistyle26 is a fast style-transfer network, not a classifier or feature network: "
+                          "use it with `jaxviz fast-style apply --model multistyle26`")
     close = difflib.get_close_matches(name, list(MODELS), n=3, cutoff=0.4)
     hint = f"did you mean {', '.join(close)}?" if close else f"known models: {', '.join(MODELS)}"
     raise JaxvizError(f"unknown model {name!r}; {hint}")
