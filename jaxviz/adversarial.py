@@ -277,7 +277,7 @@ def proba_fn(model, params: dict | None = None) -> ProbaFn:
     preprocessing, then softmax of its logits. ``model``: a ``Model`` or a bare ``apply_fn``
     (then ``params`` are needed)."""
     model = as_model(model)
-    params = model.params if params is None else params
+    params = model.resolve_params(params)
     run = _proba_jit(model)
     return lambda images: run(params, jnp.asarray(images, jnp.float32))
 
@@ -475,7 +475,7 @@ def gradient_sign(model, params: dict | None, images: Array, cls: Array, *, targ
     (an eps sweep costs one backward pass). Arguments as for ``fgsm``.
     """
     model = as_model(model)
-    params = model.params if params is None else params
+    params = model.resolve_params(params)
     images = _images01(images)
     # a concrete class out of range: an error (its gradient would be 0: the images unchanged)
     cls = class_index(cls, images.shape[0], num_classes=model.num_classes)
@@ -541,7 +541,7 @@ def projected_gradient_descent(model, params: dict | None, images: Array, cls: A
              if v is not None and not isinstance(v, jax.core.Tracer) and any(o.name == k for o in technique.options)}
     technique.check(**given)
     model = as_model(model)
-    params = model.prepare_params(model.params if params is None else params)
+    params = model.prepare_params(model.resolve_params(params))
     x0 = _images01(images)
     cls = class_index(cls, x0.shape[0], num_classes=model.num_classes)
     step = spec.default_step(eps) if step is None else step
@@ -609,7 +609,7 @@ def attack(model, params: dict | None, images: Array, *, method: str = "pgd-linf
     given = dict(eps=eps, step=step, steps=steps, confidence=confidence)
     technique.check(**{k: v for k, v in given.items() if any(o.name == k for o in technique.options)})
     model = as_model(model)
-    params = model.params if params is None else params
+    params = model.resolve_params(params)
     x0 = _images01(images)
     n = x0.shape[0]
     eps = spec.eps if eps is None else float(eps)

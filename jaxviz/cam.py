@@ -83,7 +83,7 @@ def cam_weights(model, params=None, layer: str | None = None) -> Array | None:
       JaxvizError: a model without classes or without a (C, classes) dense kernel after ``layer``.
     """
     model = as_model(model)
-    params = model.params if params is None else params
+    params = model.resolve_params(params)
     layer = model.resolve_layer(_layer(model, layer, model.cam_layer))
     classes = model.num_classes
     if classes is None:
@@ -120,8 +120,9 @@ def cam(model, params: dict, x: Array, target: Target | int | None = None, *, la
     """
     check("cam", relu=relu, resize=resize)
     model = as_model(model)
+    params = model.resolve_params(params)
     check_images(x)
-    target = as_target(target)
+    target = as_target(target, index)
     if not target.is_class:
         raise JaxvizError("CAM explains a class; use grad_cam for a neuron target")
     layer = _layer(model, layer, model.cam_layer)
@@ -154,8 +155,9 @@ def layer_gradients(model, params: dict, x: Array, target: Target | int | None =
       JaxvizError: a neuron target that does not come after ``layer`` in the forward pass.
     """
     model = as_model(model)
+    params = model.resolve_params(params)
     check_images(x)
-    target = as_target(target)
+    target = as_target(target, index)
     if not target.is_class:
         order = model.layer_names
         explained, at = model.resolve_layer(target.layer), model.resolve_layer(layer)
@@ -240,7 +242,8 @@ def guided_grad_cam_attributions(model, params: dict, x: Array, target: Target |
     """
     check("guided-gradcam", resize=resize)  # a full-resolution map: bilinear or nearest, not None
     model = as_model(model)
-    target = as_target(target)
+    params = model.resolve_params(params)
+    target = as_target(target, index)
     if index is None and target.is_class and target.index is None:
         index = resolve_index(model, params, x, target)
     gc = grad_cam(model, params, x, target, layer=layer, index=index, resize=resize)

@@ -111,7 +111,7 @@ def class_visualization(model, params: dict | None, classes: int | Sequence[int]
     check("classviz", steps=steps, lr=lr, l2=l2, blur_every=blur_every, blur_sigma=blur_sigma, jitter_px=jitter_px,
           clip_fraction=clip_fraction, score=score, size=size)
     model = as_model(model)
-    params = model.params if params is None else params
+    params = model.resolve_params(params)
     n = np.size(classes)
     hw = _hw(model, size, init)
     obj.require_nonempty(model, None, hw)
@@ -162,7 +162,7 @@ def channel_visualization(model, params: dict | None, layer: str, channels: int 
     require_concrete("channel_visualization", params, channels, init, key)
     check("neuron", steps=steps, lr=lr, parameterization=parameterization, jitter_px=jitter_px, size=size)
     model = as_model(model)
-    params = model.params if params is None else params
+    params = model.resolve_params(params)
     given, layer = layer, model.resolve_layer(layer)
     n = np.size(channels)
     h, w = _hw(model, size, init)

@@ -85,7 +85,7 @@ def deepdream(model, params: dict | None, x: Array, layer: str, *, octaves: int 
     require_concrete("deepdream", params, x, key)
     check("dream", octaves=octaves, octave_scale=octave_scale, steps=steps, step=step, jitter_px=jitter_px)
     model = as_model(model)
-    params = model.params if params is None else params
+    params = model.resolve_params(params)
     given, layer = layer, model.resolve_layer(layer)
     x = jnp.asarray(x, jnp.float32)
     if x.ndim != 4 or x.shape[-1] != 3:

@@ -81,7 +81,7 @@ def model_features(model, images01: np.ndarray, *, layer: str | None = None, par
     """
     from jaxviz.activations import check_layers
     model = as_model(model)
-    params = model.params if params is None else params
+    params = model.resolve_params(params)
     images01 = np.asarray(images01, np.float32)
     if images01.ndim != 4 or images01.shape[-1] != 3:
         raise JaxvizError(f"expected images (N, H, W, 3), got shape {images01.shape}")

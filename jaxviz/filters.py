@@ -67,7 +67,7 @@ def first_conv(model, params: PyTree | None = None) -> tuple[str, np.ndarray]:
     with 3 input channels. Its path is ``layer/sub/kernel`` (``features.0/kernel``,
     ``stem/conv/kernel``)."""
     model = as_model(model)
-    params = model.params if params is None else params
+    params = model.resolve_params(params)
     for layer in model.layer_names:
         for sub, kernel in _kernels(model, params, layer).items():
             if np.shape(kernel)[2] == 3:
@@ -93,7 +93,7 @@ def get_kernel(model, name: str, params: PyTree | None = None) -> tuple[str, np.
       JaxvizError: unknown name, or a layer without a convolution kernel.
     """
     model = as_model(model)
-    params = model.params if params is None else params
+    params = model.resolve_params(params)
     name = str(name)
     # The longest prefix (at a "/" or "." boundary) that names a layer; the rest is a sub-path.
     cuts = [m.start() for m in re.finditer(r"[/.]", name)][::-1]

@@ -87,7 +87,7 @@ def invert(model, params: dict | None, x0: Array, layer: str, *, steps: int = 20
     require_concrete("invert", params, x0, init, key)
     check("invert", steps=steps, lr=lr, tv_weight=tv_weight, beta=beta, optimizer=optimizer)
     model = as_model(model)
-    params = model.params if params is None else params
+    params = model.resolve_params(params)
     given, layer = layer, model.resolve_layer(layer)
     x0 = jnp.asarray(x0, jnp.float32)
     if x0.ndim != 4 or x0.shape[-1] != 3:

@@ -114,6 +114,7 @@ def deletion_insertion(model, params: dict, x: Array, maps: Array, index: Array 
         class logits.
     """
     model = as_model(model)
+    params = model.resolve_params(params)
     x, maps = jnp.asarray(x), jnp.asarray(maps)
     if getattr(x, "ndim", None) == 4 and x.shape[-1] == 3:  # model.logits: one clear error for a feature extractor
         if index is None:
@@ -279,7 +280,7 @@ def parametrised_layers(model, params=None) -> list[str]:
     containing convolutions) is represented by those sub-layers.
     """
     model = as_model(model)
-    params = model.params if params is None else params
+    params = model.resolve_params(params)
     owning = [n for n in model.layer_names if _has_weights(model.layer_params(params, n))]
     inner = [n for n in owning
              if not any(o != n and (o.startswith(n + "/") or o.startswith(n + ".")) for o in owning)]
@@ -291,6 +292,7 @@ def cascading_maps(method: Callable, model, params, x: Array, target, *, key: Ar
                    ) -> tuple[list[str], Array, list[Array]]:
     """The maps behind ``model_randomisation``: (layers, trained maps (N, H, W), [maps per depth])."""
     model = as_model(model)
+    params = model.resolve_params(params)
     target = as_target(target)  # an int is a class (it was read as None: the predicted class)
     if layers is None:
         layers = parametrised_layers(model, params)

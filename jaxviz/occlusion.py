@@ -108,8 +108,8 @@ def _check(x: Array, window: Pair, stride: Pair, chunk: int, fill, score) -> Non
         raise JaxvizError(f"unknown score {score!r}; use one of {', '.join(SCORE_KINDS)}")
 
 
-def _as_target(target: Target | int | None, score: str | None) -> Target:
-    target = as_target(target)
+def _as_target(target: Target | int | None, score: str | None, index=None) -> Target:
+    target = as_target(target, index)
     if score is not None and target.is_class and score != target.score:
         target = Target(index=target.index, score=score)
     return target
@@ -279,10 +279,10 @@ def _drive(engine, params, x, base, idx, chunk: int, loop: str) -> Array:
 def _prepare(model, params, x, target, window, stride, chunk, fill, score, index):
     """Validated (model, params, target, window, stride, base, index)."""
     model = as_model(model)
-    params = model.params if params is None else params
+    params = model.resolve_params(params)
     window, stride = _pair(window, "window"), _pair(stride, "stride")
     _check(x, window, stride, chunk, fill, score)
-    target = _as_target(target, score)
+    target = _as_target(target, score, index)
     if not target.is_class:
         target = Target(index=target.index, layer=model.resolve_layer(target.layer), y=target.y, x=target.x,
                         score=target.score)

@@ -365,7 +365,7 @@ def layer_field(model, layer: str, size: int | tuple[int, int] | None = None, *,
     declared = _declared(model, layer, hw)
     if declared is not None:
         return declared
-    return measured_field(model, model.params if params is None else params, layer, hw)
+    return measured_field(model, model.resolve_params(params), layer, hw)
 
 
 def visible_extent(model, layer: str, size: int | tuple[int, int] | None = None, *,
@@ -395,7 +395,7 @@ def visible_extent(model, layer: str, size: int | tuple[int, int] | None = None,
             if name == layer:
                 break
         return eh, ew
-    return _measure(model, model.params if params is None else params, (layer,), hw,
+    return _measure(model, model.resolve_params(params), (layer,), hw,
                     positions=_last_position)[layer][2]
 
 
@@ -420,7 +420,7 @@ def channel_fields(model, layer: str, channels: int | Sequence[int], size: int |
     model = as_model(model)
     layer = model.resolve_layer(layer)
     hw = model.input_hw(size)
-    params = model.params if params is None else params
+    params = model.resolve_params(params)
     field = field or layer_field(model, layer, hw, params=params)
     shape = _layer_shapes(model, params, (layer,), hw)[layer]
     channels = list(dict.fromkeys(host_indices(channels, shape[2], "channel", f"channels of {layer}").tolist()))
@@ -529,7 +529,7 @@ def top_patches(model, index: Index, layer: str, channels: Sequence[int], *, ima
         another size.
     """
     model = as_model(model)
-    params = model.params if params is None else params
+    params = model.resolve_params(params)
     name, channels, k, hw, rf, images, ys, xs, values = _top_units(model, index, images, layer, channels, k, params)
     tops, lefts = rf.offset + ys * rf.stride, rf.offset + xs * rf.stride
     tiles = np.array(crop_patches(jnp.asarray(images), jnp.asarray(tops), jnp.asarray(lefts), rf.size))
@@ -630,7 +630,7 @@ def top_reconstructions(model, index: Index, layer: str, channels: Sequence[int]
       JaxvizError: as ``top_patches`` and ``unit_signals``.
     """
     model = as_model(model)
-    params = model.params if params is None else params
+    params = model.resolve_params(params)
     if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
         raise JaxvizError(f"batch must be a positive integer, got {batch!r}")
     if rule not in RULES:

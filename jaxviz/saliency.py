@@ -90,8 +90,9 @@ def gradients(model, params: dict, x: Array, target: Target | int | None = None,
               index: Array | None = None) -> Array:
     """Signed d score / d x: (N, H, W, 3) for x (N, H, W, 3)."""
     model = as_model(model)
+    params = model.resolve_params(params)
     check_images(x)
-    return _grad(model, params, x, as_target(target), index)
+    return _grad(model, params, x, as_target(target, index), index)
 
 
 def input_x_gradient(model, params: dict, x: Array, target: Target | int | None = None, *,
@@ -181,8 +182,9 @@ def smoothgrad_gradients(model, params: dict, x: Array, target: Target | int | N
     """
     check("smoothgrad", samples=samples, noise=noise, noise_std=noise_std, chunk=chunk)
     model = as_model(model)
+    params = model.resolve_params(params)
     check_images(x)
-    target = as_target(target)
+    target = as_target(target, index)
     index = resolve_index(model, params, x, target, index)
     eps = smoothgrad_noise(x, key=key, samples=samples, noise=noise, noise_std=noise_std)
     return _over_copies(lambda e: _grad(model, params, x + e, target, index), eps, chunk)
@@ -208,8 +210,9 @@ def integrated_gradients_attributions(model, params: dict, x: Array,
     """
     check("integrated", steps=steps, chunk=chunk)
     model = as_model(model)
+    params = model.resolve_params(params)
     check_images(x)
-    target = as_target(target)
+    target = as_target(target, index)
     index = resolve_index(model, params, x, target, index)
     if baseline is not None and not _broadcasts_to(np.shape(baseline), tuple(x.shape)):
         raise JaxvizError(f"baseline of shape {tuple(np.shape(baseline))} does not broadcast to the images' "

@@ -472,7 +472,7 @@ def scan(model, sources: Sequence[str], out: str | os.PathLike, *, layers: Seque
         scan then removes what it wrote).
     """
     model = as_model(model)
-    params = model.params if params is None else params
+    params = model.resolve_params(params)
     compiler_options = model.compiler_options if compiler_options is None else tuple(compiler_options)
     sources = [str(s) for s in sources]
     if not sources:

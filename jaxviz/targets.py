@@ -117,21 +117,29 @@ def parse_target(text: str | int | None, model, score: ScoreKind = "logit") -> T
     return Target(index=channel, layer=layer, y=y, x=x)
 
 
-def as_target(target: "Target | int | None") -> "Target":
-    """None -> predicted class; int -> that class; a Target as is.
+def as_target(target: "Target | int | None", index=None) -> "Target":
+    """None -> predicted class; int -> that class; a Target as is. ``index``: the technique's
+    per-image classes or channels, which replace the target's (a batch of targets under ``vmap``
+    or ``jit``); given concretely beside a target that names another class or channel, one of
+    the two would be ignored silently, so that is refused.
 
     Raises:
       JaxvizError: a class name or another type (``jaxviz.labels.resolve_class`` turns a name
-        into its index).
+        into its index); a concrete ``index`` that differs from the target's own class/channel.
     """
     if target is None:
-        return Target()
-    if isinstance(target, Target):
-        return target
-    if isinstance(target, (str, bytes)) or jnp.ndim(target) != 0:
-        raise JaxvizError(f"target must be a class index, a jaxviz.Target or None, got {target!r}; "
-                          "jaxviz.labels.resolve_class(name) gives a class name's index")
-    return Target(index=target)  # Target refuses a fractional index and keeps a Python int
+        target = Target()
+    elif not isinstance(target, Target):
+        if isinstance(target, (str, bytes)) or jnp.ndim(target) != 0:
+            raise JaxvizError(f"target must be a class index, a jaxviz.Target or None, got {target!r}; "
+                              "jaxviz.labels.resolve_class(name) gives a class name's index")
+        target = Target(index=target)  # Target refuses a fractional index and keeps a Python int
+    if (index is not None and target.index is not None and not isinstance(index, jax.core.Tracer)
+            and np.any(np.asarray(index) != target.index)):  # on the host: no program
+        what = "class" if target.is_class else f"{target.layer} channel"
+        raise JaxvizError(f"the target names {what} {target.index} but index= gives {np.asarray(index).tolist()}: "
+                          "give one of them (index= with target=None, or a Target without an index, for a batch)")
+    return target
 
 
 def class_scores(logits: Array, index: Array, score: ScoreKind = "logit") -> Array:

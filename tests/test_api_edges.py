@@ -149,3 +149,52 @@ def test_segmentation_settings_are_checked(option, value):
     rng = np.random.default_rng(3)
     with pytest.raises(JaxvizError, match=option):  # components=0 ran as 1, silently
         segment.segment_from_saliency(rng.uniform(size=(32, 32, 3)), rng.uniform(size=(32, 32)), **{option: value})
+
+
+# ------------------------------------------------------------------ target and index together
+
+def test_a_target_with_another_index_is_refused_not_ignored(tiny_model):
+    """index= replaced the target's class silently (grad_cam(target=3, index=[1, 1]) explained
+    class 1); concrete and different, that is refused; the same class, or a traced index (a
+    batch of targets under jit), is taken."""
+    from jaxviz.cam import grad_cam
+    from jaxviz.occlusion import occlusion
+    from jaxviz.targets import Target
+    m, params, x = tiny_model, tiny_model.params, _images(tiny_model, n=2)
+    calls = {"vanilla": lambda t, i: vanilla_saliency(m, params, x, t, index=i),
+             "grad_cam": lambda t, i: grad_cam(m, params, x, t, layer="features.3", index=i),
+             "occlusion": lambda t, i: occlusion(m, params, x, t, window=4, stride=4, index=i)}
+    for name, call in calls.items():
+        with pytest.raises(JaxvizError, match=r"names class 3 but index= gives \[1, 1\]"):
+            call(3, jnp.asarray([1, 1]))
+        np.testing.assert_allclose(call(3, jnp.asarray([3, 3])), call(3, None), rtol=1e-6, err_msg=name)
+        np.testing.assert_allclose(call(None, jnp.asarray([1, 1])), call(1, None), rtol=1e-6, err_msg=name)
+    with pytest.raises(JaxvizError, match="names features.4 channel 0 but index="):
+        vanilla_saliency(m, params, x, Target(index=0, layer="features.4"), index=jnp.asarray([2, 2]))
+    traced = jax.jit(lambda i: vanilla_saliency(m, params, x, 3, index=i))(jnp.asarray([1, 1]))
+    np.testing.assert_allclose(traced, vanilla_saliency(m, params, x, index=jnp.asarray([1, 1])), rtol=1e-6)
+
+
+# ------------------------------------------------------------------ params=None
+
+def test_params_none_means_the_models_own_in_every_technique(tiny_model):
+    """Documented for the optimising techniques, it was a raw flax error in attribution. A bare
+    apply_fn has no parameters of its own: it gets the None given (a parameter-free function)."""
+    import jaxviz
+    from jaxviz.cam import cam
+    m, params, x = tiny_model, tiny_model.params, _images(tiny_model, n=2)
+    calls = {
+        "vanilla": lambda p: jaxviz.vanilla_saliency(m, p, x, 3),
+        "smoothgrad": lambda p: jaxviz.smoothgrad(m, p, x, 3, key=KEY, samples=2),
+        "integrated": lambda p: jaxviz.integrated_gradients(m, p, x, 3, steps=4),
+        "grad_cam": lambda p: jaxviz.grad_cam(m, p, x, 3, layer="features.3"),
+        "guided_grad_cam": lambda p: jaxviz.guided_grad_cam(m, p, x, layer="features.3"),
+        "cam": lambda p: cam(m, p, x, 3, layer="classifier.1"),
+        "occlusion": lambda p: jaxviz.incremental_occlusion(m, p, x, 3, window=4, stride=4),
+        "deletion": lambda p: metrics.deletion_insertion(m, p, x, jnp.ones((2, 16, 16)), steps=2)["deletion"],
+    }
+    for name, call in calls.items():
+        np.testing.assert_array_equal(np.asarray(call(None)), np.asarray(call(params)), err_msg=name)
+    free = jax.jit(lambda p, v: m.apply(params, v))  # ignores its parameters
+    np.testing.assert_array_equal(np.asarray(jaxviz.vanilla_saliency(free, None, x, 3)),
+                                  np.asarray(calls["vanilla"](params)))

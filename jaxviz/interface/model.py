@@ -310,6 +310,13 @@ class Model:
         """(lo, hi), each (3,): the box of valid pixels in model-input space."""
         return self.preprocessing.valid_range()
 
+    def resolve_params(self, params: PyTree | None) -> PyTree:
+        """``params``, or for None the model's own (every technique's ``params=None``; a bare
+        ``apply_fn`` has none of its own: it gets the None it was given, as a parameter-free
+        function wants). Under ``jit`` the model's own become constants of the compiled program:
+        pass them as an argument to share one program between parameter sets."""
+        return self.params if params is None else params
+
     def prepare_params(self, params: PyTree) -> PyTree:
         """Params for many evaluations in a row (an image optimisation): the same values, maybe
         with precomputed forms (``jaxviz.accel`` stores transformed kernels); identity here."""
