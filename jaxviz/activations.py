@@ -106,7 +106,14 @@ def normalize_maps(acts: Array) -> Array:
 
 @partial(jax.jit, static_argnames=("by",))
 def strongest_channel(acts: Array, by: str = "max") -> Array:
-    """(N, h, w, C) -> (N,) index of the channel with the largest max (or mean) activation."""
+    """(N, h, w, C) -> (N,) index of the channel with the largest max (``by="max"``) or mean
+    (``by="mean"``) activation.
+
+    Raises:
+      JaxvizError: ``by`` neither "max" nor "mean".
+    """
+    if by not in ("max", "mean"):
+        raise JaxvizError(f"by must be 'max' or 'mean', got {by!r}")
     reduce = jnp.max if by == "max" else jnp.mean
     return jnp.argmax(reduce(acts, axis=(1, 2)), axis=-1)
 
@@ -120,6 +127,8 @@ def maps_grid(tiles: np.ndarray, *, highlight: int | None = None, columns: int |
     factor = max(1, -(-min_tile // tiles.shape[1]))
     tiles = np.repeat(np.repeat(tiles, factor, axis=1), factor, axis=2)
     c, h, w = tiles.shape
+    if highlight is not None and not -c <= highlight < c:
+        raise JaxvizError(f"highlight {highlight} is not one of the {c} tiles")
     columns = columns or int(np.ceil(np.sqrt(c)))
     # Two pixels of white around each tile; the highlighted tile's become its frame.
     rgb = np.repeat(tiles[..., None], 3, axis=-1)

@@ -285,12 +285,22 @@ def proba_fn(model, params: dict | None = None) -> ProbaFn:
 # --------------------------------------------------------------------------------------------
 # Losses, steps and projections (small parts, freely recombined)
 
+def _one_of(what: str, value, allowed: tuple) -> None:
+    """A misspelt name is an error, not silently the other choice."""
+    if value not in allowed:
+        raise JaxvizError(f"unknown {what} {value!r}; use one of {', '.join(allowed)}")
+
+
 def attack_loss(logits: Array, cls: Array, *, targeted: bool, kind: str = "ce") -> Array:
     """(N, classes) logits -> (N,) losses to MINIMISE.
 
     ``ce``: targeted CE(target), untargeted -CE(label); ``logit`` (seed): targeted -logit[target],
     untargeted +logit[label].
+
+    Raises:
+      JaxvizError: an unknown ``kind``.
     """
+    _one_of("loss", kind, ("ce", "logit"))
     # take_class: a traced class out of range gives NaN losses and gradients (a NaN-filled
     # gather alone differentiates to 0: the images would come back unchanged)
     if kind == "ce":
@@ -308,8 +318,13 @@ def _per_image_norm(x: Array) -> Array:
 def step_rule(rule: str, step: float | Array) -> optax.GradientTransformation:
     """The attack's optax optimiser: a descent step of ``step`` pixels, L-inf for "sign"
     (x - step * sign(g)), L2 per image for "normalized" (x - step * g / ||g||_2); ``step`` may be
-    traced (``projected_gradient_descent``)."""
+    traced (``projected_gradient_descent``).
+
+    Raises:
+      JaxvizError: an unknown ``rule``.
+    """
     from jaxviz.optimize import normalized_gradient, sign_gradient
+    _one_of("step rule", rule, ("sign", "normalized"))
     return sign_gradient(step) if rule == "sign" else normalized_gradient(step)
 
 
@@ -324,7 +339,11 @@ def project(x: Array, x0: Array, *, norm: Norm, eps: float | None) -> Array:
 
     Clipping to [0, 1] after the ball keeps the point in the ball (x0 lies in the box, and the
     clip moves every coordinate towards it), so the result is in ball ∩ box.
+
+    Raises:
+      JaxvizError: an unknown ``norm``.
     """
+    _one_of("norm", norm, ("linf", "l2"))
     if eps is not None:
         d = x - x0
         if norm == "linf":
@@ -336,12 +355,17 @@ def project(x: Array, x0: Array, *, norm: Norm, eps: float | None) -> Array:
 
 
 def random_init(key: Array | None, x0: Array, *, norm: Norm, eps: float) -> Array:
-    """A uniform point of the L-inf ball, or of the L2 ball (uniform direction, radius eps*u^(1/d)
-    would concentrate at the surface in high d, so radius eps*u as torchattacks does), clipped.
+    """A random start in the eps-ball around x0, clipped to [0, 1]: uniform in the L-inf ball; in
+    the L2 ball a uniform direction at radius eps*u, u uniform in [0, 1] (torchattacks' rule; NOT
+    uniform in volume, which would put almost every point near the surface in high dimension).
 
     ``key`` is one key (shared by every image: image i's start depends on its key only) or (N,)
     keys, one per image (``jaxviz.keys.image_keys``).
+
+    Raises:
+      JaxvizError: an unknown ``norm``.
     """
+    _one_of("norm", norm, ("linf", "l2"))
     return _random_init(key, x0, norm=norm, eps=eps)
 
 

@@ -72,7 +72,12 @@ def dct_matrix(n: int) -> np.ndarray:
     """(n, n) float64 orthonormal DCT-II matrix: column k is the k-th cosine basis vector.
 
     ``dct_matrix(n)[:, k]`` equals ``scipy.fft.idct(e_k, norm="ortho")``.
+
+    Raises:
+      JaxvizError: n < 1.
     """
+    if n < 1:
+        raise JaxvizError(f"the DCT needs n >= 1, got {n}")
     i = np.arange(n, dtype=np.float64)[:, None]
     k = np.arange(n, dtype=np.float64)[None, :]
     m = np.sqrt(2.0 / n) * np.cos(np.pi * (2 * i + 1) * k / (2 * n))
@@ -96,7 +101,12 @@ def direction_order(key: jax.Array, shape: tuple[int, int], basis: Basis, *,
     An index is a flat NHWC position ``(y * W + x) * 3 + c``: a pixel of one channel (pixel basis)
     or the DCT frequency (u, v) = (y, x) of channel c (DCT basis). Pixel: a random permutation of
     all H*W*3; DCT: the low-frequency block in random order, then the other frequencies.
+
+    Raises:
+      JaxvizError: an unknown ``basis``.
     """
+    if basis not in ("pixel", "dct"):
+        raise JaxvizError(f"unknown basis {basis!r}; use pixel or dct")
     if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):  # raw uint32 key data
         key = jax.random.wrap_key_data(np.asarray(key, np.uint32))
     if key.ndim > 0:  # one order per image, vmapped (the same as one call per key)

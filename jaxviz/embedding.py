@@ -250,6 +250,8 @@ def tsne(features: np.ndarray, dims: int = 2, *, perplexity: float = 30.0, seed:
     from jaxviz.techniques import check
     check("tsne", perplexity=perplexity, seed=seed)
     _check_dims(dims)
+    if pca_dims is not None:
+        _check_dims(pca_dims, "pca_dims")
     features = _check_points(features, 4)
     n, d = features.shape
     if dims > 3 and n > exact_below:
@@ -262,9 +264,9 @@ def tsne(features: np.ndarray, dims: int = 2, *, perplexity: float = 30.0, seed:
     return model.fit_transform(features).astype(np.float32)
 
 
-def _check_dims(dims: int) -> None:
+def _check_dims(dims: int, name: str = "dims") -> None:
     if isinstance(dims, bool) or not isinstance(dims, (int, np.integer)) or dims < 1:
-        raise JaxvizError(f"dims must be a whole number >= 1, got {dims!r}")
+        raise JaxvizError(f"{name} must be a whole number >= 1, got {dims!r}")
 
 
 def _check_points(features: np.ndarray, minimum: int) -> np.ndarray:

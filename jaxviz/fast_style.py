@@ -162,8 +162,8 @@ def style_weights(num_styles: int, mix: Sequence[float] | None = None, n: int = 
         w = np.asarray(mix, np.float32)
         if w.shape != (num_styles,):
             raise JaxvizError(f"style mix needs {num_styles} weights (one per style), got {len(w)}")
-        if not np.all(np.isfinite(w)):
-            raise JaxvizError("style mix weights must be finite")
+        if not np.all(np.isfinite(w)) or np.any(w < 0):
+            raise JaxvizError("style mix weights must be finite and >= 0")
         if not np.any(w):  # no style at all: a flat image
             raise JaxvizError("style mix weights are all 0: give at least one style a weight")
     return jnp.broadcast_to(jnp.asarray(w), (n, num_styles))
@@ -211,6 +211,8 @@ def stylize(net: TransformNet, params: dict, images: Array, weights: Array | Non
         weights = jnp.broadcast_to(weights, (n, weights.shape[0]))
     if weights.shape != (n, net.num_styles):
         raise JaxvizError(f"style weights must be ({n}, {net.num_styles}), got {tuple(weights.shape)}")
+    if not isinstance(weights, jax.core.Tracer) and not np.isfinite(np.asarray(weights)).all():
+        raise JaxvizError("style weights contain NaN or infinite values")  # all-NaN images otherwise
     if _traced(params, images, weights):
         return _apply(net, params, images, weights)
     return _forward(tuple(compiler_options))(net, params, images, weights)
@@ -265,9 +267,15 @@ def init_state(config: FastStyleConfig, key: Array) -> TrainState:
 
 
 def random_crops(images: Array, key: Array, batch: int, size: int) -> Array:
-    """``batch`` random ``size`` crops (with random horizontal flips) of (K, H, W, 3) images."""
+    """``batch`` random ``size`` crops (with random horizontal flips) of (K, H, W, 3) images.
+
+    Raises:
+      JaxvizError: images smaller than ``size`` on a side.
+    """
     k_img, k_y, k_x, k_f = jax.random.split(key, 4)
     k, h, w, _ = images.shape
+    if min(h, w) < size:
+        raise JaxvizError(f"crops of {size} px need images at least that large, got {h}x{w}")
     idx = jax.random.randint(k_img, (batch,), 0, k)
     ys = jax.random.randint(k_y, (batch,), 0, h - size + 1)
     xs = jax.random.randint(k_x, (batch,), 0, w - size + 1)

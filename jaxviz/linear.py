@@ -82,6 +82,8 @@ def train_digit_templates(*, steps: int = 300, lr: float = 0.05, weight_decay: f
     """
     if steps < 1:
         raise JaxvizError(f"steps must be at least 1, got {steps}")
+    if not (np.isfinite(lr) and lr > 0 and np.isfinite(weight_decay) and weight_decay >= 0):
+        raise JaxvizError(f"lr must be > 0 and weight_decay >= 0, got {lr} and {weight_decay}")
     x_tr, y_tr, x_te, y_te = load_digits_split(test_fraction, seed)
     mean = x_tr.mean(axis=0)
     params, losses = _fit(jnp.asarray(x_tr - mean), jnp.asarray(y_tr), jax.random.key(seed), steps, 10,

@@ -44,7 +44,14 @@ BASELINES = ("blur", "mean", "zero")
 # --------------------------------------------------------------------------- deletion / insertion
 
 def gaussian_blur(x: Array, sigma: float) -> Array:
-    """(N, H, W, C) -> separable Gaussian blur per channel, edge padding (weights sum to one)."""
+    """(N, H, W, C) -> separable Gaussian blur per channel, edge padding (weights sum to one).
+    ``sigma`` in pixels, a Python number > 0 (the kernel's size depends on it).
+
+    Raises:
+      JaxvizError: sigma not a positive finite number (0 gave NaN images).
+    """
+    if not (isinstance(sigma, (int, float, np.integer, np.floating)) and np.isfinite(sigma) and sigma > 0):
+        raise JaxvizError(f"blur sigma must be a positive number of pixels, got {sigma!r}")
     radius = max(1, int(np.ceil(3.0 * sigma)))
     t = np.arange(-radius, radius + 1, dtype=np.float32)
     k = np.exp(-0.5 * (t / sigma) ** 2)
@@ -135,7 +142,13 @@ def deletion_insertion(model, params: dict, x: Array, maps: Array, index: Array 
 
 
 def cell_maps(maps: Array, patch: int) -> Array:
-    """(N, H, W) -> (N, ceil(H/p), ceil(W/p)) mean of each p x p cell (edge cells: their pixels)."""
+    """(N, H, W) -> (N, ceil(H/p), ceil(W/p)) mean of each p x p cell (edge cells: their pixels).
+
+    Raises:
+      JaxvizError: ``patch`` not a whole number >= 1.
+    """
+    if isinstance(patch, bool) or not isinstance(patch, (int, np.integer)) or patch < 1:
+        raise JaxvizError(f"patch must be a whole number >= 1, got {patch!r}")
     n, h, w = maps.shape
     gh, gw = -(-h // patch), -(-w // patch)
     pad = ((0, 0), (0, gh * patch - h), (0, gw * patch - w))
@@ -184,6 +197,8 @@ def check_deletion_inputs(x, maps, index, steps: int, baseline: str, chunk: int)
         raise JaxvizError(f"images must be (N, H, W, C), got shape {getattr(x, 'shape', None)}")
     if tuple(maps.shape) != tuple(x.shape[:3]):
         raise JaxvizError(f"maps must be (N, H, W) = {tuple(x.shape[:3])}, got {tuple(maps.shape)}")
+    if not isinstance(maps, jax.core.Tracer) and not np.isfinite(np.asarray(maps)).all():
+        raise JaxvizError("maps contain NaN or infinite values (the pixel order would be undefined)")
     if np.ndim(index) not in (0, 1) or (np.ndim(index) == 1 and len(index) != x.shape[0]):
         raise JaxvizError(f"index must be a scalar or ({x.shape[0]},), got shape {np.shape(index)}")
     from jaxviz.techniques import check

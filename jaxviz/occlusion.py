@@ -82,6 +82,8 @@ def _pair(v: int | Sequence[int], what: str) -> Pair:
         raise JaxvizError(f"{what} must be an int or a pair of ints, got {v!r}") from None
     if len(pair) != 2:
         raise JaxvizError(f"{what} must be an int or a pair (rows, cols), got {v!r}")
+    if min(pair) < 1:
+        raise JaxvizError(f"{what} must be at least 1 pixel, got {v!r}")
     return pair
 
 
@@ -524,6 +526,8 @@ def incremental_occlusion(model, params, x: Array, target: Target | int | None =
     """
     if max_box is not None and not 0 < max_box <= 1:
         raise JaxvizError(f"max_box must be in (0, 1], got {max_box}")
+    if threshold is not None and not threshold >= 0:  # NaN fails too
+        raise JaxvizError(f"threshold must be >= 0 (a change of at most it is dropped), got {threshold}")
     model, params, target, window, stride, base, index = _prepare(model, params, x, target, window, stride,
                                                                   chunk, fill, score, index)
     reason = _incremental_reason(model, x.shape[1:3], window, target.layer)

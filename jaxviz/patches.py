@@ -478,12 +478,9 @@ def _top_units(model: Model, index: Index, images: Images, layer: str, channels:
         raise JaxvizError(f"layer {layer} was not scanned in {index.path}; scanned: {', '.join(index.topk) or 'none'}")
     t = index.topk[name]
     n_channels, kmax = t.values.shape
-    channels = [int(c) for c in channels]
+    channels = host_indices(channels, n_channels, "channel", f"channels of {name}").tolist()  # negative: from the end
     if not channels:
         raise JaxvizError("give at least one channel")
-    bad = [c for c in channels if not 0 <= c < n_channels]
-    if bad:
-        raise JaxvizError(f"channel {bad[0]} out of range: layer {name} has {n_channels} channels (0..{n_channels - 1})")
     k = kmax if k is None else min(int(k), kmax)
     if k < 1:
         raise JaxvizError("k must be at least 1")
@@ -515,7 +512,7 @@ def top_patches(model, index: Index, layer: str, channels: Sequence[int], *, ima
       model: the ``jaxviz`` Model the index was scanned with (for its layers and geometry).
       index: a ``jaxviz.scan_index.Index`` (its top-k arrays and meta; no file is read here).
       layer: layer name or alias (must have been scanned).
-      channels: channel numbers.
+      channels: channel numbers (negative: from the end).
       images: the photographs, global image index -> (H, W, 3) float [0, 1] at the index's input
         size, fitted as the scan fitted them: a mapping or a callable
         (``jaxviz.scan_index.index_images(index, model)`` loads them from the index's sources).

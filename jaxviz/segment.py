@@ -37,8 +37,16 @@ def min_cut(source_caps: np.ndarray, sink_caps: np.ndarray, edges: np.ndarray,
       weights: (E,) int capacities (paid when p and q end on different sides).
     Returns:
       (P,) bool, True = on the source side; and the cut value (= the max flow).
+    Raises:
+      JaxvizError: capacities that are not non-negative integers (floats were truncated).
     """
     from scipy.sparse import csr_matrix
+
+    for name, values in (("source_caps", source_caps), ("sink_caps", sink_caps), ("weights", weights)):
+        values = np.asarray(values)
+        if values.dtype.kind not in "iu" or (values.size and values.min() < 0):
+            raise JaxvizError(f"{name} must be non-negative integers, got {values.dtype} "
+                              f"{values.ravel()[:3].tolist()}")
     from scipy.sparse.csgraph import breadth_first_order, maximum_flow
 
     p = len(source_caps)
@@ -66,7 +74,13 @@ def min_cut(source_caps: np.ndarray, sink_caps: np.ndarray, edges: np.ndarray,
 
 
 def grid_edges(h: int, w: int, neighbours: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """(E, 2) index pairs of 4- or 8-connected neighbours on an h x w grid, and (E,) distances."""
+    """(E, 2) index pairs of 4- or 8-connected neighbours on an h x w grid, and (E,) distances.
+
+    Raises:
+      JaxvizError: ``neighbours`` other than 4 or 8.
+    """
+    if neighbours not in (4, 8):
+        raise JaxvizError(f"neighbours must be 4 or 8, got {neighbours!r}")
     idx = np.arange(h * w).reshape(h, w)
     offsets = [(0, 1), (1, 0)] + ([(1, 1), (1, -1)] if neighbours == 8 else [])
     pairs, dists = [], []
@@ -128,11 +142,13 @@ def saliency_seeds(saliency: np.ndarray, *, fg_fraction: float = 0.05, bg_fracti
     salient), found on the cut's grid (``max_side``, ``smooth`` as there) and sampled back.
 
     Raises:
-      JaxvizError: a map that is not 2-D, fractions out of range.
+      JaxvizError: a map that is not 2-D or not finite, fractions out of range.
     """
     saliency = np.asarray(saliency, np.float32)
     if saliency.ndim != 2:
         raise JaxvizError(f"saliency must be (H, W), got shape {saliency.shape}")
+    if not np.isfinite(saliency).all():  # NaN sorts anywhere: seeds of nothing
+        raise JaxvizError("saliency map contains NaN or infinite values")
     if not (0 < fg_fraction < 1 and 0 < bg_fraction < 1 and fg_fraction + bg_fraction < 1):
         raise JaxvizError("fg_fraction and bg_fraction must be in (0, 1) with a sum below 1")
     height, width = saliency.shape
@@ -236,9 +252,15 @@ def _fit_int32(source_caps: np.ndarray, sink_caps: np.ndarray, pair_caps: np.nda
 
 
 def mask_overlay(image01: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """(H, W, 3) image with the background dimmed and the object tinted, via ``jaxviz.render``."""
+    """(H, W, 3) image with the background dimmed and the object tinted, via ``jaxviz.render``.
+
+    Raises:
+      JaxvizError: a mask of another size than the image.
+    """
     from jaxviz.render import colorize
     image01 = np.asarray(image01, np.float32)
+    if np.shape(mask) != image01.shape[:2]:
+        raise JaxvizError(f"mask must be (H, W) = {image01.shape[:2]}, got {np.shape(mask)}")
     m = np.asarray(mask, np.float32)[..., None]
     tint = colorize(np.full(mask.shape, 0.75), "jet")  # warm colour over the object
     obj = (1 - alpha * 0.5) * image01 + alpha * 0.5 * tint

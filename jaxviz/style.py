@@ -600,7 +600,8 @@ def style_transfer_batch(model, params: dict, contents: Array, styles: Array, *,
 
     Every image follows exactly its own single-image optimisation (per-image targets; Adam and
     ``"lbfgs"`` keep per-image state, ``per_image``), so image i equals ``style_transfer`` of
-    pair i (to float rounding). ``"lbfgs-linesearch"`` is refused: its line search takes one
+    pair i with the same ``optimizer`` (to float rounding; note the defaults differ: Adam here,
+    L-BFGS there). ``"lbfgs-linesearch"`` is refused: its line search takes one
     step length for the whole batch.
 
     Args:

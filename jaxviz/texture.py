@@ -138,13 +138,16 @@ def efros_leung(sample: Array, size: int | tuple[int, int], *, key: Array, radiu
     Returns:
       (H, W, 3) synthesised texture, float32 in [0, 1].
     Raises:
-      JaxvizError: if the sample is not (h, w, 3) or is too small for the window.
+      JaxvizError: if the sample is not (h, w, 3) finite RGB in [0, 1] or is too small for the
+        window.
     """
     from jaxviz.techniques import check
     check("efros-leung", radius=radius, tolerance=tolerance)
     sample = jnp.asarray(sample, jnp.float32)
     if sample.ndim != 3 or sample.shape[-1] != 3:
         raise JaxvizError(f"efros_leung: sample must be (h, w, 3), got shape {tuple(sample.shape)}")
+    from jaxviz.style import _check_pixels
+    _check_pixels(sample, "efros_leung: sample")  # the output copies its pixels: [0, 1] as documented
     if sample.shape[0] <= radius or sample.shape[1] <= 2 * radius:
         raise JaxvizError(f"efros_leung: sample {sample.shape[:2]} too small for radius {radius}")
     size = (size, size) if isinstance(size, int) else tuple(size)
@@ -211,8 +214,9 @@ def gram_texture(model, params: dict, sample: Array, size: int | tuple[int, int]
     Args:
       model, params: the feature network (any ``jaxviz.interface.Model`` with named layers: the
         bundled ``vgg19_caffe`` or a user's linen/nnx CNN) and its parameters.
-      sample: (h, w, 3) texture sample in [0, 1].
-      size: output size ``S`` or ``(H, W)`` (may differ from the sample's: Grams are per position).
+      sample: (h, w, 3) texture sample in [0, 1], h, w >= 16.
+      size: output size ``S`` or ``(H, W)``, at least 16 px a side (may differ from the
+        sample's: Grams are per position).
       layers: layers whose Gram matrices are matched, e.g. ``GRAM_LAYER_SETS[-1]`` on VGG19; each
         must have a spatial (h, w, C) output, non-empty at both sizes.
       key: PRNG key of the white-noise start (uniform RGB in [0, 1]); same key, same texture.

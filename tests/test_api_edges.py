@@ -198,3 +198,62 @@ def test_params_none_means_the_models_own_in_every_technique(tiny_model):
     free = jax.jit(lambda p, v: m.apply(params, v))  # ignores its parameters
     np.testing.assert_array_equal(np.asarray(jaxviz.vanilla_saliency(free, None, x, 3)),
                                   np.asarray(calls["vanilla"](params)))
+
+
+# ------------------------------------------------------------------ small public parts
+
+def _bad_calls():
+    """(name, call, message) for the small public functions: each once ran silently on a
+    misspelt or impossible argument (NaN images, another option, a truncated value) or raised
+    a raw Python error."""
+    from jaxviz import activations, adversarial, blackbox, fast_style, linear, occlusion, texture
+    x01 = jnp.full((1, 8, 8, 3), 0.5)
+    key = jax.random.key(0)
+    caps = np.array([1, 0])
+    yield "gaussian_blur sigma 0", lambda: metrics.gaussian_blur(x01, 0.0), "positive number of pixels"
+    yield "gaussian_blur sigma < 0", lambda: metrics.gaussian_blur(x01, -2.0), "positive number of pixels"
+    yield "baseline blur nan", lambda: metrics.baseline_images(x01, "blur", float("nan")), "positive number"
+    yield "cell_maps 0", lambda: metrics.cell_maps(jnp.ones((1, 4, 4)), 0), "patch must be"
+    yield "attack_loss kind", lambda: adversarial.attack_loss(jnp.ones((1, 3)), jnp.asarray([0]), targeted=False,
+                                                              kind="bad"), "unknown loss 'bad'"
+    yield "step_rule", lambda: adversarial.step_rule("bad", 0.1), "unknown step rule"
+    yield "project norm", lambda: adversarial.project(x01, x01, norm="l1", eps=0.1), "unknown norm 'l1'"
+    yield "random_init norm", lambda: adversarial.random_init(key, x01, norm="l1", eps=0.1), "unknown norm"
+    yield "direction_order", lambda: blackbox.direction_order(key, (4, 4), "wavelet"), "unknown basis"
+    yield "dct_matrix 0", lambda: blackbox.dct_matrix(0), "n >= 1"
+    yield "min_cut floats", lambda: segment.min_cut(np.array([1.5, 0.0]), np.array([0.0, 1.5]), np.array([[0, 1]]),
+                                                    np.array([0.4])), "non-negative integers"
+    yield "min_cut negative", lambda: segment.min_cut(caps, caps, np.array([[0, 1]]), np.array([-1])), "non-negative"
+    yield "grid_edges 6", lambda: segment.grid_edges(3, 3, 6), "neighbours must be 4 or 8"
+    yield "saliency_seeds nan", lambda: segment.saliency_seeds(np.full((8, 8), np.nan)), "NaN"
+    yield "mask_overlay shape", lambda: segment.mask_overlay(np.zeros((8, 8, 3)), np.zeros((4, 8), bool)), "mask must"
+    yield "efros_leung range", lambda: texture.efros_leung(jnp.full((12, 12, 3), 5.0), 8, key=key, radius=2), "[0, 1]"
+    yield "style mix nan", lambda: fast_style.style_weights(2, [np.nan, 1.0]), "finite and >= 0"
+    yield "style mix negative", lambda: fast_style.style_weights(3, [1.0, -2.0, 0.0]), "finite and >= 0"
+    yield "random_crops small", lambda: fast_style.random_crops(jnp.zeros((1, 20, 20, 3)), key, 2, 32), "at least"
+    yield "digit lr", lambda: linear.train_digit_templates(steps=5, lr=-1.0), "lr must be > 0"
+    yield "tsne pca_dims 0", lambda: embedding.tsne(np.ones((8, 3)), 2, pca_dims=0), "pca_dims must be"
+    yield "strongest_channel by", lambda: activations.strongest_channel(jnp.ones((1, 2, 2, 3)), "bogus"), "by must"
+    yield "maps_grid highlight", lambda: activations.maps_grid(np.zeros((4, 8, 8)), highlight=20), "highlight 20"
+    yield "window_positions stride 0", lambda: occlusion.window_positions(16, 16, 4, 0), "stride must be at least 1"
+
+
+@pytest.mark.parametrize("name, call, message", list(_bad_calls()), ids=lambda v: v if isinstance(v, str) else "")
+def test_small_public_parts_refuse_bad_arguments(name, call, message):
+    with pytest.raises(JaxvizError, match=__import__("re").escape(message)):
+        call()
+
+
+def test_nan_inputs_to_deletion_and_fast_style_are_refused(tiny_model):
+    from jaxviz import fast_style
+    m = tiny_model
+    x = _images(m, n=1)
+    with pytest.raises(JaxvizError, match="maps contain NaN"):
+        metrics.deletion_insertion(m, None, x, jnp.full((1, 16, 16), jnp.nan), steps=2)
+    net = fast_style.TransformNet(num_styles=2)
+    params = net.init(KEY, jnp.zeros((1, 16, 16, 3)), jnp.ones((1, 2)))["params"]
+    with pytest.raises(JaxvizError, match="style weights contain NaN"):
+        fast_style.stylize(net, params, jnp.full((1, 16, 16, 3), 0.5), jnp.asarray([jnp.nan, 1.0]))
+    from jaxviz.occlusion import incremental_occlusion
+    with pytest.raises(JaxvizError, match="threshold must be >= 0"):
+        incremental_occlusion(m, None, x, 1, window=4, stride=4, threshold=-1.0)
