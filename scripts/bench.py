@@ -1136,6 +1136,17 @@ def select(only: list[str] | None, group: str) -> list[str]:
     return names
 
 
+def result_paths(results: str | None, table: str | None, quick: bool) -> tuple[str, str]:
+    """Where rows go: the published ``benchmarks/results.*`` by default; a ``--quick`` smoke
+    test's tiny sizes mean nothing, so its default is a temporary folder (the README's table is
+    generated from the published JSON)."""
+    folder = RESULTS.parent
+    if quick and not (results and table):
+        folder = Path(tempfile.gettempdir()) / "jaxviz-bench-quick"
+        folder.mkdir(exist_ok=True)
+    return results or str(folder / RESULTS.name), table or str(folder / TABLE.name)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1162,8 +1173,10 @@ def main(argv: list[str] | None = None) -> int:
                              "side alone instead of failing")
     parser.add_argument("--time-budget", type=float, default=None, metavar="S",
                         help="start no comparison after S seconds (rows are written as they finish)")
-    parser.add_argument("--results", default=str(RESULTS), help="JSON results file (rows merged by name)")
-    parser.add_argument("--table", default=str(TABLE), help="Markdown table written next to the JSON")
+    parser.add_argument("--results", default=None,
+                        help=f"JSON results file (rows merged by name; default {RESULTS.relative_to(ROOT)}, with "
+                             "--quick a temporary folder's: a smoke test never enters the published results)")
+    parser.add_argument("--table", default=None, help="Markdown table written next to the JSON (default: as --results)")
     parser.add_argument("--readme", action="store_true", help="only regenerate README.md's table from --results")
     parser.add_argument("--readme-path", default=str(README))
     parser.add_argument("--list", action="store_true", help="list the comparisons and exit")
@@ -1177,6 +1190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile-child", metavar="NAME", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.results, args.table = result_paths(args.results, args.table, args.quick and not args.readme)
     if args.readme:
         return benchlib.main_readme(args.results, args.readme_path)
     if args.list:

@@ -390,3 +390,14 @@ def test_cpu_model_from_cpuinfo(tmp_path):
     info.write_text("processor\t: 0\nBogoMIPS\t: 50.00\n")  # aarch64 names no model
     assert bl.cpu_model(str(info)) is None
     assert bl.cpu_model(str(tmp_path / "missing")) is None
+
+
+def test_a_quick_smoke_test_never_writes_the_published_results():
+    """`bench.py --quick` merged its tiny-size rows into benchmarks/results.json, the file the
+    README's table is generated from."""
+    bench = _load("bench")
+    results, table = bench.result_paths(None, None, quick=False)
+    assert (results, table) == (str(ROOT / "benchmarks" / "results.json"), str(ROOT / "benchmarks" / "results.md"))
+    results, table = bench.result_paths(None, None, quick=True)
+    assert not results.startswith(str(ROOT)) and not table.startswith(str(ROOT))
+    assert bench.result_paths("a.json", "a.md", quick=True) == ("a.json", "a.md")  # given: as given
