@@ -48,7 +48,7 @@ import optax
 
 from jaxviz.errors import JaxvizError
 from jaxviz.interface import as_model
-from jaxviz.interface.model import class_index, take_class
+from jaxviz.interface.model import class_index, host_indices, take_class
 from jaxviz.keys import image_keys
 from jaxviz.optimize import require_concrete
 
@@ -195,7 +195,9 @@ class AttackReport:
 
 @dataclass(frozen=True)
 class AttackResult:
-    """Adversarial images (N, H, W, 3) in [0, 1] (on the 8-bit grid unless quantize=False)."""
+    """``images``: adversarial images (N, H, W, 3) in [0, 1] (on the 8-bit grid unless
+    quantize=False); ``report``: an ``AttackReport`` from re-predicting them (success per image,
+    classes and confidences before and after, perturbation norms, steps run)."""
 
     images: np.ndarray
     report: AttackReport
@@ -647,16 +649,14 @@ def attack(model, params: dict | None, images: Array, *, method: str = "pgd-linf
         raise JaxvizError(f"{model.name} is not a classifier: its output has shape {tuple(p0.shape[1:])} per image")
     num_classes = p0.shape[1]
     # concrete class indices, checked on the host and placed once (no small programs)
-    label = np.asarray(np.asarray(p0).argmax(-1) if label is None else label, np.int32)
-    if label.size not in (1, n):
-        raise JaxvizError(f"label must be one class or ({n},) classes, got shape {label.shape}")
-    label = np.broadcast_to(label.reshape(-1), (n,))
+    # whole numbers (1.5 was truncated to class 1), negative from the end as in attribution
+    label = host_indices(np.asarray(p0).argmax(-1) if label is None else label, num_classes, "label", "classes")
     targeted = target is not None
-    tgt = np.broadcast_to(np.asarray(target, np.int32), (n,)) if targeted else np.full((n,), -1, np.int32)
-    if n and (int(label.min()) < 0 or int(label.max()) >= num_classes):
-        raise JaxvizError(f"labels must be in 0..{num_classes - 1}")
-    if targeted and (int(tgt.min()) < 0 or int(tgt.max()) >= num_classes):
-        raise JaxvizError(f"target classes must be in 0..{num_classes - 1}")
+    tgt = host_indices(target, num_classes, "target class", "classes") if targeted else np.full((n,), -1, np.int32)
+    for name, values in (("label", label), ("target", tgt)):
+        if values.size not in (1, n):
+            raise JaxvizError(f"{name} must be one class or ({n},) classes, got shape {values.shape}")
+    label, tgt = np.broadcast_to(label, (n,)), np.broadcast_to(tgt, (n,))
     label, tgt = jax.device_put(label), jax.device_put(np.array(tgt))
     cls = tgt if targeted else label
 
@@ -725,12 +725,32 @@ def fooling_images(model, params: dict | None, images: Array, target: int | Arra
 
 
 def ifgsm(model, params: dict | None, images: Array, **kwargs) -> AttackResult:
-    """Iterative FGSM / BIM (``attack(method="ifgsm")``)."""
+    """Iterative FGSM / BIM (Kurakin et al. 2017, "Adversarial examples in the physical world"):
+    ``attack(model, params, images, method="ifgsm", **kwargs)``.
+
+    ``kwargs`` are ``attack``'s: ``target`` (None: untargeted), ``label``, ``eps`` and ``step``
+    (pixel units of [0, 1] images), ``steps``, ``confidence``, ``early_stop``, ``key``,
+    ``quantize``. Images (N, H, W, 3) in [0, 1]; returns ``AttackResult(images, report)``.
+
+    Raises:
+      JaxvizError: as ``attack``.
+    """
     return attack(model, params, images, method="ifgsm", **kwargs)
 
 
 def pgd(model, params: dict | None, images: Array, *, norm: Norm = "linf", **kwargs) -> AttackResult:
-    """PGD with random start in the L-inf or L2 ball (``attack(method="pgd-linf"|"pgd-l2")``)."""
+    """Projected gradient descent with a random start in the L-inf or L2 ball (Madry et al. 2018,
+    "Towards deep learning models resistant to adversarial attacks"):
+    ``attack(model, params, images, method="pgd-linf" | "pgd-l2", **kwargs)``.
+
+    ``kwargs`` are ``attack``'s: ``target`` (None: untargeted), ``label``, ``eps`` (ball radius)
+    and ``step`` (pixel units of [0, 1] images), ``steps``, ``confidence``, ``early_stop``,
+    ``random_start``, ``key``, ``quantize``. Images (N, H, W, 3) in [0, 1]; returns
+    ``AttackResult(images, report)``. The pure, jittable form is ``projected_gradient_descent``.
+
+    Raises:
+      JaxvizError: a norm other than linf / l2, or as ``attack``.
+    """
     if norm not in ("linf", "l2"):
         raise JaxvizError(f"norm must be 'linf' or 'l2', got {norm!r}")
     return attack(model, params, images, method=f"pgd-{norm}", **kwargs)

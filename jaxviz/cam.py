@@ -41,7 +41,8 @@ from jaxviz.errors import JaxvizError
 from jaxviz.interface import as_model
 from jaxviz.interface.model import class_index, per_image_index, take_class
 from jaxviz.saliency import guided_gradients, resolve_index, saliency_map
-from jaxviz.targets import Target, as_target, check_images, check_target_index, class_scores_of, neuron_scores
+from jaxviz.targets import (Target, as_target, attribution_doc, check_images, check_target_index, class_scores_of,
+                            neuron_scores)
 from jaxviz.techniques import check
 
 Array = jax.Array
@@ -104,6 +105,7 @@ def cam_weights(model, params=None, layer: str | None = None) -> Array | None:
                       "or use Grad-CAM")
 
 
+@attribution_doc('Zhou et al. 2016, "Learning deep features for discriminative localization"')
 def cam(model, params: dict, x: Array, target: Target | int | None = None, *, layer: str | None = None,
         weights: Array | None = None, index: Array | None = None, relu: bool = True,
         resize: Resize = "bilinear") -> Array:
@@ -187,11 +189,20 @@ def _combine(acts: Array, weights: Array, size: tuple[int, int], relu: bool, res
     return upsample(jax.nn.relu(maps) if relu else maps, size, resize)
 
 
+@attribution_doc('Selvaraju et al. 2017, "Grad-CAM: visual explanations from deep networks via gradient-based localization"')
 def grad_cam(model, params: dict, x: Array, target: Target | int | None = None, *,
              layer: str | None = None, index: Array | None = None, relu: bool = True,
              resize: Resize = "bilinear") -> Array:
-    """Grad-CAM (N, H, W) at ``layer`` (any named spatial layer; default the model's feature layer);
-    (N, h, w) with ``resize=None``; signed with ``relu=False``."""
+    """Grad-CAM: ReLU(sum_k a_k A_k) at ``layer``, a_k the spatial mean of d score / d A_k.
+
+    Args:
+      layer: any named layer with a spatial (h, w, C) output (default: the model's feature layer);
+        a neuron target must come after it.
+      relu: False keeps the signed map; resize: "bilinear" (default, cv2's half-pixel convention
+        as pytorch-grad-cam), "nearest", or None for the layer's resolution.
+    Returns:
+      (N, H, W) maps (N, h, w with ``resize=None``), in the score's units times activation units;
+      >= 0 unless ``relu=False``."""
     check("gradcam", relu=relu, resize=resize)
     model = as_model(model)
     layer = _layer(model, layer)
@@ -200,10 +211,17 @@ def grad_cam(model, params: dict, x: Array, target: Target | int | None = None, 
     return _combine(acts, grads.mean(axis=(1, 2)), x.shape[1:3], relu, resize)
 
 
+@attribution_doc('Chattopadhay et al. 2018, "Grad-CAM++: generalized gradient-based visual explanations"')
 def grad_cam_plus_plus(model, params: dict, x: Array, target: Target | int | None = None, *,
                        layer: str | None = None, index: Array | None = None, relu: bool = True,
                        resize: Resize = "bilinear") -> Array:
-    """Grad-CAM++ (N, H, W) at ``layer``; ``relu``/``resize`` as ``grad_cam``."""
+    """Grad-CAM++: like ``grad_cam`` with per-position weights alpha from the second and third
+    powers of the gradient (the closed form for an exponential score).
+
+    Args:
+      layer, relu, resize: as ``grad_cam``.
+    Returns:
+      (N, H, W) maps (N, h, w with ``resize=None``); >= 0 unless ``relu=False``."""
     check("gradcam++", relu=relu, resize=resize)
     model = as_model(model)
     layer = _layer(model, layer)
@@ -233,6 +251,7 @@ def _check_spatial(acts: Array, layer: str, model=None) -> None:
         raise JaxvizError(f"layer {layer} is empty ({acts.shape[1]}x{acts.shape[2]}) at this input size{smallest}")
 
 
+@attribution_doc('Selvaraju et al. 2017, "Grad-CAM" (guided Grad-CAM)')
 def guided_grad_cam_attributions(model, params: dict, x: Array, target: Target | int | None = None, *,
                                  layer: str | None = None, index: Array | None = None,
                                  resize: Resize = "bilinear") -> Array:
@@ -250,6 +269,7 @@ def guided_grad_cam_attributions(model, params: dict, x: Array, target: Target |
     return guided_gradients(model, params, x, target, index=index) * gc[..., None]
 
 
+@attribution_doc('Selvaraju et al. 2017, "Grad-CAM" (guided Grad-CAM)')
 def guided_grad_cam(model, params: dict, x: Array, target: Target | int | None = None, *,
                     layer: str | None = None, index: Array | None = None,
                     resize: Resize = "bilinear") -> Array:

@@ -55,7 +55,7 @@ from jaxviz.errors import JaxvizError
 from jaxviz.interface import as_model
 from jaxviz.interface.model import per_image_index
 from jaxviz.keys import image_keys
-from jaxviz.targets import Target, as_target, check_images, score_fn
+from jaxviz.targets import Target, as_target, attribution_doc, check_images, score_fn
 from jaxviz.techniques import check
 
 Array = jax.Array
@@ -86,6 +86,7 @@ def _broadcasts_to(shape: tuple, target: tuple) -> bool:
         return False
 
 
+@attribution_doc('Simonyan, Vedaldi & Zisserman 2014, "Deep inside convolutional networks"')
 def gradients(model, params: dict, x: Array, target: Target | int | None = None, *,
               index: Array | None = None) -> Array:
     """Signed d score / d x: (N, H, W, 3) for x (N, H, W, 3)."""
@@ -95,6 +96,7 @@ def gradients(model, params: dict, x: Array, target: Target | int | None = None,
     return _grad(model, params, x, as_target(target, index), index)
 
 
+@attribution_doc('Shrikumar et al. 2016, "Not just a black box" (Captum\\\'s InputXGradient)')
 def input_x_gradient(model, params: dict, x: Array, target: Target | int | None = None, *,
                      index: Array | None = None) -> Array:
     """Input x gradient (Shrikumar et al. 2016; Captum's ``InputXGradient``): signed (N, H, W, 3)."""
@@ -102,6 +104,7 @@ def input_x_gradient(model, params: dict, x: Array, target: Target | int | None 
     return x * gradients(model, params, x, target, index=index)
 
 
+@attribution_doc('Shrikumar et al. 2016, "Not just a black box"')
 def input_x_gradient_map(model, params: dict, x: Array, target: Target | int | None = None, *,
                          index: Array | None = None) -> Array:
     """Input x gradient map (N, H, W): max over RGB of |x * d score / d x|."""
@@ -113,6 +116,7 @@ def saliency_map(grads: Array) -> Array:
     return jnp.abs(grads).max(axis=-1)
 
 
+@attribution_doc('Simonyan, Vedaldi & Zisserman 2014, "Deep inside convolutional networks"')
 def vanilla_saliency(model, params: dict, x: Array, target: Target | int | None = None, *,
                      index: Array | None = None) -> Array:
     """Simonyan et al.'s map: (N, H, W) = max over RGB of |d score / d x|."""
@@ -163,6 +167,7 @@ def smoothgrad_noise(x: Array, *, key: Array, samples: int = 25, noise: float = 
                     out_axes=1)(keys, std.astype(x.dtype))
 
 
+@attribution_doc('Smilkov et al. 2017, "SmoothGrad: removing noise by adding noise"')
 def smoothgrad_gradients(model, params: dict, x: Array, target: Target | int | None = None, *,
                          key: Array, samples: int = 25, noise: float = 0.15, noise_std: float | None = None,
                          index: Array | None = None, chunk: int | None = 8) -> Array:
@@ -190,6 +195,7 @@ def smoothgrad_gradients(model, params: dict, x: Array, target: Target | int | N
     return _over_copies(lambda e: _grad(model, params, x + e, target, index), eps, chunk)
 
 
+@attribution_doc('Smilkov et al. 2017, "SmoothGrad: removing noise by adding noise"')
 def smoothgrad(model, params: dict, x: Array, target: Target | int | None = None, *,
                key: Array, samples: int = 25, noise: float = 0.15, noise_std: float | None = None,
                index: Array | None = None, chunk: int | None = 8) -> Array:
@@ -198,6 +204,7 @@ def smoothgrad(model, params: dict, x: Array, target: Target | int | None = None
                                              noise=noise, noise_std=noise_std, index=index, chunk=chunk))
 
 
+@attribution_doc('Sundararajan, Taly & Yan 2017, "Axiomatic attribution for deep networks"')
 def integrated_gradients_attributions(model, params: dict, x: Array,
                                       target: Target | int | None = None, *, baseline: Array | None = None,
                                       steps: int = 32, index: Array | None = None,
@@ -224,6 +231,7 @@ def integrated_gradients_attributions(model, params: dict, x: Array,
     return (x - baseline) * mean_grad
 
 
+@attribution_doc('Sundararajan, Taly & Yan 2017, "Axiomatic attribution for deep networks"')
 def integrated_gradients(model, params: dict, x: Array, target: Target | int | None = None, *,
                          baseline: Array | None = None, steps: int = 32, index: Array | None = None,
                          chunk: int | None = 8) -> Array:
@@ -232,6 +240,7 @@ def integrated_gradients(model, params: dict, x: Array, target: Target | int | N
                                                           steps=steps, index=index, chunk=chunk))
 
 
+@attribution_doc('Springenberg et al. 2015, "Striving for simplicity: the all convolutional net"')
 def guided_gradients(model, params: dict, x: Array, target: Target | int | None = None, *,
                      index: Array | None = None) -> Array:
     """Guided-backprop signal (N, H, W, 3): the gradient through guided ReLU/ReLU6.
@@ -241,18 +250,21 @@ def guided_gradients(model, params: dict, x: Array, target: Target | int | None 
     return gradients(as_model(model).with_backward("guided"), params, x, target, index=index)
 
 
+@attribution_doc('Springenberg et al. 2015, "Striving for simplicity: the all convolutional net"')
 def guided_backprop(model, params: dict, x: Array, target: Target | int | None = None, *,
                     index: Array | None = None) -> Array:
     """Guided backprop map (N, H, W): max over RGB of |guided signal|."""
     return saliency_map(guided_gradients(model, params, x, target, index=index))
 
 
+@attribution_doc('Zeiler & Fergus 2014, "Visualizing and understanding convolutional networks"')
 def deconvnet_gradients(model, params: dict, x: Array, target: Target | int | None = None, *,
                         index: Array | None = None) -> Array:
     """Deconvnet signal (N, H, W, 3): the backward pass through deconvnet ReLU/ReLU6."""
     return gradients(as_model(model).with_backward("deconv"), params, x, target, index=index)
 
 
+@attribution_doc('Zeiler & Fergus 2014, "Visualizing and understanding convolutional networks"')
 def deconvnet(model, params: dict, x: Array, target: Target | int | None = None, *,
               index: Array | None = None) -> Array:
     """Deconvnet map (N, H, W): max over RGB of |deconvnet signal|."""

@@ -62,6 +62,33 @@ class Target:
         return f"{self.layer} channel {self.index}{where}"
 
 
+ATTRIBUTION_ARGS = """
+    Common arguments (the attribution functions share them):
+      model: a ``jaxviz.Model`` (a bundled network, ``from_linen`` / ``from_nnx`` / ``from_apply_fn``)
+        or a bare ``apply_fn(params, x) -> logits``; static under ``jit``.
+      params: the model's parameters (None: ``model.params``).
+      x: (N, H, W, 3) preprocessed NHWC images (``model.preprocess`` of RGB in [0, 1]), floating
+        point.
+      target: None (each image's predicted class), a class index (negative: from the end) or a
+        ``jaxviz.Target`` (a class and its score kind, or a neuron: layer, channel, position).
+      index: (N,) classes or channels, one per image (a batch of targets; may be traced), replacing
+        the target's; a concrete one must agree with a class or channel the target names.
+
+    Raises:
+      JaxvizError: images not (N, H, W, 3) floating point or not finite; a class or channel out of
+        range or not a whole number; an unknown layer; a bad option (its registry bounds).
+"""
+
+
+def attribution_doc(paper: str):
+    """Append the paper and the shared arguments to an attribution function's docstring (one text
+    for every function, so ``help()`` shows all of it)."""
+    def decorate(fn):
+        fn.__doc__ = f"{fn.__doc__.rstrip()}\n\n    Method: {paper}.\n{ATTRIBUTION_ARGS}"
+        return fn
+    return decorate
+
+
 def check_images(x) -> None:
     """Refuse anything but a batch of preprocessed NHWC RGB images (N, H, W, 3), floating point
     and, when concrete, finite (an NCHW batch would otherwise reach the network and fail inside it

@@ -44,8 +44,17 @@ def test_unknown_method_and_bad_arguments(tiny_model, rng):
     x = _grid_images(rng, 1)
     with pytest.raises(JaxvizError, match="unknown attack method"):
         adv.attack(tiny_model, None, x, method="cw")
-    with pytest.raises(JaxvizError, match="target classes"):
+    with pytest.raises(JaxvizError, match="target class 7 is out of range for 5 classes"):
         adv.attack(tiny_model, None, x, method="ifgsm", target=7)
+    with pytest.raises(JaxvizError, match="must be integers"):  # was truncated to class 1
+        adv.attack(tiny_model, None, x, method="ifgsm", target=1.5)
+    with pytest.raises(JaxvizError, match="must be integers"):
+        adv.attack(tiny_model, None, x, method="ifgsm", label=[0.5])
+    # negative from the end, as in attribution: -1 is the last class
+    a = adv.attack(tiny_model, None, x, method="ifgsm", target=-1, steps=2, quantize=False)
+    b = adv.attack(tiny_model, None, x, method="ifgsm", target=4, steps=2, quantize=False)
+    np.testing.assert_array_equal(a.images, b.images)
+    assert a.report.target.tolist() == [4]
     with pytest.raises(JaxvizError, match="eps must be positive"):
         adv.attack(tiny_model, None, x, method="ifgsm", eps=-0.1)
     with pytest.raises(JaxvizError, match="shape"):

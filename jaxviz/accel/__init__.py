@@ -38,7 +38,11 @@ __all__ = ["accelerate"]
 
 
 def accelerate(model) -> Model:
-    """``model`` with the CPU speed-ups above (cached: the same object for the same model)."""
+    """``model`` with this package's CPU speed-ups: the same network, parameters and results (to
+    float rounding), with XLA options for whoever jits its functions (``model.compiler_options``),
+    a forward pass whose backward runs fast on XLA-CPU, and precomputed kernels for the bundled
+    sequential networks (see ``jaxviz.accel``'s module docstring). Cached: the same object for the
+    same model; an accelerated model is returned as is."""
     model = as_model(model)
     if getattr(model, "accelerated", False):
         return model
