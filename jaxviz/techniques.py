@@ -419,10 +419,10 @@ _ALL: list[Technique] = [
               command="texture", aliases=("efros",)),
     Technique("style", "jaxviz.style:style_transfer", "neural style transfer", "Gatys et al. 2016", (
         Option("content_layer", str, "content layer"),
-        Option("style_layers", str, "style layers (default conv1_1 ... conv5_1)", nargs="+", metavar="LAYER"),
-        Option("layer_weights", float, "per style-layer weights, e.g. 1,1,1,1,1 (default equal)", lo=0, hi=1e12,
+        Option("style_layers", str, "style layers", nargs="+", metavar="LAYER"),
+        Option("layer_weights", float, "per style-layer weights, e.g. 1 1 1 1 1 or 1,1,1,1,1 (default equal)", lo=0, hi=1e12,
                nargs="+", metavar="W"),
-        Option("style_blend", float, "blend weights of the styles, e.g. 0.7,0.3", lo=0, hi=1e12, nargs="+",
+        Option("style_blend", float, "blend weights of the styles, e.g. 0.7 0.3 or 0.7,0.3", lo=0, hi=1e12, nargs="+",
                flag="--style-weights", metavar="W"),
         _weight("content_weight", "content weight alpha"), _weight("style_weight", "style weight beta"),
         _weight("tv_weight", "total-variation weight gamma"),

@@ -105,7 +105,7 @@ def fast_style(parser: argparse.ArgumentParser):
     train.add_argument("--out", "-o", required=True, help="checkpoint file (.msgpack); resumed if it exists")
     add_options(train, [TECHNIQUES["fast-style-train"]])
     apply = sub.add_parser("apply", help="stylise an image with a trained network or the pretrained multistyle26")
-    apply.add_argument("image", metavar="IMAGE")
+    apply.add_argument("image", metavar="IMAGE", help="image file or sample name (chelsea, coffee, ...)")
     apply.add_argument("--model", required=True,
                        help="checkpoint from `fast-style train`, or multistyle26 (pretrained, 26 styles)")
     add_options(apply, [TECHNIQUES["fast-style-apply"]])
