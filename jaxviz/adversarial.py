@@ -120,6 +120,8 @@ def parse_amount(text: str | float, what: str = "eps") -> float:
         value = float(text)
     else:
         match = _FRACTION.match(str(text))
+        if not match and _FRACTION.match(str(text).strip().lstrip("-")):
+            raise JaxvizError(f"bad {what} {text!r}: must be a positive finite number")
         if not match:
             raise JaxvizError(f"bad {what} {text!r}: expected a number or a fraction such as 8/255")
         num, den = float(match.group(1)), float(match.group(2) or 1.0)
@@ -559,8 +561,8 @@ def projected_gradient_descent(model, params: dict | None, images: Array, cls: A
     spec = get_method(f"pgd-{norm}") if norm in ("linf", "l2") else None
     if spec is None:
         raise JaxvizError(f"norm must be 'linf' or 'l2', got {norm!r}")
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-        raise JaxvizError(f"steps must be a whole number >= 0 (the loop's length), got {steps!r}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise JaxvizError(f"steps must be a whole number >= 1 (the loop's length, static), got {steps!r}")
     from jaxviz.techniques import TECHNIQUES  # (the registry imports this module)
     technique = TECHNIQUES[spec.name]  # the attack's bounds for what is concrete (traced values: a sweep)
     given = {k: v for k, v in dict(eps=eps, step=step, steps=steps).items()

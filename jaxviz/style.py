@@ -392,15 +392,17 @@ def check_options(*, style_scale: float = 1.0, preserve_color=None, init: str = 
                   learning_rate: float | None = None) -> None:
     """Validate style-transfer options once (shared by the public functions and the CLI).
 
+    ``weights``: () or the three loss weights (content, style, tv).
+
     Raises:
       JaxvizError: a non-finite or negative loss weight, a style scale outside [0.05, 8], an
         unknown colour mode / start / optimiser, negative steps, a learning rate that is not > 0
         (the registry's options of "style", ``jaxviz.techniques``: one place for these bounds).
     """
     names = ("content_weight", "style_weight", "tv_weight")
-    loss_weights = dict(zip(names, weights)) if len(weights) == 3 else {}
-    for w in (weights if not loss_weights else ()):
-        check("style", style_weight=w)
+    if len(weights) not in (0, 3):
+        raise JaxvizError(f"weights are the loss weights (content, style, tv), got {len(weights)} values")
+    loss_weights = dict(zip(names, weights))
     check("style", style_scale=style_scale, preserve_color=preserve_color, init=init, steps=steps,
           optimizer=optimizer, learning_rate=learning_rate, **loss_weights)
 

@@ -236,6 +236,9 @@ def _bad_calls():
     yield "strongest_channel by", lambda: activations.strongest_channel(jnp.ones((1, 2, 2, 3)), "bogus"), "by must"
     yield "maps_grid highlight", lambda: activations.maps_grid(np.zeros((4, 8, 8)), highlight=20), "highlight 20"
     yield "window_positions stride 0", lambda: occlusion.window_positions(16, 16, 4, 0), "stride must be at least 1"
+    # messages that named the wrong problem
+    yield "parse_amount negative", lambda: adversarial.parse_amount("-8/255"), "must be a positive finite number"
+    yield "style check_options", lambda: style.check_options(weights=[-1.0]), "loss weights (content, style, tv)"
 
 
 @pytest.mark.parametrize("name, call, message", list(_bad_calls()), ids=lambda v: v if isinstance(v, str) else "")
@@ -257,3 +260,6 @@ def test_nan_inputs_to_deletion_and_fast_style_are_refused(tiny_model):
     from jaxviz.occlusion import incremental_occlusion
     with pytest.raises(JaxvizError, match="threshold must be >= 0"):
         incremental_occlusion(m, None, x, 1, window=4, stride=4, threshold=-1.0)
+    from jaxviz.adversarial import projected_gradient_descent
+    with pytest.raises(JaxvizError, match="whole number >= 1"):  # 0 said ">= 0", then "between 1 and ..."
+        projected_gradient_descent(m, None, jnp.full((1, 16, 16, 3), 0.5), jnp.asarray([1]), eps=0.1, steps=0)
