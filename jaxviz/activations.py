@@ -20,14 +20,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxviz.errors import JaxvizError
-from jaxviz.interface import Model, as_model
+from jaxviz.interface import Model, ModelLike, as_model
 from jaxviz.interface.model import layer_tuple
 
 Array = jax.Array
 PyTree = Any
 
 
-def feature_maps(model, params: PyTree, x: Array, layer: str) -> Array:
+def feature_maps(model: ModelLike, params: PyTree, x: Array, layer: str) -> Array:
     """(N, H, W, 3) preprocessed images -> (N, h, w, C) activations of ``layer`` (any model with
     named layers; the network runs only as far as ``layer``)."""
     model = as_model(model)
@@ -39,7 +39,7 @@ def _feature_maps(model: Model, params: PyTree, x: Array, layer: str) -> Array:
     return model.activation(params, x, layer)
 
 
-def check_layers(model, layers: Sequence[str], size: int | tuple[int, int] | None = None, *,
+def check_layers(model: ModelLike, layers: Sequence[str], size: int | tuple[int, int] | None = None, *,
                  spatial: bool = True) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
     """({given name: canonical name}, {canonical name: shape without batch}) of ``layers`` at
     input ``size`` (default: the model's).
@@ -87,7 +87,7 @@ def check_layers(model, layers: Sequence[str], size: int | tuple[int, int] | Non
     return names, {name: shapes[name] for name in names.values()}
 
 
-def check_spatial(model, layer: str, input_size: int | tuple[int, int] | None = None) -> str:
+def check_spatial(model: ModelLike, layer: str, input_size: int | tuple[int, int] | None = None) -> str:
     """The canonical name of ``layer`` if it has a non-empty spatial (h, w, C) output at
     ``input_size``; a clear error otherwise (see ``check_layers``)."""
     names, _ = check_layers(model, [layer], input_size)
@@ -119,7 +119,7 @@ def strongest_channel(acts: Array, by: str = "max") -> Array:
 
 
 def maps_grid(tiles: np.ndarray, *, highlight: int | None = None, columns: int | None = None,
-              min_tile: int = 16, pad: int = 0, color=(1.0, 0.1, 0.1)) -> np.ndarray:
+              min_tile: int = 16, pad: int = 0, color: tuple[float, float, float] = (1.0, 0.1, 0.1)) -> np.ndarray:
     """(C, h, w) normalised maps of one image -> (H, W, 3) grid; tile ``highlight`` framed in
     ``color`` (the frame is drawn in the padding, so no map pixel is covered)."""
     from jaxviz.render import grid

@@ -47,7 +47,7 @@ import numpy as np
 import optax
 
 from jaxviz.errors import JaxvizError
-from jaxviz.interface import as_model
+from jaxviz.interface import ModelLike, as_model
 from jaxviz.interface.model import class_index, host_indices, take_class
 from jaxviz.keys import image_keys
 from jaxviz.optimize import require_concrete
@@ -276,7 +276,7 @@ def _proba_jit(model) -> Callable:
                 model)
 
 
-def proba_fn(model, params: dict | None = None) -> ProbaFn:
+def proba_fn(model: ModelLike, params: dict | None = None) -> ProbaFn:
     """``predict_proba(images01) -> probs`` of a model (jitted once per model): its declared
     preprocessing, then softmax of its logits. ``model``: a ``Model`` or a bare ``apply_fn``
     (then ``params`` are needed)."""
@@ -495,7 +495,7 @@ def _images01(images) -> Array:
     return images
 
 
-def gradient_sign(model, params: dict | None, images: Array, cls: Array, *, targeted: bool = False) -> Array:
+def gradient_sign(model: ModelLike, params: dict | None, images: Array, cls: Array, *, targeted: bool = False) -> Array:
     """FGSM's step direction, (N, H, W, 3) in {-1, 0, 1}: sign(grad_x CE(label)) (untargeted: up the
     label's cross-entropy) or -sign(grad_x CE(target)) (targeted: down the target's).
 
@@ -511,7 +511,8 @@ def gradient_sign(model, params: dict | None, images: Array, cls: Array, *, targ
     return -jnp.sign(_loss_grad(model, bool(targeted), "ce")(params, images, cls))
 
 
-def fgsm(model, params: dict | None, images: Array, cls: Array, *, eps: float, targeted: bool = False) -> Array:
+def fgsm(model: ModelLike, params: dict | None, images: Array, cls: Array, *, eps: float,
+         targeted: bool = False) -> Array:
     """Fast gradient sign method: clip(x + eps * sign(grad CE(label))) (untargeted) or
     clip(x - eps * sign(grad CE(target))) (targeted).
 
@@ -530,7 +531,7 @@ def fgsm(model, params: dict | None, images: Array, cls: Array, *, eps: float, t
     return jnp.clip(images + eps * gradient_sign(model, params, images, cls, targeted=targeted), 0.0, 1.0)
 
 
-def projected_gradient_descent(model, params: dict | None, images: Array, cls: Array, *, eps: float | Array,
+def projected_gradient_descent(model: ModelLike, params: dict | None, images: Array, cls: Array, *, eps: float | Array,
                                step: float | Array | None = None, steps: int = 20, norm: Norm = "linf",
                                targeted: bool = False, random_start: bool = True,
                                key: Array | None = None) -> Array:
@@ -602,7 +603,7 @@ def _attack_data(params, cls, x0, eps, label, tgt, confidence, step, budget) -> 
             "confidence": f32(confidence), "step": f32(step), "budget": f32(budget)}
 
 
-def attack(model, params: dict | None, images: Array, *, method: str = "pgd-linf",
+def attack(model: ModelLike, params: dict | None, images: Array, *, method: str = "pgd-linf",
            target: int | Array | None = None, label: Array | None = None, eps: float | None = None,
            step: float | None = None, steps: int | None = None, confidence: float | None = None,
            early_stop: bool | None = None, random_start: bool | None = None,
@@ -720,13 +721,13 @@ def _quantize_and_refine(model, params, predict, adv, x0, label, tgt, confidence
     return q, steps_run
 
 
-def fooling_images(model, params: dict | None, images: Array, target: int | Array, **kwargs) -> AttackResult:
+def fooling_images(model: ModelLike, params: dict | None, images: Array, target: int | Array, **kwargs) -> AttackResult:
     """The seed homework's method (``method="seed"``): normalised target-logit ascent until the
     prediction is the target. Keyword arguments as for ``attack``."""
     return attack(model, params, images, method="seed", target=target, **kwargs)
 
 
-def ifgsm(model, params: dict | None, images: Array, **kwargs) -> AttackResult:
+def ifgsm(model: ModelLike, params: dict | None, images: Array, **kwargs) -> AttackResult:
     """Iterative FGSM / BIM (Kurakin et al. 2017, "Adversarial examples in the physical world"):
     ``attack(model, params, images, method="ifgsm", **kwargs)``.
 
@@ -740,7 +741,7 @@ def ifgsm(model, params: dict | None, images: Array, **kwargs) -> AttackResult:
     return attack(model, params, images, method="ifgsm", **kwargs)
 
 
-def pgd(model, params: dict | None, images: Array, *, norm: Norm = "linf", **kwargs) -> AttackResult:
+def pgd(model: ModelLike, params: dict | None, images: Array, *, norm: Norm = "linf", **kwargs) -> AttackResult:
     """Projected gradient descent with a random start in the L-inf or L2 ball (Madry et al. 2018,
     "Towards deep learning models resistant to adversarial attacks"):
     ``attack(model, params, images, method="pgd-linf" | "pgd-l2", **kwargs)``.
@@ -761,7 +762,7 @@ def pgd(model, params: dict | None, images: Array, *, norm: Norm = "linf", **kwa
 # --------------------------------------------------------------------------------------------
 # Transferability and rendering
 
-def transfer_report(adversarial: Array, originals: Array, model_b, params_b: dict | None = None, *,
+def transfer_report(adversarial: Array, originals: Array, model_b: ModelLike, params_b: dict | None = None, *,
                     target: Array | None = None, label: Array | None = None,
                     confidence: float | None = None, source: AttackReport | None = None) -> AttackReport:
     """Evaluate adversarial images crafted on another model on ``model_b`` (black-box transfer).

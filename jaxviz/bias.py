@@ -45,11 +45,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Sequence, TYPE_CHECKING
 
 import numpy as np
 
 from jaxviz.errors import JaxvizError
+
+if TYPE_CHECKING:
+    from jaxviz.interface import ModelLike
 
 # Sample photos (scikit-image, scikit-learn) used as default sources; "cat" is chelsea again.
 SAMPLE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "camera", "coins", "china", "flower")
@@ -173,7 +176,8 @@ def category_name(classes: Sequence[int]) -> str | None:
     return None
 
 
-def gatys_code_weights(model, size: int | tuple[int, int], content_layer: str = GATYS_CODE_LAYERS["content_layer"],
+def gatys_code_weights(model: ModelLike, size: int | tuple[int, int],
+                       content_layer: str = GATYS_CODE_LAYERS["content_layer"],
                        style_layers: Sequence[str] = GATYS_CODE_LAYERS["style_layers"]) -> dict:
     """Loss weights of ``jaxviz.style``'s Gatys loss that make it equal to the loss of Gatys's
     PytorchNeuralStyleTransfer at its defaults (the code Geirhos et al. made their stimuli with).
@@ -223,7 +227,7 @@ def parse_class_folder(name: str) -> tuple[int, ...]:
     return tuple(classes)
 
 
-def predict(model, images: np.ndarray, batch: int = 32) -> np.ndarray:
+def predict(model: ModelLike, images: np.ndarray, batch: int = 32) -> np.ndarray:
     """(N, classes) softmax probabilities of (N, H, W, 3) images in [0, 1] (chunks of ``batch``;
     ``jaxviz.adversarial.proba_fn``: the model's declared preprocessing, jitted once per model
     with its ``compiler_options``).
@@ -315,7 +319,7 @@ def pairs(sources: Sequence[Source], textures_per_shape: int | None = None) -> n
 # --------------------------------------------------------------------------------------------
 # Cue-conflict images
 
-def cue_conflict_images(style_model, params: dict, contents: np.ndarray, styles: np.ndarray, *, steps: int = 60,
+def cue_conflict_images(style_model: ModelLike, params: dict, contents: np.ndarray, styles: np.ndarray, *, steps: int = 60,
                         content_weight: float = STYLE_DEFAULTS["content_weight"],
                         style_weight: float = STYLE_DEFAULTS["style_weight"],
                         tv_weight: float = STYLE_DEFAULTS["tv_weight"],
@@ -468,7 +472,7 @@ def texture_crop(image: np.ndarray, fraction: float) -> np.ndarray:
     return fit_image(np.ascontiguousarray(image[top:top + ch, left:left + cw]), (h, w), "stretch")
 
 
-def bias_study(classifiers: Sequence, style_model, sources: Sequence[Source], *, steps: int = 60,
+def bias_study(classifiers: Sequence[ModelLike], style_model: ModelLike, sources: Sequence[Source], *, steps: int = 60,
                batch: int | None = None, callbacks: Sequence = (), texture_fraction: float = 1.0,
                textures_per_shape: int | None = None, **style) -> BiasStudy:
     """Cue-conflict images for every ordered pair of ``sources`` and each classifier's decisions.

@@ -56,7 +56,7 @@ import numpy as np
 
 from jaxviz.adversarial import _LEVELS, AttackReport, AttackResult, perturbation_norms, quantize_8bit
 from jaxviz.errors import JaxvizError
-from jaxviz.interface import Model
+from jaxviz.interface import Model, PyTree
 from jaxviz.keys import image_keys
 from jaxviz.optimize import require_concrete
 
@@ -230,11 +230,12 @@ def _quantize(x: np.ndarray, x0: np.ndarray, max_l2: float | None) -> np.ndarray
     return np.array(quantize_8bit(x, x0, norm="l2", eps=max_l2), np.float32)  # writable copy
 
 
-def simba(predict_proba: ProbaFn | Model, images, *, label=None, target=None, basis: Basis = "dct",
+def simba(predict_proba: ProbaFn | Model, images: jax.Array, *, label: jax.Array | None = None,
+          target: int | jax.Array | None = None, basis: Basis = "dct",
           eps: float = 0.2, max_queries: int = 5000, max_l2: float | None = None,
           freq_ratio: float = 1 / 8, key: jax.Array | None = None, both_signs: bool = False,
           chunk: int | None = None, pad: bool | None = None, model: str = "",
-          params=None) -> AttackResult:
+          params: PyTree | None = None) -> AttackResult:
     """SimBA on a batch of images through a probability function only (see the module docstring).
 
     Args:

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxviz.errors import JaxvizError
-from jaxviz.interface import as_model
+from jaxviz.interface import ModelLike, PyTree, as_model
 from jaxviz.interface.model import class_index, per_image_index, take_class
 from jaxviz.saliency import guided_gradients, resolve_index, saliency_map
 from jaxviz.targets import (Target, as_target, attribution_doc, check_images, check_target_index, class_scores_of,
@@ -71,7 +71,7 @@ def _kernel(node):
     return kernel if getattr(kernel, "ndim", None) == 2 else None
 
 
-def cam_weights(model, params=None, layer: str | None = None) -> Array | None:
+def cam_weights(model: ModelLike, params: PyTree | None = None, layer: str | None = None) -> Array | None:
     """Weights (C, classes) to combine ``layer``'s channels (default: the model's CAM layer), or
     None when its channels already are the class maps.
 
@@ -106,7 +106,7 @@ def cam_weights(model, params=None, layer: str | None = None) -> Array | None:
 
 
 @attribution_doc('Zhou et al. 2016, "Learning deep features for discriminative localization"')
-def cam(model, params: dict, x: Array, target: Target | int | None = None, *, layer: str | None = None,
+def cam(model: ModelLike, params: dict, x: Array, target: Target | int | None = None, *, layer: str | None = None,
         weights: Array | None = None, index: Array | None = None, relu: bool = True,
         resize: Resize = "bilinear") -> Array:
     """CAM (N, H, W): ReLU(sum_k w_kc f_k) of ``layer``'s maps f (N, h, w, C), upsampled.
@@ -148,7 +148,7 @@ def cam(model, params: dict, x: Array, target: Target | int | None = None, *, la
     return upsample(jax.nn.relu(maps) if relu else maps, x.shape[1:3], resize)
 
 
-def layer_gradients(model, params: dict, x: Array, target: Target | int | None = None, *,
+def layer_gradients(model: ModelLike, params: dict, x: Array, target: Target | int | None = None, *,
                     layer: str, index: Array | None = None) -> tuple[Array, Array]:
     """(A, d score / d A) at ``layer``, both (N, h, w, C): A read in one pass, the gradient taken
     over the array injected at ``layer`` (the rest of the network runs from there).
@@ -190,7 +190,7 @@ def _combine(acts: Array, weights: Array, size: tuple[int, int], relu: bool, res
 
 
 @attribution_doc('Selvaraju et al. 2017, "Grad-CAM: visual explanations from deep networks via gradient-based localization"')
-def grad_cam(model, params: dict, x: Array, target: Target | int | None = None, *,
+def grad_cam(model: ModelLike, params: dict, x: Array, target: Target | int | None = None, *,
              layer: str | None = None, index: Array | None = None, relu: bool = True,
              resize: Resize = "bilinear") -> Array:
     """Grad-CAM: ReLU(sum_k a_k A_k) at ``layer``, a_k the spatial mean of d score / d A_k.
@@ -212,7 +212,7 @@ def grad_cam(model, params: dict, x: Array, target: Target | int | None = None, 
 
 
 @attribution_doc('Chattopadhay et al. 2018, "Grad-CAM++: generalized gradient-based visual explanations"')
-def grad_cam_plus_plus(model, params: dict, x: Array, target: Target | int | None = None, *,
+def grad_cam_plus_plus(model: ModelLike, params: dict, x: Array, target: Target | int | None = None, *,
                        layer: str | None = None, index: Array | None = None, relu: bool = True,
                        resize: Resize = "bilinear") -> Array:
     """Grad-CAM++: like ``grad_cam`` with per-position weights alpha from the second and third
@@ -252,7 +252,7 @@ def _check_spatial(acts: Array, layer: str, model=None) -> None:
 
 
 @attribution_doc('Selvaraju et al. 2017, "Grad-CAM" (guided Grad-CAM)')
-def guided_grad_cam_attributions(model, params: dict, x: Array, target: Target | int | None = None, *,
+def guided_grad_cam_attributions(model: ModelLike, params: dict, x: Array, target: Target | int | None = None, *,
                                  layer: str | None = None, index: Array | None = None,
                                  resize: Resize = "bilinear") -> Array:
     """Guided backprop signal (N, H, W, 3) times the Grad-CAM map (N, H, W, 1), signed.
@@ -270,7 +270,7 @@ def guided_grad_cam_attributions(model, params: dict, x: Array, target: Target |
 
 
 @attribution_doc('Selvaraju et al. 2017, "Grad-CAM" (guided Grad-CAM)')
-def guided_grad_cam(model, params: dict, x: Array, target: Target | int | None = None, *,
+def guided_grad_cam(model: ModelLike, params: dict, x: Array, target: Target | int | None = None, *,
                     layer: str | None = None, index: Array | None = None,
                     resize: Resize = "bilinear") -> Array:
     """Guided Grad-CAM map (N, H, W): max over RGB of |guided backprop x Grad-CAM|."""

@@ -5,13 +5,13 @@ from functools import partial
 
 import jax
 
-from jaxviz.interface import as_model
+from jaxviz.interface import ModelLike, as_model
 
 Array = jax.Array
 
 
 @partial(jax.jit, static_argnames=("model", "k"))
-def top_k(model, params: dict, images: Array, k: int = 5) -> tuple[Array, Array]:
+def top_k(model: ModelLike, params: dict, images: Array, k: int = 5) -> tuple[Array, Array]:
     """Top-k softmax probabilities and class indices.
 
     Args:
@@ -24,6 +24,6 @@ def top_k(model, params: dict, images: Array, k: int = 5) -> tuple[Array, Array]
     return jax.lax.top_k(probs, k)
 
 
-def predict_proba(model, params: dict, images: Array) -> Array:
+def predict_proba(model: ModelLike, params: dict, images: Array) -> Array:
     """(N, classes) softmax probabilities of preprocessed (N, H, W, 3) images."""
     return jax.nn.softmax(as_model(model).apply(params, images), axis=-1)

@@ -28,7 +28,7 @@ import numpy as np
 
 from jaxviz import objectives as obj
 from jaxviz.errors import JaxvizError
-from jaxviz.interface import as_model
+from jaxviz.interface import ModelLike, as_model
 from jaxviz.interface.model import host_indices
 from jaxviz.keys import image_keys
 from jaxviz.optimize import (
@@ -59,7 +59,7 @@ def _check_size(size: int | tuple[int, int]) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def noise_init(model, key: Array | None, n: int, size: int | tuple[int, int], scale: float = 0.1) -> Array:
+def noise_init(model: ModelLike, key: Array | None, n: int, size: int | tuple[int, int], scale: float = 0.1) -> Array:
     """(N, H, W, 3) small Gaussian noise around 0 in model-input space (the dataset mean for
     mean-subtracted preprocessing), clipped to the valid range. ``key``: one key (shared: every
     image gets the same noise) or (N,) keys."""
@@ -81,7 +81,7 @@ def _hw(model, size, init: Array | None) -> tuple[int, int]:
     return _check_size(model.input_hw(size))
 
 
-def class_visualization(model, params: dict | None, classes: int | Sequence[int] | Array, *,
+def class_visualization(model: ModelLike, params: dict | None, classes: int | Sequence[int] | Array, *,
                         init: Array | None = None, size: int | tuple[int, int] | None = None,
                         steps: int = 100, lr: float = 25.0, l2: float = 1e-3, blur_every: int = 10,
                         blur_sigma: float = 0.5, jitter_px: int = 16, clip_fraction: float = 0.0,
@@ -136,7 +136,7 @@ def class_visualization(model, params: dict | None, classes: int | Sequence[int]
                     compiler_options=model.compiler_options)
 
 
-def channel_visualization(model, params: dict | None, layer: str, channels: int | Sequence[int] | Array, *,
+def channel_visualization(model: ModelLike, params: dict | None, layer: str, channels: int | Sequence[int] | Array, *,
                           size: int | tuple[int, int] | None = None, steps: int = 128, lr: float = 0.05,
                           parameterization: Literal["fourier", "pixels"] = "fourier", jitter_px: int = 8,
                           unit: tuple[int, int] | None = None, init: Array | None = None,
@@ -194,6 +194,6 @@ def channel_visualization(model, params: dict | None, layer: str, channels: int 
                     callbacks=callbacks, compiler_options=model.compiler_options)
 
 
-def to_rgb(model, x: Array) -> np.ndarray:
+def to_rgb(model: ModelLike, x: Array) -> np.ndarray:
     """Model-input images -> RGB [0, 1] numpy (clipped: optimised images sit on the range's edge)."""
     return np.clip(np.asarray(as_model(model).deprocess(jnp.asarray(x))), 0.0, 1.0)

@@ -15,11 +15,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TYPE_CHECKING
 
 import numpy as np
 
 from jaxviz.errors import JaxvizError
+
+if TYPE_CHECKING:
+    from jaxviz.interface import ModelLike
+    from jaxviz.scan_index import Index
 
 # scikit-image samples that ship with the package (no download), photos first.
 SKIMAGE_SAMPLES = ("chelsea", "coffee", "astronaut", "rocket", "cat", "camera", "hubble_deep_field",
@@ -130,8 +134,8 @@ def figure_dataset(root: str | os.PathLike, count: int = 300, *, size: int = 224
     return [str(root / f) for f in files]
 
 
-def figure_index(model, out: str | os.PathLike, *, layers: tuple[str, ...], count: int = 300,
-                 topk: int = 9, input_size: int | None = None, batch: int = 32, progress: bool = False):
+def figure_index(model: ModelLike, out: str | os.PathLike, *, layers: tuple[str, ...], count: int = 300,
+                 topk: int = 9, input_size: int | None = None, batch: int = 32, progress: bool = False) -> Index:
     """The figure dataset written to ``out/images/`` and scanned into the INDEX ``out`` with
     ``model`` (any ``jaxviz`` Model with named layers).
 
@@ -185,7 +189,7 @@ def imagenet_sample(folder: str | os.PathLike | None = None) -> list[dict]:
     return sorted(rows, key=lambda r: r["class"])
 
 
-def photos_of(classes, folder: str | os.PathLike | None = None) -> list[dict]:
+def photos_of(classes: Sequence[int], folder: str | os.PathLike | None = None) -> list[dict]:
     """The sample photographs of the given class indices (in that order; missing classes skipped)."""
     by_class = {r["class"]: r for r in imagenet_sample(folder)}
     return [by_class[c] for c in classes if c in by_class]

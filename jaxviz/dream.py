@@ -25,7 +25,7 @@ import numpy as np
 
 from jaxviz import objectives as obj
 from jaxviz.errors import JaxvizError
-from jaxviz.interface import as_model
+from jaxviz.interface import ModelLike, as_model
 from jaxviz.keys import image_keys
 from jaxviz.optimize import (
     Callback,
@@ -63,7 +63,7 @@ def _check_octaves(model, given: str, layer: str, sizes: list[tuple[int, int]], 
                       f"with {octaves} octaves of scale {scale:g}, or fewer octaves")
 
 
-def deepdream(model, params: dict | None, x: Array, layer: str, *, octaves: int = 4,
+def deepdream(model: ModelLike, params: dict | None, x: Array, layer: str, *, octaves: int = 4,
               octave_scale: float = 1.4, steps: int = 10, step: float | None = None, jitter_px: int = 32,
               key: Array | None = None, callbacks: Sequence[Callback] = ()) -> Array:
     """Dream on ``layer``.

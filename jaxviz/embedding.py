@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxviz.errors import JaxvizError
-from jaxviz.interface import Model, as_model
+from jaxviz.interface import Model, ModelLike, as_model
 
 Array = jax.Array
 PyTree = Any
@@ -40,7 +40,7 @@ METRICS = ("cosine", "l2")
 
 # ----------------------------------------------------------------------------------- features
 
-def pooled_features(model, params: PyTree, x: Array, layer: str) -> Array:
+def pooled_features(model: ModelLike, params: PyTree, x: Array, layer: str) -> Array:
     """(N, H, W, 3) preprocessed images -> (N, C) global-average pooled activations of ``layer``
     (a layer that is already (N, C) is returned as is; other shapes are flattened)."""
     model = as_model(model)
@@ -71,7 +71,7 @@ def pixel_features(images01: Array, size: int = 32) -> Array:
     return small.reshape(n, -1)
 
 
-def model_features(model, images01: np.ndarray, *, layer: str | None = None, params: PyTree | None = None,
+def model_features(model: ModelLike, images01: np.ndarray, *, layer: str | None = None, params: PyTree | None = None,
                    batch: int = 32, progress: bool = False) -> np.ndarray:
     """Pooled features (N, C) of many [0, 1] images (N, H, W, 3), in fixed-size batches (one
     compile; the last batch padded). ``layer`` defaults to ``model.feature_layer``.

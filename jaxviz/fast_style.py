@@ -42,7 +42,7 @@ import numpy as np
 import optax
 
 from jaxviz.errors import JaxvizError
-from jaxviz.interface import as_model
+from jaxviz.interface import ModelLike, as_model
 from jaxviz.interface.linen import Conv, QuickParamCheck
 from jaxviz.style import check_layers, gram_matrix, layer_features, style_layer_loss, tv_loss
 
@@ -287,7 +287,7 @@ def random_crops(images: Array, key: Array, batch: int, size: int) -> Array:
     return jax.vmap(one)(idx, ys, xs, flips)
 
 
-def make_train_step(config: FastStyleConfig, loss_model, loss_params: dict, style_images: Sequence[Array], *,
+def make_train_step(config: FastStyleConfig, loss_model: ModelLike, loss_params: dict, style_images: Sequence[Array], *,
                     compiler_options: tuple | None = None) -> Callable:
     """The jitted step ``(params, opt_state, key, step, content_images) -> (params, opt_state, loss)``.
 

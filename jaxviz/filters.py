@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 from jaxviz.errors import JaxvizError
-from jaxviz.interface import as_model
+from jaxviz.interface import ModelLike, as_model
 
 PyTree = Any
 
@@ -61,7 +61,7 @@ def _join(layer: str, sub: str) -> str:
     return f"{layer}/{sub}" if sub else layer
 
 
-def first_conv(model, params: PyTree | None = None) -> tuple[str, np.ndarray]:
+def first_conv(model: ModelLike, params: PyTree | None = None) -> tuple[str, np.ndarray]:
     """(path, kernel): the first convolution whose kernel sees the 3 image channels, found through
     the model interface: the first layer (in forward order) whose parameters hold a 4-D kernel
     with 3 input channels. Its path is ``layer/sub/kernel`` (``features.0/kernel``,
@@ -76,12 +76,12 @@ def first_conv(model, params: PyTree | None = None) -> tuple[str, np.ndarray]:
                       "(no layer owns a 4-D 'kernel' with 3 input channels)")
 
 
-def first_conv_path(model, params: PyTree | None = None) -> str:
+def first_conv_path(model: ModelLike, params: PyTree | None = None) -> str:
     """Parameter path of the model's first convolution (``features.0/kernel``, ``stem/conv/kernel``)."""
     return first_conv(model, params)[0]
 
 
-def get_kernel(model, name: str, params: PyTree | None = None) -> tuple[str, np.ndarray]:
+def get_kernel(model: ModelLike, name: str, params: PyTree | None = None) -> tuple[str, np.ndarray]:
     """The (kh, kw, C_in, C_out) kernel named by a layer name/alias, optionally followed by a
     parameter sub-path inside it (``fire2/expand1x1``, ``features.0/kernel``, ``block/conv1``).
 
@@ -148,7 +148,7 @@ def rgb_filters(kernel: np.ndarray, *, bgr: bool = False, shared_scale: bool = F
     return normalize_tiles(tiles, (1, 2, 3), shared_scale)
 
 
-def first_layer_filters(model, *, params: PyTree | None = None, shared_scale: bool = False) -> np.ndarray:
+def first_layer_filters(model: ModelLike, *, params: PyTree | None = None, shared_scale: bool = False) -> np.ndarray:
     """The model's first-layer filters as (C_out, kh, kw, 3) RGB tiles in [0, 1] (see ``rgb_filters``);
     flipped to RGB when the model's input is BGR (``model.preprocessing.bgr``)."""
     model = as_model(model)

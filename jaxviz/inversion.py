@@ -23,7 +23,7 @@ import numpy as np
 
 from jaxviz import objectives as obj
 from jaxviz.errors import JaxvizError
-from jaxviz.interface import as_model
+from jaxviz.interface import ModelLike, as_model
 from jaxviz.keys import image_keys
 from jaxviz.optimize import (
     Callback,
@@ -52,7 +52,7 @@ def _tv_fn(beta: float):
     return lambda x, keys, factor: factor.astype(x.dtype) * obj.total_variation(x, beta)
 
 
-def inversion_loss(model, params: dict, x0: Array, layer: str, *, tv_weight: float = 1.0,
+def inversion_loss(model: ModelLike, params: dict, x0: Array, layer: str, *, tv_weight: float = 1.0,
                    beta: float = 2.0) -> obj.Objective:
     """The normalised objective: feature term + tv_weight · TV^β / (H W B^β), per image (N,)."""
     _, h, w, _ = x0.shape
@@ -62,7 +62,7 @@ def inversion_loss(model, params: dict, x0: Array, layer: str, *, tv_weight: flo
     return feat + tv_weight * tv
 
 
-def invert(model, params: dict | None, x0: Array, layer: str, *, steps: int = 200, lr: float = 0.05,
+def invert(model: ModelLike, params: dict | None, x0: Array, layer: str, *, steps: int = 200, lr: float = 0.05,
            tv_weight: float = 1.0, beta: float = 2.0, optimizer: str = "adam", init: Array | None = None,
            key: Array | None = None, callbacks: Sequence[Callback] = ()) -> OptimizeResult:
     """Reconstruct images from their ``layer`` representation.

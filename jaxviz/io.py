@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Iterator
 
 from jaxviz.errors import JaxvizError
 
@@ -100,7 +100,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *, 
 
 
 @contextmanager
-def outputs():
+def outputs() -> Iterator[None]:
     """A command's writes as one unit: if the block fails (any exception but KeyboardInterrupt,
     which keeps what a resumable run saved), the files it created are removed again, so a
     failed command leaves nothing behind (files it replaced stay: they are complete)."""
@@ -135,7 +135,7 @@ def write_text(path: str | os.PathLike, text: str, *, what: str = "") -> None:
     write_bytes(path, text.encode("utf-8"), what=what)
 
 
-def save_figure(fig, path: str | os.PathLike, *, dpi: int = 100, close: bool = True, **kwargs) -> None:
+def save_figure(fig: Any, path: str | os.PathLike, *, dpi: int = 100, close: bool = True, **kwargs) -> None:
     """A matplotlib figure saved through ``atomic_write`` (format from the suffix, tight box)."""
     path = Path(path)
     fmt = (path.suffix.lstrip(".") or "png").lower()

@@ -15,7 +15,7 @@ from jaxviz.errors import JaxvizError
 Array = jax.Array
 
 
-def typed_key(key) -> Array:
+def typed_key(key: Array) -> Array:
     """A typed PRNG key (array) from a typed key or raw uint32 key data.
 
     Raises:

@@ -40,7 +40,8 @@ class LinearTemplates:
     mean_image: np.ndarray
 
 
-def load_digits_split(test_fraction: float = 0.25, seed: int = 0):
+def load_digits_split(test_fraction: float = 0.25, seed: int = 0
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(x_train, y_train, x_test, y_test): pixels in [0, 1] flattened (N, 64), labels (N,) int."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split

@@ -31,10 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxviz.errors import JaxvizError
-from jaxviz.interface import as_model
+from jaxviz.interface import ModelLike, PyTree, as_model
 from jaxviz.interface.model import class_index, layer_tuple
 from jaxviz.keys import typed_key
-from jaxviz.targets import as_target
+from jaxviz.targets import Target, as_target
 
 Array = jax.Array
 Baseline = Literal["blur", "mean", "zero"]
@@ -94,7 +94,7 @@ def trapezoid_auc(curves: Array) -> Array:
     return (curves.sum(-1) - 0.5 * (curves[..., 0] + curves[..., -1])) / steps
 
 
-def deletion_insertion(model, params: dict, x: Array, maps: Array, index: Array | None = None, *,
+def deletion_insertion(model: ModelLike, params: dict, x: Array, maps: Array, index: Array | None = None, *,
                        steps: int = 32, baseline: Baseline = "blur", chunk: int = 32,
                        blur_sigma: float = 5.0, patch: int = 1) -> dict[str, Array]:
     """Deletion and insertion curves of saliency ``maps`` and their areas.
@@ -191,7 +191,7 @@ def _deletion_insertion(model, params, x, maps, index, *, steps, baseline, chunk
             "deletion_auc": trapezoid_auc(deletion), "insertion_auc": trapezoid_auc(insertion_curve)}
 
 
-def check_deletion_inputs(x, maps, index, steps: int, baseline: str, chunk: int) -> None:
+def check_deletion_inputs(x: Array, maps: Array, index: Array | int | None, steps: int, baseline: str, chunk: int) -> None:
     """Boundary checks for ``deletion_insertion`` (raise ``JaxvizError`` with what was expected)."""
     if getattr(x, "ndim", None) != 4:
         raise JaxvizError(f"images must be (N, H, W, C), got shape {getattr(x, 'shape', None)}")
@@ -244,7 +244,7 @@ def _leaf_name(path) -> str | None:
     return None
 
 
-def redraw_leaves(tree, key: Array, salt: int = 0):
+def redraw_leaves(tree: PyTree, key: Array, salt: int = 0) -> PyTree:
     """``tree`` with every learned leaf (kernel, bias, batch-norm scale) re-drawn i.i.d. normal with
     the leaf's own mean and standard deviation (same shape, scale and dtype); leaves named
     ``mean`` / ``var`` (running statistics) are kept. The original is not modified.
@@ -271,7 +271,7 @@ def _has_weights(tree) -> bool:
     return tree is not None and any(jnp.size(v) for v in jax.tree_util.tree_leaves(tree))
 
 
-def randomise_params(model, params, layers: Sequence[str], key: Array):
+def randomise_params(model: ModelLike, params: PyTree, layers: Sequence[str], key: Array) -> PyTree:
     """A copy of ``params`` with the named layers' parameters re-drawn at random (``redraw_leaves``),
     through ``model.layer_params`` / ``model.replace_layer_params`` (originals untouched).
 
@@ -288,7 +288,7 @@ def randomise_params(model, params, layers: Sequence[str], key: Array):
     return params
 
 
-def parametrised_layers(model, params=None) -> list[str]:
+def parametrised_layers(model: ModelLike, params: PyTree | None = None) -> list[str]:
     """The model's layers that hold parameters, top (logits) first.
 
     Only the innermost: a layer whose parameters all belong to named sub-layers (a linen block
@@ -302,7 +302,8 @@ def parametrised_layers(model, params=None) -> list[str]:
     return inner[::-1]
 
 
-def cascading_maps(method: Callable, model, params, x: Array, target, *, key: Array,
+def cascading_maps(method: Callable, model: ModelLike, params: PyTree, x: Array, target: Target | int | None, *,
+                   key: Array,
                    layers: Sequence[str] | None = None, jit: bool = True
                    ) -> tuple[list[str], Array, list[Array]]:
     """The maps behind ``model_randomisation``: (layers, trained maps (N, H, W), [maps per depth])."""
@@ -335,7 +336,8 @@ def cascading_maps(method: Callable, model, params, x: Array, target, *, key: Ar
     return layers, original, maps
 
 
-def model_randomisation(method: Callable, model, params, x: Array, target, *, key: Array,
+def model_randomisation(method: Callable, model: ModelLike, params: PyTree, x: Array, target: Target | int | None,
+                        *, key: Array,
                         layers: Sequence[str] | None = None, jit: bool = True) -> list[tuple[str, Array]]:
     """Cascading model-randomisation sanity check (Adebayo et al. 2018).
 

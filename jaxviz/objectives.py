@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxviz.errors import JaxvizError
-from jaxviz.interface import as_model
+from jaxviz.interface import ModelLike, as_model
 from jaxviz.targets import class_scores_of, neuron_scores
 
 Array = jax.Array
@@ -166,7 +166,7 @@ def _class_score_fn(model, score: str) -> PureFn:
     return fn
 
 
-def class_score(model, params: PyTree, index: int | Array, score: str = "logit") -> Objective:
+def class_score(model: ModelLike, params: PyTree, index: int | Array, score: str = "logit") -> Objective:
     """s_c(x): the class logit (default; Simonyan et al. use the unnormalised score), prob or logprob.
 
     ``model``: a ``Model`` or a bare ``apply_fn(params, x) -> logits``.
@@ -186,7 +186,7 @@ def _channel_fn(model, layer: str, y: int | None, x: int | None) -> PureFn:
     return fn
 
 
-def channel(model, params: PyTree, layer: str, index: int | Array,
+def channel(model: ModelLike, params: PyTree, layer: str, index: int | Array,
             y: int | None = None, x: int | None = None) -> Objective:
     """Mean activation of channel ``index`` at ``layer`` (or the unit at (y, x) when given)."""
     model = as_model(model)
@@ -195,7 +195,7 @@ def channel(model, params: PyTree, layer: str, index: int | Array,
                      f"channel({layer}:{index})")
 
 
-def neuron(model, params: PyTree, layer: str, index: int | Array, y: int, x: int) -> Objective:
+def neuron(model: ModelLike, params: PyTree, layer: str, index: int | Array, y: int, x: int) -> Objective:
     """Activation of one unit (``layer``, channel ``index``, position (y, x))."""
     return channel(model, params, layer, index, y, x)
 
@@ -205,7 +205,7 @@ def _activation_fn(model, layer: str) -> PureFn:
     return lambda x, k, params: model.activation(params, x, layer).reshape(x.shape[0], -1).mean(1)
 
 
-def activation(model, params: PyTree, layer: str) -> Objective:
+def activation(model: ModelLike, params: PyTree, layer: str) -> Objective:
     """Mean activation of the whole layer."""
     model = as_model(model)
     layer = model.resolve_layer(layer)
@@ -220,7 +220,7 @@ def _deepdream_fn(model, layer: str) -> PureFn:
     return fn
 
 
-def deepdream(model, params: PyTree, layer: str) -> Objective:
+def deepdream(model: ModelLike, params: PyTree, layer: str) -> Objective:
     """½ Σ f_i(x)² over the units of ``layer``: its gradient w.r.t. the layer is the activation."""
     model = as_model(model)
     layer = model.resolve_layer(layer)
@@ -240,7 +240,7 @@ def _feature_distance_fn(model, layer: str, normalize: bool) -> PureFn:
     return fn
 
 
-def feature_distance(model, params: PyTree, layer: str, target: Array, normalize: bool = True) -> Objective:
+def feature_distance(model: ModelLike, params: PyTree, layer: str, target: Array, normalize: bool = True) -> Objective:
     """‖Φ_l(x) − Φ0‖² per image, divided by ‖Φ0‖² when ``normalize`` (Mahendran & Vedaldi 2015).
 
     ``target``: Φ0, the activation of ``layer`` to match, (N, ...) or broadcastable.
@@ -256,13 +256,13 @@ def _activation_jit(model, layer: str) -> Callable:
     return jax.jit(lambda params, x: model.activation(params, x, layer))
 
 
-def layer_activation(model, params: PyTree, x: Array, layer: str) -> Array:
+def layer_activation(model: ModelLike, params: PyTree, x: Array, layer: str) -> Array:
     """``model.activation(params, x, layer)``, jitted (compiled once per model, layer and shape)."""
     model = as_model(model)
     return _activation_jit(model, model.resolve_layer(layer))(params, jnp.asarray(x))
 
 
-def feature_match(model, params: PyTree, layer: str, x0: Array, normalize: bool = True) -> Objective:
+def feature_match(model: ModelLike, params: PyTree, layer: str, x0: Array, normalize: bool = True) -> Objective:
     """‖Φ_l(x) − Φ_l(x0)‖² (normalised by ‖Φ_l(x0)‖²) for reference images ``x0`` (model input)."""
     target = jax.lax.stop_gradient(layer_activation(model, params, x0, layer))
     if normalize and not isinstance(target, jax.core.Tracer):
@@ -318,7 +318,7 @@ def constant(value: float) -> Objective:
 # --------------------------------------------------------------------------------------------
 # Checks shared by the techniques that optimise the input
 
-def require_nonempty(model, layers: Sequence[str] | None, size: tuple[int, int]) -> None:
+def require_nonempty(model: ModelLike, layers: Sequence[str] | None, size: tuple[int, int]) -> None:
     """Refuse an input size at which a layer's output is empty (issue 13: NaN scores otherwise).
 
     ``layers`` None checks every named layer (the output depends on all of them). Models without
@@ -347,7 +347,7 @@ def require_nonempty(model, layers: Sequence[str] | None, size: tuple[int, int])
                       f"use an image of at least {need}x{need} px")
 
 
-def num_outputs(model, params: PyTree, x: Array) -> int:
+def num_outputs(model: ModelLike, params: PyTree, x: Array) -> int:
     """The size of the model's output per image (the number of classes of a classifier), from an
     abstract evaluation on ``x``'s shape (no FLOPs); also for a bare apply_fn with given params."""
     model = as_model(model)

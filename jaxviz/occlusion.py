@@ -56,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxviz.errors import JaxvizError
-from jaxviz.interface import as_model
+from jaxviz.interface import ModelLike, PyTree, as_model
 from jaxviz.interface.model import class_index
 from jaxviz.metrics import gaussian_blur  # the same edge-padded blur as the deletion baseline
 from jaxviz.targets import (SCORE_KINDS, Target, as_target, check_target_index, class_scores, class_scores_of,
@@ -326,7 +326,7 @@ class _Batched:
         return jax.vmap(one)(x, base, idx)
 
 
-def occlusion(model, params, x: Array, target: Target | int | None = None, *,
+def occlusion(model: ModelLike, params: PyTree, x: Array, target: Target | int | None = None, *,
               window: int | Pair = 16, stride: int | Pair = 8, fill: Fill | float | Array = "mean",
               score: str | None = None, chunk: int = 32, index: Array | None = None,
               loop: str = "python") -> Array:
@@ -354,7 +354,7 @@ def occlusion(model, params, x: Array, target: Target | int | None = None, *,
     return _drive(_Batched(model, target, window, stride), params, x, base, index, chunk, loop)
 
 
-def occlusion_map(model, params, x: Array, target: Target | int | None = None, *,
+def occlusion_map(model: ModelLike, params: PyTree, x: Array, target: Target | int | None = None, *,
                   window: int | Pair = 16, stride: int | Pair = 8, fill: Fill | float | Array = "mean",
                   score: str | None = None, chunk: int = 32, index: Array | None = None,
                   incremental: bool = False, loop: str = "python") -> Array:
@@ -375,7 +375,7 @@ def _stop_inside(stage, layer: str | None) -> bool:
     return layer is not None and layer.startswith(stage.name + "/")
 
 
-def incremental_plan(stages, size: Pair, window: Pair, layer: str | None = None,
+def incremental_plan(stages: Sequence, size: Pair, window: Pair, layer: str | None = None,
                      max_box: float | None = None) -> list[tuple[Any, Pair, Pair, Pair]]:
     """Static plan: [(stage, input size, input box, output box after the ``max_box`` cap)] of
     the stages run incrementally: up to (excluding) the first global pooling / dense stage or
@@ -510,7 +510,7 @@ def _incremental_reason(model, size: Pair, window: Pair, layer: str | None) -> s
     return None
 
 
-def incremental_occlusion(model, params, x: Array, target: Target | int | None = None, *,
+def incremental_occlusion(model: ModelLike, params: PyTree, x: Array, target: Target | int | None = None, *,
                           window: int | Pair = 16, stride: int | Pair = 8, fill: Fill | float | Array = "mean",
                           score: str | None = None, chunk: int = 32, index: Array | None = None,
                           threshold: float | None = None, max_box: float | None = None,
@@ -542,7 +542,7 @@ def incremental_occlusion(model, params, x: Array, target: Target | int | None =
     return _drive(engine, params, x, base, index, chunk, loop)
 
 
-def occlusion_outputs(model, params, x: Array, *, window: int | Pair = 16, stride: int | Pair = 8,
+def occlusion_outputs(model: ModelLike, params: PyTree, x: Array, *, window: int | Pair = 16, stride: int | Pair = 8,
                       fill: Fill | float | Array = "mean", chunk: int = 32, incremental: bool = True,
                       loop: str = "python") -> Array:
     """The network's output (logits) for every window position: (N, H', W', K).
@@ -599,7 +599,7 @@ def _flops(model, size: Pair, window: Pair | None, max_box: float | None = None,
     return total
 
 
-def flop_saving(model, *, input_size: int | Pair, window: int | Pair, stride: int | Pair,
+def flop_saving(model: ModelLike, *, input_size: int | Pair, window: int | Pair, stride: int | Pair,
                 max_box: float | None = None) -> float:
     """Theoretical FLOP ratio full / incremental over all window positions (conv + dense MACs).
 

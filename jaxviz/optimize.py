@@ -287,7 +287,7 @@ def _preprocessing(model_or_preprocessing):
     return getattr(model_or_preprocessing, "preprocessing", model_or_preprocessing)
 
 
-def valid_range(model_or_preprocessing) -> tuple[Array, Array]:
+def valid_range(model_or_preprocessing: Any) -> tuple[Array, Array]:
     """(lo, hi), each (3,) in model channel order: the preprocessing of [0, 1] per channel.
 
     Accepts a ``jaxviz.interface.Model`` (its ``model.preprocessing``) or a ``Preprocessing``.
@@ -296,7 +296,7 @@ def valid_range(model_or_preprocessing) -> tuple[Array, Array]:
     return jnp.asarray(lo, jnp.float32), jnp.asarray(hi, jnp.float32)
 
 
-def valid_range_projection(model_or_preprocessing) -> ProjectFn:
+def valid_range_projection(model_or_preprocessing: Any) -> ProjectFn:
     """``project(x, x0[, data]) -> x`` clipping model-input images to the preprocessing of [0, 1].
 
     The same object for the same preprocessing (so the engine's compiled step is reused)."""

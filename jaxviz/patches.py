@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxviz.errors import JaxvizError
-from jaxviz.interface import Model, ReceptiveField, as_model
+from jaxviz.interface import Model, ModelLike, ReceptiveField, as_model
 from jaxviz.interface.backward import RULES
 from jaxviz.interface.model import host_indices, layer_tuple
 
@@ -284,7 +284,8 @@ def _measure(model: Model, params: PyTree, layers: tuple[str, ...], hw: tuple[in
     return out
 
 
-def measured_fields(model, params: PyTree, layers: Sequence[str], size: int | tuple[int, int] | None = None, *,
+def measured_fields(model: ModelLike, params: PyTree, layers: Sequence[str], size: int | tuple[int,
+                    int] | None = None, *,
                     channel: int | None = None, seed: int = 0) -> dict[str, ReceptiveField]:
     """{layer: receptive field} MEASURED from gradient support, for any model with named layers.
 
@@ -337,7 +338,7 @@ def measured_fields(model, params: PyTree, layers: Sequence[str], size: int | tu
     return {layer: fields[layer] for layer in names}
 
 
-def measured_field(model, params: PyTree, layer: str, size: int | tuple[int, int] | None = None, *,
+def measured_field(model: ModelLike, params: PyTree, layer: str, size: int | tuple[int, int] | None = None, *,
                    channel: int | None = None, seed: int = 0) -> ReceptiveField:
     """The receptive field of one ``layer``, MEASURED from gradient support (``measured_fields``).
 
@@ -355,7 +356,7 @@ def _declared(model: Model, layer: str, hw: tuple[int, int]) -> ReceptiveField |
     return fields.get(layer) if fields else None
 
 
-def layer_field(model, layer: str, size: int | tuple[int, int] | None = None, *,
+def layer_field(model: ModelLike, layer: str, size: int | tuple[int, int] | None = None, *,
                 params: PyTree | None = None) -> ReceptiveField:
     """The receptive field of ``layer``: declared by the model where it knows its geometry,
     otherwise measured (``measured_field``, with ``params`` or ``model.params``)."""
@@ -368,7 +369,7 @@ def layer_field(model, layer: str, size: int | tuple[int, int] | None = None, *,
     return measured_field(model, model.resolve_params(params), layer, hw)
 
 
-def visible_extent(model, layer: str, size: int | tuple[int, int] | None = None, *,
+def visible_extent(model: ModelLike, layer: str, size: int | tuple[int, int] | None = None, *,
                    params: PyTree | None = None) -> tuple[int, int]:
     """(rows, columns): input pixels [0, extent) that ``layer`` can see at all.
 
@@ -399,7 +400,8 @@ def visible_extent(model, layer: str, size: int | tuple[int, int] | None = None,
                     positions=_last_position)[layer][2]
 
 
-def channel_fields(model, layer: str, channels: int | Sequence[int], size: int | tuple[int, int] | None = None, *,
+def channel_fields(model: ModelLike, layer: str, channels: int | Sequence[int], size: int | tuple[int,
+                   int] | None = None, *,
                    params: PyTree | None = None, field: ReceptiveField | None = None) -> dict[int, ReceptiveField]:
     """{channel: the part of the layer's field that channel sees}, measured at ``size``.
 
@@ -453,7 +455,8 @@ def channel_fields(model, layer: str, channels: int | Sequence[int], size: int |
     return out
 
 
-def unit_boxes(model, layer: str, ys: np.ndarray, xs: np.ndarray, size: int | tuple[int, int] | None = None, *,
+def unit_boxes(model: ModelLike, layer: str, ys: np.ndarray, xs: np.ndarray, size: int | tuple[int,
+               int] | None = None, *,
                params: PyTree | None = None) -> np.ndarray:
     """Unclipped receptive-field boxes (top, left, bottom, right), (N, 4), of units (y, x) of ``layer``."""
     rf = layer_field(model, layer, size, params=params)
@@ -504,7 +507,8 @@ def _top_units(model: Model, index: Index, images: Images, layer: str, channels:
     return name, channels, k, hw, rf, images, ys, xs, t.values[channels, :k]
 
 
-def top_patches(model, index: Index, layer: str, channels: Sequence[int], *, images: Images, k: int | None = None,
+def top_patches(model: ModelLike, index: Index, layer: str, channels: Sequence[int], *, images: Images,
+                k: int | None = None,
                 params: PyTree | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The patches under the top-k activations of ``channels`` of ``layer``.
 
@@ -547,7 +551,7 @@ def top_patches(model, index: Index, layer: str, channels: Sequence[int], *, ima
 
 # ------------------------------------------------------------------ deconvnet reconstructions
 
-def unit_signals(model, params: PyTree, images01: jax.Array, layer: str, units: jax.Array, *,
+def unit_signals(model: ModelLike, params: PyTree, images01: jax.Array, layer: str, units: jax.Array, *,
                  rule: str = "deconv") -> jax.Array:
     """The input-space signal of ONE unit per image (Zeiler & Fergus 2014, sec. 2.1 and fig. 2).
 
@@ -606,7 +610,7 @@ def _signals_jit(options: tuple[tuple[str, str], ...]):
     return jax.jit(unit_signals, static_argnames=("model", "layer", "rule"), **kwargs)
 
 
-def top_reconstructions(model, index: Index, layer: str, channels: Sequence[int], *, images: Images,
+def top_reconstructions(model: ModelLike, index: Index, layer: str, channels: Sequence[int], *, images: Images,
                         k: int | None = None, params: PyTree | None = None, rule: str = "deconv", batch: int = 16
                         ) -> tuple[np.ndarray, np.ndarray]:
     """Deconvnet reconstructions of the top-k units of ``channels`` of ``layer``, cropped to the
@@ -665,7 +669,8 @@ def signal_image(signal: np.ndarray, *, percentile: float = 99.5) -> np.ndarray:
     return np.clip(0.5 + 0.5 * signal / scale, 0.0, 1.0).astype(np.float32)
 
 
-def patch_grid(model, index: Index, layer: str, channels: Sequence[int], *, images: Images, k: int | None = None,
+def patch_grid(model: ModelLike, index: Index, layer: str, channels: Sequence[int], *, images: Images,
+               k: int | None = None,
                params: PyTree | None = None, pad: int = 2) -> np.ndarray:
     """One image: for each channel a square grid of its top-k patches, channels side by side
     (arguments as ``top_patches``).

@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxviz.errors import JaxvizError
-from jaxviz.interface import as_model
+from jaxviz.interface import ModelLike, as_model
 from jaxviz.interface.model import per_image_index
 from jaxviz.keys import image_keys
 from jaxviz.targets import Target, as_target, attribution_doc, check_images, score_fn
@@ -61,7 +61,7 @@ from jaxviz.techniques import check
 Array = jax.Array
 
 
-def resolve_index(model, params: dict, x: Array, target: Target,
+def resolve_index(model: ModelLike, params: dict, x: Array, target: Target,
                   index: Array | None = None) -> Array:
     """(N,) class/channel per image: ``index``, else the target's, else the predicted class."""
     n = x.shape[0]
@@ -87,7 +87,7 @@ def _broadcasts_to(shape: tuple, target: tuple) -> bool:
 
 
 @attribution_doc('Simonyan, Vedaldi & Zisserman 2014, "Deep inside convolutional networks"')
-def gradients(model, params: dict, x: Array, target: Target | int | None = None, *,
+def gradients(model: ModelLike, params: dict, x: Array, target: Target | int | None = None, *,
               index: Array | None = None) -> Array:
     """Signed d score / d x: (N, H, W, 3) for x (N, H, W, 3)."""
     model = as_model(model)
@@ -97,7 +97,7 @@ def gradients(model, params: dict, x: Array, target: Target | int | None = None,
 
 
 @attribution_doc('Shrikumar et al. 2016, "Not just a black box" (Captum\\\'s InputXGradient)')
-def input_x_gradient(model, params: dict, x: Array, target: Target | int | None = None, *,
+def input_x_gradient(model: ModelLike, params: dict, x: Array, target: Target | int | None = None, *,
                      index: Array | None = None) -> Array:
     """Input x gradient (Shrikumar et al. 2016; Captum's ``InputXGradient``): signed (N, H, W, 3)."""
     model = as_model(model)
@@ -105,7 +105,7 @@ def input_x_gradient(model, params: dict, x: Array, target: Target | int | None 
 
 
 @attribution_doc('Shrikumar et al. 2016, "Not just a black box"')
-def input_x_gradient_map(model, params: dict, x: Array, target: Target | int | None = None, *,
+def input_x_gradient_map(model: ModelLike, params: dict, x: Array, target: Target | int | None = None, *,
                          index: Array | None = None) -> Array:
     """Input x gradient map (N, H, W): max over RGB of |x * d score / d x|."""
     return saliency_map(input_x_gradient(model, params, x, target, index=index))
@@ -117,7 +117,7 @@ def saliency_map(grads: Array) -> Array:
 
 
 @attribution_doc('Simonyan, Vedaldi & Zisserman 2014, "Deep inside convolutional networks"')
-def vanilla_saliency(model, params: dict, x: Array, target: Target | int | None = None, *,
+def vanilla_saliency(model: ModelLike, params: dict, x: Array, target: Target | int | None = None, *,
                      index: Array | None = None) -> Array:
     """Simonyan et al.'s map: (N, H, W) = max over RGB of |d score / d x|."""
     model = as_model(model)
@@ -168,7 +168,7 @@ def smoothgrad_noise(x: Array, *, key: Array, samples: int = 25, noise: float = 
 
 
 @attribution_doc('Smilkov et al. 2017, "SmoothGrad: removing noise by adding noise"')
-def smoothgrad_gradients(model, params: dict, x: Array, target: Target | int | None = None, *,
+def smoothgrad_gradients(model: ModelLike, params: dict, x: Array, target: Target | int | None = None, *,
                          key: Array, samples: int = 25, noise: float = 0.15, noise_std: float | None = None,
                          index: Array | None = None, chunk: int | None = 8) -> Array:
     """(N, H, W, 3) gradient averaged over ``samples`` noisy copies (signed).
@@ -196,7 +196,7 @@ def smoothgrad_gradients(model, params: dict, x: Array, target: Target | int | N
 
 
 @attribution_doc('Smilkov et al. 2017, "SmoothGrad: removing noise by adding noise"')
-def smoothgrad(model, params: dict, x: Array, target: Target | int | None = None, *,
+def smoothgrad(model: ModelLike, params: dict, x: Array, target: Target | int | None = None, *,
                key: Array, samples: int = 25, noise: float = 0.15, noise_std: float | None = None,
                index: Array | None = None, chunk: int | None = 8) -> Array:
     """SmoothGrad map (N, H, W): max over RGB of |mean noisy gradient|."""
@@ -205,7 +205,7 @@ def smoothgrad(model, params: dict, x: Array, target: Target | int | None = None
 
 
 @attribution_doc('Sundararajan, Taly & Yan 2017, "Axiomatic attribution for deep networks"')
-def integrated_gradients_attributions(model, params: dict, x: Array,
+def integrated_gradients_attributions(model: ModelLike, params: dict, x: Array,
                                       target: Target | int | None = None, *, baseline: Array | None = None,
                                       steps: int = 32, index: Array | None = None,
                                       chunk: int | None = 8) -> Array:
@@ -232,7 +232,7 @@ def integrated_gradients_attributions(model, params: dict, x: Array,
 
 
 @attribution_doc('Sundararajan, Taly & Yan 2017, "Axiomatic attribution for deep networks"')
-def integrated_gradients(model, params: dict, x: Array, target: Target | int | None = None, *,
+def integrated_gradients(model: ModelLike, params: dict, x: Array, target: Target | int | None = None, *,
                          baseline: Array | None = None, steps: int = 32, index: Array | None = None,
                          chunk: int | None = 8) -> Array:
     """Integrated Gradients map (N, H, W): max over RGB of |attribution|."""
@@ -241,7 +241,7 @@ def integrated_gradients(model, params: dict, x: Array, target: Target | int | N
 
 
 @attribution_doc('Springenberg et al. 2015, "Striving for simplicity: the all convolutional net"')
-def guided_gradients(model, params: dict, x: Array, target: Target | int | None = None, *,
+def guided_gradients(model: ModelLike, params: dict, x: Array, target: Target | int | None = None, *,
                      index: Array | None = None) -> Array:
     """Guided-backprop signal (N, H, W, 3): the gradient through guided ReLU/ReLU6.
 
@@ -251,21 +251,21 @@ def guided_gradients(model, params: dict, x: Array, target: Target | int | None 
 
 
 @attribution_doc('Springenberg et al. 2015, "Striving for simplicity: the all convolutional net"')
-def guided_backprop(model, params: dict, x: Array, target: Target | int | None = None, *,
+def guided_backprop(model: ModelLike, params: dict, x: Array, target: Target | int | None = None, *,
                     index: Array | None = None) -> Array:
     """Guided backprop map (N, H, W): max over RGB of |guided signal|."""
     return saliency_map(guided_gradients(model, params, x, target, index=index))
 
 
 @attribution_doc('Zeiler & Fergus 2014, "Visualizing and understanding convolutional networks"')
-def deconvnet_gradients(model, params: dict, x: Array, target: Target | int | None = None, *,
+def deconvnet_gradients(model: ModelLike, params: dict, x: Array, target: Target | int | None = None, *,
                         index: Array | None = None) -> Array:
     """Deconvnet signal (N, H, W, 3): the backward pass through deconvnet ReLU/ReLU6."""
     return gradients(as_model(model).with_backward("deconv"), params, x, target, index=index)
 
 
 @attribution_doc('Zeiler & Fergus 2014, "Visualizing and understanding convolutional networks"')
-def deconvnet(model, params: dict, x: Array, target: Target | int | None = None, *,
+def deconvnet(model: ModelLike, params: dict, x: Array, target: Target | int | None = None, *,
               index: Array | None = None) -> Array:
     """Deconvnet map (N, H, W): max over RGB of |deconvnet signal|."""
     return saliency_map(deconvnet_gradients(model, params, x, target, index=index))

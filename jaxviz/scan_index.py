@@ -52,7 +52,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxviz.activations import check_layers
 from jaxviz.errors import JaxvizError
-from jaxviz.interface import as_model
+from jaxviz.interface import ModelLike, as_model
 from jaxviz.io import WriteError, atomic_write
 from jaxviz.scan import data_mesh, init_state, make_step, merge_shards, shard_range
 
@@ -349,7 +349,7 @@ def _sweep(out: Path) -> None:
 
 
 @contextmanager
-def index_lock(out: Path, wait: bool = False):
+def index_lock(out: Path, wait: bool = False) -> Iterator[bool]:
     """Hold the index folder ``out`` for writing (``fcntl.flock`` on the folder itself: no lock
     file is left behind). Yields True when this call created the folder.
 
@@ -437,7 +437,7 @@ def _fits() -> tuple[str, ...]:
     return tuple(getattr(images, "FITS", ("stretch", "crop")))
 
 
-def scan(model, sources: Sequence[str], out: str | os.PathLike, *, layers: Sequence[str], topk: int = 9,
+def scan(model: ModelLike, sources: Sequence[str], out: str | os.PathLike, *, layers: Sequence[str], topk: int = 9,
          batch: int = 32, input_size: int | tuple[int, int] | None = None, fit: str = "eval",
          shard: tuple[int, int] = (0, 1), devices: Sequence | None = None, params: PyTree | None = None,
          compiler_options: Sequence[tuple[str, str]] | None = None, progress: bool = False,
@@ -699,7 +699,7 @@ class IndexImages(Mapping):
         return len(self.index.indices)
 
 
-def index_images(index: Index, model=None) -> IndexImages:
+def index_images(index: Index, model: ModelLike=None) -> IndexImages:
     """The photographs of ``index`` (``IndexImages``), loaded as the scan loaded them with ``model``
     (its ``eval_transform``; None: torchvision's evaluation transform)."""
     return IndexImages(index, getattr(model, "eval_transform", None) if model is not None else None)

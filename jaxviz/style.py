@@ -38,18 +38,21 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Callable, Literal, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxviz.errors import JaxvizError
-from jaxviz.interface import as_model
+from jaxviz.interface import ModelLike, PyTree, as_model
 from jaxviz.interface.model import layer_tuple
 from jaxviz.keys import image_keys
 from jaxviz.optimize import require_concrete
 from jaxviz.techniques import check
+
+if TYPE_CHECKING:
+    import optax  # imported where used: `import jaxviz.style` stays cheap
 
 Array = jax.Array
 
@@ -98,7 +101,7 @@ def tv_loss(x: Array) -> Array:
 # ----------------------------------------------------------------------------------------------
 # Features
 
-def layer_features(model, layers: Sequence[str]) -> Callable[[dict, Array], list[Array]]:
+def layer_features(model: ModelLike, layers: Sequence[str]) -> Callable[[dict, Array], list[Array]]:
     """``f(params, x) -> [features of each layer]`` (in the order given), running the network
     only as far as the deepest of them (``model.activations``).
 
@@ -223,7 +226,7 @@ class GatysLoss:
         return p["content"] + p["style"] + p["tv"]
 
 
-def gatys_loss(model, content_layer: str | None, style_layers: Sequence[str]) -> GatysLoss:
+def gatys_loss(model: ModelLike, content_layer: str | None, style_layers: Sequence[str]) -> GatysLoss:
     """The (cached) ``GatysLoss`` of ``model`` for these layers (aliases allowed); the same object
     for the same model and layers.
 
@@ -346,7 +349,7 @@ def _images01(image, name: str) -> Array:
 OPTIMIZERS = ("lbfgs", "lbfgs-linesearch", "adam")
 
 
-def per_image(inner):
+def per_image(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
     """``inner`` (an optax transformation) run separately on every image of the batch: its state
     and update are ``vmap``-ed over the leading (batch) axis of every leaf, so no image sees
     another's gradients. For L-BFGS this keeps one curvature memory and one step scaling per
@@ -387,7 +390,7 @@ def make_optimizer(optimizer: str, learning_rate: float | None = None):
     raise JaxvizError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}")
 
 
-def check_options(*, style_scale: float = 1.0, preserve_color=None, init: str = "content",
+def check_options(*, style_scale: float = 1.0, preserve_color: str | None = None, init: str = "content",
                   weights: Sequence[float] = (), steps: int = 0, optimizer: str = "lbfgs",
                   learning_rate: float | None = None) -> None:
     """Validate style-transfer options once (shared by the public functions and the CLI).
@@ -421,7 +424,8 @@ def _style_size(hw: tuple[int, int], style_scale: float) -> tuple[int, int]:
     return max(16, round(hw[0] * style_scale)), max(16, round(hw[1] * style_scale))
 
 
-def check_layers(model, params, layers: Sequence[str], hw: tuple[int, int], *, spatial: Sequence[str] = ()) -> None:
+def check_layers(model: ModelLike, params: PyTree, layers: Sequence[str], hw: tuple[int, int], *,
+                 spatial: Sequence[str] = ()) -> None:
     """Refuse ``layers`` that are empty at input size ``hw`` (naming the smallest size that works)
     and ``spatial`` layers whose output is not (h, w, C): a Gram matrix needs positions.
 
@@ -515,7 +519,7 @@ def _optimise(model, loss: GatysLoss, x0: Array, data: dict, options: tuple, opt
                     project=valid_range_projection(model), callbacks=callbacks, data=data, compiler_options=options)
 
 
-def style_transfer(model, params: dict, content: Array, styles: Sequence[Array], *,
+def style_transfer(model: ModelLike, params: dict, content: Array, styles: Sequence[Array], *,
                    style_blend: Sequence[float] | None = None, content_layer: str | None = CONTENT_LAYER,
                    style_layers: Sequence[str] = STYLE_LAYERS, layer_weights: Sequence[float] | None = None,
                    content_weight: float = 1.0, style_weight: float = 1e3, tv_weight: float = 0.0,
@@ -590,7 +594,7 @@ class StyleBatchResult:
     compile_seconds: float = 0.0
 
 
-def style_transfer_batch(model, params: dict, contents: Array, styles: Array, *,
+def style_transfer_batch(model: ModelLike, params: dict, contents: Array, styles: Array, *,
                          content_layer: str | None = CONTENT_LAYER, style_layers: Sequence[str] = STYLE_LAYERS,
                          layer_weights: Sequence[float] | None = None, content_weight: float = 1.0,
                          style_weight: float = 1e3, tv_weight: float = 0.0, style_scale: float = 1.0,

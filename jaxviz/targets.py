@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxviz.errors import JaxvizError
-from jaxviz.interface import as_model
+from jaxviz.interface import ModelLike, PyTree, as_model
 from jaxviz.interface.model import class_index, take_class
 from jaxviz.labels import resolve_class
 
@@ -80,7 +80,7 @@ ATTRIBUTION_ARGS = """
 """
 
 
-def attribution_doc(paper: str):
+def attribution_doc(paper: str) -> Callable[[Callable], Callable]:
     """Append the paper and the shared arguments to an attribution function's docstring (one text
     for every function, so ``help()`` shows all of it)."""
     def decorate(fn):
@@ -89,7 +89,7 @@ def attribution_doc(paper: str):
     return decorate
 
 
-def check_images(x) -> None:
+def check_images(x: Array) -> None:
     """Refuse anything but a batch of preprocessed NHWC RGB images (N, H, W, 3), floating point
     and, when concrete, finite (an NCHW batch would otherwise reach the network and fail inside it
     with the framework's own error)."""
@@ -103,7 +103,7 @@ def check_images(x) -> None:
         raise JaxvizError("images contain NaN or infinite values")
 
 
-def parse_target(text: str | int | None, model, score: ScoreKind = "logit") -> Target:
+def parse_target(text: str | int | None, model: ModelLike, score: ScoreKind = "logit") -> Target:
     """Parse ``None`` | ``"285"`` | ``"Egyptian cat"`` | ``"features.12:17"`` | ``"fire9:17:3:4"``.
 
     ``model`` is a ``jaxviz.interface.Model``. Class names are looked up in ``model.labels``;
@@ -144,7 +144,7 @@ def parse_target(text: str | int | None, model, score: ScoreKind = "logit") -> T
     return Target(index=channel, layer=layer, y=y, x=x)
 
 
-def as_target(target: "Target | int | None", index=None) -> "Target":
+def as_target(target: "Target | int | None", index: Array | None = None) -> "Target":
     """None -> predicted class; int -> that class; a Target as is. ``index``: the technique's
     per-image classes or channels, which replace the target's (a batch of targets under ``vmap``
     or ``jit``); given concretely beside a target that names another class or channel, one of
@@ -178,7 +178,8 @@ def class_scores(logits: Array, index: Array, score: ScoreKind = "logit") -> Arr
     return take_class(logits, index)
 
 
-def class_scores_of(model, params, x: Array, index: Array | None = None, score: ScoreKind = "logit", *,
+def class_scores_of(model: ModelLike, params: PyTree, x: Array, index: Array | None = None,
+                    score: ScoreKind = "logit", *,
                     inject: dict[str, Array] | None = None) -> tuple[Array, Array]:
     """((N,) scores, (N,) int32 classes) of preprocessed ``x`` (N, H, W, 3) for classes ``index``
     (None: each image's predicted class, held fixed: no gradient through the choice), with
@@ -215,7 +216,7 @@ def neuron_scores(acts: Array, index: Array, y: int | None = None, x: int | None
     return take_class(acts, index)
 
 
-def scores_of(model, params, x: Array, target: Target, index: Array | None = None) -> Array:
+def scores_of(model: ModelLike, params: PyTree, x: Array, target: Target, index: Array | None = None) -> Array:
     """(N,) scores of preprocessed ``x`` for ``target`` (see ``score_fn``)."""
     return score_fn(model, target)(params, x, index)
 
@@ -232,7 +233,7 @@ def check_target_index(target: Target, count: int | None) -> None:
                           f"(0..{count - 1}, or negative from the end)")
 
 
-def score_fn(model, target: Target) -> Callable[[dict, Array, Array | None], Array]:
+def score_fn(model: ModelLike, target: Target) -> Callable[[dict, Array, Array | None], Array]:
     """``f(params, x, index=None) -> (N,)`` scores of preprocessed images ``x`` (N, H, W, 3).
 
     ``model`` is a ``jaxviz.interface.Model`` (or an ``apply_fn`` for class targets).

@@ -31,10 +31,13 @@ import inspect
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 from jaxviz.errors import JaxvizError
 from jaxviz.options import MISSING, Option, check_memory
+
+if TYPE_CHECKING:
+    from jaxviz.interface import ModelLike
 
 NEEDS = frozenset({"layer", "classifier", "relu", "pixel_range", "key"})
 OUTPUTS = ("attribution", "map", "")
@@ -525,7 +528,7 @@ def record(names: str | Sequence[str], **used) -> dict:
 
 # ---------------------------------------------------------------------------------- memory
 
-def estimate_memory(model, size, images: int, *, backward: bool = True, copies: int = 1) -> int:
+def estimate_memory(model: ModelLike, size: int | tuple[int, int] | None, images: int, *, backward: bool = True, copies: int = 1) -> int:
     """Bytes one step needs: the float32 activations of every layer at ``size`` for ``images`` x
     ``copies`` inputs in flight (x3 with a backward pass: activations, gradients, temporaries),
     plus the inputs. An estimate from ``model.layer_shapes(size)`` (abstract evaluation: no FLOPs)."""
@@ -538,7 +541,8 @@ def estimate_memory(model, size, images: int, *, backward: bool = True, copies: 
     return int(per_image * 4 * (3 if backward else 1.5) * max(1, images) * max(1, copies))
 
 
-def check_model_memory(model, size, images: int, what: str, *, backward: bool = True, copies: int = 1) -> None:
+def check_model_memory(model: ModelLike, size: int | tuple[int, int] | None, images: int, what: str, *, backward: bool = True,
+                       copies: int = 1) -> None:
     """Refuse a run whose ``estimate_memory`` exceeds 60% of this machine's memory (one line)."""
     check_memory(estimate_memory(model, size, images, backward=backward, copies=copies), what)
 

@@ -34,7 +34,7 @@ def finite_difference_grad(f: Callable[[np.ndarray], float], x: np.ndarray, eps:
     return grad.reshape(x.shape)
 
 
-def assert_grads_close(analytic, numeric: np.ndarray, rtol: float = 1e-5, atol: float = 1e-7) -> None:
+def assert_grads_close(analytic: np.ndarray, numeric: np.ndarray, rtol: float = 1e-5, atol: float = 1e-7) -> None:
     """Compare where ``numeric`` was computed (non-NaN); a clear message on mismatch."""
     analytic = np.asarray(analytic, dtype=np.float64)
     mask = ~np.isnan(numeric)

@@ -23,14 +23,17 @@ same texture.
 from __future__ import annotations
 
 from functools import partial
-from typing import Sequence
+from typing import Sequence, TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxviz.errors import JaxvizError
-from jaxviz.optimize import require_concrete
+from jaxviz.optimize import OptimizeResult, require_concrete
+
+if TYPE_CHECKING:
+    from jaxviz.interface import ModelLike
 
 Array = jax.Array
 
@@ -160,7 +163,7 @@ def efros_leung(sample: Array, size: int | tuple[int, int], *, key: Array, radiu
 # Gram-matrix synthesis (Gatys et al. 2015), through the shared engine
 # ----------------------------------------------------------------------------------------------
 
-def relative_layer_weights(model, params: dict, sample: Array, layers: Sequence[str], *,
+def relative_layer_weights(model: ModelLike, params: dict, sample: Array, layers: Sequence[str], *,
                            scale: float = 1e6) -> list[float]:
     """Layer weights ``w_l = scale · C_l² / ‖Ĝ_l‖²`` (Ĝ_l the sample's normalised Gram, C_l its
     channels), so ``w_l E_l = scale · ‖G_l − Ĝ_l‖² / (4 ‖Ĝ_l‖²)``: every layer is matched to the
@@ -205,10 +208,10 @@ def relative_layer_weights(model, params: dict, sample: Array, layers: Sequence[
     return out
 
 
-def gram_texture(model, params: dict, sample: Array, size: int | tuple[int, int], *, layers: Sequence[str],
+def gram_texture(model: ModelLike, params: dict, sample: Array, size: int | tuple[int, int], *, layers: Sequence[str],
                  key: Array, layer_weights: Sequence[float] | None = None, steps: int = 100,
                  optimizer: str = "lbfgs", learning_rate: float | None = None,
-                 init: Array | None = None, callbacks: Sequence = ()):
+                 init: Array | None = None, callbacks: Sequence = ()) -> OptimizeResult:
     """Gram-matrix texture synthesis from white noise (Gatys et al. 2015), through ``jaxviz.optimize``.
 
     Args:

@@ -200,3 +200,41 @@ def test_the_interface_imports_no_technique():
     for path in sorted(Path(importlib.util.find_spec("jaxviz.interface").origin).parent.glob("*.py")):
         module = f"jaxviz.interface.{path.stem}" if path.stem != "__init__" else "jaxviz.interface"
         assert offending(imported_modules(module), tuple(TECHNIQUE_MODULES) + FORBIDDEN_IN_TECHNIQUES) == [], module
+
+
+def _library_modules() -> list[str]:
+    """Every module of the library's rooms (the front ends, CLI and gallery, are scripts)."""
+    import pkgutil
+
+    import jaxviz
+    return sorted(m.name for m in pkgutil.walk_packages(jaxviz.__path__, "jaxviz.")
+                  if not m.name.startswith(("jaxviz.cli", "jaxviz.gallery")) and m.name != "jaxviz.__main__")
+
+
+def test_every_public_function_has_type_hints_that_resolve():
+    """GUIDE: type hints on public functions; every argument and the return, and they name
+    things that exist (typing.get_type_hints resolves them)."""
+    import importlib
+    import inspect
+    import typing
+    import jaxviz.interface
+    import jaxviz.scan_index
+    # names imported under TYPE_CHECKING only (import cycles, cheap imports) resolve here
+    import optax
+    typing_only = {"ModelLike": jaxviz.interface.ModelLike, "PyTree": jaxviz.interface.PyTree, "optax": optax,
+                   "Index": jaxviz.scan_index.Index}
+    missing = []
+    for name in _library_modules():
+        module = importlib.import_module(name)
+        for fname, fn in vars(module).items():
+            if fname.startswith("_") or not inspect.isfunction(fn) or fn.__module__ != name:
+                continue
+            sig = inspect.signature(fn)
+            unhinted = [p for p, v in sig.parameters.items() if v.annotation is inspect.Parameter.empty
+                        and v.kind not in (v.VAR_POSITIONAL, v.VAR_KEYWORD)]
+            if sig.return_annotation is inspect.Signature.empty:
+                unhinted.append("return")
+            if unhinted:
+                missing.append(f"{name}.{fname}: {', '.join(unhinted)}")
+            typing.get_type_hints(fn, localns=typing_only)  # raises for a hint naming nothing
+    assert not missing, missing

@@ -29,7 +29,7 @@ from jaxviz.accel import (
 )
 from jaxviz.accel import xla
 from jaxviz.accel.fast_layers import FastPoolNet, with_stored_kernels
-from jaxviz.interface import Model, as_model
+from jaxviz.interface import Model, ModelLike, as_model
 from jaxviz.interface.model import ALL
 from jaxviz.models.network import SequentialNet
 from jaxviz.models.registry import ModelSpec, recorded_facts
@@ -37,7 +37,7 @@ from jaxviz.models.registry import ModelSpec, recorded_facts
 __all__ = ["accelerate"]
 
 
-def accelerate(model) -> Model:
+def accelerate(model: ModelLike) -> Model:
     """``model`` with this package's CPU speed-ups: the same network, parameters and results (to
     float rounding), with XLA options for whoever jits its functions (``model.compiler_options``),
     a forward pass whose backward runs fast on XLA-CPU, and precomputed kernels for the bundled

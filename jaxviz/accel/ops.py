@@ -24,6 +24,7 @@ from operations XLA-CPU compiles well:
 from __future__ import annotations
 
 import functools
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -71,7 +72,7 @@ def _plain_nhwc_conv(lhs_shape, rhs_shape, params: dict) -> bool:
             and params.get("preferred_element_type") in (None, jnp.float32))
 
 
-def conv_supported(lhs_shape, rhs_shape, params: dict) -> bool:
+def conv_supported(lhs_shape: tuple[int, ...], rhs_shape: tuple[int, ...], params: dict) -> bool:
     """Whether ``conv`` takes this ``conv_general_dilated``: 2-D, dense, NHWC/HWIO/NHWC, no
     dilation, non-negative padding, float32."""
     return _plain_nhwc_conv(lhs_shape, rhs_shape, params) and params["feature_group_count"] == 1
@@ -130,7 +131,7 @@ conv.defvjp(_conv_fwd, _conv_bwd)
 
 # ---------------------------------------------------------------- depthwise convolution
 
-def depthwise_supported(lhs_shape, rhs_shape, params: dict) -> bool:
+def depthwise_supported(lhs_shape: tuple[int, ...], rhs_shape: tuple[int, ...], params: dict) -> bool:
     """Whether ``depthwise_conv`` takes this ``conv_general_dilated``: a 2-D NHWC/HWIO depthwise
     convolution (one filter per input channel: ``feature_group_count`` = C = the kernel's
     outputs, kernel (kh, kw, 1, C)), no dilation, non-negative padding, float32."""
@@ -164,7 +165,8 @@ def depthwise_conv(x: Array, kernel: Array, strides: tuple, padding: tuple) -> A
 
 # ---------------------------------------------------------------- max-pools
 
-def pool_supported(shape, window, strides, padding) -> bool:
+def pool_supported(shape: tuple[int, ...], window: tuple[int, ...], strides: tuple[int, ...],
+                   padding: Sequence[tuple[int, int]]) -> bool:
     """Whether ``max_pool`` takes this ``reduce_window_max``: NHWC, spatial windows only,
     non-negative padding, at most 255 window positions."""
     if len(shape) != 4 or window[0] != 1 or window[3] != 1 or strides[0] != 1 or strides[3] != 1:

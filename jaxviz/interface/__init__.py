@@ -10,10 +10,10 @@ See ``jaxviz.interface.model`` for the contract. Techniques take a ``Model`` (or
 from jaxviz.interface.backward import ACTIVATIONS, RULES, with_backward_rule
 from jaxviz.interface.geometry import ReceptiveField
 from jaxviz.interface.linen import LinenModel, from_linen
-from jaxviz.interface.model import ApplyFnModel, Model, as_model, from_apply_fn
+from jaxviz.interface.model import ApplyFnModel, Model, ModelLike, PyTree, as_model, from_apply_fn
 from jaxviz.interface.nnx import NnxModel, from_nnx
 from jaxviz.interface.preprocessing import CAFFE, IDENTITY, LITE, TORCHVISION, Preprocessing
 
 __all__ = ["ACTIVATIONS", "RULES", "with_backward_rule", "ReceptiveField", "LinenModel", "from_linen",
-           "ApplyFnModel", "Model", "as_model", "from_apply_fn", "NnxModel", "from_nnx", "CAFFE", "IDENTITY",
-           "LITE", "TORCHVISION", "Preprocessing"]
+           "ApplyFnModel", "Model", "ModelLike", "PyTree", "as_model", "from_apply_fn", "NnxModel", "from_nnx",
+           "CAFFE", "IDENTITY", "LITE", "TORCHVISION", "Preprocessing"]

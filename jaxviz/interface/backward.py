@@ -191,7 +191,7 @@ def _clip_kind(eqn) -> str | None:
     return "relu6" if out is not None and out is relu6 else "relu" if out is not None and out is relu else None
 
 
-def relu_kind(eqn) -> str | None:
+def relu_kind(eqn: jex_core.JaxprEqn) -> str | None:
     """'relu' or 'relu6' if the equation is one of the ReLUs this module replaces, else None."""
     if _is_max_zero(eqn):
         return "relu"

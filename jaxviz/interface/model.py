@@ -116,7 +116,7 @@ def layer_tuple(layers: str | Sequence[str]) -> tuple[str, ...]:
     return (layers,) if isinstance(layers, str) else tuple(layers)
 
 
-def host_indices(index, count: int, noun: str = "class index", plural: str = "classes") -> np.ndarray:
+def host_indices(index: int | Sequence[int] | np.ndarray, count: int, noun: str = "class index", plural: str = "classes") -> np.ndarray:
     """A concrete index or list of indices as (n,) int32 numpy values in 0..count-1, for the
     techniques that take their classes or channels on the host (one image each). Whole numbers in
     -count..count-1, negative counted from the end as in ``class_index`` and numpy indexing.
@@ -575,6 +575,10 @@ class ApplyFnModel(Model):
             raise error from None
 
 
+# What every technique's ``model`` argument takes: a Model, or a bare apply_fn(params, x) -> output.
+ModelLike = Model | Callable[[PyTree, Array], Array]
+
+
 def from_apply_fn(apply_fn: Callable[[PyTree, Array], Array], params: PyTree, **facts) -> Model:
     """A ``Model`` from ``apply_fn(params, x) -> logits`` (input-gradient techniques, batched
     occlusion, attacks, class visualisation; techniques that need a layer say so).
@@ -584,7 +588,7 @@ def from_apply_fn(apply_fn: Callable[[PyTree, Array], Array], params: PyTree, **
     return ApplyFnModel(apply_fn, params, **facts)
 
 
-def as_model(model, params: PyTree | None = None) -> Model:
+def as_model(model: ModelLike, params: PyTree | None = None) -> Model:
     """A ``Model`` as is; a bound ``Model.apply`` as its model; any other callable as a plain
     ``apply_fn`` model with ``params``."""
     if isinstance(model, Model):

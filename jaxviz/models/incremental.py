@@ -85,7 +85,7 @@ def patched_region(clean_p: Array, pads: Pads, change: Change, start: tuple[Arra
     return jnp.where(mask, values, region)
 
 
-def spatial_box(op: Op, change: Change, full_out: tuple[int, int]):
+def spatial_box(op: Op, change: Change, full_out: tuple[int, int]) -> tuple:
     """(output row, output col, output box (h, w), input region start, input region size) of the
     outputs a change can reach through ``op``."""
     a, b, patch = change

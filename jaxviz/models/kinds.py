@@ -31,7 +31,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 import flax.linen as nn
 import jax
@@ -44,7 +44,7 @@ from jaxviz.models.layers import Array, Lambda
 PyTree = Any
 HW = tuple[int, int]
 
-def numel(shape) -> int:
+def numel(shape: Sequence[int]) -> int:
     """Number of elements of an array or a shape."""
     return math.prod(shape.shape if hasattr(shape, "shape") else shape)
 
