@@ -59,8 +59,8 @@ from jaxviz.errors import JaxvizError
 from jaxviz.interface import ModelLike, PyTree, as_model
 from jaxviz.interface.model import class_index
 from jaxviz.metrics import gaussian_blur  # the same edge-padded blur as the deletion baseline
-from jaxviz.targets import (SCORE_KINDS, Target, as_target, check_target_index, class_scores, class_scores_of,
-                            neuron_scores)
+from jaxviz.targets import (SCORE_KINDS, Target, as_target, attribution_doc, check_target_index, class_scores,
+                            class_scores_of, neuron_scores)
 
 Array = jax.Array
 Fill = Literal["mean", "grey", "zeros", "blur"]
@@ -326,6 +326,7 @@ class _Batched:
         return jax.vmap(one)(x, base, idx)
 
 
+@attribution_doc('Zeiler & Fergus 2014, "Visualizing and understanding convolutional networks"')
 def occlusion(model: ModelLike, params: PyTree, x: Array, target: Target | int | None = None, *,
               window: int | Pair = 16, stride: int | Pair = 8, fill: Fill | float | Array = "mean",
               score: str | None = None, chunk: int = 32, index: Array | None = None,
@@ -354,14 +355,19 @@ def occlusion(model: ModelLike, params: PyTree, x: Array, target: Target | int |
     return _drive(_Batched(model, target, window, stride), params, x, base, index, chunk, loop)
 
 
+@attribution_doc('Zeiler & Fergus 2014, "Visualizing and understanding convolutional networks"')
 def occlusion_map(model: ModelLike, params: PyTree, x: Array, target: Target | int | None = None, *,
                   window: int | Pair = 16, stride: int | Pair = 8, fill: Fill | float | Array = "mean",
                   score: str | None = None, chunk: int = 32, index: Array | None = None,
                   incremental: bool = False, loop: str = "python") -> Array:
-    """(N, H, W) score drop per pixel, averaged over the windows that cover it (Captum's attribution).
+    """(N, H, W) score drop per pixel, averaged over the windows that cover it (Captum's attribution),
+    in the score's units (logit by default; positive: occluding there lowers the score).
 
     ``incremental=True`` uses ``incremental_occlusion`` (same values; batched, with a warning,
     for models without known structure); other arguments as ``occlusion``.
+
+    Raises:
+      JaxvizError: as ``occlusion``.
     """
     fn = incremental_occlusion if incremental else occlusion
     drops = fn(model, params, x, target, window=window, stride=stride, fill=fill, score=score, chunk=chunk,
@@ -510,6 +516,7 @@ def _incremental_reason(model, size: Pair, window: Pair, layer: str | None) -> s
     return None
 
 
+@attribution_doc('Zeiler & Fergus 2014, "Visualizing and understanding convolutional networks"; incremental after Krypton, Nakandala, Kumar & Papakonstantinou 2019')
 def incremental_occlusion(model: ModelLike, params: PyTree, x: Array, target: Target | int | None = None, *,
                           window: int | Pair = 16, stride: int | Pair = 8, fill: Fill | float | Array = "mean",
                           score: str | None = None, chunk: int = 32, index: Array | None = None,
@@ -523,6 +530,11 @@ def incremental_occlusion(model: ModelLike, params: PyTree, x: Array, target: Ta
     float rounding); a float drops changes with |delta| <= threshold after every stage.
     ``max_box`` (0 < tau <= 1) caps each stage's changed box at tau of its map (approximate; fewer
     FLOPs, see ``flop_saving(max_box=)``); None = no cap.
+
+    Returns:
+      (N, H', W') drops, as ``occlusion``.
+    Raises:
+      JaxvizError: as ``occlusion``; a ``max_box`` outside (0, 1] or a negative ``threshold``.
     """
     if max_box is not None and not 0 < max_box <= 1:
         raise JaxvizError(f"max_box must be in (0, 1], got {max_box}")
