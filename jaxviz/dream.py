@@ -34,8 +34,8 @@ from jaxviz.optimize import (
     normalized_gradient,
     optimize,
     require_concrete,
-    require_finite,
 )
+from jaxviz.targets import require_finite
 from jaxviz.techniques import check
 
 Array = jax.Array

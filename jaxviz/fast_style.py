@@ -45,6 +45,7 @@ from jaxviz.errors import JaxvizError
 from jaxviz.interface import ModelLike, as_model
 from jaxviz.interface.linen import Conv, QuickParamCheck
 from jaxviz.style import check_layers, gram_matrix, layer_features, style_layer_loss, tv_loss
+from jaxviz.targets import require_finite
 
 Array = jax.Array
 
@@ -211,8 +212,7 @@ def stylize(net: TransformNet, params: dict, images: Array, weights: Array | Non
         weights = jnp.broadcast_to(weights, (n, weights.shape[0]))
     if weights.shape != (n, net.num_styles):
         raise JaxvizError(f"style weights must be ({n}, {net.num_styles}), got {tuple(weights.shape)}")
-    if not isinstance(weights, jax.core.Tracer) and not np.isfinite(np.asarray(weights)).all():
-        raise JaxvizError("style weights contain NaN or infinite values")  # all-NaN images otherwise
+    require_finite("style weights", weights)  # all-NaN images otherwise
     if _traced(params, images, weights):
         return _apply(net, params, images, weights)
     return _forward(tuple(compiler_options))(net, params, images, weights)

@@ -33,9 +33,9 @@ from jaxviz.optimize import (
     lbfgs,
     optimize,
     require_concrete,
-    require_finite,
     valid_range_projection,
 )
+from jaxviz.targets import require_finite
 from jaxviz.techniques import check
 
 Array = jax.Array

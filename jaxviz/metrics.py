@@ -34,7 +34,7 @@ from jaxviz.errors import JaxvizError
 from jaxviz.interface import ModelLike, PyTree, as_model
 from jaxviz.interface.model import class_index, layer_tuple
 from jaxviz.keys import typed_key
-from jaxviz.targets import Target, as_target
+from jaxviz.targets import Target, as_target, require_finite
 
 Array = jax.Array
 Baseline = Literal["blur", "mean", "zero"]
@@ -197,8 +197,7 @@ def check_deletion_inputs(x: Array, maps: Array, index: Array | int | None, step
         raise JaxvizError(f"images must be (N, H, W, C), got shape {getattr(x, 'shape', None)}")
     if tuple(maps.shape) != tuple(x.shape[:3]):
         raise JaxvizError(f"maps must be (N, H, W) = {tuple(x.shape[:3])}, got {tuple(maps.shape)}")
-    if not isinstance(maps, jax.core.Tracer) and not np.isfinite(np.asarray(maps)).all():
-        raise JaxvizError("maps contain NaN or infinite values (the pixel order would be undefined)")
+    require_finite("maps", maps)  # NaN saliency: the pixel order would be undefined
     if np.ndim(index) not in (0, 1) or (np.ndim(index) == 1 and len(index) != x.shape[0]):
         raise JaxvizError(f"index must be a scalar or ({x.shape[0]},), got shape {np.shape(index)}")
     from jaxviz.techniques import check

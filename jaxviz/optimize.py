@@ -108,6 +108,7 @@ import optax
 from jaxviz.errors import JaxvizError
 from jaxviz.keys import image_keys  # noqa: F401 (re-exported)
 from jaxviz.objectives import Objective
+from jaxviz.targets import require_finite
 
 Array = jax.Array
 PyTree = Any
@@ -498,15 +499,9 @@ def _check(init: Array, steps: int) -> None:
         raise JaxvizError(f"init must be a batch of images (N, H, W, C), got shape {init.shape}")
     if int(steps) < 0:
         raise JaxvizError(f"steps must be >= 0, got {steps}")
+    # a NaN start pixel makes every loss and step NaN, yet the clipping transforms hand back
+    # finite images: a result of nothing, silently
     require_finite("the starting images (init)", init)
-
-
-def require_finite(what: str, x: Array) -> None:
-    """Refuse a concrete array holding NaN or inf (checked on the host: no program). A NaN start
-    pixel makes every loss and step NaN, yet the clipping transforms hand back finite images: a
-    result of nothing, silently."""
-    if not isinstance(x, jax.core.Tracer) and not np.isfinite(np.asarray(x)).all():
-        raise JaxvizError(f"{what} contain NaN or infinite values")
 
 
 # Updates per program call. Each XLA-CPU call takes fresh pages for its temporary buffers (the

@@ -98,9 +98,19 @@ def check_images(x: Array) -> None:
     if not jnp.issubdtype(x.dtype, jnp.floating):  # e.g. uint8 pixels: JAX cannot differentiate them
         raise JaxvizError(f"images must be floating point (preprocessed: model.preprocess(images in [0, 1])), "
                           f"got {x.dtype}")
-    if not isinstance(x, jax.core.Tracer) and not np.isfinite(np.asarray(x)).all():  # on the host: no program
-        # a NaN pixel makes the scores NaN, yet some gradients stay finite: a map of nothing
-        raise JaxvizError("images contain NaN or infinite values")
+    # a NaN pixel makes the scores NaN, yet some gradients stay finite: a map of nothing
+    require_finite("images", x)
+
+
+def require_finite(what: str, x: Array) -> None:
+    """Refuse a concrete array holding NaN or inf, checked on the host (no program); a traced
+    one passes (the caller's business).
+
+    Raises:
+      JaxvizError: "{what} contain NaN or infinite values".
+    """
+    if not isinstance(x, jax.core.Tracer) and not np.isfinite(np.asarray(x)).all():
+        raise JaxvizError(f"{what} contain NaN or infinite values")
 
 
 def parse_target(text: str | int | None, model: ModelLike, score: ScoreKind = "logit") -> Target:
