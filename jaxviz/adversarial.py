@@ -559,9 +559,8 @@ def projected_gradient_descent(model: ModelLike, params: dict | None, images: Ar
         outside the attack's bounds (``jaxviz.techniques``), wrong shapes, a concrete class out of range,
         concrete images outside [0, 1] (or NaN).
     """
-    spec = get_method(f"pgd-{norm}") if norm in ("linf", "l2") else None
-    if spec is None:
-        raise JaxvizError(f"norm must be 'linf' or 'l2', got {norm!r}")
+    _one_of("norm", norm, ("linf", "l2"))
+    spec = get_method(f"pgd-{norm}")
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise JaxvizError(f"steps must be a whole number >= 1 (the loop's length, static), got {steps!r}")
     from jaxviz.techniques import TECHNIQUES  # (the registry imports this module)
@@ -754,8 +753,7 @@ def pgd(model: ModelLike, params: dict | None, images: Array, *, norm: Norm = "l
     Raises:
       JaxvizError: a norm other than linf / l2, or as ``attack``.
     """
-    if norm not in ("linf", "l2"):
-        raise JaxvizError(f"norm must be 'linf' or 'l2', got {norm!r}")
+    _one_of("norm", norm, ("linf", "l2"))
     return attack(model, params, images, method=f"pgd-{norm}", **kwargs)
 
 
