@@ -112,7 +112,8 @@ def input_x_gradient_map(model: ModelLike, params: dict, x: Array, target: Targe
 
 
 def saliency_map(grads: Array) -> Array:
-    """(N, H, W, 3) attributions -> (N, H, W) max over RGB of the absolute value."""
+    """(N, H, W, C) attributions -> (N, H, W): the max over the last (channel) axis of the
+    absolute value. Any leading axes are kept: one image (H, W, C) -> (H, W), as under ``vmap``."""
     return jnp.abs(grads).max(axis=-1)
 
 
