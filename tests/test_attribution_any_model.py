@@ -22,7 +22,9 @@ from flax import nnx
 
 from jaxviz import cam as camlib
 from jaxviz import saliency as sal
+from jaxviz.accel import accelerate
 from jaxviz.errors import JaxvizError
+from jaxviz.interface.backward import NoReLUError
 from jaxviz.interface import TORCHVISION, from_linen, from_nnx
 from jaxviz.targets import Target
 from jaxviz.testing import assert_grads_close, finite_difference_grad, random_indices, x64
@@ -362,6 +364,70 @@ def _check_backward_rule(model, rule, monkeypatch):
         expected = np.asarray(want) * np.asarray(got["gradcam"])[..., None]
         np.testing.assert_allclose(got["guided-gradcam"], expected, rtol=1e-4,
                                    atol=1e-6 * float(np.abs(expected).max()))
+
+
+# --------------------------------------------------------------------------- normalisation layers are not ReLUs
+
+class NormNet(nn.Module):
+    """conv -> GroupNorm or LayerNorm -> act -> conv -> act -> GAP -> dense. flax's norms clamp their
+    variance with ``jnp.maximum(0, .)``: not a ReLU for the backward rules."""
+    norm: str = "group"
+    act: callable = nn.relu
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Conv(8, (3, 3), name="conv1")(x)
+        x = nn.GroupNorm(num_groups=2, name="norm")(x) if self.norm == "group" else nn.LayerNorm(name="norm")(x)
+        x = self.act(x)
+        x = self.act(nn.Conv(8, (3, 3), strides=2, name="conv2")(x))
+        return nn.Dense(NUM_CLASSES, name="head")(x.mean((1, 2)))
+
+
+class NormNnx(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.conv1 = nnx.Conv(3, 8, (3, 3), rngs=rngs)
+        self.norm = nnx.GroupNorm(8, num_groups=2, rngs=rngs)
+        self.conv2 = nnx.Conv(8, 8, (3, 3), strides=2, rngs=rngs)
+        self.head = nnx.Linear(8, NUM_CLASSES, rngs=rngs)
+
+    def __call__(self, x):
+        x = jnp.maximum(self.norm(self.conv1(x)), 0.0)  # the user's own bare ReLU: still one
+        return self.head(nnx.relu(self.conv2(x)).mean((1, 2)))
+
+
+@pytest.mark.parametrize("norm", ["group", "layer", "nnx-group"])
+@pytest.mark.parametrize("rule", ["guided", "deconv"])
+def test_backward_rules_leave_the_variance_clamp_of_normalisation_layers_alone(norm, rule):
+    x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3))
+    index = jnp.array([1, 3])
+    hand = _hand_relu(rule)
+    if norm == "nnx-group":
+        net = NormNnx(nnx.Rngs(0))
+        model = from_nnx(net, input_size=16, preprocessing=TORCHVISION)
+        graphdef, state = nnx.split(net)
+
+        def by_hand(v):  # the same module with only the ReLUs swapped (its norm untouched)
+            hnet = nnx.merge(graphdef, state)
+            h = hand(hnet.norm(hnet.conv1(v)))
+            return hnet.head(hand(hnet.conv2(h)).mean((1, 2)))
+    else:
+        variables = NormNet(norm).init(jax.random.key(0), x)
+        model = from_linen(NormNet(norm), variables, input_size=16, preprocessing=TORCHVISION)
+        by_hand = lambda v: NormNet(norm, act=hand).apply(variables, v)  # noqa: E731
+    xp = model.preprocess(x)
+    want = jax.grad(lambda v: jnp.take_along_axis(by_hand(v), index[:, None], -1).sum())(xp)
+    fn = sal.guided_gradients if rule == "guided" else sal.deconvnet_gradients
+    scale = float(np.abs(want).max())
+    for m in (model, accelerate(model)):
+        np.testing.assert_allclose(fn(m, None, xp, index=index), want, rtol=1e-4, atol=1e-6 * scale)
+
+
+def test_a_normalised_network_without_relus_has_no_guided_backprop():
+    x = jnp.zeros((1, 16, 16, 3))
+    net = NormNet("layer", act=jnp.tanh)
+    model = from_linen(net, net.init(jax.random.key(0), x), input_size=16, preprocessing=TORCHVISION)
+    with pytest.raises(NoReLUError):
+        sal.guided_gradients(model, None, x, index=jnp.array([0]))
 
 
 # --------------------------------------------------------------------------- CAM on GAP + linear heads

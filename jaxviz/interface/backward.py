@@ -12,11 +12,14 @@ Each rule is a ``jax.custom_vjp`` ReLU with the ordinary forward pass. ``with_ba
 rule)`` puts them into a model without editing it and without hooks: it traces ``fn`` to a jaxpr
 and evaluates it again with every ReLU replaced. A ReLU is ``jax.nn.relu`` / ``flax.linen.relu`` /
 ``nnx.relu`` (a ``custom_jvp`` call whose body is ``max(x, 0)``), ``jax.nn.relu6`` (``min(max(x,
-0), 6)``) or a plain ``jnp.maximum(x, 0)``; they are found inside jitted calls, ``scan``, ``cond``
-and ``while`` bodies too. The forward values are unchanged.
+0), 6)``) or a plain ``jnp.maximum(x, 0)`` (but not the one flax's normalisation layers clamp their
+variance with); they are found inside jitted calls, ``scan``, ``cond`` and ``while`` bodies too.
+The forward values are unchanged.
 """
 from __future__ import annotations
 
+import functools
+import os
 from typing import Callable, Literal
 
 import jax
@@ -191,10 +194,37 @@ def _clip_kind(eqn) -> str | None:
     return "relu6" if out is not None and out is relu6 else "relu" if out is not None and out is relu else None
 
 
+@functools.lru_cache(maxsize=1)
+def _flax_root() -> str | None:
+    try:
+        import flax
+    except ImportError:
+        return None
+    return os.path.dirname(os.path.abspath(flax.__file__)) + os.sep
+
+
+def _written_by_flax(eqn) -> bool:
+    """Whether flax's own code wrote the equation (the innermost frame outside JAX is in its
+    package). flax's activations are jax.nn's (``custom_jvp`` calls, recognised by their body); a
+    bare ``max(v, 0)`` of flax's is the variance clamp of its normalisation layers (GroupNorm,
+    LayerNorm, InstanceNorm, BatchNorm in training), which a backward rule must not touch."""
+    root = _flax_root()
+    if root is None:
+        return False
+    try:
+        from jax._src import source_info_util
+        frame = source_info_util.user_frame(eqn.source_info.traceback)
+    except Exception:  # noqa: BLE001 (private API: without it every bare max(x, 0) counts)
+        return False
+    return frame is not None and os.path.abspath(frame.file_name).startswith(root)
+
+
 def relu_kind(eqn: jex_core.JaxprEqn) -> str | None:
-    """'relu' or 'relu6' if the equation is one of the ReLUs this module replaces, else None."""
+    """'relu' or 'relu6' if the equation is one of the ReLUs this module replaces, else None.
+
+    A bare ``max(x, 0)`` written by flax itself is not one (``_written_by_flax``)."""
     if _is_max_zero(eqn):
-        return "relu"
+        return None if _written_by_flax(eqn) else "relu"
     if eqn.primitive.name in ("pjit", "jit") and eqn.params.get("name") == "clip":
         return _clip_kind(eqn)
     if eqn.primitive.name != "custom_jvp_call":
