@@ -13,9 +13,11 @@ Conventions
   * Pixel-space features: images resized (antialiased) to ``size`` x ``size`` and flattened.
   * Distances: cosine distance ``1 - cos(q, d)`` (a zero vector has cosine 0 to everything) or
     Euclidean L2. Neighbours are exact: a jitted matmul + ``lax.top_k`` over database chunks, the
-    running best merged chunk by chunk (memory O(queries x chunk)), queries in chunks too. Ties
-    go to the smaller database index, as a stable sort would. For L2 the data are centred first
-    and the k winners' distances recomputed as |q - d| (the matmul form cancels for near pairs).
+    running best merged chunk by chunk (memory O(queries x chunk)), queries in chunks too; for
+    L2 the data are centred first (the matmul form cancels for near pairs). The k + 8 best
+    candidates are then re-ranked on the host: distances recomputed in float64 from the original
+    rows (|q - d|, or 1 - the cosine of the unit rows), rounded to float32, sorted by distance and
+    then index, so equal distances go to the smaller database index, at the k-th place too.
   * Reductions (PCA, t-SNE) are scikit-learn's; the grid assignment is
     ``scipy.optimize.linear_sum_assignment`` on squared distances between the (min-max
     normalised) 2-D points and the grid-cell centres.
@@ -146,14 +148,38 @@ def _search(q: Array, chunks: Array, chunk_sq: Array, chunk_ids: Array, k: int, 
 
     init = (jnp.full((nq, k), jnp.inf, q.dtype), jnp.full((nq, k), -1, jnp.int32))
     (dist, idx), _ = jax.lax.scan(body, init, (chunks, chunk_sq, chunk_ids))
-    if metric == "l2":
-        # |q|^2 - 2 q.d + |d|^2 cancels catastrophically for near neighbours (a point's distance
-        # to itself came out ~0.1): recompute the k winners' distances directly, re-sort stably.
-        rows = chunks.reshape(-1, chunks.shape[-1])[idx]  # (Q, k, D)
-        dist = jnp.sqrt(jnp.sum((q[:, None, :] - rows) ** 2, axis=-1))
-        order = jnp.argsort(dist, axis=1, stable=True)
-        dist, idx = jnp.take_along_axis(dist, order, 1), jnp.take_along_axis(idx, order, 1)
     return dist, idx
+
+
+# Candidates beyond k that the host re-ranks exactly: the float32 search's rounding (and the
+# cancellation of |q|^2 - 2 q.d + |d|^2 for near pairs) can reorder rows whose distances differ
+# by ~1e-7 relative, and ties at the k-th place must still go to the smaller index.
+RERANK_EXTRA = 8
+
+
+def _unit64(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return np.where(norm > 0, x / np.where(norm > 0, norm, 1.0), 0.0)
+
+
+def _rerank(queries: np.ndarray, database: np.ndarray, candidates: np.ndarray, k: int, metric: str,
+            block: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """The candidates' distances (Q, kk) recomputed in float64 from the original rows, rounded
+    to float32 and sorted by (distance, index): the k first."""
+    dists, idxs = [], []
+    for s in range(0, len(queries), block):  # (block, kk, D) float64 rows at a time
+        cand = candidates[s:s + block]
+        rows = database[cand].astype(np.float64)
+        q = queries[s:s + block, None, :].astype(np.float64)
+        if metric == "l2":
+            d = np.sqrt(np.sum((rows - q) ** 2, axis=-1))
+        else:
+            d = 1.0 - np.sum(_unit64(rows) * _unit64(q), axis=-1)
+        d = d.astype(np.float32)
+        order = np.lexsort((cand, d))[:, :k]  # by distance, then index
+        dists.append(np.take_along_axis(d, order, 1))
+        idxs.append(np.take_along_axis(cand, order, 1).astype(np.int32))
+    return np.concatenate(dists), np.concatenate(idxs)
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -171,7 +197,8 @@ def nearest_neighbors(queries: np.ndarray, database: np.ndarray, k: int, *, metr
       metric: "cosine" (distance 1 - cosine similarity) or "l2" (Euclidean).
       chunk: database rows per step; query_chunk: queries per jitted call (padded, one compile).
     Returns:
-      distances (Q, k) float32 ascending, indices (Q, k) int32 database rows.
+      distances (Q, k) float32 ascending, indices (Q, k) int32 database rows (equal distances in
+      index order).
     Raises:
       JaxvizError: bad shapes, k or metric.
     """
@@ -188,6 +215,8 @@ def nearest_neighbors(queries: np.ndarray, database: np.ndarray, k: int, *, metr
     check("neighbors", k=k, metric=metric, context={"images": n})  # 1 <= k <= the database size
     if chunk < 1 or query_chunk < 1:
         raise JaxvizError("chunk sizes must be positive")
+    originals = queries, database  # for the exact re-ranking
+    kk = min(n, k + RERANK_EXTRA)
     if metric == "cosine":
         queries, database = _unit_rows(queries), _unit_rows(database)
     else:  # L2 is translation invariant; centring shrinks the norms that cancel in the matmul form
@@ -209,9 +238,10 @@ def nearest_neighbors(queries: np.ndarray, database: np.ndarray, k: int, *, metr
         m = len(q)
         if m < query_chunk:
             q = np.concatenate([q, np.zeros((query_chunk - m, q.shape[1]), np.float32)])
-        d, i = _search(jnp.asarray(q), chunks, chunk_sq, chunk_ids, k, metric)
-        dists.append(np.asarray(d)[:m])
-        idxs.append(np.asarray(i)[:m])
+        _, i = _search(jnp.asarray(q), chunks, chunk_sq, chunk_ids, kk, metric)
+        d, i = _rerank(originals[0][s:s + m], originals[1], np.asarray(i)[:m], k, metric)
+        dists.append(d)
+        idxs.append(i)
     if not dists:
         return np.zeros((0, k), np.float32), np.zeros((0, k), np.int32)
     return np.concatenate(dists), np.concatenate(idxs)

@@ -51,6 +51,29 @@ def test_neighbors_k_equals_n_and_ties(rng):
     np.testing.assert_allclose(dist[0, :3], [0, 0, 1], atol=1e-6)
 
 
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_neighbors_break_exact_ties_by_index_at_the_kth_place_too(metric):
+    # integer rows: many distinct rows at exactly the same distance, which the float32 search
+    # alone ordered by rounding (18 before 35 came out 35 first, and k=11 cut 18 off)
+    rs = np.random.RandomState(0)
+    db = rs.randint(-3, 4, size=(40, 8)).astype(np.float32)
+    queries = np.concatenate([np.zeros((1, 8), np.float32), rs.randint(-2, 3, size=(5, 8)).astype(np.float32)])
+    d64, q64 = db.astype(np.float64), queries.astype(np.float64)
+    if metric == "l2":
+        true = np.sqrt(((q64[:, None] - d64[None]) ** 2).sum(-1))
+    else:
+        unit = lambda a: a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-300)  # noqa: E731
+        true = 1 - unit(q64) @ unit(d64).T
+    true = true.astype(np.float32)
+    assert len(np.unique(true[0])) <= 30  # the data do tie (26 distances for 40 rows)
+    for k in (1, 11, 23, 40):
+        dist, idx = E.nearest_neighbors(queries, db, k, metric=metric, chunk=7)
+        for row in range(len(queries)):
+            want = np.lexsort((np.arange(40), true[row]))[:k]
+            assert idx[row].tolist() == want.tolist(), (k, row)
+            np.testing.assert_allclose(dist[row], true[row][want], rtol=1e-6, atol=1e-6)
+
+
 def test_neighbors_bad_input(rng):
     db = rng.normal(size=(5, 3))
     for kwargs in ({"k": 0}, {"k": 6}, {"k": 2, "metric": "hamming"}):
