@@ -191,3 +191,16 @@ def test_stored_transposes_made_on_the_host_equal_the_compiled_ones(rng):
         assert set(host[k]["stored"]) == {"transposed"} == set(compiled[(k,)])
         np.testing.assert_array_equal(host[k]["stored"]["transposed"], compiled[(k,)]["transposed"])
         np.testing.assert_array_equal(traced[k]["stored"]["transposed"], compiled[(k,)]["transposed"])
+
+
+def test_accelerated_models_are_reverse_mode_only_as_documented():
+    # the docstring's statement, kept true: the plain model takes jax.jvp, the accelerated one
+    # (custom_vjp backward passes) raises JAX's TypeError
+    from tests.conftest import make_tiny_model
+    model = make_tiny_model()
+    x = jnp.ones((1, 16, 16, 3))
+    plain = lambda v: model.apply(model.params, v).sum()  # noqa: E731
+    jax.jvp(plain, (x,), (x,))
+    fast = accelerate(model)
+    with pytest.raises(TypeError, match="forward-mode"):
+        jax.jvp(lambda v: fast.apply(fast.params, v).sum(), (x,), (x,))

@@ -14,6 +14,10 @@ float rounding), faster on this hardware:
   optimisation (``model.prepare_params``: transposed kernels, Winograd forms for VGG's deep
   layers) (``fast_layers``, ``winograd``).
 
+The faster backward passes are ``jax.custom_vjp`` rules, so the accelerated model is for reverse
+mode (``jax.grad``, ``jax.vjp``, every jaxviz technique): ``jax.jvp``, ``jax.jacfwd`` and
+Hessian-vector products raise JAX's TypeError on it; use the plain model for those.
+
 Technique modules never import this package; they only read ``model.compiler_options`` and call
 ``model.prepare_params``, which are neutral on a model that was not accelerated.
 """
@@ -42,7 +46,8 @@ def accelerate(model: ModelLike) -> Model:
     float rounding), with XLA options for whoever jits its functions (``model.compiler_options``),
     a forward pass whose backward runs fast on XLA-CPU, and precomputed kernels for the bundled
     sequential networks (see ``jaxviz.accel``'s module docstring). Cached: the same object for the
-    same model; an accelerated model is returned as is."""
+    same model; an accelerated model is returned as is. Reverse-mode differentiation only
+    (``jax.jvp`` / ``jax.jacfwd`` need the plain model)."""
     model = as_model(model)
     if getattr(model, "accelerated", False):
         return model
