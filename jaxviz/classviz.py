@@ -105,7 +105,8 @@ def class_visualization(model: ModelLike, params: dict | None, classes: int | Se
       ``OptimizeResult`` (images (N, H, W, 3) model input; losses (steps, N) = −s_c + λ‖x‖²).
     Raises:
       JaxvizError: a class out of range or not a whole number, NaN or infinite ``init``, bad
-        settings, or a size at which a layer is empty.
+        settings (a ``clip_fraction`` with ``blur_every=0``: it would never act), or a size at
+        which a layer is empty.
     """
     require_concrete("class_visualization", params, classes, init, key)
     check("classviz", steps=steps, lr=lr, l2=l2, blur_every=blur_every, blur_sigma=blur_sigma, jitter_px=jitter_px,

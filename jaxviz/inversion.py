@@ -62,7 +62,7 @@ def inversion_loss(model: ModelLike, params: dict, x0: Array, layer: str, *, tv_
     return feat + tv_weight * tv
 
 
-def invert(model: ModelLike, params: dict | None, x0: Array, layer: str, *, steps: int = 200, lr: float = 0.05,
+def invert(model: ModelLike, params: dict | None, x0: Array, layer: str, *, steps: int = 200, lr: float | None = None,
            tv_weight: float = 1.0, beta: float = 2.0, optimizer: str = "adam", init: Array | None = None,
            key: Array | None = None, callbacks: Sequence[Callback] = ()) -> OptimizeResult:
     """Reconstruct images from their ``layer`` representation.
@@ -71,8 +71,9 @@ def invert(model: ModelLike, params: dict | None, x0: Array, layer: str, *, step
       model: a jaxviz ``Model``; params: its parameters (None: ``model.params``).
       x0: (N, H, W, 3) reference images in model-input space.
       layer: layer name or alias whose activation is inverted.
-      steps, lr: iterations and Adam learning rate (model-input units); ``optimizer="lbfgs"`` uses
-        L-BFGS (one line search for the whole batch: pass one image for the paper's setting).
+      steps, lr: iterations and Adam learning rate (model-input units, default 0.05);
+        ``optimizer="lbfgs"`` uses L-BFGS, whose line search sets each step (no ``lr``; one line
+        search for the whole batch: pass one image for the paper's setting).
       tv_weight, beta: λ and β of the normalised TV^β regulariser.
       init: optional start (default: small noise from ``key``).
       key: one PRNG key (shared by every image) or (N,) per-image keys.
@@ -80,7 +81,7 @@ def invert(model: ModelLike, params: dict | None, x0: Array, layer: str, *, step
       ``OptimizeResult``; ``extras["feature_loss"]`` = (initial (N,), final (N,)) normalised
       feature distances.
     Raises:
-      JaxvizError: bad shapes or settings, an image size at which the layer is empty, a reference
+      JaxvizError: bad shapes or settings (``lr`` with ``optimizer="lbfgs"``), an image size at which the layer is empty, a reference
         image that is zero in model-input space or whose features at ``layer`` are all zero, NaN
         or infinite values in ``x0`` or ``init``.
     """
@@ -114,7 +115,7 @@ def invert(model: ModelLike, params: dict | None, x0: Array, layer: str, *, step
     loss = inversion_loss(model, params, x0, layer, tv_weight=tv_weight, beta=beta)
     feat = obj.feature_match(model, params, layer, x0)
     before = obj.evaluate(feat, init)
-    opt = adam(float(lr)) if optimizer == "adam" else lbfgs()
+    opt = adam(0.05 if lr is None else float(lr)) if optimizer == "adam" else lbfgs()
     result = optimize(loss, init, optimizer=opt, steps=steps, project=valid_range_projection(model),
                       key=key, callbacks=callbacks, compiler_options=model.compiler_options)
     result.extras["feature_loss"] = (before, obj.evaluate(feat, result.images))

@@ -377,10 +377,10 @@ def make_optimizer(optimizer: str, learning_rate: float | None = None):
     monotone, in practice it descends), with one memory per image (``per_image``): a batch is N
     independent runs. ``"lbfgs-linesearch"``: optax L-BFGS with its zoom line search (guaranteed
     descent, but a step may evaluate the loss several times: measured 3-4x slower per step on
-    VGG19; its line search couples the images of a batch). ``"adam"``: step in model-input units
-    (default 10)."""
+    VGG19; its line search couples the images of a batch; no ``learning_rate``: JaxvizError).
+    ``"adam"``: step in model-input units (default 10)."""
     from jaxviz.optimize import adam, lbfgs
-    check("style", learning_rate=learning_rate)
+    check("style", optimizer=optimizer, learning_rate=learning_rate)  # no learning rate with a line search
     if optimizer == "lbfgs":
         return per_image(lbfgs(line_search=False, learning_rate=1.0 if learning_rate is None else learning_rate))
     if optimizer == "lbfgs-linesearch":

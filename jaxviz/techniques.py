@@ -44,6 +44,17 @@ OUTPUTS = ("attribution", "map", "")
 
 
 @dataclass(frozen=True)
+class Unused:
+    """``option`` does nothing while ``other`` is one of ``values`` (``why``): setting it then (not
+    None or 0) is an error, not a silently ignored value."""
+
+    option: str
+    other: str
+    values: tuple
+    why: str
+
+
+@dataclass(frozen=True)
 class Technique:
     """One technique: its function, options, needs and the CLI subcommand that exposes it."""
 
@@ -56,6 +67,7 @@ class Technique:
     command: str = ""  # "" : library only
     fixed: tuple[tuple[str, Any], ...] = ()  # keyword arguments pinned by this entry
     output: str = ""
+    unused: tuple[Unused, ...] = ()  # options that another option's value turns off
     aliases: tuple[str, ...] = ()  # other names the command line accepts (--method efros)
 
     def __post_init__(self) -> None:
@@ -117,7 +129,24 @@ class Technique:
             if name not in by_name:
                 self.option(name)  # raises with the list of options
             out[name] = by_name[name].check(value, cli, context)
+        self.check_unused(out, cli)
         return out
+
+    def check_unused(self, values: dict, cli: bool = False) -> None:
+        """Refuse an option set where another of ``values`` turns it off (``Unused``); a rule whose
+        two options are not both in ``values`` is not judged.
+
+        Raises:
+          JaxvizError: one line naming both options, their values and why.
+        """
+        for rule in self.unused:
+            if rule.option not in values or rule.other not in values:
+                continue
+            value, other = values[rule.option], values[rule.other]
+            if value is not None and value != 0 and other in rule.values:
+                a, b, eq = self.option(rule.option), self.option(rule.other), " " if cli else "="
+                raise JaxvizError(f"{a.label(cli)}{eq}{value!s} does nothing with {b.label(cli)}{eq}{other!s}: "
+                                  f"{rule.why}; leave {a.label(cli)} out")
 
     def record(self, **used) -> dict:
         """{option: value} of a run with ``used`` overrides (checked) over the defaults: what a
@@ -184,6 +213,7 @@ REQUIRED_LAYER = Option("layer", str, "layer name or alias (`jaxviz layers MODEL
                         required=True, optional=False, flag="--layer")
 JITTER = Option("jitter_px", int, "random roll per step in pixels", lo=0, hi=1024, flag="--jitter")
 OPTIMIZERS = ("lbfgs", "lbfgs-linesearch", "adam")
+_LINE_SEARCH_STEPS = Unused("learning_rate", "optimizer", ("lbfgs-linesearch",), "its line search sets the steps")
 OPTIMIZER = Option("optimizer", str, "lbfgs: unit step, one evaluation per step (fast); lbfgs-linesearch: "
                    "zoom line search (guaranteed descent, slower); adam", choices=OPTIMIZERS)
 CHUNK = Option("chunk", int, "at most this many copies evaluated at once (memory)", lo=1, hi=100_000, cli=False)
@@ -354,7 +384,8 @@ _ALL: list[Technique] = [
                          lo=0, hi=1, hi_open=True),
                   Option("score", str, "class score", choices=("logit", "prob", "logprob")),
                   _size(8), SEED),
-              frozenset({"classifier", "pixel_range"}), "classviz"),
+              frozenset({"classifier", "pixel_range"}), "classviz",
+              unused=(Unused("clip_fraction", "blur_every", (0,), "the clipping acts at each blur"),)),
     Technique("neuron", "jaxviz.classviz:channel_visualization", "channel / unit visualisation",
               "Olah et al. 2017 (Lucid)", (
                   REQUIRED_LAYER,
@@ -374,7 +405,8 @@ _ALL: list[Technique] = [
                   Option("beta", float, "TV exponent beta", lo=0, lo_open=True, hi=10),
                   Option("optimizer", str, "optimiser", choices=("adam", "lbfgs")),
                   _size(8, default=None), SEED),
-              frozenset({"layer", "pixel_range"}), "invert"),
+              frozenset({"layer", "pixel_range"}), "invert",
+              unused=(Unused("lr", "optimizer", ("lbfgs",), "L-BFGS's line search sets its own steps"),)),
     Technique("dream", "jaxviz.dream:deepdream", "DeepDream with octaves", "Mordvintsev et al. 2015", (
         REQUIRED_LAYER,
         Option("octaves", int, "number of scales", lo=1, hi=20),
@@ -410,9 +442,10 @@ _ALL: list[Technique] = [
     # ---------------------------------------------------------------- texture and style
     Technique("gram", "jaxviz.texture:gram_texture", "Gram-matrix texture synthesis", "Gatys et al. 2015", (
         _GRAM_LAYERS, _steps(lo=0, help="optimisation steps"), OPTIMIZER,
-        Option("learning_rate", float, "Adam step / L-BFGS step length", lo=0, lo_open=True, hi=1e6, cli=False),
+        Option("learning_rate", float, "Adam step / L-BFGS step length (not with lbfgs-linesearch)", lo=0,
+               lo_open=True, hi=1e6, cli=False),
         _size(16, help="output size in pixels", default=128), SEED),
-        frozenset({"layer"}), "texture"),
+        frozenset({"layer"}), "texture", unused=(_LINE_SEARCH_STEPS,)),
     Technique("efros-leung", "jaxviz.texture:efros_leung", "non-parametric texture synthesis",
               "Efros & Leung 1999", (
                   Option("radius", int, "neighbourhood radius (window 2r+1)", lo=1, hi=64),
@@ -434,10 +467,11 @@ _ALL: list[Technique] = [
                nargs="?", const="luminance"),
         Option("init", str, "start image", choices=("content", "style", "noise")),
         OPTIMIZER, _steps(lo=0),
-        Option("learning_rate", float, "adam step in model units (default 10)", lo=0, lo_open=True, hi=1e6,
+        Option("learning_rate", float, "lbfgs: step length (default 1); adam: step in model units (default "
+               "10); not with lbfgs-linesearch (its line search sets the steps)", lo=0, lo_open=True, hi=1e6,
                flag="--lr"),
         _size(16, help="content size: longer side in pixels", default=256), SEED),
-        frozenset({"layer"}), "style"),
+        frozenset({"layer"}), "style", unused=(_LINE_SEARCH_STEPS,)),
     Technique("fast-style-train", "jaxviz.fast_style:FastStyleConfig",
               "train a (multi-style) transformation network with conditional instance norm",
               "Johnson et al. 2016; Dumoulin et al. 2017", (

@@ -311,6 +311,13 @@ def test_bad_option_value_is_one_line_exit_2(template, flag, workspace, tmp_path
      "style weights are all 0"),
     (["fast-style", "train", "--styles", "brick", "--content-dir", "{content}", "--steps", "1", "--out", "{out}/ck.png"],
      "name it *.msgpack"),
+    # options another option turns off were silently ignored (technique registry: Unused)
+    (["classviz", "--target", "1", *M, "--blur-every", "0", "--clip-fraction", "0.5", "--out", "{out}/c.png"],
+     "--clip-fraction 0.5 does nothing with --blur-every 0"),
+    (["invert", "chelsea", *M, "--layer", "fire2", "--optimizer", "lbfgs", "--lr", "0.3", "--out", "{out}/i.png"],
+     "--lr 0.3 does nothing with --optimizer lbfgs"),
+    (["style", "chelsea", "--style", "brick", "--optimizer", "lbfgs-linesearch", "--lr", "2", "--out", "{out}/s.png"],
+     "--lr 2.0 does nothing with --optimizer lbfgs-linesearch"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_more_bad_values(argv, needle, workspace, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -271,3 +271,24 @@ def test_memory_estimate_refuses_absurd_sizes():
     with pytest.raises(JaxvizError, match="GiB of memory"):
         check_model_memory(model, 4096, 10_000, "tiny")
     assert math.isfinite(small)
+
+
+def test_an_option_that_another_turns_off_is_refused_in_python_and_named_by_flag_on_the_cli():
+    from jaxviz.classviz import class_visualization
+    from jaxviz.inversion import invert
+    from jaxviz.style import make_optimizer
+    with pytest.raises(JaxvizError, match="clip_fraction=0.2 does nothing with blur_every=0"):
+        class_visualization(None, None, 1, blur_every=0, clip_fraction=0.2)
+    with pytest.raises(JaxvizError, match="lr=0.1 does nothing with optimizer=lbfgs"):
+        invert(None, None, None, "x", optimizer="lbfgs", lr=0.1)
+    with pytest.raises(JaxvizError, match="learning_rate=2.0 does nothing with optimizer=lbfgs-linesearch"):
+        make_optimizer("lbfgs-linesearch", 2.0)
+    with pytest.raises(JaxvizError, match="--lr 0.5 does nothing with --optimizer lbfgs"):
+        TECHNIQUES["invert"].check(cli=True, lr=0.5, optimizer="lbfgs")
+    # the settings that do act are accepted: the option off (0 / None) or the other value
+    check("classviz", clip_fraction=0.0, blur_every=0)
+    check("classviz", clip_fraction=0.2, blur_every=5)
+    check("invert", lr=None, optimizer="lbfgs")
+    check("invert", lr=0.1, optimizer="adam")
+    make_optimizer("lbfgs-linesearch")
+    make_optimizer("lbfgs", 0.5)

@@ -144,7 +144,9 @@ def options_for(args: argparse.Namespace, technique, context: dict | None = None
             raise JaxvizError(f"{flag} applies to {where}{', '.join(users)}, not {technique.name}")
         given[by_flag[flag].name] = value
     checked = technique.check(cli=True, context=context, **given)
-    return {**technique.defaults(), **checked}
+    options = {**technique.defaults(), **checked}
+    technique.check_unused(options, cli=True)  # a flag given that a default turns off
+    return options
 
 
 def given(args: argparse.Namespace, flag: str) -> bool:
