@@ -17,6 +17,9 @@ from it, and option values are validated here, once, for both the CLI and the pu
   backward rule is replaced), "pixel_range" (a declared valid pixel box), "key" (randomness).
 - ``output``: "attribution" (signed (N, H, W, 3)), "map" ((N, H, W), CAM without resize (N, h, w))
   or "" for everything else.
+- ``unused``: ``Unused`` rules, an option that another option's value turns off (classviz's
+  ``clip_fraction`` without blurs, a learning rate beside a line search): setting it is refused,
+  not silently ignored.
 - Bounds are real: absurd values are refused before any work, and sizes also by a memory
   estimate (``check_model_memory``) from the model's layer shapes at that size x images in flight.
 
