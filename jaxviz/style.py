@@ -194,8 +194,9 @@ class GatysLoss:
 
     def prepare(self, params: dict) -> tuple[dict, tuple]:
         """(``model.prepare_params(params)``, ``model.compiler_options``), once per run: an
-        accelerated model stores precomputed kernels in the params; targets computed with these
-        params and options use the same convolutions as the steps."""
+        accelerated model stores precomputed kernels in the params for the steps. One-off passes
+        (targets, final terms) take the plain params with the same options: the precomputed
+        forms pay off over many steps only (VGG19's Winograd forward compiles ~8x longer)."""
         return self.model.prepare_params(params), tuple(self.model.compiler_options)
 
     def targets(self, params: dict, content_x: Array, style_x: Array) -> tuple[Array | None, list[Array]]:
@@ -563,21 +564,24 @@ def style_transfer(model: ModelLike, params: dict, content: Array, styles: Seque
                       preserve_color, init)
 
     prepared, target_content = _prepare_styles(content[None], [styles], style_scale, preserve_color)
-    params, options = loss.prepare(params)
+    raw = model.resolve_params(params)
+    params, options = loss.prepare(raw)  # for the steps
     # every network pass outside the steps (style Grams, content target, final terms) is one
-    # jitted function, ``loss.features``: compiled once per input shape
+    # jitted function, ``loss.features``, compiled once per input shape, on the plain params:
+    # the precomputed kernels speed up many steps, but VGG19's Winograd forward compiled in
+    # 1.9 s and traced in 0.2-0.4 s, the plain one in 0.22 and 0.05 s (values within ~1e-6)
     features = _jitted(loss.features, options)
     skip = 1 if loss.content_layer else 0
-    grams = gram_targets(loss.features, params, [model.preprocess(s[None]) for s in prepared[0]],
+    grams = gram_targets(loss.features, raw, [model.preprocess(s[None]) for s in prepared[0]],
                          style_blend, options)[skip:]
-    content_target = features(params, model.preprocess(target_content))[0] if loss.content_layer else None
+    content_target = features(raw, model.preprocess(target_content))[0] if loss.content_layer else None
     data = gatys_data(params, grams, wl, content=content_target, content_weight=content_weight,
                       style_weight=style_weight, tv_weight=tv_weight)
     x0 = _start(model, init, target_content, prepared[0][:1], key)
     result = _optimise(model, loss, x0, data, options, optimizer, learning_rate, steps, callbacks)
     image = jnp.clip(model.deprocess(result.images), 0.0, 1.0)
     image = _restore_colour(image, content[None], preserve_color)[0]
-    final = _jitted(loss.combine, options)(result.images, features(params, result.images), data)
+    final = _jitted(loss.combine, options)(result.images, features(raw, result.images), data)
     final = {k: float(v[0]) for k, v in final.items()}
     return StyleResult(np.asarray(image), result.losses[:, 0], final, result.seconds, result.compile_seconds)
 
@@ -643,11 +647,12 @@ def style_transfer_batch(model: ModelLike, params: dict, contents: Array, styles
 
     prepared, target_contents = _prepare_styles(contents, [[s] for s in styles], style_scale, preserve_color)
     style_x = model.preprocess(jnp.stack([group[0] for group in prepared]))
-    params, options = loss.prepare(params)
-    features = _jitted(loss.features, options)  # one compiled network pass (see style_transfer)
+    raw = model.resolve_params(params)
+    params, options = loss.prepare(raw)  # for the steps
+    features = _jitted(loss.features, options)  # one-off passes: plain params (see style_transfer)
     skip = 1 if loss.content_layer else 0
-    content_target = features(params, model.preprocess(target_contents))[0] if loss.content_layer else None
-    grams = _jitted(normalised_grams)(features(params, style_x)[skip:])
+    content_target = features(raw, model.preprocess(target_contents))[0] if loss.content_layer else None
+    grams = _jitted(normalised_grams)(features(raw, style_x)[skip:])
     data = gatys_data(params, grams, wl, content=content_target, content_weight=content_weight,
                       style_weight=style_weight, tv_weight=tv_weight)
     x0 = _start(model, init, target_contents, [group[0] for group in prepared], key)
@@ -655,6 +660,6 @@ def style_transfer_batch(model: ModelLike, params: dict, contents: Array, styles
     images = _restore_colour(jnp.clip(model.deprocess(result.images), 0.0, 1.0), contents, preserve_color)
     final = {}
     if final_parts:
-        final = _jitted(loss.combine, options)(result.images, features(params, result.images), data)
+        final = _jitted(loss.combine, options)(result.images, features(raw, result.images), data)
         final = {k: np.asarray(v) for k, v in final.items()}
     return StyleBatchResult(np.asarray(images), result.losses, final, result.seconds, result.compile_seconds)

@@ -255,7 +255,9 @@ def gram_texture(model: ModelLike, params: dict, sample: Array, size: int | tupl
     w = _layer_weights(loss.style_layers, layer_weights)
     for hw in dict.fromkeys((size, tuple(sample.shape[:2]))):
         check_layers(model, params, loss.style_layers, hw, spatial=loss.style_layers)
-    params, options = loss.prepare(params)
+    params = model.resolve_params(params)
+    prepared, options = loss.prepare(params)
+    # the targets on the plain params (one pass; jaxviz.style.style_transfer says why)
     targets = gram_targets(loss.features, params, [model.preprocess(sample[None])], options=options)
     if init is None:
         start = jax.random.uniform(image_keys(key, 1)[0], size + (3,))
@@ -268,6 +270,6 @@ def gram_texture(model: ModelLike, params: dict, sample: Array, size: int | tupl
     x0 = model.preprocess(start[None])
     result = optimize(loss, x0, optimizer=make_optimizer(optimizer, learning_rate), steps=int(steps),
                       project=valid_range_projection(model), callbacks=callbacks,
-                      data=gatys_data(params, targets, w), compiler_options=options)
+                      data=gatys_data(prepared, targets, w), compiler_options=options)
     image = np.asarray(jnp.clip(model.deprocess(result.images)[0], 0.0, 1.0))
     return image, result
