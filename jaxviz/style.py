@@ -150,9 +150,17 @@ def gram_targets(features: Callable, params: dict, style_xs: Sequence[Array],
     for w, sx in zip(a, style_xs):
         # the features' jit is shared with the caller's other passes of the same function (content
         # target, final loss terms): one network compile; the Grams are a small jit of their own
-        grams = [g[0] * float(w) for g in _jitted(normalised_grams)(_jitted(features, options)(params, sx))]
-        targets = grams if targets is None else [t + g for t, g in zip(targets, grams)]
+        targets = _blend_grams(targets, _jitted(features, options)(params, sx), float(w))
     return targets
+
+
+@jax.jit
+def _blend_grams(targets: list[Array] | None, features: Sequence[Array], weight: float) -> list[Array]:
+    """``targets`` + ``weight`` x the normalised Grams of one image's features [(1, h, w, C)]:
+    [(C, C)]. One program for all layers (eagerly, each layer's indexing and product compiled a
+    small program per shape, again in every process)."""
+    grams = [g[0] * weight for g in normalised_grams(features)]
+    return grams if targets is None else [t + g for t, g in zip(targets, grams)]
 
 
 def normalised_grams(features: Sequence[Array]) -> list[Array]:
@@ -255,10 +263,16 @@ def gatys_data(params: dict, grams: Sequence[Array], layer_weights: Sequence[flo
     ``params``: the network's params as the steps use them, i.e. ``GatysLoss.prepare(params)[0]``
     (``model.prepare_params``: an accelerated model's precomputed kernels).
     """
-    grams = [g if g.ndim == 3 else g[None] for g in grams]
-    return {"params": params, "content": content, "grams": list(grams),
-            "layer_weights": jnp.asarray(layer_weights, jnp.float32),
-            "weights": jnp.asarray([content_weight, style_weight, tv_weight], jnp.float32)}
+    # one program for the batch axes and host arrays placed with device_put (eagerly, each (C, C)
+    # shape and jnp.asarray of a list compiled a small program of its own)
+    return {"params": params, "content": content, "grams": _with_batch_axis(list(grams)),
+            "layer_weights": jax.device_put(np.asarray(layer_weights, np.float32)),
+            "weights": jax.device_put(np.asarray([content_weight, style_weight, tv_weight], np.float32))}
+
+
+@jax.jit
+def _with_batch_axis(grams: list[Array]) -> list[Array]:
+    return [g if g.ndim == 3 else g[None] for g in grams]
 
 
 # ----------------------------------------------------------------------------------------------

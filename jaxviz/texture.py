@@ -208,6 +208,13 @@ def relative_layer_weights(model: ModelLike, params: dict, sample: Array, layers
     return out
 
 
+@partial(jax.jit, static_argnums=1)
+def _white_noise(key: Array | None, shape: tuple[int, ...]) -> Array:
+    """Uniform [0, 1) noise of ``shape`` from one key (None: key 0): one program, not three."""
+    from jaxviz.keys import image_keys
+    return jax.random.uniform(image_keys(key, 1)[0], shape)
+
+
 def gram_texture(model: ModelLike, params: dict, sample: Array, size: int | tuple[int, int], *, layers: Sequence[str],
                  key: Array, layer_weights: Sequence[float] | None = None, steps: int = 100,
                  optimizer: str = "lbfgs", learning_rate: float | None = None,
@@ -237,7 +244,6 @@ def gram_texture(model: ModelLike, params: dict, sample: Array, size: int | tupl
     require_concrete("gram_texture", params, sample, key)
     from jaxviz.interface import as_model
     from jaxviz.interface.model import layer_tuple
-    from jaxviz.keys import image_keys
     from jaxviz.optimize import optimize, valid_range_projection
     from jaxviz.style import (_check_pixels, _layer_weights, check_layers, check_options, gatys_data, gatys_loss,
                               gram_targets, make_optimizer)
@@ -258,9 +264,10 @@ def gram_texture(model: ModelLike, params: dict, sample: Array, size: int | tupl
     params = model.resolve_params(params)
     prepared, options = loss.prepare(params)
     # the targets on the plain params (one pass; jaxviz.style.style_transfer says why)
-    targets = gram_targets(loss.features, params, [model.preprocess(sample[None])], options=options)
+    one = jax.device_put(np.asarray(sample)[None])  # the batch axis on the host: no program
+    targets = gram_targets(loss.features, params, [model.preprocess(one)], options=options)
     if init is None:
-        start = jax.random.uniform(image_keys(key, 1)[0], size + (3,))
+        start = _white_noise(key, size + (3,))
     else:
         init = jnp.asarray(init, jnp.float32)
         if init.ndim != 3 or init.shape[-1] != 3 or min(init.shape[:2]) < 1:
@@ -271,5 +278,5 @@ def gram_texture(model: ModelLike, params: dict, sample: Array, size: int | tupl
     result = optimize(loss, x0, optimizer=make_optimizer(optimizer, learning_rate), steps=int(steps),
                       project=valid_range_projection(model), callbacks=callbacks,
                       data=gatys_data(prepared, targets, w), compiler_options=options)
-    image = np.asarray(jnp.clip(model.deprocess(result.images)[0], 0.0, 1.0))
+    image = np.clip(np.asarray(model.deprocess(result.images))[0], 0.0, 1.0)
     return image, result
