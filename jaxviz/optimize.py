@@ -630,7 +630,9 @@ def optimize(loss_fn: LossFn, init: Array, *, optimizer: optax.GradientTransform
     n = init.shape[0]
     keys = image_keys(key, n)
     param = parameterization or pixels()
-    params = jax.tree_util.tree_map(jnp.array, param.encode(init))  # a copy: never alias the caller's
+    # a copy, never aliasing the caller's arrays; device_put copies without compiling a program
+    # per shape as jnp.array does
+    params = jax.tree_util.tree_map(lambda a: jax.device_put(a, may_alias=False), param.encode(init))
     if n == 0:  # no images: nothing to run (and losses that reshape to (N, -1) cannot trace)
         return empty_result(init, params)
     # An Objective travels as its pure function (the cache key) and its arrays (traced data).
@@ -665,7 +667,7 @@ def optimize(loss_fn: LossFn, init: Array, *, optimizer: optax.GradientTransform
             if active is not None and not bool(mask.any()):
                 break
             end = min([steps, i + STEPS_PER_CALL] + [(i // s + 1) * s for s in syncs])
-            args = (params, opt_state, mask, done, jnp.int32(i), jnp.int32(end - i), keys, init, data)
+            args = (params, opt_state, mask, done, np.int32(i), np.int32(end - i), keys, init, data)  # no program
             if i == 0:  # compiled ahead of the call, so the compile time is its own
                 run_jit.lower(*args).compile()
                 compile_seconds = time.perf_counter() - start
