@@ -163,11 +163,13 @@ def _unit64(x: np.ndarray) -> np.ndarray:
 
 
 def _rerank(queries: np.ndarray, database: np.ndarray, candidates: np.ndarray, k: int, metric: str,
-            block: int = 128) -> tuple[np.ndarray, np.ndarray]:
+            budget_bytes: int = 64 << 20) -> tuple[np.ndarray, np.ndarray]:
     """The candidates' distances (Q, kk) recomputed in float64 from the original rows, rounded
-    to float32 and sorted by (distance, index): the k first."""
+    to float32 and sorted by (distance, index): the k first. Memory: (block, kk, D) float64 rows
+    at a time, within ``budget_bytes``."""
+    block = max(1, budget_bytes // (candidates.shape[1] * database.shape[1] * 8 * 3))  # rows, diff, square
     dists, idxs = [], []
-    for s in range(0, len(queries), block):  # (block, kk, D) float64 rows at a time
+    for s in range(0, len(queries), block):
         cand = candidates[s:s + block]
         rows = database[cand].astype(np.float64)
         q = queries[s:s + block, None, :].astype(np.float64)
