@@ -13,6 +13,8 @@ on its position in it) and equals its single-image result. Inputs are non-square
 """
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -420,6 +422,28 @@ def test_backward_rules_leave_the_variance_clamp_of_normalisation_layers_alone(n
     scale = float(np.abs(want).max())
     for m in (model, accelerate(model)):
         np.testing.assert_allclose(fn(m, None, xp, index=index), want, rtol=1e-4, atol=1e-6 * scale)
+
+
+def test_a_relu_that_flax_sequential_calls_is_still_a_relu():
+    # partial(jnp.maximum, 0.0) is called from flax's own Sequential.__call__: only flax's
+    # normalisation code is excluded, not every max(x, 0) that flax's frames call
+    relu = functools.partial(jnp.maximum, 0.0)
+    hand = _hand_relu("guided")
+
+    class SeqNet(nn.Module):
+        act: callable = relu
+
+        @nn.compact
+        def __call__(self, x):
+            x = nn.Sequential([nn.Conv(8, (3, 3), name="conv1"), self.act])(x)
+            return nn.Dense(NUM_CLASSES, name="head")(x.mean((1, 2)))
+    x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3))
+    variables = SeqNet().init(jax.random.key(0), x)
+    model = from_linen(SeqNet(), variables, input_size=16, preprocessing=TORCHVISION)
+    xp, index = model.preprocess(x), jnp.array([1, 3])
+    want = jax.grad(lambda v: jnp.take_along_axis(SeqNet(act=hand).apply(variables, v), index[:, None], -1).sum())(xp)
+    got = sal.guided_gradients(model, None, xp, index=index)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * float(np.abs(want).max()))
 
 
 def test_a_normalised_network_without_relus_has_no_guided_backprop():

@@ -203,11 +203,11 @@ def _flax_root() -> str | None:
     return os.path.dirname(os.path.abspath(flax.__file__)) + os.sep
 
 
-def _written_by_flax(eqn) -> bool:
-    """Whether flax's own code wrote the equation (the innermost frame outside JAX is in its
-    package). flax's activations are jax.nn's (``custom_jvp`` calls, recognised by their body); a
-    bare ``max(v, 0)`` of flax's is the variance clamp of its normalisation layers (GroupNorm,
-    LayerNorm, InstanceNorm, BatchNorm in training), which a backward rule must not touch."""
+def _flax_variance_clamp(eqn) -> bool:
+    """Whether flax's normalisation code wrote the equation (the innermost frame outside JAX is
+    flax's ``normalization.py``, linen's or nnx's): the ``max(0, v)`` that clamps the variance of
+    GroupNorm, LayerNorm, InstanceNorm and BatchNorm in training, not a ReLU. Only that file: a
+    user's ``partial(jnp.maximum, 0.0)`` that flax's ``Sequential`` calls is still a ReLU."""
     root = _flax_root()
     if root is None:
         return False
@@ -216,15 +216,18 @@ def _written_by_flax(eqn) -> bool:
         frame = source_info_util.user_frame(eqn.source_info.traceback)
     except Exception:  # noqa: BLE001 (private API: without it every bare max(x, 0) counts)
         return False
-    return frame is not None and os.path.abspath(frame.file_name).startswith(root)
+    if frame is None:
+        return False
+    path = os.path.abspath(frame.file_name)
+    return path.startswith(root) and os.path.basename(path) == "normalization.py"
 
 
 def relu_kind(eqn: jex_core.JaxprEqn) -> str | None:
     """'relu' or 'relu6' if the equation is one of the ReLUs this module replaces, else None.
 
-    A bare ``max(x, 0)`` written by flax itself is not one (``_written_by_flax``)."""
+    A bare ``max(x, 0)`` of flax's normalisation layers is not one (``_flax_variance_clamp``)."""
     if _is_max_zero(eqn):
-        return None if _written_by_flax(eqn) else "relu"
+        return None if _flax_variance_clamp(eqn) else "relu"
     if eqn.primitive.name in ("pjit", "jit") and eqn.params.get("name") == "clip":
         return _clip_kind(eqn)
     if eqn.primitive.name != "custom_jvp_call":
