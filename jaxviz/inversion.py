@@ -41,23 +41,25 @@ from jaxviz.techniques import check
 Array = jax.Array
 
 
-@jax.jit  # one program, not five small ones per process
 def pixel_scale(x0: Array) -> Array:
     """B per image: sqrt(mean over pixels of ‖x0_ij‖²) in model-input space, (N,)."""
+    # eager on concrete images, on purpose: a jitted reduction's rounding depends on the batch
+    # size (2.4e-7), and an image of a batch must invert exactly as it does alone
     return jnp.sqrt(jnp.mean(jnp.sum(jnp.square(x0), axis=-1).reshape(x0.shape[0], -1), axis=1))
 
 
-@jax.jit
-def _noise_start(keys: Array, x0: Array) -> Array:
-    """The default start: Gaussian noise of RMS pixel norm 0.1 B per image (seeded by ``keys``)."""
-    noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 99), x0.shape[1:]))(keys)
-    return 0.1 * noise * pixel_scale(x0)[:, None, None, None] / jnp.sqrt(3.0)
+@functools.partial(jax.jit, static_argnums=2)
+def _noise_start(keys: Array, b: Array, shape: tuple[int, ...]) -> Array:
+    """The default start: Gaussian noise of RMS pixel norm 0.1 B per image (seeded by ``keys``);
+    one program (elementwise: the same per image in any batch)."""
+    noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 99), shape))(keys)
+    return 0.1 * noise * b[:, None, None, None] / jnp.sqrt(3.0)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
-def _tv_factor(x0: Array, hw: int, beta: float) -> Array:
+def _tv_factor(b: Array, hw: int, beta: float) -> Array:
     """1 / (H W B^β) per image, the TV term's normalisation (B held constant)."""
-    return 1.0 / (hw * jax.lax.stop_gradient(pixel_scale(x0)) ** beta)
+    return 1.0 / (hw * jax.lax.stop_gradient(b) ** beta)
 
 
 @functools.lru_cache(maxsize=16)
@@ -71,7 +73,7 @@ def inversion_loss(model: ModelLike, params: dict, x0: Array, layer: str, *, tv_
     """The normalised objective: feature term + tv_weight · TV^β / (H W B^β), per image (N,)."""
     _, h, w, _ = x0.shape
     feat = obj.feature_match(model, params, layer, x0, normalize=True)
-    tv = obj.Objective(_tv_fn(float(beta)), f"tv({beta:g})/HWB^b", _tv_factor(x0, h * w, float(beta)), pure=True)
+    tv = obj.Objective(_tv_fn(float(beta)), f"tv({beta:g})/HWB^b", _tv_factor(pixel_scale(x0), h * w, float(beta)), pure=True)
     return feat + tv_weight * tv
 
 
@@ -118,7 +120,7 @@ def invert(model: ModelLike, params: dict | None, x0: Array, layer: str, *, step
         raise JaxvizError(f"reference image(s) {flat.tolist()} are uniform at the model's preprocessing mean (zero in "
                           "model-input space): the regulariser is normalised by their pixel norm; use another image")
     if init is None:
-        init = _noise_start(image_keys(key, n), x0)
+        init = _noise_start(image_keys(key, n), pixel_scale(x0), tuple(x0.shape[1:]))
     init = jnp.asarray(init, jnp.float32)
     if init.shape != x0.shape:
         raise JaxvizError(f"init must have x0's shape {tuple(x0.shape)}, got {tuple(init.shape)}")

@@ -93,3 +93,15 @@ def test_all_zero_reference_features_are_one_clear_error(tiny_model):
     with pytest.raises(JaxvizError, match="features of reference image"):
         obj.feature_match(tiny_model, params, "features.1", x0)
     assert obj.feature_match(tiny_model, tiny_model.params, "features.1", x0) is not None
+
+
+def test_an_image_inverts_exactly_as_alone_in_a_batch(tiny_model):
+    # the module's promise: the pixel norm B that scales the start noise and the TV term is reduced
+    # eagerly, the same bits in any batch (a jitted reduction rounded with the batch size: 2.4e-7);
+    # the network's own batched convolutions may round differently, hence the tolerance
+    x0 = tiny_model.preprocess(jnp.asarray(np.random.default_rng(0).uniform(size=(3, 32, 32, 3)), jnp.float32))
+    layer = tiny_model.layer_names[0]
+    batch = invert(tiny_model, None, x0, layer, steps=3, key=jax.random.key(3)).images
+    alone = invert(tiny_model, None, x0[:1], layer, steps=3, key=jax.random.key(3)).images
+    np.testing.assert_allclose(np.asarray(batch)[0], np.asarray(alone)[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(pixel_scale(x0))[:1], np.asarray(pixel_scale(x0[:1])))
