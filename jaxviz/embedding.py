@@ -17,7 +17,10 @@ Conventions
     L2 the data are centred first (the matmul form cancels for near pairs). The k + 8 best
     candidates are then re-ranked on the host: distances recomputed in float64 from the original
     rows (|q - d|, or 1 - the cosine of the unit rows), rounded to float32, sorted by distance and
-    then index, so equal distances go to the smaller database index, at the k-th place too.
+    then index, so equal distances go to the smaller database index, at the k-th place too (a
+    query whose tie reaches the last candidate is ranked against every row). Cosine distances are
+    rounded to 1e-12, so that copies of a row scaled by any factor tie. Features beyond 2^+-40 in
+    magnitude are scaled by a power of two for the float32 search (exact; squares would overflow).
   * Reductions (PCA, t-SNE) are scikit-learn's; the grid assignment is
     ``scipy.optimize.linear_sum_assignment`` on squared distances between the (min-max
     normalised) 2-D points and the grid-cell centres.
@@ -167,21 +170,42 @@ def _rerank(queries: np.ndarray, database: np.ndarray, candidates: np.ndarray, k
     """The candidates' distances (Q, kk) recomputed in float64 from the original rows, rounded
     to float32 and sorted by (distance, index): the k first. Memory: (block, kk, D) float64 rows
     at a time, within ``budget_bytes``."""
-    block = max(1, budget_bytes // (candidates.shape[1] * database.shape[1] * 8 * 3))  # rows, diff, square
+    n, kk = len(database), candidates.shape[1]
+    block = max(1, budget_bytes // (kk * database.shape[1] * 8 * 3))  # rows, difference, square
     dists, idxs = [], []
     for s in range(0, len(queries), block):
         cand = candidates[s:s + block]
-        rows = database[cand].astype(np.float64)
-        q = queries[s:s + block, None, :].astype(np.float64)
-        if metric == "l2":
-            d = np.sqrt(np.sum((rows - q) ** 2, axis=-1))
-        else:
-            d = 1.0 - np.sum(_unit64(rows) * _unit64(q), axis=-1)
-        d = d.astype(np.float32)
-        order = np.lexsort((cand, d))[:, :k]  # by distance, then index
-        dists.append(np.take_along_axis(d, order, 1))
-        idxs.append(np.take_along_axis(cand, order, 1).astype(np.int32))
+        d = _exact_distances(queries[s:s + block], database[cand], metric)
+        order = np.lexsort((cand, d))  # by distance, then index
+        d, cand = np.take_along_axis(d, order, 1), np.take_along_axis(cand, order, 1)
+        if kk < n:
+            # a group of equal distances that reaches the last candidate may go on beyond it, in
+            # rounding order: those queries are ranked against every row
+            for row in np.flatnonzero(d[:, k - 1] >= d[:, -1]):
+                d[row, :k], cand[row, :k] = _exact_top_k(queries[s + row], database, k, metric, budget_bytes)
+        dists.append(d[:, :k])
+        idxs.append(cand[:, :k].astype(np.int32))
     return np.concatenate(dists), np.concatenate(idxs)
+
+
+def _exact_distances(q: np.ndarray, rows: np.ndarray, metric: str) -> np.ndarray:
+    """(Q, D) queries, (Q, M, D) rows -> (Q, M) float32 distances computed in float64."""
+    q, rows = q[:, None, :].astype(np.float64), rows.astype(np.float64)
+    if metric == "l2":
+        return np.sqrt(np.sum((rows - q) ** 2, axis=-1)).astype(np.float32)
+    # 1e-12 grid: copies scaled by a factor tie (their float64 cosines differ by ~1e-16)
+    d = np.round(1.0 - np.sum(_unit64(rows) * _unit64(q), axis=-1), 12)
+    return (np.clip(d, 0.0, 2.0) + 0.0).astype(np.float32)  # + 0.0: no -0.0
+
+
+def _exact_top_k(q: np.ndarray, database: np.ndarray, k: int, metric: str,
+                 budget_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+    """One query (D,) against every database row: the k nearest by (distance, index)."""
+    step = max(1, budget_bytes // (database.shape[1] * 8 * 3))
+    d = np.concatenate([_exact_distances(q[None], database[None, s:s + step], metric)[0]
+                        for s in range(0, len(database), step)])
+    order = np.lexsort((np.arange(len(database)), d))[:k]
+    return d[order], order
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -219,6 +243,12 @@ def nearest_neighbors(queries: np.ndarray, database: np.ndarray, k: int, *, metr
         raise JaxvizError("chunk sizes must be positive")
     originals = queries, database  # for the exact re-ranking
     kk = min(n, k + RERANK_EXTRA)
+    peak = max(float(np.abs(queries).max(initial=0.0)), float(np.abs(database).max(initial=0.0)))
+    if peak > 2.0 ** 40 or 0.0 < peak < 2.0 ** -40:
+        # float32 squares would overflow (or vanish): scale by a power of two, which is exact and
+        # keeps every ranking (the re-ranking uses the original rows)
+        scale = np.float32(2.0 ** -np.round(np.log2(peak)))
+        queries, database = queries * scale, database * scale
     if metric == "cosine":
         queries, database = _unit_rows(queries), _unit_rows(database)
     else:  # L2 is translation invariant; centring shrinks the norms that cancel in the matmul form

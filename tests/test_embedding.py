@@ -74,6 +74,31 @@ def test_neighbors_break_exact_ties_by_index_at_the_kth_place_too(metric):
             np.testing.assert_allclose(dist[row], true[row][want], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_neighbors_tie_groups_larger_than_the_candidates_and_extreme_scales(metric):
+    rs = np.random.RandomState(1)
+    perms = np.stack([rs.permutation(np.arange(1, 9)) for _ in range(60)]).astype(np.float32)
+    # 60 rows at exactly the same distance from the query: more than k + 8 candidates
+    _, idx = E.nearest_neighbors(np.full((1, 8), 4.5, np.float32), perms, 4, metric=metric, chunk=13)
+    assert idx[0].tolist() == [0, 1, 2, 3]
+    # copies of one row scaled by any factor are at cosine distance 0: in index order
+    copies = np.stack([np.array([1.0, 2, 3]) * f for f in (1, 3, 0.1, 7, 1e3, 0.37)]).astype(np.float32)
+    if metric == "cosine":
+        dist, idx = E.nearest_neighbors(copies[:1], copies, 6, metric=metric)
+        assert idx[0].tolist() == list(range(6)) and (dist == 0).all() and not np.signbit(dist).any()
+    # features around 1e19: float32 squares overflow; no padding index (-1), the true order
+    big = (rs.randn(20, 8) * 1e19).astype(np.float32)
+    dist, idx = E.nearest_neighbors(big[:1], big, 5, metric=metric, chunk=7)
+    b64 = big.astype(np.float64)
+    if metric == "l2":
+        true = np.sqrt(((b64 - b64[0]) ** 2).sum(1))
+    else:
+        unit = b64 / np.linalg.norm(b64, axis=1, keepdims=True)
+        true = 1 - unit @ unit[0]
+    assert (idx >= 0).all() and idx[0].tolist() == np.argsort(true, kind="stable")[:5].tolist()
+    assert np.isfinite(dist).all()
+
+
 def test_neighbors_bad_input(rng):
     db = rng.normal(size=(5, 3))
     for kwargs in ({"k": 0}, {"k": 6}, {"k": 2, "metric": "hamming"}):
