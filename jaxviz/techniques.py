@@ -49,12 +49,15 @@ OUTPUTS = ("attribution", "map", "")
 @dataclass(frozen=True)
 class Unused:
     """``option`` does nothing while ``other`` is one of ``values`` (``why``): setting it then (not
-    None or 0) is an error, not a silently ignored value."""
+    None or 0) is an error, not a silently ignored value. ``given_only``: an option whose default
+    is not "off" (a blur sigma, a seed), judged on the command line only, where what the user
+    gave is known."""
 
     option: str
     other: str
     values: tuple
     why: str
+    given_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -135,15 +138,19 @@ class Technique:
         self.check_unused(out, cli)
         return out
 
-    def check_unused(self, values: dict, cli: bool = False) -> None:
+    def check_unused(self, values: dict, cli: bool = False, given: Iterable[str] | None = None) -> None:
         """Refuse an option set where another of ``values`` turns it off (``Unused``); a rule whose
-        two options are not both in ``values`` is not judged.
+        two options are not both in ``values`` is not judged, nor a ``given_only`` rule whose
+        option is not among ``given`` (the options the user gave; None: unknown).
 
         Raises:
           JaxvizError: one line naming both options, their values and why.
         """
+        given = None if given is None else set(given)
         for rule in self.unused:
             if rule.option not in values or rule.other not in values:
+                continue
+            if rule.given_only and (given is None or rule.option not in given):
                 continue
             value, other = values[rule.option], values[rule.other]
             if value is not None and value != 0 and other in rule.values:
@@ -388,7 +395,8 @@ _ALL: list[Technique] = [
                   Option("score", str, "class score", choices=("logit", "prob", "logprob")),
                   _size(8), SEED),
               frozenset({"classifier", "pixel_range"}), "classviz",
-              unused=(Unused("clip_fraction", "blur_every", (0,), "the clipping acts at each blur"),)),
+              unused=(Unused("clip_fraction", "blur_every", (0,), "the clipping acts at each blur"),
+                      Unused("blur_sigma", "blur_every", (0,), "it never blurs", given_only=True))),
     Technique("neuron", "jaxviz.classviz:channel_visualization", "channel / unit visualisation",
               "Olah et al. 2017 (Lucid)", (
                   REQUIRED_LAYER,
@@ -409,7 +417,8 @@ _ALL: list[Technique] = [
                   Option("optimizer", str, "optimiser", choices=("adam", "lbfgs")),
                   _size(8, default=None), SEED),
               frozenset({"layer", "pixel_range"}), "invert",
-              unused=(Unused("lr", "optimizer", ("lbfgs",), "L-BFGS's line search sets its own steps"),)),
+              unused=(Unused("lr", "optimizer", ("lbfgs",), "L-BFGS's line search sets its own steps"),
+                      Unused("beta", "tv_weight", (0, 0.0), "there is no TV term", given_only=True))),
     Technique("dream", "jaxviz.dream:deepdream", "DeepDream with octaves", "Mordvintsev et al. 2015", (
         REQUIRED_LAYER,
         Option("octaves", int, "number of scales", lo=1, hi=20),
@@ -419,7 +428,8 @@ _ALL: list[Technique] = [
         _lr("step size as a fraction of the valid range (g / mean|g| steps)", hi=1.0, default=1.5 / 255),
         Option("jitter_px", int, JITTER.help, lo=0, hi=1024, flag="--jitter"),
         _size(8, default=None), SEED),
-        frozenset({"layer", "pixel_range"}), "dream"),
+        frozenset({"layer", "pixel_range"}), "dream",
+        unused=(Unused("octave_scale", "octaves", (1,), "one octave has no scales", given_only=True),)),
     # ---------------------------------------------------------------- adversarial examples
     _attack("seed", "x <- x + eta*g/||g||_2 on the target logit until the prediction is the target "
             "(CS231n fooling images); --eps is an optional L2 budget", "Szegedy et al. 2014", "l2"),
@@ -474,7 +484,9 @@ _ALL: list[Technique] = [
                "10); not with lbfgs-linesearch (its line search sets the steps)", lo=0, lo_open=True, hi=1e6,
                flag="--lr"),
         _size(16, help="content size: longer side in pixels", default=256), SEED),
-        frozenset({"layer"}), "style", unused=(_LINE_SEARCH_STEPS,)),
+        frozenset({"layer"}), "style",
+        unused=(_LINE_SEARCH_STEPS,
+                Unused("seed", "init", ("content", "style"), "only a noise start is random", given_only=True))),
     Technique("fast-style-train", "jaxviz.fast_style:FastStyleConfig",
               "train a (multi-style) transformation network with conditional instance norm",
               "Johnson et al. 2016; Dumoulin et al. 2017", (

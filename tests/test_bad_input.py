@@ -318,6 +318,14 @@ def test_bad_option_value_is_one_line_exit_2(template, flag, workspace, tmp_path
      "--lr 0.3 does nothing with --optimizer lbfgs"),
     (["style", "chelsea", "--style", "brick", "--optimizer", "lbfgs-linesearch", "--lr", "2", "--out", "{out}/s.png"],
      "--lr 2.0 does nothing with --optimizer lbfgs-linesearch"),
+    (["classviz", "--target", "1", *M, "--blur-every", "0", "--blur-sigma", "2", "--out", "{out}/c.png"],
+     "--blur-sigma 2.0 does nothing with --blur-every 0"),
+    (["invert", "chelsea", *M, "--layer", "fire2", "--tv-weight", "0", "--beta", "3", "--out", "{out}/i.png"],
+     "--beta 3.0 does nothing with --tv-weight 0.0"),
+    (["dream", "chelsea", *M, "--layer", "fire2", "--octaves", "1", "--octave-scale", "2", "--out", "{out}/d.png"],
+     "--octave-scale 2.0 does nothing with --octaves 1"),
+    (["style", "chelsea", "--style", "brick", "--seed", "3", "--out", "{out}/s.png"],
+     "--seed 3 does nothing with --init content"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_more_bad_values(argv, needle, workspace, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)

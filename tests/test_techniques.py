@@ -292,3 +292,12 @@ def test_an_option_that_another_turns_off_is_refused_in_python_and_named_by_flag
     check("invert", lr=0.1, optimizer="adam")
     make_optimizer("lbfgs-linesearch")
     make_optimizer("lbfgs", 0.5)
+
+
+def test_given_only_rules_judge_what_the_user_gave_not_defaults():
+    dream = TECHNIQUES["dream"]
+    values = {**dream.defaults(), "octaves": 1}  # octave_scale keeps its default 1.4: fine
+    dream.check_unused(values, cli=True, given={"octaves"})
+    dream.check_unused(values)  # the Python path does not know what was given: not judged
+    with pytest.raises(JaxvizError, match="--octave-scale 1.4 does nothing with --octaves 1"):
+        dream.check_unused(values, cli=True, given={"octaves", "octave_scale"})

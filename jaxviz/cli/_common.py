@@ -145,7 +145,7 @@ def options_for(args: argparse.Namespace, technique, context: dict | None = None
         given[by_flag[flag].name] = value
     checked = technique.check(cli=True, context=context, **given)
     options = {**technique.defaults(), **checked}
-    technique.check_unused(options, cli=True)  # a flag given that a default turns off
+    technique.check_unused(options, cli=True, given=given)  # a flag given that a default turns off
     return options
 
 
