@@ -73,7 +73,8 @@ def inversion_loss(model: ModelLike, params: dict, x0: Array, layer: str, *, tv_
     """The normalised objective: feature term + tv_weight · TV^β / (H W B^β), per image (N,)."""
     _, h, w, _ = x0.shape
     feat = obj.feature_match(model, params, layer, x0, normalize=True)
-    tv = obj.Objective(_tv_fn(float(beta)), f"tv({beta:g})/HWB^b", _tv_factor(pixel_scale(x0), h * w, float(beta)), pure=True)
+    factor = _tv_factor(pixel_scale(x0), h * w, float(beta))
+    tv = obj.Objective(_tv_fn(float(beta)), f"tv({beta:g})/HWB^b", factor, pure=True)
     return feat + tv_weight * tv
 
 
@@ -96,8 +97,9 @@ def invert(model: ModelLike, params: dict | None, x0: Array, layer: str, *, step
       ``OptimizeResult``; ``extras["feature_loss"]`` = (initial (N,), final (N,)) normalised
       feature distances.
     Raises:
-      JaxvizError: bad shapes or settings (``lr`` with ``optimizer="lbfgs"``), an image size at which the layer is empty, a reference
-        image that is zero in model-input space or whose features at ``layer`` are all zero, NaN
+      JaxvizError: bad shapes or settings (``lr`` with ``optimizer="lbfgs"``), an image size at
+        which the layer is empty, a reference image that is zero in model-input space or whose
+        features at ``layer`` are all zero, NaN
         or infinite values in ``x0`` or ``init``.
     """
     require_concrete("invert", params, x0, init, key)

@@ -137,7 +137,7 @@ def gram_targets(features: Callable, params: dict, style_xs: Sequence[Array],
       style_xs: preprocessed style images, each (1, h, w, 3) (sizes may differ).
       weights: blend weights a_s (default equal); normalised to sum to 1.
       options: XLA options of the steps (``model.compiler_options``), so that targets and
-        steps use the same convolutions.
+        steps compile their convolutions alike.
     """
     if weights is not None:
         check("style", style_blend=weights)  # finite, >= 0 (the registry's bounds)
