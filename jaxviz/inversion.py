@@ -99,8 +99,7 @@ def invert(model: ModelLike, params: dict | None, x0: Array, layer: str, *, step
     Raises:
       JaxvizError: bad shapes or settings (``lr`` with ``optimizer="lbfgs"``), an image size at
         which the layer is empty, a reference image that is zero in model-input space or whose
-        features at ``layer`` are all zero, NaN
-        or infinite values in ``x0`` or ``init``.
+        features at ``layer`` are all zero, NaN or infinite values in ``x0`` or ``init``.
     """
     require_concrete("invert", params, x0, init, key)
     check("invert", steps=steps, lr=lr, tv_weight=tv_weight, beta=beta, optimizer=optimizer)
