@@ -259,9 +259,9 @@ def gram_texture(model: ModelLike, params: dict, sample: Array, size: int | tupl
     check_options(steps=steps, optimizer=optimizer, learning_rate=learning_rate)
     loss = gatys_loss(model, None, layer_tuple(layers))  # style terms only; weights and targets go in as data
     w = _layer_weights(loss.style_layers, layer_weights)
+    params = model.resolve_params(params)  # None: the model's own (checked at both sizes below)
     for hw in dict.fromkeys((size, tuple(sample.shape[:2]))):
         check_layers(model, params, loss.style_layers, hw, spatial=loss.style_layers)
-    params = model.resolve_params(params)
     prepared, options = loss.prepare(params)
     # the targets on the plain params (one pass; jaxviz.style.style_transfer says why)
     one = jax.device_put(np.asarray(sample)[None])  # the batch axis on the host: no program

@@ -144,3 +144,12 @@ def test_cli_texture_efros_end_to_end_and_bad_inputs(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "error" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.png"]
+
+
+def test_gram_texture_takes_params_none_as_the_models_own(tiny_model):
+    # params=None used to reach the layer check unresolved: "does not run at 32x32 px"
+    layers = [tiny_model.layer_names[0]]
+    sample = np.random.default_rng(0).uniform(size=(32, 32, 3)).astype(np.float32)
+    a, _ = gram_texture(tiny_model, None, sample, 16, layers=layers, key=jax.random.key(0), steps=1)
+    b, _ = gram_texture(tiny_model, tiny_model.params, sample, 16, layers=layers, key=jax.random.key(0), steps=1)
+    np.testing.assert_array_equal(a, b)
