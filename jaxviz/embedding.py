@@ -160,11 +160,6 @@ def _search(q: Array, chunks: Array, chunk_sq: Array, chunk_ids: Array, k: int, 
 RERANK_EXTRA = 8
 
 
-def _unit64(x: np.ndarray) -> np.ndarray:
-    norm = np.linalg.norm(x, axis=-1, keepdims=True)
-    return np.where(norm > 0, x / np.where(norm > 0, norm, 1.0), 0.0)
-
-
 def _rerank(queries: np.ndarray, database: np.ndarray, candidates: np.ndarray, k: int, metric: str,
             budget_bytes: int = 64 << 20) -> tuple[np.ndarray, np.ndarray]:
     """The candidates' distances (Q, kk) recomputed in float64 from the original rows, rounded
@@ -194,7 +189,7 @@ def _exact_distances(q: np.ndarray, rows: np.ndarray, metric: str) -> np.ndarray
     if metric == "l2":
         return np.sqrt(np.sum((rows - q) ** 2, axis=-1)).astype(np.float32)
     # 1e-12 grid: copies scaled by a factor tie (their float64 cosines differ by ~1e-16)
-    d = np.round(1.0 - np.sum(_unit64(rows) * _unit64(q), axis=-1), 12)
+    d = np.round(1.0 - np.sum(_unit_rows(rows) * _unit_rows(q), axis=-1), 12)
     return (np.clip(d, 0.0, 2.0) + 0.0).astype(np.float32)  # + 0.0: no -0.0
 
 
@@ -209,8 +204,10 @@ def _exact_top_k(q: np.ndarray, database: np.ndarray, k: int, metric: str,
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.where(norm > 0, x / np.where(norm > 0, norm, 1.0), 0.0).astype(np.float32)
+    """Rows (last axis) scaled to unit length, zero rows left zero; in ``x``'s dtype (float32 for
+    the search, float64 for the re-ranking)."""
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return np.where(norm > 0, x / np.where(norm > 0, norm, 1.0), 0.0).astype(x.dtype, copy=False)
 
 
 def nearest_neighbors(queries: np.ndarray, database: np.ndarray, k: int, *, metric: str = "cosine",
