@@ -62,6 +62,7 @@ from jaxviz.optimize import require_concrete
 
 Basis = Literal["pixel", "dct"]
 BASES = ("pixel", "dct")
+FREQ_RATIO = 1 / 8  # the DCT basis's low-frequency block (fraction of H and W), as in the paper
 ProbaFn = Callable[[np.ndarray], "np.ndarray | jax.Array"]
 
 
@@ -94,7 +95,7 @@ def low_frequency_mask(shape: tuple[int, int], freq_ratio: float) -> np.ndarray:
 
 
 def direction_order(key: jax.Array, shape: tuple[int, int], basis: Basis, *,
-                    freq_ratio: float = 1 / 8, count: int | None = None) -> np.ndarray:
+                    freq_ratio: float = FREQ_RATIO, count: int | None = None) -> np.ndarray:
     """(count,) direction indices for one image (``key`` one key) or (N, count) for (N,) keys,
     in the order SimBA tries them.
 
@@ -233,7 +234,7 @@ def _quantize(x: np.ndarray, x0: np.ndarray, max_l2: float | None) -> np.ndarray
 def simba(predict_proba: ProbaFn | Model, images: jax.Array, *, label: jax.Array | None = None,
           target: int | jax.Array | None = None, basis: Basis = "dct",
           eps: float = 0.2, max_queries: int = 5000, max_l2: float | None = None,
-          freq_ratio: float = 1 / 8, key: jax.Array | None = None, both_signs: bool = False,
+          freq_ratio: float | None = None, key: jax.Array | None = None, both_signs: bool = False,
           chunk: int | None = None, pad: bool | None = None, model: str = "",
           params: PyTree | None = None) -> AttackResult:
     """SimBA on a batch of images through a probability function only (see the module docstring).
@@ -253,7 +254,8 @@ def simba(predict_proba: ProbaFn | Model, images: jax.Array, *, label: jax.Array
       max_queries: per-image budget of images passed to predict_proba (>= 2), never exceeded.
       max_l2: optional L2 budget of the perturbation (pixel units, >= 1/255: one grey level);
         None: unbounded.
-      freq_ratio: DCT low-frequency block, as a fraction of the height and width.
+      freq_ratio: DCT low-frequency block, as a fraction of the height and width, in (0, 1]
+        (None: 1/8, the paper's); with ``basis="pixel"`` it must stay None (it would do nothing).
       key: PRNG key (split per image) or (N,) keys: the random direction orders.
       both_signs: query x + eps q and x - eps q together (one call of 2N) instead of x - eps q
         only where x + eps q did not help (the paper's order, fewer queries).
@@ -270,13 +272,14 @@ def simba(predict_proba: ProbaFn | Model, images: jax.Array, *, label: jax.Array
       objective's probability (p(label) untargeted, p(target) targeted) of the accepted state
       after each iteration, ``calls``, ``images_sent``, ``seconds``.
     Raises:
-      JaxvizError: bad shapes, values or budgets, a target already on top of an original, or a
-        predict_proba of the wrong output shape.
+      JaxvizError: bad shapes, values or budgets, a ``freq_ratio`` with the pixel basis, a target
+        already on top of an original, or a predict_proba of the wrong output shape.
     """
     require_concrete("simba", images, label, target, key)
     start_time = time.perf_counter()
     from jaxviz.techniques import check
     check("simba", basis=basis, eps=eps, max_queries=max_queries, max_l2=max_l2, freq_ratio=freq_ratio, chunk=chunk)
+    freq_ratio = FREQ_RATIO if freq_ratio is None else freq_ratio
     if isinstance(predict_proba, Model):
         from jaxviz.adversarial import proba_fn
         model = model or predict_proba.name

@@ -63,7 +63,10 @@ def gaussian_blur(x: Array, sigma: float) -> Array:
     return sum(k[i] * rows[:, :, i:i + w, :] for i in range(2 * radius + 1))
 
 
-def baseline_images(x: Array, baseline: Baseline = "blur", blur_sigma: float = 5.0) -> Array:
+BLUR_SIGMA = 5.0  # pixels: the blur baseline's default sigma
+
+
+def baseline_images(x: Array, baseline: Baseline = "blur", blur_sigma: float = BLUR_SIGMA) -> Array:
     """(N, H, W, C) images -> (N, H, W, C) baseline images of the chosen kind (input space)."""
     if baseline == "blur":
         return gaussian_blur(x, blur_sigma)
@@ -96,7 +99,7 @@ def trapezoid_auc(curves: Array) -> Array:
 
 def deletion_insertion(model: ModelLike, params: dict, x: Array, maps: Array, index: Array | None = None, *,
                        steps: int = 32, baseline: Baseline = "blur", chunk: int = 32,
-                       blur_sigma: float = 5.0, patch: int = 1) -> dict[str, Array]:
+                       blur_sigma: float | None = None, patch: int = 1) -> dict[str, Array]:
     """Deletion and insertion curves of saliency ``maps`` and their areas.
 
     Args:
@@ -109,7 +112,8 @@ def deletion_insertion(model: ModelLike, params: dict, x: Array, maps: Array, in
       steps: number of equal fractions (static); curves have ``steps + 1`` points.
       baseline: "blur" | "mean" | "zero": what removed pixels become / insertion starts from.
       chunk: perturbed images per network call (bounds memory; static).
-      blur_sigma: Gaussian sigma in pixels for the "blur" baseline.
+      blur_sigma: Gaussian sigma in pixels of the "blur" baseline (> 0; None: 5.0); with another
+        baseline it must stay None (it would do nothing).
       patch: 1 ranks single pixels (RISE); p > 1 ranks p x p cells of the grid by their mean
         saliency and moves whole cells (region perturbation, Samek et al. 2017), which keeps a
         random order from acting as salt-and-pepper noise. Static.
@@ -117,8 +121,8 @@ def deletion_insertion(model: ModelLike, params: dict, x: Array, maps: Array, in
       dict with ``deletion`` and ``insertion`` (N, steps+1) softmax probabilities of class
       ``index`` and ``deletion_auc``, ``insertion_auc`` (N,) trapezoid areas over fractions [0, 1].
     Raises:
-      JaxvizError: mismatched shapes, unknown baseline, non-positive steps/chunk, a model without
-        class logits.
+      JaxvizError: mismatched shapes, unknown baseline, non-positive steps/chunk, a ``blur_sigma``
+        with a baseline that does not blur, a model without class logits.
     """
     model = as_model(model)
     params = model.resolve_params(params)
@@ -136,9 +140,10 @@ def deletion_insertion(model: ModelLike, params: dict, x: Array, maps: Array, in
     if not isinstance(patch, int) or not 1 <= patch <= min(x.shape[1:3]):
         raise JaxvizError(f"patch must be an integer between 1 and the image side, got {patch!r}")
     from jaxviz.techniques import check
-    check("deletion-insertion", blur_sigma=blur_sigma)
+    check("deletion-insertion", baseline=baseline, blur_sigma=blur_sigma)
+    blur_sigma = BLUR_SIGMA if blur_sigma is None else float(blur_sigma)
     return _deletion_insertion(model, params, x, maps, index, steps=steps, baseline=baseline,
-                               chunk=chunk, blur_sigma=float(blur_sigma), patch=patch)
+                               chunk=chunk, blur_sigma=blur_sigma, patch=patch)
 
 
 def cell_maps(maps: Array, patch: int) -> Array:

@@ -261,10 +261,14 @@ def _step(hi: float) -> Option:
                   hi=hi, metavar="STEP")
 
 
-def _attack(name: str, summary: str, paper: str, norm: str, *, has_steps: bool = True) -> Technique:
+def _attack(name: str, summary: str, paper: str, norm: str, *, has_steps: bool = True,
+            random_start: bool = False) -> Technique:
+    # --seed only where the method starts at a random point (adversarial.METHODS' random_start):
+    # elsewhere it would be accepted and change nothing
     hi = 1.0 if norm == "linf" else 1000.0
     options = (_eps(hi),) + ((_step(hi),) if has_steps else ()) + tuple(
-        o for o in _ATTACK_BASE if has_steps or o.name in ("confidence", "seed"))
+        o for o in _ATTACK_BASE if (o.name == "seed" and random_start)
+        or (o.name != "seed" and (has_steps or o.name == "confidence")))
     return Technique(name, "jaxviz.adversarial:attack", summary, paper, options, frozenset({"classifier", "pixel_range"}),
                      "adversarial", fixed=(("method", name),))
 
@@ -321,7 +325,8 @@ _ALL: list[Technique] = [
                   Option("chunk", int, "perturbed images per call (memory)", lo=1, hi=100_000),
                   Option("blur_sigma", float, "blur baseline sigma in pixels", lo=0, lo_open=True, hi=1000),
                   Option("patch", int, "cell size of the ranking", lo=1, hi=MAX_SIZE)),
-              frozenset({"classifier"})),
+              frozenset({"classifier"}),
+              unused=(Unused("blur_sigma", "baseline", ("mean", "zero"), "only the blur baseline is blurred"),)),
     Technique("segment", "jaxviz.segment:segment_from_saliency", "object mask from a saliency map (GMM + graph cut)",
               "Simonyan et al. 2014 §3.1", (
                   Option("fg_fraction", float, "share of most salient pixels seeding the object",
@@ -436,8 +441,8 @@ _ALL: list[Technique] = [
     _attack("fgsm", "fast gradient sign method, one step of eps", "Goodfellow et al. 2015", "linf",
             has_steps=False),
     _attack("ifgsm", "iterative FGSM / BIM, clipped to the eps-ball", "Kurakin et al. 2017", "linf"),
-    _attack("pgd-linf", "PGD in the L-inf ball with random start", "Madry et al. 2018", "linf"),
-    _attack("pgd-l2", "PGD in the L2 ball with random start", "Madry et al. 2018", "l2"),
+    _attack("pgd-linf", "PGD in the L-inf ball with random start", "Madry et al. 2018", "linf", random_start=True),
+    _attack("pgd-l2", "PGD in the L2 ball with random start", "Madry et al. 2018", "l2", random_start=True),
     Technique("simba", "jaxviz.blackbox:simba", "query-based black-box attack (probabilities only)",
               "Guo et al. 2019", (
                   Option("eps", "amount", "simba: L2 length of one step in pixel units", lo=0, lo_open=True,
@@ -451,7 +456,8 @@ _ALL: list[Technique] = [
                   Option("freq_ratio", float, "DCT low-frequency block", lo=0, lo_open=True, hi=1, cli=False),
                   Option("chunk", int, "images per call", lo=1, hi=100_000, cli=False),
                   _seed(help="random seed (direction order)")),
-              frozenset({"classifier", "pixel_range", "key"}), "adversarial"),
+              frozenset({"classifier", "pixel_range", "key"}), "adversarial",
+              unused=(Unused("freq_ratio", "basis", ("pixel",), "the pixel basis has no frequency order"),)),
     # ---------------------------------------------------------------- texture and style
     Technique("gram", "jaxviz.texture:gram_texture", "Gram-matrix texture synthesis", "Gatys et al. 2015", (
         _GRAM_LAYERS, _steps(lo=0, help="optimisation steps"), OPTIMIZER,

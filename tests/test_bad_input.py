@@ -271,7 +271,7 @@ def _option_cases():
                         argv += ["--method", t.name]
                         # drop the template's flags of other methods (they would be refused first)
                         mine = {x.cli_flag for x in t.cli_options()}
-                        others = {x.cli_flag for u in pool for x in u.cli_options()} - mine - {"--seed"}
+                        others = {x.cli_flag for u in pool for x in u.cli_options()} - mine
                         for flag in others & set(argv):
                             i = argv.index(flag)
                             del argv[i:i + 2]
@@ -326,6 +326,12 @@ def test_bad_option_value_is_one_line_exit_2(template, flag, workspace, tmp_path
      "--octave-scale 2.0 does nothing with --octaves 1"),
     (["style", "chelsea", "--style", "brick", "--seed", "3", "--out", "{out}/s.png"],
      "--seed 3 does nothing with --init content"),
+    # --seed was accepted (and ignored) by every method without randomness
+    (["adversarial", "chelsea", *M, "--method", "fgsm", "--seed", "3"],
+     "--seed applies to --method pgd-linf, pgd-l2, simba, not fgsm"),
+    (["adversarial", "chelsea", *M, "--method", "ifgsm", "--seed", "3"], "not ifgsm"),
+    (["saliency", "chelsea", *M, "--method", "vanilla", "--seed", "3"],
+     "--seed applies to --method smoothgrad, not vanilla"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_more_bad_values(argv, needle, workspace, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)

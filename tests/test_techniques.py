@@ -294,6 +294,33 @@ def test_an_option_that_another_turns_off_is_refused_in_python_and_named_by_flag
     make_optimizer("lbfgs", 0.5)
 
 
+def test_attack_seed_exactly_where_the_method_starts_at_random():
+    """--seed was an option of every attack; fgsm, ifgsm and the seed method ignored it."""
+    from jaxviz.adversarial import METHODS
+    for name, method in METHODS.items():
+        has_seed = any(o.name == "seed" for o in TECHNIQUES[name].options)
+        assert has_seed == method.random_start, name
+    assert any(o.name == "seed" for o in TECHNIQUES["simba"].options)  # its direction order
+
+
+def test_library_options_another_turns_off_are_refused(tiny_model):
+    """deletion_insertion's blur_sigma and SimBA's freq_ratio did nothing with another baseline /
+    basis and were accepted: now refused, their default (None) still fine."""
+    import numpy as np
+    from jaxviz.blackbox import simba
+    from jaxviz.metrics import deletion_insertion
+    x = np.random.default_rng(0).random((1, 16, 16, 3), np.float32)
+    maps = x.mean(-1)
+    with pytest.raises(JaxvizError, match="blur_sigma=2.0 does nothing with baseline=mean"):
+        deletion_insertion(tiny_model, None, x, maps, steps=2, baseline="mean", blur_sigma=2.0)
+    for baseline, sigma in (("mean", None), ("blur", None), ("blur", 2.0)):
+        assert deletion_insertion(tiny_model, None, x, maps, steps=2, baseline=baseline,
+                                  blur_sigma=sigma)["deletion"].shape == (1, 3)
+    with pytest.raises(JaxvizError, match="freq_ratio=0.25 does nothing with basis=pixel"):
+        simba(tiny_model, x, basis="pixel", freq_ratio=0.25, max_queries=4)
+    assert simba(tiny_model, x, basis="dct", freq_ratio=0.25, max_queries=4).images.shape == x.shape
+
+
 def test_given_only_rules_judge_what_the_user_gave_not_defaults():
     dream = TECHNIQUES["dream"]
     values = {**dream.defaults(), "octaves": 1}  # octave_scale keeps its default 1.4: fine

@@ -24,10 +24,6 @@ import numpy as np
 from jaxviz.errors import JaxvizError
 from jaxviz.options import Option
 
-# Flags that a method without randomness accepts (and ignores) rather than refuses.
-LENIENT_FLAGS = frozenset({"--seed"})
-
-
 # ------------------------------------------------------------------ generated options
 
 def _dest(flag: str) -> str:
@@ -137,9 +133,7 @@ def options_for(args: argparse.Namespace, technique, context: dict | None = None
         value = getattr(args, dest, None)
         if value is None:
             continue
-        if flag not in by_flag:
-            if flag in LENIENT_FLAGS:
-                continue
+        if flag not in by_flag:  # (--seed too: a method without randomness would ignore it)
             where = "--method " if getattr(args, "method", None) is not None else ""
             raise JaxvizError(f"{flag} applies to {where}{', '.join(users)}, not {technique.name}")
         given[by_flag[flag].name] = value

@@ -83,7 +83,7 @@ def adversarial(parser: argparse.ArgumentParser):
         target = resolve_class(args.target, model.num_classes, model.labels) if args.target is not None else None
         other = load_model_arg(args.transfer) if args.transfer else None
         check_memory_for(model, None, min(batch, len(args.images)), f"adversarial --method {technique.name}")
-        key = jax.random.key(options.pop("seed"))
+        key = jax.random.key(options.pop("seed", 0))  # 0: no random start uses it
         simba = technique.name in _BLACK_BOX
         if simba:
             predict = adv.proba_fn(model)
