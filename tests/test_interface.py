@@ -194,6 +194,44 @@ def test_guided_rule_covers_relus_written_as_jnp_clip():
         with_backward_rule(upper, "guided")(z)
 
 
+@pytest.mark.parametrize("form", ["min-max", "max-min"])
+def test_relu6_written_with_minimum_and_maximum_takes_the_relu6_rule(form):
+    """jnp.minimum(jnp.maximum(x, 0), 6) was replaced as a ReLU followed by an ordinary min: the
+    deconvnet map also zeroed the signal where x > 6 (ReLU6's deconvnet rule passes it)."""
+    import jaxviz
+    from jaxviz.accel import accelerate
+    from jaxviz.saliency import deconvnet_gradients, guided_gradients
+    written = {"min-max": lambda z: jnp.minimum(jnp.maximum(z, 0), 6),
+               "max-min": lambda z: jnp.maximum(jnp.minimum(z, 6.0), 0.0)}[form]
+
+    class Net(nn.Module):
+        relu6: Any = staticmethod(written)
+
+        @nn.compact
+        def __call__(self, x):
+            x = self.relu6(nn.Conv(8, (3, 3), name="conv1")(x) * 8.0)  # many above 6
+            x = self.relu6(nn.Conv(8, (3, 3), strides=2, name="conv2")(x))
+            return nn.Dense(5, name="head")(x.mean((1, 2)))
+    x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3))
+    index = jnp.asarray([1, 3])
+    variables = Net().init(jax.random.key(0), x[:1])
+    model = jaxviz.from_linen(Net(), variables, input_size=16)
+    for method, relu6 in ((deconvnet_gradients, deconv_relu6), (guided_gradients, guided_relu6)):
+        by_hand = Net(relu6)
+        want = jax.grad(lambda z: by_hand.apply(variables, z)[jnp.arange(2), index].sum())(x)
+        assert np.abs(np.asarray(want)).max() > 0
+        for m in (model, accelerate(model)):
+            np.testing.assert_allclose(method(m, m.params, x, index=index), want, rtol=1e-5, atol=1e-7)
+    # the ReLU's output used elsewhere too: a ReLU and a min, as written
+    def both(w, z):
+        h = jnp.maximum(z * w, 0)
+        return jnp.sum(jnp.minimum(h, 6) + h * 0.5)
+    z = jnp.linspace(-3.0, 9.0, 8)
+    got = jax.grad(with_backward_rule(both, "deconv"), argnums=1)(1.0, z)
+    expected = jax.grad(lambda z: jnp.sum(jnp.minimum(deconv_relu(z), 6) + deconv_relu(z) * 0.5))(z)
+    np.testing.assert_allclose(got, expected)
+
+
 def test_guided_rule_replaces_plain_relu_calls_and_equals_the_rule_by_hand():
     def net(w, x):  # jax.nn.relu, flax's relu and jnp.maximum, one inside a jit and a scan
         h = jax.jit(jax.nn.relu)(x * w[0])

@@ -39,6 +39,7 @@ from jaxviz.accel import ops
 from jaxviz.errors import JaxvizError
 from jaxviz.interface.backward import ACTIVATIONS, RULES, NoReLUError, relu_kind
 from jaxviz.interface.backward import (
+    _bare_relu6,  # min(max(x, 0), 6) written out: one ReLU6
     _sub_jaxprs as _subs,  # every sub-jaxpr of an equation
 )
 
@@ -131,10 +132,21 @@ class _Evaluator:
             env[var] = value
         for var, value in zip(jaxpr.invars, args):
             env[var] = value
-        for eqn in jaxpr.eqns:
+        relu6_pairs = _bare_relu6(jaxpr) if self.rule != "gradient" else {}  # the gradient: as written
+        skip = set()
+        for i, eqn in enumerate(jaxpr.eqns):
+            if i in skip:  # the second half of a ReLU6 already replaced
+                continue
             name = eqn.primitive.name
             raw = [read(v) for v in eqn.invars]
             live_in = [not isinstance(v, jex_core.Literal) and v in dep for v in eqn.invars]
+            if i in relu6_pairs and any(live_in):
+                j, x = relu6_pairs[i]
+                skip.add(j)
+                self.relus += 1
+                env[jaxpr.eqns[j].outvars[0]] = ACTIVATIONS[self.rule]["relu6"](self.force(read(x)))
+                dep.update(jaxpr.eqns[j].outvars)
+                continue
             if any(live_in):
                 dep.update(eqn.outvars)
             with _source(eqn):  # keep the layer names in profiles and XLA dumps

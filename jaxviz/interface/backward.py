@@ -12,9 +12,10 @@ Each rule is a ``jax.custom_vjp`` ReLU with the ordinary forward pass. ``with_ba
 rule)`` puts them into a model without editing it and without hooks: it traces ``fn`` to a jaxpr
 and evaluates it again with every ReLU replaced. A ReLU is ``jax.nn.relu`` / ``flax.linen.relu`` /
 ``nnx.relu`` (a ``custom_jvp`` call whose body is ``max(x, 0)``), ``jax.nn.relu6`` (``min(max(x,
-0), 6)``) or a plain ``jnp.maximum(x, 0)`` (but not the one flax's normalisation layers clamp their
-variance with); they are found inside jitted calls, ``scan``, ``cond`` and ``while`` bodies too.
-The forward values are unchanged.
+0), 6)``), ``jnp.clip(x, 0[, 6])`` or a plain ``jnp.maximum(x, 0)`` (but not the one flax's
+normalisation layers clamp their variance with); a plain one with ``jnp.minimum(., 6)`` is a
+ReLU6. They are found inside jitted calls, ``scan``, ``cond`` and ``while`` bodies too. The
+forward values are unchanged.
 """
 from __future__ import annotations
 
@@ -242,6 +243,49 @@ def relu_kind(eqn: jex_core.JaxprEqn) -> str | None:
     return None
 
 
+def _is_min_six(eqn) -> bool:
+    """``min(x, 6)`` with a literal six."""
+    if eqn.primitive.name != "min" or len(eqn.invars) != 2:
+        return False
+    return sorted(str(_literal_value(v)) for v in eqn.invars) == ["6.0", "None"]
+
+
+def _free_input(eqn):
+    """The one non-literal input of a ``max(x, 0)`` / ``min(x, 6)``."""
+    return next(v for v in eqn.invars if _literal_value(v) is None)
+
+
+def _bare_relu6(jaxpr) -> dict[int, tuple[int, object]]:
+    """ReLU6 written out in two equations, ``min(max(x, 0), 6)`` or ``max(min(x, 6), 0)``:
+    {index of the first: (index of the second, x)}. Replaced as one ReLU6, not as a ReLU then an
+    ordinary min, whose deconvnet rule would also zero the signal where x > 6. Only where the
+    intermediate value has no other use."""
+    uses: dict = {}
+    for eqn in jaxpr.eqns:
+        for v in eqn.invars:
+            if not isinstance(v, jex_core.Literal):
+                uses[v] = uses.get(v, 0) + 1
+    for v in jaxpr.outvars:
+        if not isinstance(v, jex_core.Literal):
+            uses[v] = uses.get(v, 0) + 2  # an output: never fused away
+    first_of = {}
+    for i, eqn in enumerate(jaxpr.eqns):
+        if (_is_max_zero(eqn) and relu_kind(eqn) == "relu") or _is_min_six(eqn):
+            if uses.get(eqn.outvars[0]) == 1:
+                first_of[eqn.outvars[0]] = i
+    fused = {}
+    for j, eqn in enumerate(jaxpr.eqns):
+        for v in eqn.invars:
+            i = first_of.get(v) if not isinstance(v, jex_core.Literal) else None
+            if i is None:
+                continue
+            first = jaxpr.eqns[i]
+            if ((_is_max_zero(first) and _is_min_six(eqn))
+                    or (_is_min_six(first) and _is_max_zero(eqn) and relu_kind(eqn) == "relu")):
+                fused[i] = (j, _free_input(first))
+    return fused
+
+
 # checkpointed bodies (primitive "remat2" in current JAX) are inlined: the rule matters more than
 # the memory saving of rematerialisation inside a guided / deconvnet pass
 _CALLS = ("pjit", "jit", "closed_call", "core_call", "remat", "remat2", "checkpoint")
@@ -294,11 +338,21 @@ def _eval(jaxpr, consts, args, activations: dict, counter: _Counter, live=None) 
         env[var] = value
     for var, value in zip(jaxpr.invars, args):
         env[var] = value
-    for eqn in jaxpr.eqns:
+    relu6_pairs, skip = _bare_relu6(jaxpr), set()
+    for i, eqn in enumerate(jaxpr.eqns):
+        if i in skip:  # the second half of a ReLU6 already replaced
+            continue
+        live_in = [depends(v) for v in eqn.invars]
+        if i in relu6_pairs and any(live_in):
+            j, x = relu6_pairs[i]
+            skip.add(j)
+            counter.count += 1
+            env[jaxpr.eqns[j].outvars[0]] = activations["relu6"](read(x))
+            dep.update(jaxpr.eqns[j].outvars)
+            continue
         invals = [read(v) for v in eqn.invars]
         kind = relu_kind(eqn)
         name = eqn.primitive.name
-        live_in = [depends(v) for v in eqn.invars]
         if any(live_in):
             dep.update(eqn.outvars)
         if kind is not None and any(live_in):
