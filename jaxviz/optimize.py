@@ -494,6 +494,16 @@ def _strong(tree: PyTree) -> PyTree:
     return jax.tree_util.tree_map(lambda a: jnp.asarray(a, a.dtype) if getattr(a, "weak_type", False) else a, tree)
 
 
+def _check_line_search_dtype(params: PyTree) -> None:
+    """optax's line search keeps its step sizes in float32 and fails deep inside a ``cond`` on
+    lower-precision parameters: one clear error instead."""
+    for leaf in jax.tree_util.tree_leaves(params):
+        dtype = jnp.dtype(leaf.dtype)
+        if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize < 4:
+            raise JaxvizError(f"an optimiser with a line search (L-BFGS) needs float32 or float64 images, got "
+                              f"{dtype.name}: start from init.astype(jnp.float32), or use Adam")
+
+
 def _check(init: Array, steps: int) -> None:
     if init.ndim < 2:
         raise JaxvizError(f"init must be a batch of images (N, H, W, C), got shape {init.shape}")
@@ -623,6 +633,9 @@ def optimize(loss_fn: LossFn, init: Array, *, optimizer: optax.GradientTransform
         ``jaxviz.accel.accelerate``: faster convolutions on CPU for some networks; same results).
     Returns:
       ``OptimizeResult``.
+    Raises:
+      JaxvizError: ``init`` not a batch of images or not finite, ``steps`` < 0, traced arguments,
+        or a line-search optimiser (L-BFGS) with images below float32 (bfloat16, float16).
     """
     require_concrete("the optimisation engine", init, data)
     init = jnp.asarray(init)
@@ -649,6 +662,8 @@ def optimize(loss_fn: LossFn, init: Array, *, optimizer: optax.GradientTransform
         opt_state = opt_init(params)
     except TypeError:  # a custom optimiser whose state holds what jit cannot return (strings, ...)
         opt_state = _strong(opt.init(params))
+    if uses_line_search(opt_state):
+        _check_line_search_dtype(params)
     # Host arrays placed with device_put: jnp.ones / jnp.zeros, and jnp.asarray of a numpy array,
     # would each compile a small program per shape.
     mask = jax.device_put(np.ones((n,), bool))

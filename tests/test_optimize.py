@@ -399,6 +399,20 @@ def test_dtypes_are_kept_through_the_device_loop():
     np.testing.assert_allclose(res.images, 1.0 - 0.8 ** 40, rtol=1e-5)
 
 
+def test_line_search_below_float32_is_one_clear_error():
+    """L-BFGS on bfloat16 / float16 images failed with a TypeError deep in optax's line search
+    (a ``cond`` whose branches return float32 and bfloat16); without a line search it runs."""
+    loss = lambda x, k: jnp.sum(jnp.square(x.astype(jnp.float32) - 0.3).reshape(x.shape[0], -1), 1)
+    for dtype in (jnp.bfloat16, jnp.float16):
+        with pytest.raises(JaxvizError, match=f"line search .* float32 or float64 images, got {jnp.dtype(dtype).name}"):
+            optimize(loss, jnp.zeros((1, 3, 3, 1), dtype), optimizer=lbfgs(), steps=2)
+    res = optimize(loss, jnp.zeros((1, 3, 3, 1), jnp.bfloat16), optimizer=lbfgs(line_search=False,
+                   learning_rate=0.2), steps=3)
+    assert res.images.dtype == jnp.bfloat16
+    res = optimize(loss, jnp.zeros((1, 3, 3, 1), jnp.float32), optimizer=lbfgs(), steps=3)
+    np.testing.assert_allclose(res.images, 0.3, atol=1e-5)
+
+
 def test_another_callbacks_exception_is_not_hidden_by_snapshots():
     """A callback raising inside a program call's updates: its exception reaches the caller (the
     snapshots' end does not ask for images that stayed on the device)."""
