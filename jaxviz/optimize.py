@@ -540,21 +540,26 @@ def _compiled(loss_fn, optimizer, param, transforms, project, active, with_data,
     def loss_of(x, ks, data):
         return loss_fn(x, ks, data[0]) if objective else loss_fn(x, ks, *extra(data))
 
-    def objective_fn(p: PyTree, ks: Array, data: PyTree) -> tuple[Array, Array]:
+    # A line search evaluates the loss again inside its loop (optax's zoom: three traces of the
+    # network per step). As one inner jit it is traced once and reused: a cached L-BFGS inversion
+    # traced in 0.70 s instead of 0.99 s. Elsewhere the extra jit only adds to the trace.
+    loss_jit = jax.jit(loss_of)
+
+    def objective_fn(p: PyTree, ks: Array, data: PyTree, line_search: bool = False) -> tuple[Array, Array]:
         x = image_f(p)
         for j, t in enumerate(loss_t):
             x = t.fn(x, jax.vmap(lambda k: jax.random.fold_in(k, 1 + j))(ks), None)
-        losses = loss_of(x, ks, data)
+        losses = (loss_jit if line_search else loss_of)(x, ks, data)
         return losses.sum(), losses
 
     def step(p, state, mask, done, i, keys, x0, data):
         n = mask.shape[0]
         line_search = uses_line_search(state)
         ks = jax.vmap(lambda k: jax.random.fold_in(k, i))(keys)
-        total = lambda q: objective_fn(q, ks, data)[0]  # deterministic within a step: what a line search needs
+        total = lambda q: objective_fn(q, ks, data, line_search)[0]  # deterministic within a step: what a line search needs
         if line_search:
             value, grad = optax.value_and_grad_from_state(total)(p, state=state)
-            losses = objective_fn(p, ks, data)[1] if n > 1 else value.reshape(1)
+            losses = objective_fn(p, ks, data, True)[1] if n > 1 else value.reshape(1)
         else:
             (value, losses), grad = jax.value_and_grad(objective_fn, has_aux=True)(p, ks, data)
         updates, state = opt.update(grad, state, p, value=value, grad=grad, value_fn=total)
