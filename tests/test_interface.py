@@ -194,15 +194,24 @@ def test_guided_rule_covers_relus_written_as_jnp_clip():
         with_backward_rule(upper, "guided")(z)
 
 
-@pytest.mark.parametrize("form", ["min-max", "max-min"])
+RELU6_FORMS = {"min-max": lambda z: jnp.minimum(jnp.maximum(z, 0), 6),
+               "max-min": lambda z: jnp.maximum(jnp.minimum(z, 6.0), 0.0),
+               "six-first": lambda z: jnp.minimum(6, jnp.maximum(0.0, z)),
+               "relu-min": lambda z: jnp.minimum(jax.nn.relu(z), 6),
+               "clip-min": lambda z: jnp.minimum(jnp.clip(z, 0), 6),
+               "max-clip": lambda z: jnp.clip(jnp.maximum(z, 0), max=6),
+               "min-relu": lambda z: nn.relu(jnp.minimum(z, 6))}
+
+
+@pytest.mark.parametrize("form", list(RELU6_FORMS))
 def test_relu6_written_with_minimum_and_maximum_takes_the_relu6_rule(form):
-    """jnp.minimum(jnp.maximum(x, 0), 6) was replaced as a ReLU followed by an ordinary min: the
-    deconvnet map also zeroed the signal where x > 6 (ReLU6's deconvnet rule passes it)."""
+    """jnp.minimum(jnp.maximum(x, 0), 6) (and a ReLU in another form then a min of 6) was replaced
+    as a ReLU followed by an ordinary min: the deconvnet map also zeroed the signal where x > 6
+    (ReLU6's deconvnet rule passes it)."""
     import jaxviz
     from jaxviz.accel import accelerate
     from jaxviz.saliency import deconvnet_gradients, guided_gradients
-    written = {"min-max": lambda z: jnp.minimum(jnp.maximum(z, 0), 6),
-               "max-min": lambda z: jnp.maximum(jnp.minimum(z, 6.0), 0.0)}[form]
+    written = RELU6_FORMS[form]
 
     class Net(nn.Module):
         relu6: Any = staticmethod(written)
@@ -230,6 +239,22 @@ def test_relu6_written_with_minimum_and_maximum_takes_the_relu6_rule(form):
     got = jax.grad(with_backward_rule(both, "deconv"), argnums=1)(1.0, z)
     expected = jax.grad(lambda z: jnp.sum(jnp.minimum(deconv_relu(z), 6) + deconv_relu(z) * 0.5))(z)
     np.testing.assert_allclose(got, expected)
+
+
+def test_an_integer_clamp_is_not_a_relu():
+    """min(max(q, 0), 6) of an int32 index was taken for a ReLU6 and replaced by a float one: NaN
+    lookups and dtype errors in the forward pass of a guided model."""
+    w = jnp.asarray(np.random.default_rng(0).normal(size=(8, 16)) * 4, jnp.float32)
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 8)), jnp.float32)
+    table = jnp.arange(7.0) ** 2
+
+    def f(x):
+        h = x @ w
+        bucket = jnp.minimum(jnp.maximum(jnp.round(h).astype(jnp.int32), 0), 6)
+        clipped = jnp.clip(jnp.round(h).astype(jnp.int32), 0, 6)
+        return (jnp.take(table, bucket) * (clipped * 2).astype(jnp.float32) * jax.nn.relu(h)).sum()
+    for rule in ("guided", "deconv"):
+        np.testing.assert_allclose(with_backward_rule(f, rule)(x), f(x), rtol=1e-6)
 
 
 def test_guided_rule_replaces_plain_relu_calls_and_equals_the_rule_by_hand():

@@ -162,10 +162,10 @@ def _body_eqns(jaxpr) -> list:
     return eqns
 
 
-def _clip_kind(eqn) -> str | None:
-    """'relu' / 'relu6' for ``jnp.clip(x, 0)`` / ``jnp.clip(x, 0, 6)`` in any argument form (the
-    ReLU idiom of MobileNet-style code), read from the clip's own equations: max(x, 0), then
-    min(., 6), and nothing else (``jnp.clip(x, None, 0)`` is min(x, 0): not a ReLU)."""
+def _clip_chain(eqn) -> list[tuple[str, float]] | None:
+    """The bounds a ``jnp.clip`` call applies to its one free input, in order, e.g. ``[("max",
+    0.0), ("min", 6.0)]`` for ``jnp.clip(x, 0, 6)`` in any argument form; None for anything else
+    (a bound that is not a constant, other equations)."""
     inner = eqn.params.get("jaxpr")
     jaxpr = getattr(inner, "jaxpr", inner)
     if jaxpr is None or len(jaxpr.invars) != len(eqn.invars):
@@ -178,21 +178,33 @@ def _clip_kind(eqn) -> str | None:
 
     def value(atom):
         return _literal_value(atom) if isinstance(atom, jex_core.Literal) else const.get(atom)
-    relu = relu6 = None
+    chain, current = [], free[0]
     for e in jaxpr.eqns:
         name, ins = e.primitive.name, list(e.invars)
         if name == "convert_element_type" and value(ins[0]) is not None:
             const[e.outvars[0]] = value(ins[0])
-        elif name == "max" and relu is None and sorted(map(str, (value(a) for a in ins))) == ["0.0", "None"] \
-                and free[0] in ins:
-            relu = e.outvars[0]
-        elif name == "min" and relu is not None and relu6 is None and relu in ins \
-                and sorted(map(str, (value(a) for a in ins))) == ["6.0", "None"]:
-            relu6 = e.outvars[0]
+        elif name in ("max", "min") and len(ins) == 2 and current in ins:
+            bound = value(ins[1] if ins[0] is current else ins[0])
+            if bound is None:
+                return None
+            chain.append((name, bound))
+            current = e.outvars[0]
         else:
             return None
-    out = jaxpr.outvars[0] if len(jaxpr.outvars) == 1 else None
-    return "relu6" if out is not None and out is relu6 else "relu" if out is not None and out is relu else None
+    return chain if len(jaxpr.outvars) == 1 and jaxpr.outvars[0] is current else None
+
+
+def _clip_kind(eqn) -> str | None:
+    """'relu' / 'relu6' for ``jnp.clip(x, 0)`` / ``jnp.clip(x, 0, 6)`` in any argument form (the
+    ReLU idiom of MobileNet-style code): max(x, 0), then min(., 6), and nothing else
+    (``jnp.clip(x, None, 0)`` is min(x, 0): not a ReLU)."""
+    return {(("max", 0.0),): "relu", (("max", 0.0), ("min", 6.0)): "relu6"}.get(tuple(_clip_chain(eqn) or ()))
+
+
+def _floating(eqn) -> bool:
+    """Whether the equation's (first) output is floating point: an integer clamp is no ReLU."""
+    aval = getattr(eqn.outvars[0], "aval", None) if eqn.outvars else None
+    return aval is not None and jnp.issubdtype(aval.dtype, jnp.floating)
 
 
 @functools.lru_cache(maxsize=1)
@@ -226,7 +238,10 @@ def _flax_variance_clamp(eqn) -> bool:
 def relu_kind(eqn: jex_core.JaxprEqn) -> str | None:
     """'relu' or 'relu6' if the equation is one of the ReLUs this module replaces, else None.
 
-    A bare ``max(x, 0)`` of flax's normalisation layers is not one (``_flax_variance_clamp``)."""
+    A bare ``max(x, 0)`` of flax's normalisation layers is not one (``_flax_variance_clamp``), nor
+    an integer one (a clamped index: its replacement would return floats)."""
+    if not _floating(eqn):
+        return None
     if _is_max_zero(eqn):
         return None if _flax_variance_clamp(eqn) else "relu"
     if eqn.primitive.name in ("pjit", "jit") and eqn.params.get("name") == "clip":
@@ -243,23 +258,28 @@ def relu_kind(eqn: jex_core.JaxprEqn) -> str | None:
     return None
 
 
-def _is_min_six(eqn) -> bool:
-    """``min(x, 6)`` with a literal six."""
-    if eqn.primitive.name != "min" or len(eqn.invars) != 2:
+def _is_upper_six(eqn) -> bool:
+    """``min(x, 6)`` with a literal six, bare or as ``jnp.clip(x, max=6)``, on floats."""
+    if not _floating(eqn):
         return False
-    return sorted(str(_literal_value(v)) for v in eqn.invars) == ["6.0", "None"]
+    if eqn.primitive.name == "min" and len(eqn.invars) == 2:
+        return sorted(str(_literal_value(v)) for v in eqn.invars) == ["6.0", "None"]
+    if eqn.primitive.name in ("pjit", "jit") and eqn.params.get("name") == "clip":
+        return _clip_chain(eqn) == [("min", 6.0)]
+    return False
 
 
 def _free_input(eqn):
-    """The one non-literal input of a ``max(x, 0)`` / ``min(x, 6)``."""
+    """The one non-literal input of a ReLU or an upper bound of 6 (not its 0 or 6)."""
     return next(v for v in eqn.invars if _literal_value(v) is None)
 
 
 def _bare_relu6(jaxpr) -> dict[int, tuple[int, object]]:
-    """ReLU6 written out in two equations, ``min(max(x, 0), 6)`` or ``max(min(x, 6), 0)``:
-    {index of the first: (index of the second, x)}. Replaced as one ReLU6, not as a ReLU then an
-    ordinary min, whose deconvnet rule would also zero the signal where x > 6. Only where the
-    intermediate value has no other use."""
+    """ReLU6 written as a ReLU (any form ``relu_kind`` knows) then ``min(., 6)`` (bare or
+    ``jnp.clip(., max=6)``), or the two the other way round: {index of the first: (index of the
+    second, x)}. Replaced as one ReLU6, not as a ReLU then an ordinary min, whose deconvnet rule
+    would also zero the signal where x > 6. Only where the value between them has no other use.
+    (A ReLU inside a separately jitted function is not paired: it is replaced on its own.)"""
     uses: dict = {}
     for eqn in jaxpr.eqns:
         for v in eqn.invars:
@@ -270,9 +290,9 @@ def _bare_relu6(jaxpr) -> dict[int, tuple[int, object]]:
             uses[v] = uses.get(v, 0) + 2  # an output: never fused away
     first_of = {}
     for i, eqn in enumerate(jaxpr.eqns):
-        if (_is_max_zero(eqn) and relu_kind(eqn) == "relu") or _is_min_six(eqn):
-            if uses.get(eqn.outvars[0]) == 1:
-                first_of[eqn.outvars[0]] = i
+        if len(eqn.outvars) == 1 and uses.get(eqn.outvars[0]) == 1 and (
+                relu_kind(eqn) == "relu" or _is_upper_six(eqn)):
+            first_of[eqn.outvars[0]] = i
     fused = {}
     for j, eqn in enumerate(jaxpr.eqns):
         for v in eqn.invars:
@@ -280,8 +300,8 @@ def _bare_relu6(jaxpr) -> dict[int, tuple[int, object]]:
             if i is None:
                 continue
             first = jaxpr.eqns[i]
-            if ((_is_max_zero(first) and _is_min_six(eqn))
-                    or (_is_min_six(first) and _is_max_zero(eqn) and relu_kind(eqn) == "relu")):
+            if ((relu_kind(first) == "relu" and _is_upper_six(eqn))
+                    or (_is_upper_six(first) and relu_kind(eqn) == "relu")):
                 fused[i] = (j, _free_input(first))
     return fused
 
