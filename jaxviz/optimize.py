@@ -550,6 +550,8 @@ def _compiled(loss_fn, optimizer, param, transforms, project, active, with_data,
         for j, t in enumerate(loss_t):
             x = t.fn(x, jax.vmap(lambda k: jax.random.fold_in(k, 1 + j))(ks), None)
         losses = (loss_jit if line_search else loss_of)(x, ks, data)
+        if line_search:  # optax's line search keeps its values in float32: a bfloat16 loss failed in its cond
+            return losses.sum().astype(jnp.promote_types(losses.dtype, jnp.float32)), losses
         return losses.sum(), losses
 
     def step(p, state, mask, done, i, keys, x0, data):
@@ -667,7 +669,7 @@ def optimize(loss_fn: LossFn, init: Array, *, optimizer: optax.GradientTransform
         opt_state = opt_init(params)
     except TypeError:  # a custom optimiser whose state holds what jit cannot return (strings, ...)
         opt_state = _strong(opt.init(params))
-    if uses_line_search(opt_state):
+    if steps > 0 and uses_line_search(opt_state):
         _check_line_search_dtype(params)
     # Host arrays placed with device_put: jnp.ones / jnp.zeros, and jnp.asarray of a numpy array,
     # would each compile a small program per shape.

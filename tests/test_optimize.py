@@ -411,6 +411,13 @@ def test_line_search_below_float32_is_one_clear_error():
     assert res.images.dtype == jnp.bfloat16
     res = optimize(loss, jnp.zeros((1, 3, 3, 1), jnp.float32), optimizer=lbfgs(), steps=3)
     np.testing.assert_allclose(res.images, 0.3, atol=1e-5)
+    # no step, nothing to refuse: the images back as they were
+    res = optimize(loss, jnp.zeros((1, 3, 3, 1), jnp.bfloat16), optimizer=lbfgs(), steps=0)
+    assert res.images.dtype == jnp.bfloat16 and not np.asarray(res.images, np.float32).any()
+    # float32 images, a loss computed in bfloat16: the line search runs (it failed in optax's cond)
+    low = lambda x, k: jnp.sum(jnp.square(x.astype(jnp.bfloat16) - 0.3).reshape(x.shape[0], -1), 1)  # noqa: E731
+    res = optimize(low, jnp.zeros((1, 3, 3, 1), jnp.float32), optimizer=lbfgs(), steps=3)
+    np.testing.assert_allclose(res.images, 0.3, atol=3e-3)
 
 
 def test_another_callbacks_exception_is_not_hidden_by_snapshots():
