@@ -434,7 +434,8 @@ _ALL: list[Technique] = [
         Option("jitter_px", int, JITTER.help, lo=0, hi=1024, flag="--jitter"),
         _size(8, default=None), SEED),
         frozenset({"layer", "pixel_range"}), "dream",
-        unused=(Unused("octave_scale", "octaves", (1,), "one octave has no scales", given_only=True),)),
+        unused=(Unused("octave_scale", "octaves", (1,), "one octave has no scales", given_only=True),
+                Unused("seed", "jitter_px", (0,), "the jitter is all that is random", given_only=True))),
     # ---------------------------------------------------------------- adversarial examples
     _attack("seed", "x <- x + eta*g/||g||_2 on the target logit until the prediction is the target "
             "(CS231n fooling images); --eps is an optional L2 budget", "Szegedy et al. 2014", "l2"),

@@ -327,6 +327,10 @@ def test_bad_option_value_is_one_line_exit_2(template, flag, workspace, tmp_path
     (["style", "chelsea", "--style", "brick", "--seed", "3", "--out", "{out}/s.png"],
      "--seed 3 does nothing with --init content"),
     # --seed was accepted (and ignored) by every method without randomness
+    (["classviz", "--target", "1", *M, "--init", "chelsea", "--jitter", "0", "--seed", "3", "--out", "{out}/c.png"],
+     "--seed 3 does nothing with --init and --jitter 0"),
+    (["dream", "chelsea", *M, "--layer", "fire2", "--jitter", "0", "--seed", "3", "--out", "{out}/d.png"],
+     "--seed 3 does nothing with --jitter 0"),
     (["adversarial", "chelsea", *M, "--method", "fgsm", "--seed", "3"],
      "--seed applies to --method pgd-linf, pgd-l2, simba, not fgsm"),
     (["adversarial", "chelsea", *M, "--method", "ifgsm", "--seed", "3"], "not ifgsm"),

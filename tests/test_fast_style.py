@@ -248,7 +248,9 @@ def test_cli_resume_refuses_other_settings_or_styles(tmp_path, capsys):
                            (["--styles", "brick", "gravel", "--width", "8", "--lr", "0.5"],
                             "trained with --width 4, --lr 0.001"),
                            (["--styles", "gravel", "brick"], "styles brick, gravel, not gravel, brick"),
-                           (["--styles", "brick", "grass"], "not brick, grass")]:
+                           (["--styles", "brick", "grass"], "not brick, grass"),
+                           (["--styles", "brick", "gravel", "--seed", "5"],  # it was accepted and ignored
+                            "--seed does nothing when resuming")]:
         assert main(base + extra) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 from jaxviz.cli import command
-from jaxviz.cli._common import (add_fit, add_model, add_options, add_output, check_memory_for, load_inputs,
+from jaxviz.cli._common import (add_fit, add_model, add_options, add_output, check_memory_for, given, load_inputs,
                                 load_model_arg, options_for, output_path, write_npy)
 from jaxviz.techniques import TECHNIQUES
 
@@ -78,6 +78,9 @@ def classviz(parser: argparse.ArgumentParser):
         from jaxviz.errors import JaxvizError
         from jaxviz.labels import resolve_class
         options, out, npy = _outputs(args, "classviz")
+        if args.init and options["jitter_px"] == 0 and given(args, "--seed"):  # (the registry's rules see one option)
+            raise JaxvizError(f"--seed {options['seed']} does nothing with --init and --jitter 0: nothing is "
+                              "random; leave --seed out")
         model = load_model_arg(args.model, classifier=True)
         classes = [resolve_class(t, model.num_classes, model.labels) for t in args.target]
         size = model.input_hw(options.pop("size"))

@@ -178,6 +178,9 @@ def _check_resume(args: argparse.Namespace, out, config, options: dict) -> None:
     """A resumed training keeps its checkpoint's settings and styles: a flag given with another
     value, or other style images, would silently train on with the old ones."""
     from jaxviz.images import source_name
+    if given(args, "--seed"):
+        raise JaxvizError(f"--seed does nothing when resuming {out}: the checkpoint keeps its random state; "
+                          "leave --seed out, or choose another --out")
     changed = [f"{o.cli_flag} {getattr(config, o.name)}" for o in TECHNIQUES["fast-style-train"].cli_options()
                if hasattr(config, o.name) and given(args, o.cli_flag) and options[o.name] != getattr(config, o.name)]
     if changed:
