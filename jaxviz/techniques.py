@@ -265,10 +265,10 @@ def _attack(name: str, summary: str, paper: str, norm: str, *, has_steps: bool =
             random_start: bool = False) -> Technique:
     # --seed only where the method starts at a random point (adversarial.METHODS' random_start):
     # elsewhere it would be accepted and change nothing
+    def keep(o: Option) -> bool:
+        return random_start if o.name == "seed" else has_steps or o.name == "confidence"
     hi = 1.0 if norm == "linf" else 1000.0
-    options = (_eps(hi),) + ((_step(hi),) if has_steps else ()) + tuple(
-        o for o in _ATTACK_BASE if (o.name == "seed" and random_start)
-        or (o.name != "seed" and (has_steps or o.name == "confidence")))
+    options = (_eps(hi),) + ((_step(hi),) if has_steps else ()) + tuple(filter(keep, _ATTACK_BASE))
     return Technique(name, "jaxviz.adversarial:attack", summary, paper, options, frozenset({"classifier", "pixel_range"}),
                      "adversarial", fixed=(("method", name),))
 

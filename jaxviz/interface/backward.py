@@ -13,9 +13,9 @@ rule)`` puts them into a model without editing it and without hooks: it traces `
 and evaluates it again with every ReLU replaced. A ReLU is ``jax.nn.relu`` / ``flax.linen.relu`` /
 ``nnx.relu`` (a ``custom_jvp`` call whose body is ``max(x, 0)``), ``jax.nn.relu6`` (``min(max(x,
 0), 6)``), ``jnp.clip(x, 0[, 6])`` or a plain ``jnp.maximum(x, 0)`` (but not the one flax's
-normalisation layers clamp their variance with); a plain one with ``jnp.minimum(., 6)`` is a
-ReLU6. They are found inside jitted calls, ``scan``, ``cond`` and ``while`` bodies too. The
-forward values are unchanged.
+normalisation layers clamp their variance with, nor an integer clamp); any of them followed by
+``jnp.minimum(., 6)`` (or the two the other way round) is a ReLU6. They are found inside jitted
+calls, ``scan``, ``cond`` and ``while`` bodies too. The forward values are unchanged.
 """
 from __future__ import annotations
 
