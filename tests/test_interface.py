@@ -241,6 +241,16 @@ def test_relu6_written_with_minimum_and_maximum_takes_the_relu6_rule(form):
     np.testing.assert_allclose(got, expected)
 
 
+def test_a_relu6_of_a_constant_is_left_alone():
+    """min(relu(2.0), 6) of a Python constant was paired as a ReLU6 without an input: StopIteration."""
+    def f(x):
+        gate = jnp.minimum(jax.nn.relu(2.0), 6.0)
+        return jnp.sum(jax.nn.relu(x) * gate)
+    z = jnp.array([-1.0, 1.0, 7.0])
+    for rule, want in (("guided", [0.0, 2.0, 2.0]), ("deconv", [2.0, 2.0, 2.0])):
+        np.testing.assert_allclose(jax.grad(with_backward_rule(f, rule))(z), want)
+
+
 def test_an_integer_clamp_is_not_a_relu():
     """min(max(q, 0), 6) of an int32 index was taken for a ReLU6 and replaced by a float one: NaN
     lookups and dtype errors in the forward pass of a guided model."""

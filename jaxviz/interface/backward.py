@@ -270,8 +270,9 @@ def _is_upper_six(eqn) -> bool:
 
 
 def _free_input(eqn):
-    """The one non-literal input of a ReLU or an upper bound of 6 (not its 0 or 6)."""
-    return next(v for v in eqn.invars if _literal_value(v) is None)
+    """The one non-literal input of a ReLU or an upper bound of 6 (not its 0 or 6); None for a
+    ReLU of a constant."""
+    return next((v for v in eqn.invars if not isinstance(v, jex_core.Literal)), None)
 
 
 def _bare_relu6(jaxpr) -> dict[int, tuple[int, object]]:
@@ -290,7 +291,7 @@ def _bare_relu6(jaxpr) -> dict[int, tuple[int, object]]:
             uses[v] = uses.get(v, 0) + 2  # an output: never fused away
     first_of = {}
     for i, eqn in enumerate(jaxpr.eqns):
-        if len(eqn.outvars) == 1 and uses.get(eqn.outvars[0]) == 1 and (
+        if len(eqn.outvars) == 1 and uses.get(eqn.outvars[0]) == 1 and _free_input(eqn) is not None and (
                 relu_kind(eqn) == "relu" or _is_upper_six(eqn)):
             first_of[eqn.outvars[0]] = i
     fused = {}
