@@ -9,7 +9,8 @@ included, recorded; it is the warm-up), ``warmup`` more times if asked, then ``r
 A B [extras] A B ... in one process, so load from other processes hits both sides alike. It reports the median time of each
 side, the median and spread (min, max, quartiles) of the per-round ratio peer / jaxviz (> 1: jaxviz
 is faster), the load average before and after, the CPU time this process used and the CPU time
-everyone else used meanwhile (``/proc/stat``), and a ``noisy`` flag with its reasons.
+everyone else used meanwhile, the CPU time the hypervisor gave to other guests instead (steal; all
+from ``/proc/stat``), and a ``noisy`` flag with its reasons.
 
 Results are JSON (``results_document``); ``render_tables`` makes the Markdown table both
 ``benchmarks/results.md`` and the README (between ``README_START`` / ``README_END``) show, so
@@ -35,6 +36,9 @@ README_END = "<!-- bench:end -->"
 # A run is flagged noisy when other processes used more than this share of the cores (on 2 cores:
 # more than one core's worth of others' load exceeds 0.5 x 2), or when the per-round ratios spread.
 OTHERS_LIMIT = 0.5        # x cores
+# ... or when the hypervisor gave more than this share of the cores to other guests (steal time: a
+# shared cloud VM slows down with no process of its own to show for it)
+STEAL_LIMIT = 0.05        # x cores
 IQR_LIMIT = 0.10          # (q75 - q25) / median of the per-round ratios
 RANGE_LIMIT = 0.30        # (max - min) / median of the per-round ratios
 
@@ -106,19 +110,24 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str | None:
     return None
 
 
-def _system_busy() -> float | None:
-    """Seconds of CPU time all processes have used since boot (Linux ``/proc/stat``), else None."""
+def _system_times() -> tuple[float | None, float | None]:
+    """(busy, steal): seconds of CPU time all processes have used since boot, and seconds the
+    hypervisor ran other guests while this machine's CPUs wanted to run (Linux ``/proc/stat``;
+    None where unknown)."""
     try:
         with open("/proc/stat") as f:
             fields = f.readline().split()
     except OSError:
-        return None
+        return None, None
     if not fields or fields[0] != "cpu":
-        return None
+        return None, None
     ticks = [int(v) for v in fields[1:]]
-    # user nice system idle iowait irq softirq steal ...: busy = all but idle and iowait
-    busy = sum(ticks) - ticks[3] - (ticks[4] if len(ticks) > 4 else 0)
-    return busy / os.sysconf("SC_CLK_TCK")
+    # user nice system idle iowait irq softirq steal guest guest_nice: busy = user..softirq less
+    # idle and iowait (guest time is already inside user); steal apart, it is no process's
+    steal = ticks[7] if len(ticks) > 7 else None
+    busy = sum(ticks[:7]) - ticks[3] - (ticks[4] if len(ticks) > 4 else 0)
+    hz = os.sysconf("SC_CLK_TCK")
+    return busy / hz, (None if steal is None else steal / hz)
 
 
 def _own_busy() -> float:
@@ -127,21 +136,25 @@ def _own_busy() -> float:
 
 
 def load_snapshot() -> dict:
+    busy, steal = _system_times()
     return {"wall": time.monotonic(), "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-            "system": _system_busy(), "own": _own_busy()}
+            "system": busy, "steal": steal, "own": _own_busy()}
 
 
 def load_report(before: dict, after: dict, cores: int | None = None) -> dict:
-    """Load average before/after, and the cores' worth of CPU this process (``own_cores``) and all
-    others (``others_cores``) used on average between the two snapshots."""
+    """Load average before/after, and the cores' worth of CPU this process (``own_cores``), all
+    others (``others_cores``) and the hypervisor's other guests (``steal_cores``) used on average
+    between the two snapshots."""
     cores = cores or cpu_count()
     wall = max(after["wall"] - before["wall"], 1e-9)
     own = (after["own"] - before["own"]) / wall
-    others = None
+    others = steal = None
     if before["system"] is not None and after["system"] is not None:
         others = max(0.0, (after["system"] - before["system"]) / wall - own)
+    if before.get("steal") is not None and after.get("steal") is not None:
+        steal = max(0.0, (after["steal"] - before["steal"]) / wall)
     return {"cores": cores, "before": before["loadavg"], "after": after["loadavg"], "seconds": wall,
-            "own_cores": own, "others_cores": others}
+            "own_cores": own, "others_cores": others, "steal_cores": steal}
 
 
 def noisy_reasons(load: dict, ratio: dict | None) -> list[str]:
@@ -150,6 +163,7 @@ def noisy_reasons(load: dict, ratio: dict | None) -> list[str]:
     - the 1-minute load average after the rounds exceeds this process's own use by more than
       ``OTHERS_LIMIT`` x cores;
     - other processes used more than ``OTHERS_LIMIT`` x cores during the rounds (``/proc/stat``);
+    - the hypervisor took more than ``STEAL_LIMIT`` x cores for other guests (steal time);
     - the per-round ratios spread: IQR > ``IQR_LIMIT`` or range > ``RANGE_LIMIT`` of the median.
     """
     reasons = []
@@ -160,6 +174,8 @@ def noisy_reasons(load: dict, ratio: dict | None) -> list[str]:
         reasons.append(f"1-min load {after[0]:.1f} while this process used {own:.1f} of {cores} cores")
     if load.get("others_cores") is not None and load["others_cores"] > OTHERS_LIMIT * cores:
         reasons.append(f"other processes used {load['others_cores']:.1f} of {cores} cores")
+    if load.get("steal_cores") is not None and load["steal_cores"] > STEAL_LIMIT * cores:
+        reasons.append(f"the hypervisor took {load['steal_cores']:.2f} of {cores} cores for other guests (steal)")
     if ratio and ratio.get("median"):
         m = ratio["median"]
         if (ratio["q75"] - ratio["q25"]) / m > IQR_LIMIT:
@@ -418,6 +434,8 @@ def _how(row: dict) -> str:
     facts.append(f"load {la(load.get('before'))}→{la(load.get('after'))}/{load['cores']} cores")
     if load.get("others_cores") is not None:
         facts.append(f"others {load['others_cores']:.1f} cores")
+    if load.get("steal_cores") is not None:
+        facts.append(f"steal {load['steal_cores']:.2f} cores")
     text = "; ".join(facts)
     return f"**noisy**: {text}" if row.get("noisy") else text
 

@@ -111,14 +111,31 @@ def test_noisy_from_load_and_from_others():
     assert bl.noisy_reasons(quiet, tight) == []
     spread = bl.ratio_summary([1.0, 1.3, 1.6, 1.3, 1.0])
     assert "spread" in bl.noisy_reasons(quiet, spread)[0]
+    assert bl.noisy_reasons(dict(quiet, steal_cores=0.05), None) == []   # 2.5 % of the cores
+    stolen = bl.noisy_reasons(dict(quiet, steal_cores=0.3), None)
+    assert stolen == ["the hypervisor took 0.30 of 2 cores for other guests (steal)"]
 
 
-def test_load_report_separates_own_and_others():
-    before = {"wall": 0.0, "loadavg": [1, 1, 1], "system": 100.0, "own": 10.0}
-    after = {"wall": 10.0, "loadavg": [2, 1, 1], "system": 125.0, "own": 30.0}
+def test_load_report_separates_own_others_and_steal():
+    before = {"wall": 0.0, "loadavg": [1, 1, 1], "system": 100.0, "steal": 7.0, "own": 10.0}
+    after = {"wall": 10.0, "loadavg": [2, 1, 1], "system": 125.0, "steal": 9.0, "own": 30.0}
     rep = bl.load_report(before, after, cores=4)
     assert rep["own_cores"] == pytest.approx(2.0) and rep["others_cores"] == pytest.approx(0.5)
+    assert rep["steal_cores"] == pytest.approx(0.2)
     assert rep["before"] == [1, 1, 1] and rep["after"] == [2, 1, 1] and rep["cores"] == 4
+    old = bl.load_report({k: v for k, v in before.items() if k != "steal"}, after, cores=4)
+    assert old["steal_cores"] is None   # a snapshot without steal (not Linux) reports none
+
+
+def test_system_times_keep_steal_apart(tmp_path, monkeypatch):
+    # user nice system idle iowait irq softirq steal guest guest_nice, in ticks
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  400 10 60 900 30 5 5 70 40 0\ncpu0 1 2 3\n")
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(stat if path == "/proc/stat" else path, *a, **k))
+    hz = bl.os.sysconf("SC_CLK_TCK")
+    busy, steal = bl._system_times()
+    assert busy == pytest.approx(480 / hz) and steal == pytest.approx(70 / hz)  # guest is inside user
 
 
 def test_quartiles_match_numpy():
@@ -150,7 +167,7 @@ def _row(name, ratio=1.5, noisy=False, **extra):
         "derived": {}, "agreement": {"pearson_r": 0.99995, "max_error_rel": 3e-7, "ok": True, "criterion": "r"},
         "compile": {"in_process_s": 3.25, "cold_process_s": 6.5, "cached_process_s": 0.4},
         "load": {"cores": 2, "before": [0.31, 0.2, 0.1], "after": [2.04, 0.9, 0.4], "own_cores": 2.0,
-                 "others_cores": 0.05},
+                 "others_cores": 0.05, "steal_cores": 0.01},
         "noisy": noisy, "noisy_reasons": ["other processes used 1.5 of 2 cores"] if noisy else [], **extra}
 
 
@@ -168,7 +185,7 @@ def test_table_says_how_each_row_was_measured():
     assert "32.0 img/s" in sal and "Captum Saliency 21.3 img/s" in sal
     assert "1.50× (1.47–1.53)" in sal and "r 0.99995" in sal
     assert "4.3 s, compile 6.5 s / cached 0.4 s" in sal
-    assert "batch 32; size 224; rounds 5; torch threads 2; load 0.3→2.0/2 cores" in sal
+    assert "batch 32; size 224; rounds 5; torch threads 2; load 0.3→2.0/2 cores; others 0.1 cores; steal 0.01 cores" in sal
     assert "noisy" not in sal
     cam = next(l for l in lines if l.startswith("| gradcam"))
     assert "**noisy**" in cam and "(Grad-CAM / forward 1.05)" in cam
