@@ -72,6 +72,33 @@ def _x(model, names):
     return model.preprocess(jnp.asarray(load_images(names, 16)))
 
 
+@pytest.mark.parametrize("method", ["vanilla", "gradcam", "occlusion"])
+def test_compute_map_predicts_in_the_same_call(method, tiny_cli):
+    """The CLI's one call per chunk returns the classes it explained and the predicted ones
+    (computed in the map's own program), equal to a separate forward pass and to the library."""
+    from jaxviz.targets import parse_target
+    x = _x(tiny_cli, ["chelsea", "coffee", "astronaut"])
+    want = np.argmax(np.asarray(tiny_cli.apply(tiny_cli.params, x)), axis=-1)
+    extra = {"occlusion": {"window": 4, "stride": 2}, "gradcam": {"layer": "features.1"}}.get(method, {})
+    maps, attribution, index, predicted = cli_attr.compute_map(method, tiny_cli, x, parse_target(None, tiny_cli),
+                                                               **extra)
+    assert attribution is None
+    np.testing.assert_array_equal(np.asarray(predicted), want)
+    np.testing.assert_array_equal(np.asarray(index), want)
+    if method == "vanilla":
+        np.testing.assert_allclose(maps, sal.vanilla_saliency(tiny_cli, tiny_cli.params, x), rtol=1e-5, atol=1e-7)
+    other = (want + 1) % tiny_cli.num_classes  # a class target: explained, while the prediction is kept
+    maps3, _, index3, predicted3 = cli_attr.compute_map(method, tiny_cli, x, parse_target(None, tiny_cli),
+                                                        index=jnp.asarray(other, jnp.int32), **extra)
+    np.testing.assert_array_equal(np.asarray(index3), other)
+    np.testing.assert_array_equal(np.asarray(predicted3), want)
+    assert not np.allclose(maps3, maps)
+    neuron = parse_target("features.4:2", tiny_cli)  # a neuron: its channel for every image
+    _, _, index_n, predicted_n = cli_attr.compute_map(method, tiny_cli, x, neuron, **extra)
+    np.testing.assert_array_equal(np.asarray(index_n), [2, 2, 2])
+    np.testing.assert_array_equal(np.asarray(predicted_n), want)
+
+
 @pytest.mark.parametrize("method, library", [
     ("vanilla", lambda m, x, i: sal.gradients(m, m.params, x, index=i)),
     ("inputxgrad", lambda m, x, i: sal.input_x_gradient(m, m.params, x, index=i)),

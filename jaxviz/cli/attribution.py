@@ -66,9 +66,12 @@ def compute_map(method: str, model, x, target, *, index=None, seed: int = 0, sig
 
     ``options``: the technique's keyword arguments (registry names; defaults filled in here).
     ``batch``: images x copies per network call (sets smoothgrad's / IG's ``chunk``).
-    Returns (map, attribution): the (N, H, W) map (CAM methods with ``resize=None``: (N, h, w))
-    and, when ``signed``, the signed (N, H, W, 3) attribution (else None). ``index`` (N,)
-    classes/channels or None.
+    ``index`` (N,) classes/channels, or None: the target's own, else each image's predicted class.
+    Returns (map, attribution, index, predicted): the (N, H, W) map (CAM methods with
+    ``resize=None``: (N, h, w)); when ``signed``, the signed (N, H, W, 3) attribution (else None);
+    the (N,) int32 classes/channels explained; and for a classifier each image's (N,) int32
+    predicted class (else None). The prediction is part of the map's compiled program, whose
+    forward pass XLA shares with the technique's (no separate prediction program or pass).
     """
     import jax
 
@@ -81,9 +84,15 @@ def compute_map(method: str, model, x, target, *, index=None, seed: int = 0, sig
     fn = technique.load()
     params = model.params
     if method == "occlusion":
+        predicted = _predict(model)(params, x) if model.num_classes is not None else None
+        if index is None:
+            index = predicted if target.is_class and target.index is None else None
+        if index is None:
+            from jaxviz.saliency import resolve_index
+            index = resolve_index(model, params, x, target)
         # exact, and 3-4x faster than the batched path
         return fn(model, params, x, target, index=index, incremental=True,
-                  score=target.score if target.is_class else "logit", **kwargs), None
+                  score=target.score if target.is_class else "logit", **kwargs), None, index, predicted
     if method == "cam" and kwargs.get("weights") is None:
         from jaxviz.cam import cam_weights
         kwargs["weights"] = cam_weights(model, params, kwargs.get("layer"))
@@ -99,21 +108,45 @@ def _runner(technique, settings: tuple, signed: bool, compiler_options):
     """One jitted function per (method, settings): chunks of the same shape reuse its compilation."""
     cache_key = (technique.name, settings, signed, compiler_options)
     if cache_key not in _RUNNERS:
+        import jax
+        import jax.numpy as jnp
+
         from jaxviz.accel import xla
-        from jaxviz.saliency import saliency_map
+        from jaxviz.saliency import resolve_index, saliency_map
         fn, kwargs = technique.load(), dict(settings)
         attribution = technique.output == "attribution"
 
         def run(m, p, x, t, i, k, weights):
+            # the predicted class in the same program: XLA merges its forward pass with the
+            # technique's (a separate prediction program cost one more forward pass per chunk)
+            predicted = None
+            if m.num_classes is not None:
+                logits = jax.lax.stop_gradient(m.apply(p, x))
+                predicted = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+            if i is None:
+                i = predicted if t.is_class and t.index is None else resolve_index(m, p, x, t)
             extra = {"key": k} if "key" in technique.needs else {}
             if weights is not None:
                 extra["weights"] = weights
             a = fn(m, p, x, t, index=i, **extra, **kwargs)
             if not attribution:
-                return a, None
-            return (saliency_map(a), a) if signed else (saliency_map(a), None)
+                return a, None, i, predicted
+            return saliency_map(a), (a if signed else None), i, predicted
         _RUNNERS[cache_key] = xla.jit(run, compiler_options, static_argnums=(0, 3))
     return _RUNNERS[cache_key]
+
+
+def _predict(model):
+    """Jitted (params, x) -> (N,) int32 predicted classes (one program; eagerly the accelerated
+    forward would compile many small ones)."""
+    key = ("predict", model)
+    if key not in _RUNNERS:
+        import jax.numpy as jnp
+
+        from jaxviz.accel import xla
+        _RUNNERS[key] = xla.jit(lambda p, x: jnp.argmax(model.apply(p, x), axis=-1).astype(jnp.int32),
+                                model.compiler_options)
+    return _RUNNERS[key]
 
 
 def _figure(images, maps, titles):
@@ -243,11 +276,8 @@ def saliency(parser: argparse.ArgumentParser):
         import jax.numpy as jnp
         import numpy as np
 
-        from jaxviz.accel import xla
-
         n = len(args.images)
         step = min(batch, n)
-        apply = xla.jit(lambda p, x: model.apply(p, x), model.compiler_options)
         labels = model.labels
         keep = out is not None  # the figure needs every image and map
         kept_images, kept_maps, titles = [], [], []
@@ -259,12 +289,13 @@ def saliency(parser: argparse.ArgumentParser):
             if m < step:  # pad the last chunk: one compiled shape
                 images = np.concatenate([images, np.repeat(images[-1:], step - m, axis=0)])
             x = model.preprocess(jnp.asarray(images))
-            predicted = np.argmax(np.asarray(apply(model.params, x)), axis=-1) if classifier else None
             index = None
-            if target.is_class:
-                index = jnp.asarray(predicted if target.index is None else np.full(step, target.index), jnp.int32)
-            maps, signed = compute_map(method, model, x, target, index=index, seed=seed, signed=args.signed,
-                                       batch=batch, **options)
+            if target.is_class and target.index is not None:
+                index = jnp.full((step,), target.index, jnp.int32)
+            maps, signed, index, predicted = compute_map(method, model, x, target, index=index, seed=seed,
+                                                         signed=args.signed, batch=batch, **options)
+            index = np.asarray(index)
+            predicted = None if predicted is None else np.asarray(predicted)
             maps = np.asarray(maps, dtype=np.float32)[:m]
             for i, src in enumerate(sources):
                 what = (f"class {int(index[i])} {labels[int(index[i])] if labels else ''}".strip()
@@ -276,7 +307,7 @@ def saliency(parser: argparse.ArgumentParser):
                 print(f"{src}: {method}{where}, {what}{said}; map range "
                       f"[{maps[i].min():.4g}, {maps[i].max():.4g}]")
             if args.metrics:
-                result = deletion_insertion(model, model.params, x[:m], jnp.asarray(maps), index[:m])
+                result = deletion_insertion(model, model.params, x[:m], jnp.asarray(maps), jnp.asarray(index[:m]))
                 for i, src in enumerate(sources):
                     print(f"{src}: deletion AUC {float(result['deletion_auc'][i]):.4f}  "
                           f"insertion AUC {float(result['insertion_auc'][i]):.4f}")

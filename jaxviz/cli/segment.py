@@ -18,10 +18,12 @@ METHODS = ("vanilla", "inputxgrad", "smoothgrad", "integrated", "guided", "gradc
 
 
 def saliency_maps(method: str, model, x, target, *, seed: int = 0):
-    """(N, H, W) maps of ``method`` (a saliency technique of the registry, in METHODS) at its
-    defaults, one jitted call on an accelerated ``model`` (``jaxviz.cli.attribution.compute_map``)."""
+    """((N, H, W) maps, (N,) classes explained) of ``method`` (a saliency technique of the
+    registry, in METHODS) at its defaults: one jitted call on an accelerated ``model``
+    (``jaxviz.cli.attribution.compute_map``), which also predicts the class when ``target`` has none."""
     from jaxviz.cli.attribution import compute_map
-    return compute_map(method, model, x, target, seed=seed)[0]
+    maps, _, index, _ = compute_map(method, model, x, target, seed=seed)
+    return maps, index
 
 
 @command("segment", "segment the object in an image from its saliency map (GMM colour models + graph cut)")
@@ -64,18 +66,13 @@ def segment(parser: argparse.ArgumentParser):
         image = load_image(args.image)
         # stretched, so that the map covers the whole image and resizes back onto it
         x = model.preprocess(fit_image(image, model.input_hw(), "stretch")[None])
-        heat = np.asarray(saliency_maps(args.method, model, x, target, seed=options["seed"]))[0]
+        heat, index = saliency_maps(args.method, model, x, target, seed=options["seed"])
+        heat, cls = np.asarray(heat)[0], int(np.asarray(index)[0])
         heat = resize_map(heat, image.shape[:2])
         mask = segment_from_saliency(image, heat, **options)
         save_image(mask_overlay(image, mask), out)
         if mask_path is not None:
             save_image(np.repeat(mask[..., None].astype(np.float32), 3, axis=-1), mask_path)
-        if target.index is not None:
-            cls = target.index
-        else:  # one compiled program (eagerly, the accelerated forward compiles ~100 small ones)
-            from jaxviz.accel import xla
-            apply = xla.jit(lambda p, xx: model.apply(p, xx), model.compiler_options)
-            cls = int(np.argmax(np.asarray(apply(model.params, x))[0]))
         name = f" ({model.labels[cls]})" if model.labels else ""
         print(f"{args.image}: {args.method} saliency for class {cls}{name}, "
               f"object = {100 * mask.mean():.1f}% of the image -> {out}"
