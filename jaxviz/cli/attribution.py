@@ -26,7 +26,8 @@ copies count: ``--batch`` images x copies per network call stay about ``--batch`
 bar; ``--npy`` is streamed to its file chunk by chunk, so memory does not grow with the number of
 images (only the figure, ``--out``, keeps every image). The model is loaded once and accelerated
 once (``jaxviz.accel.accelerate``); each method is one jitted call per chunk shape with the model's
-compiler options. Noise for smoothgrad comes from one key per image (``--seed``), so an image's
+compiler options, which also gives each image's predicted class (XLA shares the forward pass;
+occlusion predicts in a call of its own). Noise for smoothgrad comes from one key per image (``--seed``), so an image's
 map does not depend on the other images given or on the chunking.
 """
 from __future__ import annotations
