@@ -93,6 +93,12 @@ def test_compute_map_predicts_in_the_same_call(method, tiny_cli):
     np.testing.assert_array_equal(np.asarray(index3), other)
     np.testing.assert_array_equal(np.asarray(predicted3), want)
     assert not np.allclose(maps3, maps)
+    from jaxviz.targets import Target
+    _, _, index_neg, _ = cli_attr.compute_map(method, tiny_cli, x, Target(index=-1), **extra)
+    np.testing.assert_array_equal(np.asarray(index_neg), [tiny_cli.num_classes - 1] * 3)  # from the end
+    maps_none, _, index_none, _ = cli_attr.compute_map(method, tiny_cli, x, None, **extra)  # a bare None
+    np.testing.assert_array_equal(np.asarray(index_none), want)
+    np.testing.assert_allclose(maps_none, maps, rtol=1e-6, atol=1e-7)
     neuron = parse_target("features.4:2", tiny_cli)  # a neuron: its channel for every image
     _, _, index_n, predicted_n = cli_attr.compute_map(method, tiny_cli, x, neuron, **extra)
     np.testing.assert_array_equal(np.asarray(index_n), [2, 2, 2])

@@ -71,10 +71,15 @@ def compute_map(method: str, model, x, target, *, index=None, seed: int = 0, sig
     Returns (map, attribution, index, predicted): the (N, H, W) map (CAM methods with
     ``resize=None``: (N, h, w)); when ``signed``, the signed (N, H, W, 3) attribution (else None);
     the (N,) int32 classes/channels explained; and for a classifier each image's (N,) int32
-    predicted class (else None). The prediction is part of the map's compiled program, whose
-    forward pass XLA shares with the technique's (no separate prediction program or pass).
+    predicted class (else None); negative classes (counted from the end) come back as
+    0..classes-1. The prediction is part of the map's compiled program, whose forward pass XLA
+    shares with the technique's (occlusion: a prediction program of its own).
+    ``target``: a ``Target``, a class index or None (the predicted class).
     """
     import jax
+
+    from jaxviz.targets import as_target
+    target = as_target(target)
 
     technique = get(method, "saliency")
     kwargs = {**technique.defaults(), **technique.check(**options)}
@@ -86,14 +91,15 @@ def compute_map(method: str, model, x, target, *, index=None, seed: int = 0, sig
     params = model.params
     if method == "occlusion":
         predicted = _predict(model)(params, x) if model.num_classes is not None else None
-        if index is None:
-            index = predicted if target.is_class and target.index is None else None
-        if index is None:
+        if index is None and target.is_class and target.index is None:
+            index = predicted
+        # exact, and 3-4x faster than the batched path
+        result = fn(model, params, x, target, index=index, incremental=True,
+                    score=target.score if target.is_class else "logit", **kwargs)
+        if index is None:  # a neuron or the target's own class (checked by the occlusion above)
             from jaxviz.saliency import resolve_index
             index = resolve_index(model, params, x, target)
-        # exact, and 3-4x faster than the batched path
-        return fn(model, params, x, target, index=index, incremental=True,
-                  score=target.score if target.is_class else "logit", **kwargs), None, index, predicted
+        return result, None, _from_start(index, target, model.num_classes), predicted
     if method == "cam" and kwargs.get("weights") is None:
         from jaxviz.cam import cam_weights
         kwargs["weights"] = cam_weights(model, params, kwargs.get("layer"))
@@ -130,11 +136,21 @@ def _runner(technique, settings: tuple, signed: bool, compiler_options):
             if weights is not None:
                 extra["weights"] = weights
             a = fn(m, p, x, t, index=i, **extra, **kwargs)
+            i = _from_start(i, t, m.num_classes)
             if not attribution:
                 return a, None, i, predicted
             return saliency_map(a), (a if signed else None), i, predicted
         _RUNNERS[cache_key] = xla.jit(run, compiler_options, static_argnums=(0, 3))
     return _RUNNERS[cache_key]
+
+
+def _from_start(index, target, num_classes):
+    """(N,) int32 classes counted from 0 (a negative class counts from the end, as explained)."""
+    import jax.numpy as jnp
+    index = jnp.asarray(index, jnp.int32)
+    if target.is_class and num_classes:
+        index = jnp.where(index < 0, index + num_classes, index)
+    return index
 
 
 def _predict(model):
