@@ -27,8 +27,8 @@ bar; ``--npy`` is streamed to its file chunk by chunk, so memory does not grow w
 images (only the figure, ``--out``, keeps every image). The model is loaded once and accelerated
 once (``jaxviz.accel.accelerate``); each method is one jitted call per chunk shape with the model's
 compiler options, which also gives each image's predicted class (XLA shares the forward pass;
-occlusion predicts in a call of its own). Noise for smoothgrad comes from one key per image (``--seed``), so an image's
-map does not depend on the other images given or on the chunking.
+occlusion predicts in a call of its own). Noise for smoothgrad comes from one key per image
+(``--seed``), so an image's map does not depend on the other images given or on the chunking.
 """
 from __future__ import annotations
 
@@ -145,11 +145,11 @@ def _runner(technique, settings: tuple, signed: bool, compiler_options):
 
 
 def _from_start(index, target, num_classes):
-    """(N,) int32 classes counted from 0 (a negative class counts from the end, as explained)."""
-    import jax.numpy as jnp
-    index = jnp.asarray(index, jnp.int32)
+    """(N,) classes counted from 0 (a negative class counts from the end, as explained); channels
+    as they are."""
     if target.is_class and num_classes:
-        index = jnp.where(index < 0, index + num_classes, index)
+        from jaxviz.interface.model import class_index
+        return class_index(index, index.shape[0], num_classes=num_classes, positive=True)
     return index
 
 
